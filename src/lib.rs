@@ -1,1 +1,5 @@
+//! Myelin: a fast, single-binary Matrix homeserver.
 
+pub mod error;
+
+pub use error::{Error, Result};
