@@ -1,0 +1,331 @@
+//! Storage: the only code that knows the database engine. Logical [`Tree`]s over one
+//! [`Engine`] (sled on disk, a map in memory for tests), atomic [`Batch`]es across trees,
+//! and group commit so many concurrent writers share one fsync.
+
+mod commit;
+mod engine;
+pub mod keys;
+mod memory;
+mod sled_engine;
+mod trees;
+
+use std::{ops::Bound, path::Path, sync::Arc};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+pub use self::{
+    engine::{Engine, KeyValue, RawBatch},
+    memory::MemoryEngine,
+    sled_engine::SledEngine,
+    trees::Trees,
+};
+use crate::Result;
+
+/// Version of the on-disk layout, recorded in the data dir.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// A logical tree: every key is stored behind the tree's prefix byte.
+#[derive(Clone)]
+pub struct Tree {
+    engine: Arc<dyn Engine>,
+    prefix: u8,
+}
+
+impl Tree {
+    fn new(engine: Arc<dyn Engine>, prefix: u8) -> Tree {
+        Tree { engine, prefix }
+    }
+
+    fn full_key(&self, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(self.prefix);
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// Reads one value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.engine.get(&self.full_key(key))
+    }
+
+    /// Reads and decodes one JSON value.
+    pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
+        match self.get(key)? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `key` exists.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Writes one value at once (atomic, not yet durable).
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut b = Batch::new();
+        b.insert(self, key, value);
+        self.engine.apply(b.raw)
+    }
+
+    /// Removes one key at once.
+    pub fn remove(&self, key: &[u8]) -> Result<()> {
+        let mut b = Batch::new();
+        b.remove(self, key);
+        self.engine.apply(b.raw)
+    }
+
+    /// Atomically sets `key` to `new` if its value is `old`.
+    pub fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {
+        self.engine.compare_and_swap(&self.full_key(key), old, new)
+    }
+
+    /// All pairs whose key starts with `prefix`, keys returned without the tree prefix.
+    pub fn scan_prefix<'a>(&'a self, prefix: &[u8]) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        self.scan_prefix_dir(prefix, false)
+    }
+
+    /// Like [`Tree::scan_prefix`], newest (largest key) first when `reverse`.
+    pub fn scan_prefix_dir<'a>(
+        &'a self,
+        prefix: &[u8],
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        let start = self.full_key(prefix);
+        let end = prefix_successor(&start);
+        self.strip(self.engine.range(Bound::Included(start), end, reverse))
+    }
+
+    /// Pairs with `from <= key < to` (keys relative to the tree), in order or reversed.
+    pub fn range<'a>(&'a self, from: &[u8], to: &[u8], reverse: bool) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        let start = Bound::Included(self.full_key(from));
+        let end = Bound::Excluded(self.full_key(to));
+        self.strip(self.engine.range(start, end, reverse))
+    }
+
+    fn strip<'a>(
+        &'a self,
+        iter: engine::KvIter<'a>,
+    ) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+        iter.map(|r| r.map(|(mut k, v)| {
+            k.remove(0);
+            (k, v)
+        }))
+    }
+
+    /// The last (largest) key of the tree, if any.
+    pub fn last(&self) -> Result<Option<KeyValue>> {
+        self.scan_prefix_dir(&[], true).next().transpose()
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_successor(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xFF {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
+}
+
+/// Writes to one or more trees, applied atomically by [`Storage::commit`].
+#[derive(Default)]
+pub struct Batch {
+    raw: RawBatch,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Adds an insert.
+    pub fn insert(&mut self, tree: &Tree, key: &[u8], value: &[u8]) {
+        self.raw.ops.push((tree.full_key(key), Some(value.to_vec())));
+    }
+
+    /// Adds an insert of a JSON-encoded value.
+    pub fn insert_json<T: Serialize + ?Sized>(&mut self, tree: &Tree, key: &[u8], value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value)?;
+        self.raw.ops.push((tree.full_key(key), Some(bytes)));
+        Ok(())
+    }
+
+    /// Adds a removal.
+    pub fn remove(&mut self, tree: &Tree, key: &[u8]) {
+        self.raw.ops.push((tree.full_key(key), None));
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+}
+
+/// The database: trees plus group-committed durability.
+pub struct Storage {
+    engine: Arc<dyn Engine>,
+    /// Every logical tree.
+    pub trees: Trees,
+    committer: commit::GroupCommit,
+}
+
+impl Storage {
+    /// Opens the sled database under `data_dir/db`.
+    pub fn open_sled(data_dir: &Path, cache_capacity_bytes: u64) -> Result<Storage> {
+        std::fs::create_dir_all(data_dir)?;
+        let engine = SledEngine::open(&data_dir.join("db"), cache_capacity_bytes)?;
+        Storage::with_engine(Arc::new(engine))
+    }
+
+    /// A storage on the in-memory engine (tests).
+    pub fn in_memory() -> Storage {
+        Storage::with_engine(Arc::new(MemoryEngine::new())).expect("in-memory storage opens")
+    }
+
+    /// Wraps an engine, checking or recording the format version.
+    pub fn with_engine(engine: Arc<dyn Engine>) -> Result<Storage> {
+        let trees = Trees::new(&engine);
+        let committer = commit::GroupCommit::new(engine.clone());
+        let storage = Storage { engine, trees, committer };
+        storage.check_format()?;
+        Ok(storage)
+    }
+
+    fn check_format(&self) -> Result<()> {
+        let key = b"format_version";
+        match self.trees.meta.get(key)? {
+            Some(v) => {
+                let found = keys::leading_u64(&v).unwrap_or(0);
+                if found != FORMAT_VERSION {
+                    return Err(crate::Error::Storage(format!(
+                        "data dir has storage format {found}, this build reads {FORMAT_VERSION}"
+                    )));
+                }
+            }
+            None => {
+                self.trees.meta.insert(key, &FORMAT_VERSION.to_be_bytes())?;
+                self.engine.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a batch atomically; visible at once, durable after the next flush.
+    pub fn commit(&self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.engine.apply(batch.raw)
+    }
+
+    /// Waits until everything applied before this call is on disk. Concurrent callers
+    /// share one flush.
+    pub async fn durable(&self) -> Result<()> {
+        self.committer.wait().await
+    }
+
+    /// Applies a batch and waits until it is durable.
+    pub async fn commit_durable(&self, batch: Batch) -> Result<()> {
+        self.commit(batch)?;
+        self.durable().await
+    }
+
+    /// Flushes synchronously (shutdown, CLI).
+    pub fn flush(&self) -> Result<()> {
+        self.engine.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engines() -> Vec<(&'static str, Storage, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let sled = Storage::open_sled(dir.path(), 8 << 20).unwrap();
+        vec![("memory", Storage::in_memory(), None), ("sled", sled, Some(dir))]
+    }
+
+    #[tokio::test]
+    async fn trees_are_isolated_and_ordered_on_every_engine() {
+        for (name, s, _dir) in engines() {
+            let t = &s.trees;
+            let mut b = Batch::new();
+            for i in [3u64, 1, 2, 300] {
+                b.insert(&t.room_timeline, &keys::KeyBuilder::new().str("!r:x").u64(i).build(), b"e");
+            }
+            b.insert(&t.room_timeline, &keys::KeyBuilder::new().str("!r2:x").u64(1).build(), b"other");
+            b.insert(&t.stream, &7u64.to_be_bytes(), b"!r:x");
+            s.commit_durable(b).await.unwrap();
+
+            let got: Vec<u64> = t
+                .room_timeline
+                .scan_prefix(&keys::strs(&["!r:x"]))
+                .map(|r| keys::trailing_u64(&r.unwrap().0).unwrap())
+                .collect();
+            assert_eq!(got, vec![1, 2, 3, 300], "{name}");
+            let rev: Vec<u64> = t
+                .room_timeline
+                .scan_prefix_dir(&keys::strs(&["!r:x"]), true)
+                .map(|r| keys::trailing_u64(&r.unwrap().0).unwrap())
+                .collect();
+            assert_eq!(rev, vec![300, 3, 2, 1], "{name}");
+            let from = keys::KeyBuilder::new().str("!r:x").u64(2).build();
+            let to = keys::KeyBuilder::new().str("!r:x").u64(300).build();
+            assert_eq!(t.room_timeline.range(&from, &to, false).count(), 2, "{name}");
+            assert_eq!(t.stream.last().unwrap().unwrap().0, 7u64.to_be_bytes().to_vec(), "{name}");
+            assert!(t.pdus.last().unwrap().is_none(), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn compare_and_swap_and_remove() {
+        for (name, s, _dir) in engines() {
+            let t = &s.trees.meta;
+            assert!(t.compare_and_swap(b"k", None, Some(b"1".to_vec())).unwrap(), "{name}");
+            assert!(!t.compare_and_swap(b"k", None, Some(b"2".to_vec())).unwrap(), "{name}");
+            assert!(t.compare_and_swap(b"k", Some(b"1"), Some(b"2".to_vec())).unwrap(), "{name}");
+            assert_eq!(t.get(b"k").unwrap().unwrap(), b"2");
+            t.remove(b"k").unwrap();
+            assert!(!t.contains(b"k").unwrap(), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sled_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Storage::open_sled(dir.path(), 8 << 20).unwrap();
+            let mut b = Batch::new();
+            b.insert_json(&s.trees.rooms, b"!r:x", &serde_json::json!({"v": 1})).unwrap();
+            s.commit_durable(b).await.unwrap();
+        }
+        let s = Storage::open_sled(dir.path(), 8 << 20).unwrap();
+        let v: serde_json::Value = s.trees.rooms.get_json(b"!r:x").unwrap().unwrap();
+        assert_eq!(v["v"], 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_durable_writers_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(Storage::open_sled(dir.path(), 8 << 20).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..50u64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut b = Batch::new();
+                b.insert(&s.trees.stream, &i.to_be_bytes(), b"r");
+                s.commit_durable(b).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(s.trees.stream.scan_prefix(&[]).count(), 50);
+    }
+}

@@ -1,0 +1,66 @@
+//! The sled implementation of [`Engine`]: one sled tree holds every logical tree, each
+//! under its own prefix byte, so a batch over several logical trees is one atomic sled batch.
+
+use std::{ops::Bound, path::Path};
+
+use super::engine::{Engine, KvIter, RawBatch};
+use crate::{Error, Result};
+
+/// sled-backed engine.
+pub struct SledEngine {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl SledEngine {
+    /// Opens (or creates) the database in `path` with the given page cache.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> Result<SledEngine> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            // We flush explicitly (group commit); no background flusher.
+            .flush_every_ms(None)
+            .open()?;
+        let tree = db.open_tree("myelin")?;
+        Ok(SledEngine { db, tree })
+    }
+}
+
+impl Engine for SledEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn range<'a>(&'a self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'a> {
+        let iter = self.tree.range::<Vec<u8>, _>((start, end));
+        let map = |r: sled::Result<(sled::IVec, sled::IVec)>| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from)
+        };
+        if reverse {
+            Box::new(iter.rev().map(map))
+        } else {
+            Box::new(iter.map(map))
+        }
+    }
+
+    fn apply(&self, batch: RawBatch) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (k, v) in batch.ops {
+            match v {
+                Some(v) => b.insert(k, v),
+                None => b.remove(k),
+            }
+        }
+        self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {
+        Ok(self.tree.compare_and_swap(key, old, new)?.is_ok())
+    }
+}

@@ -1,0 +1,81 @@
+//! Every logical tree, its prefix byte and its key layout. Keys are built only with
+//! [`super::keys`]: string parts end in 0xFF, integers are big-endian u64.
+
+use std::sync::Arc;
+
+use super::{engine::Engine, Tree};
+
+macro_rules! trees {
+    ($( $(#[doc = $doc:literal])* $name:ident = $prefix:literal, )*) => {
+        /// All logical trees.
+        pub struct Trees {
+            $( $(#[doc = $doc])* pub $name: Tree, )*
+        }
+
+        impl Trees {
+            pub(super) fn new(engine: &Arc<dyn Engine>) -> Trees {
+                Trees { $( $name: Tree::new(engine.clone(), $prefix), )* }
+            }
+
+            /// (name, prefix) of every tree, for checks and tools.
+            pub fn all() -> &'static [(&'static str, u8)] {
+                &[ $( (stringify!($name), $prefix), )* ]
+            }
+        }
+    };
+}
+
+trees! {
+    /// `name` → value: storage format version, counters.
+    meta = 0x01,
+
+    // ---- users ----
+    /// `user_id` → JSON account record (password hash, admin, guest, deactivated).
+    users = 0x10,
+    /// `sha256(access_token)` → JSON `{user_id, device_id}`.
+    tokens = 0x11,
+    /// `user_id, device_id` → JSON device record.
+    devices = 0x12,
+    /// `user_id` → JSON profile `{displayname, avatar_url}`.
+    profiles = 0x13,
+    /// `user_id, room_id or "", type` → account-data content JSON.
+    account_data = 0x14,
+    /// `user_id, stream pos(u64)` → `room_id or "", type`: account-data change log for sync.
+    account_data_log = 0x15,
+    /// `user_id, filter_id` → filter JSON.
+    filters = 0x16,
+    /// `session` → JSON user-interactive auth session.
+    uia_sessions = 0x17,
+    /// `user_id` → JSON presence record.
+    presence = 0x18,
+
+    // ---- rooms and events ----
+    /// `event_id` → JSON `{pos, pdu}`: the signed event and its stream position.
+    pdus = 0x20,
+    /// `pos(u64)` → `room_id`: the global timeline stream.
+    stream = 0x21,
+    /// `room_id, pos(u64)` → `event_id`: each room's timeline.
+    room_timeline = 0x22,
+    /// `room_id, type, state_key` → `event_id`: current state.
+    room_state = 0x23,
+    /// `room_id, type, state_key, pos(u64)` → `event_id`: every state change, for historical state.
+    room_state_history = 0x24,
+    /// `room_id` → JSON room record (version, creator, kind).
+    rooms = 0x25,
+    /// `user_id, room_id` → JSON `{membership, pos, event_id}`: each user's rooms.
+    user_rooms = 0x26,
+    /// `user_id, device_id, txn_id` → `event_id`: transaction idempotence.
+    txns = 0x27,
+    /// `alias` → `room_id`.
+    aliases = 0x28,
+    /// `room_id` → `""`: rooms in the public directory.
+    public_rooms = 0x29,
+    /// `user_id, room_id` → `""`: rooms the user forgot.
+    forgotten = 0x2A,
+
+    // ---- ephemeral ----
+    /// `room_id, receipt_type, user_id, thread` → JSON `{event_id, ts, pos}`.
+    receipts = 0x30,
+    /// `room_id, pos(u64)` → `receipt_type, user_id, thread`: receipt change log for sync.
+    receipts_log = 0x31,
+}
