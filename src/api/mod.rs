@@ -1,0 +1,34 @@
+//! HTTP API: the axum router. Handlers are thin: parse, authorise, call a service, shape
+//! the response.
+
+pub mod client;
+pub mod ruma;
+
+use std::sync::Arc;
+
+use axum::{http::StatusCode, response::IntoResponse, Router};
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::{services::Services, Error};
+
+/// The whole HTTP application.
+pub fn router(services: Arc<Services>) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods(Any)
+        .allow_headers(Any);
+    client::routes()
+        .fallback(unrecognized)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors)
+        .with_state(services)
+}
+
+async fn unrecognized() -> Error {
+    Error::unrecognized()
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    let (_, body) = Error::unrecognized().to_status_and_body();
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
+}

@@ -1,0 +1,214 @@
+//! The bridge between axum and ruma: the [`Ruma`] extractor (body limit, authentication,
+//! ruma request parsing with Matrix error codes) and route registration from each
+//! endpoint's ruma metadata, so every r0/v3/unstable alias of a path is served.
+
+use std::{any::TypeId, future::Future, sync::Arc};
+
+use axum::{
+    extract::{FromRequest, Path, Request, State},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use bytes::BytesMut;
+use ruma::{
+    api::{
+        auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional},
+        error::{DeserializationError, FromHttpRequestError},
+        IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
+        path_builder::PathBuilder,
+    },
+    OwnedDeviceId, OwnedUserId,
+};
+
+use crate::{services::Services, users::Session, Error, Result};
+
+/// A parsed, authenticated ruma request.
+pub struct Ruma<T> {
+    /// The typed request.
+    pub body: T,
+    /// The authenticated session, when the endpoint takes an access token and one was given.
+    pub session: Option<Session>,
+    /// The raw JSON body (for endpoints that need fields ruma does not model).
+    pub json_body: Option<serde_json::Value>,
+}
+
+impl<T> Ruma<T> {
+    /// The session of an endpoint that requires authentication.
+    pub fn session(&self) -> Result<&Session> {
+        self.session.as_ref().ok_or_else(Error::missing_token)
+    }
+
+    /// The authenticated user.
+    pub fn sender_user(&self) -> Result<&OwnedUserId> {
+        Ok(&self.session()?.user_id)
+    }
+
+    /// The authenticated device.
+    pub fn sender_device(&self) -> Result<&OwnedDeviceId> {
+        Ok(&self.session()?.device_id)
+    }
+}
+
+/// How an endpoint authenticates.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum AuthNeed {
+    Required,
+    Optional,
+    None,
+}
+
+fn auth_need<T: Metadata>() -> AuthNeed
+where
+    T::Authentication: 'static,
+{
+    let id = TypeId::of::<T::Authentication>();
+    if id == TypeId::of::<AccessToken>() || id == TypeId::of::<AppserviceToken>() {
+        AuthNeed::Required
+    } else if id == TypeId::of::<AccessTokenOptional>() || id == TypeId::of::<AppserviceTokenOptional>() {
+        AuthNeed::Optional
+    } else {
+        AuthNeed::None
+    }
+}
+
+/// The access token of a request: `Authorization: Bearer` header or `access_token` query.
+pub fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    parts.uri.query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "access_token")
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+/// Maps a ruma parse failure to the Matrix error a client should see.
+fn parse_error(e: FromHttpRequestError) -> Error {
+    match e {
+        FromHttpRequestError::Deserialization(DeserializationError::Ident(e)) => {
+            Error::invalid_param(format!("invalid identifier: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Query(e)) => {
+            Error::invalid_param(format!("invalid query parameter: {e}"))
+        }
+        FromHttpRequestError::Deserialization(DeserializationError::Json(e)) => {
+            Error::bad_json(format!("invalid request body: {e}"))
+        }
+        FromHttpRequestError::MethodMismatch { .. } => Error::unrecognized(),
+        other => Error::bad_json(other.to_string()),
+    }
+}
+
+impl<T> FromRequest<Arc<Services>> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: 'static,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = req.into_parts();
+        let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
+            Ok(Path(args)) => args,
+            Err(e) => return Err(Error::invalid_param(format!("invalid path: {e}"))),
+        };
+        let limit = services.config.max_request_size;
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::too_large(format!("request body exceeds {limit} bytes")))?;
+
+        let session = match auth_need::<T>() {
+            AuthNeed::None => None,
+            need => match access_token(&parts) {
+                Some(token) => Some(services.users.authenticate(&token)?),
+                None if need == AuthNeed::Required => return Err(Error::missing_token()),
+                None => None,
+            },
+        };
+
+        let json_body = if bytes.is_empty() || !expects_json(&parts) {
+            None
+        } else {
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::not_json(format!("request body is not valid JSON: {e}")))?;
+            if !value.is_object() {
+                return Err(Error::not_json("request body must be a JSON object"));
+            }
+            Some(value)
+        };
+
+        let http_req = http::Request::from_parts(parts, bytes.as_ref());
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
+        Ok(Ruma { body, session, json_body })
+    }
+}
+
+use axum::extract::FromRequestParts;
+
+fn expects_json(parts: &http::request::Parts) -> bool {
+    match parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        // Clients often omit the content type on JSON requests; only a declared non-JSON
+        // type (a media upload) is passed through unparsed.
+        Some(ct) => ct.starts_with("application/json") || ct.starts_with("text/plain"),
+        None => true,
+    }
+}
+
+/// A ruma response turned into an HTTP response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res.map(|body| axum::body::Body::from(body.freeze())).into_response(),
+            Err(e) => Error::internal(format!("response serialisation failed: {e}")).into_response(),
+        }
+    }
+}
+
+/// Adds an async handler `fn(State<Arc<Services>>, Ruma<Req>) -> Result<Resp>` to a
+/// router under every path and the method ruma knows for `Req`.
+pub trait RumaHandler<Req> {
+    /// Registers the handler.
+    fn add_to(self, router: Router<Arc<Services>>) -> Router<Arc<Services>>;
+}
+
+impl<Req, F, Fut> RumaHandler<Req> for F
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: 'static,
+    F: Fn(State<Arc<Services>>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Req::OutgoingResponse>> + Send + 'static,
+    Req::OutgoingResponse: Send,
+{
+    fn add_to(self, mut router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+        let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
+        for path in Req::PATH_BUILDER.all_paths() {
+            let handler = self.clone();
+            router = router.route(
+                path,
+                on(filter, move |state: State<Arc<Services>>, req: Ruma<Req>| async move {
+                    handler(state, req).await.map(RumaResponse)
+                }),
+            );
+        }
+        router
+    }
+}
+
+/// `router.ruma(handler)`: register a ruma-typed handler.
+pub trait RouterExt {
+    /// Registers `handler` under its endpoint's paths.
+    fn ruma<Req, H: RumaHandler<Req>>(self, handler: H) -> Self;
+}
+
+impl RouterExt for Router<Arc<Services>> {
+    fn ruma<Req, H: RumaHandler<Req>>(self, handler: H) -> Self {
+        handler.add_to(self)
+    }
+}
