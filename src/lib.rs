@@ -3,8 +3,11 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod events;
+pub mod rooms;
 pub mod services;
 pub mod storage;
+pub mod sync;
 pub mod users;
 
 pub use error::{Error, Result};

@@ -2,7 +2,12 @@
 
 use std::sync::Arc;
 
-use crate::{config::Config, storage::Storage, users::UsersService, Result};
+use crate::{
+    config::Config, events::keys::ServerKeys, rooms::RoomsService, storage::Storage,
+    sync::{notifier::Notifier, SyncService},
+    users::UsersService,
+    Result,
+};
 
 /// All services of a running server.
 pub struct Services {
@@ -10,22 +15,42 @@ pub struct Services {
     pub config: Arc<Config>,
     /// The database.
     pub storage: Arc<Storage>,
+    /// The server's signing key.
+    pub keys: Arc<ServerKeys>,
+    /// Wakes long-polling syncs.
+    pub notifier: Arc<Notifier>,
     /// Accounts, devices, tokens, profiles.
     pub users: Arc<UsersService>,
+    /// Rooms, events, state, membership.
+    pub rooms: Arc<RoomsService>,
+    /// `/sync` assembly.
+    pub sync: Arc<SyncService>,
 }
 
 impl Services {
-    /// Builds every service on the given storage.
-    pub fn build(config: Config, storage: Storage) -> Result<Arc<Services>> {
+    /// Builds every service on the given storage and signing key.
+    pub fn build(config: Config, storage: Storage, keys: ServerKeys) -> Result<Arc<Services>> {
         let config = Arc::new(config);
         let storage = Arc::new(storage);
-        let users = Arc::new(UsersService::new(config.clone(), storage.clone()));
-        Ok(Arc::new(Services { config, storage, users }))
+        let keys = Arc::new(keys);
+        let notifier = Arc::new(Notifier::new());
+        let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
+        let rooms = Arc::new(RoomsService::new(config.clone(), storage.clone(), keys.clone(), notifier.clone())?);
+        let sync = Arc::new(SyncService::new(rooms.clone(), users.clone(), notifier.clone()));
+        let wake = notifier.clone();
+        users.set_on_change(Box::new(move |user| wake.notify([user])));
+        Ok(Arc::new(Services { config, storage, keys, notifier, users, rooms, sync }))
     }
 
-    /// Opens the on-disk database named by the config and builds the services.
+    /// Opens the on-disk database and key named by the config and builds the services.
     pub fn open(config: Config) -> Result<Arc<Services>> {
         let storage = Storage::open_sled(&config.data_dir, config.storage.cache_capacity_mb << 20)?;
-        Services::build(config, storage)
+        let keys = ServerKeys::load_or_generate(&config.data_dir)?;
+        Services::build(config, storage, keys)
+    }
+
+    /// Services on the in-memory engine with a fresh key (tests).
+    pub fn in_memory(config: Config) -> Result<Arc<Services>> {
+        Services::build(config, Storage::in_memory(), ServerKeys::generate()?)
     }
 }

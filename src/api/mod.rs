@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod ruma;
+mod server_keys;
 
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_origin(Any)
         .allow_methods(Any)
         .allow_headers(Any);
-    client::routes()
+    server_keys::routes(client::routes())
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)

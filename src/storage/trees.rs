@@ -72,6 +72,8 @@ trees! {
     public_rooms = 0x29,
     /// `user_id, room_id` → `""`: rooms the user forgot.
     forgotten = 0x2A,
+    /// `room_id, alias` → `""`: the aliases pointing at a room.
+    room_aliases = 0x2B,
 
     // ---- ephemeral ----
     /// `room_id, receipt_type, user_id, thread` → JSON `{event_id, ts, pos}`.

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{config::Config, storage::Storage, Error, Result};
 
+
 /// Who a request's access token belongs to.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Session {
@@ -33,8 +34,8 @@ pub fn token_key(token: &str) -> Vec<u8> {
 
 impl UsersService {
     /// Builds the service.
-    pub fn new(config: Arc<Config>, storage: Arc<Storage>) -> UsersService {
-        UsersService { config, storage }
+    pub fn new(config: Arc<Config>, storage: Arc<Storage>) -> Result<UsersService> {
+        Ok(UsersService { config, storage })
     }
 
     /// The configuration this service runs with.

@@ -1,0 +1,158 @@
+//! Room aliases and the public room directory.
+
+use std::sync::Arc;
+
+use axum::{extract::State, Router};
+use ruma::{
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+        room::{aliases, Visibility},
+    },
+    directory::PublicRoomsChunk,
+    UInt,
+};
+
+use crate::{
+    api::ruma::{RouterExt, Ruma},
+    rooms::Membership,
+    services::Services,
+    Error, Result,
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router
+        .ruma(create_alias_route)
+        .ruma(get_alias_route)
+        .ruma(delete_alias_route)
+        .ruma(room_aliases_route)
+        .ruma(public_rooms_route)
+        .ruma(public_rooms_filtered_route)
+        .ruma(get_visibility_route)
+        .ruma(set_visibility_route)
+}
+
+/// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
+async fn create_alias_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<create_alias::v3::Request>,
+) -> Result<create_alias::v3::Response> {
+    let user = req.sender_user()?;
+    let b = &req.body;
+    if services.rooms.membership(&b.room_id, user)? != Some(Membership::Join) {
+        return Err(Error::forbidden("You are not joined to this room"));
+    }
+    services.rooms.put_alias(&b.room_alias, &b.room_id, user)?;
+    Ok(create_alias::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+async fn get_alias_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_alias::v3::Request>,
+) -> Result<get_alias::v3::Response> {
+    let room_id = services
+        .rooms
+        .resolve_alias(&req.body.room_alias)?
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    Ok(get_alias::v3::Response::new(room_id, vec![services.rooms.server_name().to_owned()]))
+}
+
+/// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
+async fn delete_alias_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<delete_alias::v3::Request>,
+) -> Result<delete_alias::v3::Response> {
+    services.rooms.delete_alias(&req.body.room_alias, req.sender_user()?)?;
+    Ok(delete_alias::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
+async fn room_aliases_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<aliases::v3::Request>,
+) -> Result<aliases::v3::Response> {
+    services.rooms.check_can_see_state(&req.body.room_id, req.sender_user()?)?;
+    Ok(aliases::v3::Response::new(services.rooms.room_aliases(&req.body.room_id)?))
+}
+
+fn page(
+    services: &Services,
+    search: Option<&str>,
+    since: Option<&str>,
+    limit: Option<UInt>,
+) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, UInt)> {
+    let offset = match since {
+        Some(s) => s.strip_prefix('p').and_then(|n| n.parse().ok()).ok_or_else(|| Error::invalid_param("invalid since token"))?,
+        None => 0usize,
+    };
+    let limit = limit.map_or(100, |l| u64::from(l) as usize).clamp(1, 500);
+    let (entries, total) = services.rooms.public_rooms(search, offset, limit)?;
+    let chunk = entries
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<std::result::Result<Vec<PublicRoomsChunk>, _>>()?;
+    let next = (offset + chunk.len() < total).then(|| format!("p{}", offset + chunk.len()));
+    let prev = (offset > 0).then(|| format!("p{}", offset.saturating_sub(limit)));
+    Ok((chunk, next, prev, UInt::try_from(total as u64).unwrap_or_default()))
+}
+
+/// `GET /_matrix/client/v3/publicRooms`
+async fn public_rooms_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> Result<get_public_rooms::v3::Response> {
+    let (chunk, next, prev, total) = page(&services, None, req.body.since.as_deref(), req.body.limit)?;
+    let mut res = get_public_rooms::v3::Response::new(chunk);
+    res.next_batch = next;
+    res.prev_batch = prev;
+    res.total_room_count_estimate = Some(total);
+    Ok(res)
+}
+
+/// `POST /_matrix/client/v3/publicRooms`
+async fn public_rooms_filtered_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_public_rooms_filtered::v3::Request>,
+) -> Result<get_public_rooms_filtered::v3::Response> {
+    let b = &req.body;
+    let (chunk, next, prev, total) = page(&services, b.filter.generic_search_term.as_deref(), b.since.as_deref(), b.limit)?;
+    let mut res = get_public_rooms_filtered::v3::Response::new();
+    res.chunk = chunk;
+    res.next_batch = next;
+    res.prev_batch = prev;
+    res.total_room_count_estimate = Some(total);
+    Ok(res)
+}
+
+/// `GET /_matrix/client/v3/directory/list/room/{roomId}`
+async fn get_visibility_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> Result<get_room_visibility::v3::Response> {
+    if !services.rooms.exists(&req.body.room_id)? {
+        return Err(Error::not_found("Unknown room"));
+    }
+    let visibility = if services.rooms.is_public(&req.body.room_id)? { Visibility::Public } else { Visibility::Private };
+    Ok(get_room_visibility::v3::Response::new(visibility))
+}
+
+/// `PUT /_matrix/client/v3/directory/list/room/{roomId}`
+async fn set_visibility_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> Result<set_room_visibility::v3::Response> {
+    let user = req.sender_user()?;
+    let room_id = &req.body.room_id;
+    if !services.rooms.exists(room_id)? {
+        return Err(Error::not_found("Unknown room"));
+    }
+    let power = services.rooms.power_levels(room_id)?;
+    if services.rooms.membership(room_id, user)? != Some(Membership::Join)
+        || power.user_level(user) < power.event_level("m.room.canonical_alias", true)
+    {
+        return Err(Error::forbidden("You may not change this room's directory visibility"));
+    }
+    services.rooms.set_public(room_id, req.body.visibility == Visibility::Public)?;
+    Ok(set_room_visibility::v3::Response::new())
+}

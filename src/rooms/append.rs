@@ -1,0 +1,277 @@
+//! Building, authorising and appending events: the one path every new event takes.
+
+use std::sync::{atomic::Ordering, Arc};
+
+use ruma::{
+    canonical_json::to_canonical_value, events::StateEventType, CanonicalJsonObject,
+    CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, RoomId,
+    RoomVersionId, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{members::Membership, RoomGuard, RoomsService};
+use crate::{
+    events::{self, Pdu},
+    storage::{keys, Batch},
+    Error, Result,
+};
+
+/// An event a local user asks to send.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// The event type.
+    pub kind: String,
+    /// `Some` for state events.
+    pub state_key: Option<String>,
+    /// The event content.
+    pub content: Value,
+    /// For `m.room.redaction`: the redacted event.
+    pub redacts: Option<OwnedEventId>,
+    /// The client transaction (device, txn id), for idempotent sends.
+    pub txn: Option<(OwnedDeviceId, String)>,
+}
+
+impl NewEvent {
+    /// A message-like event.
+    pub fn message(kind: impl Into<String>, content: Value) -> NewEvent {
+        NewEvent { kind: kind.into(), state_key: None, content, redacts: None, txn: None }
+    }
+
+    /// A state event.
+    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> NewEvent {
+        NewEvent {
+            kind: kind.into(),
+            state_key: Some(state_key.into()),
+            content,
+            redacts: None,
+            txn: None,
+        }
+    }
+}
+
+/// How a PDU is stored: the signed event plus its stream position.
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredPdu {
+    pub pos: u64,
+    pub pdu: CanonicalJsonObject,
+}
+
+impl RoomsService {
+    /// Builds, authorises and stores an event, then waits until it is durable.
+    #[tracing::instrument(skip(self, guard, event), fields(room = %guard.room_id(), kind = %event.kind))]
+    pub async fn send(&self, guard: &RoomGuard, sender: &UserId, event: NewEvent) -> Result<(OwnedEventId, u64)> {
+        if let Some((device, txn)) = &event.txn {
+            if let Some(id) = self.txn_event(sender, device, txn)? {
+                let pos = self.event_pos(&id)?.unwrap_or(0);
+                return Ok((id, pos));
+            }
+        }
+        let result = self.append(guard, sender, event)?;
+        self.storage.durable().await?;
+        Ok(result)
+    }
+
+    /// The event a transaction id already produced, if any.
+    pub fn txn_event(&self, user: &UserId, device: &ruma::DeviceId, txn: &str) -> Result<Option<OwnedEventId>> {
+        let key = keys::strs(&[user.as_str(), device.as_str(), txn]);
+        match self.storage.trees.txns.get(&key)? {
+            Some(v) => Ok(Some(
+                EventId::parse(String::from_utf8_lossy(&v).as_ref())
+                    .map_err(|e| Error::internal(format!("stored txn event id: {e}")))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Builds, authorises and commits an event (visible at once; not yet flushed).
+    pub(super) fn append(&self, guard: &RoomGuard, sender: &UserId, event: NewEvent) -> Result<(OwnedEventId, u64)> {
+        let room_id = guard.room_id();
+        let version = self.room(room_id)?.version;
+        let (event_id, object, pdu) = self.build(room_id, &version, sender, &event)?;
+
+        events::auth::check_auth(
+            &version,
+            &pdu,
+            |id| self.get_pdu(id).ok().flatten(),
+            |kind, key| self.state_event(room_id, kind, key).ok().flatten(),
+        )?;
+
+        let mut batch = Batch::new();
+        let trees = &self.storage.trees;
+        if let Some(target) = &event.redacts {
+            self.add_redaction(&mut batch, &version, sender, target, &pdu)?;
+        }
+        if let Some((device, txn)) = &event.txn {
+            batch.insert(&trees.txns, &keys::strs(&[sender.as_str(), device.as_str(), txn]), event_id.as_bytes());
+        }
+        let membership = match (&event.state_key, event.kind.as_str()) {
+            (Some(target), "m.room.member") => {
+                let m = Membership::from_content(&event.content);
+                let user = UserId::parse(target.as_str())
+                    .map_err(|e| Error::invalid_param(format!("member state key: {e}")))?;
+                Some((user, m))
+            }
+            _ => None,
+        };
+
+        let pos = {
+            let mut last = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+            let pos = *last + 1;
+            batch.insert_json(&trees.pdus, event_id.as_bytes(), &StoredPdu { pos, pdu: object })?;
+            batch.insert(&trees.stream, &pos.to_be_bytes(), room_id.as_bytes());
+            batch.insert(&trees.room_timeline, &keys::KeyBuilder::new().str(room_id.as_str()).u64(pos).build(), event_id.as_bytes());
+            if let Some(state_key) = &event.state_key {
+                let base = keys::KeyBuilder::new().str(room_id.as_str()).str(&event.kind).str(state_key);
+                batch.insert(&trees.room_state, &base.clone().build(), event_id.as_bytes());
+                batch.insert(&trees.room_state_history, &base.u64(pos).build(), event_id.as_bytes());
+            }
+            if let Some((user, m)) = &membership {
+                let record = serde_json::json!({ "membership": m.as_str(), "pos": pos, "event_id": event_id });
+                batch.insert_json(&trees.user_rooms, &keys::strs(&[user.as_str(), room_id.as_str()]), &record)?;
+                if *m == Membership::Join {
+                    batch.remove(&trees.forgotten, &keys::strs(&[user.as_str(), room_id.as_str()]));
+                }
+            }
+            self.storage.commit(batch)?;
+            *last = pos;
+            self.stream_pos.store(pos, Ordering::Release);
+            pos
+        };
+
+        if let Some((user, m)) = &membership {
+            self.members.set(room_id, user, *m);
+        }
+        let members = self.members(room_id)?;
+        let mut wake: Vec<&UserId> = members.joined().collect();
+        if let Some((user, _)) = &membership {
+            wake.push(user);
+        }
+        self.notifier.notify(wake);
+        tracing::debug!(%event_id, pos, "event appended");
+        Ok((event_id, pos))
+    }
+
+    fn build(
+        &self,
+        room_id: &RoomId,
+        version: &RoomVersionId,
+        sender: &UserId,
+        event: &NewEvent,
+    ) -> Result<(OwnedEventId, CanonicalJsonObject, Pdu)> {
+        let content_raw = serde_json::value::to_raw_value(&event.content)?;
+        let auth_events = events::builder::auth_events_for(
+            &event.kind,
+            sender,
+            event.state_key.as_deref(),
+            &content_raw,
+            version,
+            |kind: &StateEventType, key: &str| self.state_event_id(room_id, kind.to_string().as_str(), key).ok().flatten(),
+        )?;
+        let (prev_events, depth) = match self.last_event(room_id)? {
+            Some(prev) => (vec![prev.event_id.clone()], prev.depth + 1),
+            None => (Vec::new(), 1),
+        };
+
+        let mut object = CanonicalJsonObject::new();
+        let canon = |v: &dyn erased::Ser| v.canon();
+        object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
+        object.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
+        object.insert("type".into(), CanonicalJsonValue::String(event.kind.clone()));
+        object.insert("content".into(), canon(&event.content)?);
+        object.insert(
+            "origin_server_ts".into(),
+            canon(&MilliSecondsSinceUnixEpoch::now())?,
+        );
+        object.insert("prev_events".into(), canon(&prev_events)?);
+        object.insert("auth_events".into(), canon(&auth_events)?);
+        object.insert("depth".into(), canon(&depth)?);
+        if let Some(key) = &event.state_key {
+            object.insert("state_key".into(), CanonicalJsonValue::String(key.clone()));
+        }
+        if let Some(redacts) = &event.redacts {
+            // v11 carries `redacts` in content (the client sent it there or we add it);
+            // earlier versions at the top level.
+            if *version == RoomVersionId::V11 {
+                if let Some(CanonicalJsonValue::Object(content)) = object.get_mut("content") {
+                    content.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+                }
+            } else {
+                object.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+            }
+        }
+        let (event_id, object) = events::builder::finalize_event(&self.keys, &self.server_name, version, object)?;
+        let pdu = Pdu::from_canonical(event_id.clone(), object.clone())?;
+        Ok((event_id, object, pdu))
+    }
+
+    fn add_redaction(
+        &self,
+        batch: &mut Batch,
+        version: &RoomVersionId,
+        sender: &UserId,
+        target: &EventId,
+        redaction: &Pdu,
+    ) -> Result<()> {
+        let trees = &self.storage.trees;
+        let Some(stored) = trees.pdus.get_json::<StoredPdu>(target.as_bytes())? else {
+            return Err(Error::not_found("Event to redact not found"));
+        };
+        let original = Pdu::from_canonical(target.to_owned(), stored.pdu.clone())?;
+        if original.room_id != redaction.room_id {
+            return Err(Error::not_found("Event to redact not found in this room"));
+        }
+        if original.sender != sender {
+            let power = self.power_levels(&redaction.room_id)?;
+            if power.user_level(sender) < power.redact {
+                return Err(Error::forbidden("You may only redact your own events"));
+            }
+        }
+        let because = to_canonical_value(redaction.to_client_event())
+            .map_err(|e| Error::internal(format!("redaction event: {e}")))?;
+        let mut redacted = events::redaction::redact(&stored.pdu, version)?;
+        let mut unsigned = CanonicalJsonObject::new();
+        unsigned.insert("redacted_because".into(), because);
+        redacted.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
+        batch.insert_json(&trees.pdus, target.as_bytes(), &StoredPdu { pos: stored.pos, pdu: redacted })?;
+        self.invalidate_pdu(target);
+        Ok(())
+    }
+
+    /// The newest event of a room.
+    pub fn last_event(&self, room_id: &RoomId) -> Result<Option<Arc<Pdu>>> {
+        let prefix = keys::strs(&[room_id.as_str()]);
+        match self.storage.trees.room_timeline.scan_prefix_dir(&prefix, true).next() {
+            Some(kv) => {
+                let (_, id) = kv?;
+                let id = parse_event_id(&id)?;
+                self.get_pdu(&id)
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Parses a stored event id.
+pub(super) fn parse_event_id(bytes: &[u8]) -> Result<OwnedEventId> {
+    EventId::parse(String::from_utf8_lossy(bytes).as_ref())
+        .map_err(|e| Error::internal(format!("stored event id: {e}")))
+}
+
+mod erased {
+    //! Serialises any value into canonical JSON, mapping failures into our error.
+    use ruma::CanonicalJsonValue;
+
+    use crate::{Error, Result};
+
+    pub trait Ser {
+        fn canon(&self) -> Result<CanonicalJsonValue>;
+    }
+
+    impl<T: serde::Serialize> Ser for T {
+        fn canon(&self) -> Result<CanonicalJsonValue> {
+            ruma::canonical_json::to_canonical_value(self)
+                .map_err(|e| Error::bad_json(format!("content is not canonical JSON: {e}")))
+        }
+    }
+}

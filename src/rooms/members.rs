@@ -1,0 +1,183 @@
+//! Room membership: the `Membership` of each user, cached in memory per room (loaded
+//! from current state on first use, updated on every member event).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+
+use super::RoomsService;
+use crate::{storage::keys, Result};
+
+/// A membership state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Membership {
+    /// `join`
+    Join,
+    /// `invite`
+    Invite,
+    /// `leave`
+    Leave,
+    /// `ban`
+    Ban,
+    /// `knock`
+    Knock,
+}
+
+impl Membership {
+    /// Reads `content.membership` (unknown values count as leave).
+    pub fn from_content(content: &Value) -> Membership {
+        Membership::parse(content.get("membership").and_then(Value::as_str).unwrap_or("leave"))
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Membership {
+        match s {
+            "join" => Membership::Join,
+            "invite" => Membership::Invite,
+            "ban" => Membership::Ban,
+            "knock" => Membership::Knock,
+            _ => Membership::Leave,
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Membership::Join => "join",
+            Membership::Invite => "invite",
+            Membership::Leave => "leave",
+            Membership::Ban => "ban",
+            Membership::Knock => "knock",
+        }
+    }
+}
+
+/// The members of one room.
+#[derive(Clone, Default, Debug)]
+pub struct RoomMembers {
+    map: HashMap<OwnedUserId, Membership>,
+}
+
+impl RoomMembers {
+    /// A user's membership.
+    pub fn get(&self, user: &UserId) -> Option<Membership> {
+        self.map.get(user).copied()
+    }
+
+    /// Users currently joined.
+    pub fn joined(&self) -> impl Iterator<Item = &UserId> {
+        self.with(Membership::Join)
+    }
+
+    /// Users with the given membership.
+    pub fn with(&self, m: Membership) -> impl Iterator<Item = &UserId> {
+        self.map.iter().filter(move |(_, v)| **v == m).map(|(k, _)| k.as_ref())
+    }
+
+    /// Every user with any membership.
+    pub fn all(&self) -> impl Iterator<Item = (&UserId, Membership)> {
+        self.map.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
+    /// Number of users with the given membership.
+    pub fn count(&self, m: Membership) -> usize {
+        self.map.values().filter(|v| **v == m).count()
+    }
+}
+
+/// Per-room membership cache.
+#[derive(Default)]
+pub(super) struct MembersCache {
+    rooms: RwLock<HashMap<OwnedRoomId, Arc<RoomMembers>>>,
+}
+
+impl MembersCache {
+    /// Records a membership change of a cached room (uncached rooms load on next use).
+    pub(super) fn set(&self, room_id: &RoomId, user: &UserId, m: Membership) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = rooms.get_mut(room_id) {
+            Arc::make_mut(members).map.insert(user.to_owned(), m);
+        }
+    }
+
+    /// Drops a room from the cache (room purged).
+    pub(super) fn forget(&self, room_id: &RoomId) {
+        self.rooms.write().unwrap_or_else(|e| e.into_inner()).remove(room_id);
+    }
+}
+
+impl RoomsService {
+    /// The members of a room (empty for an unknown room).
+    pub fn members(&self, room_id: &RoomId) -> Result<Arc<RoomMembers>> {
+        if let Some(m) = self.members.rooms.read().unwrap_or_else(|e| e.into_inner()).get(room_id) {
+            return Ok(m.clone());
+        }
+        // Load under the write lock so a concurrent `set` cannot slip between our read of
+        // storage and the insert (it would be lost).
+        let mut rooms = self.members.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = rooms.get(room_id) {
+            return Ok(m.clone());
+        }
+        let prefix = keys::strs(&[room_id.as_str(), "m.room.member"]);
+        let mut members = RoomMembers::default();
+        for kv in self.storage.trees.room_state.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let Ok(user) = UserId::parse(String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).as_ref()) else {
+                continue;
+            };
+            let id = super::append::parse_event_id(&v)?;
+            if let Some(pdu) = self.get_pdu(&id)? {
+                let content: Value = serde_json::from_str(pdu.content.get())?;
+                members.map.insert(user, Membership::from_content(&content));
+            }
+        }
+        let members = Arc::new(members);
+        rooms.insert(room_id.to_owned(), members.clone());
+        Ok(members)
+    }
+
+    /// A user's membership in a room.
+    pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<Membership>> {
+        Ok(self.members(room_id)?.get(user))
+    }
+
+    /// Fails with 403 unless the user is joined.
+    pub fn check_joined(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        if self.membership(room_id, user)? == Some(Membership::Join) {
+            Ok(())
+        } else {
+            Err(crate::Error::forbidden("You are not joined to this room"))
+        }
+    }
+
+    /// Every room the user has a membership record in, with that membership and the
+    /// stream position of the membership event.
+    pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, Membership, u64)>> {
+        let prefix = keys::strs(&[user.as_str()]);
+        let mut out = Vec::new();
+        for kv in self.storage.trees.user_rooms.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let room = String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).into_owned();
+            let Ok(room) = OwnedRoomId::try_from(room) else { continue };
+            let record: Value = serde_json::from_slice(&v)?;
+            let m = Membership::parse(record["membership"].as_str().unwrap_or("leave"));
+            let pos = record["pos"].as_u64().unwrap_or(0);
+            out.push((room, m, pos));
+        }
+        Ok(out)
+    }
+
+    /// Rooms the user is joined to.
+    pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .user_rooms(user)?
+            .into_iter()
+            .filter(|(_, m, _)| *m == Membership::Join)
+            .map(|(r, _, _)| r)
+            .collect())
+    }
+}

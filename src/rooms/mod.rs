@@ -1,0 +1,178 @@
+//! Rooms: the timeline, current and historical state, membership, aliases, the public
+//! directory and ephemeral data (typing, receipts). Every event is built, signed and
+//! checked against the spec's authorization rules here before it is stored.
+
+mod alias;
+mod append;
+mod create;
+mod ephemeral;
+mod members;
+mod membership;
+mod read;
+mod state;
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::AtomicU64, Arc, Mutex},
+};
+
+use ruma::{OwnedRoomId, OwnedServerName, RoomId, RoomVersionId};
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    append::NewEvent,
+    create::CreateRoom,
+    ephemeral::{Typing, RECEIPT_TYPES},
+    members::{Membership, RoomMembers},
+    membership::MemberProfile,
+    read::{ContextPage, Direction, EventFilter, MessagesPage, Token},
+    state::{PowerLevels, StateMap},
+};
+use crate::{
+    config::Config, events::keys::ServerKeys, storage::Storage, sync::notifier::Notifier, Error,
+    Result,
+};
+
+/// What Myelin records about a room besides its events.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomRecord {
+    /// The room version (`"10"` or `"11"`).
+    pub version: RoomVersionId,
+    /// The room type from `m.room.create`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_type: Option<String>,
+}
+
+/// Proof that the caller holds a room's lock: state-changing calls take it.
+pub struct RoomGuard {
+    room_id: OwnedRoomId,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl RoomGuard {
+    /// The locked room.
+    pub fn room_id(&self) -> &RoomId {
+        &self.room_id
+    }
+}
+
+/// The rooms service.
+pub struct RoomsService {
+    storage: Arc<Storage>,
+    keys: Arc<ServerKeys>,
+    notifier: Arc<Notifier>,
+    server_name: OwnedServerName,
+    locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises stream-position allocation with the batch that uses it; holds the last
+    /// committed timeline position.
+    stream: Mutex<u64>,
+    /// Last committed timeline position, readable without the lock.
+    stream_pos: AtomicU64,
+    /// Ephemeral (receipts, typing) stream position.
+    ephemeral_pos: AtomicU64,
+    members: members::MembersCache,
+    typing: ephemeral::TypingState,
+    /// Serialises receipt writes with their ephemeral position.
+    receipts_lock: Mutex<()>,
+    /// Recently read events.
+    pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
+}
+
+/// Events kept in the read cache before it is cleared.
+const PDU_CACHE_SIZE: usize = 20_000;
+
+impl RoomsService {
+    /// Builds the service, reading the stream positions back from storage.
+    pub fn new(
+        config: Arc<Config>,
+        storage: Arc<Storage>,
+        keys: Arc<ServerKeys>,
+        notifier: Arc<Notifier>,
+    ) -> Result<RoomsService> {
+        let server_name = OwnedServerName::try_from(config.server_name.as_str())
+            .map_err(|e| Error::internal(format!("server name: {e}")))?;
+        let last = storage
+            .trees
+            .stream
+            .last()?
+            .and_then(|(k, _)| crate::storage::keys::leading_u64(&k))
+            .unwrap_or(0);
+        let eph = storage
+            .trees
+            .meta
+            .get(b"ephemeral_pos")?
+            .and_then(|v| crate::storage::keys::leading_u64(&v))
+            .unwrap_or(0);
+        Ok(RoomsService {
+            storage,
+            keys,
+            notifier,
+            server_name,
+            locks: Mutex::default(),
+            stream: Mutex::new(last),
+            stream_pos: AtomicU64::new(last),
+            ephemeral_pos: AtomicU64::new(eph),
+            members: members::MembersCache::default(),
+            typing: ephemeral::TypingState::default(),
+            receipts_lock: Mutex::default(),
+            pdu_cache: Mutex::default(),
+        })
+    }
+
+    /// Takes the room's lock.
+    pub async fn lock(&self, room_id: &RoomId) -> RoomGuard {
+        let mutex = {
+            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(room_id.to_owned()).or_default().clone()
+        };
+        RoomGuard { room_id: room_id.to_owned(), _guard: mutex.lock_owned().await }
+    }
+
+    /// The server name events are created under.
+    pub fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
+    /// The room's record, or 404 when the room is unknown.
+    pub fn room(&self, room_id: &RoomId) -> Result<RoomRecord> {
+        self.storage
+            .trees
+            .rooms
+            .get_json(room_id.as_bytes())?
+            .ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    /// Whether the room exists here.
+    pub fn exists(&self, room_id: &RoomId) -> Result<bool> {
+        self.storage.trees.rooms.contains(room_id.as_bytes())
+    }
+
+    /// The last committed timeline stream position.
+    pub fn current_pos(&self) -> u64 {
+        self.stream_pos.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The current ephemeral stream position.
+    pub fn current_ephemeral_pos(&self) -> u64 {
+        self.ephemeral_pos.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn pdu_cache_get(&self, event_id: &ruma::EventId) -> Option<(u64, Arc<crate::events::Pdu>)> {
+        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id).cloned()
+    }
+
+    fn pdu_cache_put(&self, event_id: &ruma::EventId, pos: u64, pdu: Arc<crate::events::Pdu>) {
+        let mut cache = self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= PDU_CACHE_SIZE {
+            cache.clear();
+        }
+        cache.insert(event_id.to_owned(), (pos, pdu));
+    }
+
+    fn invalidate_pdu(&self, event_id: &ruma::EventId) {
+        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id);
+    }
+}
+
+#[cfg(test)]
+mod tests;

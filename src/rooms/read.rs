@@ -1,0 +1,300 @@
+//! Reading timelines: pagination tokens, event filters, `/messages`, `/context`, and
+//! which events a user may see.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use ruma::{EventId, RoomId, UserId};
+use serde_json::Value;
+
+use super::{append::parse_event_id, members::Membership, RoomsService};
+use crate::{events::Pdu, storage::keys, Error, Result};
+
+/// A pagination token: the point right after timeline position `0`.
+/// Written `t{pos}`; sync tokens `s{pos}_…` are accepted too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token(pub u64);
+
+impl Token {
+    /// Parses `t123` or a sync token `s123_…`.
+    pub fn parse(s: &str) -> Result<Token> {
+        let digits = s
+            .strip_prefix('t')
+            .or_else(|| s.strip_prefix('s').map(|r| r.split('_').next().unwrap_or("")))
+            .ok_or_else(|| Error::invalid_param(format!("invalid pagination token {s:?}")))?;
+        digits.parse().map(Token).map_err(|_| Error::invalid_param(format!("invalid pagination token {s:?}")))
+    }
+}
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
+/// Pagination direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Towards older events.
+    Backward,
+    /// Towards newer events.
+    Forward,
+}
+
+/// A `RoomEventFilter`, parsed leniently from its JSON.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Maximum events.
+    pub limit: Option<usize>,
+    types: Option<Vec<String>>,
+    not_types: Vec<String>,
+    senders: Option<Vec<String>>,
+    not_senders: Vec<String>,
+    rooms: Option<Vec<String>>,
+    not_rooms: Vec<String>,
+    contains_url: Option<bool>,
+    /// Only members of senders in the returned timeline are sent as state.
+    pub lazy_load_members: bool,
+    /// Send members again even if the client has them.
+    pub include_redundant_members: bool,
+}
+
+fn strings(v: &Value, key: &str) -> Option<Vec<String>> {
+    v.get(key)?.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+}
+
+fn glob(pattern: &str, value: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => value.starts_with(prefix),
+        None => pattern == value,
+    }
+}
+
+impl EventFilter {
+    /// Reads a filter object (missing keys mean "no restriction").
+    pub fn from_json(v: &Value) -> EventFilter {
+        EventFilter {
+            limit: v.get("limit").and_then(Value::as_u64).map(|l| l as usize),
+            types: strings(v, "types"),
+            not_types: strings(v, "not_types").unwrap_or_default(),
+            senders: strings(v, "senders"),
+            not_senders: strings(v, "not_senders").unwrap_or_default(),
+            rooms: strings(v, "rooms"),
+            not_rooms: strings(v, "not_rooms").unwrap_or_default(),
+            contains_url: v.get("contains_url").and_then(Value::as_bool),
+            lazy_load_members: v.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false),
+            include_redundant_members: v.get("include_redundant_members").and_then(Value::as_bool).unwrap_or(false),
+        }
+    }
+
+    /// Whether a room passes the `rooms`/`not_rooms` lists.
+    pub fn allows_room(&self, room_id: &RoomId) -> bool {
+        !self.not_rooms.iter().any(|r| r == room_id.as_str())
+            && self.rooms.as_ref().is_none_or(|rs| rs.iter().any(|r| r == room_id.as_str()))
+    }
+
+    /// Whether an event passes the type/sender/url conditions.
+    pub fn allows(&self, pdu: &Pdu) -> bool {
+        let kind = pdu.kind.to_string();
+        if self.not_types.iter().any(|t| glob(t, &kind)) {
+            return false;
+        }
+        if let Some(types) = &self.types {
+            if !types.iter().any(|t| glob(t, &kind)) {
+                return false;
+            }
+        }
+        if self.not_senders.iter().any(|s| s == pdu.sender.as_str()) {
+            return false;
+        }
+        if let Some(senders) = &self.senders {
+            if !senders.iter().any(|s| s == pdu.sender.as_str()) {
+                return false;
+            }
+        }
+        if let Some(want_url) = self.contains_url {
+            let has_url = pdu.content.get().contains("\"url\"");
+            if has_url != want_url {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A page of `/messages`.
+pub struct MessagesPage {
+    /// Events in the requested direction's order.
+    pub chunk: Vec<Arc<Pdu>>,
+    /// Token to continue from, absent when there is nothing more.
+    pub end: Option<Token>,
+}
+
+impl RoomsService {
+    /// The highest timeline position `user` may read in a room (403 if none).
+    pub fn visible_until(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
+        if !self.exists(room_id)? {
+            return Err(Error::forbidden("You are not in this room"));
+        }
+        let visibility = self.history_visibility(room_id)?;
+        match self.membership(room_id, user)? {
+            Some(Membership::Join) => return Ok(u64::MAX),
+            Some(Membership::Leave | Membership::Ban) if visibility != "world_readable" => {
+                let key = keys::strs(&[user.as_str(), room_id.as_str()]);
+                let record: Option<Value> = self.storage.trees.user_rooms.get_json(&key)?;
+                if let Some(pos) = record.and_then(|r| r["pos"].as_u64()) {
+                    return Ok(pos);
+                }
+            }
+            _ => {}
+        }
+        if visibility == "world_readable" {
+            return Ok(u64::MAX);
+        }
+        Err(Error::forbidden("You are not allowed to view this room"))
+    }
+
+    /// Timeline events with `lo < pos <= hi`, in the given direction, up to `limit`
+    /// matching `filter`. Returns the events with positions and whether it stopped early.
+    pub fn timeline_range(
+        &self,
+        room_id: &RoomId,
+        lo: u64,
+        hi: u64,
+        dir: Direction,
+        limit: usize,
+        filter: Option<&EventFilter>,
+    ) -> Result<(Vec<(u64, Arc<Pdu>)>, bool)> {
+        let from = keys::KeyBuilder::new().str(room_id.as_str()).u64(lo.saturating_add(1)).build();
+        let to = keys::KeyBuilder::new().str(room_id.as_str()).u64(hi.saturating_add(1).max(1)).build();
+        let mut out = Vec::new();
+        if lo >= hi {
+            return Ok((out, false));
+        }
+        let mut iter = self.storage.trees.room_timeline.range(&from, &to, dir == Direction::Backward);
+        for kv in iter.by_ref() {
+            let (k, v) = kv?;
+            let pos = keys::trailing_u64(&k).unwrap_or(0);
+            let Some(pdu) = self.get_pdu(&parse_event_id(&v)?)? else { continue };
+            if filter.is_none_or(|f| f.allows(&pdu)) {
+                out.push((pos, pdu));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let more = out.len() >= limit && iter.next().is_some();
+        Ok((out, more))
+    }
+
+    /// `/messages`: pages through a room's timeline as `user` may see it.
+    pub fn messages(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        from: Option<Token>,
+        to: Option<Token>,
+        dir: Direction,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<(Token, MessagesPage)> {
+        let cap = self.visible_until(room_id, user)?.min(self.current_pos());
+        let limit = limit.clamp(1, 1000);
+        match dir {
+            Direction::Backward => {
+                let from = from.map(|t| t.0).unwrap_or(cap).min(cap);
+                let lo = to.map(|t| t.0).unwrap_or(0);
+                let (events, more) = self.timeline_range(room_id, lo, from, dir, limit, Some(filter))?;
+                let end = if more { events.last().map(|(pos, _)| Token(pos - 1)) } else { None };
+                Ok((Token(from), MessagesPage { chunk: events.into_iter().map(|(_, p)| p).collect(), end }))
+            }
+            Direction::Forward => {
+                let from = from.map(|t| t.0).unwrap_or(0);
+                let hi = to.map(|t| t.0).unwrap_or(cap).min(cap);
+                let (events, more) = self.timeline_range(room_id, from, hi, dir, limit, Some(filter))?;
+                let end = if more { events.last().map(|(pos, _)| Token(*pos)) } else { None };
+                Ok((Token(from), MessagesPage { chunk: events.into_iter().map(|(_, p)| p).collect(), end }))
+            }
+        }
+    }
+
+    /// `/context`: events around one event, plus tokens to page further.
+    pub fn context(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        event_id: &EventId,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<ContextPage> {
+        let cap = self.visible_until(room_id, user)?.min(self.current_pos());
+        let Some((pos, event)) = self.get_pdu_with_pos(event_id)? else {
+            return Err(Error::not_found("Event not found"));
+        };
+        if event.room_id != room_id || pos > cap {
+            return Err(Error::not_found("Event not found"));
+        }
+        let half = limit.min(100) / 2;
+        let before_n = limit.min(100) - half;
+        let (before, _) = self.timeline_range(room_id, 0, pos - 1, Direction::Backward, before_n.max(1), Some(filter))?;
+        let (after, _) = self.timeline_range(room_id, pos, cap, Direction::Forward, half.max(1), Some(filter))?;
+        let before: Vec<_> = if before_n == 0 { Vec::new() } else { before };
+        let after: Vec<_> = if half == 0 { Vec::new() } else { after };
+        let start = Token(before.last().map_or(pos, |(p, _)| *p) - 1);
+        let end_pos = after.last().map_or(pos, |(p, _)| *p);
+        let state_map = self.state_at(room_id, end_pos)?;
+        let mut state = self.state_events(&state_map)?;
+        if filter.lazy_load_members {
+            let senders: BTreeSet<String> = before
+                .iter()
+                .chain(after.iter())
+                .map(|(_, p)| p.sender.to_string())
+                .chain([event.sender.to_string()])
+                .collect();
+            state.retain(|p| p.kind.to_string() != "m.room.member" || p.state_key.as_ref().is_some_and(|k| senders.contains(k)));
+        }
+        Ok(ContextPage {
+            event,
+            events_before: before.into_iter().map(|(_, p)| p).collect(),
+            events_after: after.into_iter().map(|(_, p)| p).collect(),
+            start,
+            end: Token(end_pos),
+            state,
+        })
+    }
+}
+
+/// The result of `/context`.
+pub struct ContextPage {
+    /// The requested event.
+    pub event: Arc<Pdu>,
+    /// Older events, newest first.
+    pub events_before: Vec<Arc<Pdu>>,
+    /// Newer events, oldest first.
+    pub events_after: Vec<Arc<Pdu>>,
+    /// Token before the oldest returned event.
+    pub start: Token,
+    /// Token after the newest returned event.
+    pub end: Token,
+    /// State at the end of the returned window.
+    pub state: Vec<Arc<Pdu>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_accept_sync_tokens() {
+        assert_eq!(Token::parse("t42").unwrap(), Token(42));
+        assert_eq!(Token::parse("s17_3_4").unwrap(), Token(17));
+        assert_eq!(Token(5).to_string(), "t5");
+        assert!(Token::parse("x1").is_err());
+        assert!(Token::parse("tabc").is_err());
+    }
+
+    #[test]
+    fn glob_matches_prefix_wildcards() {
+        assert!(glob("m.room.*", "m.room.message"));
+        assert!(!glob("m.room.message", "m.room.member"));
+    }
+}

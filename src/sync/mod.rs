@@ -1,0 +1,390 @@
+//! `/sync`: stream positions, the per-user notifier and response assembly. A sync token
+//! is `s{timeline}_{ephemeral}_{userdata}`: one position per stream.
+
+pub mod notifier;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    events::Pdu,
+    rooms::{Direction, EventFilter, Membership, RoomsService, Token},
+    users::{Session, UsersService},
+    Error, Result,
+};
+
+/// Positions of every stream a sync token covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncToken {
+    /// Timeline stream.
+    pub timeline: u64,
+    /// Receipts and typing.
+    pub ephemeral: u64,
+    /// Account data and presence.
+    pub userdata: u64,
+}
+
+impl SyncToken {
+    /// Parses `s{t}_{e}_{u}`.
+    pub fn parse(s: &str) -> Result<SyncToken> {
+        let bad = || Error::invalid_param(format!("invalid sync token {s:?}"));
+        let rest = s.strip_prefix('s').ok_or_else(bad)?;
+        let mut parts = rest.split('_').map(|p| p.parse::<u64>().map_err(|_| bad()));
+        Ok(SyncToken {
+            timeline: parts.next().ok_or_else(bad)??,
+            ephemeral: parts.next().transpose()?.unwrap_or(0),
+            userdata: parts.next().transpose()?.unwrap_or(0),
+        })
+    }
+}
+
+impl std::fmt::Display for SyncToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{}_{}_{}", self.timeline, self.ephemeral, self.userdata)
+    }
+}
+
+/// The parts of a sync filter that shape the response.
+#[derive(Clone, Debug, Default)]
+pub struct SyncFilter {
+    timeline: EventFilter,
+    state: EventFilter,
+    ephemeral_enabled: bool,
+    room_account_data_enabled: bool,
+    account_data_enabled: bool,
+    presence_enabled: bool,
+    include_leave: bool,
+    rooms: EventFilter,
+}
+
+impl SyncFilter {
+    /// Reads a filter definition (an empty object means defaults).
+    pub fn from_json(v: &Value) -> SyncFilter {
+        let room = v.get("room").cloned().unwrap_or(Value::Null);
+        let not_empty_types = |f: Option<&Value>| {
+            f.and_then(|f| f.get("types")).and_then(Value::as_array).is_none_or(|a| !a.is_empty())
+                && f.and_then(|f| f.get("limit")).and_then(Value::as_u64) != Some(0)
+        };
+        SyncFilter {
+            timeline: EventFilter::from_json(room.get("timeline").unwrap_or(&Value::Null)),
+            state: EventFilter::from_json(room.get("state").unwrap_or(&Value::Null)),
+            ephemeral_enabled: not_empty_types(room.get("ephemeral")),
+            room_account_data_enabled: not_empty_types(room.get("account_data")),
+            account_data_enabled: not_empty_types(v.get("account_data")),
+            presence_enabled: not_empty_types(v.get("presence")),
+            include_leave: room.get("include_leave").and_then(Value::as_bool).unwrap_or(false),
+            rooms: EventFilter::from_json(&room),
+        }
+    }
+}
+
+/// A `/sync` request after parsing.
+#[derive(Clone, Debug, Default)]
+pub struct SyncRequest {
+    /// `since` token.
+    pub since: Option<String>,
+    /// Long-poll timeout.
+    pub timeout: Duration,
+    /// Send full state of every room.
+    pub full_state: bool,
+    /// The filter definition (inline or stored).
+    pub filter: Value,
+    /// `set_presence`.
+    pub set_presence: Option<String>,
+}
+
+/// The sync service.
+pub struct SyncService {
+    rooms: Arc<RoomsService>,
+    users: Arc<UsersService>,
+    notifier: Arc<notifier::Notifier>,
+}
+
+/// Default timeline events per room.
+const DEFAULT_TIMELINE_LIMIT: usize = 10;
+/// Longest long-poll we honour.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Types shown to invitees and knockers.
+const STRIPPED_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
+
+impl SyncService {
+    /// Builds the service.
+    pub fn new(rooms: Arc<RoomsService>, users: Arc<UsersService>, notifier: Arc<notifier::Notifier>) -> SyncService {
+        SyncService { rooms, users, notifier }
+    }
+
+    /// Answers `/sync`, waiting up to the timeout for something new.
+    #[tracing::instrument(skip(self, session, req), fields(user = %session.user_id))]
+    pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
+        let user = &session.user_id;
+        let since = req.since.as_deref().map(SyncToken::parse).transpose()?;
+        let filter = SyncFilter::from_json(&req.filter);
+        if req.set_presence.as_deref() != Some("offline") {
+            self.users.touch_presence(user, req.set_presence.as_deref())?;
+        }
+        let deadline = tokio::time::Instant::now() + req.timeout.min(MAX_TIMEOUT);
+        let handle = self.notifier.handle(user);
+        loop {
+            let notified = handle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (response, changed) = self.build(session, since, &filter, req.full_state)?;
+            if changed || since.is_none() || req.full_state {
+                return Ok(response);
+            }
+            tokio::select! {
+                _ = &mut notified => continue,
+                _ = tokio::time::sleep_until(deadline) => return Ok(response),
+            }
+        }
+    }
+
+    fn build(&self, session: &Session, since: Option<SyncToken>, filter: &SyncFilter, full_state: bool) -> Result<(Value, bool)> {
+        let user = &session.user_id;
+        let now = SyncToken {
+            timeline: self.rooms.current_pos(),
+            ephemeral: self.rooms.current_ephemeral_pos(),
+            userdata: self.users.current_userdata_pos(),
+        };
+        let since_tl = since.map(|s| s.timeline);
+        let (global_data, room_data) = self.users.account_data_since(user, since.map_or(0, |s| s.userdata))?;
+
+        let mut join = Map::new();
+        let mut invite = Map::new();
+        let mut leave = Map::new();
+        let mut knock = Map::new();
+        let mut shared_users: BTreeSet<OwnedUserId> = BTreeSet::new();
+        for (room_id, membership, mpos) in self.rooms.user_rooms(user)? {
+            if !filter.rooms.allows_room(&room_id) || mpos > now.timeline {
+                continue;
+            }
+            let fresh = since_tl.is_none_or(|s| mpos > s);
+            match membership {
+                Membership::Join => {
+                    shared_users.extend(self.rooms.members(&room_id)?.joined().map(ToOwned::to_owned));
+                    let data = room_data.get(room_id.as_str());
+                    if let Some(entry) = self.joined_room(user, &room_id, since, now, fresh, full_state, filter, data)? {
+                        join.insert(room_id.to_string(), entry);
+                    }
+                }
+                Membership::Invite if fresh => {
+                    invite.insert(room_id.to_string(), json!({ "invite_state": { "events": self.stripped_state(&room_id, user)? } }));
+                }
+                Membership::Knock if fresh => {
+                    knock.insert(room_id.to_string(), json!({ "knock_state": { "events": self.stripped_state(&room_id, user)? } }));
+                }
+                Membership::Leave | Membership::Ban
+                    if (since.is_some() && fresh || since.is_none() && filter.include_leave)
+                        && !self.rooms.is_forgotten(&room_id, user)? =>
+                {
+                    leave.insert(room_id.to_string(), self.left_room(user, &room_id, since, mpos, filter)?);
+                }
+                _ => {}
+            }
+        }
+
+        let presence = if filter.presence_enabled {
+            shared_users.insert(user.clone());
+            let users: Vec<OwnedUserId> = shared_users.into_iter().collect();
+            self.users.presence_since(&users, since.map_or(0, |s| s.userdata))?
+        } else {
+            Vec::new()
+        };
+        let account_data: Vec<Value> = if filter.account_data_enabled {
+            global_data.into_iter().map(|(kind, content)| json!({ "type": kind, "content": content })).collect()
+        } else {
+            Vec::new()
+        };
+
+        let changed = !join.is_empty()
+            || !invite.is_empty()
+            || !leave.is_empty()
+            || !knock.is_empty()
+            || !presence.is_empty()
+            || !account_data.is_empty();
+        let response = json!({
+            "next_batch": now.to_string(),
+            "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
+            "presence": { "events": presence },
+            "account_data": { "events": account_data },
+            "to_device": { "events": [] },
+            "device_lists": { "changed": [], "left": [] },
+            "device_one_time_keys_count": {},
+            "device_unused_fallback_key_types": [],
+        });
+        Ok((response, changed))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn joined_room(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        now: SyncToken,
+        fresh: bool,
+        full_state: bool,
+        filter: &SyncFilter,
+        room_data: Option<&Vec<(String, Value)>>,
+    ) -> Result<Option<Value>> {
+        let since_tl = since.map_or(0, |s| s.timeline);
+        let limit = filter.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).max(1);
+        // A room new to this client gets its latest events and full state; otherwise
+        // only what came after `since`.
+        let send_full_state = fresh || full_state;
+        let lo = if fresh { 0 } else { since_tl };
+        let (mut events, limited) =
+            self.rooms.timeline_range(room_id, lo, now.timeline, Direction::Backward, limit, Some(&filter.timeline))?;
+        events.reverse();
+
+        let ephemeral = if filter.ephemeral_enabled { self.ephemeral(room_id, user, since)? } else { Vec::new() };
+        let account_data: Vec<Value> = if filter.room_account_data_enabled {
+            room_data
+                .map(|d| d.iter().map(|(k, c)| json!({ "type": k, "content": c })).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if !send_full_state && events.is_empty() && ephemeral.is_empty() && account_data.is_empty() {
+            return Ok(None);
+        }
+
+        let first_pos = events.first().map(|(p, _)| *p);
+        let state_pos = first_pos.map_or(now.timeline, |p| p - 1);
+        let mut state: Vec<Arc<Pdu>> = if send_full_state {
+            self.rooms.state_events(&self.rooms.state_at(room_id, state_pos)?)?
+        } else if limited {
+            // Gap between `since` and the timeline: send the state that changed in it.
+            let before = self.rooms.state_at(room_id, since_tl)?;
+            let at = self.rooms.state_at(room_id, state_pos)?;
+            let changed: BTreeMap<_, _> = at.into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect();
+            self.rooms.state_events(&changed)?
+        } else {
+            Vec::new()
+        };
+        state.retain(|p| filter.state.allows(p));
+        if filter.state.lazy_load_members {
+            let senders: BTreeSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).chain([user.as_str()]).collect();
+            state.retain(|p| {
+                p.kind.to_string() != "m.room.member" || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
+            });
+        }
+
+        let prev_batch = Token(first_pos.map_or(now.timeline, |p| p - 1));
+        let members = self.rooms.members(room_id)?;
+        let notification_count = self.unread_count(room_id, user, now.timeline)?;
+        let mut entry = json!({
+            "timeline": {
+                "events": events.iter().map(|(_, p)| p.to_sync_event()).collect::<Vec<_>>(),
+                "limited": limited,
+                "prev_batch": prev_batch.to_string(),
+            },
+            "state": { "events": state.iter().map(|p| p.to_sync_event()).collect::<Vec<_>>() },
+            "ephemeral": { "events": ephemeral },
+            "account_data": { "events": account_data },
+            "unread_notifications": { "notification_count": notification_count, "highlight_count": 0 },
+            "summary": {
+                "m.joined_member_count": members.count(Membership::Join),
+                "m.invited_member_count": members.count(Membership::Invite),
+            },
+        });
+        if send_full_state {
+            let heroes: Vec<&str> = members.joined().chain(members.with(Membership::Invite)).filter(|u| *u != user).map(UserId::as_str).take(5).collect();
+            entry["summary"]["m.heroes"] = json!(heroes);
+        }
+        Ok(Some(entry))
+    }
+
+    fn left_room(&self, user: &UserId, room_id: &RoomId, since: Option<SyncToken>, left_at: u64, filter: &SyncFilter) -> Result<Value> {
+        let since_tl = since.map_or(0, |s| s.timeline);
+        let limit = filter.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).max(1);
+        let (mut events, limited) =
+            self.rooms.timeline_range(room_id, since_tl, left_at, Direction::Backward, limit, Some(&filter.timeline))?;
+        events.reverse();
+        let first = events.first().map_or(left_at, |(p, _)| p - 1);
+        let state = if limited || since.is_none() {
+            self.rooms.state_events(&self.rooms.state_at(room_id, first)?)?
+        } else {
+            Vec::new()
+        };
+        let _ = user;
+        Ok(json!({
+            "timeline": {
+                "events": events.iter().map(|(_, p)| p.to_sync_event()).collect::<Vec<_>>(),
+                "limited": limited,
+                "prev_batch": Token(first).to_string(),
+            },
+            "state": { "events": state.iter().map(|p| p.to_sync_event()).collect::<Vec<_>>() },
+            "account_data": { "events": [] },
+        }))
+    }
+
+    fn ephemeral(&self, room_id: &RoomId, user: &UserId, since: Option<SyncToken>) -> Result<Vec<Value>> {
+        let since_eph = since.map_or(0, |s| s.ephemeral);
+        let mut out = Vec::new();
+        if let Some(typing) = self.rooms.typing_since(room_id, since_eph) {
+            out.push(json!({ "type": "m.typing", "content": { "user_ids": typing } }));
+        }
+        if let Some(content) = self.rooms.receipts_since(room_id, since_eph, user)? {
+            out.push(json!({ "type": "m.receipt", "content": content }));
+        }
+        Ok(out)
+    }
+
+    fn stripped_state(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for kind in STRIPPED_TYPES {
+            if let Some(p) = self.rooms.state_event_str(room_id, kind, "")? {
+                out.push(p.to_stripped_state());
+            }
+        }
+        if let Some(p) = self.rooms.state_event_str(room_id, "m.room.member", user.as_str())? {
+            if let Some(sender_member) = self.rooms.state_event_str(room_id, "m.room.member", p.sender.as_str())? {
+                if sender_member.sender != user {
+                    out.push(sender_member.to_stripped_state());
+                }
+            }
+            out.push(p.to_stripped_state());
+        }
+        Ok(out)
+    }
+
+    /// Messages from others after the user's read receipt (bounded scan).
+    fn unread_count(&self, room_id: &RoomId, user: &UserId, now: u64) -> Result<u64> {
+        let read = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
+        let (events, _) = self.rooms.timeline_range(room_id, read, now, Direction::Backward, 100, None)?;
+        Ok(events
+            .iter()
+            .filter(|(_, p)| p.sender != user && p.state_key.is_none() && matches!(p.kind.to_string().as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker"))
+            .count() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_tokens_round_trip() {
+        let t = SyncToken { timeline: 5, ephemeral: 7, userdata: 9 };
+        assert_eq!(SyncToken::parse(&t.to_string()).unwrap(), t);
+        assert_eq!(SyncToken::parse("s5").unwrap().timeline, 5);
+        assert!(SyncToken::parse("t5").is_err());
+        assert!(SyncToken::parse("s5_x").is_err());
+    }
+}
