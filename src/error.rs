@@ -97,6 +97,30 @@ impl Error {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", message)
     }
+    /// 400 `M_USER_IN_USE`.
+    pub fn user_in_use() -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_USER_IN_USE", "Desired user ID is already taken")
+    }
+    /// 400 `M_INVALID_USERNAME`.
+    pub fn invalid_username(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", message)
+    }
+    /// 403 `M_USER_DEACTIVATED`.
+    pub fn user_deactivated() -> Self {
+        Self::matrix(StatusCode::FORBIDDEN, "M_USER_DEACTIVATED", "This account has been deactivated")
+    }
+    /// 400 `M_WEAK_PASSWORD`.
+    pub fn weak_password(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_WEAK_PASSWORD", message)
+    }
+    /// 403 `M_GUEST_ACCESS_FORBIDDEN`.
+    pub fn guest_access_forbidden(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", message)
+    }
+    /// 405 `M_BAD_JSON`: account data types that have their own API.
+    pub fn bad_json_method(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON", message)
+    }
     /// 500 for our own faults; the message is logged, never shown.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())

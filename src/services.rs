@@ -19,7 +19,7 @@ impl Services {
     pub fn build(config: Config, storage: Storage) -> Result<Arc<Services>> {
         let config = Arc::new(config);
         let storage = Arc::new(storage);
-        let users = Arc::new(UsersService::new(config.clone(), storage.clone()));
+        let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
         Ok(Arc::new(Services { config, storage, users }))
     }
 
