@@ -212,3 +212,44 @@ impl RouterExt for Router<Arc<Services>> {
         handler.add_to(self)
     }
 }
+
+/// Adds an async handler `fn(State<Arc<Services>>, Ruma<Req>) -> Result<Json<Value>>`:
+/// for endpoints whose response Myelin assembles as JSON itself (e.g. `/sync`).
+pub trait RumaJsonHandler<Req> {
+    /// Registers the handler.
+    fn add_json_to(self, router: Router<Arc<Services>>) -> Router<Arc<Services>>;
+}
+
+impl<Req, F, Fut> RumaJsonHandler<Req> for F
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: 'static,
+    F: Fn(State<Arc<Services>>, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<axum::Json<serde_json::Value>>> + Send + 'static,
+{
+    fn add_json_to(self, mut router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+        let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
+        for path in Req::PATH_BUILDER.all_paths() {
+            let handler = self.clone();
+            router = router.route(path, on(filter, move |state: State<Arc<Services>>, req: Ruma<Req>| handler(state, req)));
+        }
+        router
+    }
+}
+
+/// `router.ruma_json(handler)`: register a ruma-parsed handler that answers raw JSON.
+pub trait RouterJsonExt {
+    /// Registers `handler` under its endpoint's paths.
+    fn ruma_json<Req, H: RumaJsonHandler<Req>>(self, handler: H) -> Self;
+}
+
+impl RouterJsonExt for Router<Arc<Services>> {
+    fn ruma_json<Req, H: RumaJsonHandler<Req>>(self, handler: H) -> Self {
+        handler.add_json_to(self)
+    }
+}
+
+/// Wraps a JSON value as a ruma `Raw<T>`.
+pub fn raw<T>(value: &serde_json::Value) -> Result<ruma::serde::Raw<T>> {
+    Ok(ruma::serde::Raw::from_json(serde_json::value::to_raw_value(value)?))
+}
