@@ -120,8 +120,7 @@ impl UsersService {
                 }
                 (id.clone(), session)
             }
-            Some(_) => return Err(Error::bad_json("auth.session must be a string")),
-            None => (
+            Some(Value::Null) | None => (
                 new_session_id(),
                 UiaSession {
                     completed: vec![],
@@ -129,6 +128,7 @@ impl UsersService {
                     created_ts: now_ms(),
                 },
             ),
+            Some(_) => return Err(Error::bad_json("auth.session must be a string")),
         };
 
         let failure = match auth.get("type").and_then(Value::as_str) {

@@ -5,11 +5,14 @@ use std::sync::Arc;
 
 use axum::{extract::State, Json};
 use rand::{distributions::Alphanumeric, Rng};
-use ruma::api::client::account::{
-    change_password, check_registration_token_validity, deactivate, get_3pids,
-    get_username_availability,
-    register::{self, RegistrationKind},
-    whoami, ThirdPartyIdRemovalStatus,
+use ruma::api::client::{
+    account::{
+        change_password, check_registration_token_validity, deactivate, get_3pids,
+        get_username_availability,
+        register::{self, RegistrationKind},
+        whoami, ThirdPartyIdRemovalStatus,
+    },
+    uiaa::AuthData,
 };
 use serde_json::{json, Value};
 
@@ -32,9 +35,13 @@ pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Se
         .ruma_json(get_3pids)
 }
 
-/// The `auth` object of a UIA request body.
-pub(super) fn auth_of<T>(req: &Ruma<T>) -> Option<&Value> {
-    req.json_body.as_ref().and_then(|b| b.get("auth"))
+/// The `auth` object of a UIA request: as the client sent it, or re-serialised from
+/// ruma's parse when the body was not declared as JSON.
+pub(super) fn auth_json(json_body: Option<&Value>, typed: Option<&AuthData>) -> Option<Value> {
+    match json_body {
+        Some(body) => body.get("auth").cloned(),
+        None => typed.and_then(|a| serde_json::to_value(a).ok()),
+    }
 }
 
 fn generated_localpart() -> String {
@@ -78,7 +85,11 @@ async fn register(
         if body.password.as_deref().is_some_and(str::is_empty) {
             return Err(Error::weak_password("Password must not be empty"));
         }
-        users.check_uia(&flows, None, auth_of(&req))?;
+        users.check_uia(
+            &flows,
+            None,
+            auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
+        )?;
         let password = body
             .password
             .as_deref()
@@ -149,7 +160,7 @@ async fn change_password(
     users.check_uia(
         &UiaFlows::single(Stage::Password),
         Some(&session.user_id),
-        auth_of(&req),
+        auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
     users.set_password(&session.user_id, &req.body.new_password)?;
     if req.body.logout_devices {
@@ -169,7 +180,7 @@ async fn deactivate(
     services.users.check_uia(
         &UiaFlows::single(Stage::Password),
         Some(user),
-        auth_of(&req),
+        auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
     // ROOMS: services.rooms.leave_all_rooms(&user).await?;
     services.users.deactivate(user)?;

@@ -55,11 +55,18 @@ fn settable(kind: &str) -> Result<()> {
     Ok(())
 }
 
-fn content_of<T>(req: &Ruma<T>) -> Result<Value> {
-    match &req.json_body {
-        Some(v @ Value::Object(_)) => Ok(v.clone()),
-        _ => Err(Error::not_json("Account data must be a JSON object")),
+/// The content a client sent: the JSON body, or ruma's raw body when it was not
+/// declared as JSON.
+fn content_of<T>(req: &Ruma<T>, raw: &serde_json::value::RawValue) -> Result<Value> {
+    let content = match &req.json_body {
+        Some(v) => v.clone(),
+        None => serde_json::from_str(raw.get())
+            .map_err(|_| Error::not_json("Account data must be JSON"))?,
+    };
+    if !content.is_object() {
+        return Err(Error::not_json("Account data must be a JSON object"));
     }
+    Ok(content)
 }
 
 fn found(content: Option<Value>) -> Result<Json<Value>> {
@@ -91,7 +98,12 @@ async fn set_global_account_data(
     settable(&kind)?;
     services
         .users
-        .set_account_data(&req.body.user_id, None, &kind, content_of(&req)?)
+        .set_account_data(
+            &req.body.user_id,
+            None,
+            &kind,
+            content_of(&req, req.body.data.json())?,
+        )
         .await?;
     Ok(set_global_account_data::v3::Response::new())
 }
@@ -124,7 +136,7 @@ async fn set_room_account_data(
             &req.body.user_id,
             Some(&req.body.room_id),
             &kind,
-            content_of(&req)?,
+            content_of(&req, req.body.data.json())?,
         )
         .await?;
     Ok(set_room_account_data::v3::Response::new())
@@ -166,7 +178,7 @@ async fn create_tag(
     }
     let info = match &req.json_body {
         Some(v @ Value::Object(_)) => v.clone(),
-        _ => json!({}),
+        _ => serde_json::to_value(&req.body.tag_info)?,
     };
     let mut tags = tags_of(&services, user, room)?;
     tags.insert(req.body.tag.clone(), info);

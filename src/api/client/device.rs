@@ -10,7 +10,7 @@ use ruma::{
     MilliSecondsSinceUnixEpoch, UInt,
 };
 
-use super::account::auth_of;
+use super::account::auth_json;
 use crate::{
     api::ruma::{RouterExt, Ruma},
     services::Services,
@@ -91,7 +91,7 @@ async fn delete_device(
     services.users.check_uia(
         &UiaFlows::single(Stage::Password),
         Some(user),
-        auth_of(&req),
+        auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
     services.users.remove_device(user, &req.body.device_id)?;
     services.storage.durable().await?;
@@ -107,7 +107,7 @@ async fn delete_devices(
     services.users.check_uia(
         &UiaFlows::single(Stage::Password),
         Some(user),
-        auth_of(&req),
+        auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
     services.users.remove_devices(user, &req.body.devices)?;
     services.storage.durable().await?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::{extract::State, Json};
 use ruma::api::client::filter::{create_filter, get_filter};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{
     api::ruma::{RouterExt, RouterJsonExt, Ruma},
@@ -27,7 +27,10 @@ async fn create_filter(
         ));
     }
     // Store what the client sent (ruma has already checked its shape).
-    let filter = req.json_body.clone().unwrap_or_else(|| json!({}));
+    let filter = match &req.json_body {
+        Some(body) => body.clone(),
+        None => serde_json::to_value(&req.body.filter)?,
+    };
     let id = services.users.create_filter(&req.body.user_id, filter)?;
     services.storage.durable().await?;
     Ok(create_filter::v3::Response::new(id))

@@ -3,15 +3,20 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use ruma::api::client::session::{
-    get_login_types::{
-        self,
-        v3::{LoginType, PasswordLoginType},
+use ruma::api::client::{
+    session::{
+        get_login_types::{
+            self,
+            v3::{LoginType, PasswordLoginType},
+        },
+        login::{
+            self,
+            v3::{LoginInfo, Password},
+        },
+        logout, logout_all,
     },
-    login::{self, v3::LoginInfo},
-    logout, logout_all,
+    uiaa::UserIdentifier,
 };
-use serde_json::Value;
 
 use crate::{
     api::ruma::{RouterExt, Ruma},
@@ -39,18 +44,16 @@ async fn get_login_types(
 
 /// The user a password login names: `identifier.user` (type `m.id.user`) or the legacy
 /// top-level `user`.
-fn login_name(body: Option<&Value>) -> Result<&str> {
-    let body = body.ok_or_else(|| Error::missing_param("Missing login body"))?;
-    match body.get("identifier") {
-        Some(identifier) => {
-            if identifier.get("type").and_then(Value::as_str) != Some("m.id.user") {
-                return Err(Error::bad_request("Unsupported identifier type"));
-            }
-            identifier.get("user").and_then(Value::as_str)
-        }
-        None => body.get("user").and_then(Value::as_str),
+#[allow(deprecated)]
+fn login_name(password: &Password) -> Result<&str> {
+    match &password.identifier {
+        Some(UserIdentifier::Matrix(id)) => Ok(&id.user),
+        Some(_) => Err(Error::bad_request("Unsupported identifier type")),
+        None => password
+            .user
+            .as_deref()
+            .ok_or_else(|| Error::missing_param("Missing user identifier")),
     }
-    .ok_or_else(|| Error::missing_param("Missing user identifier"))
 }
 
 /// `POST /_matrix/client/v3/login`
@@ -62,7 +65,7 @@ async fn login(
         return Err(Error::bad_request("Unsupported login type"));
     };
     let users = &services.users;
-    let name = login_name(req.json_body.as_ref())?;
+    let name = login_name(password)?;
     let invalid = || Error::forbidden("Invalid username or password");
     let user = users.user_id_from(name).map_err(|_| invalid())?;
     if users.is_deactivated(&user)? {
@@ -99,4 +102,47 @@ async fn logout_all(
     services.users.logout_all(req.sender_user()?)?;
     services.storage.durable().await?;
     Ok(logout_all::v3::Response::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http::{Request, StatusCode};
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use crate::api::client::account::tests::{app, register_user};
+
+    /// Clients that label JSON as a form still get their login and UIA parsed.
+    #[tokio::test]
+    async fn login_and_uia_without_json_content_type() {
+        let app = app();
+        register_user(&app, "alice").await;
+        let send = |path: &str, body: Value| {
+            let req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pw" });
+        assert_eq!(
+            send("/_matrix/client/v3/login", login)
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+        let register =
+            json!({ "username": "bob", "password": "pw", "auth": { "type": "m.login.dummy" } });
+        assert_eq!(
+            send("/_matrix/client/v3/register", register)
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
 }
