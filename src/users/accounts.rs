@@ -75,7 +75,8 @@ pub(crate) fn verify_password(hash: &str, password: &str) -> bool {
     }
 }
 
-fn check_password_policy(password: &str) -> Result<()> {
+/// Refuses empty (`M_WEAK_PASSWORD`) and overlong passwords.
+pub fn check_password_policy(password: &str) -> Result<()> {
     if password.is_empty() {
         return Err(Error::weak_password("Password must not be empty"));
     }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use self::{
-    accounts::validate_localpart,
+    accounts::{check_password_policy, validate_localpart},
     devices::Device,
     presence::PresenceRecord,
     uia::{Stage, UiaFlows},
@@ -87,13 +87,15 @@ impl UsersService {
             .get(USERDATA_POS_KEY)?
             .and_then(|v| keys::leading_u64(&v))
             .unwrap_or(0);
-        Ok(UsersService {
+        let service = UsersService {
             config,
             storage,
             pos: AtomicU64::new(pos),
             pos_lock: Mutex::new(()),
             on_change: OnceLock::new(),
-        })
+        };
+        service.purge_expired_uia()?;
+        Ok(service)
     }
 
     /// The configuration this service runs with.

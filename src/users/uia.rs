@@ -94,6 +94,9 @@ impl UsersService {
     ) -> Result<()> {
         let auth = auth.filter(|a| !a.is_null());
         let Some(auth) = auth else {
+            if rand::thread_rng().gen_ratio(1, 64) {
+                self.purge_expired_uia()?;
+            }
             let id = new_session_id();
             let session = UiaSession {
                 completed: vec![],
@@ -166,6 +169,25 @@ impl UsersService {
         }
         self.store_uia(&id, &session)?;
         Err(uia_error(flows, &id, &session, failure))
+    }
+
+    /// Forgets expired UIA sessions.
+    pub fn purge_expired_uia(&self) -> Result<usize> {
+        let tree = &self.storage.trees.uia_sessions;
+        let now = now_ms();
+        let mut expired = Vec::new();
+        for entry in tree.scan_prefix(&[]) {
+            let (key, value) = entry?;
+            let stale = serde_json::from_slice::<UiaSession>(&value)
+                .map_or(true, |s| now.saturating_sub(s.created_ts) >= SESSION_TTL_MS);
+            if stale {
+                expired.push(key);
+            }
+        }
+        for key in &expired {
+            tree.remove(key)?;
+        }
+        Ok(expired.len())
     }
 
     fn store_uia(&self, id: &str, session: &UiaSession) -> Result<()> {
@@ -344,5 +366,32 @@ mod tests {
         )
         .unwrap();
         assert!(!s.registration_token_valid(""));
+    }
+
+    #[test]
+    fn expired_sessions_are_purged() {
+        let s = service_with(|_| {});
+        let old = UiaSession {
+            completed: vec![],
+            user_id: None,
+            created_ts: 0,
+        };
+        s.store_uia("old", &old).unwrap();
+        let fresh = UiaSession {
+            completed: vec![],
+            user_id: None,
+            created_ts: now_ms(),
+        };
+        s.store_uia("fresh", &fresh).unwrap();
+        let auth = json!({ "type": "m.login.dummy", "session": "old" });
+        let flows = UiaFlows::single(Stage::Dummy);
+        assert_eq!(
+            s.check_uia(&flows, None, Some(&auth))
+                .unwrap_err()
+                .errcode(),
+            "M_UNKNOWN"
+        );
+        assert_eq!(s.purge_expired_uia().unwrap(), 1);
+        assert!(s.storage.trees.uia_sessions.contains(b"fresh").unwrap());
     }
 }

@@ -20,7 +20,7 @@ use crate::{
     api::ruma::{RouterExt, RouterJsonExt, Ruma},
     config::RegistrationMode,
     services::Services,
-    users::{Stage, UiaFlows},
+    users::{check_password_policy, Stage, UiaFlows},
     Error, Result,
 };
 
@@ -82,8 +82,8 @@ async fn register(
             None => generated_localpart(),
         };
         users.check_available(&localpart)?;
-        if body.password.as_deref().is_some_and(str::is_empty) {
-            return Err(Error::weak_password("Password must not be empty"));
+        if let Some(password) = &body.password {
+            check_password_policy(password)?;
         }
         users.check_uia(
             &flows,
@@ -154,9 +154,7 @@ async fn change_password(
 ) -> Result<change_password::v3::Response> {
     let session = req.session()?;
     let users = &services.users;
-    if req.body.new_password.is_empty() {
-        return Err(Error::weak_password("Password must not be empty"));
-    }
+    check_password_policy(&req.body.new_password)?;
     users.check_uia(
         &UiaFlows::single(Stage::Password),
         Some(&session.user_id),
