@@ -8,7 +8,11 @@ use myelin::{config::Config, services::Services};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "myelin", version, about = "A fast, single-binary Matrix homeserver")]
+#[command(
+    name = "myelin",
+    version,
+    about = "A fast, single-binary Matrix homeserver"
+)]
 struct Cli {
     /// TOML configuration file (see config/myelin.toml); defaults apply without one.
     #[arg(long, short, global = true, env = "MYELIN_CONFIG")]
@@ -53,7 +57,9 @@ enum UserCommand {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -96,11 +102,17 @@ fn password_arg(password: Option<String>) -> anyhow::Result<String> {
 
 fn user_command(config: Config, action: UserCommand) -> anyhow::Result<()> {
     match action {
-        UserCommand::Create { name, admin, password } => {
+        UserCommand::Create {
+            name,
+            admin,
+            password,
+        } => {
             let password = password_arg(password)?;
             let services = open_for_admin(config)?;
             let user = services.users.create_user(&name, Some(&password), admin)?;
-            services.users.set_displayname(&user, Some(user.localpart().to_owned()))?;
+            services
+                .users
+                .set_displayname(&user, Some(user.localpart().to_owned()))?;
             services.storage.flush()?;
             println!("created {user}{}", if admin { " (admin)" } else { "" });
         }
@@ -139,10 +151,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

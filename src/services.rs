@@ -20,7 +20,11 @@ impl Services {
         let config = Arc::new(config);
         let storage = Arc::new(storage);
         let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
-        Ok(Arc::new(Services { config, storage, users }))
+        Ok(Arc::new(Services {
+            config,
+            storage,
+            users,
+        }))
     }
 
     /// Opens the on-disk database named by the config and builds the services.
