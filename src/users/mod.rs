@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use self::{
-    accounts::{check_password_policy, validate_localpart},
+    account_data::AccountDataChanges,
+    accounts::{check_password_policy, validate_localpart, Account},
     devices::Device,
     presence::PresenceRecord,
     uia::{Stage, UiaFlows},
