@@ -42,7 +42,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { cache_capacity_mb: 64 }
+        StorageConfig {
+            cache_capacity_mb: 64,
+        }
     }
 }
 
@@ -110,7 +112,9 @@ impl Config {
             self.server_name = v;
         }
         if let Some(v) = lookup("MYELIN_LISTEN") {
-            self.listen = v.parse().map_err(|e| anyhow::anyhow!("MYELIN_LISTEN={v}: {e}"))?;
+            self.listen = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("MYELIN_LISTEN={v}: {e}"))?;
         }
         if let Some(v) = lookup("MYELIN_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
@@ -119,23 +123,30 @@ impl Config {
             self.public_base_url = v;
         }
         if let Some(v) = lookup("MYELIN_MAX_REQUEST_SIZE") {
-            self.max_request_size =
-                v.parse().map_err(|e| anyhow::anyhow!("MYELIN_MAX_REQUEST_SIZE={v}: {e}"))?;
+            self.max_request_size = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("MYELIN_MAX_REQUEST_SIZE={v}: {e}"))?;
         }
         if let Some(v) = lookup("MYELIN_REGISTRATION_MODE") {
             self.registration.mode = match v.as_str() {
                 "closed" => RegistrationMode::Closed,
                 "open" => RegistrationMode::Open,
                 "token" => RegistrationMode::Token,
-                other => anyhow::bail!("MYELIN_REGISTRATION_MODE={other}: expected closed, open or token"),
+                other => anyhow::bail!(
+                    "MYELIN_REGISTRATION_MODE={other}: expected closed, open or token"
+                ),
             };
         }
         if let Some(v) = lookup("MYELIN_REGISTRATION_SHARED_SECRET") {
             self.registration.shared_secret = v;
         }
         if let Some(v) = lookup("MYELIN_REGISTRATION_TOKEN") {
-            self.registration.tokens =
-                v.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+            self.registration.tokens = v
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         Ok(())
     }
@@ -143,8 +154,11 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         ruma::ServerName::parse(&self.server_name)
             .map_err(|e| anyhow::anyhow!("server_name {:?} is invalid: {e}", self.server_name))?;
-        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty() {
-            anyhow::bail!("registration.mode = \"token\" needs at least one registration.tokens entry");
+        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty()
+        {
+            anyhow::bail!(
+                "registration.mode = \"token\" needs at least one registration.tokens entry"
+            );
         }
         Ok(())
     }
@@ -183,7 +197,9 @@ mod tests {
 
     #[test]
     fn env_overrides_file() {
-        let mut c = Config::from_toml("server_name = \"a.example\"\n[registration]\nmode = \"open\"").unwrap();
+        let mut c =
+            Config::from_toml("server_name = \"a.example\"\n[registration]\nmode = \"open\"")
+                .unwrap();
         c.apply_env(|k| match k {
             "MYELIN_SERVER_NAME" => Some("b.example".into()),
             "MYELIN_REGISTRATION_MODE" => Some("token".into()),
@@ -199,6 +215,8 @@ mod tests {
     #[test]
     fn bad_mode_is_rejected() {
         let mut c = Config::default();
-        assert!(c.apply_env(|k| (k == "MYELIN_REGISTRATION_MODE").then(|| "maybe".into())).is_err());
+        assert!(c
+            .apply_env(|k| (k == "MYELIN_REGISTRATION_MODE").then(|| "maybe".into()))
+            .is_err());
     }
 }

@@ -41,13 +41,20 @@ pub enum Error {
 impl Error {
     /// A client-visible error with the given status and errcode.
     pub fn matrix(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        Error::Matrix { status, errcode, message: message.into(), extra: None }
+        Error::Matrix {
+            status,
+            errcode,
+            message: message.into(),
+            extra: None,
+        }
     }
 
     /// Adds a top-level field to a client-visible error body.
     pub fn with_field(mut self, key: &str, value: Value) -> Self {
         if let Error::Matrix { extra, .. } = &mut self {
-            extra.get_or_insert_with(Default::default).insert(key.to_owned(), value);
+            extra
+                .get_or_insert_with(Default::default)
+                .insert(key.to_owned(), value);
         }
         self
     }
@@ -78,16 +85,28 @@ impl Error {
     }
     /// 401 `M_MISSING_TOKEN`.
     pub fn missing_token() -> Self {
-        Self::matrix(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
+        Self::matrix(
+            StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+            "Missing access token",
+        )
     }
     /// 401 `M_UNKNOWN_TOKEN`.
     pub fn unknown_token() -> Self {
-        Self::matrix(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown access token")
-            .with_field("soft_logout", Value::Bool(false))
+        Self::matrix(
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+            "Unknown access token",
+        )
+        .with_field("soft_logout", Value::Bool(false))
     }
     /// 404 `M_UNRECOGNIZED`.
     pub fn unrecognized() -> Self {
-        Self::matrix(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request")
+        Self::matrix(
+            StatusCode::NOT_FOUND,
+            "M_UNRECOGNIZED",
+            "Unrecognized request",
+        )
     }
     /// 413 `M_TOO_LARGE`.
     pub fn too_large(message: impl Into<String>) -> Self {
@@ -96,6 +115,38 @@ impl Error {
     /// 400 `M_UNKNOWN` for requests that are wrong in a way no specific code covers.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::matrix(StatusCode::BAD_REQUEST, "M_UNKNOWN", message)
+    }
+    /// 400 `M_USER_IN_USE`.
+    pub fn user_in_use() -> Self {
+        Self::matrix(
+            StatusCode::BAD_REQUEST,
+            "M_USER_IN_USE",
+            "Desired user ID is already taken",
+        )
+    }
+    /// 400 `M_INVALID_USERNAME`.
+    pub fn invalid_username(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_INVALID_USERNAME", message)
+    }
+    /// 403 `M_USER_DEACTIVATED`.
+    pub fn user_deactivated() -> Self {
+        Self::matrix(
+            StatusCode::FORBIDDEN,
+            "M_USER_DEACTIVATED",
+            "This account has been deactivated",
+        )
+    }
+    /// 400 `M_WEAK_PASSWORD`.
+    pub fn weak_password(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::BAD_REQUEST, "M_WEAK_PASSWORD", message)
+    }
+    /// 403 `M_GUEST_ACCESS_FORBIDDEN`.
+    pub fn guest_access_forbidden(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN", message)
+    }
+    /// 405 `M_BAD_JSON`: account data types that have their own API.
+    pub fn bad_json_method(message: impl Into<String>) -> Self {
+        Self::matrix(StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON", message)
     }
     /// 500 for our own faults; the message is logged, never shown.
     pub fn internal(message: impl Into<String>) -> Self {
@@ -114,7 +165,12 @@ impl Error {
     /// The HTTP status and JSON body of this error as a client sees it.
     pub fn to_status_and_body(&self) -> (StatusCode, Value) {
         match self {
-            Error::Matrix { status, errcode, message, extra } => {
+            Error::Matrix {
+                status,
+                errcode,
+                message,
+                extra,
+            } => {
                 let mut body = json!({ "errcode": errcode, "error": message });
                 if let (Some(extra), Value::Object(map)) = (extra, &mut body) {
                     map.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -8,7 +8,11 @@ use myelin::{config::Config, services::Services};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "myelin", version, about = "A fast, single-binary Matrix homeserver")]
+#[command(
+    name = "myelin",
+    version,
+    about = "A fast, single-binary Matrix homeserver"
+)]
 struct Cli {
     /// TOML configuration file (see config/myelin.toml); defaults apply without one.
     #[arg(long, short, global = true, env = "MYELIN_CONFIG")]
@@ -21,11 +25,41 @@ struct Cli {
 enum Command {
     /// Run the homeserver.
     Serve,
+    /// Administer accounts (the server must not be running: the database is locked).
+    User {
+        #[command(subcommand)]
+        action: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account.
+    Create {
+        /// Localpart (`alice`) or full user id (`@alice:server`).
+        name: String,
+        /// Make the account a server administrator.
+        #[arg(long)]
+        admin: bool,
+        /// The password; prompted for when omitted and stdin is a terminal.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Set an account's password.
+    Passwd {
+        /// Localpart (`alice`) or full user id (`@alice:server`).
+        name: String,
+        /// The new password; prompted for when omitted and stdin is a terminal.
+        #[arg(long)]
+        password: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -33,7 +67,68 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve => runtime.block_on(serve(config)),
+        Command::User { action } => runtime.block_on(async { user_command(config, action) }),
     }
+}
+
+/// Opens the data dir for an admin command, explaining the usual failure.
+fn open_for_admin(config: Config) -> anyhow::Result<std::sync::Arc<Services>> {
+    let data_dir = config.data_dir.clone();
+    Services::open(config).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the database in {}: {e}\n\
+             If myelin is running on this data dir, stop it first: the database is locked while the server runs.",
+            data_dir.display()
+        )
+    })
+}
+
+/// The password from the command line, or prompted for (twice) on a terminal.
+fn password_arg(password: Option<String>) -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if let Some(p) = password {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("no --password given and stdin is not a terminal to prompt on");
+    }
+    let first = rpassword::prompt_password("Password: ")?;
+    let second = rpassword::prompt_password("Repeat password: ")?;
+    if first != second {
+        anyhow::bail!("passwords do not match");
+    }
+    Ok(first)
+}
+
+fn user_command(config: Config, action: UserCommand) -> anyhow::Result<()> {
+    match action {
+        UserCommand::Create {
+            name,
+            admin,
+            password,
+        } => {
+            let password = password_arg(password)?;
+            let services = open_for_admin(config)?;
+            let user = services.users.create_user(&name, Some(&password), admin)?;
+            services
+                .users
+                .set_displayname(&user, Some(user.localpart().to_owned()))?;
+            services.storage.flush()?;
+            println!("created {user}{}", if admin { " (admin)" } else { "" });
+        }
+        UserCommand::Passwd { name, password } => {
+            let services = open_for_admin(config)?;
+            let user = services.users.user_id_from(&name)?;
+            if !services.users.exists(&user)? {
+                anyhow::bail!("no such user: {user}");
+            }
+            let password = password_arg(password)?;
+            services.users.set_password(&user, &password)?;
+            services.storage.flush()?;
+            println!("password of {user} changed");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -56,10 +151,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use crate::{
-    config::Config, events::keys::ServerKeys, rooms::RoomsService, storage::Storage,
+    config::Config,
+    events::keys::ServerKeys,
+    rooms::RoomsService,
+    storage::Storage,
     sync::{notifier::Notifier, SyncService},
     users::UsersService,
     Result,
@@ -35,11 +38,28 @@ impl Services {
         let keys = Arc::new(keys);
         let notifier = Arc::new(Notifier::new());
         let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
-        let rooms = Arc::new(RoomsService::new(config.clone(), storage.clone(), keys.clone(), notifier.clone())?);
-        let sync = Arc::new(SyncService::new(rooms.clone(), users.clone(), notifier.clone()));
+        let rooms = Arc::new(RoomsService::new(
+            config.clone(),
+            storage.clone(),
+            keys.clone(),
+            notifier.clone(),
+        )?);
+        let sync = Arc::new(SyncService::new(
+            rooms.clone(),
+            users.clone(),
+            notifier.clone(),
+        ));
         let wake = notifier.clone();
         users.set_on_change(Box::new(move |user| wake.notify([user])));
-        Ok(Arc::new(Services { config, storage, keys, notifier, users, rooms, sync }))
+        Ok(Arc::new(Services {
+            config,
+            storage,
+            keys,
+            notifier,
+            users,
+            rooms,
+            sync,
+        }))
     }
 
     /// Opens the on-disk database and key named by the config and builds the services.

@@ -15,8 +15,8 @@ use ruma::{
     api::{
         auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional},
         error::{DeserializationError, FromHttpRequestError},
-        IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
         path_builder::PathBuilder,
+        IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
     },
     OwnedDeviceId, OwnedUserId,
 };
@@ -65,7 +65,9 @@ where
     let id = TypeId::of::<T::Authentication>();
     if id == TypeId::of::<AccessToken>() || id == TypeId::of::<AppserviceToken>() {
         AuthNeed::Required
-    } else if id == TypeId::of::<AccessTokenOptional>() || id == TypeId::of::<AppserviceTokenOptional>() {
+    } else if id == TypeId::of::<AccessTokenOptional>()
+        || id == TypeId::of::<AppserviceTokenOptional>()
+    {
         AuthNeed::Optional
     } else {
         AuthNeed::None
@@ -112,10 +114,11 @@ where
 
     async fn from_request(req: Request, services: &Arc<Services>) -> Result<Self> {
         let (mut parts, body) = req.into_parts();
-        let path_args: Vec<String> = match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
-            Ok(Path(args)) => args,
-            Err(e) => return Err(Error::invalid_param(format!("invalid path: {e}"))),
-        };
+        let path_args: Vec<String> =
+            match Path::<Vec<String>>::from_request_parts(&mut parts, services).await {
+                Ok(Path(args)) => args,
+                Err(e) => return Err(Error::invalid_param(format!("invalid path: {e}"))),
+            };
         let limit = services.config.max_request_size;
         let bytes = axum::body::to_bytes(body, limit)
             .await
@@ -144,14 +147,22 @@ where
         let http_req = http::Request::from_parts(parts, bytes.as_ref());
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
-        Ok(Ruma { body, session, json_body })
+        Ok(Ruma {
+            body,
+            session,
+            json_body,
+        })
     }
 }
 
 use axum::extract::FromRequestParts;
 
 fn expects_json(parts: &http::request::Parts) -> bool {
-    match parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    match parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         // Clients often omit the content type on JSON requests; only a declared non-JSON
         // type (a media upload) is passed through unparsed.
         Some(ct) => ct.starts_with("application/json") || ct.starts_with("text/plain"),
@@ -165,8 +176,12 @@ pub struct RumaResponse<T>(pub T);
 impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     fn into_response(self) -> Response {
         match self.0.try_into_http_response::<BytesMut>() {
-            Ok(res) => res.map(|body| axum::body::Body::from(body.freeze())).into_response(),
-            Err(e) => Error::internal(format!("response serialisation failed: {e}")).into_response(),
+            Ok(res) => res
+                .map(|body| axum::body::Body::from(body.freeze()))
+                .into_response(),
+            Err(e) => {
+                Error::internal(format!("response serialisation failed: {e}")).into_response()
+            }
         }
     }
 }
@@ -192,9 +207,12 @@ where
             let handler = self.clone();
             router = router.route(
                 path,
-                on(filter, move |state: State<Arc<Services>>, req: Ruma<Req>| async move {
-                    handler(state, req).await.map(RumaResponse)
-                }),
+                on(
+                    filter,
+                    move |state: State<Arc<Services>>, req: Ruma<Req>| async move {
+                        handler(state, req).await.map(RumaResponse)
+                    },
+                ),
             );
         }
         router
@@ -231,7 +249,13 @@ where
         let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
         for path in Req::PATH_BUILDER.all_paths() {
             let handler = self.clone();
-            router = router.route(path, on(filter, move |state: State<Arc<Services>>, req: Ruma<Req>| handler(state, req)));
+            router = router.route(
+                path,
+                on(
+                    filter,
+                    move |state: State<Arc<Services>>, req: Ruma<Req>| handler(state, req),
+                ),
+            );
         }
         router
     }
@@ -251,5 +275,7 @@ impl RouterJsonExt for Router<Arc<Services>> {
 
 /// Wraps a JSON value as a ruma `Raw<T>`.
 pub fn raw<T>(value: &serde_json::Value) -> Result<ruma::serde::Raw<T>> {
-    Ok(ruma::serde::Raw::from_json(serde_json::value::to_raw_value(value)?))
+    Ok(ruma::serde::Raw::from_json(
+        serde_json::value::to_raw_value(value)?,
+    ))
 }

@@ -18,7 +18,11 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 }
 
 async fn server_key(State(services): State<Arc<Services>>) -> Result<Json<Value>> {
-    let valid_until = MilliSecondsSinceUnixEpoch::from_system_time(std::time::SystemTime::now() + KEY_VALIDITY)
-        .ok_or_else(|| Error::internal("clock out of range"))?;
-    Ok(Json(services.keys.server_key_response(services.rooms.server_name(), valid_until)?))
+    let valid_until =
+        MilliSecondsSinceUnixEpoch::from_system_time(std::time::SystemTime::now() + KEY_VALIDITY)
+            .ok_or_else(|| Error::internal("clock out of range"))?;
+    Ok(Json(services.keys.server_key_response(
+        services.rooms.server_name(),
+        valid_until,
+    )?))
 }

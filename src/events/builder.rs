@@ -26,8 +26,14 @@ pub fn auth_events_for(
 ) -> Result<Vec<OwnedEventId>> {
     let rules = rules_for(version)?;
     let kind = TimelineEventType::from(kind);
-    let types = ruma::state_res::auth_types_for_event(&kind, sender, state_key, content, &rules.authorization)
-        .map_err(Error::bad_json)?;
+    let types = ruma::state_res::auth_types_for_event(
+        &kind,
+        sender,
+        state_key,
+        content,
+        &rules.authorization,
+    )
+    .map_err(Error::bad_json)?;
     let mut ids: Vec<OwnedEventId> = Vec::with_capacity(types.len());
     for (kind, key) in types {
         if let Some(id) = lookup(&kind, &key) {
@@ -55,7 +61,13 @@ pub fn finalize_event(
     if size > MAX_PDU_BYTES {
         return Err(too_large(size));
     }
-    hash_and_sign_event(server_name.as_str(), keys.pair(), &mut object, &rules.redaction).map_err(map_json_error)?;
+    hash_and_sign_event(
+        server_name.as_str(),
+        keys.pair(),
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(map_json_error)?;
     let hash = reference_hash(&object, &rules).map_err(map_json_error)?;
     let event_id = OwnedEventId::try_from(format!("${hash}"))
         .map_err(|e| Error::internal(format!("derived event id: {e}")))?;
@@ -66,7 +78,9 @@ pub fn finalize_event(
 }
 
 fn too_large(size: usize) -> Error {
-    Error::too_large(format!("Event is {size} bytes; the limit is {MAX_PDU_BYTES}"))
+    Error::too_large(format!(
+        "Event is {size} bytes; the limit is {MAX_PDU_BYTES}"
+    ))
 }
 
 fn map_json_error(e: JsonError) -> Error {
@@ -85,7 +99,9 @@ mod tests {
     use crate::events::keys::ServerKeys;
 
     fn spec_keys() -> ServerKeys {
-        let seed = crate::events::keys::lenient_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
+        let seed =
+            crate::events::keys::lenient_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
+                .unwrap();
         ServerKeys::from_seed(&seed.try_into().unwrap(), "1").unwrap()
     }
 
@@ -110,7 +126,10 @@ mod tests {
         let rules = RoomVersionId::V10.rules().unwrap();
         hash_and_sign_event("domain", spec_keys().pair(), &mut o, &rules.redaction).unwrap();
         let v = serde_json::to_value(&o).unwrap();
-        assert_eq!(v["hashes"]["sha256"], "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos");
+        assert_eq!(
+            v["hashes"]["sha256"],
+            "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+        );
         assert_eq!(
             v["signatures"]["domain"]["ed25519:1"],
             "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
@@ -125,22 +144,39 @@ mod tests {
             "type": "m.room.message", "content": { "body": "hi" },
             "prev_events": [], "auth_events": [], "depth": 1
         }));
-        let (id1, signed) = finalize_event(&keys, server_name!("domain"), &RoomVersionId::V11, o.clone()).unwrap();
-        let (id2, _) = finalize_event(&keys, server_name!("domain"), &RoomVersionId::V11, o).unwrap();
+        let (id1, signed) = finalize_event(
+            &keys,
+            server_name!("domain"),
+            &RoomVersionId::V11,
+            o.clone(),
+        )
+        .unwrap();
+        let (id2, _) =
+            finalize_event(&keys, server_name!("domain"), &RoomVersionId::V11, o).unwrap();
         assert_eq!(id1, id2);
         assert!(id1.as_str().starts_with('$'));
         assert_eq!(id1.as_str().len(), 44);
         assert!(!id1.as_str().contains('+') && !id1.as_str().contains('/'));
         // The reference hash ignores `unsigned` and `signatures`.
         let mut with_unsigned = signed.clone();
-        with_unsigned.insert("unsigned".into(), CanonicalJsonValue::Object(Default::default()));
+        with_unsigned.insert(
+            "unsigned".into(),
+            CanonicalJsonValue::Object(Default::default()),
+        );
         let rules = RoomVersionId::V11.rules().unwrap();
-        assert_eq!(format!("${}", reference_hash(&with_unsigned, &rules).unwrap()), id1.as_str());
+        assert_eq!(
+            format!("${}", reference_hash(&with_unsigned, &rules).unwrap()),
+            id1.as_str()
+        );
         // Verifies with our public key.
         let mut keyset = ruma::signatures::PublicKeyMap::new();
         keyset.insert(
             "domain".into(),
-            [("ed25519:1".to_owned(), ruma::serde::Base64::parse(keys.public_key_base64()).unwrap())].into(),
+            [(
+                "ed25519:1".to_owned(),
+                ruma::serde::Base64::parse(keys.public_key_base64()).unwrap(),
+            )]
+            .into(),
         );
         ruma::signatures::verify_event(&keyset, &signed, &rules).unwrap();
     }
@@ -152,7 +188,8 @@ mod tests {
             "type": "m.room.message", "content": { "body": "x".repeat(70_000) },
             "prev_events": [], "auth_events": [], "depth": 1
         }));
-        let err = finalize_event(&spec_keys(), server_name!("domain"), &RoomVersionId::V11, o).unwrap_err();
+        let err = finalize_event(&spec_keys(), server_name!("domain"), &RoomVersionId::V11, o)
+            .unwrap_err();
         assert_eq!(err.errcode(), "M_TOO_LARGE");
     }
 }

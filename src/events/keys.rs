@@ -28,7 +28,9 @@ pub struct ServerKeys {
 
 impl std::fmt::Debug for ServerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerKeys").field("key_id", &self.key_id()).finish_non_exhaustive()
+        f.debug_struct("ServerKeys")
+            .field("key_id", &self.key_id())
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,7 +41,10 @@ impl ServerKeys {
         der.extend_from_slice(seed);
         let pair = Ed25519KeyPair::from_der(&der, version.to_owned())
             .map_err(|e| Error::internal(format!("signing key: {e}")))?;
-        Ok(ServerKeys { pair, version: version.to_owned() })
+        Ok(ServerKeys {
+            pair,
+            version: version.to_owned(),
+        })
     }
 
     /// A fresh random key pair.
@@ -57,14 +62,25 @@ impl ServerKeys {
             Ok(text) => {
                 let parts: Vec<&str> = text.split_whitespace().collect();
                 let [alg, version, seed] = parts[..] else {
-                    return Err(Error::internal(format!("{}: expected `ed25519 <version> <seed>`", path.display())));
+                    return Err(Error::internal(format!(
+                        "{}: expected `ed25519 <version> <seed>`",
+                        path.display()
+                    )));
                 };
                 if alg != "ed25519" {
-                    return Err(Error::internal(format!("{}: unsupported algorithm {alg}", path.display())));
+                    return Err(Error::internal(format!(
+                        "{}: unsupported algorithm {alg}",
+                        path.display()
+                    )));
                 }
                 let seed = lenient_base64(seed)
                     .and_then(|s| <[u8; 32]>::try_from(s).ok())
-                    .ok_or_else(|| Error::internal(format!("{}: the seed is not 32 bytes of base64", path.display())))?;
+                    .ok_or_else(|| {
+                        Error::internal(format!(
+                            "{}: the seed is not 32 bytes of base64",
+                            path.display()
+                        ))
+                    })?;
                 ServerKeys::from_seed(&seed, version)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -102,8 +118,13 @@ impl ServerKeys {
     }
 
     /// Signs a JSON object in place as `server_name`.
-    pub fn sign_json(&self, server_name: &ServerName, object: &mut CanonicalJsonObject) -> Result<()> {
-        sign_json(server_name.as_str(), &self.pair, object).map_err(|e| Error::internal(format!("signing: {e}")))
+    pub fn sign_json(
+        &self,
+        server_name: &ServerName,
+        object: &mut CanonicalJsonObject,
+    ) -> Result<()> {
+        sign_json(server_name.as_str(), &self.pair, object)
+            .map_err(|e| Error::internal(format!("signing: {e}")))
     }
 
     /// Signs raw bytes (detached ed25519 signature).
@@ -112,7 +133,11 @@ impl ServerKeys {
     }
 
     /// The signed `/_matrix/key/v2/server` response.
-    pub fn server_key_response(&self, server_name: &ServerName, valid_until: MilliSecondsSinceUnixEpoch) -> Result<Value> {
+    pub fn server_key_response(
+        &self,
+        server_name: &ServerName,
+        valid_until: MilliSecondsSinceUnixEpoch,
+    ) -> Result<Value> {
         let body = json!({
             "server_name": server_name,
             "valid_until_ts": valid_until,
@@ -131,7 +156,9 @@ impl ServerKeys {
 
 /// Decodes unpadded base64, tolerating non-zero trailing bits (the spec's test seed has them).
 pub fn lenient_base64(s: &str) -> Option<Vec<u8>> {
-    use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+    use base64::engine::{
+        general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig,
+    };
     let engine = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         GeneralPurposeConfig::new()
@@ -143,13 +170,22 @@ pub fn lenient_base64(s: &str) -> Option<Vec<u8>> {
 
 fn random_alnum(len: usize) -> String {
     use rand::{distributions::Alphanumeric, Rng};
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 #[cfg(unix)]
 fn private_file(path: &Path) -> std::io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
 }
 
 #[cfg(not(unix))]
@@ -165,7 +201,9 @@ mod tests {
 
     /// The seed of the spec's signing test vectors (appendices, "Signing Key").
     pub(crate) fn spec_keys() -> ServerKeys {
-        let seed = crate::events::keys::lenient_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1").unwrap();
+        let seed =
+            crate::events::keys::lenient_base64("YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1")
+                .unwrap();
         ServerKeys::from_seed(&seed.try_into().unwrap(), "1").unwrap()
     }
 
@@ -179,7 +217,9 @@ mod tests {
     #[test]
     fn spec_vector_empty_object() {
         let mut o = canon(json!({}));
-        spec_keys().sign_json(server_name!("domain"), &mut o).unwrap();
+        spec_keys()
+            .sign_json(server_name!("domain"), &mut o)
+            .unwrap();
         assert_eq!(
             serde_json::to_value(&o).unwrap()["signatures"]["domain"]["ed25519:1"],
             "K8280/U9SSy9IVtjBuVeLr+HpOB4BQFWbg+UZaADMtTdGYI7Geitb76LTrr5QV/7Xg4ahLwYGYZzuHGZKM5ZAQ"
@@ -189,7 +229,9 @@ mod tests {
     #[test]
     fn spec_vector_data() {
         let mut o = canon(json!({ "one": 1, "two": "Two" }));
-        spec_keys().sign_json(server_name!("domain"), &mut o).unwrap();
+        spec_keys()
+            .sign_json(server_name!("domain"), &mut o)
+            .unwrap();
         assert_eq!(
             serde_json::to_value(&o).unwrap()["signatures"]["domain"]["ed25519:1"],
             "KqmLSbO39/Bzb0QIYE82zqLwsA+PDzYIpIRA2sRQ4sL53+sN6/fpNSoqE7BP7vBZhG6kYdD13EIMJpvhJI+6Bw"
@@ -215,8 +257,16 @@ mod tests {
     #[test]
     fn key_response_is_signed() {
         let keys = spec_keys();
-        let v = keys.server_key_response(server_name!("domain"), MilliSecondsSinceUnixEpoch(1u32.into())).unwrap();
-        assert_eq!(v["verify_keys"]["ed25519:1"]["key"], keys.public_key_base64());
+        let v = keys
+            .server_key_response(
+                server_name!("domain"),
+                MilliSecondsSinceUnixEpoch(1u32.into()),
+            )
+            .unwrap();
+        assert_eq!(
+            v["verify_keys"]["ed25519:1"]["key"],
+            keys.public_key_base64()
+        );
         assert!(v["signatures"]["domain"]["ed25519:1"].is_string());
     }
 }

@@ -20,7 +20,9 @@ pub const SUPPORTED_ROOM_VERSIONS: [RoomVersionId; 2] = [RoomVersionId::V10, Roo
 
 /// Parses a client-supplied room version, if we support it.
 pub fn supported_room_version(version: &str) -> Option<RoomVersionId> {
-    SUPPORTED_ROOM_VERSIONS.into_iter().find(|v| v.as_str() == version)
+    SUPPORTED_ROOM_VERSIONS
+        .into_iter()
+        .find(|v| v.as_str() == version)
 }
 
 /// The rules of a room version we support.

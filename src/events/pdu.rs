@@ -1,8 +1,8 @@
 //! [`Pdu`]: a stored room event with its fields parsed for fast access.
 
 use ruma::{
-    events::TimelineEventType, CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedUserId, RoomId, UserId,
+    events::TimelineEventType, CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch,
+    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Map, Value};
@@ -71,12 +71,14 @@ impl Pdu {
 
     /// Parses an event from its JSON bytes.
     pub fn from_json_bytes(event_id: OwnedEventId, bytes: &[u8]) -> Result<Pdu> {
-        let f: Fields =
-            serde_json::from_slice(bytes).map_err(|e| Error::internal(format!("malformed stored event {event_id}: {e}")))?;
+        let f: Fields = serde_json::from_slice(bytes)
+            .map_err(|e| Error::internal(format!("malformed stored event {event_id}: {e}")))?;
         let redacts = match f.redacts {
             Some(id) => Some(id),
             None if f.kind == TimelineEventType::RoomRedaction => {
-                serde_json::from_str::<ContentRedacts>(f.content.get()).ok().and_then(|c| c.redacts)
+                serde_json::from_str::<ContentRedacts>(f.content.get())
+                    .ok()
+                    .and_then(|c| c.redacts)
             }
             None => None,
         };

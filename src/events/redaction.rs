@@ -6,7 +6,10 @@ use super::rules_for;
 use crate::{Error, Result};
 
 /// Strips an event down to what its room version keeps on redaction.
-pub fn redact(object: &CanonicalJsonObject, version: &RoomVersionId) -> Result<CanonicalJsonObject> {
+pub fn redact(
+    object: &CanonicalJsonObject,
+    version: &RoomVersionId,
+) -> Result<CanonicalJsonObject> {
     let rules = rules_for(version)?;
     ruma::canonical_json::redact(object.clone(), &rules.redaction, None)
         .map_err(|e| Error::internal(format!("redaction: {e}")))
@@ -49,7 +52,10 @@ mod tests {
             "content": { "membership": "join", "displayname": "A", "join_authorised_via_users_server": "@b:x" }
         }));
         let r = serde_json::to_value(redact(&member, &RoomVersionId::V11).unwrap()).unwrap();
-        assert_eq!(r["content"], json!({ "membership": "join", "join_authorised_via_users_server": "@b:x" }));
+        assert_eq!(
+            r["content"],
+            json!({ "membership": "join", "join_authorised_via_users_server": "@b:x" })
+        );
 
         let pl = canon(json!({
             "type": "m.room.power_levels", "state_key": "", "sender": "@a:x", "room_id": "!r:x",

@@ -19,25 +19,44 @@ impl RoomsService {
     }
 
     /// Points a local alias at a room (`M_ROOM_IN_USE` if taken).
-    pub fn put_alias(&self, alias: &RoomAliasId, room_id: &RoomId, _creator: &UserId) -> Result<()> {
+    pub fn put_alias(
+        &self,
+        alias: &RoomAliasId,
+        room_id: &RoomId,
+        _creator: &UserId,
+    ) -> Result<()> {
         if alias.server_name() != self.server_name() {
             return Err(Error::invalid_param("Alias must be on this server"));
         }
         if self.resolve_alias(alias)?.is_some() {
-            return Err(Error::matrix(http::StatusCode::CONFLICT, "M_UNKNOWN", "Room alias already exists"));
+            return Err(Error::matrix(
+                http::StatusCode::CONFLICT,
+                "M_UNKNOWN",
+                "Room alias already exists",
+            ));
         }
         if !self.exists(room_id)? {
             return Err(Error::not_found("Unknown room"));
         }
         let mut batch = Batch::new();
-        batch.insert(&self.storage.trees.aliases, alias.as_bytes(), room_id.as_bytes());
-        batch.insert(&self.storage.trees.room_aliases, &keys::strs(&[room_id.as_str(), alias.as_str()]), b"");
+        batch.insert(
+            &self.storage.trees.aliases,
+            alias.as_bytes(),
+            room_id.as_bytes(),
+        );
+        batch.insert(
+            &self.storage.trees.room_aliases,
+            &keys::strs(&[room_id.as_str(), alias.as_str()]),
+            b"",
+        );
         self.storage.commit(batch)
     }
 
     /// Removes an alias; only a room member with power to change state may, or whoever set it.
     pub fn delete_alias(&self, alias: &RoomAliasId, user: &UserId) -> Result<()> {
-        let room_id = self.resolve_alias(alias)?.ok_or_else(|| Error::not_found("Room alias not found"))?;
+        let room_id = self
+            .resolve_alias(alias)?
+            .ok_or_else(|| Error::not_found("Room alias not found"))?;
         let power = self.power_levels(&room_id)?;
         if self.membership(&room_id, user)? != Some(Membership::Join)
             || power.user_level(user) < power.event_level("m.room.canonical_alias", true)
@@ -46,7 +65,10 @@ impl RoomsService {
         }
         let mut batch = Batch::new();
         batch.remove(&self.storage.trees.aliases, alias.as_bytes());
-        batch.remove(&self.storage.trees.room_aliases, &keys::strs(&[room_id.as_str(), alias.as_str()]));
+        batch.remove(
+            &self.storage.trees.room_aliases,
+            &keys::strs(&[room_id.as_str(), alias.as_str()]),
+        );
         self.storage.commit(batch)
     }
 
@@ -56,7 +78,8 @@ impl RoomsService {
         let mut out = Vec::new();
         for kv in self.storage.trees.room_aliases.scan_prefix(&prefix) {
             let (k, _) = kv?;
-            let alias = String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).into_owned();
+            let alias =
+                String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).into_owned();
             if let Ok(a) = OwnedRoomAliasId::try_from(alias) {
                 out.push(a);
             }
@@ -67,7 +90,10 @@ impl RoomsService {
     /// Adds or removes a room from the public directory.
     pub fn set_public(&self, room_id: &RoomId, public: bool) -> Result<()> {
         if public {
-            self.storage.trees.public_rooms.insert(room_id.as_bytes(), b"")
+            self.storage
+                .trees
+                .public_rooms
+                .insert(room_id.as_bytes(), b"")
         } else {
             self.storage.trees.public_rooms.remove(room_id.as_bytes())
         }
@@ -107,12 +133,20 @@ impl RoomsService {
     }
 
     /// Public rooms matching `search` (name, topic, alias), paginated by offset.
-    pub fn public_rooms(&self, search: Option<&str>, since: usize, limit: usize) -> Result<(Vec<Value>, usize)> {
+    pub fn public_rooms(
+        &self,
+        search: Option<&str>,
+        since: usize,
+        limit: usize,
+    ) -> Result<(Vec<Value>, usize)> {
         let needle = search.map(str::to_lowercase).filter(|s| !s.is_empty());
         let mut all = Vec::new();
         for kv in self.storage.trees.public_rooms.scan_prefix(&[]) {
             let (k, _) = kv?;
-            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) else { continue };
+            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
+            else {
+                continue;
+            };
             let entry = self.directory_entry(&room_id)?;
             if let Some(needle) = &needle {
                 let hay = ["name", "topic", "canonical_alias"]

@@ -35,11 +35,21 @@ pub struct NewEvent {
 impl NewEvent {
     /// A message-like event.
     pub fn message(kind: impl Into<String>, content: Value) -> NewEvent {
-        NewEvent { kind: kind.into(), state_key: None, content, redacts: None, txn: None }
+        NewEvent {
+            kind: kind.into(),
+            state_key: None,
+            content,
+            redacts: None,
+            txn: None,
+        }
     }
 
     /// A state event.
-    pub fn state(kind: impl Into<String>, state_key: impl Into<String>, content: Value) -> NewEvent {
+    pub fn state(
+        kind: impl Into<String>,
+        state_key: impl Into<String>,
+        content: Value,
+    ) -> NewEvent {
         NewEvent {
             kind: kind.into(),
             state_key: Some(state_key.into()),
@@ -60,7 +70,12 @@ pub(super) struct StoredPdu {
 impl RoomsService {
     /// Builds, authorises and stores an event, then waits until it is durable.
     #[tracing::instrument(skip(self, guard, event), fields(room = %guard.room_id(), kind = %event.kind))]
-    pub async fn send(&self, guard: &RoomGuard, sender: &UserId, event: NewEvent) -> Result<(OwnedEventId, u64)> {
+    pub async fn send(
+        &self,
+        guard: &RoomGuard,
+        sender: &UserId,
+        event: NewEvent,
+    ) -> Result<(OwnedEventId, u64)> {
         if let Some((device, txn)) = &event.txn {
             if let Some(id) = self.txn_event(sender, device, txn)? {
                 let pos = self.event_pos(&id)?.unwrap_or(0);
@@ -73,7 +88,12 @@ impl RoomsService {
     }
 
     /// The event a transaction id already produced, if any.
-    pub fn txn_event(&self, user: &UserId, device: &ruma::DeviceId, txn: &str) -> Result<Option<OwnedEventId>> {
+    pub fn txn_event(
+        &self,
+        user: &UserId,
+        device: &ruma::DeviceId,
+        txn: &str,
+    ) -> Result<Option<OwnedEventId>> {
         let key = keys::strs(&[user.as_str(), device.as_str(), txn]);
         match self.storage.trees.txns.get(&key)? {
             Some(v) => Ok(Some(
@@ -85,7 +105,12 @@ impl RoomsService {
     }
 
     /// Builds, authorises and commits an event (visible at once; not yet flushed).
-    pub(super) fn append(&self, guard: &RoomGuard, sender: &UserId, event: NewEvent) -> Result<(OwnedEventId, u64)> {
+    pub(super) fn append(
+        &self,
+        guard: &RoomGuard,
+        sender: &UserId,
+        event: NewEvent,
+    ) -> Result<(OwnedEventId, u64)> {
         let room_id = guard.room_id();
         let version = self.room(room_id)?.version;
         let (event_id, object, pdu) = self.build(room_id, &version, sender, &event)?;
@@ -103,7 +128,11 @@ impl RoomsService {
             self.add_redaction(&mut batch, &version, sender, target, &pdu)?;
         }
         if let Some((device, txn)) = &event.txn {
-            batch.insert(&trees.txns, &keys::strs(&[sender.as_str(), device.as_str(), txn]), event_id.as_bytes());
+            batch.insert(
+                &trees.txns,
+                &keys::strs(&[sender.as_str(), device.as_str(), txn]),
+                event_id.as_bytes(),
+            );
         }
         let membership = match (&event.state_key, event.kind.as_str()) {
             (Some(target), "m.room.member") => {
@@ -118,19 +147,48 @@ impl RoomsService {
         let pos = {
             let mut last = self.stream.lock().unwrap_or_else(|e| e.into_inner());
             let pos = *last + 1;
-            batch.insert_json(&trees.pdus, event_id.as_bytes(), &StoredPdu { pos, pdu: object })?;
+            batch.insert_json(
+                &trees.pdus,
+                event_id.as_bytes(),
+                &StoredPdu { pos, pdu: object },
+            )?;
             batch.insert(&trees.stream, &pos.to_be_bytes(), room_id.as_bytes());
-            batch.insert(&trees.room_timeline, &keys::KeyBuilder::new().str(room_id.as_str()).u64(pos).build(), event_id.as_bytes());
+            batch.insert(
+                &trees.room_timeline,
+                &keys::KeyBuilder::new()
+                    .str(room_id.as_str())
+                    .u64(pos)
+                    .build(),
+                event_id.as_bytes(),
+            );
             if let Some(state_key) = &event.state_key {
-                let base = keys::KeyBuilder::new().str(room_id.as_str()).str(&event.kind).str(state_key);
-                batch.insert(&trees.room_state, &base.clone().build(), event_id.as_bytes());
-                batch.insert(&trees.room_state_history, &base.u64(pos).build(), event_id.as_bytes());
+                let base = keys::KeyBuilder::new()
+                    .str(room_id.as_str())
+                    .str(&event.kind)
+                    .str(state_key);
+                batch.insert(
+                    &trees.room_state,
+                    &base.clone().build(),
+                    event_id.as_bytes(),
+                );
+                batch.insert(
+                    &trees.room_state_history,
+                    &base.u64(pos).build(),
+                    event_id.as_bytes(),
+                );
             }
             if let Some((user, m)) = &membership {
                 let record = serde_json::json!({ "membership": m.as_str(), "pos": pos, "event_id": event_id });
-                batch.insert_json(&trees.user_rooms, &keys::strs(&[user.as_str(), room_id.as_str()]), &record)?;
+                batch.insert_json(
+                    &trees.user_rooms,
+                    &keys::strs(&[user.as_str(), room_id.as_str()]),
+                    &record,
+                )?;
                 if *m == Membership::Join {
-                    batch.remove(&trees.forgotten, &keys::strs(&[user.as_str(), room_id.as_str()]));
+                    batch.remove(
+                        &trees.forgotten,
+                        &keys::strs(&[user.as_str(), room_id.as_str()]),
+                    );
                 }
             }
             self.storage.commit(batch)?;
@@ -166,7 +224,11 @@ impl RoomsService {
             event.state_key.as_deref(),
             &content_raw,
             version,
-            |kind: &StateEventType, key: &str| self.state_event_id(room_id, kind.to_string().as_str(), key).ok().flatten(),
+            |kind: &StateEventType, key: &str| {
+                self.state_event_id(room_id, kind.to_string().as_str(), key)
+                    .ok()
+                    .flatten()
+            },
         )?;
         let (prev_events, depth) = match self.last_event(room_id)? {
             Some(prev) => (vec![prev.event_id.clone()], prev.depth + 1),
@@ -175,9 +237,18 @@ impl RoomsService {
 
         let mut object = CanonicalJsonObject::new();
         let canon = |v: &dyn erased::Ser| v.canon();
-        object.insert("room_id".into(), CanonicalJsonValue::String(room_id.to_string()));
-        object.insert("sender".into(), CanonicalJsonValue::String(sender.to_string()));
-        object.insert("type".into(), CanonicalJsonValue::String(event.kind.clone()));
+        object.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room_id.to_string()),
+        );
+        object.insert(
+            "sender".into(),
+            CanonicalJsonValue::String(sender.to_string()),
+        );
+        object.insert(
+            "type".into(),
+            CanonicalJsonValue::String(event.kind.clone()),
+        );
         object.insert("content".into(), canon(&event.content)?);
         object.insert(
             "origin_server_ts".into(),
@@ -194,13 +265,20 @@ impl RoomsService {
             // earlier versions at the top level.
             if *version == RoomVersionId::V11 {
                 if let Some(CanonicalJsonValue::Object(content)) = object.get_mut("content") {
-                    content.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+                    content.insert(
+                        "redacts".into(),
+                        CanonicalJsonValue::String(redacts.to_string()),
+                    );
                 }
             } else {
-                object.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
+                object.insert(
+                    "redacts".into(),
+                    CanonicalJsonValue::String(redacts.to_string()),
+                );
             }
         }
-        let (event_id, object) = events::builder::finalize_event(&self.keys, &self.server_name, version, object)?;
+        let (event_id, object) =
+            events::builder::finalize_event(&self.keys, &self.server_name, version, object)?;
         let pdu = Pdu::from_canonical(event_id.clone(), object.clone())?;
         Ok((event_id, object, pdu))
     }
@@ -233,7 +311,14 @@ impl RoomsService {
         let mut unsigned = CanonicalJsonObject::new();
         unsigned.insert("redacted_because".into(), because);
         redacted.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
-        batch.insert_json(&trees.pdus, target.as_bytes(), &StoredPdu { pos: stored.pos, pdu: redacted })?;
+        batch.insert_json(
+            &trees.pdus,
+            target.as_bytes(),
+            &StoredPdu {
+                pos: stored.pos,
+                pdu: redacted,
+            },
+        )?;
         self.invalidate_pdu(target);
         Ok(())
     }
@@ -241,7 +326,13 @@ impl RoomsService {
     /// The newest event of a room.
     pub fn last_event(&self, room_id: &RoomId) -> Result<Option<Arc<Pdu>>> {
         let prefix = keys::strs(&[room_id.as_str()]);
-        match self.storage.trees.room_timeline.scan_prefix_dir(&prefix, true).next() {
+        match self
+            .storage
+            .trees
+            .room_timeline
+            .scan_prefix_dir(&prefix, true)
+            .next()
+        {
             Some(kv) => {
                 let (_, id) = kv?;
                 let id = parse_event_id(&id)?;

@@ -45,7 +45,11 @@ pub struct CreateRoom {
 const MEMBER_STATE_EVENTS: &[&str] = &["org.matrix.msc3401.call.member", "m.rtc.member"];
 
 fn random_localpart(len: usize) -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 impl RoomsService {
@@ -63,9 +67,17 @@ impl RoomsService {
             })?,
         };
         let preset = req.preset.clone().unwrap_or_else(|| {
-            if req.visibility_public { "public_chat" } else { "private_chat" }.to_owned()
+            if req.visibility_public {
+                "public_chat"
+            } else {
+                "private_chat"
+            }
+            .to_owned()
         });
-        if !matches!(preset.as_str(), "private_chat" | "public_chat" | "trusted_private_chat") {
+        if !matches!(
+            preset.as_str(),
+            "private_chat" | "public_chat" | "trusted_private_chat"
+        ) {
             return Err(Error::bad_json(format!("unknown preset {preset}")));
         }
         let alias = match &req.room_alias_name {
@@ -74,28 +86,37 @@ impl RoomsService {
                 let alias = ruma::OwnedRoomAliasId::try_from(alias)
                     .map_err(|e| Error::invalid_param(format!("room_alias_name: {e}")))?;
                 if self.resolve_alias(&alias)?.is_some() {
-                    return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_ROOM_IN_USE", "Room alias already taken"));
+                    return Err(Error::matrix(
+                        http::StatusCode::BAD_REQUEST,
+                        "M_ROOM_IN_USE",
+                        "Room alias already taken",
+                    ));
                 }
                 Some(alias)
             }
             None => None,
         };
 
-        let room_id = OwnedRoomId::try_from(format!("!{}:{}", random_localpart(18), self.server_name))
-            .map_err(|e| Error::internal(format!("room id: {e}")))?;
+        let room_id =
+            OwnedRoomId::try_from(format!("!{}:{}", random_localpart(18), self.server_name))
+                .map_err(|e| Error::internal(format!("room id: {e}")))?;
         let room_type = req
             .creation_content
             .as_ref()
             .and_then(|c| c.get("type"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        let record = RoomRecord { version: version.clone(), room_type };
+        let record = RoomRecord {
+            version: version.clone(),
+            room_type,
+        };
         let mut batch = Batch::new();
         batch.insert_json(&self.storage.trees.rooms, room_id.as_bytes(), &record)?;
         self.storage.commit(batch)?;
 
         let guard = self.lock(&room_id).await;
-        let result = self.create_room_events(&guard, creator, &req, &version, &preset, alias.as_ref());
+        let result =
+            self.create_room_events(&guard, creator, &req, &version, &preset, alias.as_ref());
         if let Err(e) = result {
             // Leave nothing half-made behind.
             self.purge_room(&room_id)?;
@@ -122,7 +143,11 @@ impl RoomsService {
         if *version != RoomVersionId::V11 {
             create.insert("creator".into(), json!(creator));
         }
-        self.append(guard, creator, NewEvent::state("m.room.create", "", Value::Object(create)))?;
+        self.append(
+            guard,
+            creator,
+            NewEvent::state("m.room.create", "", Value::Object(create)),
+        )?;
 
         let mut join = json!({ "membership": "join" });
         if let Some(name) = &req.creator_profile.0 {
@@ -131,7 +156,11 @@ impl RoomsService {
         if let Some(avatar) = &req.creator_profile.1 {
             join["avatar_url"] = json!(avatar);
         }
-        self.append(guard, creator, NewEvent::state("m.room.member", creator.as_str(), join))?;
+        self.append(
+            guard,
+            creator,
+            NewEvent::state("m.room.member", creator.as_str(), join),
+        )?;
 
         let mut users = Map::new();
         users.insert(creator.to_string(), json!(100));
@@ -166,32 +195,61 @@ impl RoomsService {
                 map.insert(k.clone(), v.clone());
             }
         }
-        self.append(guard, creator, NewEvent::state("m.room.power_levels", "", power))?;
+        self.append(
+            guard,
+            creator,
+            NewEvent::state("m.room.power_levels", "", power),
+        )?;
 
         if let Some(alias) = alias {
-            self.append(guard, creator, NewEvent::state("m.room.canonical_alias", "", json!({ "alias": alias })))?;
+            self.append(
+                guard,
+                creator,
+                NewEvent::state("m.room.canonical_alias", "", json!({ "alias": alias })),
+            )?;
         }
 
         let (join_rule, guest) = match preset {
             "public_chat" => ("public", "forbidden"),
             _ => ("invite", "can_join"),
         };
-        self.append(guard, creator, NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })))?;
         self.append(
             guard,
             creator,
-            NewEvent::state("m.room.history_visibility", "", json!({ "history_visibility": "shared" })),
+            NewEvent::state("m.room.join_rules", "", json!({ "join_rule": join_rule })),
         )?;
-        self.append(guard, creator, NewEvent::state("m.room.guest_access", "", json!({ "guest_access": guest })))?;
+        self.append(
+            guard,
+            creator,
+            NewEvent::state(
+                "m.room.history_visibility",
+                "",
+                json!({ "history_visibility": "shared" }),
+            ),
+        )?;
+        self.append(
+            guard,
+            creator,
+            NewEvent::state("m.room.guest_access", "", json!({ "guest_access": guest })),
+        )?;
 
         for (kind, key, content) in &req.initial_state {
-            self.append(guard, creator, NewEvent::state(kind.clone(), key.clone(), content.clone()))?;
+            self.append(
+                guard,
+                creator,
+                NewEvent::state(kind.clone(), key.clone(), content.clone()),
+            )?;
         }
         if let Some(name) = &req.name {
-            self.append(guard, creator, NewEvent::state("m.room.name", "", json!({ "name": name })))?;
+            self.append(
+                guard,
+                creator,
+                NewEvent::state("m.room.name", "", json!({ "name": name })),
+            )?;
         }
         if let Some(topic) = &req.topic {
-            let content = json!({ "topic": topic, "m.topic": [{ "body": topic, "mimetype": "text/plain" }] });
+            let content =
+                json!({ "topic": topic, "m.topic": [{ "body": topic, "mimetype": "text/plain" }] });
             self.append(guard, creator, NewEvent::state("m.room.topic", "", content))?;
         }
         if let Some(alias) = alias {
@@ -202,7 +260,11 @@ impl RoomsService {
             if req.is_direct {
                 content["is_direct"] = json!(true);
             }
-            self.append(guard, creator, NewEvent::state("m.room.member", user.as_str(), content))?;
+            self.append(
+                guard,
+                creator,
+                NewEvent::state("m.room.member", user.as_str(), content),
+            )?;
         }
         Ok(())
     }
@@ -223,13 +285,22 @@ impl RoomsService {
                 self.invalidate_pdu(&id);
             }
         }
-        for tree in [&trees.room_state, &trees.room_state_history, &trees.receipts, &trees.receipts_log, &trees.room_aliases] {
+        for tree in [
+            &trees.room_state,
+            &trees.room_state_history,
+            &trees.receipts,
+            &trees.receipts_log,
+            &trees.room_aliases,
+        ] {
             for kv in tree.scan_prefix(&prefix) {
                 batch.remove(tree, &kv?.0);
             }
         }
         for (user, _) in self.members(room_id)?.all() {
-            batch.remove(&trees.user_rooms, &keys::strs(&[user.as_str(), room_id.as_str()]));
+            batch.remove(
+                &trees.user_rooms,
+                &keys::strs(&[user.as_str(), room_id.as_str()]),
+            );
         }
         for alias in self.room_aliases(room_id)? {
             batch.remove(&trees.aliases, alias.as_bytes());

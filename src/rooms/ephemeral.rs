@@ -33,14 +33,23 @@ impl RoomsService {
     }
 
     /// Sets or clears `user` typing in a room, for at most `timeout`.
-    pub fn set_typing(&self, room_id: &RoomId, user: &UserId, typing: bool, timeout: Duration) -> Result<()> {
+    pub fn set_typing(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        typing: bool,
+        timeout: Duration,
+    ) -> Result<()> {
         let pos = self.next_ephemeral_pos();
         {
             let mut rooms = self.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
             let entry = rooms.entry(room_id.to_owned()).or_default();
             entry.0 = pos;
             if typing {
-                entry.1.insert(user.to_owned(), Instant::now() + timeout.min(Duration::from_secs(120)));
+                entry.1.insert(
+                    user.to_owned(),
+                    Instant::now() + timeout.min(Duration::from_secs(120)),
+                );
             } else {
                 entry.1.remove(user);
             }
@@ -57,7 +66,11 @@ impl RoomsService {
             return None;
         }
         let now = Instant::now();
-        let typing: Typing = users.iter().filter(|(_, until)| **until > now).map(|(u, _)| u.clone()).collect();
+        let typing: Typing = users
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(u, _)| u.clone())
+            .collect();
         if since == 0 && typing.is_empty() {
             return None;
         }
@@ -65,17 +78,32 @@ impl RoomsService {
     }
 
     /// Records a receipt.
-    pub fn set_receipt(&self, room_id: &RoomId, user: &UserId, kind: &str, event_id: &EventId, thread: Option<&str>) -> Result<()> {
+    pub fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        kind: &str,
+        event_id: &EventId,
+        thread: Option<&str>,
+    ) -> Result<()> {
         let trees = &self.storage.trees;
         let thread = thread.unwrap_or("");
         let _serial = self.receipts_lock.lock().unwrap_or_else(|e| e.into_inner());
         let pos = self.next_ephemeral_pos();
         let mut batch = Batch::new();
-        let record = json!({ "event_id": event_id, "ts": MilliSecondsSinceUnixEpoch::now(), "pos": pos });
-        batch.insert_json(&trees.receipts, &keys::strs(&[room_id.as_str(), kind, user.as_str(), thread]), &record)?;
+        let record =
+            json!({ "event_id": event_id, "ts": MilliSecondsSinceUnixEpoch::now(), "pos": pos });
+        batch.insert_json(
+            &trees.receipts,
+            &keys::strs(&[room_id.as_str(), kind, user.as_str(), thread]),
+            &record,
+        )?;
         batch.insert(
             &trees.receipts_log,
-            &keys::KeyBuilder::new().str(room_id.as_str()).u64(pos).build(),
+            &keys::KeyBuilder::new()
+                .str(room_id.as_str())
+                .u64(pos)
+                .build(),
             &keys::strs(&[kind, user.as_str(), thread]),
         );
         batch.insert(&trees.meta, b"ephemeral_pos", &pos.to_be_bytes());
@@ -95,7 +123,10 @@ impl RoomsService {
         for kind in RECEIPT_TYPES {
             let key = keys::strs(&[room_id.as_str(), kind, user.as_str(), ""]);
             if let Some(record) = self.storage.trees.receipts.get_json::<Value>(&key)? {
-                if let Some(id) = record["event_id"].as_str().and_then(|s| EventId::parse(s).ok()) {
+                if let Some(id) = record["event_id"]
+                    .as_str()
+                    .and_then(|s| EventId::parse(s).ok())
+                {
                     if let Some(pos) = self.event_pos(&id)? {
                         best = best.max(Some(pos));
                     }
@@ -107,7 +138,12 @@ impl RoomsService {
 
     /// The `m.receipt` content of receipts changed after `since` (all for 0), as `viewer`
     /// sees them (private receipts only their own).
-    pub fn receipts_since(&self, room_id: &RoomId, since: u64, viewer: &UserId) -> Result<Option<Value>> {
+    pub fn receipts_since(
+        &self,
+        room_id: &RoomId,
+        since: u64,
+        viewer: &UserId,
+    ) -> Result<Option<Value>> {
         let trees = &self.storage.trees;
         let mut entries: Vec<(String, String, String)> = Vec::new();
         if since == 0 {
@@ -115,17 +151,31 @@ impl RoomsService {
             for kv in trees.receipts.scan_prefix(&prefix) {
                 let (k, _) = kv?;
                 if let [_, kind, user, rest @ ..] = keys::split_strs(&k).as_slice() {
-                    entries.push((kind.to_string(), user.to_string(), rest.first().copied().unwrap_or("").to_string()));
+                    entries.push((
+                        kind.to_string(),
+                        user.to_string(),
+                        rest.first().copied().unwrap_or("").to_string(),
+                    ));
                 }
             }
         } else {
-            let from = keys::KeyBuilder::new().str(room_id.as_str()).u64(since + 1).build();
-            let to = keys::KeyBuilder::new().str(room_id.as_str()).u64(u64::MAX).build();
+            let from = keys::KeyBuilder::new()
+                .str(room_id.as_str())
+                .u64(since + 1)
+                .build();
+            let to = keys::KeyBuilder::new()
+                .str(room_id.as_str())
+                .u64(u64::MAX)
+                .build();
             for kv in trees.receipts_log.range(&from, &to, false) {
                 let (_, v) = kv?;
                 let parts = keys::split_strs(&v);
                 if let [kind, user, rest @ ..] = parts.as_slice() {
-                    entries.push((kind.to_string(), user.to_string(), rest.first().copied().unwrap_or("").to_string()));
+                    entries.push((
+                        kind.to_string(),
+                        user.to_string(),
+                        rest.first().copied().unwrap_or("").to_string(),
+                    ));
                 }
             }
         }
@@ -135,16 +185,21 @@ impl RoomsService {
                 continue;
             }
             let key = keys::strs(&[room_id.as_str(), &kind, &user, &thread]);
-            let Some(record) = trees.receipts.get_json::<Value>(&key)? else { continue };
-            let Some(event_id) = record["event_id"].as_str() else { continue };
+            let Some(record) = trees.receipts.get_json::<Value>(&key)? else {
+                continue;
+            };
+            let Some(event_id) = record["event_id"].as_str() else {
+                continue;
+            };
             let mut receipt = json!({ "ts": record["ts"] });
             if !thread.is_empty() {
                 receipt["thread_id"] = json!(thread);
             }
-            let by_event = content.entry(event_id.to_owned()).or_insert_with(|| json!({}));
+            let by_event = content
+                .entry(event_id.to_owned())
+                .or_insert_with(|| json!({}));
             by_event[&kind][&user] = receipt;
         }
-        Ok((!content.is_empty()).then(|| Value::Object(content)))
+        Ok((!content.is_empty()).then_some(Value::Object(content)))
     }
 }
-

@@ -30,7 +30,12 @@ pub enum Membership {
 impl Membership {
     /// Reads `content.membership` (unknown values count as leave).
     pub fn from_content(content: &Value) -> Membership {
-        Membership::parse(content.get("membership").and_then(Value::as_str).unwrap_or("leave"))
+        Membership::parse(
+            content
+                .get("membership")
+                .and_then(Value::as_str)
+                .unwrap_or("leave"),
+        )
     }
 
     /// Parses the wire name.
@@ -75,7 +80,10 @@ impl RoomMembers {
 
     /// Users with the given membership.
     pub fn with(&self, m: Membership) -> impl Iterator<Item = &UserId> {
-        self.map.iter().filter(move |(_, v)| **v == m).map(|(k, _)| k.as_ref())
+        self.map
+            .iter()
+            .filter(move |(_, v)| **v == m)
+            .map(|(k, _)| k.as_ref())
     }
 
     /// Every user with any membership.
@@ -106,19 +114,32 @@ impl MembersCache {
 
     /// Drops a room from the cache (room purged).
     pub(super) fn forget(&self, room_id: &RoomId) {
-        self.rooms.write().unwrap_or_else(|e| e.into_inner()).remove(room_id);
+        self.rooms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room_id);
     }
 }
 
 impl RoomsService {
     /// The members of a room (empty for an unknown room).
     pub fn members(&self, room_id: &RoomId) -> Result<Arc<RoomMembers>> {
-        if let Some(m) = self.members.rooms.read().unwrap_or_else(|e| e.into_inner()).get(room_id) {
+        if let Some(m) = self
+            .members
+            .rooms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+        {
             return Ok(m.clone());
         }
         // Load under the write lock so a concurrent `set` cannot slip between our read of
         // storage and the insert (it would be lost).
-        let mut rooms = self.members.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let mut rooms = self
+            .members
+            .rooms
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(m) = rooms.get(room_id) {
             return Ok(m.clone());
         }
@@ -126,7 +147,9 @@ impl RoomsService {
         let mut members = RoomMembers::default();
         for kv in self.storage.trees.room_state.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let Ok(user) = UserId::parse(String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).as_ref()) else {
+            let Ok(user) = UserId::parse(
+                String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).as_ref(),
+            ) else {
                 continue;
             };
             let id = super::append::parse_event_id(&v)?;
@@ -161,8 +184,11 @@ impl RoomsService {
         let mut out = Vec::new();
         for kv in self.storage.trees.user_rooms.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let room = String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).into_owned();
-            let Ok(room) = OwnedRoomId::try_from(room) else { continue };
+            let room =
+                String::from_utf8_lossy(&k[prefix.len()..k.len().saturating_sub(1)]).into_owned();
+            let Ok(room) = OwnedRoomId::try_from(room) else {
+                continue;
+            };
             let record: Value = serde_json::from_slice(&v)?;
             let m = Membership::parse(record["membership"].as_str().unwrap_or("leave"));
             let pos = record["pos"].as_u64().unwrap_or(0);

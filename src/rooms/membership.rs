@@ -24,7 +24,9 @@ impl RoomsService {
     pub fn resolve_room(&self, room: &RoomOrAliasId) -> Result<OwnedRoomId> {
         let room_id = match <&RoomId>::try_from(room) {
             Ok(id) => id.to_owned(),
-            Err(alias) => self.resolve_alias(alias)?.ok_or_else(|| Error::not_found("Room alias not found"))?,
+            Err(alias) => self
+                .resolve_alias(alias)?
+                .ok_or_else(|| Error::not_found("Room alias not found"))?,
         };
         if !self.exists(&room_id)? {
             return Err(Error::not_found("No known room with that id"));
@@ -62,31 +64,73 @@ impl RoomsService {
             c.extend(extra);
         }
         let guard = self.lock(room_id).await;
-        self.send(&guard, sender, NewEvent::state("m.room.member", target.as_str(), content)).await?;
+        self.send(
+            &guard,
+            sender,
+            NewEvent::state("m.room.member", target.as_str(), content),
+        )
+        .await?;
         Ok(())
     }
 
     /// `user` joins the room.
-    pub async fn join(&self, room_id: &RoomId, user: &UserId, profile: &MemberProfile, reason: Option<&str>) -> Result<()> {
+    pub async fn join(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: &MemberProfile,
+        reason: Option<&str>,
+    ) -> Result<()> {
         if self.membership(room_id, user)? == Some(Membership::Join) {
             // Re-joining refreshes the profile only if it changed; otherwise nothing to do.
             return Ok(());
         }
-        self.set_membership(room_id, user, user, Membership::Join, reason, Some(profile), None).await
+        self.set_membership(
+            room_id,
+            user,
+            user,
+            Membership::Join,
+            reason,
+            Some(profile),
+            None,
+        )
+        .await
     }
 
     /// `sender` invites `target`.
-    pub async fn invite(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<()> {
+    pub async fn invite(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<()> {
         if self.membership(room_id, sender)? != Some(Membership::Join) {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         match self.membership(room_id, target)? {
-            Some(Membership::Join) => return Err(Error::forbidden(format!("{target} is already in the room"))),
-            Some(Membership::Ban) => return Err(Error::forbidden(format!("{target} is banned from the room"))),
+            Some(Membership::Join) => {
+                return Err(Error::forbidden(format!("{target} is already in the room")))
+            }
+            Some(Membership::Ban) => {
+                return Err(Error::forbidden(format!(
+                    "{target} is banned from the room"
+                )))
+            }
             _ => {}
         }
         let extra = is_direct.then(|| json!({ "is_direct": true }));
-        self.set_membership(room_id, sender, target, Membership::Invite, reason, None, extra).await
+        self.set_membership(
+            room_id,
+            sender,
+            target,
+            Membership::Invite,
+            reason,
+            None,
+            extra,
+        )
+        .await
     }
 
     /// `user` leaves (or rejects an invite, or withdraws a knock).
@@ -95,49 +139,106 @@ impl RoomsService {
             Some(Membership::Join | Membership::Invite | Membership::Knock) => {}
             _ => return Err(Error::forbidden("You are not in this room")),
         }
-        self.set_membership(room_id, user, user, Membership::Leave, reason, None, None).await
+        self.set_membership(room_id, user, user, Membership::Leave, reason, None, None)
+            .await
     }
 
     /// `sender` kicks `target`.
-    pub async fn kick(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn kick(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         match self.membership(room_id, target)? {
             Some(Membership::Join | Membership::Invite | Membership::Knock) => {}
             _ => return Err(Error::forbidden(format!("{target} is not in the room"))),
         }
-        self.set_membership(room_id, sender, target, Membership::Leave, reason, None, None).await
+        self.set_membership(
+            room_id,
+            sender,
+            target,
+            Membership::Leave,
+            reason,
+            None,
+            None,
+        )
+        .await
     }
 
     /// `sender` bans `target`.
-    pub async fn ban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
-        self.set_membership(room_id, sender, target, Membership::Ban, reason, None, None).await
+    pub async fn ban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.set_membership(room_id, sender, target, Membership::Ban, reason, None, None)
+            .await
     }
 
     /// `sender` lifts the ban on `target`.
-    pub async fn unban(&self, room_id: &RoomId, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<()> {
+    pub async fn unban(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         if self.membership(room_id, target)? != Some(Membership::Ban) {
             return Err(Error::forbidden(format!("{target} is not banned")));
         }
-        self.set_membership(room_id, sender, target, Membership::Leave, reason, None, None).await
+        self.set_membership(
+            room_id,
+            sender,
+            target,
+            Membership::Leave,
+            reason,
+            None,
+            None,
+        )
+        .await
     }
 
     /// `user` knocks on the room.
-    pub async fn knock(&self, room_id: &RoomId, user: &UserId, profile: &MemberProfile, reason: Option<&str>) -> Result<()> {
+    pub async fn knock(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        profile: &MemberProfile,
+        reason: Option<&str>,
+    ) -> Result<()> {
         if self.membership(room_id, user)? == Some(Membership::Join) {
             return Err(Error::forbidden("You are already in the room"));
         }
-        self.set_membership(room_id, user, user, Membership::Knock, reason, Some(profile), None).await
+        self.set_membership(
+            room_id,
+            user,
+            user,
+            Membership::Knock,
+            reason,
+            Some(profile),
+            None,
+        )
+        .await
     }
 
     /// `user` forgets a room they have left.
     pub fn forget(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         match self.membership(room_id, user)? {
-            Some(Membership::Join | Membership::Invite | Membership::Knock) => {
-                Err(Error::bad_request("You must leave the room before forgetting it"))
-            }
+            Some(Membership::Join | Membership::Invite | Membership::Knock) => Err(
+                Error::bad_request("You must leave the room before forgetting it"),
+            ),
             None => Err(Error::not_found("You have never been in this room")),
             Some(_) => {
                 let mut batch = Batch::new();
-                batch.insert(&self.storage.trees.forgotten, &keys::strs(&[user.as_str(), room_id.as_str()]), b"");
+                batch.insert(
+                    &self.storage.trees.forgotten,
+                    &keys::strs(&[user.as_str(), room_id.as_str()]),
+                    b"",
+                );
                 self.storage.commit(batch)
             }
         }
@@ -145,18 +246,28 @@ impl RoomsService {
 
     /// Whether the user forgot the room.
     pub fn is_forgotten(&self, room_id: &RoomId, user: &UserId) -> Result<bool> {
-        self.storage.trees.forgotten.contains(&keys::strs(&[user.as_str(), room_id.as_str()]))
+        self.storage
+            .trees
+            .forgotten
+            .contains(&keys::strs(&[user.as_str(), room_id.as_str()]))
     }
 
     /// Copies a changed profile into the user's member event in every joined room.
-    pub async fn update_profile_in_rooms(&self, user: &UserId, profile: &MemberProfile) -> Result<()> {
+    pub async fn update_profile_in_rooms(
+        &self,
+        user: &UserId,
+        profile: &MemberProfile,
+    ) -> Result<()> {
         for room_id in self.joined_rooms(user)? {
             let guard = self.lock(&room_id).await;
             let mut content = match self.state_content(&room_id, "m.room.member", user.as_str())? {
                 Some(Value::Object(c)) => c,
                 _ => continue,
             };
-            for (key, value) in [("displayname", &profile.displayname), ("avatar_url", &profile.avatar_url)] {
+            for (key, value) in [
+                ("displayname", &profile.displayname),
+                ("avatar_url", &profile.avatar_url),
+            ] {
                 match value {
                     Some(v) => content.insert(key.into(), json!(v)),
                     None => content.remove(key),
@@ -175,7 +286,10 @@ impl RoomsService {
     pub async fn leave_all_rooms(&self, user: &UserId) -> Result<()> {
         for (room_id, m, _) in self.user_rooms(user)? {
             if matches!(m, Membership::Join | Membership::Invite | Membership::Knock) {
-                if let Err(e) = self.leave(&room_id, user, Some("Account deactivated")).await {
+                if let Err(e) = self
+                    .leave(&room_id, user, Some("Account deactivated"))
+                    .await
+                {
                     tracing::warn!(room = %room_id, error = %e, "could not leave room on deactivation");
                 }
             }

@@ -125,7 +125,10 @@ impl RoomsService {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(room_id.to_owned()).or_default().clone()
         };
-        RoomGuard { room_id: room_id.to_owned(), _guard: mutex.lock_owned().await }
+        RoomGuard {
+            room_id: room_id.to_owned(),
+            _guard: mutex.lock_owned().await,
+        }
     }
 
     /// The server name events are created under.
@@ -154,11 +157,16 @@ impl RoomsService {
 
     /// The current ephemeral stream position.
     pub fn current_ephemeral_pos(&self) -> u64 {
-        self.ephemeral_pos.load(std::sync::atomic::Ordering::Acquire)
+        self.ephemeral_pos
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn pdu_cache_get(&self, event_id: &ruma::EventId) -> Option<(u64, Arc<crate::events::Pdu>)> {
-        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).get(event_id).cloned()
+        self.pdu_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(event_id)
+            .cloned()
     }
 
     fn pdu_cache_put(&self, event_id: &ruma::EventId, pos: u64, pdu: Arc<crate::events::Pdu>) {
@@ -170,7 +178,10 @@ impl RoomsService {
     }
 
     fn invalidate_pdu(&self, event_id: &ruma::EventId) {
-        self.pdu_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(event_id);
+        self.pdu_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(event_id);
     }
 }
 

@@ -19,9 +19,15 @@ impl Token {
     pub fn parse(s: &str) -> Result<Token> {
         let digits = s
             .strip_prefix('t')
-            .or_else(|| s.strip_prefix('s').map(|r| r.split('_').next().unwrap_or("")))
+            .or_else(|| {
+                s.strip_prefix('s')
+                    .map(|r| r.split('_').next().unwrap_or(""))
+            })
             .ok_or_else(|| Error::invalid_param(format!("invalid pagination token {s:?}")))?;
-        digits.parse().map(Token).map_err(|_| Error::invalid_param(format!("invalid pagination token {s:?}")))
+        digits
+            .parse()
+            .map(Token)
+            .map_err(|_| Error::invalid_param(format!("invalid pagination token {s:?}")))
     }
 }
 
@@ -59,7 +65,11 @@ pub struct EventFilter {
 }
 
 fn strings(v: &Value, key: &str) -> Option<Vec<String>> {
-    v.get(key)?.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+    v.get(key)?.as_array().map(|a| {
+        a.iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    })
 }
 
 fn glob(pattern: &str, value: &str) -> bool {
@@ -81,15 +91,24 @@ impl EventFilter {
             rooms: strings(v, "rooms"),
             not_rooms: strings(v, "not_rooms").unwrap_or_default(),
             contains_url: v.get("contains_url").and_then(Value::as_bool),
-            lazy_load_members: v.get("lazy_load_members").and_then(Value::as_bool).unwrap_or(false),
-            include_redundant_members: v.get("include_redundant_members").and_then(Value::as_bool).unwrap_or(false),
+            lazy_load_members: v
+                .get("lazy_load_members")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            include_redundant_members: v
+                .get("include_redundant_members")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         }
     }
 
     /// Whether a room passes the `rooms`/`not_rooms` lists.
     pub fn allows_room(&self, room_id: &RoomId) -> bool {
         !self.not_rooms.iter().any(|r| r == room_id.as_str())
-            && self.rooms.as_ref().is_none_or(|rs| rs.iter().any(|r| r == room_id.as_str()))
+            && self
+                .rooms
+                .as_ref()
+                .is_none_or(|rs| rs.iter().any(|r| r == room_id.as_str()))
     }
 
     /// Whether an event passes the type/sender/url conditions.
@@ -164,17 +183,29 @@ impl RoomsService {
         limit: usize,
         filter: Option<&EventFilter>,
     ) -> Result<(Vec<(u64, Arc<Pdu>)>, bool)> {
-        let from = keys::KeyBuilder::new().str(room_id.as_str()).u64(lo.saturating_add(1)).build();
-        let to = keys::KeyBuilder::new().str(room_id.as_str()).u64(hi.saturating_add(1).max(1)).build();
+        let from = keys::KeyBuilder::new()
+            .str(room_id.as_str())
+            .u64(lo.saturating_add(1))
+            .build();
+        let to = keys::KeyBuilder::new()
+            .str(room_id.as_str())
+            .u64(hi.saturating_add(1).max(1))
+            .build();
         let mut out = Vec::new();
         if lo >= hi {
             return Ok((out, false));
         }
-        let mut iter = self.storage.trees.room_timeline.range(&from, &to, dir == Direction::Backward);
+        let mut iter =
+            self.storage
+                .trees
+                .room_timeline
+                .range(&from, &to, dir == Direction::Backward);
         for kv in iter.by_ref() {
             let (k, v) = kv?;
             let pos = keys::trailing_u64(&k).unwrap_or(0);
-            let Some(pdu) = self.get_pdu(&parse_event_id(&v)?)? else { continue };
+            let Some(pdu) = self.get_pdu(&parse_event_id(&v)?)? else {
+                continue;
+            };
             if filter.is_none_or(|f| f.allows(&pdu)) {
                 out.push((pos, pdu));
                 if out.len() >= limit {
@@ -203,16 +234,38 @@ impl RoomsService {
             Direction::Backward => {
                 let from = from.map(|t| t.0).unwrap_or(cap).min(cap);
                 let lo = to.map(|t| t.0).unwrap_or(0);
-                let (events, more) = self.timeline_range(room_id, lo, from, dir, limit, Some(filter))?;
-                let end = if more { events.last().map(|(pos, _)| Token(pos - 1)) } else { None };
-                Ok((Token(from), MessagesPage { chunk: events.into_iter().map(|(_, p)| p).collect(), end }))
+                let (events, more) =
+                    self.timeline_range(room_id, lo, from, dir, limit, Some(filter))?;
+                let end = if more {
+                    events.last().map(|(pos, _)| Token(pos - 1))
+                } else {
+                    None
+                };
+                Ok((
+                    Token(from),
+                    MessagesPage {
+                        chunk: events.into_iter().map(|(_, p)| p).collect(),
+                        end,
+                    },
+                ))
             }
             Direction::Forward => {
                 let from = from.map(|t| t.0).unwrap_or(0);
                 let hi = to.map(|t| t.0).unwrap_or(cap).min(cap);
-                let (events, more) = self.timeline_range(room_id, from, hi, dir, limit, Some(filter))?;
-                let end = if more { events.last().map(|(pos, _)| Token(*pos)) } else { None };
-                Ok((Token(from), MessagesPage { chunk: events.into_iter().map(|(_, p)| p).collect(), end }))
+                let (events, more) =
+                    self.timeline_range(room_id, from, hi, dir, limit, Some(filter))?;
+                let end = if more {
+                    events.last().map(|(pos, _)| Token(*pos))
+                } else {
+                    None
+                };
+                Ok((
+                    Token(from),
+                    MessagesPage {
+                        chunk: events.into_iter().map(|(_, p)| p).collect(),
+                        end,
+                    },
+                ))
             }
         }
     }
@@ -235,8 +288,22 @@ impl RoomsService {
         }
         let half = limit.min(100) / 2;
         let before_n = limit.min(100) - half;
-        let (before, _) = self.timeline_range(room_id, 0, pos - 1, Direction::Backward, before_n.max(1), Some(filter))?;
-        let (after, _) = self.timeline_range(room_id, pos, cap, Direction::Forward, half.max(1), Some(filter))?;
+        let (before, _) = self.timeline_range(
+            room_id,
+            0,
+            pos - 1,
+            Direction::Backward,
+            before_n.max(1),
+            Some(filter),
+        )?;
+        let (after, _) = self.timeline_range(
+            room_id,
+            pos,
+            cap,
+            Direction::Forward,
+            half.max(1),
+            Some(filter),
+        )?;
         let before: Vec<_> = if before_n == 0 { Vec::new() } else { before };
         let after: Vec<_> = if half == 0 { Vec::new() } else { after };
         let start = Token(before.last().map_or(pos, |(p, _)| *p) - 1);
@@ -250,7 +317,10 @@ impl RoomsService {
                 .map(|(_, p)| p.sender.to_string())
                 .chain([event.sender.to_string()])
                 .collect();
-            state.retain(|p| p.kind.to_string() != "m.room.member" || p.state_key.as_ref().is_some_and(|k| senders.contains(k)));
+            state.retain(|p| {
+                p.kind.to_string() != "m.room.member"
+                    || p.state_key.as_ref().is_some_and(|k| senders.contains(k))
+            });
         }
         Ok(ContextPage {
             event,

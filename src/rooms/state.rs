@@ -36,7 +36,8 @@ pub struct PowerLevels {
 }
 
 fn int(v: &Value) -> Option<i64> {
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
 impl PowerLevels {
@@ -47,7 +48,11 @@ impl PowerLevels {
             content
                 .and_then(|c| c.get(k))
                 .and_then(Value::as_object)
-                .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), int(v)?))).collect())
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), int(v)?)))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let mut users = map("users");
@@ -71,12 +76,19 @@ impl PowerLevels {
 
     /// A user's power level.
     pub fn user_level(&self, user: &UserId) -> i64 {
-        self.users.get(user.as_str()).copied().unwrap_or(self.users_default)
+        self.users
+            .get(user.as_str())
+            .copied()
+            .unwrap_or(self.users_default)
     }
 
     /// The level needed to send an event of `kind`.
     pub fn event_level(&self, kind: &str, is_state: bool) -> i64 {
-        self.events.get(kind).copied().unwrap_or(if is_state { self.state_default } else { self.events_default })
+        self.events.get(kind).copied().unwrap_or(if is_state {
+            self.state_default
+        } else {
+            self.events_default
+        })
     }
 }
 
@@ -91,7 +103,12 @@ impl RoomsService {
         if let Some(hit) = self.pdu_cache_get(event_id) {
             return Ok(Some(hit));
         }
-        let Some(stored) = self.storage.trees.pdus.get_json::<StoredPdu>(event_id.as_bytes())? else {
+        let Some(stored) = self
+            .storage
+            .trees
+            .pdus
+            .get_json::<StoredPdu>(event_id.as_bytes())?
+        else {
             return Ok(None);
         };
         let pdu = Arc::new(Pdu::from_canonical(event_id.to_owned(), stored.pdu)?);
@@ -105,18 +122,38 @@ impl RoomsService {
     }
 
     /// The current state event id for `(kind, state_key)`.
-    pub fn state_event_id(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<OwnedEventId>> {
+    pub fn state_event_id(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<OwnedEventId>> {
         let key = keys::strs(&[room_id.as_str(), kind, state_key]);
-        self.storage.trees.room_state.get(&key)?.map(|v| parse_event_id(&v)).transpose()
+        self.storage
+            .trees
+            .room_state
+            .get(&key)?
+            .map(|v| parse_event_id(&v))
+            .transpose()
     }
 
     /// The current state event for `(kind, state_key)`.
-    pub fn state_event(&self, room_id: &RoomId, kind: &StateEventType, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+    pub fn state_event(
+        &self,
+        room_id: &RoomId,
+        kind: &StateEventType,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>> {
         self.state_event_str(room_id, &kind.to_string(), state_key)
     }
 
     /// Like [`RoomsService::state_event`] with the type as a string.
-    pub fn state_event_str(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<Arc<Pdu>>> {
+    pub fn state_event_str(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Arc<Pdu>>> {
         match self.state_event_id(room_id, kind, state_key)? {
             Some(id) => self.get_pdu(&id),
             None => Ok(None),
@@ -124,7 +161,12 @@ impl RoomsService {
     }
 
     /// The content of a current state event.
-    pub fn state_content(&self, room_id: &RoomId, kind: &str, state_key: &str) -> Result<Option<Value>> {
+    pub fn state_content(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<Value>> {
         match self.state_event_str(room_id, kind, state_key)? {
             Some(pdu) => Ok(Some(serde_json::from_str(pdu.content.get())?)),
             None => Ok(None),
@@ -151,7 +193,9 @@ impl RoomsService {
         let mut map = StateMap::new();
         for kv in self.storage.trees.room_state_history.scan_prefix(&prefix) {
             let (k, v) = kv?;
-            let Some(event_pos) = keys::trailing_u64(&k) else { continue };
+            let Some(event_pos) = keys::trailing_u64(&k) else {
+                continue;
+            };
             if event_pos > pos {
                 continue;
             }
@@ -180,9 +224,14 @@ impl RoomsService {
         let content = self.state_content(room_id, "m.room.power_levels", "")?;
         let creator = match &content {
             Some(_) => None,
-            None => self.state_event_str(room_id, "m.room.create", "")?.map(|p| p.sender.clone()),
+            None => self
+                .state_event_str(room_id, "m.room.create", "")?
+                .map(|p| p.sender.clone()),
         };
-        Ok(PowerLevels::from_content(content.as_ref(), creator.as_deref()))
+        Ok(PowerLevels::from_content(
+            content.as_ref(),
+            creator.as_deref(),
+        ))
     }
 
     /// Fails with 403 unless the user can see the room's current state (a member, or
@@ -204,7 +253,11 @@ impl RoomsService {
     pub fn history_visibility(&self, room_id: &RoomId) -> Result<String> {
         Ok(self
             .state_content(room_id, "m.room.history_visibility", "")?
-            .and_then(|c| c.get("history_visibility").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|c| {
+                c.get("history_visibility")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .unwrap_or_else(|| "shared".to_owned()))
     }
 }
@@ -225,7 +278,10 @@ mod tests {
     #[test]
     fn state_key_parts_split() {
         let k = keys::strs(&["m.room.member", "@a:x"]);
-        assert_eq!(split_state_key(&k), Some(("m.room.member".into(), "@a:x".into())));
+        assert_eq!(
+            split_state_key(&k),
+            Some(("m.room.member".into(), "@a:x".into()))
+        );
         let k = keys::strs(&["m.room.name", ""]);
         assert_eq!(split_state_key(&k), Some(("m.room.name".into(), "".into())));
     }

@@ -16,32 +16,67 @@ fn user(name: &str) -> OwnedUserId {
     UserId::parse(format!("@{name}:localhost")).unwrap()
 }
 
-async fn send_text(s: &Services, room: &RoomId, sender: &UserId, body: &str) -> Result<(ruma::OwnedEventId, u64)> {
+async fn send_text(
+    s: &Services,
+    room: &RoomId,
+    sender: &UserId,
+    body: &str,
+) -> Result<(ruma::OwnedEventId, u64)> {
     let guard = s.rooms.lock(room).await;
-    s.rooms.send(&guard, sender, NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": body}))).await
+    s.rooms
+        .send(
+            &guard,
+            sender,
+            NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": body})),
+        )
+        .await
 }
 
 #[tokio::test]
 async fn create_room_sets_up_state_and_creator_power() {
     let s = services();
     let alice = user("alice");
-    let req = CreateRoom { name: Some("Hall".into()), topic: Some("t".into()), ..Default::default() };
+    let req = CreateRoom {
+        name: Some("Hall".into()),
+        topic: Some("t".into()),
+        ..Default::default()
+    };
     let room = s.rooms.create_room(&alice, req).await.unwrap();
     let state = s.rooms.current_state(&room).unwrap();
-    for kind in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.history_visibility", "m.room.name", "m.room.topic"] {
-        assert!(state.contains_key(&(kind.to_string(), String::new())), "{kind} missing");
+    for kind in [
+        "m.room.create",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.name",
+        "m.room.topic",
+    ] {
+        assert!(
+            state.contains_key(&(kind.to_string(), String::new())),
+            "{kind} missing"
+        );
     }
-    assert_eq!(s.rooms.membership(&room, &alice).unwrap(), Some(Membership::Join));
+    assert_eq!(
+        s.rooms.membership(&room, &alice).unwrap(),
+        Some(Membership::Join)
+    );
     assert_eq!(s.rooms.power_levels(&room).unwrap().user_level(&alice), 100);
     assert_eq!(s.rooms.room(&room).unwrap().version.as_str(), "11");
-    let join_rule = s.rooms.state_content(&room, "m.room.join_rules", "").unwrap().unwrap();
+    let join_rule = s
+        .rooms
+        .state_content(&room, "m.room.join_rules", "")
+        .unwrap()
+        .unwrap();
     assert_eq!(join_rule["join_rule"], "invite");
 }
 
 #[tokio::test]
 async fn unsupported_version_creates_nothing() {
     let s = services();
-    let req = CreateRoom { room_version: Some("1".into()), ..Default::default() };
+    let req = CreateRoom {
+        room_version: Some("1".into()),
+        ..Default::default()
+    };
     let err = s.rooms.create_room(&user("a"), req).await.unwrap_err();
     assert_eq!(err.errcode(), "M_UNSUPPORTED_ROOM_VERSION");
     assert!(s.rooms.user_rooms(&user("a")).unwrap().is_empty());
@@ -51,13 +86,27 @@ async fn unsupported_version_creates_nothing() {
 async fn non_members_cannot_send_and_invited_users_can_join() {
     let s = services();
     let (alice, bob) = (user("alice"), user("bob"));
-    let room = s.rooms.create_room(&alice, CreateRoom::default()).await.unwrap();
+    let room = s
+        .rooms
+        .create_room(&alice, CreateRoom::default())
+        .await
+        .unwrap();
     let err = send_text(&s, &room, &bob, "hi").await.unwrap_err();
     assert_eq!(err.errcode(), "M_FORBIDDEN");
-    let err = s.rooms.join(&room, &bob, &MemberProfile::default(), None).await.unwrap_err();
+    let err = s
+        .rooms
+        .join(&room, &bob, &MemberProfile::default(), None)
+        .await
+        .unwrap_err();
     assert_eq!(err.errcode(), "M_FORBIDDEN", "invite-only room");
-    s.rooms.invite(&room, &alice, &bob, None, false).await.unwrap();
-    s.rooms.join(&room, &bob, &MemberProfile::default(), None).await.unwrap();
+    s.rooms
+        .invite(&room, &alice, &bob, None, false)
+        .await
+        .unwrap();
+    s.rooms
+        .join(&room, &bob, &MemberProfile::default(), None)
+        .await
+        .unwrap();
     send_text(&s, &room, &bob, "hi").await.unwrap();
 }
 
@@ -65,7 +114,11 @@ async fn non_members_cannot_send_and_invited_users_can_join() {
 async fn transaction_ids_are_idempotent() {
     let s = services();
     let alice = user("alice");
-    let room = s.rooms.create_room(&alice, CreateRoom::default()).await.unwrap();
+    let room = s
+        .rooms
+        .create_room(&alice, CreateRoom::default())
+        .await
+        .unwrap();
     let mut ev = NewEvent::message("m.room.message", json!({"body": "x", "msgtype": "m.text"}));
     ev.txn = Some(("DEV".into(), "t1".into()));
     let guard = s.rooms.lock(&room).await;
@@ -78,11 +131,28 @@ async fn transaction_ids_are_idempotent() {
 async fn historical_state_and_pagination() {
     let s = services();
     let alice = user("alice");
-    let room = s.rooms.create_room(&alice, CreateRoom { name: Some("one".into()), ..Default::default() }).await.unwrap();
+    let room = s
+        .rooms
+        .create_room(
+            &alice,
+            CreateRoom {
+                name: Some("one".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let before = s.rooms.current_pos();
     {
         let guard = s.rooms.lock(&room).await;
-        s.rooms.send(&guard, &alice, NewEvent::state("m.room.name", "", json!({"name": "two"}))).await.unwrap();
+        s.rooms
+            .send(
+                &guard,
+                &alice,
+                NewEvent::state("m.room.name", "", json!({"name": "two"})),
+            )
+            .await
+            .unwrap();
     }
     let old = s.rooms.state_at(&room, before).unwrap();
     let id = &old[&("m.room.name".to_string(), String::new())];
@@ -91,14 +161,33 @@ async fn historical_state_and_pagination() {
 
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(send_text(&s, &room, &alice, &format!("m{i}")).await.unwrap().0);
+        ids.push(
+            send_text(&s, &room, &alice, &format!("m{i}"))
+                .await
+                .unwrap()
+                .0,
+        );
     }
     let filter = EventFilter::from_json(&json!({"types": ["m.room.message"]}));
-    let (_, page) = s.rooms.messages(&room, &alice, None, None, Direction::Backward, 3, &filter).unwrap();
+    let (_, page) = s
+        .rooms
+        .messages(&room, &alice, None, None, Direction::Backward, 3, &filter)
+        .unwrap();
     let got: Vec<_> = page.chunk.iter().map(|p| p.event_id.clone()).collect();
     assert_eq!(got, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
     let end = page.end.expect("more to come");
-    let (_, page) = s.rooms.messages(&room, &alice, Some(end), None, Direction::Backward, 3, &filter).unwrap();
+    let (_, page) = s
+        .rooms
+        .messages(
+            &room,
+            &alice,
+            Some(end),
+            None,
+            Direction::Backward,
+            3,
+            &filter,
+        )
+        .unwrap();
     let got: Vec<_> = page.chunk.iter().map(|p| p.event_id.clone()).collect();
     assert_eq!(got, vec![ids[1].clone(), ids[0].clone()]);
 }
@@ -107,13 +196,30 @@ async fn historical_state_and_pagination() {
 async fn redaction_strips_content_and_needs_power_for_others() {
     let s = services();
     let (alice, bob) = (user("alice"), user("bob"));
-    let room = s.rooms.create_room(&alice, CreateRoom { preset: Some("public_chat".into()), ..Default::default() }).await.unwrap();
-    s.rooms.join(&room, &bob, &MemberProfile::default(), None).await.unwrap();
+    let room = s
+        .rooms
+        .create_room(
+            &alice,
+            CreateRoom {
+                preset: Some("public_chat".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    s.rooms
+        .join(&room, &bob, &MemberProfile::default(), None)
+        .await
+        .unwrap();
     let (msg, _) = send_text(&s, &room, &alice, "secret").await.unwrap();
     let guard = s.rooms.lock(&room).await;
     let mut redaction = NewEvent::message("m.room.redaction", json!({}));
     redaction.redacts = Some(msg.clone());
-    let err = s.rooms.send(&guard, &bob, redaction.clone()).await.unwrap_err();
+    let err = s
+        .rooms
+        .send(&guard, &bob, redaction.clone())
+        .await
+        .unwrap_err();
     assert_eq!(err.errcode(), "M_FORBIDDEN");
     s.rooms.send(&guard, &alice, redaction).await.unwrap();
     let pdu = s.rooms.get_pdu(&msg).unwrap().unwrap();

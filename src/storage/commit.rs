@@ -51,7 +51,9 @@ impl GroupCommit {
                         wake.notified().await;
                         continue;
                     }
-                    let Some(engine) = engine.upgrade() else { return };
+                    let Some(engine) = engine.upgrade() else {
+                        return;
+                    };
                     let result = tokio::task::spawn_blocking(move || engine.flush())
                         .await
                         .map_err(|e| Error::internal(e.to_string()))

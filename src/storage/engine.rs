@@ -34,11 +34,17 @@ pub trait Engine: Send + Sync + 'static {
     /// Reads one key.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Iterates over `[start, end)` (as bounds), ascending or descending.
-    fn range<'a>(&'a self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'a>;
+    fn range<'a>(&'a self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool)
+        -> KvIter<'a>;
     /// Applies a batch atomically.
     fn apply(&self, batch: RawBatch) -> Result<()>;
     /// Makes everything applied so far durable (fsync).
     fn flush(&self) -> Result<()>;
     /// Atomically replaces `key`'s value if it is `old`; returns whether it did.
-    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool>;
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool>;
 }

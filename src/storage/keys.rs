@@ -35,7 +35,10 @@ impl KeyBuilder {
 
 /// Shorthand: a key of string parts, each followed by the separator.
 pub fn strs(parts: &[&str]) -> Vec<u8> {
-    parts.iter().fold(KeyBuilder::new(), |k, p| k.str(p)).build()
+    parts
+        .iter()
+        .fold(KeyBuilder::new(), |k, p| k.str(p))
+        .build()
 }
 
 /// Splits a key into its string parts (the trailing separator is required after each).

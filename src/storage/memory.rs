@@ -27,9 +27,17 @@ impl Engine for MemoryEngine {
         Ok(self.map.read().map_err(poisoned)?.get(key).cloned())
     }
 
-    fn range<'a>(&'a self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'a> {
+    fn range<'a>(
+        &'a self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> KvIter<'a> {
         let items: Vec<_> = match self.map.read() {
-            Ok(map) => map.range((start, end)).map(|(k, v)| Ok((k.clone(), v.clone()))).collect(),
+            Ok(map) => map
+                .range((start, end))
+                .map(|(k, v)| Ok((k.clone(), v.clone())))
+                .collect(),
             Err(e) => vec![Err(poisoned(e))],
         };
         if reverse {
@@ -54,7 +62,12 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
-    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
         let mut map = self.map.write().map_err(poisoned)?;
         if map.get(key).map(Vec::as_slice) != old {
             return Ok(false);

@@ -76,7 +76,12 @@ impl Tree {
     }
 
     /// Atomically sets `key` to `new` if its value is `old`.
-    pub fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {
+    pub fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
         self.engine.compare_and_swap(&self.full_key(key), old, new)
     }
 
@@ -97,7 +102,12 @@ impl Tree {
     }
 
     /// Pairs with `from <= key < to` (keys relative to the tree), in order or reversed.
-    pub fn range<'a>(&'a self, from: &[u8], to: &[u8], reverse: bool) -> impl Iterator<Item = Result<KeyValue>> + 'a {
+    pub fn range<'a>(
+        &'a self,
+        from: &[u8],
+        to: &[u8],
+        reverse: bool,
+    ) -> impl Iterator<Item = Result<KeyValue>> + 'a {
         let start = Bound::Included(self.full_key(from));
         let end = Bound::Excluded(self.full_key(to));
         self.strip(self.engine.range(start, end, reverse))
@@ -107,10 +117,12 @@ impl Tree {
         &'a self,
         iter: engine::KvIter<'a>,
     ) -> impl Iterator<Item = Result<KeyValue>> + 'a {
-        iter.map(|r| r.map(|(mut k, v)| {
-            k.remove(0);
-            (k, v)
-        }))
+        iter.map(|r| {
+            r.map(|(mut k, v)| {
+                k.remove(0);
+                (k, v)
+            })
+        })
     }
 
     /// The last (largest) key of the tree, if any.
@@ -145,11 +157,18 @@ impl Batch {
 
     /// Adds an insert.
     pub fn insert(&mut self, tree: &Tree, key: &[u8], value: &[u8]) {
-        self.raw.ops.push((tree.full_key(key), Some(value.to_vec())));
+        self.raw
+            .ops
+            .push((tree.full_key(key), Some(value.to_vec())));
     }
 
     /// Adds an insert of a JSON-encoded value.
-    pub fn insert_json<T: Serialize + ?Sized>(&mut self, tree: &Tree, key: &[u8], value: &T) -> Result<()> {
+    pub fn insert_json<T: Serialize + ?Sized>(
+        &mut self,
+        tree: &Tree,
+        key: &[u8],
+        value: &T,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec(value)?;
         self.raw.ops.push((tree.full_key(key), Some(bytes)));
         Ok(())
@@ -191,7 +210,11 @@ impl Storage {
     pub fn with_engine(engine: Arc<dyn Engine>) -> Result<Storage> {
         let trees = Trees::new(&engine);
         let committer = commit::GroupCommit::new(engine.clone());
-        let storage = Storage { engine, trees, committer };
+        let storage = Storage {
+            engine,
+            trees,
+            committer,
+        };
         storage.check_format()?;
         Ok(storage)
     }
@@ -248,7 +271,10 @@ mod tests {
     fn engines() -> Vec<(&'static str, Storage, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
         let sled = Storage::open_sled(dir.path(), 8 << 20).unwrap();
-        vec![("memory", Storage::in_memory(), None), ("sled", sled, Some(dir))]
+        vec![
+            ("memory", Storage::in_memory(), None),
+            ("sled", sled, Some(dir)),
+        ]
     }
 
     #[tokio::test]
@@ -257,9 +283,17 @@ mod tests {
             let t = &s.trees;
             let mut b = Batch::new();
             for i in [3u64, 1, 2, 300] {
-                b.insert(&t.room_timeline, &keys::KeyBuilder::new().str("!r:x").u64(i).build(), b"e");
+                b.insert(
+                    &t.room_timeline,
+                    &keys::KeyBuilder::new().str("!r:x").u64(i).build(),
+                    b"e",
+                );
             }
-            b.insert(&t.room_timeline, &keys::KeyBuilder::new().str("!r2:x").u64(1).build(), b"other");
+            b.insert(
+                &t.room_timeline,
+                &keys::KeyBuilder::new().str("!r2:x").u64(1).build(),
+                b"other",
+            );
             b.insert(&t.stream, &7u64.to_be_bytes(), b"!r:x");
             s.commit_durable(b).await.unwrap();
 
@@ -277,8 +311,16 @@ mod tests {
             assert_eq!(rev, vec![300, 3, 2, 1], "{name}");
             let from = keys::KeyBuilder::new().str("!r:x").u64(2).build();
             let to = keys::KeyBuilder::new().str("!r:x").u64(300).build();
-            assert_eq!(t.room_timeline.range(&from, &to, false).count(), 2, "{name}");
-            assert_eq!(t.stream.last().unwrap().unwrap().0, 7u64.to_be_bytes().to_vec(), "{name}");
+            assert_eq!(
+                t.room_timeline.range(&from, &to, false).count(),
+                2,
+                "{name}"
+            );
+            assert_eq!(
+                t.stream.last().unwrap().unwrap().0,
+                7u64.to_be_bytes().to_vec(),
+                "{name}"
+            );
             assert!(t.pdus.last().unwrap().is_none(), "{name}");
         }
     }
@@ -287,9 +329,19 @@ mod tests {
     async fn compare_and_swap_and_remove() {
         for (name, s, _dir) in engines() {
             let t = &s.trees.meta;
-            assert!(t.compare_and_swap(b"k", None, Some(b"1".to_vec())).unwrap(), "{name}");
-            assert!(!t.compare_and_swap(b"k", None, Some(b"2".to_vec())).unwrap(), "{name}");
-            assert!(t.compare_and_swap(b"k", Some(b"1"), Some(b"2".to_vec())).unwrap(), "{name}");
+            assert!(
+                t.compare_and_swap(b"k", None, Some(b"1".to_vec())).unwrap(),
+                "{name}"
+            );
+            assert!(
+                !t.compare_and_swap(b"k", None, Some(b"2".to_vec())).unwrap(),
+                "{name}"
+            );
+            assert!(
+                t.compare_and_swap(b"k", Some(b"1"), Some(b"2".to_vec()))
+                    .unwrap(),
+                "{name}"
+            );
             assert_eq!(t.get(b"k").unwrap().unwrap(), b"2");
             t.remove(b"k").unwrap();
             assert!(!t.contains(b"k").unwrap(), "{name}");
@@ -302,7 +354,8 @@ mod tests {
         {
             let s = Storage::open_sled(dir.path(), 8 << 20).unwrap();
             let mut b = Batch::new();
-            b.insert_json(&s.trees.rooms, b"!r:x", &serde_json::json!({"v": 1})).unwrap();
+            b.insert_json(&s.trees.rooms, b"!r:x", &serde_json::json!({"v": 1}))
+                .unwrap();
             s.commit_durable(b).await.unwrap();
         }
         let s = Storage::open_sled(dir.path(), 8 << 20).unwrap();

@@ -31,10 +31,16 @@ impl Engine for SledEngine {
         Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn range<'a>(&'a self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, reverse: bool) -> KvIter<'a> {
+    fn range<'a>(
+        &'a self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> KvIter<'a> {
         let iter = self.tree.range::<Vec<u8>, _>((start, end));
         let map = |r: sled::Result<(sled::IVec, sled::IVec)>| {
-            r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(Error::from)
+            r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(Error::from)
         };
         if reverse {
             Box::new(iter.rev().map(map))
@@ -60,7 +66,12 @@ impl Engine for SledEngine {
         Ok(())
     }
 
-    fn compare_and_swap(&self, key: &[u8], old: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool> {
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
         Ok(self.tree.compare_and_swap(key, old, new)?.is_ok())
     }
 }

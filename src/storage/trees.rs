@@ -38,15 +38,16 @@ trees! {
     devices = 0x12,
     /// `user_id` → JSON profile `{displayname, avatar_url}`.
     profiles = 0x13,
-    /// `user_id, room_id or "", type` → account-data content JSON.
+    /// `user_id, room_id or "", type` → JSON `{pos, content}`: account data and its last change.
     account_data = 0x14,
-    /// `user_id, stream pos(u64)` → `room_id or "", type`: account-data change log for sync.
+    /// `user_id, stream pos(u64)` → `room_id or "", type`: latest change of each account-data
+    /// entry (older entries are removed), for sync.
     account_data_log = 0x15,
-    /// `user_id, filter_id` → filter JSON.
+    /// `user_id, filter_id` → filter JSON (the id is derived from the content).
     filters = 0x16,
     /// `session` → JSON user-interactive auth session.
     uia_sessions = 0x17,
-    /// `user_id` → JSON presence record.
+    /// `user_id` → JSON presence record `{presence, status_msg, last_active_ts, pos}`.
     presence = 0x18,
 
     // ---- rooms and events ----

@@ -68,7 +68,9 @@ impl SyncFilter {
     pub fn from_json(v: &Value) -> SyncFilter {
         let room = v.get("room").cloned().unwrap_or(Value::Null);
         let not_empty_types = |f: Option<&Value>| {
-            f.and_then(|f| f.get("types")).and_then(Value::as_array).is_none_or(|a| !a.is_empty())
+            f.and_then(|f| f.get("types"))
+                .and_then(Value::as_array)
+                .is_none_or(|a| !a.is_empty())
                 && f.and_then(|f| f.get("limit")).and_then(Value::as_u64) != Some(0)
         };
         SyncFilter {
@@ -78,7 +80,10 @@ impl SyncFilter {
             room_account_data_enabled: not_empty_types(room.get("account_data")),
             account_data_enabled: not_empty_types(v.get("account_data")),
             presence_enabled: not_empty_types(v.get("presence")),
-            include_leave: room.get("include_leave").and_then(Value::as_bool).unwrap_or(false),
+            include_leave: room
+                .get("include_leave")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             rooms: EventFilter::from_json(&room),
         }
     }
@@ -124,8 +129,16 @@ const STRIPPED_TYPES: &[&str] = &[
 
 impl SyncService {
     /// Builds the service.
-    pub fn new(rooms: Arc<RoomsService>, users: Arc<UsersService>, notifier: Arc<notifier::Notifier>) -> SyncService {
-        SyncService { rooms, users, notifier }
+    pub fn new(
+        rooms: Arc<RoomsService>,
+        users: Arc<UsersService>,
+        notifier: Arc<notifier::Notifier>,
+    ) -> SyncService {
+        SyncService {
+            rooms,
+            users,
+            notifier,
+        }
     }
 
     /// Answers `/sync`, waiting up to the timeout for something new.
@@ -135,7 +148,8 @@ impl SyncService {
         let since = req.since.as_deref().map(SyncToken::parse).transpose()?;
         let filter = SyncFilter::from_json(&req.filter);
         if req.set_presence.as_deref() != Some("offline") {
-            self.users.touch_presence(user, req.set_presence.as_deref())?;
+            self.users
+                .touch_presence(user, req.set_presence.as_deref())?;
         }
         let deadline = tokio::time::Instant::now() + req.timeout.min(MAX_TIMEOUT);
         let handle = self.notifier.handle(user);
@@ -154,7 +168,13 @@ impl SyncService {
         }
     }
 
-    fn build(&self, session: &Session, since: Option<SyncToken>, filter: &SyncFilter, full_state: bool) -> Result<(Value, bool)> {
+    fn build(
+        &self,
+        session: &Session,
+        since: Option<SyncToken>,
+        filter: &SyncFilter,
+        full_state: bool,
+    ) -> Result<(Value, bool)> {
         let user = &session.user_id;
         let now = SyncToken {
             timeline: self.rooms.current_pos(),
@@ -162,7 +182,9 @@ impl SyncService {
             userdata: self.users.current_userdata_pos(),
         };
         let since_tl = since.map(|s| s.timeline);
-        let (global_data, room_data) = self.users.account_data_since(user, since.map_or(0, |s| s.userdata))?;
+        let (global_data, room_data) = self
+            .users
+            .account_data_since(user, since.map_or(0, |s| s.userdata))?;
 
         let mut join = Map::new();
         let mut invite = Map::new();
@@ -176,9 +198,16 @@ impl SyncService {
             let fresh = since_tl.is_none_or(|s| mpos > s);
             match membership {
                 Membership::Join => {
-                    shared_users.extend(self.rooms.members(&room_id)?.joined().map(ToOwned::to_owned));
+                    shared_users.extend(
+                        self.rooms
+                            .members(&room_id)?
+                            .joined()
+                            .map(ToOwned::to_owned),
+                    );
                     let data = room_data.get(room_id.as_str());
-                    if let Some(entry) = self.joined_room(user, &room_id, since, now, fresh, full_state, filter, data)? {
+                    if let Some(entry) = self
+                        .joined_room(user, &room_id, since, now, fresh, full_state, filter, data)?
+                    {
                         join.insert(room_id.to_string(), entry);
                     }
                 }
@@ -192,7 +221,10 @@ impl SyncService {
                     if (since.is_some() && fresh || since.is_none() && filter.include_leave)
                         && !self.rooms.is_forgotten(&room_id, user)? =>
                 {
-                    leave.insert(room_id.to_string(), self.left_room(user, &room_id, since, mpos, filter)?);
+                    leave.insert(
+                        room_id.to_string(),
+                        self.left_room(user, &room_id, since, mpos, filter)?,
+                    );
                 }
                 _ => {}
             }
@@ -201,12 +233,16 @@ impl SyncService {
         let presence = if filter.presence_enabled {
             shared_users.insert(user.clone());
             let users: Vec<OwnedUserId> = shared_users.into_iter().collect();
-            self.users.presence_since(&users, since.map_or(0, |s| s.userdata))?
+            self.users
+                .presence_since(&users, since.map_or(0, |s| s.userdata))?
         } else {
             Vec::new()
         };
         let account_data: Vec<Value> = if filter.account_data_enabled {
-            global_data.into_iter().map(|(kind, content)| json!({ "type": kind, "content": content })).collect()
+            global_data
+                .into_iter()
+                .map(|(kind, content)| json!({ "type": kind, "content": content }))
+                .collect()
         } else {
             Vec::new()
         };
@@ -243,45 +279,73 @@ impl SyncService {
         room_data: Option<&Vec<(String, Value)>>,
     ) -> Result<Option<Value>> {
         let since_tl = since.map_or(0, |s| s.timeline);
-        let limit = filter.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).max(1);
+        let limit = filter
+            .timeline
+            .limit
+            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+            .max(1);
         // A room new to this client gets its latest events and full state; otherwise
         // only what came after `since`.
         let send_full_state = fresh || full_state;
         let lo = if fresh { 0 } else { since_tl };
-        let (mut events, limited) =
-            self.rooms.timeline_range(room_id, lo, now.timeline, Direction::Backward, limit, Some(&filter.timeline))?;
+        let (mut events, limited) = self.rooms.timeline_range(
+            room_id,
+            lo,
+            now.timeline,
+            Direction::Backward,
+            limit,
+            Some(&filter.timeline),
+        )?;
         events.reverse();
 
-        let ephemeral = if filter.ephemeral_enabled { self.ephemeral(room_id, user, since)? } else { Vec::new() };
+        let ephemeral = if filter.ephemeral_enabled {
+            self.ephemeral(room_id, user, since)?
+        } else {
+            Vec::new()
+        };
         let account_data: Vec<Value> = if filter.room_account_data_enabled {
             room_data
-                .map(|d| d.iter().map(|(k, c)| json!({ "type": k, "content": c })).collect())
+                .map(|d| {
+                    d.iter()
+                        .map(|(k, c)| json!({ "type": k, "content": c }))
+                        .collect()
+                })
                 .unwrap_or_default()
         } else {
             Vec::new()
         };
-        if !send_full_state && events.is_empty() && ephemeral.is_empty() && account_data.is_empty() {
+        if !send_full_state && events.is_empty() && ephemeral.is_empty() && account_data.is_empty()
+        {
             return Ok(None);
         }
 
         let first_pos = events.first().map(|(p, _)| *p);
         let state_pos = first_pos.map_or(now.timeline, |p| p - 1);
         let mut state: Vec<Arc<Pdu>> = if send_full_state {
-            self.rooms.state_events(&self.rooms.state_at(room_id, state_pos)?)?
+            self.rooms
+                .state_events(&self.rooms.state_at(room_id, state_pos)?)?
         } else if limited {
             // Gap between `since` and the timeline: send the state that changed in it.
             let before = self.rooms.state_at(room_id, since_tl)?;
             let at = self.rooms.state_at(room_id, state_pos)?;
-            let changed: BTreeMap<_, _> = at.into_iter().filter(|(k, v)| before.get(k) != Some(v)).collect();
+            let changed: BTreeMap<_, _> = at
+                .into_iter()
+                .filter(|(k, v)| before.get(k) != Some(v))
+                .collect();
             self.rooms.state_events(&changed)?
         } else {
             Vec::new()
         };
         state.retain(|p| filter.state.allows(p));
         if filter.state.lazy_load_members {
-            let senders: BTreeSet<&str> = events.iter().map(|(_, p)| p.sender.as_str()).chain([user.as_str()]).collect();
+            let senders: BTreeSet<&str> = events
+                .iter()
+                .map(|(_, p)| p.sender.as_str())
+                .chain([user.as_str()])
+                .collect();
             state.retain(|p| {
-                p.kind.to_string() != "m.room.member" || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
+                p.kind.to_string() != "m.room.member"
+                    || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
             });
         }
 
@@ -304,21 +368,45 @@ impl SyncService {
             },
         });
         if send_full_state {
-            let heroes: Vec<&str> = members.joined().chain(members.with(Membership::Invite)).filter(|u| *u != user).map(UserId::as_str).take(5).collect();
+            let heroes: Vec<&str> = members
+                .joined()
+                .chain(members.with(Membership::Invite))
+                .filter(|u| *u != user)
+                .map(UserId::as_str)
+                .take(5)
+                .collect();
             entry["summary"]["m.heroes"] = json!(heroes);
         }
         Ok(Some(entry))
     }
 
-    fn left_room(&self, user: &UserId, room_id: &RoomId, since: Option<SyncToken>, left_at: u64, filter: &SyncFilter) -> Result<Value> {
+    fn left_room(
+        &self,
+        user: &UserId,
+        room_id: &RoomId,
+        since: Option<SyncToken>,
+        left_at: u64,
+        filter: &SyncFilter,
+    ) -> Result<Value> {
         let since_tl = since.map_or(0, |s| s.timeline);
-        let limit = filter.timeline.limit.unwrap_or(DEFAULT_TIMELINE_LIMIT).max(1);
-        let (mut events, limited) =
-            self.rooms.timeline_range(room_id, since_tl, left_at, Direction::Backward, limit, Some(&filter.timeline))?;
+        let limit = filter
+            .timeline
+            .limit
+            .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+            .max(1);
+        let (mut events, limited) = self.rooms.timeline_range(
+            room_id,
+            since_tl,
+            left_at,
+            Direction::Backward,
+            limit,
+            Some(&filter.timeline),
+        )?;
         events.reverse();
         let first = events.first().map_or(left_at, |(p, _)| p - 1);
         let state = if limited || since.is_none() {
-            self.rooms.state_events(&self.rooms.state_at(room_id, first)?)?
+            self.rooms
+                .state_events(&self.rooms.state_at(room_id, first)?)?
         } else {
             Vec::new()
         };
@@ -334,7 +422,12 @@ impl SyncService {
         }))
     }
 
-    fn ephemeral(&self, room_id: &RoomId, user: &UserId, since: Option<SyncToken>) -> Result<Vec<Value>> {
+    fn ephemeral(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        since: Option<SyncToken>,
+    ) -> Result<Vec<Value>> {
         let since_eph = since.map_or(0, |s| s.ephemeral);
         let mut out = Vec::new();
         if let Some(typing) = self.rooms.typing_since(room_id, since_eph) {
@@ -353,8 +446,14 @@ impl SyncService {
                 out.push(p.to_stripped_state());
             }
         }
-        if let Some(p) = self.rooms.state_event_str(room_id, "m.room.member", user.as_str())? {
-            if let Some(sender_member) = self.rooms.state_event_str(room_id, "m.room.member", p.sender.as_str())? {
+        if let Some(p) = self
+            .rooms
+            .state_event_str(room_id, "m.room.member", user.as_str())?
+        {
+            if let Some(sender_member) =
+                self.rooms
+                    .state_event_str(room_id, "m.room.member", p.sender.as_str())?
+            {
                 if sender_member.sender != user {
                     out.push(sender_member.to_stripped_state());
                 }
@@ -367,10 +466,19 @@ impl SyncService {
     /// Messages from others after the user's read receipt (bounded scan).
     fn unread_count(&self, room_id: &RoomId, user: &UserId, now: u64) -> Result<u64> {
         let read = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
-        let (events, _) = self.rooms.timeline_range(room_id, read, now, Direction::Backward, 100, None)?;
+        let (events, _) =
+            self.rooms
+                .timeline_range(room_id, read, now, Direction::Backward, 100, None)?;
         Ok(events
             .iter()
-            .filter(|(_, p)| p.sender != user && p.state_key.is_none() && matches!(p.kind.to_string().as_str(), "m.room.message" | "m.room.encrypted" | "m.sticker"))
+            .filter(|(_, p)| {
+                p.sender != user
+                    && p.state_key.is_none()
+                    && matches!(
+                        p.kind.to_string().as_str(),
+                        "m.room.message" | "m.room.encrypted" | "m.sticker"
+                    )
+            })
             .count() as u64)
     }
 }
@@ -381,7 +489,11 @@ mod tests {
 
     #[test]
     fn sync_tokens_round_trip() {
-        let t = SyncToken { timeline: 5, ephemeral: 7, userdata: 9 };
+        let t = SyncToken {
+            timeline: 5,
+            ephemeral: 7,
+            userdata: 9,
+        };
         assert_eq!(SyncToken::parse(&t.to_string()).unwrap(), t);
         assert_eq!(SyncToken::parse("s5").unwrap().timeline, 5);
         assert!(SyncToken::parse("t5").is_err());

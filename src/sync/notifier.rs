@@ -61,7 +61,14 @@ mod tests {
         fa.as_mut().enable();
         fb.as_mut().enable();
         n.notify_user(&alice);
-        tokio::time::timeout(Duration::from_secs(1), fa).await.expect("alice woken");
-        assert!(tokio::time::timeout(Duration::from_millis(50), fb).await.is_err(), "bob not woken");
+        tokio::time::timeout(Duration::from_secs(1), fa)
+            .await
+            .expect("alice woken");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), fb)
+                .await
+                .is_err(),
+            "bob not woken"
+        );
     }
 }

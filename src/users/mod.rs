@@ -1,13 +1,41 @@
 //! Accounts, devices, access tokens, profiles, presence, account data and filters.
+//!
+//! One [`UsersService`] owns the user-scoped trees; its methods are split by concern
+//! across the files of this module.
 
-use std::sync::Arc;
+mod account_data;
+mod accounts;
+mod devices;
+mod filters;
+mod presence;
+mod profile;
+mod tokens;
+mod uia;
 
-use ruma::{OwnedDeviceId, OwnedUserId};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{config::Config, storage::Storage, Error, Result};
-
+pub use self::{
+    account_data::AccountDataChanges,
+    accounts::{check_password_policy, validate_localpart, Account},
+    devices::Device,
+    presence::PresenceRecord,
+    uia::{Stage, UiaFlows},
+};
+use crate::{
+    config::Config,
+    storage::{keys, Batch, Storage},
+    Error, Result,
+};
 
 /// Who a request's access token belongs to.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -21,10 +49,21 @@ pub struct Session {
     pub is_guest: bool,
 }
 
+/// A callback run after a user's account data or presence changed (wakes `/sync`).
+pub type OnChange = Box<dyn Fn(&UserId) + Send + Sync>;
+
+/// Key of the user-data stream position in the `meta` tree.
+const USERDATA_POS_KEY: &[u8] = b"userdata_pos";
+
 /// The users service.
 pub struct UsersService {
     config: Arc<Config>,
     storage: Arc<Storage>,
+    /// Last allocated user-data stream position (committed).
+    pos: AtomicU64,
+    /// Serialises "allocate a position, commit the batch" so positions become visible in order.
+    pos_lock: Mutex<()>,
+    on_change: OnceLock<OnChange>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -32,15 +71,81 @@ pub fn token_key(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl UsersService {
-    /// Builds the service.
+    /// Builds the service, reading the persisted stream position.
     pub fn new(config: Arc<Config>, storage: Arc<Storage>) -> Result<UsersService> {
-        Ok(UsersService { config, storage })
+        let pos = storage
+            .trees
+            .meta
+            .get(USERDATA_POS_KEY)?
+            .and_then(|v| keys::leading_u64(&v))
+            .unwrap_or(0);
+        let service = UsersService {
+            config,
+            storage,
+            pos: AtomicU64::new(pos),
+            pos_lock: Mutex::new(()),
+            on_change: OnceLock::new(),
+        };
+        service.purge_expired_uia()?;
+        Ok(service)
     }
 
     /// The configuration this service runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The server name user ids of this server end in.
+    pub fn server_name(&self) -> &str {
+        &self.config.server_name
+    }
+
+    /// Installs the callback run after a user's account data or presence changed. Only
+    /// the first call takes effect.
+    pub fn set_on_change(&self, f: OnChange) {
+        if self.on_change.set(f).is_err() {
+            tracing::warn!("users: on_change callback already set");
+        }
+    }
+
+    fn changed(&self, user: &UserId) {
+        if let Some(f) = self.on_change.get() {
+            f(user);
+        }
+    }
+
+    /// The newest user-data stream position (account data and presence changes).
+    pub fn current_userdata_pos(&self) -> u64 {
+        self.pos.load(Ordering::Acquire)
+    }
+
+    /// Allocates the next stream position, lets `fill` add writes that use it, and commits
+    /// them together with the new position. Positions become visible in order.
+    fn commit_with_pos(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<()>) -> Result<u64> {
+        let _guard = self
+            .pos_lock
+            .lock()
+            .map_err(|_| Error::internal("users: position lock poisoned"))?;
+        let next = self.pos.load(Ordering::Acquire) + 1;
+        let mut batch = Batch::new();
+        fill(next, &mut batch)?;
+        batch.insert(
+            &self.storage.trees.meta,
+            USERDATA_POS_KEY,
+            &next.to_be_bytes(),
+        );
+        self.storage.commit(batch)?;
+        self.pos.store(next, Ordering::Release);
+        Ok(next)
     }
 
     /// Resolves an access token to its session, or `M_UNKNOWN_TOKEN`.
@@ -50,5 +155,22 @@ impl UsersService {
             .tokens
             .get_json::<Session>(&token_key(token))?
             .ok_or_else(Error::unknown_token)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A service on in-memory storage with the given config tweaks.
+    pub fn service_with(tweak: impl FnOnce(&mut Config)) -> UsersService {
+        let mut config = Config::default();
+        tweak(&mut config);
+        UsersService::new(Arc::new(config), Arc::new(Storage::in_memory())).unwrap()
+    }
+
+    /// A service on in-memory storage with the default config.
+    pub fn service() -> UsersService {
+        service_with(|_| {})
     }
 }

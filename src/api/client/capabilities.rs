@@ -27,8 +27,10 @@ async fn get_capabilities_route(
     _: State<Arc<Services>>,
     _: Ruma<get_capabilities::v3::Request>,
 ) -> Result<get_capabilities::v3::Response> {
-    let available: BTreeMap<RoomVersionId, RoomVersionStability> =
-        SUPPORTED_ROOM_VERSIONS.into_iter().map(|v| (v, RoomVersionStability::Stable)).collect();
+    let available: BTreeMap<RoomVersionId, RoomVersionStability> = SUPPORTED_ROOM_VERSIONS
+        .into_iter()
+        .map(|v| (v, RoomVersionStability::Stable))
+        .collect();
     let mut capabilities = Capabilities::new();
     capabilities.room_versions = RoomVersionsCapability::new(DEFAULT_ROOM_VERSION, available);
     Ok(get_capabilities::v3::Response::new(capabilities))

@@ -6,7 +6,9 @@ use axum::{extract::State, Router};
 use ruma::{
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
-        directory::{get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility},
+        directory::{
+            get_public_rooms, get_public_rooms_filtered, get_room_visibility, set_room_visibility,
+        },
         room::{aliases, Visibility},
     },
     directory::PublicRoomsChunk,
@@ -55,7 +57,10 @@ async fn get_alias_route(
         .rooms
         .resolve_alias(&req.body.room_alias)?
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
-    Ok(get_alias::v3::Response::new(room_id, vec![services.rooms.server_name().to_owned()]))
+    Ok(get_alias::v3::Response::new(
+        room_id,
+        vec![services.rooms.server_name().to_owned()],
+    ))
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
@@ -63,7 +68,9 @@ async fn delete_alias_route(
     State(services): State<Arc<Services>>,
     req: Ruma<delete_alias::v3::Request>,
 ) -> Result<delete_alias::v3::Response> {
-    services.rooms.delete_alias(&req.body.room_alias, req.sender_user()?)?;
+    services
+        .rooms
+        .delete_alias(&req.body.room_alias, req.sender_user()?)?;
     Ok(delete_alias::v3::Response::new())
 }
 
@@ -72,8 +79,12 @@ async fn room_aliases_route(
     State(services): State<Arc<Services>>,
     req: Ruma<aliases::v3::Request>,
 ) -> Result<aliases::v3::Response> {
-    services.rooms.check_can_see_state(&req.body.room_id, req.sender_user()?)?;
-    Ok(aliases::v3::Response::new(services.rooms.room_aliases(&req.body.room_id)?))
+    services
+        .rooms
+        .check_can_see_state(&req.body.room_id, req.sender_user()?)?;
+    Ok(aliases::v3::Response::new(
+        services.rooms.room_aliases(&req.body.room_id)?,
+    ))
 }
 
 fn page(
@@ -83,7 +94,10 @@ fn page(
     limit: Option<UInt>,
 ) -> Result<(Vec<PublicRoomsChunk>, Option<String>, Option<String>, UInt)> {
     let offset = match since {
-        Some(s) => s.strip_prefix('p').and_then(|n| n.parse().ok()).ok_or_else(|| Error::invalid_param("invalid since token"))?,
+        Some(s) => s
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Error::invalid_param("invalid since token"))?,
         None => 0usize,
     };
     let limit = limit.map_or(100, |l| u64::from(l) as usize).clamp(1, 500);
@@ -94,7 +108,12 @@ fn page(
         .collect::<std::result::Result<Vec<PublicRoomsChunk>, _>>()?;
     let next = (offset + chunk.len() < total).then(|| format!("p{}", offset + chunk.len()));
     let prev = (offset > 0).then(|| format!("p{}", offset.saturating_sub(limit)));
-    Ok((chunk, next, prev, UInt::try_from(total as u64).unwrap_or_default()))
+    Ok((
+        chunk,
+        next,
+        prev,
+        UInt::try_from(total as u64).unwrap_or_default(),
+    ))
 }
 
 /// `GET /_matrix/client/v3/publicRooms`
@@ -102,7 +121,8 @@ async fn public_rooms_route(
     State(services): State<Arc<Services>>,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> Result<get_public_rooms::v3::Response> {
-    let (chunk, next, prev, total) = page(&services, None, req.body.since.as_deref(), req.body.limit)?;
+    let (chunk, next, prev, total) =
+        page(&services, None, req.body.since.as_deref(), req.body.limit)?;
     let mut res = get_public_rooms::v3::Response::new(chunk);
     res.next_batch = next;
     res.prev_batch = prev;
@@ -116,7 +136,12 @@ async fn public_rooms_filtered_route(
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> Result<get_public_rooms_filtered::v3::Response> {
     let b = &req.body;
-    let (chunk, next, prev, total) = page(&services, b.filter.generic_search_term.as_deref(), b.since.as_deref(), b.limit)?;
+    let (chunk, next, prev, total) = page(
+        &services,
+        b.filter.generic_search_term.as_deref(),
+        b.since.as_deref(),
+        b.limit,
+    )?;
     let mut res = get_public_rooms_filtered::v3::Response::new();
     res.chunk = chunk;
     res.next_batch = next;
@@ -133,7 +158,11 @@ async fn get_visibility_route(
     if !services.rooms.exists(&req.body.room_id)? {
         return Err(Error::not_found("Unknown room"));
     }
-    let visibility = if services.rooms.is_public(&req.body.room_id)? { Visibility::Public } else { Visibility::Private };
+    let visibility = if services.rooms.is_public(&req.body.room_id)? {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    };
     Ok(get_room_visibility::v3::Response::new(visibility))
 }
 
@@ -151,8 +180,12 @@ async fn set_visibility_route(
     if services.rooms.membership(room_id, user)? != Some(Membership::Join)
         || power.user_level(user) < power.event_level("m.room.canonical_alias", true)
     {
-        return Err(Error::forbidden("You may not change this room's directory visibility"));
+        return Err(Error::forbidden(
+            "You may not change this room's directory visibility",
+        ));
     }
-    services.rooms.set_public(room_id, req.body.visibility == Visibility::Public)?;
+    services
+        .rooms
+        .set_public(room_id, req.body.visibility == Visibility::Public)?;
     Ok(set_room_visibility::v3::Response::new())
 }

@@ -7,7 +7,7 @@ use ruma::api::client::discovery::get_supported_versions;
 use serde_json::{json, Value};
 
 use crate::{
-    api::ruma::{Ruma, RouterExt},
+    api::ruma::{RouterExt, Ruma},
     services::Services,
     Result,
 };
@@ -19,16 +19,19 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 }
 
 /// The spec versions Myelin implements.
-pub const SPEC_VERSIONS: &[&str] =
-    &["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"];
+pub const SPEC_VERSIONS: &[&str] = &[
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11",
+];
 
 /// `GET /_matrix/client/versions`
 async fn get_versions(
     _: State<Arc<Services>>,
     _: Ruma<get_supported_versions::Request>,
 ) -> Result<get_supported_versions::Response> {
-    let mut response =
-        get_supported_versions::Response::new(SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect());
+    let mut response = get_supported_versions::Response::new(
+        SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+    );
     response.unstable_features = BTreeMap::new();
     Ok(response)
 }

@@ -19,7 +19,10 @@ use crate::{
 };
 
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma(typing_route).ruma(receipt_route).ruma(read_markers_route)
+    router
+        .ruma(typing_route)
+        .ruma(receipt_route)
+        .ruma(read_markers_route)
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`
@@ -35,9 +38,13 @@ async fn typing_route(
     services.rooms.check_joined(&b.room_id, user)?;
     match &b.state {
         create_typing_event::v3::Typing::Yes(info) => {
-            services.rooms.set_typing(&b.room_id, user, true, info.timeout)?
+            services
+                .rooms
+                .set_typing(&b.room_id, user, true, info.timeout)?
         }
-        _ => services.rooms.set_typing(&b.room_id, user, false, Duration::ZERO)?,
+        _ => services
+            .rooms
+            .set_typing(&b.room_id, user, false, Duration::ZERO)?,
     }
     Ok(create_typing_event::v3::Response::new())
 }
@@ -49,9 +56,19 @@ fn check_event_in_room(services: &Services, room_id: &RoomId, event_id: &EventId
     }
 }
 
-fn set_fully_read(services: &Services, room_id: &RoomId, user: &UserId, event_id: &EventId) -> Result<()> {
+fn set_fully_read(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    event_id: &EventId,
+) -> Result<()> {
     check_event_in_room(services, room_id, event_id)?;
-    services.users.set_room_account_data(user, room_id, "m.fully_read", json!({ "event_id": event_id }))
+    services.users.set_room_account_data(
+        user,
+        room_id,
+        "m.fully_read",
+        json!({ "event_id": event_id }),
+    )
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`
@@ -77,7 +94,9 @@ async fn receipt_route(
         ReceiptThread::Thread(id) => Some(id.to_string()),
         _ => None,
     };
-    services.rooms.set_receipt(&b.room_id, user, &kind, &b.event_id, thread.as_deref())?;
+    services
+        .rooms
+        .set_receipt(&b.room_id, user, &kind, &b.event_id, thread.as_deref())?;
     Ok(create_receipt::v3::Response::new())
 }
 
@@ -92,10 +111,15 @@ async fn read_markers_route(
     if let Some(id) = &b.fully_read {
         set_fully_read(&services, &b.room_id, user, id)?;
     }
-    for (kind, id) in [("m.read", &b.read_receipt), ("m.read.private", &b.private_read_receipt)] {
+    for (kind, id) in [
+        ("m.read", &b.read_receipt),
+        ("m.read.private", &b.private_read_receipt),
+    ] {
         if let Some(id) = id {
             check_event_in_room(&services, &b.room_id, id)?;
-            services.rooms.set_receipt(&b.room_id, user, kind, id, None)?;
+            services
+                .rooms
+                .set_receipt(&b.room_id, user, kind, id, None)?;
         }
     }
     Ok(set_read_marker::v3::Response::new())

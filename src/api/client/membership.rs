@@ -33,7 +33,10 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 
 fn profile(services: &Services, user: &ruma::UserId) -> Result<MemberProfile> {
     let (displayname, avatar_url) = services.users.profile(user)?;
-    Ok(MemberProfile { displayname, avatar_url })
+    Ok(MemberProfile {
+        displayname,
+        avatar_url,
+    })
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
@@ -46,7 +49,15 @@ async fn join_by_id_route(
     if !services.rooms.exists(room_id)? {
         return Err(Error::not_found("No known room with that id"));
     }
-    services.rooms.join(room_id, user, &profile(&services, user)?, req.body.reason.as_deref()).await?;
+    services
+        .rooms
+        .join(
+            room_id,
+            user,
+            &profile(&services, user)?,
+            req.body.reason.as_deref(),
+        )
+        .await?;
     Ok(join_room_by_id::v3::Response::new(room_id.clone()))
 }
 
@@ -57,7 +68,15 @@ async fn join_route(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let user = req.sender_user()?;
     let room_id = services.rooms.resolve_room(&req.body.room_id_or_alias)?;
-    services.rooms.join(&room_id, user, &profile(&services, user)?, req.body.reason.as_deref()).await?;
+    services
+        .rooms
+        .join(
+            &room_id,
+            user,
+            &profile(&services, user)?,
+            req.body.reason.as_deref(),
+        )
+        .await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 
@@ -69,15 +88,30 @@ async fn invite_route(
     let user = req.sender_user()?;
     let body = &req.body;
     let invite_user::v3::InvitationRecipient::UserId(target) = &body.recipient else {
-        return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNRECOGNIZED", "Third-party invites are not supported"));
+        return Err(Error::matrix(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNRECOGNIZED",
+            "Third-party invites are not supported",
+        ));
     };
     if !services.rooms.exists(&body.room_id)? {
         return Err(Error::forbidden("You are not in this room"));
     }
-    let is_direct = req.json_body.as_ref().and_then(|b| b.get("is_direct")).and_then(|v| v.as_bool()).unwrap_or(false);
+    let is_direct = req
+        .json_body
+        .as_ref()
+        .and_then(|b| b.get("is_direct"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     services
         .rooms
-        .invite(&body.room_id, user, &target.user_id, target.reason.as_deref(), is_direct)
+        .invite(
+            &body.room_id,
+            user,
+            &target.user_id,
+            target.reason.as_deref(),
+            is_direct,
+        )
         .await?;
     Ok(invite_user::v3::Response::new())
 }
@@ -91,7 +125,10 @@ async fn leave_route(
     if !services.rooms.exists(&req.body.room_id)? {
         return Err(Error::not_found("Unknown room"));
     }
-    services.rooms.leave(&req.body.room_id, user, req.body.reason.as_deref()).await?;
+    services
+        .rooms
+        .leave(&req.body.room_id, user, req.body.reason.as_deref())
+        .await?;
     Ok(leave_room::v3::Response::new())
 }
 
@@ -100,7 +137,9 @@ async fn forget_route(
     State(services): State<Arc<Services>>,
     req: Ruma<forget_room::v3::Request>,
 ) -> Result<forget_room::v3::Response> {
-    services.rooms.forget(&req.body.room_id, req.sender_user()?)?;
+    services
+        .rooms
+        .forget(&req.body.room_id, req.sender_user()?)?;
     Ok(forget_room::v3::Response::new())
 }
 
@@ -110,7 +149,15 @@ async fn kick_route(
     req: Ruma<kick_user::v3::Request>,
 ) -> Result<kick_user::v3::Response> {
     let b = &req.body;
-    services.rooms.kick(&b.room_id, req.sender_user()?, &b.user_id, b.reason.as_deref()).await?;
+    services
+        .rooms
+        .kick(
+            &b.room_id,
+            req.sender_user()?,
+            &b.user_id,
+            b.reason.as_deref(),
+        )
+        .await?;
     Ok(kick_user::v3::Response::new())
 }
 
@@ -120,7 +167,15 @@ async fn ban_route(
     req: Ruma<ban_user::v3::Request>,
 ) -> Result<ban_user::v3::Response> {
     let b = &req.body;
-    services.rooms.ban(&b.room_id, req.sender_user()?, &b.user_id, b.reason.as_deref()).await?;
+    services
+        .rooms
+        .ban(
+            &b.room_id,
+            req.sender_user()?,
+            &b.user_id,
+            b.reason.as_deref(),
+        )
+        .await?;
     Ok(ban_user::v3::Response::new())
 }
 
@@ -130,7 +185,15 @@ async fn unban_route(
     req: Ruma<unban_user::v3::Request>,
 ) -> Result<unban_user::v3::Response> {
     let b = &req.body;
-    services.rooms.unban(&b.room_id, req.sender_user()?, &b.user_id, b.reason.as_deref()).await?;
+    services
+        .rooms
+        .unban(
+            &b.room_id,
+            req.sender_user()?,
+            &b.user_id,
+            b.reason.as_deref(),
+        )
+        .await?;
     Ok(unban_user::v3::Response::new())
 }
 
@@ -141,6 +204,14 @@ async fn knock_route(
 ) -> Result<knock_room::v3::Response> {
     let user = req.sender_user()?;
     let room_id = services.rooms.resolve_room(&req.body.room_id_or_alias)?;
-    services.rooms.knock(&room_id, user, &profile(&services, user)?, req.body.reason.as_deref()).await?;
+    services
+        .rooms
+        .knock(
+            &room_id,
+            user,
+            &profile(&services, user)?,
+            req.body.reason.as_deref(),
+        )
+        .await?;
     Ok(knock_room::v3::Response::new(room_id))
 }

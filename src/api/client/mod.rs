@@ -1,11 +1,19 @@
 //! Client-server API handlers, one file per spec section.
 
+mod account;
+mod account_data;
 mod capabilities;
+mod device;
 mod directory;
 mod discovery;
 mod ephemeral;
+mod filter;
 mod membership;
+mod presence;
+mod profile;
+mod push_rules;
 mod room;
+mod session;
 mod sync;
 
 use std::sync::Arc;
@@ -23,5 +31,13 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = membership::routes(router);
     let router = directory::routes(router);
     let router = ephemeral::routes(router);
+    let router = account::routes(router);
+    let router = session::routes(router);
+    let router = device::routes(router);
+    let router = profile::routes(router);
+    let router = presence::routes(router);
+    let router = account_data::routes(router);
+    let router = filter::routes(router);
+    let router = push_rules::routes(router);
     sync::routes(router)
 }

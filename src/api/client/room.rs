@@ -45,7 +45,10 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 
 fn profile_of(services: &Services, user: &ruma::UserId) -> Result<MemberProfile> {
     let (displayname, avatar_url) = services.users.profile(user)?;
-    Ok(MemberProfile { displayname, avatar_url })
+    Ok(MemberProfile {
+        displayname,
+        avatar_url,
+    })
 }
 
 /// `POST /_matrix/client/v3/createRoom`
@@ -58,9 +61,15 @@ async fn create_room_route(
     let mut initial_state = Vec::new();
     for event in &body.initial_state {
         let v: Value = serde_json::from_str(event.json().get())?;
-        let kind = v["type"].as_str().ok_or_else(|| Error::bad_json("initial_state event without type"))?;
+        let kind = v["type"]
+            .as_str()
+            .ok_or_else(|| Error::bad_json("initial_state event without type"))?;
         let key = v["state_key"].as_str().unwrap_or("");
-        initial_state.push((kind.to_owned(), key.to_owned(), v.get("content").cloned().unwrap_or(json!({}))));
+        initial_state.push((
+            kind.to_owned(),
+            key.to_owned(),
+            v.get("content").cloned().unwrap_or(json!({})),
+        ));
     }
     let object = |r: Option<&str>| -> Result<Option<serde_json::Map<String, Value>>> {
         match r {
@@ -80,7 +89,11 @@ async fn create_room_route(
         invite: body.invite.clone(),
         is_direct: body.is_direct,
         initial_state,
-        power_level_content_override: object(body.power_level_content_override.as_ref().map(|r| r.json().get()))?,
+        power_level_content_override: object(
+            body.power_level_content_override
+                .as_ref()
+                .map(|r| r.json().get()),
+        )?,
         room_alias_name: body.room_alias_name.clone(),
         room_version: body.room_version.as_ref().map(|v| v.as_str().to_owned()),
         creation_content: object(body.creation_content.as_ref().map(|r| r.json().get()))?,
@@ -100,7 +113,9 @@ async fn send_message_route(
     let content: Value = serde_json::from_str(body.body.json().get())?;
     let kind = body.event_type.to_string();
     let redacts = if kind == "m.room.redaction" {
-        let id = content["redacts"].as_str().ok_or_else(|| Error::bad_json("m.room.redaction needs content.redacts"))?;
+        let id = content["redacts"]
+            .as_str()
+            .ok_or_else(|| Error::bad_json("m.room.redaction needs content.redacts"))?;
         Some(ruma::EventId::parse(id).map_err(|e| Error::invalid_param(e.to_string()))?)
     } else {
         None
@@ -124,18 +139,31 @@ async fn send_state_route(
     let kind = body.event_type.to_string();
     if kind == "m.room.canonical_alias" {
         for alias in content["alias"].as_str().into_iter().chain(
-            content["alt_aliases"].as_array().into_iter().flatten().filter_map(Value::as_str),
+            content["alt_aliases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str),
         ) {
-            let alias = ruma::RoomAliasId::parse(alias).map_err(|e| Error::invalid_param(e.to_string()))?;
+            let alias =
+                ruma::RoomAliasId::parse(alias).map_err(|e| Error::invalid_param(e.to_string()))?;
             if services.rooms.resolve_alias(&alias)?.as_deref() != Some(&body.room_id) {
-                return Err(Error::matrix(http::StatusCode::BAD_REQUEST, "M_BAD_ALIAS", "Alias does not point at this room"));
+                return Err(Error::matrix(
+                    http::StatusCode::BAD_REQUEST,
+                    "M_BAD_ALIAS",
+                    "Alias does not point at this room",
+                ));
             }
         }
     }
     let guard = services.rooms.lock(&body.room_id).await;
     let (event_id, _) = services
         .rooms
-        .send(&guard, &sender, NewEvent::state(kind, body.state_key.clone(), content))
+        .send(
+            &guard,
+            &sender,
+            NewEvent::state(kind, body.state_key.clone(), content),
+        )
         .await?;
     Ok(send_state_event::v3::Response::new(event_id))
 }
@@ -148,7 +176,10 @@ async fn get_state_route(
     let user = req.sender_user()?;
     let room_id = &req.body.room_id;
     let state = visible_state(&services, room_id, user)?;
-    let events = state.iter().map(|p| raw(&p.to_client_event())).collect::<Result<Vec<_>>>()?;
+    let events = state
+        .iter()
+        .map(|p| raw(&p.to_client_event()))
+        .collect::<Result<Vec<_>>>()?;
     Ok(get_state_events::v3::Response::new(events))
 }
 
@@ -178,13 +209,19 @@ async fn get_state_for_key_route(
     let state = visible_state(&services, &body.room_id, user)?;
     let pdu = state
         .into_iter()
-        .find(|p| p.kind.to_string() == kind && p.state_key.as_deref() == Some(body.state_key.as_str()))
+        .find(|p| {
+            p.kind.to_string() == kind && p.state_key.as_deref() == Some(body.state_key.as_str())
+        })
         .ok_or_else(|| Error::not_found("Event not found"))?;
     let value = match body.format {
-        ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event => pdu.to_client_event(),
+        ruma::api::client::state::get_state_event_for_key::v3::StateEventFormat::Event => {
+            pdu.to_client_event()
+        }
         _ => serde_json::from_str(pdu.content.get())?,
     };
-    Ok(get_state_event_for_key::v3::Response::new(serde_json::value::to_raw_value(&value)?))
+    Ok(get_state_event_for_key::v3::Response::new(
+        serde_json::value::to_raw_value(&value)?,
+    ))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
@@ -215,9 +252,9 @@ async fn get_event_route(
     let body = &req.body;
     let until = services.rooms.visible_until(&body.room_id, user)?;
     match services.rooms.get_pdu_with_pos(&body.event_id)? {
-        Some((pos, pdu)) if pdu.room_id == body.room_id && pos <= until => {
-            Ok(get_room_event::v3::Response::new(raw(&pdu.to_client_event())?))
-        }
+        Some((pos, pdu)) if pdu.room_id == body.room_id && pos <= until => Ok(
+            get_room_event::v3::Response::new(raw(&pdu.to_client_event())?),
+        ),
         _ => Err(Error::not_found("Event not found")),
     }
 }
@@ -235,14 +272,28 @@ async fn context_route(
     let body = &req.body;
     let filter = filter_json(&body.filter)?;
     let limit = u64::from(body.limit) as usize;
-    let page = services.rooms.context(&body.room_id, user, &body.event_id, limit, &filter)?;
+    let page = services
+        .rooms
+        .context(&body.room_id, user, &body.event_id, limit, &filter)?;
     let mut res = get_context::v3::Response::new();
     res.start = Some(page.start.to_string());
     res.end = Some(page.end.to_string());
     res.event = Some(raw(&page.event.to_client_event())?);
-    res.events_before = page.events_before.iter().map(|p| raw(&p.to_client_event())).collect::<Result<_>>()?;
-    res.events_after = page.events_after.iter().map(|p| raw(&p.to_client_event())).collect::<Result<_>>()?;
-    res.state = page.state.iter().map(|p| raw(&p.to_client_event())).collect::<Result<_>>()?;
+    res.events_before = page
+        .events_before
+        .iter()
+        .map(|p| raw(&p.to_client_event()))
+        .collect::<Result<_>>()?;
+    res.events_after = page
+        .events_after
+        .iter()
+        .map(|p| raw(&p.to_client_event()))
+        .collect::<Result<_>>()?;
+    res.state = page
+        .state
+        .iter()
+        .map(|p| raw(&p.to_client_event()))
+        .collect::<Result<_>>()?;
     Ok(res)
 }
 
@@ -261,17 +312,29 @@ async fn messages_route(
     let from = body.from.as_deref().map(Token::parse).transpose()?;
     let to = body.to.as_deref().map(Token::parse).transpose()?;
     let limit = filter.limit.unwrap_or(u64::from(body.limit) as usize);
-    let (start, page) = services.rooms.messages(&body.room_id, user, from, to, dir, limit, &filter)?;
+    let (start, page) =
+        services
+            .rooms
+            .messages(&body.room_id, user, from, to, dir, limit, &filter)?;
     let mut res = get_message_events::v3::Response::new();
     res.start = start.to_string();
     res.end = page.end.map(|t| t.to_string());
-    res.chunk = page.chunk.iter().map(|p| raw(&p.to_client_event())).collect::<Result<_>>()?;
+    res.chunk = page
+        .chunk
+        .iter()
+        .map(|p| raw(&p.to_client_event()))
+        .collect::<Result<_>>()?;
     if filter.lazy_load_members {
-        let mut senders: Vec<&ruma::UserId> = page.chunk.iter().map(|p| p.sender.as_ref()).collect();
+        let mut senders: Vec<&ruma::UserId> =
+            page.chunk.iter().map(|p| p.sender.as_ref()).collect();
         senders.sort();
         senders.dedup();
         for sender in senders {
-            if let Some(m) = services.rooms.state_event_str(&body.room_id, "m.room.member", sender.as_str())? {
+            if let Some(m) =
+                services
+                    .rooms
+                    .state_event_str(&body.room_id, "m.room.member", sender.as_str())?
+            {
                 res.state.push(raw(&m.to_client_event())?);
             }
         }
@@ -291,7 +354,11 @@ async fn members_route(
         Some(token) => Token::parse(token)?.0.min(until),
         None => until,
     };
-    let map = if at == u64::MAX { services.rooms.current_state(&body.room_id)? } else { services.rooms.state_at(&body.room_id, at)? };
+    let map = if at == u64::MAX {
+        services.rooms.current_state(&body.room_id)?
+    } else {
+        services.rooms.state_at(&body.room_id, at)?
+    };
     let want = |m: &MembershipState| Membership::parse(m.as_str());
     let mut chunk = Vec::new();
     for pdu in services.rooms.state_events(&map)? {
@@ -300,10 +367,14 @@ async fn members_route(
         }
         let content: Value = serde_json::from_str(pdu.content.get())?;
         let m = Membership::from_content(&content);
-        if body.membership.as_ref().is_some_and(|w| want(w) != m) || body.not_membership.as_ref().is_some_and(|n| want(n) == m) {
+        if body.membership.as_ref().is_some_and(|w| want(w) != m)
+            || body.not_membership.as_ref().is_some_and(|n| want(n) == m)
+        {
             continue;
         }
-        chunk.push(Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event())?));
+        chunk.push(Raw::from_json(serde_json::value::to_raw_value(
+            &pdu.to_client_event(),
+        )?));
     }
     Ok(get_member_events::v3::Response::new(chunk))
 }
@@ -318,10 +389,13 @@ async fn joined_members_route(
     services.rooms.check_can_see_state(room_id, user)?;
     let mut joined = std::collections::BTreeMap::new();
     for member in services.rooms.members(room_id)?.joined() {
-        let content = services.rooms.state_content(room_id, "m.room.member", member.as_str())?.unwrap_or_default();
+        let content = services
+            .rooms
+            .state_content(room_id, "m.room.member", member.as_str())?
+            .unwrap_or_default();
         let mut info = joined_members::v3::RoomMember::new();
         info.display_name = content["displayname"].as_str().map(str::to_owned);
-        info.avatar_url = content["avatar_url"].as_str().and_then(|s| s.try_into().ok());
+        info.avatar_url = content["avatar_url"].as_str().map(Into::into);
         joined.insert(member.to_owned(), info);
     }
     Ok(joined_members::v3::Response::new(joined))
@@ -333,5 +407,7 @@ async fn joined_rooms_route(
     req: Ruma<joined_rooms::v3::Request>,
 ) -> Result<joined_rooms::v3::Response> {
     let user = req.sender_user()?;
-    Ok(joined_rooms::v3::Response::new(services.rooms.joined_rooms(user)?))
+    Ok(joined_rooms::v3::Response::new(
+        services.rooms.joined_rooms(user)?,
+    ))
 }

@@ -18,16 +18,21 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 }
 
 /// `GET /_matrix/client/v3/sync`
-async fn sync_route(State(services): State<Arc<Services>>, req: Ruma<sync_events::v3::Request>) -> Result<Json<Value>> {
+async fn sync_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<sync_events::v3::Request>,
+) -> Result<Json<Value>> {
     let session = req.session()?.clone();
     let body = req.body;
     let filter = match body.filter {
         None => Value::Object(Default::default()),
         Some(sync_events::v3::Filter::FilterDefinition(def)) => serde_json::to_value(&def)?,
-        Some(sync_events::v3::Filter::FilterId(id)) => match services.users.get_filter(&session.user_id, &id)? {
-            Some(v) => v,
-            None => return Err(Error::not_found("Unknown filter")),
-        },
+        Some(sync_events::v3::Filter::FilterId(id)) => {
+            match services.users.get_filter(&session.user_id, &id)? {
+                Some(v) => v,
+                None => return Err(Error::not_found("Unknown filter")),
+            }
+        }
         Some(_) => serde_json::to_value(FilterDefinition::default())?,
     };
     let request = SyncRequest {

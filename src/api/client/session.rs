@@ -1,0 +1,148 @@
+//! Login and logout.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use ruma::api::client::{
+    session::{
+        get_login_types::{
+            self,
+            v3::{LoginType, PasswordLoginType},
+        },
+        login::{
+            self,
+            v3::{LoginInfo, Password},
+        },
+        logout, logout_all,
+    },
+    uiaa::UserIdentifier,
+};
+
+use crate::{
+    api::ruma::{RouterExt, Ruma},
+    services::Services,
+    Error, Result,
+};
+
+pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
+    router
+        .ruma(get_login_types)
+        .ruma(login)
+        .ruma(logout)
+        .ruma(logout_all)
+}
+
+/// `GET /_matrix/client/v3/login`
+async fn get_login_types(
+    State(_services): State<Arc<Services>>,
+    _req: Ruma<get_login_types::v3::Request>,
+) -> Result<get_login_types::v3::Response> {
+    Ok(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+    ]))
+}
+
+/// The user a password login names: `identifier.user` (type `m.id.user`) or the legacy
+/// top-level `user`.
+#[allow(deprecated)]
+fn login_name(password: &Password) -> Result<&str> {
+    match &password.identifier {
+        Some(UserIdentifier::Matrix(id)) => Ok(&id.user),
+        Some(_) => Err(Error::bad_request("Unsupported identifier type")),
+        None => password
+            .user
+            .as_deref()
+            .ok_or_else(|| Error::missing_param("Missing user identifier")),
+    }
+}
+
+/// `POST /_matrix/client/v3/login`
+async fn login(
+    State(services): State<Arc<Services>>,
+    req: Ruma<login::v3::Request>,
+) -> Result<login::v3::Response> {
+    let LoginInfo::Password(password) = &req.body.login_info else {
+        return Err(Error::bad_request("Unsupported login type"));
+    };
+    let users = &services.users;
+    let name = login_name(password)?;
+    let invalid = || Error::forbidden("Invalid username or password");
+    let user = users.user_id_from(name).map_err(|_| invalid())?;
+    if users.is_deactivated(&user)? {
+        return Err(Error::user_deactivated());
+    }
+    if !users.check_password(&user, &password.password)? {
+        return Err(invalid());
+    }
+    let (token, device) = users.create_session(
+        &user,
+        req.body.device_id.as_deref(),
+        req.body.initial_device_display_name.clone(),
+    )?;
+    services.storage.durable().await?;
+    tracing::info!(user = %user, device = %device, "login");
+    Ok(login::v3::Response::new(user, token, device))
+}
+
+/// `POST /_matrix/client/v3/logout`
+async fn logout(
+    State(services): State<Arc<Services>>,
+    req: Ruma<logout::v3::Request>,
+) -> Result<logout::v3::Response> {
+    services.users.logout(req.session()?)?;
+    services.storage.durable().await?;
+    Ok(logout::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/logout/all`
+async fn logout_all(
+    State(services): State<Arc<Services>>,
+    req: Ruma<logout_all::v3::Request>,
+) -> Result<logout_all::v3::Response> {
+    services.users.logout_all(req.sender_user()?)?;
+    services.storage.durable().await?;
+    Ok(logout_all::v3::Response::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use http::{Request, StatusCode};
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use crate::api::client::account::tests::{app, register_user};
+
+    /// Clients that label JSON as a form still get their login and UIA parsed.
+    #[tokio::test]
+    async fn login_and_uia_without_json_content_type() {
+        let app = app();
+        register_user(&app, "alice").await;
+        let send = |path: &str, body: Value| {
+            let req = Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            app.clone().oneshot(req)
+        };
+        let login = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pw" });
+        assert_eq!(
+            send("/_matrix/client/v3/login", login)
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+        let register =
+            json!({ "username": "bob", "password": "pw", "auth": { "type": "m.login.dummy" } });
+        assert_eq!(
+            send("/_matrix/client/v3/register", register)
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Account data, global and per room. Each write takes a user-data stream position;
+//! `account_data_log` indexes the latest position of every `(room, type)` so `/sync`
+//! reads only what changed since its token.
+
+use std::collections::BTreeMap;
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::UsersService;
+use crate::{
+    storage::keys::{self, KeyBuilder, SEP},
+    Error, Result,
+};
+
+/// Longest accepted account-data type in bytes.
+const MAX_TYPE_LEN: usize = 255;
+
+/// The stored value: the content and the position of its last change.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    pos: u64,
+    content: Value,
+}
+
+/// Global and per-room account data, each as `(type, content)` pairs.
+pub type AccountDataChanges = (
+    Vec<(String, Value)>,
+    BTreeMap<OwnedRoomId, Vec<(String, Value)>>,
+);
+
+fn data_key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
+    keys::strs(&[user.as_str(), room.map_or("", |r| r.as_str()), kind])
+}
+
+fn log_key(user: &UserId, pos: u64) -> Vec<u8> {
+    KeyBuilder::new().str(user.as_str()).u64(pos).build()
+}
+
+/// Splits `room 0xFF type 0xFF` (room possibly empty) into its parts.
+fn split_room_kind(bytes: &[u8]) -> Option<(&str, &str)> {
+    let sep = bytes.iter().position(|b| *b == SEP)?;
+    let room = std::str::from_utf8(&bytes[..sep]).ok()?;
+    let rest = &bytes[sep + 1..];
+    let kind = std::str::from_utf8(rest.strip_suffix(&[SEP]).unwrap_or(rest)).ok()?;
+    Some((room, kind))
+}
+
+fn add_change(out: &mut AccountDataChanges, room: &str, kind: &str, content: Value) {
+    if room.is_empty() {
+        out.0.push((kind.to_owned(), content));
+    } else if let Ok(room) = RoomId::parse(room) {
+        out.1
+            .entry(room)
+            .or_default()
+            .push((kind.to_owned(), content));
+    }
+}
+
+impl UsersService {
+    /// Stores account data and waits until it is durable.
+    pub async fn set_account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
+        self.write_account_data(user, room, kind, content)?;
+        self.storage.durable().await
+    }
+
+    /// Stores room account data (read markers, tags) without waiting for durability.
+    pub fn set_room_account_data(
+        &self,
+        user: &UserId,
+        room: &RoomId,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
+        self.write_account_data(user, Some(room), kind, content)
+    }
+
+    fn write_account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+        content: Value,
+    ) -> Result<()> {
+        if kind.is_empty() || kind.len() > MAX_TYPE_LEN || kind.as_bytes().contains(&SEP) {
+            return Err(Error::invalid_param("Invalid account data type"));
+        }
+        if !content.is_object() {
+            return Err(Error::bad_json(
+                "Account data content must be a JSON object",
+            ));
+        }
+        let trees = &self.storage.trees;
+        let key = data_key(user, room, kind);
+        self.commit_with_pos(|pos, batch| {
+            if let Some(old) = trees.account_data.get_json::<Stored>(&key)? {
+                batch.remove(&trees.account_data_log, &log_key(user, old.pos));
+            }
+            batch.insert_json(&trees.account_data, &key, &Stored { pos, content })?;
+            batch.insert(
+                &trees.account_data_log,
+                &log_key(user, pos),
+                &keys::strs(&[room.map_or("", |r| r.as_str()), kind]),
+            );
+            Ok(())
+        })?;
+        self.changed(user);
+        Ok(())
+    }
+
+    /// One account-data content, global (`room` = `None`) or for a room.
+    pub fn get_account_data(
+        &self,
+        user: &UserId,
+        room: Option<&RoomId>,
+        kind: &str,
+    ) -> Result<Option<Value>> {
+        Ok(self
+            .storage
+            .trees
+            .account_data
+            .get_json::<Stored>(&data_key(user, room, kind))?
+            .map(|s| s.content))
+    }
+
+    /// Account data of `user` changed after `since` (0: all of it), global and per room.
+    pub fn account_data_since(&self, user: &UserId, since: u64) -> Result<AccountDataChanges> {
+        let trees = &self.storage.trees;
+        let mut out = AccountDataChanges::default();
+        if since == 0 {
+            let prefix = keys::strs(&[user.as_str()]);
+            for entry in trees.account_data.scan_prefix(&prefix) {
+                let (key, value) = entry?;
+                let Some((room, kind)) = split_room_kind(&key[prefix.len()..]) else {
+                    continue;
+                };
+                let stored: Stored = serde_json::from_slice(&value)?;
+                add_change(&mut out, room, kind, stored.content);
+            }
+            return Ok(out);
+        }
+        let from = log_key(user, since.saturating_add(1));
+        let to = log_key(user, u64::MAX);
+        for entry in trees.account_data_log.range(&from, &to, false) {
+            let (_, value) = entry?;
+            let Some((room, kind)) = split_room_kind(&value) else {
+                continue;
+            };
+            let room_id = if room.is_empty() {
+                None
+            } else {
+                RoomId::parse(room).ok()
+            };
+            if !room.is_empty() && room_id.is_none() {
+                continue;
+            }
+            if let Some(content) = self.get_account_data(user, room_id.as_deref(), kind)? {
+                add_change(&mut out, room, kind, content);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
+    use ruma::room_id;
+    use serde_json::json;
+
+    use crate::users::test_support::service;
+
+    #[tokio::test]
+    async fn since_returns_only_later_changes() {
+        let s = service();
+        let alice = s.create_user("alice", None, false).unwrap();
+        let bob = s.create_user("bob", None, false).unwrap();
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = woken.clone();
+        s.set_on_change(Box::new(move |_| {
+            w.fetch_add(1, Ordering::SeqCst);
+        }));
+        let room = room_id!("!r:localhost");
+
+        s.set_account_data(&alice, None, "m.direct", json!({"a": 1}))
+            .await
+            .unwrap();
+        s.set_room_account_data(&alice, room, "m.tag", json!({"tags": {}}))
+            .unwrap();
+        s.set_account_data(&bob, None, "m.direct", json!({"b": 1}))
+            .await
+            .unwrap();
+        assert_eq!(woken.load(Ordering::SeqCst), 3);
+        let mark = s.current_userdata_pos();
+        assert_eq!(mark, 3);
+
+        let (global, rooms) = s.account_data_since(&alice, 0).unwrap();
+        assert_eq!(global, vec![("m.direct".to_owned(), json!({"a": 1}))]);
+        assert_eq!(rooms[room], vec![("m.tag".to_owned(), json!({"tags": {}}))]);
+        let (global, rooms) = s.account_data_since(&alice, mark).unwrap();
+        assert!(global.is_empty() && rooms.is_empty());
+
+        s.set_account_data(&alice, None, "m.direct", json!({"a": 2}))
+            .await
+            .unwrap();
+        s.set_account_data(&alice, None, "m.direct", json!({"a": 3}))
+            .await
+            .unwrap();
+        let (global, rooms) = s.account_data_since(&alice, mark).unwrap();
+        assert_eq!(
+            global,
+            vec![("m.direct".to_owned(), json!({"a": 3}))],
+            "one entry per type"
+        );
+        assert!(rooms.is_empty());
+        assert_eq!(
+            s.storage.trees.account_data_log.scan_prefix(&[]).count(),
+            3,
+            "old log entries removed"
+        );
+        assert_eq!(
+            s.get_account_data(&alice, None, "m.direct").unwrap(),
+            Some(json!({"a": 3}))
+        );
+        assert_eq!(
+            s.get_account_data(&alice, Some(room), "m.direct").unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn bad_content_writes_nothing_and_position_survives_restart() {
+        let s = service();
+        let alice = s.create_user("alice", None, false).unwrap();
+        assert_eq!(
+            s.set_account_data(&alice, None, "x", json!([1]))
+                .await
+                .unwrap_err()
+                .errcode(),
+            "M_BAD_JSON"
+        );
+        assert_eq!(
+            s.set_account_data(&alice, None, "", json!({}))
+                .await
+                .unwrap_err()
+                .errcode(),
+            "M_INVALID_PARAM"
+        );
+        assert_eq!(s.current_userdata_pos(), 0);
+        s.set_account_data(&alice, None, "x", json!({}))
+            .await
+            .unwrap();
+        let again = crate::users::UsersService::new(s.config.clone(), s.storage.clone()).unwrap();
+        assert_eq!(again.current_userdata_pos(), 1);
+    }
+}

@@ -1,0 +1,153 @@
+//! Devices: one per login, listed, renamed and deleted by their owner.
+
+use ruma::{DeviceId, OwnedDeviceId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::UsersService;
+use crate::{
+    storage::{keys, Batch},
+    Error, Result,
+};
+
+/// The stored device record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Device {
+    /// The device id.
+    pub device_id: OwnedDeviceId,
+    /// The name the user gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Last IP address seen using it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ip: Option<String>,
+    /// Last time it was used, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ts: Option<u64>,
+    /// Hex SHA-256 of its current access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_hash: Option<String>,
+}
+
+impl Device {
+    /// A fresh device record.
+    pub fn new(device_id: OwnedDeviceId) -> Device {
+        Device {
+            device_id,
+            display_name: None,
+            last_seen_ip: None,
+            last_seen_ts: None,
+            token_hash: None,
+        }
+    }
+}
+
+/// Longest accepted device display name in bytes.
+const MAX_DISPLAY_NAME_LEN: usize = 256;
+
+impl UsersService {
+    /// Every device of `user`, ordered by id.
+    pub fn list_devices(&self, user: &UserId) -> Result<Vec<Device>> {
+        self.storage
+            .trees
+            .devices
+            .scan_prefix(&keys::strs(&[user.as_str()]))
+            .map(|r| Ok(serde_json::from_slice(&r?.1)?))
+            .collect()
+    }
+
+    /// One device of `user`.
+    pub fn device(&self, user: &UserId, device_id: &DeviceId) -> Result<Option<Device>> {
+        self.storage
+            .trees
+            .devices
+            .get_json(&keys::strs(&[user.as_str(), device_id.as_str()]))
+    }
+
+    /// Renames a device (`None` clears the name); `M_NOT_FOUND` for unknown devices.
+    /// Not yet durable.
+    pub fn set_device_display_name(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+        name: Option<String>,
+    ) -> Result<()> {
+        if name
+            .as_ref()
+            .is_some_and(|n| n.len() > MAX_DISPLAY_NAME_LEN)
+        {
+            return Err(Error::invalid_param("Device display name is too long"));
+        }
+        let mut device = self
+            .device(user, device_id)?
+            .ok_or_else(|| Error::not_found("Unknown device"))?;
+        device.display_name = name;
+        let mut batch = Batch::new();
+        batch.insert_json(
+            &self.storage.trees.devices,
+            &keys::strs(&[user.as_str(), device_id.as_str()]),
+            &device,
+        )?;
+        self.storage.commit(batch)
+    }
+
+    /// Deletes a device and its token; unknown devices are ignored. Not yet durable.
+    pub fn remove_device(&self, user: &UserId, device_id: &DeviceId) -> Result<()> {
+        self.remove_devices(user, &[device_id.to_owned()])
+    }
+
+    /// Deletes several devices atomically; unknown ones are ignored. Not yet durable.
+    pub fn remove_devices(&self, user: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        let mut batch = Batch::new();
+        for id in device_ids {
+            if let Some(device) = self.device(user, id)? {
+                self.remove_device_into(user, &device, &mut batch);
+            }
+        }
+        self.storage.commit(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::device_id;
+
+    use crate::users::test_support::service;
+
+    #[test]
+    fn rename_and_delete_devices() {
+        let s = service();
+        let alice = s.create_user("alice", Some("pw"), false).unwrap();
+        let (t1, d1) = s
+            .create_session(&alice, Some(device_id!("AAA")), None)
+            .unwrap();
+        let (_t2, _d2) = s
+            .create_session(&alice, Some(device_id!("BBB")), None)
+            .unwrap();
+        s.set_device_display_name(&alice, &d1, Some("laptop".into()))
+            .unwrap();
+        assert_eq!(
+            s.device(&alice, &d1)
+                .unwrap()
+                .unwrap()
+                .display_name
+                .as_deref(),
+            Some("laptop")
+        );
+        assert_eq!(
+            s.set_device_display_name(&alice, device_id!("NOPE"), None)
+                .unwrap_err()
+                .errcode(),
+            "M_NOT_FOUND"
+        );
+        s.remove_devices(&alice, &[d1.clone(), device_id!("NOPE").to_owned()])
+            .unwrap();
+        assert!(s.authenticate(&t1).is_err());
+        let left: Vec<_> = s
+            .list_devices(&alice)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect();
+        assert_eq!(left, vec![device_id!("BBB").to_owned()]);
+    }
+}

@@ -1,0 +1,247 @@
+//! Presence: online while a client syncs, `unavailable` when it says so, offline after
+//! `presence_idle_secs` without activity (computed on read, so no timers run).
+
+use ruma::{OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{now_ms, UsersService};
+use crate::{Error, Result};
+
+/// Refresh the stored activity time at most this often while the state is unchanged.
+const ACTIVITY_REFRESH_MS: u64 = 60_000;
+/// Longest accepted status message in bytes.
+const MAX_STATUS_MSG_LEN: usize = 1024;
+
+/// The stored presence of one user.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PresenceRecord {
+    /// `online`, `unavailable` or `offline` as last set.
+    pub presence: String,
+    /// Free-form status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_msg: Option<String>,
+    /// Last activity, ms since the epoch.
+    pub last_active_ts: u64,
+    /// User-data stream position of the last visible change.
+    pub pos: u64,
+}
+
+impl PresenceRecord {
+    /// The presence as others see it at `now`: idle users are offline.
+    pub fn effective(&self, idle_ms: u64, now: u64) -> &str {
+        if self.presence != "offline" && now.saturating_sub(self.last_active_ts) > idle_ms {
+            "offline"
+        } else {
+            &self.presence
+        }
+    }
+}
+
+fn valid_state(state: &str) -> bool {
+    matches!(state, "online" | "unavailable" | "offline")
+}
+
+impl UsersService {
+    fn idle_ms(&self) -> u64 {
+        self.config.presence_idle_secs.saturating_mul(1000)
+    }
+
+    /// The stored presence record of `user`.
+    pub fn presence_record(&self, user: &UserId) -> Result<Option<PresenceRecord>> {
+        self.storage.trees.presence.get_json(user.as_bytes())
+    }
+
+    /// Records activity from `/sync`: online, or `unavailable` when `set_presence` says so;
+    /// `offline` leaves presence untouched. Writes only when something visible changed or
+    /// the activity time is getting stale.
+    pub fn touch_presence(&self, user: &UserId, set_presence: Option<&str>) -> Result<()> {
+        self.touch_presence_at(user, set_presence, now_ms())
+    }
+
+    fn touch_presence_at(&self, user: &UserId, set_presence: Option<&str>, now: u64) -> Result<()> {
+        let state = match set_presence {
+            Some("offline") => return Ok(()),
+            Some("unavailable") => "unavailable",
+            _ => "online",
+        };
+        let old = self.presence_record(user)?;
+        let visible_change = old
+            .as_ref()
+            .is_none_or(|r| r.effective(self.idle_ms(), now) != state);
+        if visible_change {
+            let status_msg = old.and_then(|r| r.status_msg);
+            self.write_presence(user, state, status_msg, now)?;
+        } else if let Some(mut record) = old {
+            if now.saturating_sub(record.last_active_ts) > ACTIVITY_REFRESH_MS {
+                record.last_active_ts = now;
+                self.storage
+                    .trees
+                    .presence
+                    .insert(user.as_bytes(), &serde_json::to_vec(&record)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets presence explicitly (`PUT /presence/{userId}/status`). Not yet durable.
+    pub fn set_presence(
+        &self,
+        user: &UserId,
+        state: &str,
+        status_msg: Option<String>,
+    ) -> Result<()> {
+        if !valid_state(state) {
+            return Err(Error::invalid_param(
+                "presence must be online, unavailable or offline",
+            ));
+        }
+        if status_msg
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_STATUS_MSG_LEN)
+        {
+            return Err(Error::invalid_param("status_msg is too long"));
+        }
+        self.write_presence(user, state, status_msg, now_ms())
+    }
+
+    fn write_presence(
+        &self,
+        user: &UserId,
+        state: &str,
+        status_msg: Option<String>,
+        now: u64,
+    ) -> Result<()> {
+        let tree = &self.storage.trees.presence;
+        self.commit_with_pos(|pos, batch| {
+            let record = PresenceRecord {
+                presence: state.to_owned(),
+                status_msg,
+                last_active_ts: now,
+                pos,
+            };
+            batch.insert_json(tree, user.as_bytes(), &record)
+        })?;
+        self.changed(user);
+        Ok(())
+    }
+
+    /// The `m.presence` event content of `user` now (offline when never seen).
+    pub fn presence_content(&self, user: &UserId) -> Result<Value> {
+        let now = now_ms();
+        Ok(match self.presence_record(user)? {
+            Some(r) => self.content_of(&r, now),
+            None => json!({ "presence": "offline" }),
+        })
+    }
+
+    fn content_of(&self, record: &PresenceRecord, now: u64) -> Value {
+        let state = record.effective(self.idle_ms(), now);
+        let mut content = json!({
+            "presence": state,
+            "last_active_ago": now.saturating_sub(record.last_active_ts),
+            "currently_active": state == "online",
+        });
+        if let Some(msg) = &record.status_msg {
+            content["status_msg"] = json!(msg);
+        }
+        content
+    }
+
+    /// `m.presence` events of those `users` whose presence changed after `since`
+    /// (`since` 0: everyone with any presence).
+    pub fn presence_since(&self, users: &[OwnedUserId], since: u64) -> Result<Vec<Value>> {
+        self.presence_since_at(users, since, now_ms())
+    }
+
+    fn presence_since_at(&self, users: &[OwnedUserId], since: u64, now: u64) -> Result<Vec<Value>> {
+        let mut events = Vec::new();
+        for user in users {
+            if let Some(record) = self.presence_record(user)? {
+                if since == 0 || record.pos > since {
+                    events.push(json!({
+                        "type": "m.presence",
+                        "sender": user,
+                        "content": self.content_of(&record, now),
+                    }));
+                }
+            }
+        }
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::users::test_support::service_with;
+
+    #[test]
+    fn sync_marks_online_and_idle_goes_offline() {
+        let s = service_with(|c| c.presence_idle_secs = 300);
+        let alice = s.create_user("alice", None, false).unwrap();
+        let users = vec![alice.clone()];
+        assert!(s.presence_since(&users, 0).unwrap().is_empty());
+
+        let t0 = 1_000_000_000;
+        s.touch_presence_at(&alice, None, t0).unwrap();
+        let p1 = s.current_userdata_pos();
+        assert_eq!(p1, 1);
+        let events = s.presence_since_at(&users, 0, t0 + 1000).unwrap();
+        assert_eq!(events[0]["type"], "m.presence");
+        assert_eq!(events[0]["sender"], "@alice:localhost");
+        assert_eq!(events[0]["content"]["presence"], "online");
+        assert_eq!(events[0]["content"]["last_active_ago"], 1000);
+        assert_eq!(events[0]["content"]["currently_active"], true);
+
+        // Repeated syncs do not produce changes.
+        s.touch_presence_at(&alice, None, t0 + 5000).unwrap();
+        assert_eq!(s.current_userdata_pos(), p1);
+        assert!(s
+            .presence_since_at(&users, p1, t0 + 5000)
+            .unwrap()
+            .is_empty());
+
+        // Idle past the limit: offline on read; the next sync brings the user back.
+        let late = t0 + 301_000;
+        assert_eq!(
+            s.presence_since_at(&users, 0, late).unwrap()[0]["content"]["presence"],
+            "offline"
+        );
+        s.touch_presence_at(&alice, None, late).unwrap();
+        assert!(s.current_userdata_pos() > p1);
+        assert_eq!(
+            s.presence_since_at(&users, p1, late).unwrap()[0]["content"]["presence"],
+            "online"
+        );
+
+        // set_presence=unavailable and offline.
+        s.touch_presence_at(&alice, Some("unavailable"), late + 1)
+            .unwrap();
+        assert_eq!(
+            s.presence_record(&alice).unwrap().unwrap().presence,
+            "unavailable"
+        );
+        let pos = s.current_userdata_pos();
+        s.touch_presence_at(&alice, Some("offline"), late + 2)
+            .unwrap();
+        assert_eq!(s.current_userdata_pos(), pos);
+    }
+
+    #[test]
+    fn explicit_presence_keeps_status_and_validates() {
+        let s = service_with(|_| {});
+        let alice = s.create_user("alice", None, false).unwrap();
+        s.set_presence(&alice, "unavailable", Some("lunch".into()))
+            .unwrap();
+        let c = s.presence_content(&alice).unwrap();
+        assert_eq!(c["presence"], "unavailable");
+        assert_eq!(c["status_msg"], "lunch");
+        assert_eq!(c["currently_active"], false);
+        assert_eq!(
+            s.set_presence(&alice, "busy", None).unwrap_err().errcode(),
+            "M_INVALID_PARAM"
+        );
+        s.touch_presence(&alice, None).unwrap();
+        assert_eq!(s.presence_content(&alice).unwrap()["status_msg"], "lunch");
+    }
+}
