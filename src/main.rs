@@ -58,7 +58,8 @@ enum UserCommand {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,1 +1,531 @@
+//! Black-box test harness: starts the real `myelin` binary on a free loopback port with a
+//! temporary data dir and talks to it over HTTP, as a client would.
+//!
+//! The binary is `$MYELIN_BIN`, or `target/debug/myelin` of this workspace (build it first:
+//! `spec-tests/run` does). A missing binary fails the test; nothing is skipped.
 
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Where the server binary is.
+pub fn server_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MYELIN_BIN") {
+        return PathBuf::from(bin);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("spec-tests lives in the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("debug").join("myelin")
+}
+
+fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A running server with its own data dir; killed when dropped.
+pub struct TestServer {
+    child: Option<Child>,
+    data: tempfile::TempDir,
+    addr: SocketAddr,
+    env: Vec<(String, String)>,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The server name (`localhost` unless overridden).
+    pub server_name: String,
+    http: reqwest::Client,
+}
+
+impl TestServer {
+    /// Starts a server with open registration.
+    pub async fn start() -> Result<TestServer> {
+        TestServer::start_with(&[("MYELIN_REGISTRATION_MODE", "open")]).await
+    }
+
+    /// Starts a server with the given extra environment (e.g. registration mode).
+    pub async fn start_with(env: &[(&str, &str)]) -> Result<TestServer> {
+        let data = tempfile::tempdir()?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let server_name = env
+            .iter()
+            .find(|(k, _)| k == "MYELIN_SERVER_NAME")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "localhost".into());
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let mut server = TestServer {
+            child: None,
+            data,
+            addr,
+            env,
+            base: format!("http://{addr}"),
+            server_name,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data.path().join("server.log")
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let bin = server_binary();
+        if !bin.exists() {
+            bail!(
+                "server binary {} not found: build it with `cargo build --bins` (spec-tests/run does)",
+                bin.display()
+            );
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve")
+            .env("MYELIN_LISTEN", self.addr.to_string())
+            .env("MYELIN_DATA_DIR", self.data.path().join("data"))
+            .env("MYELIN_PUBLIC_BASE_URL", &self.base)
+            .env("RUST_LOG", "info,ruma_state_res=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("server exited with {status} during start:\n{}", self.log());
+                }
+            }
+            let url = format!("{}/_matrix/client/versions", self.base);
+            if let Ok(resp) = self.http.get(&url).send().await {
+                if resp.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("server did not answer within 30 s:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown, no flush) and waits for it to die.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server gracefully (SIGTERM), waiting up to 10 s, then SIGKILL.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if child.try_wait()?.is_some() {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and data dir.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.spawn().await
+    }
+
+    /// Starts the server again after a crash.
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.spawn().await
+    }
+
+    /// Runs the binary with other arguments (admin CLI) against this data dir.
+    pub fn run_cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut cmd = Command::new(server_binary());
+        cmd.args(args)
+            .env("MYELIN_DATA_DIR", self.data.path().join("data"))
+            .env("MYELIN_LISTEN", self.addr.to_string())
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        Ok(cmd.output()?)
+    }
+
+    /// An anonymous client.
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            http: self.http.clone(),
+            token: None,
+            user_id: String::new(),
+            device_id: String::new(),
+        }
+    }
+
+    /// Registers `name` with password `name-password` (open registration, m.login.dummy).
+    pub async fn register(&self, name: &str) -> Result<Client> {
+        let mut client = self.client();
+        client.register(name, &format!("{name}-password")).await?;
+        Ok(client)
+    }
+
+    /// Full user id of a localpart.
+    pub fn user_id(&self, name: &str) -> String {
+        format!("@{name}:{}", self.server_name)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A response: status and JSON body (`Null` when the body is not JSON).
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// The body as JSON.
+    pub body: Value,
+    /// The raw body.
+    pub text: String,
+}
+
+impl Response {
+    /// The `errcode` of an error body.
+    pub fn errcode(&self) -> &str {
+        self.body["errcode"].as_str().unwrap_or("")
+    }
+
+    /// Fails unless the status is 200, with the body and the caller's line in the message.
+    #[track_caller]
+    pub fn ok(self) -> Result<Value> {
+        if self.status != 200 {
+            let at = std::panic::Location::caller();
+            bail!("{at}: expected 200, got {}: {}", self.status, self.text);
+        }
+        Ok(self.body)
+    }
+
+    /// Fails unless status and errcode are as given.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, errcode: &str) -> Result<()> {
+        if self.status != status || self.errcode() != errcode {
+            let at = std::panic::Location::caller();
+            bail!(
+                "{at}: expected {status} {errcode}, got {}: {}",
+                self.status,
+                self.text
+            );
+        }
+        if self.body["error"].as_str().is_none() {
+            bail!("error body without `error` text: {}", self.text);
+        }
+        Ok(())
+    }
+}
+
+/// A client-server API client, optionally logged in.
+#[derive(Clone)]
+pub struct Client {
+    /// Server base URL.
+    pub base: String,
+    http: reqwest::Client,
+    /// Access token.
+    pub token: Option<String>,
+    /// Logged-in user id.
+    pub user_id: String,
+    /// Logged-in device id.
+    pub device_id: String,
+}
+
+/// Percent-encodes a path segment (ids contain `!`, `#`, `:`, `@`, `$`).
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+impl Client {
+    /// Sends a request; `path` starts with `/` and may carry a query.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Response> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.with_context(|| url.clone())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Response { status, body, text })
+    }
+
+    /// Sends a raw body with a content type.
+    pub async fn request_raw(&self, method: Method, path: &str, body: Vec<u8>) -> Result<Response> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Response { status, body, text })
+    }
+
+    /// GET under `/_matrix/client/v3`.
+    pub async fn get(&self, path: &str) -> Result<Response> {
+        self.request(Method::GET, &format!("/_matrix/client/v3{path}"), None)
+            .await
+    }
+
+    /// POST under `/_matrix/client/v3`.
+    pub async fn post(&self, path: &str, body: Value) -> Result<Response> {
+        self.request(
+            Method::POST,
+            &format!("/_matrix/client/v3{path}"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// PUT under `/_matrix/client/v3`.
+    pub async fn put(&self, path: &str, body: Value) -> Result<Response> {
+        self.request(
+            Method::PUT,
+            &format!("/_matrix/client/v3{path}"),
+            Some(&body),
+        )
+        .await
+    }
+
+    /// DELETE under `/_matrix/client/v3`.
+    pub async fn delete(&self, path: &str, body: Option<Value>) -> Result<Response> {
+        self.request(
+            Method::DELETE,
+            &format!("/_matrix/client/v3{path}"),
+            body.as_ref(),
+        )
+        .await
+    }
+
+    /// Registers with UIA `m.login.dummy` and keeps the session.
+    pub async fn register(&mut self, name: &str, password: &str) -> Result<()> {
+        let first = self
+            .post("/register", json!({"username": name, "password": password}))
+            .await?;
+        if first.status != 401 {
+            bail!("register without auth: expected 401, got {}", first.text);
+        }
+        let session = first.body["session"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no UIA session: {}", first.text))?
+            .to_string();
+        let done = self
+            .post(
+                "/register",
+                json!({
+                    "username": name,
+                    "password": password,
+                    "auth": {"type": "m.login.dummy", "session": session},
+                }),
+            )
+            .await?
+            .ok()?;
+        self.adopt(&done)
+    }
+
+    /// Logs in with a password.
+    pub async fn login(&mut self, name: &str, password: &str) -> Result<()> {
+        let body = self
+            .post(
+                "/login",
+                json!({
+                    "type": "m.login.password",
+                    "identifier": {"type": "m.id.user", "user": name},
+                    "password": password,
+                }),
+            )
+            .await?
+            .ok()?;
+        self.adopt(&body)
+    }
+
+    fn adopt(&mut self, body: &Value) -> Result<()> {
+        self.token = Some(
+            body["access_token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no access_token: {body}"))?
+                .to_string(),
+        );
+        self.user_id = body["user_id"].as_str().unwrap_or_default().to_string();
+        self.device_id = body["device_id"].as_str().unwrap_or_default().to_string();
+        Ok(())
+    }
+
+    /// Creates a room; returns its id.
+    pub async fn create_room(&self, body: Value) -> Result<String> {
+        let body = self.post("/createRoom", body).await?.ok()?;
+        Ok(body["room_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no room_id: {body}"))?
+            .to_string())
+    }
+
+    /// Joins a room by id or alias.
+    pub async fn join(&self, room: &str) -> Result<String> {
+        let body = self
+            .post(&format!("/join/{}", enc(room)), json!({}))
+            .await?
+            .ok()?;
+        Ok(body["room_id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Sends an event with a fresh transaction id; returns the event id.
+    pub async fn send(&self, room: &str, kind: &str, content: Value) -> Result<String> {
+        let txn = format!(
+            "t{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        self.send_txn(room, kind, &txn, content).await
+    }
+
+    /// Sends an event with the given transaction id.
+    pub async fn send_txn(
+        &self,
+        room: &str,
+        kind: &str,
+        txn: &str,
+        content: Value,
+    ) -> Result<String> {
+        let body = self
+            .put(
+                &format!("/rooms/{}/send/{}/{}", enc(room), enc(kind), enc(txn)),
+                content,
+            )
+            .await?
+            .ok()?;
+        Ok(body["event_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no event_id: {body}"))?
+            .to_string())
+    }
+
+    /// Sends a text message.
+    pub async fn say(&self, room: &str, text: &str) -> Result<String> {
+        self.send(
+            room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": text}),
+        )
+        .await
+    }
+
+    /// Sets a state event; returns its id.
+    pub async fn set_state(
+        &self,
+        room: &str,
+        kind: &str,
+        key: &str,
+        content: Value,
+    ) -> Result<Response> {
+        self.put(
+            &format!("/rooms/{}/state/{}/{}", enc(room), enc(kind), enc(key)),
+            content,
+        )
+        .await
+    }
+
+    /// `/sync` with a query string (e.g. `since=...&timeout=0`).
+    pub async fn sync(&self, query: &str) -> Result<Value> {
+        self.get(&format!("/sync?{query}")).await?.ok()
+    }
+}
+
+/// The timeline events of a joined room in a sync response.
+pub fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
+}
+
+/// The bodies of the `m.room.message` events of a list.
+pub fn bodies(events: &[&Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_string))
+        .collect()
+}

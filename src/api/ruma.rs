@@ -124,8 +124,26 @@ where
             .await
             .map_err(|_| Error::too_large(format!("request body exceeds {limit} bytes")))?;
 
+        // Clients (matrix-nio's join, for one) send POST/PUT without a body where every
+        // field is optional; read that as the empty object, as Synapse does.
+        let bytes = if bytes.is_empty()
+            && (parts.method == http::Method::POST || parts.method == http::Method::PUT)
+            && expects_json(&parts)
+        {
+            bytes::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
+
         let session = match auth_need::<T>() {
             AuthNeed::None => None,
+            // `/login` takes an optional appservice token; a client's stale access token
+            // must not stop it from logging in again.
+            AuthNeed::Optional
+                if TypeId::of::<T::Authentication>() == TypeId::of::<AppserviceTokenOptional>() =>
+            {
+                access_token(&parts).and_then(|token| services.users.authenticate(&token).ok())
+            }
             need => match access_token(&parts) {
                 Some(token) => Some(services.users.authenticate(&token)?),
                 None if need == AuthNeed::Required => return Err(Error::missing_token()),
@@ -139,7 +157,7 @@ where
             let value: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::not_json(format!("request body is not valid JSON: {e}")))?;
             if !value.is_object() {
-                return Err(Error::not_json("request body must be a JSON object"));
+                return Err(Error::bad_json("request body must be a JSON object"));
             }
             Some(value)
         };
@@ -203,10 +221,10 @@ where
 {
     fn add_to(self, mut router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
-        for path in Req::PATH_BUILDER.all_paths() {
+        for path in with_empty_state_key(Req::PATH_BUILDER.all_paths()) {
             let handler = self.clone();
             router = router.route(
-                path,
+                &path,
                 on(
                     filter,
                     move |state: State<Arc<Services>>, req: Ruma<Req>| async move {
@@ -217,6 +235,20 @@ where
         }
         router
     }
+}
+
+/// The paths of an endpoint, plus, for state endpoints ending in `/{state_key}`, the forms
+/// clients use for an empty state key: `.../{event_type}` and `.../{event_type}/`.
+fn with_empty_state_key<'a>(paths: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out = Vec::new();
+    for path in paths {
+        out.push(path.to_owned());
+        if let Some(base) = path.strip_suffix("/{state_key}") {
+            out.push(base.to_owned());
+            out.push(format!("{base}/"));
+        }
+    }
+    out
 }
 
 /// `router.ruma(handler)`: register a ruma-typed handler.
@@ -247,10 +279,10 @@ where
 {
     fn add_json_to(self, mut router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         let filter = MethodFilter::try_from(Req::METHOD).unwrap_or(MethodFilter::GET);
-        for path in Req::PATH_BUILDER.all_paths() {
+        for path in with_empty_state_key(Req::PATH_BUILDER.all_paths()) {
             let handler = self.clone();
             router = router.route(
-                path,
+                &path,
                 on(
                     filter,
                     move |state: State<Arc<Services>>, req: Ruma<Req>| handler(state, req),

@@ -178,12 +178,18 @@ impl RoomsService {
                 );
             }
             if let Some((user, m)) = &membership {
-                let record = serde_json::json!({ "membership": m.as_str(), "pos": pos, "event_id": event_id });
-                batch.insert_json(
-                    &trees.user_rooms,
-                    &keys::strs(&[user.as_str(), room_id.as_str()]),
-                    &record,
-                )?;
+                let key = keys::strs(&[user.as_str(), room_id.as_str()]);
+                // `joined`: whether the user was ever joined, which decides what history a
+                // departed user may still read.
+                let was_joined = *m == Membership::Join
+                    || trees
+                        .user_rooms
+                        .get_json::<serde_json::Value>(&key)?
+                        .is_some_and(|r| r["joined"] == true);
+                let record = serde_json::json!({
+                    "membership": m.as_str(), "pos": pos, "event_id": event_id, "joined": was_joined,
+                });
+                batch.insert_json(&trees.user_rooms, &key, &record)?;
                 if *m == Membership::Join {
                     batch.remove(
                         &trees.forgotten,

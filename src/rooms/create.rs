@@ -187,7 +187,7 @@ impl RoomsService {
         }
         let mut power = json!({
             "users": users, "users_default": 0, "events": events, "events_default": 0,
-            "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+            "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
             "notifications": { "room": 50 },
         });
         if let (Some(over), Value::Object(map)) = (&req.power_level_content_override, &mut power) {

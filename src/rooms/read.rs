@@ -152,7 +152,7 @@ impl RoomsService {
     /// The highest timeline position `user` may read in a room (403 if none).
     pub fn visible_until(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
         if !self.exists(room_id)? {
-            return Err(Error::forbidden("You are not in this room"));
+            return Err(Error::not_found("No known room with that id"));
         }
         let visibility = self.history_visibility(room_id)?;
         match self.membership(room_id, user)? {
@@ -160,8 +160,11 @@ impl RoomsService {
             Some(Membership::Leave | Membership::Ban) if visibility != "world_readable" => {
                 let key = keys::strs(&[user.as_str(), room_id.as_str()]);
                 let record: Option<Value> = self.storage.trees.user_rooms.get_json(&key)?;
-                if let Some(pos) = record.and_then(|r| r["pos"].as_u64()) {
-                    return Ok(pos);
+                // A departed user reads history up to leaving, if they were ever joined.
+                if let Some(record) = record.filter(|r| r["joined"] == true) {
+                    if let Some(pos) = record["pos"].as_u64() {
+                        return Ok(pos);
+                    }
                 }
             }
             _ => {}

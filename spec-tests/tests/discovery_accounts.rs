@@ -1,0 +1,350 @@
+//! Discovery endpoints and accounts: registration, login, logout, whoami, devices, passwords.
+
+use reqwest::Method;
+use serde_json::json;
+use spec_tests::{enc, TestServer};
+
+#[tokio::test]
+async fn discovery_endpoints() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let anon = server.client();
+    let versions = anon
+        .request(Method::GET, "/_matrix/client/versions", None)
+        .await?
+        .ok()?;
+    let list: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(list.contains(&"v1.11"), "{versions}");
+    assert!(versions["unstable_features"].is_object() || versions["unstable_features"].is_null());
+
+    let wk = anon
+        .request(Method::GET, "/.well-known/matrix/client", None)
+        .await?
+        .ok()?;
+    assert_eq!(wk["m.homeserver"]["base_url"], server.base.as_str());
+
+    let keys = anon
+        .request(Method::GET, "/_matrix/key/v2/server", None)
+        .await?
+        .ok()?;
+    assert_eq!(keys["server_name"], "localhost");
+    let verify = keys["verify_keys"].as_object().unwrap();
+    assert_eq!(verify.len(), 1);
+    let key_id = verify.keys().next().unwrap().clone();
+    assert!(key_id.starts_with("ed25519:"));
+    assert!(keys["signatures"]["localhost"][&key_id].is_string());
+
+    let alice = server.register("alice").await?;
+    let caps = alice.get("/capabilities").await?.ok()?;
+    assert_eq!(caps["capabilities"]["m.room_versions"]["default"], "11");
+    assert_eq!(
+        caps["capabilities"]["m.room_versions"]["available"]["10"],
+        "stable"
+    );
+    // absent means enabled
+    assert_ne!(caps["capabilities"]["m.change_password"]["enabled"], false);
+
+    // the server key survives a restart unchanged
+    let mut server = server;
+    server.restart().await?;
+    let again = server
+        .client()
+        .request(Method::GET, "/_matrix/key/v2/server", None)
+        .await?
+        .ok()?;
+    assert_eq!(again["verify_keys"], keys["verify_keys"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn register_login_logout_whoami() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let anon = server.client();
+    let avail = anon.get("/register/available?username=alice").await?.ok()?;
+    assert_eq!(avail["available"], true);
+
+    let mut alice = server.register("alice").await?;
+    assert_eq!(alice.user_id, "@alice:localhost");
+    assert!(!alice.device_id.is_empty());
+    anon.get("/register/available?username=alice")
+        .await?
+        .expect_error(400, "M_USER_IN_USE")?;
+    // registering the same name again fails
+    let mut again = server.client();
+    assert!(again.register("alice", "x-password-long").await.is_err());
+
+    let who = alice.get("/account/whoami").await?.ok()?;
+    assert_eq!(who["user_id"], "@alice:localhost");
+    assert_eq!(who["device_id"], alice.device_id.as_str());
+
+    let flows = anon.get("/login").await?.ok()?;
+    assert!(flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["type"] == "m.login.password"));
+
+    // login with identifier and with the legacy `user` field
+    let mut second = server.client();
+    second.login("alice", "alice-password").await?;
+    assert_ne!(second.token, alice.token);
+    let legacy = anon
+        .post(
+            "/login",
+            json!({"type": "m.login.password", "user": "@alice:localhost", "password": "alice-password"}),
+        )
+        .await?
+        .ok()?;
+    assert_eq!(legacy["user_id"], "@alice:localhost");
+    anon.post(
+        "/login",
+        json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "wrong"}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+
+    // logout invalidates only that token
+    second.post("/logout", json!({})).await?.ok()?;
+    second
+        .get("/account/whoami")
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    alice.get("/account/whoami").await?.ok()?;
+
+    // logout/all invalidates every token
+    let mut third = server.client();
+    third.login("alice", "alice-password").await?;
+    alice.post("/logout/all", json!({})).await?.ok()?;
+    third
+        .get("/account/whoami")
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    alice
+        .get("/account/whoami")
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    alice.login("alice", "alice-password").await?;
+    alice.get("/account/whoami").await?.ok()?;
+
+    // r0 alias still answers
+    let r0 = alice
+        .request(Method::GET, "/_matrix/client/r0/account/whoami", None)
+        .await?
+        .ok()?;
+    assert_eq!(r0["user_id"], "@alice:localhost");
+    Ok(())
+}
+
+#[tokio::test]
+async fn registration_modes() -> anyhow::Result<()> {
+    // closed by default
+    let closed = TestServer::start_with(&[]).await?;
+    closed
+        .client()
+        .post(
+            "/register",
+            json!({"username": "bob", "password": "bob-password"}),
+        )
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    // the admin CLI still creates accounts (server stopped: the database is locked)
+    let mut closed = closed;
+    closed.stop()?;
+    let out = closed.run_cli(&[
+        "user",
+        "create",
+        "admin",
+        "--admin",
+        "--password",
+        "admin-password",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = closed.run_cli(&["user", "passwd", "admin", "--password", "new-password-1"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    closed.start_again().await?;
+    let mut admin = closed.client();
+    assert!(admin.login("admin", "admin-password").await.is_err());
+    admin.login("admin", "new-password-1").await?;
+
+    // token mode needs m.login.registration_token
+    let server = TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "token"),
+        ("MYELIN_REGISTRATION_TOKEN", "sesame"),
+    ])
+    .await?;
+    let anon = server.client();
+    let first = anon
+        .post(
+            "/register",
+            json!({"username": "carol", "password": "carol-password"}),
+        )
+        .await?;
+    assert_eq!(first.status, 401);
+    assert!(first.body["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["stages"][0] == "m.login.registration_token"));
+    let session = first.body["session"].as_str().unwrap();
+    let validity = anon
+        .request(
+            Method::GET,
+            "/_matrix/client/v1/register/m.login.registration_token/validity?token=sesame",
+            None,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(validity["valid"], true);
+    let bad = anon
+        .post(
+            "/register",
+            json!({"username": "carol", "password": "carol-password",
+                   "auth": {"type": "m.login.registration_token", "token": "nope", "session": session}}),
+        )
+        .await?;
+    assert_eq!(bad.status, 401, "{}", bad.text);
+    let dummy = anon
+        .post(
+            "/register",
+            json!({"username": "carol", "password": "carol-password",
+                   "auth": {"type": "m.login.dummy", "session": session}}),
+        )
+        .await?;
+    assert_eq!(
+        dummy.status, 401,
+        "dummy must not pass token mode: {}",
+        dummy.text
+    );
+    let ok = anon
+        .post(
+            "/register",
+            json!({"username": "carol", "password": "carol-password",
+                   "auth": {"type": "m.login.registration_token", "token": "sesame", "session": session}}),
+        )
+        .await?
+        .ok()?;
+    assert_eq!(ok["user_id"], "@carol:localhost");
+    Ok(())
+}
+
+#[tokio::test]
+async fn devices_password_deactivate() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let mut phone = server.client();
+    phone.login("alice", "alice-password").await?;
+
+    let devices = alice.get("/devices").await?.ok()?;
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2);
+    alice
+        .put(
+            &format!("/devices/{}", enc(&phone.device_id)),
+            json!({"display_name": "Phone"}),
+        )
+        .await?
+        .ok()?;
+    let one = alice
+        .get(&format!("/devices/{}", enc(&phone.device_id)))
+        .await?
+        .ok()?;
+    assert_eq!(one["display_name"], "Phone");
+    alice
+        .get("/devices/NOSUCH")
+        .await?
+        .expect_error(404, "M_NOT_FOUND")?;
+
+    // deleting a device needs UIA with the password; it logs that device out
+    let first = alice
+        .delete(
+            &format!("/devices/{}", enc(&phone.device_id)),
+            Some(json!({})),
+        )
+        .await?;
+    assert_eq!(first.status, 401, "{}", first.text);
+    let session = first.body["session"].as_str().unwrap().to_string();
+    alice
+        .delete(
+            &format!("/devices/{}", enc(&phone.device_id)),
+            Some(json!({"auth": {"type": "m.login.password", "session": session,
+                "identifier": {"type": "m.id.user", "user": "alice"}, "password": "alice-password"}})),
+        )
+        .await?
+        .ok()?;
+    phone
+        .get("/account/whoami")
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    assert_eq!(
+        alice.get("/devices").await?.ok()?["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // password change with UIA; other devices are logged out unless asked otherwise
+    let mut tablet = server.client();
+    tablet.login("alice", "alice-password").await?;
+    let first = alice
+        .post(
+            "/account/password",
+            json!({"new_password": "alice-new-password"}),
+        )
+        .await?;
+    assert_eq!(first.status, 401);
+    let session = first.body["session"].as_str().unwrap().to_string();
+    alice
+        .post(
+            "/account/password",
+            json!({"new_password": "alice-new-password",
+                   "auth": {"type": "m.login.password", "session": session,
+                            "identifier": {"type": "m.id.user", "user": "alice"}, "password": "alice-password"}}),
+        )
+        .await?
+        .ok()?;
+    tablet
+        .get("/account/whoami")
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    alice.get("/account/whoami").await?.ok()?;
+    let mut check = server.client();
+    assert!(check.login("alice", "alice-password").await.is_err());
+    check.login("alice", "alice-new-password").await?;
+
+    // deactivate: tokens die, login fails, the name stays taken
+    let first = alice.post("/account/deactivate", json!({})).await?;
+    assert_eq!(first.status, 401);
+    let session = first.body["session"].as_str().unwrap().to_string();
+    alice
+        .post(
+            "/account/deactivate",
+            json!({"auth": {"type": "m.login.password", "session": session,
+                            "identifier": {"type": "m.id.user", "user": "alice"}, "password": "alice-new-password"}}),
+        )
+        .await?
+        .ok()?;
+    alice
+        .get("/account/whoami")
+        .await?
+        .expect_error(401, "M_UNKNOWN_TOKEN")?;
+    let mut relog = server.client();
+    assert!(relog.login("alice", "alice-new-password").await.is_err());
+    server
+        .client()
+        .get("/register/available?username=alice")
+        .await?
+        .expect_error(400, "M_USER_IN_USE")?;
+    Ok(())
+}

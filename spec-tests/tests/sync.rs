@@ -1,0 +1,514 @@
+//! `/sync`: initial and incremental, long-poll wake-ups, filters, limited timelines, lazy
+//! loading, room sections, ephemeral events, account data, presence, notification counts.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use spec_tests::{bodies, enc, timeline, TestServer};
+
+fn next(sync: &Value) -> String {
+    sync["next_batch"].as_str().expect("next_batch").to_string()
+}
+
+#[tokio::test]
+async fn initial_and_incremental_sync() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "R"}))
+        .await?;
+    bob.join(&room).await?;
+    alice.say(&room, "one").await?;
+
+    let initial = bob.sync("timeout=0").await?;
+    let joined = &initial["rooms"]["join"][&room];
+    assert!(joined.is_object(), "{initial}");
+    assert_eq!(bodies(&timeline(&initial, &room)), ["one"]);
+    let state_and_timeline: Vec<&Value> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(joined["timeline"]["events"].as_array().unwrap())
+        .collect();
+    assert!(state_and_timeline
+        .iter()
+        .any(|e| e["type"] == "m.room.name"));
+    assert!(state_and_timeline
+        .iter()
+        .any(|e| e["type"] == "m.room.create"));
+    assert!(joined["unread_notifications"].is_object());
+    let since = next(&initial);
+
+    // nothing new: an empty incremental sync
+    let empty = bob.sync(&format!("since={since}&timeout=0")).await?;
+    assert!(empty["rooms"]["join"]
+        .get(&room)
+        .is_none_or(|r| timeline(&empty, &room).is_empty()
+            && r["state"]["events"].as_array().is_none_or(|a| a.is_empty())));
+
+    alice.say(&room, "two").await?;
+    let inc = bob.sync(&format!("since={since}&timeout=0")).await?;
+    assert_eq!(bodies(&timeline(&inc, &room)), ["two"]);
+    assert_eq!(inc["rooms"]["join"][&room]["timeline"]["limited"], false);
+    // unread count for bob: "one" and "two" from alice
+    let count = inc["rooms"]["join"][&room]["unread_notifications"]["notification_count"].as_u64();
+    assert_eq!(count, Some(2), "{inc}");
+
+    // full_state brings the whole state again
+    let full = bob
+        .sync(&format!("since={}&timeout=0&full_state=true", next(&inc)))
+        .await?;
+    let st = full["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .unwrap();
+    assert!(st.iter().any(|e| e["type"] == "m.room.create"), "{full}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn long_poll_wakes_only_the_affected_user() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
+    let bob_since = next(&bob.sync("timeout=0").await?);
+    let carol_since = next(&carol.sync("timeout=0").await?);
+
+    let bob2 = bob.clone();
+    let waiter = tokio::spawn(async move {
+        let start = Instant::now();
+        let r = bob2.sync(&format!("since={bob_since}&timeout=20000")).await;
+        (start.elapsed(), r)
+    });
+    let carol2 = carol.clone();
+    let carol_waiter = tokio::spawn(async move {
+        let start = Instant::now();
+        let r = carol2
+            .sync(&format!("since={carol_since}&timeout=1500"))
+            .await;
+        (start.elapsed(), r)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.say(&room, "wake up").await?;
+    let (elapsed, r) = waiter.await?;
+    let r = r?;
+    assert_eq!(bodies(&timeline(&r, &room)), ["wake up"]);
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "woke only at the timeout"
+    );
+    // carol is not in the room: her long poll runs to its timeout with nothing
+    let (elapsed, r) = carol_waiter.await?;
+    let r = r?;
+    assert!(
+        elapsed >= Duration::from_millis(1400),
+        "carol woke early: {r}"
+    );
+    assert!(r["rooms"]["join"].as_object().is_none_or(|m| m.is_empty()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn filters_limited_and_lazy_members() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
+    carol.join(&room).await?;
+    for i in 0..8 {
+        alice.say(&room, &format!("m{i}")).await?;
+    }
+    // inline filter: limit 3 → limited with prev_batch, which /messages continues from
+    let filter = enc(&json!({"room": {"timeline": {"limit": 3}}}).to_string());
+    let s = bob.sync(&format!("timeout=0&filter={filter}")).await?;
+    let tl = &s["rooms"]["join"][&room]["timeline"];
+    assert_eq!(tl["limited"], true);
+    assert_eq!(bodies(&timeline(&s, &room)), ["m5", "m6", "m7"]);
+    let prev = tl["prev_batch"].as_str().unwrap();
+    let older = bob
+        .get(&format!(
+            "/rooms/{}/messages?dir=b&limit=2&from={}",
+            enc(&room),
+            enc(prev)
+        ))
+        .await?
+        .ok()?;
+    let older_bodies: Vec<&str> = older["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(older_bodies, ["m4", "m3"]);
+
+    // stored filter with lazy-loaded members: only the senders of the timeline (and me)
+    let created = bob
+        .post(
+            &format!("/user/{}/filter", enc(&bob.user_id)),
+            json!({"room": {"timeline": {"limit": 2}, "state": {"lazy_load_members": true}}}),
+        )
+        .await?
+        .ok()?;
+    let filter_id = created["filter_id"].as_str().unwrap();
+    let stored = bob
+        .get(&format!("/user/{}/filter/{}", enc(&bob.user_id), filter_id))
+        .await?
+        .ok()?;
+    assert_eq!(stored["room"]["timeline"]["limit"], 2);
+    let s = bob.sync(&format!("timeout=0&filter={filter_id}")).await?;
+    let members: Vec<&str> = s["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert!(members.contains(&"@alice:localhost"), "{s}");
+    assert!(
+        !members.contains(&"@carol:localhost"),
+        "carol is not a timeline sender: {s}"
+    );
+    // a filter that excludes the room's events
+    let none = enc(&json!({"room": {"rooms": []}}).to_string());
+    let s = bob.sync(&format!("timeout=0&filter={none}")).await?;
+    assert!(
+        s["rooms"]["join"].as_object().is_none_or(|m| m.is_empty()),
+        "{s}"
+    );
+    bob.get(&format!("/user/{}/filter/999999", enc(&bob.user_id)))
+        .await?
+        .expect_error(404, "M_NOT_FOUND")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn invite_leave_and_knock_sections() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "Secret"}))
+        .await?;
+    let since = next(&bob.sync("timeout=0").await?);
+    alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await?
+        .ok()?;
+    let s = bob.sync(&format!("since={since}&timeout=5000")).await?;
+    let invite = &s["rooms"]["invite"][&room]["invite_state"]["events"];
+    let arr = invite.as_array().expect("invite_state");
+    assert!(
+        arr.iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Secret"),
+        "{s}"
+    );
+    assert!(arr
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()));
+    let since = next(&s);
+    bob.join(&room).await?;
+    alice.say(&room, "welcome").await?;
+    let s = bob.sync(&format!("since={since}&timeout=0")).await?;
+    assert!(
+        bodies(&timeline(&s, &room)).contains(&"welcome".to_string()),
+        "{s}"
+    );
+    let since = next(&s);
+    alice
+        .post(
+            &format!("/rooms/{}/kick", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await?
+        .ok()?;
+    let s = bob.sync(&format!("since={since}&timeout=5000")).await?;
+    let left = &s["rooms"]["leave"][&room];
+    assert!(left.is_object(), "{s}");
+    assert!(left["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
+    let msg = alice.say(&room, "read me").await?;
+    let since = next(&bob.sync("timeout=0").await?);
+
+    // typing
+    alice
+        .put(
+            &format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            json!({"typing": true, "timeout": 10000}),
+        )
+        .await?
+        .ok()?;
+    alice
+        .put(
+            &format!("/rooms/{}/typing/{}", enc(&room), enc(&bob.user_id)),
+            json!({"typing": true, "timeout": 1000}),
+        )
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    let s = bob.sync(&format!("since={since}&timeout=5000")).await?;
+    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let typing = eph
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .expect("typing event");
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
+    let since = next(&s);
+
+    // receipts: public one is shared, private one only with its owner; threaded accepted
+    bob.post(
+        &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&msg)),
+        json!({"thread_id": "main"}),
+    )
+    .await?
+    .ok()?;
+    bob.post(
+        &format!("/rooms/{}/receipt/m.read.private/{}", enc(&room), enc(&msg)),
+        json!({}),
+    )
+    .await?
+    .ok()?;
+    let s = alice.sync("timeout=0").await?;
+    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let receipt = eph
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .expect("receipt");
+    assert!(
+        receipt["content"][&msg]["m.read"][&bob.user_id]["ts"].is_u64(),
+        "{receipt}"
+    );
+    assert!(
+        receipt["content"][&msg].get("m.read.private").is_none(),
+        "private receipt leaked: {receipt}"
+    );
+    let s = bob.sync(&format!("since={since}&timeout=0")).await?;
+    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mine = eph
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .expect("own receipts");
+    assert!(
+        mine["content"][&msg]["m.read.private"][&bob.user_id].is_object(),
+        "{mine}"
+    );
+    // having read it, bob's unread count is 0
+    assert_eq!(
+        s["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
+        0
+    );
+    let since = next(&s);
+
+    // read markers set m.fully_read room account data
+    bob.post(
+        &format!("/rooms/{}/read_markers", enc(&room)),
+        json!({"m.fully_read": msg, "m.read": msg}),
+    )
+    .await?
+    .ok()?;
+    // account data, global and per room, and tags
+    bob.put(
+        &format!(
+            "/user/{}/account_data/org.example.settings",
+            enc(&bob.user_id)
+        ),
+        json!({"theme": "dark"}),
+    )
+    .await?
+    .ok()?;
+    bob.put(
+        &format!(
+            "/user/{}/rooms/{}/account_data/org.example.room",
+            enc(&bob.user_id),
+            enc(&room)
+        ),
+        json!({"pinned": true}),
+    )
+    .await?
+    .ok()?;
+    bob.put(
+        &format!(
+            "/user/{}/rooms/{}/tags/m.favourite",
+            enc(&bob.user_id),
+            enc(&room)
+        ),
+        json!({"order": 0.5}),
+    )
+    .await?
+    .ok()?;
+    let got = bob
+        .get(&format!(
+            "/user/{}/account_data/org.example.settings",
+            enc(&bob.user_id)
+        ))
+        .await?
+        .ok()?;
+    assert_eq!(got["theme"], "dark");
+    alice
+        .get(&format!(
+            "/user/{}/account_data/org.example.settings",
+            enc(&bob.user_id)
+        ))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    let tags = bob
+        .get(&format!(
+            "/user/{}/rooms/{}/tags",
+            enc(&bob.user_id),
+            enc(&room)
+        ))
+        .await?
+        .ok()?;
+    assert_eq!(tags["tags"]["m.favourite"]["order"], 0.5);
+    let s = bob.sync(&format!("since={since}&timeout=0")).await?;
+    let global = s["account_data"]["events"].as_array().unwrap();
+    assert!(
+        global
+            .iter()
+            .any(|e| e["type"] == "org.example.settings" && e["content"]["theme"] == "dark"),
+        "{s}"
+    );
+    let room_ad = s["rooms"]["join"][&room]["account_data"]["events"]
+        .as_array()
+        .unwrap();
+    assert!(room_ad.iter().any(|e| e["type"] == "org.example.room"));
+    assert!(room_ad.iter().any(|e| e["type"] == "m.tag"));
+    assert!(room_ad
+        .iter()
+        .any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == msg.as_str()));
+    bob.delete(
+        &format!(
+            "/user/{}/rooms/{}/tags/m.favourite",
+            enc(&bob.user_id),
+            enc(&room)
+        ),
+        None,
+    )
+    .await?
+    .ok()?;
+    let tags = bob
+        .get(&format!(
+            "/user/{}/rooms/{}/tags",
+            enc(&bob.user_id),
+            enc(&room)
+        ))
+        .await?
+        .ok()?;
+    assert_eq!(tags["tags"], json!({}));
+
+    // presence: set status, seen by room peers in sync
+    bob.put(
+        &format!("/presence/{}/status", enc(&bob.user_id)),
+        json!({"presence": "online", "status_msg": "coding"}),
+    )
+    .await?
+    .ok()?;
+    let p = alice
+        .get(&format!("/presence/{}/status", enc(&bob.user_id)))
+        .await?
+        .ok()?;
+    assert_eq!(p["presence"], "online");
+    assert_eq!(p["status_msg"], "coding");
+    let s = alice.sync("timeout=0").await?;
+    let pres = s["presence"]["events"].as_array().unwrap();
+    assert!(
+        pres.iter()
+            .any(|e| e["sender"] == bob.user_id.as_str() && e["content"]["presence"] == "online"),
+        "{s}"
+    );
+    bob.put(
+        &format!("/presence/{}/status", enc(&alice.user_id)),
+        json!({"presence": "online"}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    // set_presence=offline on sync is accepted
+    bob.sync("timeout=0&set_presence=offline").await?;
+    // device lists and one-time key counts are present
+    assert!(
+        s["device_one_time_keys_count"].is_object() || s["device_one_time_keys_count"].is_null()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn profile_changes_reach_member_events() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
+    alice
+        .put(
+            &format!("/profile/{}/displayname", enc(&alice.user_id)),
+            json!({"displayname": "Alice A."}),
+        )
+        .await?
+        .ok()?;
+    alice
+        .put(
+            &format!("/profile/{}/avatar_url", enc(&alice.user_id)),
+            json!({"avatar_url": "mxc://localhost/abc"}),
+        )
+        .await?
+        .ok()?;
+    let profile = bob
+        .get(&format!("/profile/{}", enc(&alice.user_id)))
+        .await?
+        .ok()?;
+    assert_eq!(profile["displayname"], "Alice A.");
+    assert_eq!(profile["avatar_url"], "mxc://localhost/abc");
+    let name = bob
+        .get(&format!("/profile/{}/displayname", enc(&alice.user_id)))
+        .await?
+        .ok()?;
+    assert_eq!(name["displayname"], "Alice A.");
+    let member = bob
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&alice.user_id)
+        ))
+        .await?
+        .ok()?;
+    assert_eq!(member["displayname"], "Alice A.");
+    assert_eq!(member["avatar_url"], "mxc://localhost/abc");
+    bob.put(
+        &format!("/profile/{}/displayname", enc(&alice.user_id)),
+        json!({"displayname": "x"}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    bob.get("/profile/%40nobody%3Alocalhost")
+        .await?
+        .expect_error(404, "M_NOT_FOUND")?;
+    Ok(())
+}
