@@ -148,6 +148,15 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
+        if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
+            self.registration.allow_guests = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => anyhow::bail!(
+                    "MYELIN_REGISTRATION_ALLOW_GUESTS={other}: expected true or false"
+                ),
+            };
+        }
         Ok(())
     }
 

@@ -348,3 +348,125 @@ async fn devices_password_deactivate() -> anyhow::Result<()> {
         .expect_error(400, "M_USER_IN_USE")?;
     Ok(())
 }
+
+fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(
+        format!(
+            "{nonce}\0{user}\0{password}\0{}",
+            if admin { "admin" } else { "notadmin" }
+        )
+        .as_bytes(),
+    );
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[tokio::test]
+async fn shared_secret_registration() -> anyhow::Result<()> {
+    // registration closed, shared secret set: only the secret's holder can register
+    let server =
+        TestServer::start_with(&[("MYELIN_REGISTRATION_SHARED_SECRET", "hunter2")]).await?;
+    let anon = server.client();
+    let path = "/_synapse/admin/v1/register";
+    let nonce = anon.request(Method::GET, path, None).await?.ok()?["nonce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = anon
+        .request(
+            Method::POST,
+            path,
+            Some(&json!({"nonce": nonce, "username": "ops", "password": "ops-password", "admin": false,
+                         "mac": shared_secret_mac("wrong", &nonce, "ops", "ops-password", false)})),
+        )
+        .await?;
+    bad.expect_error(403, "M_FORBIDDEN")?;
+    // the nonce was used up by the failed attempt
+    let reuse = anon
+        .request(
+            Method::POST,
+            path,
+            Some(&json!({"nonce": nonce, "username": "ops", "password": "ops-password", "admin": false,
+                         "mac": shared_secret_mac("hunter2", &nonce, "ops", "ops-password", false)})),
+        )
+        .await?;
+    assert_eq!(reuse.status, 400, "{}", reuse.text);
+    let nonce = anon.request(Method::GET, path, None).await?.ok()?["nonce"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ok = anon
+        .request(
+            Method::POST,
+            path,
+            Some(&json!({"nonce": nonce, "username": "ops", "password": "ops-password", "admin": true,
+                         "mac": shared_secret_mac("hunter2", &nonce, "ops", "ops-password", true)})),
+        )
+        .await?
+        .ok()?;
+    assert_eq!(ok["user_id"], "@ops:localhost");
+    let mut ops = server.client();
+    ops.token = ok["access_token"].as_str().map(str::to_string);
+    assert_eq!(
+        ops.get("/account/whoami").await?.ok()?["user_id"],
+        "@ops:localhost"
+    );
+
+    // without a configured secret the endpoint refuses
+    let plain = TestServer::start().await?;
+    plain
+        .client()
+        .request(Method::GET, path, None)
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn guests_get_only_guest_rights() -> anyhow::Result<()> {
+    let server = TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_REGISTRATION_ALLOW_GUESTS", "true"),
+    ])
+    .await?;
+    let alice = server.register("alice").await?;
+    let open = alice
+        .create_room(json!({"preset": "public_chat", "initial_state": [
+            {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "can_join"}}]}))
+        .await?;
+    let closed = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let reg = server
+        .client()
+        .post("/register?kind=guest", json!({}))
+        .await?
+        .ok()?;
+    let mut guest = server.client();
+    guest.token = reg["access_token"].as_str().map(str::to_string);
+    let who = guest.get("/account/whoami").await?.ok()?;
+    assert_eq!(who["is_guest"], true);
+    guest.join(&open).await?;
+    guest
+        .post(&format!("/join/{}", enc(&closed)), json!({}))
+        .await?
+        .expect_error(403, "M_GUEST_ACCESS_FORBIDDEN")?;
+    guest.say(&open, "hi from a guest").await?;
+    guest
+        .put(
+            &format!("/rooms/{}/send/m.reaction/t1", enc(&open)),
+            json!({}),
+        )
+        .await?
+        .expect_error(403, "M_GUEST_ACCESS_FORBIDDEN")?;
+    guest
+        .post("/createRoom", json!({}))
+        .await?
+        .expect_error(403, "M_GUEST_ACCESS_FORBIDDEN")?;
+    guest
+        .set_state(&open, "m.room.topic", "", json!({"topic": "x"}))
+        .await?
+        .expect_error(403, "M_GUEST_ACCESS_FORBIDDEN")?;
+    let s = guest.sync("timeout=0").await?;
+    assert!(s["rooms"]["join"][&open].is_object());
+    Ok(())
+}

@@ -1,7 +1,9 @@
 //! HTTP API: the axum router. Handlers are thin: parse, authorise, call a service, shape
 //! the response.
 
+mod admin;
 pub mod client;
+mod guest;
 pub mod ruma;
 mod server_keys;
 
@@ -18,7 +20,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_origin(Any)
         .allow_methods(Any)
         .allow_headers(Any);
-    server_keys::routes(client::routes())
+    admin::routes(server_keys::routes(client::routes()))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)

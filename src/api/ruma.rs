@@ -150,6 +150,13 @@ where
                 None => None,
             },
         };
+        if session.as_ref().is_some_and(|s| s.is_guest)
+            && !super::guest::guest_may_call(&parts.method, parts.uri.path())
+        {
+            return Err(Error::guest_access_forbidden(
+                "Guest accounts may not use this endpoint",
+            ));
+        }
 
         let json_body = if bytes.is_empty() || !expects_json(&parts) {
             None

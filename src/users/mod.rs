@@ -9,6 +9,7 @@ mod devices;
 mod filters;
 mod presence;
 mod profile;
+mod shared_secret;
 mod tokens;
 mod uia;
 
@@ -29,6 +30,7 @@ pub use self::{
     accounts::{check_password_policy, validate_localpart, Account},
     devices::Device,
     presence::PresenceRecord,
+    shared_secret::registration_mac,
     uia::{Stage, UiaFlows},
 };
 use crate::{
@@ -64,6 +66,8 @@ pub struct UsersService {
     /// Serialises "allocate a position, commit the batch" so positions become visible in order.
     pos_lock: Mutex<()>,
     on_change: OnceLock<OnChange>,
+    /// Outstanding shared-secret registration nonces (in memory: they live 60 s).
+    nonces: Mutex<shared_secret::Nonces>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -94,6 +98,7 @@ impl UsersService {
             pos: AtomicU64::new(pos),
             pos_lock: Mutex::new(()),
             on_change: OnceLock::new(),
+            nonces: Mutex::default(),
         };
         service.purge_expired_uia()?;
         Ok(service)

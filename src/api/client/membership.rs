@@ -15,6 +15,7 @@ use crate::{
     api::ruma::{RouterExt, Ruma},
     rooms::MemberProfile,
     services::Services,
+    users::Session,
     Error, Result,
 };
 
@@ -39,6 +40,23 @@ fn profile(services: &Services, user: &ruma::UserId) -> Result<MemberProfile> {
     })
 }
 
+/// Guests may join only rooms whose `m.room.guest_access` is `can_join`.
+fn check_guest_join(services: &Services, session: &Session, room_id: &ruma::RoomId) -> Result<()> {
+    if !session.is_guest {
+        return Ok(());
+    }
+    let access = services
+        .rooms
+        .state_content(room_id, "m.room.guest_access", "")?;
+    if access.is_some_and(|c| c["guest_access"] == "can_join") {
+        Ok(())
+    } else {
+        Err(Error::guest_access_forbidden(
+            "Guests may not join this room",
+        ))
+    }
+}
+
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 async fn join_by_id_route(
     State(services): State<Arc<Services>>,
@@ -49,6 +67,7 @@ async fn join_by_id_route(
     if !services.rooms.exists(room_id)? {
         return Err(Error::not_found("No known room with that id"));
     }
+    check_guest_join(&services, req.session()?, room_id)?;
     services
         .rooms
         .join(
@@ -68,6 +87,7 @@ async fn join_route(
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let user = req.sender_user()?;
     let room_id = services.rooms.resolve_room(&req.body.room_id_or_alias)?;
+    check_guest_join(&services, req.session()?, &room_id)?;
     services
         .rooms
         .join(
@@ -204,6 +224,7 @@ async fn knock_route(
 ) -> Result<knock_room::v3::Response> {
     let user = req.sender_user()?;
     let room_id = services.rooms.resolve_room(&req.body.room_id_or_alias)?;
+    check_guest_join(&services, req.session()?, &room_id)?;
     services
         .rooms
         .knock(
