@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod push;
 pub mod rooms;
 pub mod services;
 pub mod storage;

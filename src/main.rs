@@ -135,6 +135,7 @@ fn user_command(config: Config, action: UserCommand) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let services = Services::open(config).context("opening the data dir")?;
+    services.start_background();
     let app = myelin::api::router(services.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::{
     config::Config,
     events::keys::ServerKeys,
+    push::PushService,
     rooms::RoomsService,
     storage::Storage,
     sync::{notifier::Notifier, SyncService},
@@ -28,6 +29,8 @@ pub struct Services {
     pub rooms: Arc<RoomsService>,
     /// `/sync` assembly.
     pub sync: Arc<SyncService>,
+    /// Push rules, notification counts, pushers.
+    pub push: Arc<PushService>,
 }
 
 impl Services {
@@ -44,10 +47,22 @@ impl Services {
             keys.clone(),
             notifier.clone(),
         )?);
+        let push = Arc::new(PushService::new(
+            storage.clone(),
+            rooms.clone(),
+            users.clone(),
+        ));
+        let evaluate = push.clone();
+        rooms.set_on_append(Box::new(move |pdu, pos, members| {
+            if let Err(e) = evaluate.process_event(pdu, pos, members) {
+                tracing::warn!(event_id = %pdu.event_id, error = %e, "push evaluation failed");
+            }
+        }));
         let sync = Arc::new(SyncService::new(
             rooms.clone(),
             users.clone(),
             notifier.clone(),
+            push.clone(),
         ));
         let wake = notifier.clone();
         users.set_on_change(Box::new(move |user| wake.notify([user])));
@@ -59,7 +74,13 @@ impl Services {
             users,
             rooms,
             sync,
+            push,
         }))
+    }
+
+    /// Starts the background tasks (push delivery); call once inside the runtime.
+    pub fn start_background(&self) {
+        self.push.start_delivery();
     }
 
     /// Opens the on-disk database and key named by the config and builds the services.

@@ -207,6 +207,9 @@ impl RoomsService {
             self.members.set(room_id, user, *m);
         }
         let members = self.members(room_id)?;
+        if let Some(hook) = self.on_append.get() {
+            hook(&pdu, pos, &members);
+        }
         let mut wake: Vec<&UserId> = members.joined().collect();
         if let Some((user, _)) = &membership {
             wake.push(user);

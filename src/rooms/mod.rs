@@ -76,7 +76,12 @@ pub struct RoomsService {
     receipts_lock: Mutex<()>,
     /// Recently read events.
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
+    /// Run for every event right after it is committed (push rule evaluation).
+    on_append: std::sync::OnceLock<AppendHook>,
 }
+
+/// A callback run with every newly committed event, its position and the room's members.
+pub type AppendHook = Box<dyn Fn(&crate::events::Pdu, u64, &RoomMembers) + Send + Sync>;
 
 /// Events kept in the read cache before it is cleared.
 const PDU_CACHE_SIZE: usize = 20_000;
@@ -116,6 +121,7 @@ impl RoomsService {
             typing: ephemeral::TypingState::default(),
             receipts_lock: Mutex::default(),
             pdu_cache: Mutex::default(),
+            on_append: std::sync::OnceLock::new(),
         })
     }
 
@@ -143,6 +149,18 @@ impl RoomsService {
             .rooms
             .get_json(room_id.as_bytes())?
             .ok_or_else(|| Error::not_found("Unknown room"))
+    }
+
+    /// Installs the callback run for every new event. Only the first call takes effect.
+    pub fn set_on_append(&self, hook: AppendHook) {
+        if self.on_append.set(hook).is_err() {
+            tracing::warn!("rooms: on_append hook already set");
+        }
+    }
+
+    /// The room's version.
+    pub fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId> {
+        Ok(self.room(room_id)?.version)
     }
 
     /// Whether the room exists here.

@@ -81,4 +81,13 @@ trees! {
     receipts = 0x30,
     /// `room_id, pos(u64)` → `receipt_type, user_id, thread`: receipt change log for sync.
     receipts_log = 0x31,
+
+    // ---- push ----
+    /// `user_id, room_id, pos(u64)` → JSON `{event_id, highlight, actions, ts}`: events
+    /// that notify the user; unread counts are the entries after the user's receipt.
+    push_actions = 0x70,
+    /// `user_id, pos(u64)` → `room_id`: the user's notifications in stream order.
+    user_notifications = 0x71,
+    /// `user_id, app_id, pushkey` → JSON pusher.
+    pushers = 0x72,
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     events::Pdu,
+    push::{PushService, PUSH_RULES_TYPE},
     rooms::{Direction, EventFilter, Membership, RoomsService, Token},
     users::{Session, UsersService},
     Error, Result,
@@ -109,6 +110,7 @@ pub struct SyncService {
     rooms: Arc<RoomsService>,
     users: Arc<UsersService>,
     notifier: Arc<notifier::Notifier>,
+    push: Arc<PushService>,
 }
 
 /// Default timeline events per room.
@@ -133,11 +135,13 @@ impl SyncService {
         rooms: Arc<RoomsService>,
         users: Arc<UsersService>,
         notifier: Arc<notifier::Notifier>,
+        push: Arc<PushService>,
     ) -> SyncService {
         SyncService {
             rooms,
             users,
             notifier,
+            push,
         }
     }
 
@@ -239,10 +243,18 @@ impl SyncService {
             Vec::new()
         };
         let account_data: Vec<Value> = if filter.account_data_enabled {
-            global_data
+            let mut events: Vec<Value> = global_data
                 .into_iter()
                 .map(|(kind, content)| json!({ "type": kind, "content": content }))
-                .collect()
+                .collect();
+            // Clients read push rules from account data; users who never changed theirs
+            // get the server default in every initial sync.
+            if since.is_none() && !events.iter().any(|e| e["type"] == PUSH_RULES_TYPE) {
+                events.push(
+                    json!({ "type": PUSH_RULES_TYPE, "content": self.push.rules_content(user)? }),
+                );
+            }
+            events
         } else {
             Vec::new()
         };
@@ -351,7 +363,7 @@ impl SyncService {
 
         let prev_batch = Token(first_pos.map_or(now.timeline, |p| p - 1));
         let members = self.rooms.members(room_id)?;
-        let notification_count = self.unread_count(room_id, user, now.timeline)?;
+        let (notification_count, highlight_count) = self.push.unread_counts(user, room_id)?;
         let mut entry = json!({
             "timeline": {
                 "events": events.iter().map(|(_, p)| p.to_sync_event()).collect::<Vec<_>>(),
@@ -361,7 +373,7 @@ impl SyncService {
             "state": { "events": state.iter().map(|p| p.to_sync_event()).collect::<Vec<_>>() },
             "ephemeral": { "events": ephemeral },
             "account_data": { "events": account_data },
-            "unread_notifications": { "notification_count": notification_count, "highlight_count": 0 },
+            "unread_notifications": { "notification_count": notification_count, "highlight_count": highlight_count },
             "summary": {
                 "m.joined_member_count": members.count(Membership::Join),
                 "m.invited_member_count": members.count(Membership::Invite),
@@ -461,25 +473,6 @@ impl SyncService {
             out.push(p.to_stripped_state());
         }
         Ok(out)
-    }
-
-    /// Messages from others after the user's read receipt (bounded scan).
-    fn unread_count(&self, room_id: &RoomId, user: &UserId, now: u64) -> Result<u64> {
-        let read = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
-        let (events, _) =
-            self.rooms
-                .timeline_range(room_id, read, now, Direction::Backward, 100, None)?;
-        Ok(events
-            .iter()
-            .filter(|(_, p)| {
-                p.sender != user
-                    && p.state_key.is_none()
-                    && matches!(
-                        p.kind.to_string().as_str(),
-                        "m.room.message" | "m.room.encrypted" | "m.sticker"
-                    )
-            })
-            .count() as u64)
     }
 }
 

@@ -182,6 +182,7 @@ async fn deactivate(
     )?;
     services.rooms.leave_all_rooms(user).await?;
     services.users.deactivate(user)?;
+    services.push.delete_all_pushers(user)?;
     services.storage.durable().await?;
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::Success,

@@ -1,0 +1,228 @@
+//! Delivery to HTTP push gateways (Push Gateway API `POST /_matrix/push/v1/notify`, the
+//! payload sygnal expects), with retries and exponential backoff. Queued pushes live in
+//! memory: a push still being retried when the server stops is dropped.
+
+use std::{sync::Mutex, time::Duration};
+
+use ruma::{
+    api::client::push::{Pusher, PusherKind},
+    push::{Action, PushFormat},
+};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use super::PushRecord;
+use crate::{Error, Result};
+
+/// Attempts per push before it is dropped (backoff 1 s, 2 s, 4 s, ...).
+const MAX_ATTEMPTS: u32 = 6;
+
+/// The path every push gateway URL must have.
+const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+/// Checks a pusher URL: http(s) with the notify path, as the spec requires.
+pub fn check_url(url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|_| Error::invalid_param("pusher data.url is not a valid URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(Error::invalid_param(
+            "pusher data.url must be http or https",
+        ));
+    }
+    if parsed.path() != NOTIFY_PATH {
+        return Err(Error::invalid_param(format!(
+            "pusher data.url must have the path {NOTIFY_PATH}"
+        )));
+    }
+    Ok(())
+}
+
+/// One push to one pusher.
+pub struct Job {
+    url: String,
+    body: Value,
+    user: String,
+    app_id: String,
+    pushkey: String,
+}
+
+impl Job {
+    /// Builds the gateway request for `record` of `event` to `pusher` (HTTP pushers only;
+    /// others yield a job that is skipped).
+    pub fn new(
+        user: &ruma::UserId,
+        pusher: Pusher,
+        event: &Value,
+        record: &PushRecord,
+        unread: u64,
+        room_name: Option<&str>,
+        sender_name: Option<&str>,
+    ) -> Job {
+        let (url, format, data) = match &pusher.kind {
+            PusherKind::Http(http) => (http.url.clone(), http.format.clone(), http.data.clone()),
+            _ => (String::new(), None, Default::default()),
+        };
+        let tweaks: serde_json::Map<String, Value> = record
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                // serialised as `{"set_tweak": name, "value": v}`; a bare highlight means true
+                Action::SetTweak(_) => serde_json::to_value(a).ok().and_then(|v| {
+                    let name = v["set_tweak"].as_str()?.to_owned();
+                    Some((name, v.get("value").cloned().unwrap_or(json!(true))))
+                }),
+                _ => None,
+            })
+            .collect();
+        let device = json!({
+            "app_id": pusher.ids.app_id,
+            "pushkey": pusher.ids.pushkey,
+            "pushkey_ts": 0,
+            "data": data,
+            "tweaks": tweaks,
+        });
+        let counts = json!({ "unread": unread });
+        let mut notification = json!({
+            "event_id": event["event_id"],
+            "room_id": event["room_id"],
+            "counts": counts,
+            "devices": [device],
+            "prio": if record.highlight { "high" } else { "low" },
+        });
+        if format != Some(PushFormat::EventIdOnly) {
+            let n = notification.as_object_mut().expect("object");
+            n.insert("type".into(), event["type"].clone());
+            n.insert("sender".into(), event["sender"].clone());
+            n.insert("content".into(), event["content"].clone());
+            if let Some(name) = room_name {
+                n.insert("room_name".into(), json!(name));
+            }
+            if let Some(name) = sender_name {
+                n.insert("sender_display_name".into(), json!(name));
+            }
+            if let Some(key) = event.get("state_key") {
+                if event["type"] == "m.room.member" {
+                    n.insert("user_is_target".into(), json!(key == &event["sender"]));
+                }
+            }
+        }
+        Job {
+            url,
+            body: json!({ "notification": notification }),
+            user: user.to_string(),
+            app_id: pusher.ids.app_id,
+            pushkey: pusher.ids.pushkey,
+        }
+    }
+}
+
+/// Called with `(user_id, app_id, pushkey)` when a gateway rejects a push key.
+type OnRejected = Box<dyn Fn(&str, &str, &str) + Send + Sync>;
+
+/// The delivery queue.
+pub struct Gateway {
+    tx: mpsc::UnboundedSender<Job>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+}
+
+impl Gateway {
+    /// A queue; nothing is delivered until [`Gateway::start`].
+    pub fn new() -> Gateway {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Gateway {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// Queues a push for `job`'s pusher (skipped when it has no URL).
+    pub fn queue(&self, job: Job) {
+        if job.url.is_empty() {
+            return;
+        }
+        let _ = self.tx.send(job);
+    }
+
+    /// Starts the delivery task (once; later calls do nothing).
+    pub fn start(&self, on_rejected: impl Fn(&str, &str, &str) + Send + Sync + 'static) {
+        let Some(mut rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let on_rejected: std::sync::Arc<OnRejected> = std::sync::Arc::new(Box::new(on_rejected));
+        let client = match reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "push delivery disabled: no HTTP client");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                let client = client.clone();
+                let on_rejected = on_rejected.clone();
+                tokio::spawn(async move { deliver(&client, job, &**on_rejected).await });
+            }
+        });
+    }
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway::new()
+    }
+}
+
+async fn deliver(
+    client: &reqwest::Client,
+    job: Job,
+    on_rejected: &(dyn Fn(&str, &str, &str) + Send + Sync),
+) {
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=MAX_ATTEMPTS {
+        match client.post(&job.url).json(&job.body).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                let rejected = body["rejected"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|k| k == job.pushkey.as_str()));
+                if rejected {
+                    tracing::info!(app_id = %job.app_id, "push key rejected by gateway; removing pusher");
+                    on_rejected(job.user.as_str(), &job.app_id, &job.pushkey);
+                }
+                return;
+            }
+            Ok(resp) if resp.status().is_client_error() => {
+                tracing::warn!(status = %resp.status(), url = %job.url, "push gateway refused the push");
+                return;
+            }
+            Ok(resp) => {
+                tracing::debug!(status = %resp.status(), attempt, "push gateway error; retrying");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, attempt, "push gateway unreachable; retrying");
+            }
+        }
+        if attempt < MAX_ATTEMPTS {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    tracing::warn!(url = %job.url, "push dropped after {MAX_ATTEMPTS} attempts");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_urls_must_be_notify_endpoints() {
+        assert!(check_url("https://push.example/_matrix/push/v1/notify").is_ok());
+        assert!(check_url("http://127.0.0.1:5000/_matrix/push/v1/notify").is_ok());
+        assert!(check_url("https://push.example/other").is_err());
+        assert!(check_url("ftp://push.example/_matrix/push/v1/notify").is_err());
+        assert!(check_url("not a url").is_err());
+    }
+}

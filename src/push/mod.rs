@@ -1,0 +1,446 @@
+//! Push rules and notifications: every new room event is evaluated against the push rules
+//! of each joined member (ruma's evaluator, the spec's default ruleset); notifying events
+//! are recorded per user and room, feeding `unread_notifications`, `/notifications` and
+//! the HTTP pushers ([`gateway`]).
+//!
+//! A user's rules live in their `m.push_rules` global account data (content
+//! `{"global": ruleset}`), as clients expect to read them from `/sync`; users who never
+//! changed a rule get the server default.
+
+pub mod gateway;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
+
+use futures_util::FutureExt;
+use ruma::{
+    api::client::push::{Pusher, PusherKind},
+    int,
+    power_levels::NotificationPowerLevels,
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    room_version_rules::RoomPowerLevelsRules,
+    serde::Raw,
+    Int, OwnedUserId, RoomId, UInt, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::{
+    events::Pdu,
+    rooms::{Membership, RoomMembers, RoomsService},
+    storage::{keys, Batch, Storage},
+    users::UsersService,
+    Error, Result,
+};
+
+/// The account-data type holding a user's rules.
+pub const PUSH_RULES_TYPE: &str = "m.push_rules";
+
+/// A recorded notification of one event for one user.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PushRecord {
+    /// The event.
+    pub event_id: String,
+    /// Whether a `highlight` tweak applied.
+    pub highlight: bool,
+    /// The actions of the matching rule.
+    pub actions: Vec<Action>,
+    /// When it was recorded (ms since the epoch).
+    pub ts: u64,
+}
+
+/// A page of `/notifications`.
+pub struct NotificationsPage {
+    /// `(room_id, pos, record, read)` newest first.
+    pub items: Vec<(String, u64, PushRecord, bool)>,
+    /// Token for the next page.
+    pub next: Option<u64>,
+}
+
+/// The push service.
+pub struct PushService {
+    storage: Arc<Storage>,
+    rooms: Arc<RoomsService>,
+    users: Arc<UsersService>,
+    /// Parsed rulesets of users with custom rules (absent: server default).
+    rules: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    gateway: gateway::Gateway,
+}
+
+fn record_key(user: &UserId, room: &RoomId, pos: u64) -> Vec<u8> {
+    keys::KeyBuilder::new()
+        .str(user.as_str())
+        .str(room.as_str())
+        .u64(pos)
+        .build()
+}
+
+impl PushService {
+    /// Builds the service; pushes are delivered by a background task on the runtime.
+    pub fn new(
+        storage: Arc<Storage>,
+        rooms: Arc<RoomsService>,
+        users: Arc<UsersService>,
+    ) -> PushService {
+        PushService {
+            storage,
+            rooms,
+            users,
+            rules: Mutex::new(HashMap::new()),
+            gateway: gateway::Gateway::new(),
+        }
+    }
+
+    /// A user's push rules.
+    pub fn ruleset(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+        if let Some(r) = self
+            .rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+        {
+            return Ok(r.clone());
+        }
+        let stored = self
+            .users
+            .get_account_data(user, None, PUSH_RULES_TYPE)?
+            .and_then(|c| serde_json::from_value::<Ruleset>(c["global"].clone()).ok());
+        let ruleset = Arc::new(stored.unwrap_or_else(|| Ruleset::server_default(user)));
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.to_owned(), ruleset.clone());
+        Ok(ruleset)
+    }
+
+    /// The `m.push_rules` account-data content of a user (for `/sync`).
+    pub fn rules_content(&self, user: &UserId) -> Result<Value> {
+        Ok(json!({ "global": *self.ruleset(user)? }))
+    }
+
+    /// Stores a changed ruleset (durable when this returns).
+    pub async fn save_ruleset(&self, user: &UserId, ruleset: Ruleset) -> Result<()> {
+        let content = json!({ "global": ruleset });
+        self.users
+            .set_account_data(user, None, PUSH_RULES_TYPE, content)
+            .await?;
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.to_owned(), Arc::new(ruleset));
+        Ok(())
+    }
+
+    /// Evaluates a new event for every joined member but its sender; records the
+    /// notifications and queues pushes. Called right after the event is committed.
+    pub fn process_event(&self, pdu: &Pdu, pos: u64, members: &RoomMembers) -> Result<()> {
+        let room_id = &pdu.room_id;
+        let mut joined: Vec<&UserId> = members.joined().filter(|u| *u != pdu.sender).collect();
+        // The invitee of an invite is not joined yet but is notified of it.
+        if pdu.kind.to_string() == "m.room.member" {
+            if let Some(target) = pdu
+                .state_key
+                .as_deref()
+                .and_then(|k| <&UserId>::try_from(k).ok())
+            {
+                if members.get(target) == Some(Membership::Invite) && target != pdu.sender {
+                    joined.push(target);
+                }
+            }
+        }
+        if joined.is_empty() {
+            return Ok(());
+        }
+        let event_json = pdu.to_client_event();
+        let raw: Raw<Value> = Raw::from_json(serde_json::value::to_raw_value(&event_json)?);
+        let power_levels = self.power_levels_ctx(room_id)?;
+        let member_count =
+            UInt::try_from(members.count(Membership::Join) as u64).unwrap_or(UInt::MAX);
+        let now = crate::users::now_ms();
+        let mut batch = Batch::new();
+        let mut pushes = Vec::new();
+        for user in joined {
+            let ruleset = self.ruleset(user)?;
+            let display_name = self.display_name(room_id, user)?;
+            let ctx = PushConditionRoomCtx::new(
+                room_id.clone(),
+                member_count,
+                user.to_owned(),
+                display_name,
+            )
+            .with_power_levels(power_levels.clone());
+            // ruma's evaluator only awaits thread-subscription lookups, which we do not
+            // install, so it completes at once.
+            let Some(actions) = ruleset.get_actions(&raw, &ctx).now_or_never() else {
+                continue;
+            };
+            if !actions.iter().any(Action::should_notify) {
+                continue;
+            }
+            let highlight = actions.iter().any(Action::is_highlight);
+            let record = PushRecord {
+                event_id: pdu.event_id.to_string(),
+                highlight,
+                actions: actions.to_vec(),
+                ts: now,
+            };
+            batch.insert_json(
+                &self.storage.trees.push_actions,
+                &record_key(user, room_id, pos),
+                &record,
+            )?;
+            batch.insert(
+                &self.storage.trees.user_notifications,
+                &keys::KeyBuilder::new().str(user.as_str()).u64(pos).build(),
+                room_id.as_bytes(),
+            );
+            pushes.push((user.to_owned(), record));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.storage.commit(batch)?;
+        for (user, record) in pushes {
+            let pushers = self.pushers(&user)?;
+            if pushers.is_empty() {
+                continue;
+            }
+            let unread = self.total_unread(&user)?;
+            let room_name = self
+                .rooms
+                .state_content(room_id, "m.room.name", "")?
+                .and_then(|c| c["name"].as_str().map(str::to_owned));
+            let sender_name = self.display_name(room_id, &pdu.sender).ok();
+            for pusher in pushers {
+                self.gateway.queue(gateway::Job::new(
+                    &user,
+                    pusher,
+                    &event_json,
+                    &record,
+                    unread,
+                    room_name.as_deref(),
+                    sender_name.as_deref(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn power_levels_ctx(&self, room_id: &RoomId) -> Result<PushConditionPowerLevelsCtx> {
+        let content = self
+            .rooms
+            .state_content(room_id, "m.room.power_levels", "")?
+            .unwrap_or_else(|| json!({}));
+        let to_int = |v: &Value| -> Option<Int> {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .and_then(|n| Int::try_from(n).ok())
+        };
+        let users: BTreeMap<OwnedUserId, Int> = content["users"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| {
+                        Some((OwnedUserId::try_from(k.as_str()).ok()?, to_int(v)?))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let users_default = to_int(&content["users_default"]).unwrap_or(int!(0));
+        let notifications: NotificationPowerLevels = serde_json::from_value(
+            content
+                .get("notifications")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
+        )
+        .unwrap_or_else(|_| serde_json::from_value(json!({})).expect("defaults parse"));
+        let version = self.rooms.room_version(room_id)?;
+        let rules = crate::events::rules_for(&version)?;
+        Ok(PushConditionPowerLevelsCtx::new(
+            users,
+            users_default,
+            notifications,
+            RoomPowerLevelsRules::new(&rules.authorization, std::iter::empty()),
+        ))
+    }
+
+    fn display_name(&self, room_id: &RoomId, user: &UserId) -> Result<String> {
+        Ok(self
+            .rooms
+            .state_content(room_id, "m.room.member", user.as_str())?
+            .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| user.localpart().to_owned()))
+    }
+
+    /// `(notification_count, highlight_count)` of a room: notifying events after the
+    /// user's read receipt.
+    pub fn unread_counts(&self, user: &UserId, room_id: &RoomId) -> Result<(u64, u64)> {
+        let read = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
+        let from = record_key(user, room_id, read.saturating_add(1));
+        let to = record_key(user, room_id, u64::MAX);
+        let (mut notify, mut highlight) = (0, 0);
+        for kv in self.storage.trees.push_actions.range(&from, &to, false) {
+            let (_, v) = kv?;
+            notify += 1;
+            if serde_json::from_slice::<PushRecord>(&v).is_ok_and(|r| r.highlight) {
+                highlight += 1;
+            }
+        }
+        Ok((notify, highlight))
+    }
+
+    fn total_unread(&self, user: &UserId) -> Result<u64> {
+        let mut total = 0;
+        for room in self.rooms.joined_rooms(user)? {
+            total += self.unread_counts(user, &room)?.0;
+        }
+        Ok(total)
+    }
+
+    /// `/notifications`: newest first, before position `from`, at most `limit`.
+    pub fn notifications(
+        &self,
+        user: &UserId,
+        from: Option<u64>,
+        limit: usize,
+        only_highlight: bool,
+    ) -> Result<NotificationsPage> {
+        let lo = keys::KeyBuilder::new().str(user.as_str()).u64(0).build();
+        let hi = keys::KeyBuilder::new()
+            .str(user.as_str())
+            .u64(from.unwrap_or(u64::MAX))
+            .build();
+        let mut items = Vec::new();
+        let mut next = None;
+        let mut read_pos: HashMap<String, u64> = HashMap::new();
+        for kv in self.storage.trees.user_notifications.range(&lo, &hi, true) {
+            let (k, v) = kv?;
+            let pos = keys::trailing_u64(&k).unwrap_or(0);
+            if items.len() >= limit {
+                next = Some(pos + 1);
+                break;
+            }
+            let room = String::from_utf8(v.to_vec()).map_err(|_| Error::internal("bad room id"))?;
+            let Ok(room_id) = <&RoomId>::try_from(room.as_str()) else {
+                continue;
+            };
+            let Some(record) = self
+                .storage
+                .trees
+                .push_actions
+                .get_json::<PushRecord>(&record_key(user, room_id, pos))?
+            else {
+                continue;
+            };
+            if only_highlight && !record.highlight {
+                continue;
+            }
+            let read = match read_pos.get(&room) {
+                Some(p) => *p,
+                None => {
+                    let p = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
+                    read_pos.insert(room.clone(), p);
+                    p
+                }
+            };
+            items.push((room, pos, record, pos <= read));
+        }
+        Ok(NotificationsPage { items, next })
+    }
+
+    // ---- pushers ----
+
+    fn pusher_key(user: &UserId, app_id: &str, pushkey: &str) -> Vec<u8> {
+        keys::strs(&[user.as_str(), app_id, pushkey])
+    }
+
+    /// A user's pushers.
+    pub fn pushers(&self, user: &UserId) -> Result<Vec<Pusher>> {
+        let mut out = Vec::new();
+        for kv in self
+            .storage
+            .trees
+            .pushers
+            .scan_prefix(&keys::strs(&[user.as_str()]))
+        {
+            let (_, v) = kv?;
+            if let Ok(p) = serde_json::from_slice::<Pusher>(&v) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates or replaces a pusher. Unless `append`, pushers of other users with the same
+    /// app id and push key are removed (the spec's rule). Durable when this returns.
+    pub async fn set_pusher(&self, user: &UserId, pusher: Pusher, append: bool) -> Result<()> {
+        if let PusherKind::Http(http) = &pusher.kind {
+            gateway::check_url(&http.url)?;
+        }
+        let app_id = pusher.ids.app_id.clone();
+        let pushkey = pusher.ids.pushkey.clone();
+        let mut batch = Batch::new();
+        if !append {
+            for kv in self.storage.trees.pushers.scan_prefix(&[]) {
+                let (k, v) = kv?;
+                if let Ok(p) = serde_json::from_slice::<Pusher>(&v) {
+                    if p.ids.app_id == app_id && p.ids.pushkey == pushkey {
+                        batch.remove(&self.storage.trees.pushers, &k);
+                    }
+                }
+            }
+        }
+        batch.insert_json(
+            &self.storage.trees.pushers,
+            &Self::pusher_key(user, &app_id, &pushkey),
+            &pusher,
+        )?;
+        self.storage.commit(batch)?;
+        self.storage.durable().await
+    }
+
+    /// Deletes a pusher (no error when absent). Durable when this returns.
+    pub async fn delete_pusher(&self, user: &UserId, app_id: &str, pushkey: &str) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.remove(
+            &self.storage.trees.pushers,
+            &Self::pusher_key(user, app_id, pushkey),
+        );
+        self.storage.commit(batch)?;
+        self.storage.durable().await
+    }
+
+    /// Removes every pusher of a user (deactivation).
+    pub fn delete_all_pushers(&self, user: &UserId) -> Result<()> {
+        let mut batch = Batch::new();
+        for kv in self
+            .storage
+            .trees
+            .pushers
+            .scan_prefix(&keys::strs(&[user.as_str()]))
+        {
+            batch.remove(&self.storage.trees.pushers, &kv?.0);
+        }
+        self.storage.commit(batch)
+    }
+
+    /// Starts delivering queued pushes (call once from inside the runtime).
+    pub fn start_delivery(self: &Arc<Self>) {
+        let this = self.clone();
+        self.gateway
+            .start(move |user: &str, app_id: &str, pushkey: &str| {
+                if let Ok(user) = <&UserId>::try_from(user) {
+                    let mut batch = Batch::new();
+                    batch.remove(
+                        &this.storage.trees.pushers,
+                        &Self::pusher_key(user, app_id, pushkey),
+                    );
+                    if let Err(e) = this.storage.commit(batch) {
+                        tracing::warn!(error = %e, "could not remove rejected pusher");
+                    }
+                }
+            });
+    }
+}
