@@ -318,3 +318,55 @@ pub fn raw<T>(value: &serde_json::Value) -> Result<ruma::serde::Raw<T>> {
         serde_json::value::to_raw_value(value)?,
     ))
 }
+
+/// An authenticated request to an endpoint ruma does not model: the session, the query
+/// parameters and the JSON body (`{}` when empty), with the same body limit, token and
+/// guest checks as [`Ruma`].
+pub struct RawJson {
+    /// The authenticated session.
+    pub session: Session,
+    /// Query parameters (last value wins).
+    pub query: std::collections::HashMap<String, String>,
+    /// The JSON object body.
+    pub body: serde_json::Value,
+}
+
+impl FromRequest<Arc<Services>> for RawJson {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, services: &Arc<Services>) -> Result<Self> {
+        let (mut parts, body) = req.into_parts();
+        let limit = services.config.max_request_size;
+        let bytes = axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| Error::too_large(format!("request body exceeds {limit} bytes")))?;
+        let axum::extract::Query(mut query) = axum::extract::Query::<
+            std::collections::HashMap<String, String>,
+        >::from_request_parts(&mut parts, services)
+        .await
+        .map_err(|e| Error::invalid_param(format!("invalid query string: {e}")))?;
+        query.remove("access_token");
+        let token = access_token(&parts).ok_or_else(Error::missing_token)?;
+        let session = services.users.authenticate(&token)?;
+        if session.is_guest && !super::guest::guest_may_call(&parts.method, parts.uri.path()) {
+            return Err(Error::guest_access_forbidden(
+                "Guest accounts may not use this endpoint",
+            ));
+        }
+        let body = if bytes.is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            let value: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::not_json(format!("request body is not valid JSON: {e}")))?;
+            if !value.is_object() {
+                return Err(Error::bad_json("request body must be a JSON object"));
+            }
+            value
+        };
+        Ok(RawJson {
+            session,
+            query,
+            body,
+        })
+    }
+}

@@ -2,6 +2,7 @@
 //! is `s{timeline}_{ephemeral}_{userdata}`: one position per stream.
 
 pub mod notifier;
+pub mod sliding;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -111,6 +112,8 @@ pub struct SyncService {
     users: Arc<UsersService>,
     notifier: Arc<notifier::Notifier>,
     push: Arc<PushService>,
+    /// Sliding sync connections.
+    connections: sliding::Connections,
 }
 
 /// Default timeline events per room.
@@ -142,6 +145,7 @@ impl SyncService {
             users,
             notifier,
             push,
+            connections: Default::default(),
         }
     }
 

@@ -7,14 +7,39 @@ use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
 use serde_json::Value;
 
 use crate::{
-    api::ruma::{RouterJsonExt, Ruma},
+    api::ruma::{RawJson, RouterJsonExt, Ruma},
     services::Services,
-    sync::SyncRequest,
+    sync::{sliding::SlidingRequest, SyncRequest},
     Error, Result,
 };
 
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma_json(sync_route)
+    router.ruma_json(sync_route).route(
+        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+        axum::routing::post(sliding_sync_route),
+    )
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186)
+async fn sliding_sync_route(
+    State(services): State<Arc<Services>>,
+    req: RawJson,
+) -> Result<Json<Value>> {
+    let timeout = match req.query.get("timeout") {
+        Some(t) => Duration::from_millis(
+            t.parse()
+                .map_err(|_| Error::invalid_param("timeout must be a number of milliseconds"))?,
+        ),
+        None => Duration::ZERO,
+    };
+    let request = SlidingRequest {
+        pos: req.query.get("pos").cloned(),
+        timeout,
+        body: req.body,
+    };
+    Ok(Json(
+        services.sync.sliding_sync(&req.session, request).await?,
+    ))
 }
 
 /// `GET /_matrix/client/v3/sync`
