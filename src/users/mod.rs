@@ -52,6 +52,19 @@ pub struct Session {
 /// A callback run after a user's account data or presence changed (wakes `/sync`).
 pub type OnChange = Box<dyn Fn(&UserId) + Send + Sync>;
 
+/// What happened to a user's devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// New devices were created.
+    Added,
+    /// Devices were deleted (logout, deletion, deactivation).
+    Removed,
+}
+
+/// A callback run after devices were created or deleted (E2EE key cleanup, device lists).
+pub type OnDevicesChanged =
+    Box<dyn Fn(&UserId, &[OwnedDeviceId], DeviceChange) -> Result<()> + Send + Sync>;
+
 /// Key of the user-data stream position in the `meta` tree.
 const USERDATA_POS_KEY: &[u8] = b"userdata_pos";
 
@@ -64,6 +77,7 @@ pub struct UsersService {
     /// Serialises "allocate a position, commit the batch" so positions become visible in order.
     pos_lock: Mutex<()>,
     on_change: OnceLock<OnChange>,
+    on_devices_changed: OnceLock<OnDevicesChanged>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -94,6 +108,7 @@ impl UsersService {
             pos: AtomicU64::new(pos),
             pos_lock: Mutex::new(()),
             on_change: OnceLock::new(),
+            on_devices_changed: OnceLock::new(),
         };
         service.purge_expired_uia()?;
         Ok(service)
@@ -114,6 +129,26 @@ impl UsersService {
     pub fn set_on_change(&self, f: OnChange) {
         if self.on_change.set(f).is_err() {
             tracing::warn!("users: on_change callback already set");
+        }
+    }
+
+    /// Installs the callback run after devices were created or deleted. Only the first
+    /// call takes effect.
+    pub fn set_on_devices_changed(&self, f: OnDevicesChanged) {
+        if self.on_devices_changed.set(f).is_err() {
+            tracing::warn!("users: on_devices_changed callback already set");
+        }
+    }
+
+    fn devices_changed(
+        &self,
+        user: &UserId,
+        devices: &[OwnedDeviceId],
+        change: DeviceChange,
+    ) -> Result<()> {
+        match self.on_devices_changed.get() {
+            Some(f) if !devices.is_empty() => f(user, devices, change),
+            _ => Ok(()),
         }
     }
 

@@ -1,0 +1,390 @@
+//! Cross-signing keys (master, self-signing, user-signing) and uploaded signatures on
+//! device keys and master keys. Signatures are verified (ed25519) before they are stored;
+//! the keys themselves stay opaque.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use http::StatusCode;
+use ruma::{CanonicalJsonObject, OwnedUserId, SigningKeyAlgorithm, UserId};
+use serde_json::{json, Map, Value};
+
+use super::{object, E2eeService};
+use crate::{storage::keys as skeys, Error, Result};
+
+/// The three cross-signing key kinds, as stored and as named in `usage`.
+const MASTER: &str = "master";
+const SELF_SIGNING: &str = "self_signing";
+const USER_SIGNING: &str = "user_signing";
+
+/// 400 `M_INVALID_SIGNATURE`.
+fn invalid_signature(message: impl Into<String>) -> Error {
+    Error::matrix(StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", message)
+}
+
+/// The single `(key id, public key)` of a cross-signing key.
+pub(super) fn public_key(key: &Value) -> Option<(String, String)> {
+    let keys = key.get("keys")?.as_object()?;
+    if keys.len() != 1 {
+        return None;
+    }
+    let (id, value) = keys.iter().next()?;
+    Some((id.clone(), value.as_str()?.to_owned()))
+}
+
+/// The object without `signatures` and `unsigned`: what a signature covers.
+fn signed_part(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("signatures");
+        o.remove("unsigned");
+    }
+    v
+}
+
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .ok()
+}
+
+/// Whether `signature` (unpadded base64) by the ed25519 `public_key` (unpadded base64)
+/// covers `value`.
+pub(super) fn verify_ed25519(value: &Value, public_key: &str, signature: &str) -> bool {
+    let (Some(key), Some(sig)) = (decode_base64(public_key), decode_base64(signature)) else {
+        return false;
+    };
+    let Ok(object) = serde_json::from_value::<CanonicalJsonObject>(value.clone()) else {
+        return false;
+    };
+    let Ok(canonical) = ruma::signatures::to_canonical_json_string_for_signing(&object) else {
+        return false;
+    };
+    ruma::signatures::verify_canonical_json_bytes(
+        &SigningKeyAlgorithm::Ed25519,
+        &key,
+        &sig,
+        canonical.as_bytes(),
+    )
+    .is_ok()
+}
+
+/// Whether `value` carries a valid signature of `signer` by the key `(key_id, public)`.
+fn signed_by(value: &Value, signer: &UserId, key_id: &str, public: &str) -> bool {
+    value
+        .get("signatures")
+        .and_then(|s| s.get(signer.as_str()))
+        .and_then(|s| s.get(key_id))
+        .and_then(Value::as_str)
+        .is_some_and(|sig| verify_ed25519(value, public, sig))
+}
+
+/// Checks an uploaded cross-signing key; returns it as stored (without `unsigned`).
+fn check_cross_signing_key(user: &UserId, key: &Value, usage: &str) -> Result<Value> {
+    let obj = object(key, &format!("{usage} key"))?;
+    if obj.get("user_id").and_then(Value::as_str) != Some(user.as_str()) {
+        return Err(Error::invalid_param(format!(
+            "{usage} key user_id does not match the authenticated user"
+        )));
+    }
+    let has_usage = obj
+        .get("usage")
+        .and_then(Value::as_array)
+        .is_some_and(|u| u.iter().any(|x| x.as_str() == Some(usage)));
+    if !has_usage {
+        return Err(Error::invalid_param(format!(
+            "{usage} key must list {usage} in usage"
+        )));
+    }
+    match public_key(key) {
+        Some((id, public)) if id == format!("ed25519:{public}") && !public.is_empty() => {}
+        _ => {
+            return Err(Error::invalid_param(format!(
+                "{usage} key must hold exactly one ed25519 key named after itself"
+            )))
+        }
+    }
+    let mut stored = obj.clone();
+    stored.remove("unsigned");
+    Ok(Value::Object(stored))
+}
+
+/// A failure entry of `/keys/signatures/upload`.
+fn failure(errcode: &str, error: &str) -> Value {
+    json!({ "errcode": errcode, "error": error })
+}
+
+impl E2eeService {
+    /// A stored cross-signing key of `user`.
+    fn cross_signing_key(&self, user: &UserId, kind: &str) -> Result<Option<Value>> {
+        self.storage
+            .trees
+            .cross_signing_keys
+            .get_json(&skeys::strs(&[user.as_str(), kind]))
+    }
+
+    /// A cross-signing key as `viewer` sees it (with the signatures visible to them).
+    pub(super) fn cross_signing_key_for(
+        &self,
+        user: &UserId,
+        kind: &str,
+        viewer: &UserId,
+    ) -> Result<Option<Value>> {
+        let Some(mut key) = self.cross_signing_key(user, kind)? else {
+            return Ok(None);
+        };
+        if let Some((_, public)) = public_key(&key) {
+            self.merge_signatures(user, &public, viewer, &mut key)?;
+        }
+        Ok(Some(key))
+    }
+
+    /// Whether uploading these cross-signing keys needs user-interactive auth: only when
+    /// the user already has a master key and the upload changes something.
+    pub fn signing_keys_upload_needs_auth(
+        &self,
+        user: &UserId,
+        keys: [Option<&Value>; 3],
+    ) -> Result<bool> {
+        if self.cross_signing_key(user, MASTER)?.is_none() {
+            return Ok(false);
+        }
+        for (kind, key) in [MASTER, SELF_SIGNING, USER_SIGNING].into_iter().zip(keys) {
+            if let Some(key) = key {
+                let stored = self.cross_signing_key(user, kind)?;
+                if stored.as_ref().map(signed_part) != Some(signed_part(key)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// `/keys/device_signing/upload`: stores cross-signing keys after checking them; the
+    /// self-signing and user-signing keys must be signed by the (new or stored) master
+    /// key. Not yet durable.
+    #[tracing::instrument(skip_all, fields(user = %user))]
+    pub fn upload_signing_keys(
+        &self,
+        user: &UserId,
+        master: Option<&Value>,
+        self_signing: Option<&Value>,
+        user_signing: Option<&Value>,
+    ) -> Result<()> {
+        let master = master
+            .map(|k| check_cross_signing_key(user, k, MASTER))
+            .transpose()?;
+        let self_signing = self_signing
+            .map(|k| check_cross_signing_key(user, k, SELF_SIGNING))
+            .transpose()?;
+        let user_signing = user_signing
+            .map(|k| check_cross_signing_key(user, k, USER_SIGNING))
+            .transpose()?;
+        let effective_master = match &master {
+            Some(m) => Some(m.clone()),
+            None => self.cross_signing_key(user, MASTER)?,
+        };
+        for (kind, key) in [(SELF_SIGNING, &self_signing), (USER_SIGNING, &user_signing)] {
+            let Some(key) = key else { continue };
+            let Some((master_id, master_public)) = effective_master.as_ref().and_then(public_key)
+            else {
+                return Err(Error::invalid_param(format!(
+                    "a {kind} key needs a master key to be signed by"
+                )));
+            };
+            if !signed_by(key, user, &master_id, &master_public) {
+                return Err(invalid_signature(format!(
+                    "the {kind} key is not signed by the master key"
+                )));
+            }
+        }
+        if master.is_none() && self_signing.is_none() && user_signing.is_none() {
+            return Ok(());
+        }
+        let trees = &self.storage.trees;
+        self.commit_with_pos(|pos, batch| {
+            for (kind, key) in [
+                (MASTER, &master),
+                (SELF_SIGNING, &self_signing),
+                (USER_SIGNING, &user_signing),
+            ] {
+                if let Some(key) = key {
+                    batch.insert_json(
+                        &trees.cross_signing_keys,
+                        &skeys::strs(&[user.as_str(), kind]),
+                        key,
+                    )?;
+                }
+            }
+            self.mark_device_list_change(user, pos, batch)
+        })?;
+        self.notify_trackers(user)
+    }
+
+    /// The public key `signer` signs with as `sig_key_id` (`ed25519:NAME`) when signing
+    /// `target`'s key: the self-signing key or a device key for their own keys, the
+    /// user-signing key for another user's master key.
+    fn signer_public_key(
+        &self,
+        signer: &UserId,
+        sig_key_id: &str,
+        own_master: bool,
+        own: bool,
+    ) -> Result<Option<String>> {
+        let Some(name) = sig_key_id.strip_prefix("ed25519:") else {
+            return Ok(None);
+        };
+        let kind = if !own {
+            USER_SIGNING
+        } else if own_master {
+            // A device signs its owner's master key.
+            let keys: Option<Value> = self
+                .storage
+                .trees
+                .device_keys
+                .get_json(&skeys::strs(&[signer.as_str(), name]))?;
+            return Ok(keys.and_then(|k| {
+                k.get("keys")
+                    .and_then(|k| k.get(sig_key_id))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            }));
+        } else {
+            SELF_SIGNING
+        };
+        Ok(self
+            .cross_signing_key(signer, kind)?
+            .and_then(|k| public_key(&k))
+            .filter(|(_, public)| public == name)
+            .map(|(_, public)| public))
+    }
+
+    /// `/keys/signatures/upload`: verifies and stores `signer`'s signatures on device keys
+    /// and master keys. Returns failures per user and key id; valid signatures are stored
+    /// even when others fail. Not yet durable.
+    #[tracing::instrument(skip_all, fields(user = %signer))]
+    pub fn upload_signatures(
+        &self,
+        signer: &UserId,
+        signed: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+    ) -> Result<BTreeMap<OwnedUserId, BTreeMap<String, Value>>> {
+        let mut failures: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
+        let mut writes: Vec<(Vec<u8>, String)> = Vec::new();
+        let mut changed_users: Vec<OwnedUserId> = Vec::new();
+        for (target, keys) in signed {
+            for (key_id, uploaded) in keys {
+                match self.check_signature_upload(signer, target, key_id, uploaded) {
+                    Ok(new) => {
+                        if !new.is_empty() {
+                            // Others' signatures are visible only to the signer.
+                            let who: &UserId = if target == signer { target } else { signer };
+                            if !changed_users.iter().any(|u| u == who) {
+                                changed_users.push(who.to_owned());
+                            }
+                        }
+                        writes.extend(new);
+                    }
+                    Err(e @ Error::Matrix { .. }) => {
+                        let (_, body) = e.to_status_and_body();
+                        failures.entry(target.clone()).or_default().insert(
+                            key_id.clone(),
+                            failure(
+                                body["errcode"].as_str().unwrap_or("M_UNKNOWN"),
+                                body["error"].as_str().unwrap_or_default(),
+                            ),
+                        );
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        if !writes.is_empty() {
+            let trees = &self.storage.trees;
+            self.commit_with_pos(|pos, batch| {
+                for (key, signature) in &writes {
+                    batch.insert_json(&trees.key_signatures, key, signature)?;
+                }
+                for user in &changed_users {
+                    self.mark_device_list_change(user, pos, batch)?;
+                }
+                Ok(())
+            })?;
+            for user in &changed_users {
+                self.notify_trackers(user)?;
+            }
+        }
+        Ok(failures)
+    }
+
+    /// Checks one signed key of a signature upload; returns the `key_signatures` entries
+    /// to write.
+    fn check_signature_upload(
+        &self,
+        signer: &UserId,
+        target: &UserId,
+        key_id: &str,
+        uploaded: &Value,
+    ) -> Result<Vec<(Vec<u8>, String)>> {
+        let own = signer == target;
+        let master = self.cross_signing_key(target, MASTER)?;
+        let master_public = master.as_ref().and_then(public_key).map(|(_, p)| p);
+        let is_master = master_public.as_deref() == Some(key_id);
+        let stored = if is_master {
+            master
+        } else if own {
+            self.storage
+                .trees
+                .device_keys
+                .get_json::<Value>(&skeys::strs(&[target.as_str(), key_id]))?
+        } else {
+            return Err(Error::invalid_param(
+                "only the master key of another user can be signed",
+            ));
+        };
+        let Some(stored) = stored else {
+            return Err(Error::not_found("Unknown key"));
+        };
+        if signed_part(&stored) != signed_part(uploaded) {
+            return Err(invalid_signature(
+                "the signed key does not match the stored key",
+            ));
+        }
+        let Some(signatures) = uploaded
+            .get("signatures")
+            .and_then(|s| s.get(signer.as_str()))
+            .and_then(Value::as_object)
+        else {
+            return Err(invalid_signature("no signature by the uploader"));
+        };
+        let existing: Map<String, Value> = stored
+            .get("signatures")
+            .and_then(|s| s.get(signer.as_str()))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut writes = Vec::new();
+        for (sig_key_id, signature) in signatures {
+            if existing.get(sig_key_id) == Some(signature) {
+                continue;
+            }
+            let Some(signature) = signature.as_str() else {
+                return Err(invalid_signature("signatures must be strings"));
+            };
+            let Some(public) = self.signer_public_key(signer, sig_key_id, is_master, own)? else {
+                return Err(invalid_signature(format!(
+                    "{sig_key_id} is not a key that may sign this key"
+                )));
+            };
+            if !verify_ed25519(uploaded, &public, signature) {
+                return Err(invalid_signature(format!(
+                    "invalid signature by {sig_key_id}"
+                )));
+            }
+            writes.push((
+                skeys::strs(&[target.as_str(), key_id, signer.as_str(), sig_key_id]),
+                signature.to_owned(),
+            ));
+        }
+        Ok(writes)
+    }
+}
