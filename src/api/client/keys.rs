@@ -1,0 +1,227 @@
+//! End-to-end encryption keys: upload, query, claim, changes, cross-signing keys and
+//! signatures.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::extract::State;
+use ruma::{
+    api::client::keys::{
+        claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
+    },
+    OneTimeKeyAlgorithm, OwnedOneTimeKeyId, OwnedUserId, UInt,
+};
+use serde_json::Value;
+
+use super::account::auth_json;
+use crate::{
+    api::ruma::{raw, RouterExt, Ruma},
+    e2ee::StreamPoint,
+    services::Services,
+    sync::SyncToken,
+    users::{Stage, UiaFlows},
+    Error, Result,
+};
+
+pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
+    router
+        .ruma(upload_keys)
+        .ruma(query_keys)
+        .ruma(claim_keys)
+        .ruma(key_changes)
+        .ruma(upload_signing_keys)
+        .ruma(upload_signatures)
+}
+
+/// The JSON object under `key` of a request body (absent means empty).
+fn body_map(body: Option<&Value>, key: &str) -> Result<BTreeMap<String, Value>> {
+    match body.and_then(|b| b.get(key)) {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => Ok(map.clone().into_iter().collect()),
+        Some(_) => Err(Error::bad_json(format!("{key} must be a JSON object"))),
+    }
+}
+
+fn uint(n: u64) -> UInt {
+    UInt::try_from(n).unwrap_or(UInt::MAX)
+}
+
+/// `POST /_matrix/client/v3/keys/upload`
+async fn upload_keys(
+    State(services): State<Arc<Services>>,
+    req: Ruma<upload_keys::v3::Request>,
+) -> Result<upload_keys::v3::Response> {
+    let session = req.session()?;
+    let body = req.json_body.as_ref();
+    let device_keys = body
+        .and_then(|b| b.get("device_keys"))
+        .filter(|v| !v.is_null());
+    let one_time_keys = body_map(body, "one_time_keys")?;
+    let mut fallback_keys = body_map(body, "fallback_keys")?;
+    if fallback_keys.is_empty() {
+        fallback_keys = body_map(body, "org.matrix.msc2732.fallback_keys")?;
+    }
+    for id in one_time_keys.keys().chain(fallback_keys.keys()) {
+        OwnedOneTimeKeyId::try_from(id.as_str())
+            .map_err(|e| Error::invalid_param(format!("invalid key id {id:?}: {e}")))?;
+    }
+    let counts = services.e2ee.upload_keys(
+        &session.user_id,
+        &session.device_id,
+        device_keys,
+        &one_time_keys,
+        &fallback_keys,
+    )?;
+    services.storage.durable().await?;
+    Ok(upload_keys::v3::Response::new(
+        counts
+            .into_iter()
+            .map(|(alg, n)| (OneTimeKeyAlgorithm::from(alg), uint(n)))
+            .collect(),
+    ))
+}
+
+/// `POST /_matrix/client/v3/keys/query`
+async fn query_keys(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_keys::v3::Request>,
+) -> Result<get_keys::v3::Response> {
+    let user = req.sender_user()?;
+    let found = services.e2ee.query_keys(user, &req.body.device_keys)?;
+    let mut response = get_keys::v3::Response::new();
+    response.failures = found.failures;
+    for (user, devices) in found.device_keys {
+        let mut out = BTreeMap::new();
+        for (device, keys) in devices {
+            out.insert(device, raw(&keys)?);
+        }
+        response.device_keys.insert(user, out);
+    }
+    for (from, to) in [
+        (found.master_keys, &mut response.master_keys),
+        (found.self_signing_keys, &mut response.self_signing_keys),
+        (found.user_signing_keys, &mut response.user_signing_keys),
+    ] {
+        for (user, key) in from {
+            to.insert(user, raw(&key)?);
+        }
+    }
+    Ok(response)
+}
+
+/// `POST /_matrix/client/v3/keys/claim`
+async fn claim_keys(
+    State(services): State<Arc<Services>>,
+    req: Ruma<claim_keys::v3::Request>,
+) -> Result<claim_keys::v3::Response> {
+    req.session()?;
+    let request = req
+        .body
+        .one_time_keys
+        .iter()
+        .map(|(user, devices)| {
+            let devices = devices
+                .iter()
+                .map(|(device, alg)| (device.clone(), alg.to_string()))
+                .collect();
+            (user.clone(), devices)
+        })
+        .collect();
+    let (claimed, failures) = services.e2ee.claim_keys(&request)?;
+    services.storage.durable().await?;
+    let mut one_time_keys = BTreeMap::new();
+    for (user, devices) in claimed {
+        let mut out_devices = BTreeMap::new();
+        for (device, keys) in devices {
+            let mut out_keys = BTreeMap::new();
+            for (id, key) in keys {
+                let id = OwnedOneTimeKeyId::try_from(id.as_str())
+                    .map_err(|e| Error::internal(format!("stored key id {id:?}: {e}")))?;
+                out_keys.insert(id, raw(&key)?);
+            }
+            out_devices.insert(device, out_keys);
+        }
+        one_time_keys.insert(user, out_devices);
+    }
+    let mut response = claim_keys::v3::Response::new(one_time_keys);
+    response.failures = failures;
+    Ok(response)
+}
+
+/// `GET /_matrix/client/v3/keys/changes`
+async fn key_changes(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_key_changes::v3::Request>,
+) -> Result<get_key_changes::v3::Response> {
+    let user = req.sender_user()?;
+    let point = |t: SyncToken| StreamPoint {
+        timeline: t.timeline,
+        e2ee: t.e2ee,
+    };
+    let from = point(SyncToken::parse(&req.body.from)?);
+    let to = point(SyncToken::parse(&req.body.to)?);
+    let changes = services.e2ee.device_list_changes(user, from, to)?;
+    Ok(get_key_changes::v3::Response::new(
+        changes.changed,
+        changes.left,
+    ))
+}
+
+/// `POST /_matrix/client/v3/keys/device_signing/upload`
+async fn upload_signing_keys(
+    State(services): State<Arc<Services>>,
+    req: Ruma<upload_signing_keys::v3::Request>,
+) -> Result<upload_signing_keys::v3::Response> {
+    let user = req.sender_user()?;
+    let body = req.json_body.as_ref();
+    let key = |name: &str| body.and_then(|b| b.get(name)).filter(|v| !v.is_null());
+    let keys = [
+        key("master_key"),
+        key("self_signing_key"),
+        key("user_signing_key"),
+    ];
+    // Replacing existing cross-signing keys needs the password; the first upload (and
+    // re-uploading identical keys) does not, as in Synapse.
+    if services.e2ee.signing_keys_upload_needs_auth(user, keys)? {
+        services.users.check_uia(
+            &UiaFlows::single(Stage::Password),
+            Some(user),
+            auth_json(body, req.body.auth.as_ref()).as_ref(),
+        )?;
+    }
+    let [master, self_signing, user_signing] = keys;
+    services
+        .e2ee
+        .upload_signing_keys(user, master, self_signing, user_signing)?;
+    services.storage.durable().await?;
+    Ok(upload_signing_keys::v3::Response::new())
+}
+
+/// `POST /_matrix/client/v3/keys/signatures/upload`
+async fn upload_signatures(
+    State(services): State<Arc<Services>>,
+    req: Ruma<upload_signatures::v3::Request>,
+) -> Result<upload_signatures::v3::Response> {
+    let user = req.sender_user()?;
+    let mut signed: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
+    if let Some(Value::Object(body)) = req.json_body.as_ref() {
+        for (target, keys) in body {
+            let target = OwnedUserId::try_from(target.as_str())
+                .map_err(|e| Error::invalid_param(format!("invalid user id {target:?}: {e}")))?;
+            let Value::Object(keys) = keys else {
+                return Err(Error::bad_json("signed keys must be JSON objects"));
+            };
+            signed.insert(target, keys.clone().into_iter().collect());
+        }
+    }
+    let failures = services.e2ee.upload_signatures(user, &signed)?;
+    services.storage.durable().await?;
+    let mut response = upload_signatures::v3::Response::new();
+    for (target, keys) in failures {
+        let mut out = BTreeMap::new();
+        for (key_id, failure) in keys {
+            out.insert(key_id, serde_json::from_value(failure)?);
+        }
+        response.failures.insert(target, out);
+    }
+    Ok(response)
+}
