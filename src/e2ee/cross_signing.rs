@@ -160,17 +160,16 @@ impl E2eeService {
         Ok(false)
     }
 
-    /// `/keys/device_signing/upload`: stores cross-signing keys after checking them; the
-    /// self-signing and user-signing keys must be signed by the (new or stored) master
-    /// key. Not yet durable.
-    #[tracing::instrument(skip_all, fields(user = %user))]
-    pub fn upload_signing_keys(
+    /// Checks cross-signing keys for upload without storing them: shape, owner, usage,
+    /// and that the self-signing and user-signing keys are signed by the (new or stored)
+    /// master key. Returns them as they would be stored.
+    pub fn check_signing_keys(
         &self,
         user: &UserId,
         master: Option<&Value>,
         self_signing: Option<&Value>,
         user_signing: Option<&Value>,
-    ) -> Result<()> {
+    ) -> Result<[Option<Value>; 3]> {
         let master = master
             .map(|k| check_cross_signing_key(user, k, MASTER))
             .transpose()?;
@@ -198,6 +197,21 @@ impl E2eeService {
                 )));
             }
         }
+        Ok([master, self_signing, user_signing])
+    }
+
+    /// `/keys/device_signing/upload`: stores cross-signing keys after checking them (see
+    /// [`E2eeService::check_signing_keys`]). Not yet durable.
+    #[tracing::instrument(skip_all, fields(user = %user))]
+    pub fn upload_signing_keys(
+        &self,
+        user: &UserId,
+        master: Option<&Value>,
+        self_signing: Option<&Value>,
+        user_signing: Option<&Value>,
+    ) -> Result<()> {
+        let [master, self_signing, user_signing] =
+            self.check_signing_keys(user, master, self_signing, user_signing)?;
         if master.is_none() && self_signing.is_none() && user_signing.is_none() {
             return Ok(());
         }

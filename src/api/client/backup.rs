@@ -295,3 +295,137 @@ async fn delete_session_key(
     services.storage.durable().await?;
     Ok(counts_response!(delete_backup_keys_for_session, counts))
 }
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+    use serde_json::json;
+
+    use crate::api::client::account::tests::{app, call, register_user};
+
+    #[tokio::test]
+    async fn backup_round_trip_over_http() {
+        let app = app();
+        let alice = register_user(&app, "alice").await;
+        let t = Some(alice.as_str());
+        let (status, body) =
+            call(&app, "GET", "/_matrix/client/v3/room_keys/version", t, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["errcode"], "M_NOT_FOUND");
+        let algorithm = json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+            "auth_data": { "public_key": "pk", "signatures": {} } });
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/room_keys/version",
+            t,
+            Some(algorithm.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["version"], "1");
+
+        let key = json!({ "first_message_index": 1, "forwarded_count": 0, "is_verified": false,
+            "session_data": { "ephemeral": "e", "ciphertext": "c", "mac": "m" } });
+        let (status, body) = call(
+            &app,
+            "PUT",
+            "/_matrix/client/v3/room_keys/keys/!room:localhost/sess1?version=1",
+            t,
+            Some(key.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["count"], 1);
+        let etag = body["etag"].clone();
+
+        let (status, body) =
+            call(&app, "GET", "/_matrix/client/v3/room_keys/version", t, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["version"], "1");
+        assert_eq!(body["count"], 1);
+        assert_eq!(body["etag"], etag);
+        assert_eq!(body["auth_data"]["public_key"], "pk");
+        assert_eq!(body["algorithm"], "m.megolm_backup.v1.curve25519-aes-sha2");
+
+        let (status, body) = call(
+            &app,
+            "GET",
+            "/_matrix/client/v3/room_keys/keys?version=1",
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["rooms"]["!room:localhost"]["sessions"]["sess1"], key);
+        let (status, body) = call(
+            &app,
+            "GET",
+            "/_matrix/client/v3/room_keys/keys/!room:localhost/nope?version=1",
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        let (status, body) = call(
+            &app,
+            "GET",
+            "/_matrix/client/v3/room_keys/keys/!other:localhost?version=1",
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, json!({ "sessions": {} }));
+
+        // Stale version.
+        call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/room_keys/version",
+            t,
+            Some(algorithm),
+        )
+        .await;
+        let (status, body) = call(
+            &app,
+            "PUT",
+            "/_matrix/client/v3/room_keys/keys/!room:localhost/sess1?version=1",
+            t,
+            Some(key),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(body["errcode"], "M_WRONG_ROOM_KEYS_VERSION");
+        assert_eq!(body["current_version"], "2");
+
+        let (status, _) = call(
+            &app,
+            "DELETE",
+            "/_matrix/client/v3/room_keys/version/2",
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(
+            &app,
+            "GET",
+            "/_matrix/client/v3/room_keys/version/2",
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, body) = call(
+            &app,
+            "DELETE",
+            "/_matrix/client/v3/room_keys/keys?version=1",
+            t,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["count"], 0);
+    }
+}

@@ -179,6 +179,11 @@ async fn upload_signing_keys(
         key("self_signing_key"),
         key("user_signing_key"),
     ];
+    let [master, self_signing, user_signing] = keys;
+    // Bad keys are refused before any password prompt.
+    services
+        .e2ee
+        .check_signing_keys(user, master, self_signing, user_signing)?;
     // Replacing existing cross-signing keys needs the password; the first upload (and
     // re-uploading identical keys) does not, as in Synapse.
     if services.e2ee.signing_keys_upload_needs_auth(user, keys)? {
@@ -188,7 +193,6 @@ async fn upload_signing_keys(
             auth_json(body, req.body.auth.as_ref()).as_ref(),
         )?;
     }
-    let [master, self_signing, user_signing] = keys;
     services
         .e2ee
         .upload_signing_keys(user, master, self_signing, user_signing)?;
@@ -224,4 +228,229 @@ async fn upload_signatures(
         response.failures.insert(target, out);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+    use serde_json::{json, Value};
+
+    use crate::api::client::account::tests::{app, call, register_user};
+
+    /// `(token, user_id, device_id)` of a new account.
+    pub(crate) async fn account(app: &axum::Router, name: &str) -> (String, String, String) {
+        let token = register_user(app, name).await;
+        let (_, who) = call(
+            app,
+            "GET",
+            "/_matrix/client/v3/account/whoami",
+            Some(&token),
+            None,
+        )
+        .await;
+        (
+            token,
+            who["user_id"].as_str().unwrap().to_owned(),
+            who["device_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn device_keys(user: &str, device: &str) -> Value {
+        json!({
+            "user_id": user, "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": { format!("curve25519:{device}"): "c", format!("ed25519:{device}"): "e" },
+            "signatures": { user: { format!("ed25519:{device}"): "s" } },
+        })
+    }
+
+    #[tokio::test]
+    async fn upload_query_claim_and_changes_over_http() {
+        let app = app();
+        let (alice, alice_id, alice_dev) = account(&app, "alice").await;
+        let (bob, bob_id, _) = account(&app, "bob").await;
+        let (_, sync) = call(&app, "GET", "/_matrix/client/v3/sync", Some(&bob), None).await;
+        let from = sync["next_batch"].as_str().unwrap().to_owned();
+
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice),
+            Some(json!({
+                "device_keys": device_keys(&alice_id, &alice_dev),
+                "one_time_keys": { "signed_curve25519:AAAA": { "key": "k1", "signatures": {} } },
+                "org.matrix.msc2732.fallback_keys": { "signed_curve25519:FB": { "key": "f", "fallback": true } },
+            })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 1);
+
+        // Keys for someone else's device are refused.
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/upload",
+            Some(&alice),
+            Some(json!({ "device_keys": device_keys(&alice_id, "OTHER") })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errcode"], "M_INVALID_PARAM");
+
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/r0/keys/query",
+            Some(&bob),
+            Some(json!({ "device_keys": { &alice_id: [] } })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["device_keys"][&alice_id][&alice_dev]["keys"][format!("curve25519:{alice_dev}")],
+            "c"
+        );
+
+        let claim = json!({ "one_time_keys": { &alice_id: { &alice_dev: "signed_curve25519" } } });
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            Some(&bob),
+            Some(claim.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["one_time_keys"][&alice_id][&alice_dev]["signed_curve25519:AAAA"]["key"],
+            "k1"
+        );
+        let (_, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/claim",
+            Some(&bob),
+            Some(claim),
+        )
+        .await;
+        assert_eq!(
+            body["one_time_keys"][&alice_id][&alice_dev]["signed_curve25519:FB"]["key"],
+            "f"
+        );
+
+        // Alice and bob share no room: no change for bob. Then they do.
+        let (_, sync) = call(&app, "GET", "/_matrix/client/v3/sync", Some(&bob), None).await;
+        let to = sync["next_batch"].as_str().unwrap().to_owned();
+        let path = format!("/_matrix/client/v3/keys/changes?from={from}&to={to}");
+        let (status, body) = call(&app, "GET", &path, Some(&bob), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, json!({ "changed": [], "left": [] }));
+        let (_, room) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&alice),
+            Some(json!({ "preset": "public_chat" })),
+        )
+        .await;
+        let room = room["room_id"].as_str().unwrap().to_owned();
+        let (status, _) = call(
+            &app,
+            "POST",
+            &format!("/_matrix/client/v3/join/{room}"),
+            Some(&bob),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, sync) = call(&app, "GET", "/_matrix/client/v3/sync", Some(&bob), None).await;
+        let to = sync["next_batch"].as_str().unwrap().to_owned();
+        let path = format!("/_matrix/client/v3/keys/changes?from={from}&to={to}");
+        let (_, body) = call(&app, "GET", &path, Some(&bob), None).await;
+        assert!(body["changed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(alice_id)));
+        let (status, body) = call(
+            &app,
+            "GET",
+            "/_matrix/client/v3/keys/changes?from=bogus&to=s1",
+            Some(&bob),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["errcode"], "M_INVALID_PARAM");
+        let _ = bob_id;
+    }
+
+    #[tokio::test]
+    async fn device_signing_upload_needs_uia_only_to_replace() {
+        let app = app();
+        let (alice, alice_id, _) = account(&app, "alice").await;
+        let master = |k: &str| {
+            json!({ "master_key": { "user_id": &alice_id, "usage": ["master"],
+                "keys": { format!("ed25519:{k}"): k } } })
+        };
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice),
+            Some(master("AAAA")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice),
+            Some(master("BBBB")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        let session = body["session"].as_str().unwrap().to_owned();
+        assert_eq!(body["flows"][0]["stages"][0], "m.login.password");
+        let mut with_auth = master("BBBB");
+        with_auth["auth"] = json!({ "type": "m.login.password", "session": session,
+            "identifier": { "type": "m.id.user", "user": "alice" }, "password": "pw" });
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice),
+            Some(with_auth),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/query",
+            Some(&alice),
+            Some(json!({ "device_keys": { &alice_id: [] } })),
+        )
+        .await;
+        assert_eq!(
+            body["master_keys"][&alice_id]["keys"]["ed25519:BBBB"],
+            "BBBB"
+        );
+        // A self-signing key without a valid signature by the master key is refused.
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Some(&alice),
+            Some(
+                json!({ "self_signing_key": { "user_id": &alice_id, "usage": ["self_signing"],
+                "keys": { "ed25519:CCCC": "CCCC" } } }),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["errcode"], "M_INVALID_SIGNATURE");
+    }
 }
