@@ -210,8 +210,22 @@ impl E2eeService {
         self_signing: Option<&Value>,
         user_signing: Option<&Value>,
     ) -> Result<()> {
-        let [master, self_signing, user_signing] =
+        let [mut master, mut self_signing, mut user_signing] =
             self.check_signing_keys(user, master, self_signing, user_signing)?;
+        // Keys identical to the stored ones (signatures aside) are left as they are: an
+        // upload without auth must not rewrite their signatures.
+        for (kind, key) in [
+            (MASTER, &mut master),
+            (SELF_SIGNING, &mut self_signing),
+            (USER_SIGNING, &mut user_signing),
+        ] {
+            if let Some(new) = key.as_ref() {
+                let stored = self.cross_signing_key(user, kind)?;
+                if stored.as_ref().map(signed_part) == Some(signed_part(new)) {
+                    *key = None;
+                }
+            }
+        }
         if master.is_none() && self_signing.is_none() && user_signing.is_none() {
             return Ok(());
         }

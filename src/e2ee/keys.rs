@@ -121,10 +121,12 @@ impl E2eeService {
         let trees = &self.storage.trees;
         let device_key = skeys::strs(&[user.as_str(), device.as_str()]);
 
+        let mut replaced_device_keys = false;
         let new_device_keys = match device_keys {
             Some(keys) => {
                 let stored = check_device_keys(user, device, keys)?;
                 let old: Option<Value> = trees.device_keys.get_json(&device_key)?;
+                replaced_device_keys = old.is_some();
                 (old.as_ref() != Some(&stored)).then_some(stored)
             }
             None => None,
@@ -183,6 +185,12 @@ impl E2eeService {
         if new_device_keys.is_some() || counts_changed {
             self.commit_with_pos(|pos, batch| {
                 if let Some(keys) = &new_device_keys {
+                    if replaced_device_keys {
+                        // Signatures made over the old keys do not cover the new ones.
+                        for kv in trees.key_signatures.scan_prefix(&device_key) {
+                            batch.remove(&trees.key_signatures, &kv?.0);
+                        }
+                    }
                     batch.insert_json(&trees.device_keys, &device_key, keys)?;
                     self.mark_device_list_change(user, pos, batch)?;
                 }

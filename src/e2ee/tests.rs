@@ -823,3 +823,48 @@ async fn sync_delivers_to_device_device_lists_and_counts() {
         json!(["signed_curve25519"])
     );
 }
+
+#[test]
+fn concurrent_claims_never_hand_out_a_key_twice() {
+    let s = services();
+    let (alice, dev) = login(&s, "alice");
+    let keys: BTreeMap<String, Value> = (0..40)
+        .map(|i| {
+            (
+                format!("signed_curve25519:K{i:03}"),
+                json!({ "key": format!("k{i}") }),
+            )
+        })
+        .collect();
+    s.e2ee
+        .upload_keys(&alice, &dev, None, &keys, &BTreeMap::new())
+        .unwrap();
+    let request = BTreeMap::from([(
+        alice.clone(),
+        BTreeMap::from([(dev.clone(), "signed_curve25519".to_owned())]),
+    )]);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let s = s.clone();
+            let request = request.clone();
+            let (alice, dev) = (alice.clone(), dev.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                for _ in 0..10 {
+                    let (claimed, _) = s.e2ee.claim_keys(&request).unwrap();
+                    got.extend(claimed[&alice][&dev].keys().cloned());
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!((before, all.len()), (40, 40));
+    assert!(s.e2ee.claim_keys(&request).unwrap().0.is_empty());
+}
