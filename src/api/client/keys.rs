@@ -3,18 +3,19 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use axum::extract::State;
+use axum::{extract::State, Json};
 use ruma::{
     api::client::keys::{
         claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
     },
+    api::{OutgoingResponse, OutgoingResponseExt},
     OneTimeKeyAlgorithm, OwnedOneTimeKeyId, OwnedUserId, UInt,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::account::auth_json;
 use crate::{
-    api::ruma::{raw, RouterExt, Ruma},
+    api::ruma::{raw, RouterExt, RouterJsonExt, Ruma},
     e2ee::StreamPoint,
     services::Services,
     sync::SyncToken,
@@ -25,11 +26,24 @@ use crate::{
 pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
     router
         .ruma(upload_keys)
-        .ruma(query_keys)
-        .ruma(claim_keys)
+        .ruma_json(query_keys)
+        .ruma_json(claim_keys)
         .ruma(key_changes)
         .ruma(upload_signing_keys)
-        .ruma(upload_signatures)
+        .ruma_json(upload_signatures)
+}
+
+/// A typed ruma response as JSON with `failures` always present (ruma leaves an empty map
+/// out; Synapse and the spec examples always send it, and some clients expect it).
+fn with_failures<T: OutgoingResponse>(response: T) -> Result<Json<Value>> {
+    let http = response
+        .try_into_http_response::<Vec<u8>>()
+        .map_err(|e| Error::internal(format!("response serialisation failed: {e}")))?;
+    let mut body: Value = serde_json::from_slice(http.body())?;
+    if let Some(map) = body.as_object_mut() {
+        map.entry("failures").or_insert_with(|| json!({}));
+    }
+    Ok(Json(body))
 }
 
 /// The JSON object under `key` of a request body (absent means empty).
@@ -84,7 +98,7 @@ async fn upload_keys(
 async fn query_keys(
     State(services): State<Arc<Services>>,
     req: Ruma<get_keys::v3::Request>,
-) -> Result<get_keys::v3::Response> {
+) -> Result<Json<Value>> {
     let user = req.sender_user()?;
     let found = services.e2ee.query_keys(user, &req.body.device_keys)?;
     let mut response = get_keys::v3::Response::new();
@@ -105,14 +119,14 @@ async fn query_keys(
             to.insert(user, raw(&key)?);
         }
     }
-    Ok(response)
+    with_failures(response)
 }
 
 /// `POST /_matrix/client/v3/keys/claim`
 async fn claim_keys(
     State(services): State<Arc<Services>>,
     req: Ruma<claim_keys::v3::Request>,
-) -> Result<claim_keys::v3::Response> {
+) -> Result<Json<Value>> {
     req.session()?;
     let request = req
         .body
@@ -144,7 +158,7 @@ async fn claim_keys(
     }
     let mut response = claim_keys::v3::Response::new(one_time_keys);
     response.failures = failures;
-    Ok(response)
+    with_failures(response)
 }
 
 /// `GET /_matrix/client/v3/keys/changes`
@@ -204,7 +218,7 @@ async fn upload_signing_keys(
 async fn upload_signatures(
     State(services): State<Arc<Services>>,
     req: Ruma<upload_signatures::v3::Request>,
-) -> Result<upload_signatures::v3::Response> {
+) -> Result<Json<Value>> {
     let user = req.sender_user()?;
     let mut signed: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
     if let Some(Value::Object(body)) = req.json_body.as_ref() {
@@ -227,7 +241,7 @@ async fn upload_signatures(
         }
         response.failures.insert(target, out);
     }
-    Ok(response)
+    with_failures(response)
 }
 
 #[cfg(test)]
@@ -308,6 +322,7 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["failures"], json!({}));
         assert_eq!(
             body["device_keys"][&alice_id][&alice_dev]["keys"][format!("curve25519:{alice_dev}")],
             "c"
