@@ -388,3 +388,123 @@ impl E2eeService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ruma::OwnedRoomId;
+    use serde_json::{json, Value};
+
+    use crate::e2ee::tests::{login, map, services};
+
+    #[test]
+    fn replace_rules_rank_verified_then_index_then_forwards() {
+        let rank = |is_verified, first_message_index, forwarded_count| super::KeyRank {
+            is_verified,
+            first_message_index,
+            forwarded_count,
+        };
+        assert!(rank(true, 9, 9).replaces(rank(false, 0, 0)));
+        assert!(!rank(false, 0, 0).replaces(rank(true, 9, 9)));
+        assert!(rank(false, 1, 9).replaces(rank(false, 2, 0)));
+        assert!(rank(false, 1, 0).replaces(rank(false, 1, 1)));
+        assert!(
+            !rank(false, 1, 1).replaces(rank(false, 1, 1)),
+            "ties keep the old key"
+        );
+    }
+
+    #[test]
+    fn backup_keys_follow_the_replace_rules() {
+        let s = services();
+        let (alice, _) = login(&s, "alice");
+        let algorithm = json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+            "auth_data": { "public_key": "pk", "signatures": {} } });
+        assert_eq!(
+            s.e2ee
+                .put_backup_keys(&alice, "1", &BTreeMap::new())
+                .unwrap_err()
+                .errcode(),
+            "M_NOT_FOUND"
+        );
+        let v1 = s.e2ee.create_backup(&alice, &algorithm).unwrap();
+        assert_eq!(v1, "1");
+        let room: OwnedRoomId = "!r:localhost".try_into().unwrap();
+        let key = |verified: bool, index: u64, forwarded: u64, tag: &str| {
+            json!({ "first_message_index": index, "forwarded_count": forwarded,
+                "is_verified": verified, "session_data": { "tag": tag } })
+        };
+        let put = |data: Value| {
+            let rooms = BTreeMap::from([(room.clone(), map(json!({ "s1": data })))]);
+            s.e2ee.put_backup_keys(&alice, &v1, &rooms).unwrap()
+        };
+        let stored = || {
+            s.e2ee
+                .get_backup_keys(&alice, &v1, Some(&room), Some("s1"))
+                .unwrap()[&room]["s1"]["session_data"]["tag"]
+                .clone()
+        };
+        let c = put(key(false, 5, 1, "first"));
+        assert_eq!((c.count, c.etag.as_str()), (1, "1"));
+        // Worse: higher index — kept the old one, etag unchanged.
+        let c = put(key(false, 9, 0, "worse"));
+        assert_eq!((c.count, c.etag.as_str()), (1, "1"));
+        assert_eq!(stored(), "first");
+        // Lower forwarded count at the same index wins.
+        put(key(false, 5, 0, "fewer-forwards"));
+        assert_eq!(stored(), "fewer-forwards");
+        // Lower index wins.
+        put(key(false, 2, 3, "lower-index"));
+        assert_eq!(stored(), "lower-index");
+        // Verified wins over everything.
+        let c = put(key(true, 10, 10, "verified"));
+        assert_eq!(stored(), "verified");
+        assert_eq!(c.count, 1);
+        // Unverified never replaces verified.
+        put(key(false, 0, 0, "unverified"));
+        assert_eq!(stored(), "verified");
+
+        // Invalid key data is refused.
+        let rooms = BTreeMap::from([(room.clone(), map(json!({ "s2": { "is_verified": true } })))]);
+        assert_eq!(
+            s.e2ee
+                .put_backup_keys(&alice, &v1, &rooms)
+                .unwrap_err()
+                .errcode(),
+            "M_BAD_JSON"
+        );
+
+        // A new version makes the old one stale for writes.
+        let v2 = s.e2ee.create_backup(&alice, &algorithm).unwrap();
+        assert_eq!(v2, "2");
+        let rooms = BTreeMap::from([(room.clone(), map(json!({ "s2": key(false, 0, 0, "x") })))]);
+        let err = s.e2ee.put_backup_keys(&alice, &v1, &rooms).unwrap_err();
+        assert_eq!(err.errcode(), "M_WRONG_ROOM_KEYS_VERSION");
+        assert_eq!(err.to_status_and_body().1["current_version"], "2");
+        assert_eq!(s.e2ee.current_backup(&alice).unwrap().unwrap().version, 2);
+
+        // Deleting keys and versions.
+        let c = s
+            .e2ee
+            .delete_backup_keys(&alice, &v1, Some(&room), Some("s1"))
+            .unwrap();
+        assert_eq!(c.count, 0);
+        s.e2ee.delete_backup(&alice, &v2).unwrap();
+        assert_eq!(s.e2ee.current_backup(&alice).unwrap().unwrap().version, 1);
+        assert_eq!(
+            s.e2ee.backup(&alice, &v2).unwrap_err().errcode(),
+            "M_NOT_FOUND"
+        );
+        assert_eq!(s.e2ee.create_backup(&alice, &algorithm).unwrap(), "3");
+        // The algorithm of a version cannot change.
+        let other = json!({ "algorithm": "other", "auth_data": {} });
+        assert_eq!(
+            s.e2ee
+                .update_backup(&alice, "3", &other)
+                .unwrap_err()
+                .errcode(),
+            "M_INVALID_PARAM"
+        );
+    }
+}

@@ -416,3 +416,181 @@ impl E2eeService {
         Ok(writes)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+    use ruma::{
+        signatures::{sign_json, Ed25519KeyPair},
+        CanonicalJsonObject, UserId,
+    };
+    use serde_json::{json, Value};
+
+    use crate::e2ee::tests::{device_keys, login, services};
+
+    struct SigningKey {
+        pair: Ed25519KeyPair,
+        public: String,
+    }
+
+    fn signing_key() -> SigningKey {
+        let der = Ed25519KeyPair::generate();
+        let probe = Ed25519KeyPair::from_der(&der, "probe".into()).unwrap();
+        let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(probe.public_key());
+        SigningKey {
+            pair: Ed25519KeyPair::from_der(&der, public.clone()).unwrap(),
+            public,
+        }
+    }
+
+    fn sign(value: &Value, signer: &UserId, key: &Ed25519KeyPair) -> Value {
+        let mut object: CanonicalJsonObject = serde_json::from_value(value.clone()).unwrap();
+        sign_json(signer.as_str(), key, &mut object).unwrap();
+        serde_json::to_value(object).unwrap()
+    }
+
+    fn cross_key(user: &UserId, usage: &str, key: &SigningKey) -> Value {
+        json!({ "user_id": user, "usage": [usage],
+            "keys": { format!("ed25519:{}", key.public): key.public } })
+    }
+
+    #[test]
+    fn cross_signing_keys_and_signatures_are_verified() {
+        let s = services();
+        let (alice, dev) = login(&s, "alice");
+        let (bob, _) = login(&s, "bob");
+        let (master, ssk, usk) = (signing_key(), signing_key(), signing_key());
+        let master_key = sign(&cross_key(&alice, "master", &master), &alice, &master.pair);
+        let ssk_key = sign(
+            &cross_key(&alice, "self_signing", &ssk),
+            &alice,
+            &master.pair,
+        );
+        let usk_key = sign(
+            &cross_key(&alice, "user_signing", &usk),
+            &alice,
+            &master.pair,
+        );
+        let forged = sign(&cross_key(&alice, "self_signing", &ssk), &alice, &usk.pair);
+
+        assert!(!s
+            .e2ee
+            .signing_keys_upload_needs_auth(&alice, [Some(&master_key), None, None])
+            .unwrap());
+        let err = s
+            .e2ee
+            .upload_signing_keys(&alice, Some(&master_key), Some(&forged), None)
+            .unwrap_err();
+        assert_eq!(err.errcode(), "M_INVALID_SIGNATURE");
+        s.e2ee
+            .upload_signing_keys(&alice, Some(&master_key), Some(&ssk_key), Some(&usk_key))
+            .unwrap();
+        // Identical re-upload needs no auth; a new master key does.
+        assert!(!s
+            .e2ee
+            .signing_keys_upload_needs_auth(&alice, [Some(&master_key), Some(&ssk_key), None])
+            .unwrap());
+        let other_master = signing_key();
+        let replacement = cross_key(&alice, "master", &other_master);
+        assert!(s
+            .e2ee
+            .signing_keys_upload_needs_auth(&alice, [Some(&replacement), None, None])
+            .unwrap());
+
+        // Only alice sees her user-signing key.
+        let q = BTreeMap::from([(alice.clone(), vec![])]);
+        assert!(s
+            .e2ee
+            .query_keys(&alice, &q)
+            .unwrap()
+            .user_signing_keys
+            .contains_key(&alice));
+        let for_bob = s.e2ee.query_keys(&bob, &q).unwrap();
+        assert!(for_bob.user_signing_keys.is_empty());
+        assert!(for_bob.master_keys.contains_key(&alice));
+        assert!(for_bob.self_signing_keys.contains_key(&alice));
+
+        // Alice signs her device with the self-signing key.
+        let keys = device_keys(&alice, &dev, "c");
+        s.e2ee
+            .upload_keys(
+                &alice,
+                &dev,
+                Some(&keys),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        let signed = sign(&keys, &alice, &ssk.pair);
+        let bad = sign(&keys, &alice, &usk.pair);
+        let failures = s
+            .e2ee
+            .upload_signatures(
+                &alice,
+                &BTreeMap::from([(alice.clone(), BTreeMap::from([(dev.to_string(), signed)]))]),
+            )
+            .unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        let q = s.e2ee.query_keys(&bob, &q).unwrap();
+        let sigs = &q.device_keys[&alice][&dev]["signatures"][alice.as_str()];
+        assert!(
+            sigs.get(format!("ed25519:{}", ssk.public)).is_some(),
+            "{sigs}"
+        );
+        assert_eq!(sigs[format!("ed25519:{dev}")], "sig");
+        let failures = s
+            .e2ee
+            .upload_signatures(
+                &alice,
+                &BTreeMap::from([(alice.clone(), BTreeMap::from([(dev.to_string(), bad)]))]),
+            )
+            .unwrap();
+        assert_eq!(
+            failures[&alice][dev.as_str()]["errcode"],
+            "M_INVALID_SIGNATURE"
+        );
+
+        // Bob's master key signed by alice's user-signing key: visible to alice only.
+        let bob_master = signing_key();
+        let bob_master_key = sign(
+            &cross_key(&bob, "master", &bob_master),
+            &bob,
+            &bob_master.pair,
+        );
+        s.e2ee
+            .upload_signing_keys(&bob, Some(&bob_master_key), None, None)
+            .unwrap();
+        let signed = sign(&bob_master_key, &alice, &usk.pair);
+        let failures = s
+            .e2ee
+            .upload_signatures(
+                &alice,
+                &BTreeMap::from([(
+                    bob.clone(),
+                    BTreeMap::from([(bob_master.public.clone(), signed)]),
+                )]),
+            )
+            .unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        let q = BTreeMap::from([(bob.clone(), vec![])]);
+        let seen_by_alice = s.e2ee.query_keys(&alice, &q).unwrap().master_keys[&bob].clone();
+        assert!(seen_by_alice["signatures"].get(alice.as_str()).is_some());
+        let seen_by_bob = s.e2ee.query_keys(&bob, &q).unwrap().master_keys[&bob].clone();
+        assert!(seen_by_bob["signatures"].get(alice.as_str()).is_none());
+
+        // Unknown keys are failures too.
+        let failures = s
+            .e2ee
+            .upload_signatures(
+                &alice,
+                &BTreeMap::from([(
+                    alice.clone(),
+                    BTreeMap::from([("NODEVICE".to_owned(), json!({}))]),
+                )]),
+            )
+            .unwrap();
+        assert_eq!(failures[&alice]["NODEVICE"]["errcode"], "M_NOT_FOUND");
+    }
+}

@@ -2,11 +2,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use base64::Engine as _;
-use ruma::{
-    signatures::{sign_json, Ed25519KeyPair},
-    CanonicalJsonObject, DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId,
-};
+use ruma::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use super::StreamPoint;
@@ -32,7 +28,7 @@ pub(crate) fn login(s: &Services, name: &str) -> (OwnedUserId, OwnedDeviceId) {
     (user, device)
 }
 
-fn device_keys(user: &UserId, device: &DeviceId, curve: &str) -> Value {
+pub(crate) fn device_keys(user: &UserId, device: &DeviceId, curve: &str) -> Value {
     json!({
         "user_id": user, "device_id": device,
         "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
@@ -41,7 +37,7 @@ fn device_keys(user: &UserId, device: &DeviceId, curve: &str) -> Value {
     })
 }
 
-fn map(v: Value) -> BTreeMap<String, Value> {
+pub(crate) fn map(v: Value) -> BTreeMap<String, Value> {
     serde_json::from_value(v).unwrap()
 }
 
@@ -470,263 +466,6 @@ async fn device_list_changes_follow_shared_rooms() {
             .changed,
         vec![alice.clone()]
     );
-}
-
-#[test]
-fn backup_keys_follow_the_replace_rules() {
-    let s = services();
-    let (alice, _) = login(&s, "alice");
-    let algorithm = json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
-        "auth_data": { "public_key": "pk", "signatures": {} } });
-    assert_eq!(
-        s.e2ee
-            .put_backup_keys(&alice, "1", &BTreeMap::new())
-            .unwrap_err()
-            .errcode(),
-        "M_NOT_FOUND"
-    );
-    let v1 = s.e2ee.create_backup(&alice, &algorithm).unwrap();
-    assert_eq!(v1, "1");
-    let room: OwnedRoomId = "!r:localhost".try_into().unwrap();
-    let key = |verified: bool, index: u64, forwarded: u64, tag: &str| {
-        json!({ "first_message_index": index, "forwarded_count": forwarded,
-            "is_verified": verified, "session_data": { "tag": tag } })
-    };
-    let put = |data: Value| {
-        let rooms = BTreeMap::from([(room.clone(), map(json!({ "s1": data })))]);
-        s.e2ee.put_backup_keys(&alice, &v1, &rooms).unwrap()
-    };
-    let stored = || {
-        s.e2ee
-            .get_backup_keys(&alice, &v1, Some(&room), Some("s1"))
-            .unwrap()[&room]["s1"]["session_data"]["tag"]
-            .clone()
-    };
-    let c = put(key(false, 5, 1, "first"));
-    assert_eq!((c.count, c.etag.as_str()), (1, "1"));
-    // Worse: higher index — kept the old one, etag unchanged.
-    let c = put(key(false, 9, 0, "worse"));
-    assert_eq!((c.count, c.etag.as_str()), (1, "1"));
-    assert_eq!(stored(), "first");
-    // Lower forwarded count at the same index wins.
-    put(key(false, 5, 0, "fewer-forwards"));
-    assert_eq!(stored(), "fewer-forwards");
-    // Lower index wins.
-    put(key(false, 2, 3, "lower-index"));
-    assert_eq!(stored(), "lower-index");
-    // Verified wins over everything.
-    let c = put(key(true, 10, 10, "verified"));
-    assert_eq!(stored(), "verified");
-    assert_eq!(c.count, 1);
-    // Unverified never replaces verified.
-    put(key(false, 0, 0, "unverified"));
-    assert_eq!(stored(), "verified");
-
-    // Invalid key data is refused.
-    let rooms = BTreeMap::from([(room.clone(), map(json!({ "s2": { "is_verified": true } })))]);
-    assert_eq!(
-        s.e2ee
-            .put_backup_keys(&alice, &v1, &rooms)
-            .unwrap_err()
-            .errcode(),
-        "M_BAD_JSON"
-    );
-
-    // A new version makes the old one stale for writes.
-    let v2 = s.e2ee.create_backup(&alice, &algorithm).unwrap();
-    assert_eq!(v2, "2");
-    let rooms = BTreeMap::from([(room.clone(), map(json!({ "s2": key(false, 0, 0, "x") })))]);
-    let err = s.e2ee.put_backup_keys(&alice, &v1, &rooms).unwrap_err();
-    assert_eq!(err.errcode(), "M_WRONG_ROOM_KEYS_VERSION");
-    assert_eq!(err.to_status_and_body().1["current_version"], "2");
-    assert_eq!(s.e2ee.current_backup(&alice).unwrap().unwrap().version, 2);
-
-    // Deleting keys and versions.
-    let c = s
-        .e2ee
-        .delete_backup_keys(&alice, &v1, Some(&room), Some("s1"))
-        .unwrap();
-    assert_eq!(c.count, 0);
-    s.e2ee.delete_backup(&alice, &v2).unwrap();
-    assert_eq!(s.e2ee.current_backup(&alice).unwrap().unwrap().version, 1);
-    assert_eq!(
-        s.e2ee.backup(&alice, &v2).unwrap_err().errcode(),
-        "M_NOT_FOUND"
-    );
-    assert_eq!(s.e2ee.create_backup(&alice, &algorithm).unwrap(), "3");
-    // The algorithm of a version cannot change.
-    let other = json!({ "algorithm": "other", "auth_data": {} });
-    assert_eq!(
-        s.e2ee
-            .update_backup(&alice, "3", &other)
-            .unwrap_err()
-            .errcode(),
-        "M_INVALID_PARAM"
-    );
-}
-
-struct SigningKey {
-    pair: Ed25519KeyPair,
-    public: String,
-}
-
-fn signing_key() -> SigningKey {
-    let der = Ed25519KeyPair::generate();
-    let probe = Ed25519KeyPair::from_der(&der, "probe".into()).unwrap();
-    let public = base64::engine::general_purpose::STANDARD_NO_PAD.encode(probe.public_key());
-    SigningKey {
-        pair: Ed25519KeyPair::from_der(&der, public.clone()).unwrap(),
-        public,
-    }
-}
-
-fn sign(value: &Value, signer: &UserId, key: &Ed25519KeyPair) -> Value {
-    let mut object: CanonicalJsonObject = serde_json::from_value(value.clone()).unwrap();
-    sign_json(signer.as_str(), key, &mut object).unwrap();
-    serde_json::to_value(object).unwrap()
-}
-
-fn cross_key(user: &UserId, usage: &str, key: &SigningKey) -> Value {
-    json!({ "user_id": user, "usage": [usage],
-        "keys": { format!("ed25519:{}", key.public): key.public } })
-}
-
-#[test]
-fn cross_signing_keys_and_signatures_are_verified() {
-    let s = services();
-    let (alice, dev) = login(&s, "alice");
-    let (bob, _) = login(&s, "bob");
-    let (master, ssk, usk) = (signing_key(), signing_key(), signing_key());
-    let master_key = sign(&cross_key(&alice, "master", &master), &alice, &master.pair);
-    let ssk_key = sign(
-        &cross_key(&alice, "self_signing", &ssk),
-        &alice,
-        &master.pair,
-    );
-    let usk_key = sign(
-        &cross_key(&alice, "user_signing", &usk),
-        &alice,
-        &master.pair,
-    );
-    let forged = sign(&cross_key(&alice, "self_signing", &ssk), &alice, &usk.pair);
-
-    assert!(!s
-        .e2ee
-        .signing_keys_upload_needs_auth(&alice, [Some(&master_key), None, None])
-        .unwrap());
-    let err = s
-        .e2ee
-        .upload_signing_keys(&alice, Some(&master_key), Some(&forged), None)
-        .unwrap_err();
-    assert_eq!(err.errcode(), "M_INVALID_SIGNATURE");
-    s.e2ee
-        .upload_signing_keys(&alice, Some(&master_key), Some(&ssk_key), Some(&usk_key))
-        .unwrap();
-    // Identical re-upload needs no auth; a new master key does.
-    assert!(!s
-        .e2ee
-        .signing_keys_upload_needs_auth(&alice, [Some(&master_key), Some(&ssk_key), None])
-        .unwrap());
-    let other_master = signing_key();
-    let replacement = cross_key(&alice, "master", &other_master);
-    assert!(s
-        .e2ee
-        .signing_keys_upload_needs_auth(&alice, [Some(&replacement), None, None])
-        .unwrap());
-
-    // Only alice sees her user-signing key.
-    let q = BTreeMap::from([(alice.clone(), vec![])]);
-    assert!(s
-        .e2ee
-        .query_keys(&alice, &q)
-        .unwrap()
-        .user_signing_keys
-        .contains_key(&alice));
-    let for_bob = s.e2ee.query_keys(&bob, &q).unwrap();
-    assert!(for_bob.user_signing_keys.is_empty());
-    assert!(for_bob.master_keys.contains_key(&alice));
-    assert!(for_bob.self_signing_keys.contains_key(&alice));
-
-    // Alice signs her device with the self-signing key.
-    let keys = device_keys(&alice, &dev, "c");
-    s.e2ee
-        .upload_keys(
-            &alice,
-            &dev,
-            Some(&keys),
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-        )
-        .unwrap();
-    let signed = sign(&keys, &alice, &ssk.pair);
-    let bad = sign(&keys, &alice, &usk.pair);
-    let failures = s
-        .e2ee
-        .upload_signatures(
-            &alice,
-            &BTreeMap::from([(alice.clone(), BTreeMap::from([(dev.to_string(), signed)]))]),
-        )
-        .unwrap();
-    assert!(failures.is_empty(), "{failures:?}");
-    let q = s.e2ee.query_keys(&bob, &q).unwrap();
-    let sigs = &q.device_keys[&alice][&dev]["signatures"][alice.as_str()];
-    assert!(
-        sigs.get(format!("ed25519:{}", ssk.public)).is_some(),
-        "{sigs}"
-    );
-    assert_eq!(sigs[format!("ed25519:{dev}")], "sig");
-    let failures = s
-        .e2ee
-        .upload_signatures(
-            &alice,
-            &BTreeMap::from([(alice.clone(), BTreeMap::from([(dev.to_string(), bad)]))]),
-        )
-        .unwrap();
-    assert_eq!(
-        failures[&alice][dev.as_str()]["errcode"],
-        "M_INVALID_SIGNATURE"
-    );
-
-    // Bob's master key signed by alice's user-signing key: visible to alice only.
-    let bob_master = signing_key();
-    let bob_master_key = sign(
-        &cross_key(&bob, "master", &bob_master),
-        &bob,
-        &bob_master.pair,
-    );
-    s.e2ee
-        .upload_signing_keys(&bob, Some(&bob_master_key), None, None)
-        .unwrap();
-    let signed = sign(&bob_master_key, &alice, &usk.pair);
-    let failures = s
-        .e2ee
-        .upload_signatures(
-            &alice,
-            &BTreeMap::from([(
-                bob.clone(),
-                BTreeMap::from([(bob_master.public.clone(), signed)]),
-            )]),
-        )
-        .unwrap();
-    assert!(failures.is_empty(), "{failures:?}");
-    let q = BTreeMap::from([(bob.clone(), vec![])]);
-    let seen_by_alice = s.e2ee.query_keys(&alice, &q).unwrap().master_keys[&bob].clone();
-    assert!(seen_by_alice["signatures"].get(alice.as_str()).is_some());
-    let seen_by_bob = s.e2ee.query_keys(&bob, &q).unwrap().master_keys[&bob].clone();
-    assert!(seen_by_bob["signatures"].get(alice.as_str()).is_none());
-
-    // Unknown keys are failures too.
-    let failures = s
-        .e2ee
-        .upload_signatures(
-            &alice,
-            &BTreeMap::from([(
-                alice.clone(),
-                BTreeMap::from([("NODEVICE".to_owned(), json!({}))]),
-            )]),
-        )
-        .unwrap();
-    assert_eq!(failures[&alice]["NODEVICE"]["errcode"], "M_NOT_FOUND");
 }
 
 fn sync_request(since: Option<String>) -> SyncRequest {
