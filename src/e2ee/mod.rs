@@ -227,6 +227,8 @@ impl E2eeService {
     ) -> Result<DeviceListChanges> {
         let shared = self.shared_users(user)?;
         let mut changed: BTreeSet<OwnedUserId> = BTreeSet::new();
+        // Users whose membership (or ours) changed: newly sharing a room, or maybe gone.
+        let mut joined: BTreeSet<OwnedUserId> = BTreeSet::new();
         let mut gone: BTreeSet<OwnedUserId> = BTreeSet::new();
 
         if to.e2ee > from.e2ee {
@@ -250,7 +252,7 @@ impl E2eeService {
                 if mpos > from.timeline && mpos <= to.timeline {
                     // My own membership changed: everybody in the room is new or gone.
                     let set = if membership == Membership::Join {
-                        &mut changed
+                        &mut joined
                     } else {
                         &mut gone
                     };
@@ -274,7 +276,7 @@ impl E2eeService {
                         continue;
                     };
                     if members.get(&target) == Some(Membership::Join) {
-                        changed.insert(target);
+                        joined.insert(target);
                     } else {
                         gone.insert(target);
                     }
@@ -282,6 +284,9 @@ impl E2eeService {
             }
         }
 
+        // Our own keys did not change because we joined something.
+        joined.remove(user);
+        changed.extend(joined);
         changed.retain(|u| shared.contains(u));
         let left = gone
             .into_iter()

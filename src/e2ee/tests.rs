@@ -438,7 +438,18 @@ async fn device_list_changes_follow_shared_rooms() {
         .e2ee
         .device_list_changes(&carol, before_join, now(&s))
         .unwrap();
-    assert!(for_carol.changed.contains(&alice) && for_carol.changed.contains(&bob));
+    assert_eq!(for_carol.changed, vec![alice.clone(), bob.clone()]);
+
+    // Bob deletes his device: alice and carol hear about it.
+    let before_delete = now(&s);
+    s.users.remove_device(&bob, &bdev).unwrap();
+    assert_eq!(
+        s.e2ee
+            .device_list_changes(&alice, before_delete, now(&s))
+            .unwrap()
+            .changed,
+        vec![bob.clone()]
+    );
 
     // Bob leaves: alice no longer shares a room with him.
     let before_leave = now(&s);
