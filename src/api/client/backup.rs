@@ -49,8 +49,11 @@ fn algorithm(v: &BackupVersion) -> Result<Raw<BackupAlgorithm>> {
     raw(&json!({ "algorithm": v.algorithm, "auth_data": v.auth_data }))
 }
 
-fn body(json_body: Option<&Value>) -> Result<&Value> {
-    json_body.ok_or_else(|| Error::not_json("a JSON body is required"))
+/// The `{algorithm, auth_data, …}` body as JSON.
+fn body(algorithm: &Raw<BackupAlgorithm>) -> Result<Value> {
+    algorithm
+        .deserialize_as_unchecked()
+        .map_err(|e| Error::bad_json(format!("invalid backup version: {e}")))
 }
 
 fn values<T>(map: &BTreeMap<String, Raw<T>>) -> Result<BTreeMap<String, Value>> {
@@ -84,7 +87,7 @@ async fn create_version(
     let user = req.sender_user()?;
     let version = services
         .e2ee
-        .create_backup(user, body(req.json_body.as_ref())?)?;
+        .create_backup(user, &body(&req.body.algorithm)?)?;
     services.storage.durable().await?;
     Ok(create_backup_version::v3::Response::new(version))
 }
@@ -130,7 +133,7 @@ async fn update_version(
     let user = req.sender_user()?;
     services
         .e2ee
-        .update_backup(user, &req.body.version, body(req.json_body.as_ref())?)?;
+        .update_backup(user, &req.body.version, &body(&req.body.algorithm)?)?;
     services.storage.durable().await?;
     Ok(update_backup_version::v3::Response::new())
 }

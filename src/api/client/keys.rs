@@ -9,6 +9,7 @@ use ruma::{
         claim_keys, get_key_changes, get_keys, upload_keys, upload_signatures, upload_signing_keys,
     },
     api::{OutgoingResponse, OutgoingResponseExt},
+    serde::Raw,
     OneTimeKeyAlgorithm, OwnedOneTimeKeyId, OwnedUserId, UInt,
 };
 use serde_json::{json, Value};
@@ -55,6 +56,19 @@ fn body_map(body: Option<&Value>, key: &str) -> Result<BTreeMap<String, Value>> 
     }
 }
 
+/// A ruma `Raw` request field as plain JSON (the typed fields are parsed whatever the
+/// request's content type says; `json_body` only when it is JSON).
+fn raw_json<T>(raw: &Raw<T>) -> Result<Value> {
+    raw.deserialize_as_unchecked()
+        .map_err(|e| Error::bad_json(format!("invalid key object: {e}")))
+}
+
+fn raw_map<K: ToString, T>(map: &BTreeMap<K, Raw<T>>) -> Result<BTreeMap<String, Value>> {
+    map.iter()
+        .map(|(k, v)| Ok((k.to_string(), raw_json(v)?)))
+        .collect()
+}
+
 fn uint(n: u64) -> UInt {
     UInt::try_from(n).unwrap_or(UInt::MAX)
 }
@@ -65,23 +79,21 @@ async fn upload_keys(
     req: Ruma<upload_keys::v3::Request>,
 ) -> Result<upload_keys::v3::Response> {
     let session = req.session()?;
-    let body = req.json_body.as_ref();
-    let device_keys = body
-        .and_then(|b| b.get("device_keys"))
-        .filter(|v| !v.is_null());
-    let one_time_keys = body_map(body, "one_time_keys")?;
-    let mut fallback_keys = body_map(body, "fallback_keys")?;
+    let device_keys = req.body.device_keys.as_ref().map(raw_json).transpose()?;
+    let one_time_keys = raw_map(&req.body.one_time_keys)?;
+    let mut fallback_keys = raw_map(&req.body.fallback_keys)?;
     if fallback_keys.is_empty() {
-        fallback_keys = body_map(body, "org.matrix.msc2732.fallback_keys")?;
-    }
-    for id in one_time_keys.keys().chain(fallback_keys.keys()) {
-        OwnedOneTimeKeyId::try_from(id.as_str())
-            .map_err(|e| Error::invalid_param(format!("invalid key id {id:?}: {e}")))?;
+        // The unstable name some clients still send.
+        fallback_keys = body_map(req.json_body.as_ref(), "org.matrix.msc2732.fallback_keys")?;
+        for id in fallback_keys.keys() {
+            OwnedOneTimeKeyId::try_from(id.as_str())
+                .map_err(|e| Error::invalid_param(format!("invalid key id {id:?}: {e}")))?;
+        }
     }
     let counts = services.e2ee.upload_keys(
         &session.user_id,
         &session.device_id,
-        device_keys,
+        device_keys.as_ref(),
         &one_time_keys,
         &fallback_keys,
     )?;
@@ -186,14 +198,16 @@ async fn upload_signing_keys(
     req: Ruma<upload_signing_keys::v3::Request>,
 ) -> Result<upload_signing_keys::v3::Response> {
     let user = req.sender_user()?;
-    let body = req.json_body.as_ref();
-    let key = |name: &str| body.and_then(|b| b.get(name)).filter(|v| !v.is_null());
-    let keys = [
-        key("master_key"),
-        key("self_signing_key"),
-        key("user_signing_key"),
-    ];
-    let [master, self_signing, user_signing] = keys;
+    let body = &req.body;
+    let master = body.master_key.as_ref().map(raw_json).transpose()?;
+    let self_signing = body.self_signing_key.as_ref().map(raw_json).transpose()?;
+    let user_signing = body.user_signing_key.as_ref().map(raw_json).transpose()?;
+    let (master, self_signing, user_signing) = (
+        master.as_ref(),
+        self_signing.as_ref(),
+        user_signing.as_ref(),
+    );
+    let keys = [master, self_signing, user_signing];
     // Bad keys are refused before any password prompt.
     services
         .e2ee
@@ -204,7 +218,7 @@ async fn upload_signing_keys(
         services.users.check_uia(
             &UiaFlows::single(Stage::Password),
             Some(user),
-            auth_json(body, req.body.auth.as_ref()).as_ref(),
+            auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
         )?;
     }
     services
@@ -221,15 +235,11 @@ async fn upload_signatures(
 ) -> Result<Json<Value>> {
     let user = req.sender_user()?;
     let mut signed: BTreeMap<OwnedUserId, BTreeMap<String, Value>> = BTreeMap::new();
-    if let Some(Value::Object(body)) = req.json_body.as_ref() {
-        for (target, keys) in body {
-            let target = OwnedUserId::try_from(target.as_str())
-                .map_err(|e| Error::invalid_param(format!("invalid user id {target:?}: {e}")))?;
-            let Value::Object(keys) = keys else {
-                return Err(Error::bad_json("signed keys must be JSON objects"));
-            };
-            signed.insert(target, keys.clone().into_iter().collect());
-        }
+    for (target, keys) in &req.body.signed_keys {
+        let Value::Object(keys) = serde_json::to_value(keys)? else {
+            return Err(Error::bad_json("signed keys must be JSON objects"));
+        };
+        signed.insert(target.clone(), keys.into_iter().collect());
     }
     let failures = services.e2ee.upload_signatures(user, &signed)?;
     services.storage.durable().await?;
