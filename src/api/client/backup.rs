@@ -431,4 +431,24 @@ mod tests {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["count"], 0);
     }
+
+    /// Clients that label JSON as a form (curl's default) can still create backups.
+    #[tokio::test]
+    async fn create_version_without_json_content_type() {
+        use tower::ServiceExt;
+        let app = app();
+        let alice = register_user(&app, "alice").await;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/_matrix/client/v3/room_keys/version")
+            .header("authorization", format!("Bearer {alice}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(
+                json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {} })
+                    .to_string(),
+            ))
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
 }
