@@ -408,9 +408,11 @@ impl E2eeService {
         algorithm: &str,
     ) -> Result<Option<(String, Value)>> {
         let tree = &self.storage.trees.one_time_keys;
-        let mut prefix = skeys::strs(&[user.as_str(), device.as_str()]);
-        prefix.extend_from_slice(algorithm.as_bytes());
-        prefix.push(b':');
+        let prefix = skeys::KeyBuilder::new()
+            .str(user.as_str())
+            .str(device.as_str())
+            .str_start(&format!("{algorithm}:"))
+            .build();
         for _ in 0..CLAIM_ATTEMPTS {
             let Some(kv) = tree.scan_prefix(&prefix).next() else {
                 return Ok(None);
