@@ -11,8 +11,6 @@ use crate::{storage::keys as skeys, Error, Result};
 
 /// Algorithm whose one-time-key count is always reported, even at zero.
 const SIGNED_CURVE25519: &str = "signed_curve25519";
-/// Attempts to take a one-time key when concurrent claims keep winning the race.
-const CLAIM_ATTEMPTS: usize = 16;
 
 /// A stored fallback key.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -413,7 +411,8 @@ impl E2eeService {
             .str(device.as_str())
             .str_start(&format!("{algorithm}:"))
             .build();
-        for _ in 0..CLAIM_ATTEMPTS {
+        // Each failed swap means a concurrent claim took that key, so this ends.
+        loop {
             let Some(kv) = tree.scan_prefix(&prefix).next() else {
                 return Ok(None);
             };
@@ -428,11 +427,6 @@ impl E2eeService {
                 return Ok(Some((id, serde_json::from_slice(&v)?)));
             }
         }
-        Err(Error::matrix(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "M_UNKNOWN",
-            "Too many concurrent claims, try again",
-        ))
     }
 
     /// The fallback key of `algorithm`, marked used.
