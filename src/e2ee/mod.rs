@@ -248,8 +248,13 @@ impl E2eeService {
             let member_filter =
                 EventFilter::from_json(&serde_json::json!({ "types": ["m.room.member"] }));
             for (room, membership, mpos) in self.rooms.user_rooms(user)? {
+                let own_change = mpos > from.timeline && mpos <= to.timeline;
+                if !own_change && membership != Membership::Join {
+                    // Left long ago: nothing to report, and no member list to load.
+                    continue;
+                }
                 let members = self.rooms.members(&room)?;
-                if mpos > from.timeline && mpos <= to.timeline {
+                if own_change {
                     // My own membership changed: everybody in the room is new or gone.
                     let set = if membership == Membership::Join {
                         &mut joined
@@ -257,9 +262,6 @@ impl E2eeService {
                         &mut gone
                     };
                     set.extend(members.joined().map(ToOwned::to_owned));
-                    continue;
-                }
-                if membership != Membership::Join {
                     continue;
                 }
                 let (events, _) = self.rooms.timeline_range(
