@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::{
     config::Config,
+    e2ee::E2eeService,
     events::keys::ServerKeys,
     push::PushService,
     rooms::RoomsService,
@@ -27,6 +28,8 @@ pub struct Services {
     pub users: Arc<UsersService>,
     /// Rooms, events, state, membership.
     pub rooms: Arc<RoomsService>,
+    /// E2EE key relay: device keys, to-device messages, device lists, key backup.
+    pub e2ee: Arc<E2eeService>,
     /// `/sync` assembly.
     pub sync: Arc<SyncService>,
     /// Push rules, notification counts, pushers.
@@ -47,6 +50,12 @@ impl Services {
             keys.clone(),
             notifier.clone(),
         )?);
+        let e2ee = Arc::new(E2eeService::new(
+            storage.clone(),
+            users.clone(),
+            rooms.clone(),
+            notifier.clone(),
+        )?);
         let push = Arc::new(PushService::new(
             storage.clone(),
             rooms.clone(),
@@ -61,11 +70,20 @@ impl Services {
         let sync = Arc::new(SyncService::new(
             rooms.clone(),
             users.clone(),
+            e2ee.clone(),
             notifier.clone(),
             push.clone(),
         ));
         let wake = notifier.clone();
         users.set_on_change(Box::new(move |user| wake.notify([user])));
+        // Weak: the users service must not keep the e2ee service (which holds it) alive.
+        let weak_e2ee = Arc::downgrade(&e2ee);
+        users.set_on_devices_changed(Box::new(move |user, devices, change| {
+            match weak_e2ee.upgrade() {
+                Some(e2ee) => e2ee.devices_changed(user, devices, change),
+                None => Ok(()),
+            }
+        }));
         Ok(Arc::new(Services {
             config,
             storage,
@@ -73,6 +91,7 @@ impl Services {
             notifier,
             users,
             rooms,
+            e2ee,
             sync,
             push,
         }))

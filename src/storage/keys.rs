@@ -21,6 +21,13 @@ impl KeyBuilder {
         self
     }
 
+    /// Appends the start of a string part, without the separator: a prefix matching every
+    /// part that begins with `start` (e.g. every `algorithm:id` of one algorithm).
+    pub fn str_start(mut self, start: &str) -> Self {
+        self.0.extend_from_slice(start.as_bytes());
+        self
+    }
+
     /// Appends a big-endian u64 (fixed width, no separator needed).
     pub fn u64(mut self, n: u64) -> Self {
         self.0.extend_from_slice(&n.to_be_bytes());
@@ -78,5 +85,8 @@ mod tests {
         assert_eq!(split_strs(&k), vec!["!a:x", "m.room.member", "@u:x"]);
         // "!a" must not be a prefix-match of "!ab".
         assert!(!strs(&["!ab"]).starts_with(&strs(&["!a"])));
+        let start = KeyBuilder::new().str("@u:x").str_start("alg:").build();
+        assert!(strs(&["@u:x", "alg:1"]).starts_with(&start));
+        assert!(!strs(&["@u:x", "alg2:1"]).starts_with(&start));
     }
 }

@@ -82,6 +82,35 @@ trees! {
     /// `room_id, pos(u64)` → `receipt_type, user_id, thread`: receipt change log for sync.
     receipts_log = 0x31,
 
+    // ---- end-to-end encryption (0x40-0x4F) ----
+    /// `user_id, device_id` → device keys JSON as uploaded (without `unsigned`).
+    device_keys = 0x40,
+    /// `user_id, device_id, "algorithm:key_id"` → one-time key JSON (string or object).
+    one_time_keys = 0x41,
+    /// `user_id, device_id, algorithm` → JSON `{key_id, key, used}`.
+    fallback_keys = 0x42,
+    /// `user_id, "master" | "self_signing" | "user_signing"` → cross-signing key JSON.
+    cross_signing_keys = 0x43,
+    /// `target_user_id, key_id (device id or master public key), signer_user_id,
+    /// signer_key_id` → JSON signature string: signatures uploaded for stored keys.
+    key_signatures = 0x44,
+    /// `pos(u64)` → `user_id`: the latest device-list change of each user (older entries
+    /// are removed), scanned by `/sync` and `/keys/changes`.
+    device_list_log = 0x45,
+    /// `user_id` → `pos(u64)`: where the user's entry in `device_list_log` is.
+    device_list_latest = 0x46,
+    /// `user_id, device_id` → `pos(u64)`: last change of the device's one-time or fallback
+    /// keys (so `/sync` reports new counts).
+    key_count_changes = 0x47,
+    /// `user_id, device_id, pos(u64)` → JSON `{sender, type, content}`: to-device inbox.
+    to_device = 0x48,
+    /// `sender user_id, sender device_id, txn_id` → `""`: `sendToDevice` idempotence.
+    to_device_txns = 0x49,
+    /// `user_id, version(u64)` → JSON backup version `{algorithm, auth_data, etag, count, deleted}`.
+    backup_versions = 0x4A,
+    /// `user_id, version(u64), room_id, session_id` → key backup data JSON.
+    backup_keys = 0x4B,
+
     // ---- push ----
     /// `user_id, room_id, pos(u64)` → JSON `{event_id, highlight, actions, ts}`: events
     /// that notify the user; unread counts are the entries after the user's receipt.

@@ -1,5 +1,6 @@
 //! `/sync`: stream positions, the per-user notifier and response assembly. A sync token
-//! is `s{timeline}_{ephemeral}_{userdata}`: one position per stream.
+//! is `s{timeline}_{ephemeral}_{userdata}_{e2ee}`: one position per stream (tokens with
+//! fewer parts, from older servers, read the missing ones as 0).
 
 pub mod notifier;
 pub mod sliding;
@@ -14,6 +15,7 @@ use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
+    e2ee::{DeviceListChanges, E2eeService, StreamPoint},
     events::Pdu,
     push::{PushService, PUSH_RULES_TYPE},
     rooms::{Direction, EventFilter, Membership, RoomsService, Token},
@@ -30,10 +32,12 @@ pub struct SyncToken {
     pub ephemeral: u64,
     /// Account data and presence.
     pub userdata: u64,
+    /// To-device messages, device-list and one-time-key changes.
+    pub e2ee: u64,
 }
 
 impl SyncToken {
-    /// Parses `s{t}_{e}_{u}`.
+    /// Parses `s{t}_{e}_{u}_{d}` (trailing parts optional).
     pub fn parse(s: &str) -> Result<SyncToken> {
         let bad = || Error::invalid_param(format!("invalid sync token {s:?}"));
         let rest = s.strip_prefix('s').ok_or_else(bad)?;
@@ -42,14 +46,35 @@ impl SyncToken {
             timeline: parts.next().ok_or_else(bad)??,
             ephemeral: parts.next().transpose()?.unwrap_or(0),
             userdata: parts.next().transpose()?.unwrap_or(0),
+            e2ee: match parts.next().transpose()? {
+                Some(d) if parts.next().is_none() => d,
+                Some(_) => return Err(bad()),
+                None => 0,
+            },
         })
     }
 }
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}_{}", self.timeline, self.ephemeral, self.userdata)
+        write!(
+            f,
+            "s{}_{}_{}_{}",
+            self.timeline, self.ephemeral, self.userdata, self.e2ee
+        )
     }
+}
+
+/// The E2EE parts of one `/sync` response.
+struct E2eeSections {
+    /// Whether any of them is news for the client.
+    changed: bool,
+    to_device: Vec<Value>,
+    device_lists: DeviceListChanges,
+    one_time_key_counts: BTreeMap<String, u64>,
+    unused_fallback_key_types: Vec<String>,
+    /// The token to hand out (stops early when to-device messages are left over).
+    next: SyncToken,
 }
 
 /// The parts of a sync filter that shape the response.
@@ -110,6 +135,7 @@ pub struct SyncRequest {
 pub struct SyncService {
     rooms: Arc<RoomsService>,
     users: Arc<UsersService>,
+    e2ee: Arc<E2eeService>,
     notifier: Arc<notifier::Notifier>,
     push: Arc<PushService>,
     /// Sliding sync connections.
@@ -137,12 +163,14 @@ impl SyncService {
     pub fn new(
         rooms: Arc<RoomsService>,
         users: Arc<UsersService>,
+        e2ee: Arc<E2eeService>,
         notifier: Arc<notifier::Notifier>,
         push: Arc<PushService>,
     ) -> SyncService {
         SyncService {
             rooms,
             users,
+            e2ee,
             notifier,
             push,
             connections: Default::default(),
@@ -188,6 +216,7 @@ impl SyncService {
             timeline: self.rooms.current_pos(),
             ephemeral: self.rooms.current_ephemeral_pos(),
             userdata: self.users.current_userdata_pos(),
+            e2ee: self.e2ee.current_pos(),
         };
         let since_tl = since.map(|s| s.timeline);
         let (global_data, room_data) = self
@@ -263,23 +292,71 @@ impl SyncService {
             Vec::new()
         };
 
+        let e2ee = self.e2ee_sections(session, since, now)?;
         let changed = !join.is_empty()
             || !invite.is_empty()
             || !leave.is_empty()
             || !knock.is_empty()
             || !presence.is_empty()
-            || !account_data.is_empty();
+            || !account_data.is_empty()
+            || e2ee.changed;
         let response = json!({
-            "next_batch": now.to_string(),
+            "next_batch": e2ee.next.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "presence": { "events": presence },
             "account_data": { "events": account_data },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
-            "device_unused_fallback_key_types": [],
+            "to_device": { "events": e2ee.to_device },
+            "device_lists": { "changed": e2ee.device_lists.changed, "left": e2ee.device_lists.left },
+            "device_one_time_keys_count": e2ee.one_time_key_counts,
+            "device_unused_fallback_key_types": e2ee.unused_fallback_key_types,
+            "org.matrix.msc2732.device_unused_fallback_key_types": e2ee.unused_fallback_key_types,
         });
         Ok((response, changed))
+    }
+
+    /// To-device messages (acknowledging those up to `since`), device-list changes and
+    /// key counts of the syncing device.
+    fn e2ee_sections(
+        &self,
+        session: &Session,
+        since: Option<SyncToken>,
+        now: SyncToken,
+    ) -> Result<E2eeSections> {
+        let (user, device) = (&session.user_id, &session.device_id);
+        let since_e2ee = since.map(|s| s.e2ee).filter(|&d| d <= now.e2ee);
+        let to_device = self
+            .e2ee
+            .to_device_for_sync(user, device, since_e2ee, now.e2ee)?;
+        let mut next = now;
+        if let Some(pos) = to_device.limited_at {
+            next.e2ee = pos;
+        }
+        let (device_lists, counts_changed) = match since {
+            Some(s) => {
+                let from = StreamPoint {
+                    timeline: s.timeline,
+                    e2ee: since_e2ee.unwrap_or(0),
+                };
+                let to = StreamPoint {
+                    timeline: now.timeline,
+                    e2ee: next.e2ee,
+                };
+                (
+                    self.e2ee.device_list_changes(user, from, to)?,
+                    self.e2ee
+                        .key_counts_changed_since(user, device, from.e2ee)?,
+                )
+            }
+            None => (DeviceListChanges::default(), false),
+        };
+        Ok(E2eeSections {
+            changed: !to_device.events.is_empty() || !device_lists.is_empty() || counts_changed,
+            to_device: to_device.events,
+            device_lists,
+            one_time_key_counts: self.e2ee.one_time_key_counts(user, device)?,
+            unused_fallback_key_types: self.e2ee.unused_fallback_key_types(user, device)?,
+            next,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -490,8 +567,13 @@ mod tests {
             timeline: 5,
             ephemeral: 7,
             userdata: 9,
+            e2ee: 11,
         };
+        assert_eq!(t.to_string(), "s5_7_9_11");
         assert_eq!(SyncToken::parse(&t.to_string()).unwrap(), t);
+        let old = SyncToken::parse("s5_7_9").unwrap();
+        assert_eq!((old.userdata, old.e2ee), (9, 0));
+        assert!(SyncToken::parse("s5_7_9_11_13").is_err());
         assert_eq!(SyncToken::parse("s5").unwrap().timeline, 5);
         assert!(SyncToken::parse("t5").is_err());
         assert!(SyncToken::parse("s5_x").is_err());

@@ -23,6 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::{SyncService, SyncToken, MAX_TIMEOUT};
 use crate::{
+    e2ee::{DeviceListChanges, StreamPoint},
     events::Pdu,
     push::PUSH_RULES_TYPE,
     rooms::{Direction, Membership},
@@ -186,7 +187,7 @@ impl SyncService {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (mut response, changed, state) =
-                self.sliding_build(user, prev.as_ref(), &req.body)?;
+                self.sliding_build(session, prev.as_ref(), &req.body)?;
             let timed_out = tokio::time::Instant::now() >= deadline;
             if changed || prev.is_none() || timed_out {
                 let pos = self.store_position(key, state);
@@ -334,14 +335,16 @@ impl SyncService {
 
     fn sliding_build(
         &self,
-        user: &UserId,
+        session: &Session,
         prev: Option<&ConnState>,
         body: &Value,
     ) -> Result<(Value, bool, ConnState)> {
+        let user = &session.user_id;
         let now = SyncToken {
             timeline: self.rooms.current_pos(),
             ephemeral: self.rooms.current_ephemeral_pos(),
             userdata: self.users.current_userdata_pos(),
+            e2ee: self.e2ee.current_pos(),
         };
         let since = prev.map(|p| p.token);
 
@@ -449,10 +452,10 @@ impl SyncService {
             );
         }
 
-        let extensions = self.sliding_extensions(user, body, since, now, &configs)?;
-        let changed = !rooms.is_empty()
-            || extensions.as_object().is_some_and(|e| !e.is_empty())
-            || prev.is_none_or(|p| p.list_counts != list_counts);
+        let (extensions, ext_changed) =
+            self.sliding_extensions(session, body, since, now, &configs)?;
+        let changed =
+            !rooms.is_empty() || ext_changed || prev.is_none_or(|p| p.list_counts != list_counts);
         let response = json!({
             "lists": lists,
             "rooms": rooms,
@@ -665,17 +668,71 @@ impl SyncService {
         }
     }
 
+    /// The extensions of a response, and whether any carries news.
     fn sliding_extensions(
         &self,
-        user: &UserId,
+        session: &Session,
         body: &Value,
         since: Option<SyncToken>,
         now: SyncToken,
         configs: &BTreeMap<OwnedRoomId, RoomConfig>,
-    ) -> Result<Value> {
+    ) -> Result<(Value, bool)> {
+        let (user, device) = (&session.user_id, &session.device_id);
         let ext = &body["extensions"];
         let mut out = Map::new();
+        let mut changed = false;
         let enabled = |name: &str| ext[name]["enabled"] == true;
+
+        if enabled("to_device") {
+            // The extension has its own token: the client acknowledges messages by
+            // sending back the previous `next_batch` as `since`.
+            let since_td = match ext["to_device"]["since"].as_str() {
+                Some(t) => Some(
+                    t.parse::<u64>()
+                        .map_err(|_| Error::invalid_param("invalid to_device since"))?,
+                ),
+                None => None,
+            }
+            .filter(|&t| t <= now.e2ee);
+            let batch = self
+                .e2ee
+                .to_device_for_sync(user, device, since_td, now.e2ee)?;
+            let next = batch.limited_at.unwrap_or(now.e2ee);
+            changed |= !batch.events.is_empty();
+            out.insert(
+                "to_device".into(),
+                json!({ "next_batch": next.to_string(), "events": batch.events }),
+            );
+        }
+        if enabled("e2ee") {
+            let (lists, counts_changed) = match since {
+                Some(s) => {
+                    let from = StreamPoint {
+                        timeline: s.timeline,
+                        e2ee: s.e2ee,
+                    };
+                    let to = StreamPoint {
+                        timeline: now.timeline,
+                        e2ee: now.e2ee,
+                    };
+                    (
+                        self.e2ee.device_list_changes(user, from, to)?,
+                        self.e2ee.key_counts_changed_since(user, device, s.e2ee)?,
+                    )
+                }
+                None => (DeviceListChanges::default(), false),
+            };
+            changed |= !lists.is_empty() || counts_changed;
+            let fallback = self.e2ee.unused_fallback_key_types(user, device)?;
+            out.insert(
+                "e2ee".into(),
+                json!({
+                    "device_lists": { "changed": lists.changed, "left": lists.left },
+                    "device_one_time_keys_count": self.e2ee.one_time_key_counts(user, device)?,
+                    "device_unused_fallback_key_types": fallback,
+                }),
+            );
+        }
 
         if enabled("account_data") {
             let (global, rooms) = self
@@ -727,6 +784,7 @@ impl SyncService {
                 }
             }
             if !rooms.is_empty() {
+                changed = true;
                 out.insert("receipts".into(), json!({ "rooms": rooms }));
             }
         }
@@ -741,11 +799,11 @@ impl SyncService {
                 }
             }
             if !rooms.is_empty() {
+                changed = true;
                 out.insert("typing".into(), json!({ "rooms": rooms }));
             }
         }
-        let _ = now;
-        Ok(Value::Object(out))
+        Ok((Value::Object(out), changed))
     }
 }
 

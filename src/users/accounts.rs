@@ -251,9 +251,10 @@ impl UsersService {
         account.password_hash = None;
         let mut batch = Batch::new();
         batch.insert_json(&self.storage.trees.users, user.as_bytes(), &account)?;
-        self.remove_all_devices_into(user, None, &mut batch)?;
+        let removed = self.remove_all_devices_into(user, None, &mut batch)?;
         batch.remove(&self.storage.trees.profiles, user.as_bytes());
         self.storage.commit(batch)?;
+        self.devices_changed(user, &removed, super::DeviceChange::Removed)?;
         tracing::info!(user = %user, "account deactivated");
         Ok(())
     }

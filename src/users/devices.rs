@@ -3,7 +3,7 @@
 use ruma::{DeviceId, OwnedDeviceId, UserId};
 use serde::{Deserialize, Serialize};
 
-use super::UsersService;
+use super::{DeviceChange, UsersService};
 use crate::{
     storage::{keys, Batch},
     Error, Result,
@@ -98,12 +98,15 @@ impl UsersService {
     /// Deletes several devices atomically; unknown ones are ignored. Not yet durable.
     pub fn remove_devices(&self, user: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
         let mut batch = Batch::new();
+        let mut removed = Vec::new();
         for id in device_ids {
             if let Some(device) = self.device(user, id)? {
                 self.remove_device_into(user, &device, &mut batch);
+                removed.push(device.device_id);
             }
         }
-        self.storage.commit(batch)
+        self.storage.commit(batch)?;
+        self.devices_changed(user, &removed, DeviceChange::Removed)
     }
 }
 

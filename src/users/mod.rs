@@ -54,6 +54,19 @@ pub struct Session {
 /// A callback run after a user's account data or presence changed (wakes `/sync`).
 pub type OnChange = Box<dyn Fn(&UserId) + Send + Sync>;
 
+/// What happened to a user's devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChange {
+    /// New devices were created.
+    Added,
+    /// Devices were deleted (logout, deletion, deactivation).
+    Removed,
+}
+
+/// A callback run after devices were created or deleted (E2EE key cleanup, device lists).
+pub type OnDevicesChanged =
+    Box<dyn Fn(&UserId, &[OwnedDeviceId], DeviceChange) -> Result<()> + Send + Sync>;
+
 /// Key of the user-data stream position in the `meta` tree.
 const USERDATA_POS_KEY: &[u8] = b"userdata_pos";
 
@@ -68,6 +81,7 @@ pub struct UsersService {
     on_change: OnceLock<OnChange>,
     /// Outstanding shared-secret registration nonces (in memory: they live 60 s).
     nonces: Mutex<shared_secret::Nonces>,
+    on_devices_changed: OnceLock<OnDevicesChanged>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -99,6 +113,7 @@ impl UsersService {
             pos_lock: Mutex::new(()),
             on_change: OnceLock::new(),
             nonces: Mutex::default(),
+            on_devices_changed: OnceLock::new(),
         };
         service.purge_expired_uia()?;
         Ok(service)
@@ -119,6 +134,26 @@ impl UsersService {
     pub fn set_on_change(&self, f: OnChange) {
         if self.on_change.set(f).is_err() {
             tracing::warn!("users: on_change callback already set");
+        }
+    }
+
+    /// Installs the callback run after devices were created or deleted. Only the first
+    /// call takes effect.
+    pub fn set_on_devices_changed(&self, f: OnDevicesChanged) {
+        if self.on_devices_changed.set(f).is_err() {
+            tracing::warn!("users: on_devices_changed callback already set");
+        }
+    }
+
+    fn devices_changed(
+        &self,
+        user: &UserId,
+        devices: &[OwnedDeviceId],
+        change: DeviceChange,
+    ) -> Result<()> {
+        match self.on_devices_changed.get() {
+            Some(f) if !devices.is_empty() => f(user, devices, change),
+            _ => Ok(()),
         }
     }
 

@@ -5,7 +5,7 @@
 use rand::{distributions::Alphanumeric, Rng};
 use ruma::{DeviceId, OwnedDeviceId, UserId};
 
-use super::{devices::Device, now_ms, token_key, Session, UsersService};
+use super::{devices::Device, now_ms, token_key, DeviceChange, Session, UsersService};
 use crate::{
     storage::{keys, Batch},
     Error, Result,
@@ -65,7 +65,9 @@ impl UsersService {
         let trees = &self.storage.trees;
         let key = keys::strs(&[user.as_str(), device_id.as_str()]);
         let mut batch = Batch::new();
-        let mut device = match trees.devices.get_json::<Device>(&key)? {
+        let existing = trees.devices.get_json::<Device>(&key)?;
+        let is_new = existing.is_none();
+        let mut device = match existing {
             Some(old) => {
                 if let Some(hash) = old.token_hash.as_deref().and_then(unhex) {
                     batch.remove(&trees.tokens, &hash);
@@ -89,6 +91,9 @@ impl UsersService {
         batch.insert_json(&trees.tokens, &hash, &session)?;
         batch.insert_json(&trees.devices, &key, &device)?;
         self.storage.commit(batch)?;
+        if is_new {
+            self.devices_changed(user, std::slice::from_ref(&device_id), DeviceChange::Added)?;
+        }
         Ok((token, device_id))
     }
 
@@ -102,22 +107,25 @@ impl UsersService {
             &trees.devices,
             &keys::strs(&[user.as_str(), device.device_id.as_str()]),
         );
-        // E2EE: the device's keys are removed by the e2ee service when it exists.
+        // E2EE: the device's keys go in the `on_devices_changed` callback after commit.
     }
 
-    /// Adds to `batch` the removal of every device (and token) of `user` but `except`.
+    /// Adds to `batch` the removal of every device (and token) of `user` but `except`;
+    /// returns the ids of the devices removed.
     pub(super) fn remove_all_devices_into(
         &self,
         user: &UserId,
         except: Option<&DeviceId>,
         batch: &mut Batch,
-    ) -> Result<()> {
+    ) -> Result<Vec<OwnedDeviceId>> {
+        let mut removed = Vec::new();
         for device in self.list_devices(user)? {
             if Some(device.device_id.as_ref()) != except {
                 self.remove_device_into(user, &device, batch);
+                removed.push(device.device_id);
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Logs out one session: its token and its device go. Not yet durable.
@@ -128,15 +136,17 @@ impl UsersService {
     /// Logs out every session of `user`. Not yet durable.
     pub fn logout_all(&self, user: &UserId) -> Result<()> {
         let mut batch = Batch::new();
-        self.remove_all_devices_into(user, None, &mut batch)?;
-        self.storage.commit(batch)
+        let removed = self.remove_all_devices_into(user, None, &mut batch)?;
+        self.storage.commit(batch)?;
+        self.devices_changed(user, &removed, DeviceChange::Removed)
     }
 
     /// Logs out every session of `user` except `keep`'s device. Not yet durable.
     pub fn logout_others(&self, user: &UserId, keep: &DeviceId) -> Result<()> {
         let mut batch = Batch::new();
-        self.remove_all_devices_into(user, Some(keep), &mut batch)?;
-        self.storage.commit(batch)
+        let removed = self.remove_all_devices_into(user, Some(keep), &mut batch)?;
+        self.storage.commit(batch)?;
+        self.devices_changed(user, &removed, DeviceChange::Removed)
     }
 }
 

@@ -2,12 +2,14 @@
 
 mod account;
 mod account_data;
+mod backup;
 mod capabilities;
 mod device;
 mod directory;
 mod discovery;
 mod ephemeral;
 mod filter;
+mod keys;
 mod membership;
 mod presence;
 mod profile;
@@ -15,6 +17,7 @@ mod push_rules;
 mod room;
 mod session;
 mod sync;
+mod to_device;
 
 use std::sync::Arc;
 
@@ -39,5 +42,8 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = account_data::routes(router);
     let router = filter::routes(router);
     let router = push_rules::routes(router);
+    let router = keys::routes(router);
+    let router = to_device::routes(router);
+    let router = backup::routes(router);
     sync::routes(router)
 }

@@ -1,0 +1,311 @@
+//! End-to-end encryption key relay: device keys, one-time and fallback keys, cross-signing
+//! keys and signatures, to-device messages, device-list tracking and server-side key
+//! backup. The server stores and relays opaque key material; it never decrypts.
+//!
+//! One stream position (the 4th component of a sync token) orders to-device messages,
+//! device-list changes and one-time-key count changes.
+
+mod backup;
+mod cross_signing;
+mod keys;
+mod to_device;
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde_json::Value;
+
+pub use self::{
+    backup::{BackupCounts, BackupVersion},
+    keys::{ClaimedKeys, KeyQuery},
+    to_device::ToDeviceBatch,
+};
+use crate::{
+    rooms::{Direction, EventFilter, Membership, RoomsService},
+    storage::{keys as skeys, Batch, Storage},
+    sync::notifier::Notifier,
+    users::{DeviceChange, UsersService},
+    Error, Result,
+};
+
+/// Key of the e2ee stream position in the `meta` tree.
+const E2EE_POS_KEY: &[u8] = b"e2ee_pos";
+
+/// Most membership events looked at per room when computing device-list changes.
+const MEMBER_SCAN_LIMIT: usize = 10_000;
+
+/// A point on the streams a device-list change computation looks at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamPoint {
+    /// Timeline stream position (membership changes).
+    pub timeline: u64,
+    /// E2EE stream position (device-list changes).
+    pub e2ee: u64,
+}
+
+/// Users whose device lists a client must refresh, or may stop tracking.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceListChanges {
+    /// Users sharing a room with the requester whose devices or keys changed, or who
+    /// newly share a room with the requester.
+    pub changed: Vec<OwnedUserId>,
+    /// Users who no longer share any room with the requester.
+    pub left: Vec<OwnedUserId>,
+}
+
+impl DeviceListChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.left.is_empty()
+    }
+}
+
+/// The E2EE service.
+pub struct E2eeService {
+    storage: Arc<Storage>,
+    users: Arc<UsersService>,
+    rooms: Arc<RoomsService>,
+    notifier: Arc<Notifier>,
+    /// Last allocated e2ee stream position (committed).
+    pos: AtomicU64,
+    /// Serialises "allocate a position, commit the batch" so positions become visible in order.
+    pos_lock: Mutex<()>,
+    /// Serialises read-modify-write of key backups (counts and etags stay exact).
+    backup_lock: Mutex<()>,
+}
+
+impl E2eeService {
+    /// Builds the service, reading the persisted stream position.
+    pub fn new(
+        storage: Arc<Storage>,
+        users: Arc<UsersService>,
+        rooms: Arc<RoomsService>,
+        notifier: Arc<Notifier>,
+    ) -> Result<E2eeService> {
+        let pos = storage
+            .trees
+            .meta
+            .get(E2EE_POS_KEY)?
+            .and_then(|v| skeys::leading_u64(&v))
+            .unwrap_or(0);
+        Ok(E2eeService {
+            storage,
+            users,
+            rooms,
+            notifier,
+            pos: AtomicU64::new(pos),
+            pos_lock: Mutex::new(()),
+            backup_lock: Mutex::new(()),
+        })
+    }
+
+    /// The newest e2ee stream position.
+    pub fn current_pos(&self) -> u64 {
+        self.pos.load(Ordering::Acquire)
+    }
+
+    /// Allocates the next stream position, lets `fill` add writes that use it, and commits
+    /// them together with the new position. Positions become visible in order. Not yet
+    /// durable.
+    fn commit_with_pos(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<()>) -> Result<u64> {
+        let _guard = self
+            .pos_lock
+            .lock()
+            .map_err(|_| Error::internal("e2ee: position lock poisoned"))?;
+        let next = self.pos.load(Ordering::Acquire) + 1;
+        let mut batch = Batch::new();
+        fill(next, &mut batch)?;
+        batch.insert(&self.storage.trees.meta, E2EE_POS_KEY, &next.to_be_bytes());
+        self.storage.commit(batch)?;
+        self.pos.store(next, Ordering::Release);
+        Ok(next)
+    }
+
+    /// Adds to `batch` a device-list change of `user` at `pos` (replacing the older entry).
+    fn mark_device_list_change(&self, user: &UserId, pos: u64, batch: &mut Batch) -> Result<()> {
+        let trees = &self.storage.trees;
+        if let Some(old) = trees.device_list_latest.get(user.as_bytes())? {
+            batch.remove(&trees.device_list_log, &old);
+        }
+        batch.insert(&trees.device_list_log, &pos.to_be_bytes(), user.as_bytes());
+        batch.insert(
+            &trees.device_list_latest,
+            user.as_bytes(),
+            &pos.to_be_bytes(),
+        );
+        Ok(())
+    }
+
+    /// Adds to `batch` a change of the one-time/fallback keys of one device at `pos`.
+    fn mark_key_count_change(&self, user: &UserId, device: &DeviceId, pos: u64, batch: &mut Batch) {
+        batch.insert(
+            &self.storage.trees.key_count_changes,
+            &skeys::strs(&[user.as_str(), device.as_str()]),
+            &pos.to_be_bytes(),
+        );
+    }
+
+    /// Whether the one-time/fallback keys of a device changed after `since`.
+    pub fn key_counts_changed_since(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        since: u64,
+    ) -> Result<bool> {
+        Ok(self
+            .storage
+            .trees
+            .key_count_changes
+            .get(&skeys::strs(&[user.as_str(), device.as_str()]))?
+            .and_then(|v| skeys::leading_u64(&v))
+            .is_some_and(|p| p > since))
+    }
+
+    /// Users sharing a joined room with `user`, and `user`.
+    pub fn shared_users(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+        let mut out = BTreeSet::new();
+        out.insert(user.to_owned());
+        for room in self.rooms.joined_rooms(user)? {
+            out.extend(self.rooms.members(&room)?.joined().map(ToOwned::to_owned));
+        }
+        Ok(out)
+    }
+
+    /// Wakes the syncs of everybody who tracks `user`'s devices.
+    fn notify_trackers(&self, user: &UserId) -> Result<()> {
+        let users = self.shared_users(user)?;
+        self.notifier.notify(users.iter().map(|u| u.as_ref()));
+        Ok(())
+    }
+
+    /// Called after devices were created or deleted: deleted devices lose their keys and
+    /// inbox; either way the user's device list changed. Not yet durable.
+    pub fn devices_changed(
+        &self,
+        user: &UserId,
+        devices: &[OwnedDeviceId],
+        change: DeviceChange,
+    ) -> Result<()> {
+        let trees = &self.storage.trees;
+        self.commit_with_pos(|pos, batch| {
+            if change == DeviceChange::Removed {
+                for device in devices {
+                    let key = skeys::strs(&[user.as_str(), device.as_str()]);
+                    batch.remove(&trees.device_keys, &key);
+                    batch.remove(&trees.key_count_changes, &key);
+                    for tree in [
+                        &trees.one_time_keys,
+                        &trees.fallback_keys,
+                        &trees.to_device,
+                        &trees.key_signatures,
+                    ] {
+                        for kv in tree.scan_prefix(&key) {
+                            batch.remove(tree, &kv?.0);
+                        }
+                    }
+                }
+            }
+            self.mark_device_list_change(user, pos, batch)
+        })?;
+        self.notify_trackers(user)
+    }
+
+    /// The device-list changes `user` must hear about between `from` and `to`: users whose
+    /// keys changed and who share a room with `user` now, users who started sharing a room
+    /// (`changed`), and users who no longer share any (`left`).
+    pub fn device_list_changes(
+        &self,
+        user: &UserId,
+        from: StreamPoint,
+        to: StreamPoint,
+    ) -> Result<DeviceListChanges> {
+        let shared = self.shared_users(user)?;
+        let mut changed: BTreeSet<OwnedUserId> = BTreeSet::new();
+        // Users whose membership (or ours) changed: newly sharing a room, or maybe gone.
+        let mut joined: BTreeSet<OwnedUserId> = BTreeSet::new();
+        let mut gone: BTreeSet<OwnedUserId> = BTreeSet::new();
+
+        if to.e2ee > from.e2ee {
+            let lo = from.e2ee.saturating_add(1).to_be_bytes();
+            let hi = to.e2ee.saturating_add(1).to_be_bytes();
+            for kv in self.storage.trees.device_list_log.range(&lo, &hi, false) {
+                let (_, v) = kv?;
+                if let Ok(u) = UserId::parse(String::from_utf8_lossy(&v).as_ref()) {
+                    if shared.contains(&u) {
+                        changed.insert(u);
+                    }
+                }
+            }
+        }
+
+        if to.timeline > from.timeline {
+            let member_filter =
+                EventFilter::from_json(&serde_json::json!({ "types": ["m.room.member"] }));
+            for (room, membership, mpos) in self.rooms.user_rooms(user)? {
+                let own_change = mpos > from.timeline && mpos <= to.timeline;
+                if !own_change && membership != Membership::Join {
+                    // Left long ago: nothing to report, and no member list to load.
+                    continue;
+                }
+                let members = self.rooms.members(&room)?;
+                if own_change {
+                    // My own membership changed: everybody in the room is new or gone.
+                    let set = if membership == Membership::Join {
+                        &mut joined
+                    } else {
+                        &mut gone
+                    };
+                    set.extend(members.joined().map(ToOwned::to_owned));
+                    continue;
+                }
+                let (events, _) = self.rooms.timeline_range(
+                    &room,
+                    from.timeline,
+                    to.timeline,
+                    Direction::Forward,
+                    MEMBER_SCAN_LIMIT,
+                    Some(&member_filter),
+                )?;
+                for (_, pdu) in events {
+                    let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+                    else {
+                        continue;
+                    };
+                    if members.get(&target) == Some(Membership::Join) {
+                        joined.insert(target);
+                    } else {
+                        gone.insert(target);
+                    }
+                }
+            }
+        }
+
+        // Our own keys did not change because we joined something.
+        joined.remove(user);
+        changed.extend(joined);
+        changed.retain(|u| shared.contains(u));
+        let left = gone
+            .into_iter()
+            .filter(|u| !shared.contains(u) && u != user)
+            .collect();
+        Ok(DeviceListChanges {
+            changed: changed.into_iter().collect(),
+            left,
+        })
+    }
+}
+
+/// A JSON object or `M_BAD_JSON`.
+fn object<'a>(v: &'a Value, what: &str) -> Result<&'a serde_json::Map<String, Value>> {
+    v.as_object()
+        .ok_or_else(|| Error::bad_json(format!("{what} must be a JSON object")))
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
