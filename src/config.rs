@@ -32,6 +32,32 @@ pub struct RegistrationConfig {
     pub allow_guests: bool,
 }
 
+/// TURN relay settings for VoIP (`[voip]`), served by `/voip/turnServer` with
+/// time-limited credentials (the coturn `use-auth-secret` scheme).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoipConfig {
+    /// TURN URIs, e.g. `turn:turn.example.com:3478?transport=udp`; empty disables TURN.
+    pub turn_uris: Vec<String>,
+    /// The TURN server's shared secret (`static-auth-secret` in coturn).
+    pub turn_shared_secret: String,
+    /// Lifetime of issued credentials in seconds.
+    pub turn_ttl_secs: u64,
+    /// Whether guests get TURN credentials.
+    pub turn_allow_guests: bool,
+}
+
+impl Default for VoipConfig {
+    fn default() -> Self {
+        VoipConfig {
+            turn_uris: Vec::new(),
+            turn_shared_secret: String::new(),
+            turn_ttl_secs: 86_400,
+            turn_allow_guests: false,
+        }
+    }
+}
+
 /// Storage settings (`[storage]`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -68,6 +94,8 @@ pub struct Config {
     pub registration: RegistrationConfig,
     /// Storage settings.
     pub storage: StorageConfig,
+    /// TURN settings for VoIP calls.
+    pub voip: VoipConfig,
 }
 
 impl Default for Config {
@@ -81,6 +109,7 @@ impl Default for Config {
             presence_idle_secs: 300,
             registration: RegistrationConfig::default(),
             storage: StorageConfig::default(),
+            voip: VoipConfig::default(),
         }
     }
 }

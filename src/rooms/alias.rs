@@ -132,6 +132,18 @@ impl RoomsService {
         Ok(entry)
     }
 
+    /// The ids of the rooms in the public directory.
+    pub fn public_room_ids(&self) -> Result<Vec<OwnedRoomId>> {
+        let mut out = Vec::new();
+        for kv in self.storage.trees.public_rooms.scan_prefix(&[]) {
+            let (k, _) = kv?;
+            if let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned()) {
+                out.push(room_id);
+            }
+        }
+        Ok(out)
+    }
+
     /// Public rooms matching `search` (name, topic, alias), paginated by offset.
     pub fn public_rooms(
         &self,
@@ -141,12 +153,7 @@ impl RoomsService {
     ) -> Result<(Vec<Value>, usize)> {
         let needle = search.map(str::to_lowercase).filter(|s| !s.is_empty());
         let mut all = Vec::new();
-        for kv in self.storage.trees.public_rooms.scan_prefix(&[]) {
-            let (k, _) = kv?;
-            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&k).into_owned())
-            else {
-                continue;
-            };
+        for room_id in self.public_room_ids()? {
             let entry = self.directory_entry(&room_id)?;
             if let Some(needle) = &needle {
                 let hay = ["name", "topic", "canonical_alias"]

@@ -207,3 +207,24 @@ impl RoomsService {
             .collect())
     }
 }
+
+impl RoomsService {
+    /// Users `user` may find in the user directory: members (joined or invited) of rooms
+    /// `user` is joined to, and joined members of rooms in the public directory; sorted,
+    /// without `user`.
+    pub fn visible_users(&self, user: &UserId) -> Result<Vec<OwnedUserId>> {
+        let mut out = std::collections::BTreeSet::new();
+        for room in self.joined_rooms(user)? {
+            for (member, m) in self.members(&room)?.all() {
+                if matches!(m, Membership::Join | Membership::Invite) {
+                    out.insert(member.to_owned());
+                }
+            }
+        }
+        for room in self.public_room_ids()? {
+            out.extend(self.members(&room)?.joined().map(ToOwned::to_owned));
+        }
+        out.remove(user);
+        Ok(out.into_iter().collect())
+    }
+}

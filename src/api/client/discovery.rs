@@ -24,6 +24,12 @@ pub const SPEC_VERSIONS: &[&str] = &[
     "v1.11",
 ];
 
+/// Unstable features that work end to end (each proven by a test with a real client).
+pub const UNSTABLE_FEATURES: &[&str] = &[
+    // Simplified sliding sync (MSC4186), which Element X requires.
+    "org.matrix.simplified_msc3575",
+];
+
 /// `GET /_matrix/client/versions`
 async fn get_versions(
     _: State<Arc<Services>>,
@@ -32,7 +38,10 @@ async fn get_versions(
     let mut response = get_supported_versions::Response::new(
         SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
     );
-    response.unstable_features = BTreeMap::new();
+    response.unstable_features = UNSTABLE_FEATURES
+        .iter()
+        .map(|f| ((*f).to_owned(), true))
+        .collect::<BTreeMap<_, _>>();
     Ok(response)
 }
 

@@ -18,6 +18,8 @@ mod room;
 mod session;
 mod sync;
 mod to_device;
+mod user_directory;
+mod voip;
 
 use std::sync::Arc;
 
@@ -45,5 +47,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = keys::routes(router);
     let router = to_device::routes(router);
     let router = backup::routes(router);
+    let router = voip::routes(router);
+    let router = user_directory::routes(router);
     sync::routes(router)
 }
