@@ -10,7 +10,10 @@ mod server_keys;
 use std::sync::Arc;
 
 use axum::{http::StatusCode, response::IntoResponse, Router};
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::{
+    cors::{Any, CorsLayer},
+    trace::TraceLayer,
+};
 
 use crate::{services::Services, Error};
 
@@ -24,6 +27,8 @@ pub fn router(services: Arc<Services>) -> Router {
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)
+        // Requests are logged at DEBUG (`RUST_LOG=tower_http=debug`).
+        .layer(TraceLayer::new_for_http())
         .with_state(services)
 }
 

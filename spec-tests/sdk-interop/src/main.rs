@@ -1,0 +1,374 @@
+//! Interop check of Myelin with matrix-rust-sdk (the SDK under Element X).
+//!
+//! Usage: `myelin-sdk-interop BASE_URL [--media]`
+//!
+//! Two users (registered over plain HTTP) log in with matrix-sdk, which discovers native
+//! simplified sliding sync from `/versions`; each runs matrix-sdk-ui's `SyncService`
+//! (the `RoomListService` plus the encryption sync). Alice creates an encrypted DM with
+//! Bob, Bob joins, and messages go both ways and must decrypt on the other side, with the
+//! keys exchanged through the server. With `--media`, a file is uploaded, downloaded
+//! through authenticated media and a PNG thumbnail is fetched. Exits non-zero on any
+//! failure; every wait is bounded.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use matrix_sdk::{
+    config::SyncSettings,
+    media::{MediaFormat, MediaRequestParameters, MediaThumbnailSettings},
+    ruma::{
+        events::room::{message::RoomMessageEventContent, MediaSource},
+        OwnedRoomId, OwnedUserId, RoomId, UInt,
+    },
+    sliding_sync::VersionBuilder,
+    Client, RoomState,
+};
+use matrix_sdk_ui::{
+    room_list_service::RoomListLoadingState,
+    sync_service::SyncService,
+    timeline::{RoomExt, Timeline},
+};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn register(base: &str, name: &str) -> Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/_matrix/client/v3/register");
+    let password = format!("{name}-password");
+    let first: Value = http
+        .post(&url)
+        .json(&json!({"username": name, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let session = first["session"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no UIA session: {first}"))?;
+    let done = http
+        .post(&url)
+        .json(&json!({"username": name, "password": password,
+                      "auth": {"type": "m.login.dummy", "session": session}}))
+        .send()
+        .await?;
+    ensure!(
+        done.status().is_success(),
+        "register {name}: {}",
+        done.text().await?
+    );
+    Ok(())
+}
+
+async fn login(base: &str, name: &str) -> Result<Client> {
+    let client = Client::builder()
+        .homeserver_url(base)
+        .sliding_sync_version_builder(VersionBuilder::DiscoverNative)
+        .build()
+        .await
+        .context("building the client (native sliding sync must be discovered)")?;
+    client
+        .matrix_auth()
+        .login_username(name, &format!("{name}-password"))
+        .initial_device_display_name(&format!("{name} sdk"))
+        .send()
+        .await
+        .with_context(|| format!("login {name}"))?;
+    Ok(client)
+}
+
+/// Polls `check` every 100 ms until it yields a value or `WAIT` passes.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the room list (sliding sync) has loaded at least `rooms` rooms.
+async fn wait_room_list(sync: &SyncService, rooms: u32, who: &str) -> Result<()> {
+    let list = sync.room_list_service().all_rooms().await?;
+    let state = list.loading_state();
+    wait_for(&format!("{who}'s room list to hold {rooms} rooms"), || {
+        let current = state.get();
+        async move {
+            Ok(match current {
+                RoomListLoadingState::Loaded {
+                    maximum_number_of_rooms: Some(n),
+                } if n >= rooms => Some(()),
+                _ => None,
+            })
+        }
+    })
+    .await
+}
+
+/// Waits for a decrypted text message with `body` from `sender` in a timeline.
+async fn wait_decrypted(
+    timeline: &Timeline,
+    body: &str,
+    sender: &OwnedUserId,
+    who: &str,
+) -> Result<()> {
+    wait_for(&format!("{who} to decrypt {body:?}"), || async {
+        for item in timeline.items().await {
+            let Some(event) = item.as_event() else {
+                continue;
+            };
+            if event.sender() != sender {
+                continue;
+            }
+            let content = event.content();
+            if content.is_unable_to_decrypt() {
+                continue;
+            }
+            if let Some(msg) = content.as_message() {
+                if msg.body() == body {
+                    ensure!(
+                        event.encryption_info().is_some(),
+                        "{body:?} arrived unencrypted in an encrypted room"
+                    );
+                    return Ok(Some(()));
+                }
+            }
+        }
+        Ok(None)
+    })
+    .await
+}
+
+async fn check_media(alice: &Client, bob: &Client) -> Result<()> {
+    let data = b"Myelin media through matrix-sdk".to_vec();
+    let uploaded = alice
+        .media()
+        .upload(&"text/plain".parse()?, data.clone(), None)
+        .await
+        .context("upload")?;
+    let request = MediaRequestParameters {
+        source: MediaSource::Plain(uploaded.content_uri.clone()),
+        format: MediaFormat::File,
+    };
+    let downloaded = bob
+        .media()
+        .get_media_content(&request, false)
+        .await
+        .context("download through authenticated media")?;
+    ensure!(downloaded == data, "downloaded bytes differ");
+
+    // A 64×48 PNG, thumbnailed to fit 32×32.
+    let png = tiny_png(64, 48);
+    let uploaded = alice
+        .media()
+        .upload(&"image/png".parse()?, png, None)
+        .await
+        .context("upload png")?;
+    let request = MediaRequestParameters {
+        source: MediaSource::Plain(uploaded.content_uri),
+        format: MediaFormat::Thumbnail(MediaThumbnailSettings::new(
+            UInt::from(32u32),
+            UInt::from(32u32),
+        )),
+    };
+    let thumb = bob
+        .media()
+        .get_media_content(&request, false)
+        .await
+        .context("thumbnail")?;
+    ensure!(
+        thumb.starts_with(b"\x89PNG") || thumb.starts_with(&[0xFF, 0xD8]),
+        "thumbnail is not an image"
+    );
+    Ok(())
+}
+
+/// An uncompressed (stored-deflate) RGB PNG of the given size, built by hand so the check
+/// needs no image library.
+fn tiny_png(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn adler32(data: &[u8]) -> u32 {
+        let (mut a, mut b) = (1u32, 0u32);
+        for &d in data {
+            a = (a + u32::from(d)) % 65521;
+            b = (b + a) % 65521;
+        }
+        (b << 16) | a
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut raw = Vec::new();
+    for y in 0..height {
+        raw.push(0); // filter: none
+        for x in 0..width {
+            raw.extend_from_slice(&[(x * 4) as u8, (y * 5) as u8, 128]);
+        }
+    }
+    let mut z = vec![0x78, 0x01];
+    for (i, block) in raw.chunks(65_535).enumerate() {
+        let last = (i + 1) * 65_535 >= raw.len();
+        z.push(u8::from(last));
+        z.extend_from_slice(&(block.len() as u16).to_le_bytes());
+        z.extend_from_slice(&(!(block.len() as u16)).to_le_bytes());
+        z.extend_from_slice(block);
+    }
+    z.extend_from_slice(&adler32(&raw).to_be_bytes());
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+async fn run(base: &str, media: bool) -> Result<()> {
+    register(base, "alice").await?;
+    register(base, "bob").await?;
+    let alice = login(base, "alice").await?;
+    let bob = login(base, "bob").await?;
+    let alice_id = alice.user_id().context("alice id")?.to_owned();
+    let bob_id = bob.user_id().context("bob id")?.to_owned();
+
+    // A plain room first, so the room list has something before the DM exists.
+    let lobby = alice
+        .create_room(Default::default())
+        .await
+        .context("create lobby")?;
+    let lobby_id: OwnedRoomId = lobby.room_id().to_owned();
+
+    let alice_sync = SyncService::builder(alice.clone()).build().await?;
+    let bob_sync = SyncService::builder(bob.clone()).build().await?;
+    alice_sync.start().await;
+    bob_sync.start().await;
+    wait_room_list(&alice_sync, 1, "alice").await?;
+    println!("alice's room list loaded over sliding sync");
+
+    // Encrypted DM (matrix-sdk's create_dm turns encryption on).
+    let dm = alice.create_dm(&bob_id).await.context("create_dm")?;
+    let dm_id = dm.room_id().to_owned();
+    ensure!(
+        dm.latest_encryption_state().await?.is_encrypted(),
+        "DM is not encrypted"
+    );
+
+    let invited = wait_for("bob to see the invite", || {
+        let bob = bob.clone();
+        let dm_id = dm_id.clone();
+        async move {
+            Ok(bob
+                .get_room(&dm_id)
+                .filter(|r| r.state() == RoomState::Invited))
+        }
+    })
+    .await?;
+    invited.join().await.context("bob joins the DM")?;
+    wait_room_list(&bob_sync, 1, "bob").await?;
+    wait_room_list(&alice_sync, 2, "alice").await?;
+    alice_sync
+        .room_list_service()
+        .room(&dm_id)
+        .context("DM in alice's room list")?;
+    alice_sync
+        .room_list_service()
+        .room(&lobby_id)
+        .context("lobby in alice's room list")?;
+    bob_sync
+        .room_list_service()
+        .room(&dm_id)
+        .context("DM in bob's room list")?;
+    println!("both room lists show the DM");
+
+    let alice_room = alice.get_room(&dm_id).context("alice's DM")?;
+    let bob_room = bob.get_room(&dm_id).context("bob's DM")?;
+    // Wait until alice sees bob joined, so the room key is shared with his device.
+    wait_for("alice to see bob joined", || {
+        let room = alice_room.clone();
+        let bob_id = bob_id.clone();
+        async move {
+            Ok(room
+                .get_member_no_sync(&bob_id)
+                .await?
+                .filter(|m| {
+                    *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
+                })
+                .map(|_| ()))
+        }
+    })
+    .await?;
+    let alice_tl = alice_room.timeline().await?;
+    let bob_tl = bob_room.timeline().await?;
+
+    alice_tl
+        .send(RoomMessageEventContent::text_plain("hello bob, this is encrypted").into())
+        .await?;
+    wait_decrypted(&bob_tl, "hello bob, this is encrypted", &alice_id, "bob").await?;
+    println!("bob decrypted alice's message");
+    bob_tl
+        .send(RoomMessageEventContent::text_plain("hi alice, decrypted fine").into())
+        .await?;
+    wait_decrypted(&alice_tl, "hi alice, decrypted fine", &bob_id, "alice").await?;
+    println!("alice decrypted bob's reply");
+
+    if media {
+        check_media(&alice, &bob).await?;
+        println!("media upload, authenticated download and thumbnail work");
+    }
+
+    alice_sync.stop().await;
+    bob_sync.stop().await;
+    // A classic /sync still works for the same accounts.
+    bob.sync_once(SyncSettings::default().timeout(Duration::from_secs(1)))
+        .await
+        .context("classic sync")?;
+    let _: &RoomId = &lobby_id;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut args = std::env::args().skip(1);
+    let base = args
+        .next()
+        .context("usage: myelin-sdk-interop BASE_URL [--media]")?;
+    let media = args.any(|a| a == "--media");
+    tokio::time::timeout(Duration::from_secs(240), run(&base, media))
+        .await
+        .map_err(|_| anyhow!("interop run timed out"))??;
+    println!("matrix-sdk interop: ok");
+    Ok(())
+}

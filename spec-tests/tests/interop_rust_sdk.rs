@@ -1,0 +1,37 @@
+//! Interop with matrix-rust-sdk 0.18 (the SDK under Element X): native simplified sliding
+//! sync through matrix-sdk-ui's `SyncService`/`RoomListService`, an encrypted DM whose
+//! messages decrypt on the other side, and media. The check is the `myelin-sdk-interop`
+//! program in `spec-tests/sdk-interop` (its own workspace); `spec-tests/run` builds it and
+//! sets `MYELIN_SDK_INTEROP_BIN`. Without it this test fails rather than skipping.
+
+use spec_tests::TestServer;
+
+#[tokio::test]
+async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
+    let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
+        anyhow::anyhow!(
+            "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
+        )
+    })?;
+    let server = TestServer::start().await?;
+    let base = server.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin)
+            .arg(base)
+            .args(std::env::var("MYELIN_SDK_INTEROP_ARGS").ok())
+            .env("RUST_LOG", "warn,matrix_sdk_crypto::backups=error")
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "matrix-sdk interop failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(stdout.contains("matrix-sdk interop: ok"), "{stdout}");
+    assert!(stdout.contains("bob decrypted alice's message"), "{stdout}");
+    assert!(stdout.contains("alice decrypted bob's reply"), "{stdout}");
+    Ok(())
+}
