@@ -558,3 +558,95 @@ async fn aliases_and_directory() -> anyhow::Result<()> {
     assert_ne!(paged2["chunk"][0]["room_id"], paged["chunk"][0]["room_id"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn upgrade_room_and_invite_profiles() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    alice
+        .put(
+            &format!("/profile/{}/displayname", enc(&bob.user_id)),
+            json!({"displayname": "x"}),
+        )
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    bob.put(
+        &format!("/profile/{}/displayname", enc(&bob.user_id)),
+        json!({"displayname": "Bob B"}),
+    )
+    .await?
+    .ok()?;
+    let old = alice
+        .create_room(
+            json!({"preset": "public_chat", "name": "Old", "topic": "t", "room_alias_name": "up",
+                            "room_version": "10", "invite": [bob.user_id]}),
+        )
+        .await?;
+    // invites carry the invitee's profile
+    let invite = alice
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(&old),
+            enc(&bob.user_id)
+        ))
+        .await?
+        .ok()?;
+    assert_eq!(invite["displayname"], "Bob B");
+    bob.join(&old).await?;
+    // bob (power 0) may not upgrade
+    bob.post(
+        &format!("/rooms/{}/upgrade", enc(&old)),
+        json!({"new_version": "11"}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    alice
+        .post(
+            &format!("/rooms/{}/upgrade", enc(&old)),
+            json!({"new_version": "1"}),
+        )
+        .await?
+        .expect_error(400, "M_UNSUPPORTED_ROOM_VERSION")?;
+    let up = alice
+        .post(
+            &format!("/rooms/{}/upgrade", enc(&old)),
+            json!({"new_version": "11"}),
+        )
+        .await?
+        .ok()?;
+    let new = up["replacement_room"].as_str().unwrap().to_string();
+    let tomb = alice
+        .get(&format!("/rooms/{}/state/m.room.tombstone/", enc(&old)))
+        .await?
+        .ok()?;
+    assert_eq!(tomb["replacement_room"], new.as_str());
+    let create = alice
+        .get(&format!("/rooms/{}/state/m.room.create/", enc(&new)))
+        .await?
+        .ok()?;
+    assert_eq!(create["room_version"], "11");
+    assert_eq!(create["predecessor"]["room_id"], old.as_str());
+    let name = alice
+        .get(&format!("/rooms/{}/state/m.room.name/", enc(&new)))
+        .await?
+        .ok()?;
+    assert_eq!(name["name"], "Old");
+    let rules = alice
+        .get(&format!("/rooms/{}/state/m.room.join_rules/", enc(&new)))
+        .await?
+        .ok()?;
+    assert_eq!(rules["join_rule"], "public");
+    // the alias now points at the new room, and bob can follow
+    let alias = bob.get("/directory/room/%23up%3Alocalhost").await?.ok()?;
+    assert_eq!(alias["room_id"], new.as_str());
+    bob.join(&new).await?;
+    // the old room is restricted: bob can no longer talk there
+    bob.put(
+        &format!("/rooms/{}/send/m.room.message/late", enc(&old)),
+        json!({"body": "late"}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    Ok(())
+}

@@ -5,6 +5,7 @@ use rand::{distributions::Alphanumeric, Rng};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value};
 
+use super::membership::MemberProfile;
 use super::{append::NewEvent, RoomRecord, RoomsService};
 use crate::{
     events,
@@ -23,8 +24,9 @@ pub struct CreateRoom {
     pub name: Option<String>,
     /// `m.room.topic`.
     pub topic: Option<String>,
-    /// Users to invite.
-    pub invite: Vec<OwnedUserId>,
+    /// Users to invite, with their profiles (copied into the invite events, as Synapse
+    /// does, so invitees have a name before they join).
+    pub invite: Vec<(OwnedUserId, MemberProfile)>,
     /// Marks invites as direct chats.
     pub is_direct: bool,
     /// Extra state events `(type, state_key, content)`.
@@ -165,7 +167,7 @@ impl RoomsService {
         let mut users = Map::new();
         users.insert(creator.to_string(), json!(100));
         if preset == "trusted_private_chat" {
-            for u in &req.invite {
+            for (u, _) in &req.invite {
                 users.insert(u.to_string(), json!(100));
             }
         }
@@ -255,10 +257,16 @@ impl RoomsService {
         if let Some(alias) = alias {
             self.put_alias(alias, guard.room_id(), creator)?;
         }
-        for user in &req.invite {
+        for (user, profile) in &req.invite {
             let mut content = json!({ "membership": "invite" });
             if req.is_direct {
                 content["is_direct"] = json!(true);
+            }
+            if let Some(name) = &profile.displayname {
+                content["displayname"] = json!(name);
+            }
+            if let Some(avatar) = &profile.avatar_url {
+                content["avatar_url"] = json!(avatar);
             }
             self.append(
                 guard,

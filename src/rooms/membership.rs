@@ -105,6 +105,7 @@ impl RoomsService {
         target: &UserId,
         reason: Option<&str>,
         is_direct: bool,
+        target_profile: Option<&MemberProfile>,
     ) -> Result<()> {
         if self.membership(room_id, sender)? != Some(Membership::Join) {
             return Err(Error::forbidden("You are not joined to this room"));
@@ -127,7 +128,7 @@ impl RoomsService {
             target,
             Membership::Invite,
             reason,
-            None,
+            target_profile,
             extra,
         )
         .await

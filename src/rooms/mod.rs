@@ -10,6 +10,7 @@ mod members;
 mod membership;
 mod read;
 mod state;
+mod upgrade;
 
 use std::{
     collections::HashMap,

@@ -100,7 +100,7 @@ async fn non_members_cannot_send_and_invited_users_can_join() {
         .unwrap_err();
     assert_eq!(err.errcode(), "M_FORBIDDEN", "invite-only room");
     s.rooms
-        .invite(&room, &alice, &bob, None, false)
+        .invite(&room, &alice, &bob, None, false, None)
         .await
         .unwrap();
     s.rooms

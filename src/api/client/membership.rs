@@ -131,6 +131,7 @@ async fn invite_route(
             &target.user_id,
             target.reason.as_deref(),
             is_direct,
+            Some(&profile(&services, &target.user_id)?),
         )
         .await?;
     Ok(invite_user::v3::Response::new())

@@ -41,6 +41,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(members_route)
         .ruma(joined_members_route)
         .ruma(joined_rooms_route)
+        .ruma(upgrade_route)
 }
 
 fn profile_of(services: &Services, user: &ruma::UserId) -> Result<MemberProfile> {
@@ -86,7 +87,11 @@ async fn create_room_route(
         visibility_public: body.visibility == ruma::api::client::room::Visibility::Public,
         name: body.name.clone(),
         topic: body.topic.clone(),
-        invite: body.invite.clone(),
+        invite: body
+            .invite
+            .iter()
+            .map(|u| Ok((u.clone(), profile_of(&services, u)?)))
+            .collect::<Result<_>>()?,
         is_direct: body.is_direct,
         initial_state,
         power_level_content_override: object(
@@ -409,5 +414,25 @@ async fn joined_rooms_route(
     let user = req.sender_user()?;
     Ok(joined_rooms::v3::Response::new(
         services.rooms.joined_rooms(user)?,
+    ))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
+async fn upgrade_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<ruma::api::client::room::upgrade_room::v3::Request>,
+) -> Result<ruma::api::client::room::upgrade_room::v3::Response> {
+    let user = req.sender_user()?.clone();
+    let new_room = services
+        .rooms
+        .upgrade_room(
+            &req.body.room_id,
+            &user,
+            req.body.new_version.as_str(),
+            profile_of(&services, &user)?,
+        )
+        .await?;
+    Ok(ruma::api::client::room::upgrade_room::v3::Response::new(
+        new_room,
     ))
 }
