@@ -512,3 +512,41 @@ async fn profile_changes_reach_member_events() -> anyhow::Result<()> {
         .expect_error(404, "M_NOT_FOUND")?;
     Ok(())
 }
+
+#[tokio::test]
+async fn transaction_id_only_for_the_sending_device() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let mut other_device = server.client();
+    other_device.login("alice", "alice-password").await?;
+    let room = alice.create_room(json!({})).await?;
+    let id = alice
+        .send_txn(
+            &room,
+            "m.room.message",
+            "my-txn-1",
+            json!({"msgtype": "m.text", "body": "x"}),
+        )
+        .await?;
+    let find = |s: &Value| -> Value {
+        timeline(s, &room)
+            .into_iter()
+            .find(|e| e["event_id"] == id.as_str())
+            .cloned()
+            .expect("event in timeline")
+    };
+    let mine = alice.sync("timeout=0").await?;
+    assert_eq!(
+        find(&mine)["unsigned"]["transaction_id"],
+        "my-txn-1",
+        "{mine}"
+    );
+    let theirs = other_device.sync("timeout=0").await?;
+    assert!(find(&theirs)["unsigned"].get("transaction_id").is_none());
+    let page = alice
+        .get(&format!("/rooms/{}/messages?dir=b&limit=1", enc(&room)))
+        .await?
+        .ok()?;
+    assert_eq!(page["chunk"][0]["unsigned"]["transaction_id"], "my-txn-1");
+    Ok(())
+}

@@ -87,6 +87,37 @@ impl RoomsService {
         Ok(result)
     }
 
+    /// Adds `unsigned.transaction_id` to the client-format events of a list that `user`
+    /// sent from `device` with a transaction id (the spec shows it to the sending device
+    /// only).
+    pub fn add_transaction_ids(
+        &self,
+        events: &mut [Value],
+        user: &UserId,
+        device: &ruma::DeviceId,
+    ) -> Result<()> {
+        for event in events {
+            if event["sender"] != user.as_str() {
+                continue;
+            }
+            let Some(event_id) = event["event_id"].as_str() else {
+                continue;
+            };
+            let Some(v) = self.storage.trees.event_txns.get(event_id.as_bytes())? else {
+                continue;
+            };
+            if let [sent_by, txn] = keys::split_strs(&v).as_slice() {
+                if *sent_by == device.as_str() {
+                    if !event["unsigned"].is_object() {
+                        event["unsigned"] = serde_json::json!({});
+                    }
+                    event["unsigned"]["transaction_id"] = serde_json::json!(txn);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The event a transaction id already produced, if any.
     pub fn txn_event(
         &self,
@@ -132,6 +163,11 @@ impl RoomsService {
                 &trees.txns,
                 &keys::strs(&[sender.as_str(), device.as_str(), txn]),
                 event_id.as_bytes(),
+            );
+            batch.insert(
+                &trees.event_txns,
+                event_id.as_bytes(),
+                &keys::strs(&[device.as_str(), txn]),
             );
         }
         let membership = match (&event.state_key, event.kind.as_str()) {

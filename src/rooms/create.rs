@@ -286,6 +286,7 @@ impl RoomsService {
             let (k, v) = kv?;
             batch.remove(&trees.room_timeline, &k);
             batch.remove(&trees.pdus, &v);
+            batch.remove(&trees.event_txns, &v);
             if let Some(pos) = keys::trailing_u64(&k) {
                 batch.remove(&trees.stream, &pos.to_be_bytes());
             }

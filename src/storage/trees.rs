@@ -75,6 +75,9 @@ trees! {
     forgotten = 0x2A,
     /// `room_id, alias` → `""`: the aliases pointing at a room.
     room_aliases = 0x2B,
+    /// `event_id` → `device_id, txn_id`: which device sent a local event under which
+    /// transaction id (for `unsigned.transaction_id`).
+    event_txns = 0x2C,
 
     // ---- ephemeral ----
     /// `room_id, receipt_type, user_id, thread` → JSON `{event_id, ts, pos}`.

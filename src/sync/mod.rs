@@ -242,9 +242,17 @@ impl SyncService {
                             .map(ToOwned::to_owned),
                     );
                     let data = room_data.get(room_id.as_str());
-                    if let Some(entry) = self
+                    if let Some(mut entry) = self
                         .joined_room(user, &room_id, since, now, fresh, full_state, filter, data)?
                     {
+                        if let Some(events) = entry
+                            .get_mut("timeline")
+                            .and_then(|t| t.get_mut("events"))
+                            .and_then(Value::as_array_mut)
+                        {
+                            self.rooms
+                                .add_transaction_ids(events, user, &session.device_id)?;
+                        }
                         join.insert(room_id.to_string(), entry);
                     }
                 }

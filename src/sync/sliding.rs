@@ -438,9 +438,13 @@ impl SyncService {
         for (room_id, config) in &configs {
             let candidate = by_id.get(room_id.as_str()).copied();
             let sent = prev.and_then(|p| p.rooms.get(room_id));
-            if let Some(entry) =
+            if let Some(mut entry) =
                 self.sliding_room(user, room_id, candidate, config, sent, since, now, &dms)?
             {
+                if let Some(events) = entry.get_mut("timeline").and_then(Value::as_array_mut) {
+                    self.rooms
+                        .add_transaction_ids(events, user, &session.device_id)?;
+                }
                 rooms.insert(room_id.to_string(), entry);
             }
             state.rooms.insert(

@@ -324,11 +324,11 @@ async fn messages_route(
     let mut res = get_message_events::v3::Response::new();
     res.start = start.to_string();
     res.end = page.end.map(|t| t.to_string());
-    res.chunk = page
-        .chunk
-        .iter()
-        .map(|p| raw(&p.to_client_event()))
-        .collect::<Result<_>>()?;
+    let mut chunk: Vec<Value> = page.chunk.iter().map(|p| p.to_client_event()).collect();
+    services
+        .rooms
+        .add_transaction_ids(&mut chunk, user, req.sender_device()?)?;
+    res.chunk = chunk.iter().map(raw).collect::<Result<_>>()?;
     if filter.lazy_load_members {
         let mut senders: Vec<&ruma::UserId> =
             page.chunk.iter().map(|p| p.sender.as_ref()).collect();
