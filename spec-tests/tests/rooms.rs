@@ -650,3 +650,51 @@ async fn upgrade_room_and_invite_profiles() -> anyhow::Result<()> {
     .expect_error(403, "M_FORBIDDEN")?;
     Ok(())
 }
+
+#[tokio::test]
+async fn room_summary_previews() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let public = alice
+        .create_room(json!({"preset": "public_chat", "name": "Open house", "topic": "all welcome", "room_alias_name": "open"}))
+        .await?;
+    let private = alice
+        .create_room(json!({"preset": "private_chat", "name": "Secret"}))
+        .await?;
+    let summary = |c: spec_tests::Client, room: String| async move {
+        c.request(
+            reqwest::Method::GET,
+            &format!("/_matrix/client/v1/room_summary/{}", enc(&room)),
+            None,
+        )
+        .await
+    };
+    let s = summary(bob.clone(), "#open:localhost".into()).await?.ok()?;
+    assert_eq!(s["room_id"], public.as_str());
+    assert_eq!(s["name"], "Open house");
+    assert_eq!(s["join_rule"], "public");
+    assert_eq!(s["num_joined_members"], 1);
+    assert_eq!(s["room_version"], "11");
+    assert!(s.get("membership").is_none());
+    // without a token too
+    summary(server.client(), public.clone()).await?.ok()?;
+    // a private room is hidden from non-members, shown to members and invitees
+    summary(bob.clone(), private.clone())
+        .await?
+        .expect_error(404, "M_NOT_FOUND")?;
+    alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&private)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await?
+        .ok()?;
+    let s = summary(bob.clone(), private.clone()).await?.ok()?;
+    assert_eq!(s["membership"], "invite");
+    assert_eq!(s["name"], "Secret");
+    summary(bob, "!nope:localhost".into())
+        .await?
+        .expect_error(404, "M_NOT_FOUND")?;
+    Ok(())
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, Router};
+use axum::{extract::State, Json, Router};
 use ruma::{
     api::client::{
         alias::{create_alias, delete_alias, get_alias},
@@ -14,9 +14,10 @@ use ruma::{
     directory::PublicRoomsChunk,
     UInt,
 };
+use serde_json::{json, Value};
 
 use crate::{
-    api::ruma::{RouterExt, Ruma},
+    api::ruma::{RouterExt, RouterJsonExt, Ruma},
     rooms::Membership,
     services::Services,
     Error, Result,
@@ -32,6 +33,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(public_rooms_filtered_route)
         .ruma(get_visibility_route)
         .ruma(set_visibility_route)
+        .ruma_json(room_summary)
 }
 
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
@@ -188,4 +190,42 @@ async fn set_visibility_route(
         .rooms
         .set_public(room_id, req.body.visibility == Visibility::Public)?;
     Ok(set_room_visibility::v3::Response::new())
+}
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (MSC3266; also the unstable
+/// `im.nheko.summary` path): a room preview for members and for anyone when the room is
+/// public, knockable or world-readable. Others get 404, as if the room did not exist.
+async fn room_summary(
+    State(services): State<Arc<Services>>,
+    req: Ruma<ruma::api::client::room::get_summary::v1::Request>,
+) -> Result<Json<Value>> {
+    let rooms = &services.rooms;
+    let not_found = || Error::not_found("Room not found or not previewable");
+    let room_id = rooms
+        .resolve_room(&req.body.room_id_or_alias)
+        .map_err(|_| not_found())?;
+    let mut entry = rooms.directory_entry(&room_id)?;
+    let membership = match &req.session {
+        Some(s) => rooms.membership(&room_id, &s.user_id)?,
+        None => None,
+    };
+    let open = matches!(
+        entry["join_rule"].as_str(),
+        Some("public" | "knock" | "knock_restricted" | "restricted")
+    ) || entry["world_readable"] == true;
+    let member = matches!(
+        membership,
+        Some(Membership::Join | Membership::Invite | Membership::Knock)
+    );
+    if !open && !member {
+        return Err(not_found());
+    }
+    entry["room_version"] = json!(rooms.room_version(&room_id)?);
+    if let Some(enc) = rooms.state_content(&room_id, "m.room.encryption", "")? {
+        entry["encryption"] = enc["algorithm"].clone();
+    }
+    if let Some(m) = membership {
+        entry["membership"] = json!(m.as_str());
+    }
+    Ok(Json(entry))
 }
