@@ -70,19 +70,27 @@ pub(super) struct StoredPdu {
 impl RoomsService {
     /// Builds, authorises and stores an event, then waits until it is durable.
     #[tracing::instrument(skip(self, guard, event), fields(room = %guard.room_id(), kind = %event.kind))]
+    ///
+    /// The room lock is released before waiting for the flush, so concurrent senders to
+    /// one room share a group commit instead of queueing behind each other's fsync.
     pub async fn send(
         &self,
-        guard: &RoomGuard,
+        guard: RoomGuard,
         sender: &UserId,
         event: NewEvent,
     ) -> Result<(OwnedEventId, u64)> {
         if let Some((device, txn)) = &event.txn {
             if let Some(id) = self.txn_event(sender, device, txn)? {
+                drop(guard);
+                // The first request may still be waiting for its flush; this reply must
+                // not be earlier than that one.
+                self.storage.durable().await?;
                 let pos = self.event_pos(&id)?.unwrap_or(0);
                 return Ok((id, pos));
             }
         }
-        let result = self.append(guard, sender, event)?;
+        let result = self.append(&guard, sender, event)?;
+        drop(guard);
         self.storage.durable().await?;
         Ok(result)
     }

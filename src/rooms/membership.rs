@@ -65,7 +65,7 @@ impl RoomsService {
         }
         let guard = self.lock(room_id).await;
         self.send(
-            &guard,
+            guard,
             sender,
             NewEvent::state("m.room.member", target.as_str(), content),
         )

@@ -25,7 +25,7 @@ async fn send_text(
     let guard = s.rooms.lock(room).await;
     s.rooms
         .send(
-            &guard,
+            guard,
             sender,
             NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": body})),
         )
@@ -122,8 +122,9 @@ async fn transaction_ids_are_idempotent() {
     let mut ev = NewEvent::message("m.room.message", json!({"body": "x", "msgtype": "m.text"}));
     ev.txn = Some(("DEV".into(), "t1".into()));
     let guard = s.rooms.lock(&room).await;
-    let (a, _) = s.rooms.send(&guard, &alice, ev.clone()).await.unwrap();
-    let (b, _) = s.rooms.send(&guard, &alice, ev).await.unwrap();
+    let (a, _) = s.rooms.send(guard, &alice, ev.clone()).await.unwrap();
+    let guard = s.rooms.lock(&room).await;
+    let (b, _) = s.rooms.send(guard, &alice, ev).await.unwrap();
     assert_eq!(a, b);
 }
 
@@ -147,7 +148,7 @@ async fn historical_state_and_pagination() {
         let guard = s.rooms.lock(&room).await;
         s.rooms
             .send(
-                &guard,
+                guard,
                 &alice,
                 NewEvent::state("m.room.name", "", json!({"name": "two"})),
             )
@@ -217,11 +218,12 @@ async fn redaction_strips_content_and_needs_power_for_others() {
     redaction.redacts = Some(msg.clone());
     let err = s
         .rooms
-        .send(&guard, &bob, redaction.clone())
+        .send(guard, &bob, redaction.clone())
         .await
         .unwrap_err();
     assert_eq!(err.errcode(), "M_FORBIDDEN");
-    s.rooms.send(&guard, &alice, redaction).await.unwrap();
+    let guard = s.rooms.lock(&room).await;
+    s.rooms.send(guard, &alice, redaction).await.unwrap();
     let pdu = s.rooms.get_pdu(&msg).unwrap().unwrap();
     assert!(!pdu.content.get().contains("secret"));
     assert!(pdu.to_client_event()["unsigned"]["redacted_because"].is_object());

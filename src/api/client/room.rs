@@ -129,7 +129,7 @@ async fn send_message_route(
     event.redacts = redacts;
     event.txn = Some((session.device_id.clone(), body.txn_id.to_string()));
     let guard = services.rooms.lock(&body.room_id).await;
-    let (event_id, _) = services.rooms.send(&guard, &session.user_id, event).await?;
+    let (event_id, _) = services.rooms.send(guard, &session.user_id, event).await?;
     Ok(send_message_event::v3::Response::new(event_id))
 }
 
@@ -165,7 +165,7 @@ async fn send_state_route(
     let (event_id, _) = services
         .rooms
         .send(
-            &guard,
+            guard,
             &sender,
             NewEvent::state(kind, body.state_key.clone(), content),
         )
@@ -244,7 +244,7 @@ async fn redact_route(
     event.redacts = Some(body.event_id.clone());
     event.txn = Some((session.device_id.clone(), format!("redact:{}", body.txn_id)));
     let guard = services.rooms.lock(&body.room_id).await;
-    let (event_id, _) = services.rooms.send(&guard, &session.user_id, event).await?;
+    let (event_id, _) = services.rooms.send(guard, &session.user_id, event).await?;
     Ok(redact_event::v3::Response::new(event_id))
 }
 
