@@ -270,3 +270,36 @@ async fn subscriptions_lazy_members_and_extensions() -> anyhow::Result<()> {
     assert!(r["rooms"].get(&private).is_none());
     Ok(())
 }
+
+#[tokio::test]
+async fn unread_counts_follow_receipts() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Counts"}))
+        .await?;
+    bob.join(&room).await?;
+    let body = json!({"lists": {"all": {"ranges": [[0, 5]], "timeline_limit": 1}}});
+    let first = ss(&alice, None, 0, body.clone()).await?.ok()?;
+    let pos = first["pos"].as_str().unwrap().to_string();
+    let msg = bob.say(&room, "count me").await?;
+    let next = ss(&alice, Some(&pos), 5000, body.clone()).await?.ok()?;
+    assert_eq!(next["rooms"][&room]["notification_count"], 1, "{next}");
+    assert_eq!(next["rooms"][&room]["name"], "Counts");
+    let pos = next["pos"].as_str().unwrap().to_string();
+    // reading on another device drops the count; the room is resent with 0
+    let mut phone = server.client();
+    phone.login("alice", "alice-password").await?;
+    phone
+        .post(
+            &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&msg)),
+            json!({}),
+        )
+        .await?
+        .ok()?;
+    let after = ss(&alice, Some(&pos), 5000, body).await?.ok()?;
+    assert_eq!(after["rooms"][&room]["notification_count"], 0, "{after}");
+    assert_eq!(bodies(&after["rooms"][&room]), Vec::<String>::new());
+    Ok(())
+}

@@ -57,6 +57,9 @@ struct SentRoom {
     timeline: u64,
     /// Hash of the `required_state` the room was sent with.
     config: u64,
+    /// `(notification_count, highlight_count)` last sent: a change (a receipt from
+    /// another device, say) resends the room.
+    counts: (u64, u64),
 }
 
 /// The server side of one `pos`.
@@ -438,9 +441,18 @@ impl SyncService {
         for (room_id, config) in &configs {
             let candidate = by_id.get(room_id.as_str()).copied();
             let sent = prev.and_then(|p| p.rooms.get(room_id));
-            if let Some(mut entry) =
-                self.sliding_room(user, room_id, candidate, config, sent, since, now, &dms)?
-            {
+            let mut counts = sent.map_or((0, 0), |s| s.counts);
+            if let Some(mut entry) = self.sliding_room(
+                user,
+                room_id,
+                candidate,
+                config,
+                sent,
+                since,
+                now,
+                &dms,
+                &mut counts,
+            )? {
                 if let Some(events) = entry.get_mut("timeline").and_then(Value::as_array_mut) {
                     self.rooms
                         .add_transaction_ids(events, user, &session.device_id)?;
@@ -452,6 +464,7 @@ impl SyncService {
                 SentRoom {
                     timeline: now.timeline,
                     config: config.hash(),
+                    counts,
                 },
             );
         }
@@ -479,6 +492,7 @@ impl SyncService {
         since: Option<SyncToken>,
         now: SyncToken,
         dms: &HashSet<String>,
+        counts: &mut (u64, u64),
     ) -> Result<Option<Value>> {
         let membership = candidate.map(|c| c.membership);
         let initial = sent.is_none_or(|s| s.config != config.hash());
@@ -563,9 +577,12 @@ impl SyncService {
         }
 
         let (notification_count, highlight_count) = self.push.unread_counts(user, room_id)?;
-        if !initial && events.is_empty() && required.is_empty() {
-            // Nothing new for this room; unread counts move only with receipts, which
-            // arrive through the receipts extension.
+        *counts = (notification_count, highlight_count);
+        if !initial
+            && events.is_empty()
+            && required.is_empty()
+            && sent.is_some_and(|s| s.counts == *counts)
+        {
             return Ok(None);
         }
         let members = self.rooms.members(room_id)?;
@@ -613,7 +630,7 @@ impl SyncService {
                 entry.insert("is_dm".into(), json!(true));
             }
         }
-        if initial {
+        {
             let name = self
                 .rooms
                 .state_content(room_id, "m.room.name", "")?
