@@ -630,48 +630,59 @@ impl SyncService {
                 entry.insert("is_dm".into(), json!(true));
             }
         }
-        {
-            let name = self
-                .rooms
-                .state_content(room_id, "m.room.name", "")?
-                .and_then(|c| c["name"].as_str().map(str::to_owned))
-                .filter(|n| !n.is_empty());
-            if let Some(name) = &name {
-                entry.insert("name".into(), json!(name));
-            }
-            if let Some(avatar) = self
-                .rooms
-                .state_content(room_id, "m.room.avatar", "")?
-                .and_then(|c| c["url"].as_str().map(str::to_owned))
-            {
-                entry.insert("avatar".into(), json!(avatar));
-            }
-            if name.is_none() {
-                let mut heroes = Vec::new();
-                for (member, m) in members.all() {
-                    if member == user || !matches!(m, Membership::Join | Membership::Invite) {
-                        continue;
-                    }
-                    let content = self
-                        .rooms
-                        .state_content(room_id, "m.room.member", member.as_str())?
-                        .unwrap_or_default();
-                    let mut hero = json!({ "user_id": member });
-                    if let Some(n) = content["displayname"].as_str() {
-                        hero["displayname"] = json!(n);
-                    }
-                    if let Some(a) = content["avatar_url"].as_str() {
-                        hero["avatar_url"] = json!(a);
-                    }
-                    heroes.push(hero);
-                    if heroes.len() >= 5 {
-                        break;
-                    }
-                }
-                entry.insert("heroes".into(), json!(heroes));
-            }
-        }
+        self.display_fields(room_id, user, &members, &mut entry)?;
         Ok(Some(Value::Object(entry)))
+    }
+
+    /// `name`, `avatar` and, for rooms without a name, `heroes` (up to five other
+    /// members with their profiles).
+    fn display_fields(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        members: &crate::rooms::RoomMembers,
+        entry: &mut Map<String, Value>,
+    ) -> Result<()> {
+        let name = self
+            .rooms
+            .state_content(room_id, "m.room.name", "")?
+            .and_then(|c| c["name"].as_str().map(str::to_owned))
+            .filter(|n| !n.is_empty());
+        if let Some(name) = &name {
+            entry.insert("name".into(), json!(name));
+        }
+        if let Some(avatar) = self
+            .rooms
+            .state_content(room_id, "m.room.avatar", "")?
+            .and_then(|c| c["url"].as_str().map(str::to_owned))
+        {
+            entry.insert("avatar".into(), json!(avatar));
+        }
+        if name.is_none() {
+            let mut heroes = Vec::new();
+            for (member, m) in members.all() {
+                if member == user || !matches!(m, Membership::Join | Membership::Invite) {
+                    continue;
+                }
+                let content = self
+                    .rooms
+                    .state_content(room_id, "m.room.member", member.as_str())?
+                    .unwrap_or_default();
+                let mut hero = json!({ "user_id": member });
+                if let Some(n) = content["displayname"].as_str() {
+                    hero["displayname"] = json!(n);
+                }
+                if let Some(a) = content["avatar_url"].as_str() {
+                    hero["avatar_url"] = json!(a);
+                }
+                heroes.push(hero);
+                if heroes.len() >= 5 {
+                    break;
+                }
+            }
+            entry.insert("heroes".into(), json!(heroes));
+        }
+        Ok(())
     }
 
     /// Rooms an extension applies to: the `rooms`/`lists` it names, else every room of
