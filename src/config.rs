@@ -58,6 +58,22 @@ impl Default for VoipConfig {
     }
 }
 
+/// Media repository settings (`[media]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Largest upload in bytes.
+    pub max_upload_size: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            max_upload_size: 50 * 1024 * 1024,
+        }
+    }
+}
+
 /// Storage settings (`[storage]`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,6 +112,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// TURN settings for VoIP calls.
     pub voip: VoipConfig,
+    /// Media repository settings.
+    pub media: MediaConfig,
 }
 
 impl Default for Config {
@@ -110,6 +128,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             storage: StorageConfig::default(),
             voip: VoipConfig::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -176,6 +195,11 @@ impl Config {
                 .filter(|t| !t.is_empty())
                 .map(str::to_owned)
                 .collect();
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_UPLOAD_SIZE") {
+            self.media.max_upload_size = v
+                .parse()
+                .map_err(|e| anyhow::anyhow!("MYELIN_MEDIA_MAX_UPLOAD_SIZE={v}: {e}"))?;
         }
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
             self.registration.allow_guests = match v.as_str() {

@@ -6,6 +6,7 @@ use crate::{
     config::Config,
     e2ee::E2eeService,
     events::keys::ServerKeys,
+    media::MediaService,
     push::PushService,
     rooms::RoomsService,
     storage::Storage,
@@ -34,6 +35,8 @@ pub struct Services {
     pub sync: Arc<SyncService>,
     /// Push rules, notification counts, pushers.
     pub push: Arc<PushService>,
+    /// The media repository.
+    pub media: Arc<MediaService>,
 }
 
 impl Services {
@@ -74,6 +77,7 @@ impl Services {
             notifier.clone(),
             push.clone(),
         ));
+        let media = Arc::new(MediaService::new(config.clone(), storage.clone())?);
         let wake = notifier.clone();
         users.set_on_change(Box::new(move |user| wake.notify([user])));
         // Weak: the users service must not keep the e2ee service (which holds it) alive.
@@ -94,6 +98,7 @@ impl Services {
             e2ee,
             sync,
             push,
+            media,
         }))
     }
 

@@ -18,7 +18,7 @@ async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(bin)
             .arg(base)
-            .args(std::env::var("MYELIN_SDK_INTEROP_ARGS").ok())
+            .arg("--media")
             .env("RUST_LOG", "warn,matrix_sdk_crypto::backups=error")
             .output()
     })
@@ -33,5 +33,9 @@ async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
     assert!(stdout.contains("matrix-sdk interop: ok"), "{stdout}");
     assert!(stdout.contains("bob decrypted alice's message"), "{stdout}");
     assert!(stdout.contains("alice decrypted bob's reply"), "{stdout}");
+    assert!(
+        stdout.contains("media upload, authenticated download and thumbnail work"),
+        "{stdout}"
+    );
     Ok(())
 }

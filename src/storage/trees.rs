@@ -114,6 +114,12 @@ trees! {
     /// `user_id, version(u64), room_id, session_id` → key backup data JSON.
     backup_keys = 0x4B,
 
+    // ---- media (0x50-0x5F) ----
+    /// `media_id` → JSON media record (content hash, type, name, size, uploader, pending).
+    media = 0x50,
+    /// `media_id, "WxH-method"` → JSON cached thumbnail `{sha256, content_type, size}`.
+    media_thumbnails = 0x51,
+
     // ---- push ----
     /// `user_id, room_id, pos(u64)` → JSON `{event_id, highlight, actions, ts}`: events
     /// that notify the user; unread counts are the entries after the user's receipt.

@@ -10,6 +10,7 @@ mod discovery;
 mod ephemeral;
 mod filter;
 mod keys;
+mod media;
 mod membership;
 mod presence;
 mod profile;
@@ -48,6 +49,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = to_device::routes(router);
     let router = backup::routes(router);
     let router = voip::routes(router);
+    let router = media::routes(router);
     let router = user_directory::routes(router);
     sync::routes(router)
 }

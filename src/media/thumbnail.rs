@@ -1,0 +1,154 @@
+//! Thumbnail generation with the `image` crate: `scale` keeps the aspect ratio and fits
+//! inside the requested box, `crop` fills the box exactly and cuts the overflow.
+
+use std::io::Cursor;
+
+use image::{imageops::FilterType, DynamicImage, GenericImageView, ImageFormat};
+
+use crate::{Error, Result};
+
+/// Largest thumbnail edge a client may ask for.
+const MAX_EDGE: u32 = 1600;
+
+/// How to fit the image into the requested box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThumbnailMethod {
+    /// Fit inside, keeping the aspect ratio.
+    Scale,
+    /// Fill exactly, cropping the overflow.
+    Crop,
+}
+
+/// A requested thumbnail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThumbnailSpec {
+    /// Desired width.
+    pub width: u32,
+    /// Desired height.
+    pub height: u32,
+    /// Fitting method.
+    pub method: ThumbnailMethod,
+}
+
+impl ThumbnailSpec {
+    /// A checked spec (1..=1600 px per edge).
+    pub fn new(width: u32, height: u32, method: ThumbnailMethod) -> Result<ThumbnailSpec> {
+        if width == 0 || height == 0 {
+            return Err(Error::invalid_param("width and height must be positive"));
+        }
+        Ok(ThumbnailSpec {
+            width: width.min(MAX_EDGE),
+            height: height.min(MAX_EDGE),
+            method,
+        })
+    }
+
+    /// Key for the thumbnail cache.
+    pub fn cache_key(&self) -> String {
+        let m = match self.method {
+            ThumbnailMethod::Scale => "scale",
+            ThumbnailMethod::Crop => "crop",
+        };
+        format!("{}x{}-{m}", self.width, self.height)
+    }
+}
+
+fn format_of(content_type: &str) -> Option<ImageFormat> {
+    match content_type.split(';').next()?.trim() {
+        "image/png" => Some(ImageFormat::Png),
+        "image/jpeg" | "image/jpg" => Some(ImageFormat::Jpeg),
+        "image/gif" => Some(ImageFormat::Gif),
+        "image/webp" => Some(ImageFormat::WebP),
+        _ => None,
+    }
+}
+
+/// Whether thumbnails can be made for a content type.
+pub fn can_thumbnail(content_type: &str) -> bool {
+    format_of(content_type).is_some()
+}
+
+/// Makes the thumbnail: `Ok(None)` when the image already fits (serve the original).
+/// Images with alpha become PNG, others JPEG.
+pub fn generate(
+    data: &[u8],
+    content_type: &str,
+    spec: ThumbnailSpec,
+) -> Result<Option<(Vec<u8>, &'static str)>> {
+    let format = format_of(content_type)
+        .ok_or_else(|| Error::invalid_param("not a supported image type"))?;
+    let image = image::load_from_memory_with_format(data, format).map_err(|e| {
+        Error::matrix(
+            http::StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            format!("cannot decode the image: {e}"),
+        )
+    })?;
+    let (w, h) = image.dimensions();
+    let thumb: DynamicImage = match spec.method {
+        ThumbnailMethod::Scale => {
+            if w <= spec.width && h <= spec.height {
+                return Ok(None);
+            }
+            image.resize(spec.width, spec.height, FilterType::Triangle)
+        }
+        ThumbnailMethod::Crop => {
+            if w == spec.width && h == spec.height {
+                return Ok(None);
+            }
+            image.resize_to_fill(spec.width, spec.height, FilterType::Triangle)
+        }
+    };
+    let mut out = Cursor::new(Vec::new());
+    let content_type = if thumb.color().has_alpha() {
+        thumb
+            .write_to(&mut out, ImageFormat::Png)
+            .map_err(|e| Error::internal(format!("encoding thumbnail: {e}")))?;
+        "image/png"
+    } else {
+        DynamicImage::ImageRgb8(thumb.to_rgb8())
+            .write_to(&mut out, ImageFormat::Jpeg)
+            .map_err(|e| Error::internal(format!("encoding thumbnail: {e}")))?;
+        "image/jpeg"
+    };
+    Ok(Some((out.into_inner(), content_type)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = image::RgbaImage::from_fn(w, h, |x, y| image::Rgba([x as u8, y as u8, 0, 255]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn dims(data: &[u8]) -> (u32, u32) {
+        image::load_from_memory(data).unwrap().dimensions()
+    }
+
+    #[test]
+    fn scale_keeps_aspect_and_crop_fills() {
+        let src = png(200, 100);
+        let spec = ThumbnailSpec::new(50, 50, ThumbnailMethod::Scale).unwrap();
+        let (out, _) = generate(&src, "image/png", spec).unwrap().unwrap();
+        assert_eq!(dims(&out), (50, 25));
+        let spec = ThumbnailSpec::new(50, 50, ThumbnailMethod::Crop).unwrap();
+        let (out, _) = generate(&src, "image/png", spec).unwrap().unwrap();
+        assert_eq!(dims(&out), (50, 50));
+        // already small enough: serve the original
+        let spec = ThumbnailSpec::new(400, 400, ThumbnailMethod::Scale).unwrap();
+        assert!(generate(&src, "image/png", spec).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let spec = ThumbnailSpec::new(10, 10, ThumbnailMethod::Scale).unwrap();
+        assert!(generate(b"not an image", "image/png", spec).is_err());
+        assert!(ThumbnailSpec::new(0, 10, ThumbnailMethod::Crop).is_err());
+        assert!(!can_thumbnail("image/svg+xml"));
+        assert!(!can_thumbnail("text/html"));
+    }
+}
