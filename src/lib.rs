@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod events;
 pub mod rooms;
+pub mod rtc;
 pub mod services;
 pub mod storage;
 pub mod sync;

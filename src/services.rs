@@ -6,6 +6,7 @@ use crate::{
     config::Config,
     events::keys::ServerKeys,
     rooms::RoomsService,
+    rtc::{LiveKitKeys, RtcService},
     storage::Storage,
     sync::{notifier::Notifier, SyncService},
     users::UsersService,
@@ -28,11 +29,25 @@ pub struct Services {
     pub rooms: Arc<RoomsService>,
     /// `/sync` assembly.
     pub sync: Arc<SyncService>,
+    /// MatrixRTC: OpenID, SFU tokens, delayed events.
+    pub rtc: Arc<RtcService>,
 }
 
 impl Services {
-    /// Builds every service on the given storage and signing key.
+    /// Builds every service on the given storage and signing key (LiveKit keys from the
+    /// config, else random).
     pub fn build(config: Config, storage: Storage, keys: ServerKeys) -> Result<Arc<Services>> {
+        let livekit = LiveKitKeys::from_config_or_random(&config.rtc);
+        Services::build_with(config, storage, keys, livekit)
+    }
+
+    /// Builds every service on the given storage, signing key and LiveKit keys.
+    pub fn build_with(
+        config: Config,
+        storage: Storage,
+        keys: ServerKeys,
+        livekit: LiveKitKeys,
+    ) -> Result<Arc<Services>> {
         let config = Arc::new(config);
         let storage = Arc::new(storage);
         let keys = Arc::new(keys);
@@ -51,6 +66,22 @@ impl Services {
         ));
         let wake = notifier.clone();
         users.set_on_change(Box::new(move |user| wake.notify([user])));
+        let rtc = Arc::new(RtcService::new(
+            config.clone(),
+            storage.clone(),
+            rooms.clone(),
+            users.clone(),
+            livekit,
+        )?);
+        let weak_rtc = Arc::downgrade(&rtc);
+        rooms.set_on_state_written(Box::new(move |room, kind, key, sender| {
+            if let Some(rtc) = weak_rtc.upgrade() {
+                if let Err(e) = rtc.on_state_written(room, kind, key, sender) {
+                    tracing::error!(error = %e, "cancelling superseded delayed events failed");
+                }
+            }
+        }));
+        rtc.start_delayed_events();
         Ok(Arc::new(Services {
             config,
             storage,
@@ -59,6 +90,7 @@ impl Services {
             users,
             rooms,
             sync,
+            rtc,
         }))
     }
 
@@ -66,7 +98,8 @@ impl Services {
     pub fn open(config: Config) -> Result<Arc<Services>> {
         let storage = Storage::open_sled(&config.data_dir, config.storage.cache_capacity_mb << 20)?;
         let keys = ServerKeys::load_or_generate(&config.data_dir)?;
-        Services::build(config, storage, keys)
+        let livekit = LiveKitKeys::load_or_generate(&config.rtc, &config.data_dir)?;
+        Services::build_with(config, storage, keys, livekit)
     }
 
     /// Services on the in-memory engine with a fresh key (tests).

@@ -43,6 +43,9 @@ pub struct RoomRecord {
     pub room_type: Option<String>,
 }
 
+/// Called after a state event was stored: `(room, type, state_key, sender)`.
+pub type StateHook = Box<dyn Fn(&RoomId, &str, &str, &ruma::UserId) + Send + Sync>;
+
 /// Proof that the caller holds a room's lock: state-changing calls take it.
 pub struct RoomGuard {
     room_id: OwnedRoomId,
@@ -76,6 +79,8 @@ pub struct RoomsService {
     receipts_lock: Mutex<()>,
     /// Recently read events.
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
+    /// Run after every stored state event (delayed-event cancellation).
+    on_state: std::sync::OnceLock<StateHook>,
 }
 
 /// Events kept in the read cache before it is cleared.
@@ -116,6 +121,7 @@ impl RoomsService {
             typing: ephemeral::TypingState::default(),
             receipts_lock: Mutex::default(),
             pdu_cache: Mutex::default(),
+            on_state: std::sync::OnceLock::new(),
         })
     }
 
@@ -128,6 +134,14 @@ impl RoomsService {
         RoomGuard {
             room_id: room_id.to_owned(),
             _guard: mutex.lock_owned().await,
+        }
+    }
+
+    /// Installs the hook run after every stored state event. Only the first call takes
+    /// effect.
+    pub fn set_on_state_written(&self, hook: StateHook) {
+        if self.on_state.set(hook).is_err() {
+            tracing::warn!("rooms: state hook already set");
         }
     }
 
