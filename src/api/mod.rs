@@ -2,6 +2,7 @@
 //! the response.
 
 pub mod client;
+mod rtc_service;
 pub mod ruma;
 mod server_keys;
 
@@ -18,7 +19,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_origin(Any)
         .allow_methods(Any)
         .allow_headers(Any);
-    server_keys::routes(client::routes())
+    rtc_service::routes(server_keys::routes(client::routes()))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)

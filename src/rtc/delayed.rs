@@ -147,7 +147,8 @@ impl RtcService {
             .get_json(delay_id.as_bytes())
     }
 
-    /// Schedules an event; returns its delay id once it is durable.
+    /// Schedules an event; returns its delay id once it is durable. A repeated transaction
+    /// (`txn` of the same device) returns the first delay id and schedules nothing.
     #[tracing::instrument(skip(self, content), fields(user = %user, room = %room_id))]
     #[allow(clippy::too_many_arguments)]
     pub async fn schedule_delayed(
@@ -159,7 +160,14 @@ impl RtcService {
         state_key: Option<&str>,
         content: Value,
         delay_ms: u64,
+        txn: Option<&str>,
     ) -> Result<String> {
+        let txn_key = txn.map(|t| keys::strs(&[user.as_str(), device.as_str(), t]));
+        if let Some(k) = &txn_key {
+            if let Some(id) = self.storage.trees.delayed_txns.get(k)? {
+                return Ok(String::from_utf8_lossy(&id).into_owned());
+            }
+        }
         let max = self.config.rtc.max_delay_ms;
         if delay_ms > max {
             return Err(Error::matrix(
@@ -230,6 +238,9 @@ impl RtcService {
             b"",
         );
         batch.insert(&trees.delayed_by_user, &user_key(user, &delay_id), b"");
+        if let Some(k) = &txn_key {
+            batch.insert(&trees.delayed_txns, k, delay_id.as_bytes());
+        }
         if let Some(key) = state_key {
             let mut k = state_key_prefix(room_id, kind, key);
             k.extend_from_slice(&keys::strs(&[&delay_id]));

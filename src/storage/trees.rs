@@ -96,4 +96,6 @@ trees! {
     /// `room_id, type, state_key, delay_id` → `""`: scheduled delayed state events, to
     /// cancel them when another user writes that state.
     delayed_by_state = 0x64,
+    /// `user_id, device_id, txn_id` → `delay_id`: idempotent scheduling by transaction.
+    delayed_txns = 0x65,
 }

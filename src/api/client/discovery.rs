@@ -1,4 +1,4 @@
-//! Server discovery: `/versions`, `/.well-known/matrix/client`.
+//! Server discovery: `/versions`, `/.well-known/matrix/client` (with the MatrixRTC foci).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -32,11 +32,17 @@ async fn get_versions(
     let mut response = get_supported_versions::Response::new(
         SPEC_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
     );
-    response.unstable_features = BTreeMap::new();
+    response.unstable_features = BTreeMap::from([
+        // Delayed events, used by MatrixRTC clients for their delayed leave.
+        ("org.matrix.msc4140".to_owned(), true),
+    ]);
     Ok(response)
 }
 
 /// `GET /.well-known/matrix/client`
 async fn well_known_client(State(services): State<Arc<Services>>) -> Json<Value> {
-    Json(json!({ "m.homeserver": { "base_url": services.config.base_url() } }))
+    Json(json!({
+        "m.homeserver": { "base_url": services.config.base_url() },
+        "org.matrix.msc4143.rtc_foci": super::rtc::transports_json(&services),
+    }))
 }

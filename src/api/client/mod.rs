@@ -13,6 +13,7 @@ mod presence;
 mod profile;
 mod push_rules;
 mod room;
+mod rtc;
 mod session;
 mod sync;
 
@@ -39,5 +40,6 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = account_data::routes(router);
     let router = filter::routes(router);
     let router = push_rules::routes(router);
+    let router = rtc::routes(router);
     sync::routes(router)
 }
