@@ -754,8 +754,10 @@ mod tests {
     #[tokio::test]
     async fn survives_a_restart_and_fires_then() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         let (room, id) = {
             let s = Services::open(config.clone()).unwrap();
             let room = room_with(&s, &[]).await;
