@@ -134,6 +134,8 @@ fn user_command(config: Config, action: UserCommand) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let services = Services::open(config).context("opening the data dir")?;
+    // Delayed events that came due while the server was down fire now.
+    services.rtc.start_delayed_events();
     let app = myelin::api::router(services.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await

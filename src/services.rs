@@ -81,7 +81,6 @@ impl Services {
                 }
             }
         }));
-        rtc.start_delayed_events();
         Ok(Arc::new(Services {
             config,
             storage,

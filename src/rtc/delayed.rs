@@ -127,7 +127,8 @@ impl RtcService {
     }
 
     /// Starts the timer task (once; needs a tokio runtime). Events that came due while
-    /// the server was down fire at once.
+    /// the server was down fire at once. `serve` calls it at start (admin commands on the
+    /// same data dir do not); scheduling an event calls it too.
     pub fn start_delayed_events(self: &Arc<Self>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
@@ -770,6 +771,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let s = Services::open(config).unwrap();
         assert!(s.rtc.delayed_event(&id).unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            call_state(&s, &room).is_none(),
+            "nothing fires before the timer starts"
+        );
+        s.rtc.start_delayed_events();
         assert!(wait_for(|| call_state(&s, &room).is_some_and(|c| c["after"] == "restart")).await);
         assert!(s.rtc.delayed_event(&id).unwrap().is_none());
     }
