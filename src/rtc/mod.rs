@@ -162,6 +162,32 @@ impl RtcService {
     }
 }
 
+/// Power level of a moderator (Myelin's virtual rooms), needed for "mute for all".
+pub const MODERATOR_LEVEL: i64 = 50;
+
+impl RtcService {
+    /// "Mute for all": the SFU mutes the published audio of everyone in the room's call
+    /// except `moderator`'s own devices. Needs a joined moderator (power ≥ 50); returns
+    /// how many tracks were muted.
+    #[tracing::instrument(skip(self), fields(room = %room_id, moderator = %moderator))]
+    pub async fn mute_call_for_all(&self, room_id: &RoomId, moderator: &UserId) -> Result<usize> {
+        if self.rooms.membership(room_id, moderator)? != Some(Membership::Join) {
+            return Err(Error::forbidden("You are not joined to this room"));
+        }
+        if self.rooms.power_levels(room_id)?.user_level(moderator) < MODERATOR_LEVEL {
+            return Err(Error::forbidden("Only moderators may mute everyone"));
+        }
+        let keep: Vec<String> = self
+            .call_members(room_id)?
+            .into_iter()
+            .filter(|m| m.user_id == moderator)
+            .map(|m| token::identity(m.user_id.as_str(), &m.device_id))
+            .collect();
+        let room = token::livekit_room_name(room_id.as_str(), token::ROOM_CALL_SLOT);
+        self.sfu.mute_all_audio_except(&room, &keep).await
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;
@@ -233,6 +259,14 @@ pub(crate) mod tests {
             "M_UNAUTHORIZED"
         );
         let (bob_token, _) = s.rtc.issue_openid_token(&bob, "BDEV".into()).unwrap();
+        assert_eq!(
+            s.rtc
+                .mute_call_for_all(&room, &bob)
+                .await
+                .unwrap_err()
+                .errcode(),
+            "M_FORBIDDEN"
+        );
         assert_eq!(
             err(s.rtc.sfu_token_for_openid(
                 &bob_token,
