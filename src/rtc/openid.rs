@@ -60,7 +60,8 @@ impl RtcService {
         Ok((token, OPENID_TOKEN_TTL_SECS))
     }
 
-    /// Who an OpenID token belongs to, or 401 `M_UNKNOWN_TOKEN`.
+    /// Who an OpenID token belongs to, or 401 `M_UNKNOWN_TOKEN` (also once the account is
+    /// deactivated).
     pub fn openid_grant(&self, token: &str) -> Result<OpenIdGrant> {
         if token.is_empty() {
             return Err(unknown_openid_token());
@@ -71,7 +72,7 @@ impl RtcService {
             .openid_tokens
             .get_json(&token_key(token))?;
         match grant {
-            Some(g) if g.expires_ms > now_ms() => Ok(g),
+            Some(g) if g.expires_ms > now_ms() && !self.users.is_deactivated(&g.user_id)? => Ok(g),
             _ => Err(unknown_openid_token()),
         }
     }
@@ -129,5 +130,18 @@ mod tests {
         assert!(s.rtc.openid_grant(&token).is_err());
         assert_eq!(s.rtc.purge_expired_openid_tokens().unwrap(), 1);
         assert_eq!(s.rtc.purge_expired_openid_tokens().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn deactivation_voids_openid_tokens() {
+        let s = services();
+        let bob = s.users.create_user("bob", Some("pw"), false).unwrap();
+        let (token, _) = s.rtc.issue_openid_token(&bob, "D".into()).unwrap();
+        assert!(s.rtc.openid_grant(&token).is_ok());
+        s.users.deactivate(&bob).unwrap();
+        assert_eq!(
+            s.rtc.openid_grant(&token).unwrap_err().errcode(),
+            "M_UNKNOWN_TOKEN"
+        );
     }
 }
