@@ -388,6 +388,16 @@ mod tests {
         assert_eq!(body["org.matrix.msc4143.rtc_foci"], expected);
         let (_, body) = call(&app, "GET", "/_matrix/client/versions", None, None).await;
         assert_eq!(body["unstable_features"]["org.matrix.msc4140"], true);
+        // Element Call probes leave delegation; 404 tells it to keep its own delayed leave.
+        let (status, _) = call(
+            &app,
+            "POST",
+            "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
