@@ -90,6 +90,45 @@ impl Default for StorageConfig {
     }
 }
 
+/// MatrixRTC settings (`[rtc]`): the SFU, its LiveKit credentials, the token service and
+/// delayed events.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RtcConfig {
+    /// WebSocket URL of the LiveKit-compatible SFU handed to clients with their token.
+    pub livekit_url: String,
+    /// LiveKit API key; empty = generated on first start and kept in the data dir.
+    pub livekit_api_key: String,
+    /// LiveKit API secret; empty = generated on first start and kept in the data dir.
+    pub livekit_api_secret: String,
+    /// Whether `myelin serve` runs the companion SFU in-process.
+    pub embedded_sfu: bool,
+    /// Public base URL of the token service (`/sfu/get`, `/get_token`) advertised as the
+    /// transport's `livekit_service_url`; empty = the homeserver's own base URL.
+    pub jwt_service_url: String,
+    /// Lifetime of issued SFU tokens in seconds.
+    pub token_ttl_secs: u64,
+    /// Longest accepted delay of a delayed event (MSC4140) in milliseconds.
+    pub max_delay_ms: u64,
+    /// Most delayed events one user may have scheduled at once.
+    pub max_delayed_per_user: usize,
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            livekit_url: "ws://127.0.0.1:7880".to_owned(),
+            livekit_api_key: String::new(),
+            livekit_api_secret: String::new(),
+            embedded_sfu: true,
+            jwt_service_url: String::new(),
+            token_ttl_secs: 3600,
+            max_delay_ms: 24 * 60 * 60 * 1000,
+            max_delayed_per_user: 100,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -114,6 +153,8 @@ pub struct Config {
     pub voip: VoipConfig,
     /// Media repository settings.
     pub media: MediaConfig,
+    /// MatrixRTC settings.
+    pub rtc: RtcConfig,
 }
 
 impl Default for Config {
@@ -129,6 +170,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             voip: VoipConfig::default(),
             media: MediaConfig::default(),
+            rtc: RtcConfig::default(),
         }
     }
 }
@@ -210,6 +252,45 @@ impl Config {
                 ),
             };
         }
+        self.apply_rtc_env(&lookup)
+    }
+
+    fn apply_rtc_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        fn number<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}"))
+        }
+        let rtc = &mut self.rtc;
+        if let Some(v) = lookup("MYELIN_RTC_LIVEKIT_URL") {
+            rtc.livekit_url = v;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_LIVEKIT_API_KEY") {
+            rtc.livekit_api_key = v;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_LIVEKIT_API_SECRET") {
+            rtc.livekit_api_secret = v;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_EMBEDDED_SFU") {
+            rtc.embedded_sfu = match v.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => anyhow::bail!("MYELIN_RTC_EMBEDDED_SFU={other}: expected true or false"),
+            };
+        }
+        if let Some(v) = lookup("MYELIN_RTC_JWT_SERVICE_URL") {
+            rtc.jwt_service_url = v;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_TOKEN_TTL_SECS") {
+            rtc.token_ttl_secs = number("MYELIN_RTC_TOKEN_TTL_SECS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_MAX_DELAY_MS") {
+            rtc.max_delay_ms = number("MYELIN_RTC_MAX_DELAY_MS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_MAX_DELAYED_PER_USER") {
+            rtc.max_delayed_per_user = number("MYELIN_RTC_MAX_DELAYED_PER_USER", &v)?;
+        }
         Ok(())
     }
 
@@ -222,7 +303,32 @@ impl Config {
                 "registration.mode = \"token\" needs at least one registration.tokens entry"
             );
         }
+        if self.rtc.livekit_api_key.is_empty() != self.rtc.livekit_api_secret.is_empty() {
+            anyhow::bail!(
+                "rtc.livekit_api_key and rtc.livekit_api_secret must be set together (or both left empty)"
+            );
+        }
+        for (name, url) in [
+            ("rtc.livekit_url", &self.rtc.livekit_url),
+            ("rtc.jwt_service_url", &self.rtc.jwt_service_url),
+        ] {
+            if !url.is_empty() && !url.contains("://") {
+                anyhow::bail!("{name} {url:?} is not a URL");
+            }
+        }
+        if self.rtc.token_ttl_secs == 0 {
+            anyhow::bail!("rtc.token_ttl_secs must be positive");
+        }
         Ok(())
+    }
+
+    /// The public base URL of the SFU token service (`livekit_service_url`).
+    pub fn rtc_service_url(&self) -> String {
+        if self.rtc.jwt_service_url.is_empty() {
+            self.base_url()
+        } else {
+            self.rtc.jwt_service_url.trim_end_matches('/').to_owned()
+        }
     }
 
     /// The base URL clients should use.
@@ -272,6 +378,34 @@ mod tests {
         assert_eq!(c.server_name, "b.example");
         assert_eq!(c.registration.mode, RegistrationMode::Token);
         assert_eq!(c.registration.tokens, vec!["t1", "t2"]);
+    }
+
+    #[test]
+    fn rtc_defaults_and_env() {
+        let text = include_str!("../config/myelin.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.rtc.livekit_url, "ws://127.0.0.1:7880");
+        assert!(c.rtc.embedded_sfu);
+        assert_eq!(c.rtc.token_ttl_secs, RtcConfig::default().token_ttl_secs);
+        assert_eq!(c.rtc_service_url(), "http://127.0.0.1:8008");
+        let mut c = Config::default();
+        c.apply_env(|k| match k {
+            "MYELIN_RTC_LIVEKIT_URL" => Some("wss://sfu.example".into()),
+            "MYELIN_RTC_EMBEDDED_SFU" => Some("false".into()),
+            "MYELIN_RTC_JWT_SERVICE_URL" => Some("https://rtc.example/".into()),
+            "MYELIN_RTC_MAX_DELAY_MS" => Some("5000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.rtc.livekit_url, "wss://sfu.example");
+        assert!(!c.rtc.embedded_sfu);
+        assert_eq!(c.rtc_service_url(), "https://rtc.example");
+        assert_eq!(c.rtc.max_delay_ms, 5000);
+        assert!(c
+            .apply_env(|k| (k == "MYELIN_RTC_EMBEDDED_SFU").then(|| "maybe".into()))
+            .is_err());
+        c.rtc.livekit_api_key = "key".into();
+        assert!(c.validate().is_err(), "key without secret");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod events;
 pub mod media;
 pub mod push;
 pub mod rooms;
+pub mod rtc;
 pub mod services;
 pub mod storage;
 pub mod sync;

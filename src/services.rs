@@ -9,6 +9,7 @@ use crate::{
     media::MediaService,
     push::PushService,
     rooms::RoomsService,
+    rtc::{LiveKitKeys, RtcService},
     storage::Storage,
     sync::{notifier::Notifier, SyncService},
     users::UsersService,
@@ -37,11 +38,25 @@ pub struct Services {
     pub push: Arc<PushService>,
     /// The media repository.
     pub media: Arc<MediaService>,
+    /// MatrixRTC: OpenID, SFU tokens, delayed events.
+    pub rtc: Arc<RtcService>,
 }
 
 impl Services {
-    /// Builds every service on the given storage and signing key.
+    /// Builds every service on the given storage and signing key (LiveKit keys from the
+    /// config, else random).
     pub fn build(config: Config, storage: Storage, keys: ServerKeys) -> Result<Arc<Services>> {
+        let livekit = LiveKitKeys::from_config_or_random(&config.rtc);
+        Services::build_with(config, storage, keys, livekit)
+    }
+
+    /// Builds every service on the given storage, signing key and LiveKit keys.
+    pub fn build_with(
+        config: Config,
+        storage: Storage,
+        keys: ServerKeys,
+        livekit: LiveKitKeys,
+    ) -> Result<Arc<Services>> {
         let config = Arc::new(config);
         let storage = Arc::new(storage);
         let keys = Arc::new(keys);
@@ -64,10 +79,13 @@ impl Services {
             rooms.clone(),
             users.clone(),
         ));
-        let evaluate = push.clone();
+        // Weak: the rooms service must not keep the push service (which holds it) alive.
+        let evaluate = Arc::downgrade(&push);
         rooms.set_on_append(Box::new(move |pdu, pos, members| {
-            if let Err(e) = evaluate.process_event(pdu, pos, members) {
-                tracing::warn!(event_id = %pdu.event_id, error = %e, "push evaluation failed");
+            if let Some(push) = evaluate.upgrade() {
+                if let Err(e) = push.process_event(pdu, pos, members) {
+                    tracing::warn!(event_id = %pdu.event_id, error = %e, "push evaluation failed");
+                }
             }
         }));
         let sync = Arc::new(SyncService::new(
@@ -88,6 +106,21 @@ impl Services {
                 None => Ok(()),
             }
         }));
+        let rtc = Arc::new(RtcService::new(
+            config.clone(),
+            storage.clone(),
+            rooms.clone(),
+            users.clone(),
+            livekit,
+        )?);
+        let weak_rtc = Arc::downgrade(&rtc);
+        rooms.set_on_state_written(Box::new(move |room, kind, key, sender| {
+            if let Some(rtc) = weak_rtc.upgrade() {
+                if let Err(e) = rtc.on_state_written(room, kind, key, sender) {
+                    tracing::error!(error = %e, "cancelling superseded delayed events failed");
+                }
+            }
+        }));
         Ok(Arc::new(Services {
             config,
             storage,
@@ -99,19 +132,23 @@ impl Services {
             sync,
             push,
             media,
+            rtc,
         }))
     }
 
-    /// Starts the background tasks (push delivery); call once inside the runtime.
+    /// Starts the background tasks (push delivery, delayed events that came due while
+    /// the server was down); call once inside the runtime.
     pub fn start_background(&self) {
         self.push.start_delivery();
+        self.rtc.start_delayed_events();
     }
 
     /// Opens the on-disk database and key named by the config and builds the services.
     pub fn open(config: Config) -> Result<Arc<Services>> {
         let storage = Storage::open_sled(&config.data_dir, config.storage.cache_capacity_mb << 20)?;
         let keys = ServerKeys::load_or_generate(&config.data_dir)?;
-        Services::build(config, storage, keys)
+        let livekit = LiveKitKeys::load_or_generate(&config.rtc, &config.data_dir)?;
+        Services::build_with(config, storage, keys, livekit)
     }
 
     /// Services on the in-memory engine with a fresh key (tests).

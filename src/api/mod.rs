@@ -4,6 +4,7 @@
 mod admin;
 pub mod client;
 mod guest;
+mod rtc_service;
 pub mod ruma;
 mod server_keys;
 
@@ -23,7 +24,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_origin(Any)
         .allow_methods(Any)
         .allow_headers(Any);
-    admin::routes(server_keys::routes(client::routes()))
+    admin::routes(rtc_service::routes(server_keys::routes(client::routes())))
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)

@@ -31,6 +31,18 @@ pub struct Ruma<T> {
     pub session: Option<Session>,
     /// The raw JSON body (for endpoints that need fields ruma does not model).
     pub json_body: Option<serde_json::Value>,
+    /// The raw query string (for parameters ruma does not model, e.g. MSC4140's delay).
+    pub query: Option<String>,
+}
+
+impl<T> Ruma<T> {
+    /// The first value of query parameter `name`, percent-decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query.as_deref()?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
 }
 
 impl<T> Ruma<T> {
@@ -169,6 +181,7 @@ where
             Some(value)
         };
 
+        let query = parts.uri.query().map(str::to_owned);
         let http_req = http::Request::from_parts(parts, bytes.as_ref());
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &args).map_err(parse_error)?;
@@ -176,6 +189,7 @@ where
             body,
             session,
             json_body,
+            query,
         })
     }
 }

@@ -428,9 +428,13 @@ impl PushService {
 
     /// Starts delivering queued pushes (call once from inside the runtime).
     pub fn start_delivery(self: &Arc<Self>) {
-        let this = self.clone();
+        // Weak: the delivery task must not keep the service (and the database) alive.
+        let this = Arc::downgrade(self);
         self.gateway
             .start(move |user: &str, app_id: &str, pushkey: &str| {
+                let Some(this) = this.upgrade() else {
+                    return;
+                };
                 if let Ok(user) = <&UserId>::try_from(user) {
                     let mut batch = Batch::new();
                     batch.remove(

@@ -250,6 +250,9 @@ impl RoomsService {
         if let Some((user, m)) = &membership {
             self.members.set(room_id, user, *m);
         }
+        if let (Some(state_key), Some(hook)) = (&event.state_key, self.on_state.get()) {
+            hook(room_id, &event.kind, state_key, sender);
+        }
         let members = self.members(room_id)?;
         if let Some(hook) = self.on_append.get() {
             hook(&pdu, pos, &members);

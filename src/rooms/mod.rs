@@ -44,6 +44,9 @@ pub struct RoomRecord {
     pub room_type: Option<String>,
 }
 
+/// Called after a state event was stored: `(room, type, state_key, sender)`.
+pub type StateHook = Box<dyn Fn(&RoomId, &str, &str, &ruma::UserId) + Send + Sync>;
+
 /// Proof that the caller holds a room's lock: state-changing calls take it.
 pub struct RoomGuard {
     room_id: OwnedRoomId,
@@ -79,6 +82,8 @@ pub struct RoomsService {
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
     /// Run for every event right after it is committed (push rule evaluation).
     on_append: std::sync::OnceLock<AppendHook>,
+    /// Run after every stored state event (delayed-event cancellation).
+    on_state: std::sync::OnceLock<StateHook>,
 }
 
 /// A callback run with every newly committed event, its position and the room's members.
@@ -123,6 +128,7 @@ impl RoomsService {
             receipts_lock: Mutex::default(),
             pdu_cache: Mutex::default(),
             on_append: std::sync::OnceLock::new(),
+            on_state: std::sync::OnceLock::new(),
         })
     }
 
@@ -135,6 +141,14 @@ impl RoomsService {
         RoomGuard {
             room_id: room_id.to_owned(),
             _guard: mutex.lock_owned().await,
+        }
+    }
+
+    /// Installs the hook run after every stored state event. Only the first call takes
+    /// effect.
+    pub fn set_on_state_written(&self, hook: StateHook) {
+        if self.on_state.set(hook).is_err() {
+            tracing::warn!("rooms: state hook already set");
         }
     }
 

@@ -120,6 +120,23 @@ trees! {
     /// `media_id, "WxH-method"` → JSON cached thumbnail `{sha256, content_type, size}`.
     media_thumbnails = 0x51,
 
+    // ---- rtc ----
+    /// `sha256(openid_token)` → JSON `{user_id, expires_ms}`: OpenID tokens for the SFU
+    /// token service and `/_matrix/federation/v1/openid/userinfo`.
+    openid_tokens = 0x60,
+    /// `delay_id` → JSON delayed event (MSC4140): owner, room, type, state key, content,
+    /// delay, running since, deadline.
+    delayed_events = 0x61,
+    /// `deadline_ms(u64), delay_id` → `""`: delayed events by the time they fire.
+    delayed_by_deadline = 0x62,
+    /// `user_id, delay_id` → `""`: each user's scheduled delayed events.
+    delayed_by_user = 0x63,
+    /// `room_id, type, state_key, delay_id` → `""`: scheduled delayed state events, to
+    /// cancel them when another user writes that state.
+    delayed_by_state = 0x64,
+    /// `user_id, device_id, txn_id` → `delay_id`: idempotent scheduling by transaction.
+    delayed_txns = 0x65,
+
     // ---- push ----
     /// `user_id, room_id, pos(u64)` → JSON `{event_id, highlight, actions, ts}`: events
     /// that notify the user; unread counts are the entries after the user's receipt.

@@ -1,4 +1,4 @@
-//! Server discovery: `/versions`, `/.well-known/matrix/client`.
+//! Server discovery: `/versions`, `/.well-known/matrix/client` (with the MatrixRTC foci).
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -28,6 +28,8 @@ pub const SPEC_VERSIONS: &[&str] = &[
 pub const UNSTABLE_FEATURES: &[&str] = &[
     // Simplified sliding sync (MSC4186), which Element X requires.
     "org.matrix.simplified_msc3575",
+    // Delayed events, used by MatrixRTC clients for their delayed leave.
+    "org.matrix.msc4140",
 ];
 
 /// `GET /_matrix/client/versions`
@@ -47,5 +49,8 @@ async fn get_versions(
 
 /// `GET /.well-known/matrix/client`
 async fn well_known_client(State(services): State<Arc<Services>>) -> Json<Value> {
-    Json(json!({ "m.homeserver": { "base_url": services.config.base_url() } }))
+    Json(json!({
+        "m.homeserver": { "base_url": services.config.base_url() },
+        "org.matrix.msc4143.rtc_foci": super::rtc::transports_json(&services),
+    }))
 }

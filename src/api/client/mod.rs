@@ -16,6 +16,7 @@ mod presence;
 mod profile;
 mod push_rules;
 mod room;
+mod rtc;
 mod session;
 mod sync;
 mod to_device;
@@ -51,5 +52,6 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = voip::routes(router);
     let router = media::routes(router);
     let router = user_directory::routes(router);
+    let router = rtc::routes(router);
     sync::routes(router)
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, Router};
+use axum::{extract::State, Json, Router};
 use ruma::{
     api::{
         client::{
@@ -21,17 +21,28 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{
-    api::ruma::{raw, RouterExt, Ruma},
+    api::ruma::{raw, RouterExt, RouterJsonExt, Ruma},
     rooms::{CreateRoom, Direction, EventFilter, MemberProfile, Membership, NewEvent, Token},
     services::Services,
     Error, Result,
 };
 
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    // MSC4140 delayed sends under the unstable prefix (the usual paths take the delay too).
+    let router = super::rtc::route_json_at(
+        router,
+        "/_matrix/client/unstable/org.matrix.msc4140/rooms/{room_id}/send/{event_type}/{txn_id}",
+        send_message_route,
+    );
+    let router = super::rtc::route_json_at(
+        router,
+        "/_matrix/client/unstable/org.matrix.msc4140/rooms/{room_id}/state/{event_type}/{state_key}",
+        send_state_route,
+    );
     router
         .ruma(create_room_route)
-        .ruma(send_message_route)
-        .ruma(send_state_route)
+        .ruma_json(send_message_route)
+        .ruma_json(send_state_route)
         .ruma(get_state_route)
         .ruma(get_state_for_key_route)
         .ruma(redact_route)
@@ -109,14 +120,29 @@ async fn create_room_route(
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+///
+/// With `?org.matrix.msc4140.delay=MS` the event is scheduled instead (`{"delay_id"}`).
 async fn send_message_route(
     State(services): State<Arc<Services>>,
     req: Ruma<send_message_event::v3::Request>,
-) -> Result<send_message_event::v3::Response> {
+) -> Result<Json<Value>> {
     let session = req.session()?.clone();
     let body = &req.body;
     let content: Value = serde_json::from_str(body.body.json().get())?;
     let kind = body.event_type.to_string();
+    if let Some(res) = super::rtc::schedule_if_delayed(
+        &services,
+        &req,
+        &body.room_id,
+        &kind,
+        None,
+        &content,
+        Some(body.txn_id.as_str()),
+    )
+    .await?
+    {
+        return Ok(res);
+    }
     let redacts = if kind == "m.room.redaction" {
         let id = content["redacts"]
             .as_str()
@@ -130,18 +156,33 @@ async fn send_message_route(
     event.txn = Some((session.device_id.clone(), body.txn_id.to_string()));
     let guard = services.rooms.lock(&body.room_id).await;
     let (event_id, _) = services.rooms.send(guard, &session.user_id, event).await?;
-    Ok(send_message_event::v3::Response::new(event_id))
+    Ok(Json(json!({ "event_id": event_id })))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+///
+/// With `?org.matrix.msc4140.delay=MS` the event is scheduled instead (`{"delay_id"}`).
 async fn send_state_route(
     State(services): State<Arc<Services>>,
     req: Ruma<send_state_event::v3::Request>,
-) -> Result<send_state_event::v3::Response> {
+) -> Result<Json<Value>> {
     let sender = req.sender_user()?.clone();
     let body = &req.body;
     let content: Value = serde_json::from_str(body.body.json().get())?;
     let kind = body.event_type.to_string();
+    if let Some(res) = super::rtc::schedule_if_delayed(
+        &services,
+        &req,
+        &body.room_id,
+        &kind,
+        Some(&body.state_key),
+        &content,
+        None,
+    )
+    .await?
+    {
+        return Ok(res);
+    }
     if kind == "m.room.canonical_alias" {
         for alias in content["alias"].as_str().into_iter().chain(
             content["alt_aliases"]
@@ -170,7 +211,7 @@ async fn send_state_route(
             NewEvent::state(kind, body.state_key.clone(), content),
         )
         .await?;
-    Ok(send_state_event::v3::Response::new(event_id))
+    Ok(Json(json!({ "event_id": event_id })))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`

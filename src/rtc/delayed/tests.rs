@@ -1,0 +1,273 @@
+//! Tests of delayed events on the in-memory engine and on sled across a restart.
+
+use serde_json::json;
+
+use super::*;
+use crate::{config::Config, services::Services};
+
+fn user(name: &str) -> OwnedUserId {
+    UserId::parse(format!("@{name}:localhost")).unwrap()
+}
+
+const KEY: &str = "_@alice:localhost_DEV_m.call";
+const CALL: &str = "org.matrix.msc3401.call.member";
+
+async fn room_with(s: &Arc<Services>, members: &[&OwnedUserId]) -> OwnedRoomId {
+    let room = s
+        .rooms
+        .create_room(&user("alice"), Default::default())
+        .await
+        .unwrap();
+    for m in members {
+        s.rooms
+            .invite(&room, &user("alice"), m, None, false, None)
+            .await
+            .unwrap();
+        s.rooms
+            .join(&room, m, &Default::default(), None)
+            .await
+            .unwrap();
+    }
+    room
+}
+
+async fn schedule(
+    s: &Arc<Services>,
+    who: &UserId,
+    room: &RoomId,
+    delay_ms: u64,
+    content: Value,
+) -> Result<String> {
+    s.rtc
+        .schedule_delayed(
+            who,
+            "DEV".into(),
+            room,
+            CALL,
+            Some(KEY),
+            content,
+            delay_ms,
+            None,
+        )
+        .await
+}
+
+fn call_state(s: &Services, room: &RoomId) -> Option<Value> {
+    s.rooms.state_content(room, CALL, KEY).unwrap()
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn fires_after_the_delay_and_restart_postpones() {
+    let s = Services::in_memory(Config::default()).unwrap();
+    let alice = user("alice");
+    let room = room_with(&s, &[]).await;
+    let id = schedule(&s, &alice, &room, 300, json!({})).await.unwrap();
+    assert_eq!(s.rtc.list_delayed(&alice).unwrap().len(), 1);
+    assert!(call_state(&s, &room).is_none());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    s.rtc
+        .update_delayed(&id, DelayedAction::Restart, Some(&alice))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(call_state(&s, &room).is_none(), "restart postponed it");
+    assert!(wait_for(|| call_state(&s, &room).is_some()).await);
+    assert!(s.rtc.list_delayed(&alice).unwrap().is_empty());
+    assert_eq!(
+        s.rtc
+            .update_delayed(&id, DelayedAction::Cancel, Some(&alice))
+            .await
+            .unwrap_err()
+            .errcode(),
+        "M_NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn send_now_cancel_and_ownership() {
+    let s = Services::in_memory(Config::default()).unwrap();
+    let alice = user("alice");
+    let bob = user("bob");
+    let room = room_with(&s, &[&bob]).await;
+    let id = schedule(&s, &alice, &room, 60_000, json!({"left": true}))
+        .await
+        .unwrap();
+    // Another user cannot touch it through the authenticated endpoint.
+    assert_eq!(
+        s.rtc
+            .update_delayed(&id, DelayedAction::Send, Some(&bob))
+            .await
+            .unwrap_err()
+            .errcode(),
+        "M_NOT_FOUND"
+    );
+    s.rtc
+        .update_delayed(&id, DelayedAction::Send, None)
+        .await
+        .unwrap();
+    assert_eq!(call_state(&s, &room).unwrap()["left"], true);
+
+    let id = schedule(&s, &alice, &room, 60_000, json!({"again": 1}))
+        .await
+        .unwrap();
+    s.rtc
+        .update_delayed(&id, DelayedAction::Cancel, Some(&alice))
+        .await
+        .unwrap();
+    assert!(s.rtc.delayed_event(&id).unwrap().is_none());
+    assert!(s.rtc.list_delayed(&alice).unwrap().is_empty());
+    assert!(s
+        .storage
+        .trees
+        .delayed_by_deadline
+        .scan_prefix(&[])
+        .next()
+        .is_none());
+}
+
+#[tokio::test]
+async fn bad_requests_change_nothing() {
+    let mut config = Config::default();
+    config.rtc.max_delay_ms = 1000;
+    config.rtc.max_delayed_per_user = 2;
+    let s = Services::in_memory(config).unwrap();
+    let alice = user("alice");
+    let carol = user("carol");
+    let room = room_with(&s, &[]).await;
+    let code = |r: Result<String>| r.unwrap_err().errcode();
+    assert_eq!(
+        code(schedule(&s, &alice, &room, 5000, json!({})).await),
+        "M_MAX_DELAY_EXCEEDED"
+    );
+    assert_eq!(
+        code(schedule(&s, &carol, &room, 10, json!({})).await),
+        "M_FORBIDDEN"
+    );
+    let unknown = RoomId::parse("!nope:localhost").unwrap();
+    assert_eq!(
+        code(schedule(&s, &alice, &unknown, 10, json!({})).await),
+        "M_NOT_FOUND"
+    );
+    assert_eq!(
+        code(schedule(&s, &alice, &room, 10, json!([1])).await),
+        "M_BAD_JSON"
+    );
+    assert!(s
+        .storage
+        .trees
+        .delayed_events
+        .scan_prefix(&[])
+        .next()
+        .is_none());
+    schedule(&s, &alice, &room, 1000, json!({})).await.unwrap();
+    schedule(&s, &alice, &room, 1000, json!({})).await.unwrap();
+    assert_eq!(
+        code(schedule(&s, &alice, &room, 1000, json!({})).await),
+        "M_LIMIT_EXCEEDED"
+    );
+    assert!(DelayedAction::parse("explode").is_err());
+}
+
+#[tokio::test]
+async fn transaction_ids_are_idempotent() {
+    let s = Services::in_memory(Config::default()).unwrap();
+    let alice = user("alice");
+    let room = room_with(&s, &[]).await;
+    let go = || {
+        s.rtc.schedule_delayed(
+            &alice,
+            "DEV".into(),
+            &room,
+            "m.room.message",
+            None,
+            json!({"body": "later"}),
+            60_000,
+            Some("txn1"),
+        )
+    };
+    let first = go().await.unwrap();
+    assert_eq!(go().await.unwrap(), first);
+    assert_eq!(s.rtc.list_delayed(&alice).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn another_users_state_cancels_pending_state_but_own_does_not() {
+    let s = Services::in_memory(Config::default()).unwrap();
+    let alice = user("alice");
+    let room = room_with(&s, &[]).await;
+    let id = schedule(&s, &alice, &room, 60_000, json!({}))
+        .await
+        .unwrap();
+    // Alice's own newer state of that key keeps her scheduled leave (Synapse's rule).
+    {
+        let guard = s.rooms.lock(&room).await;
+        s.rooms
+            .send(
+                guard,
+                &alice,
+                NewEvent::state(CALL, KEY, json!({"application": "m.call"})),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(s.rtc.delayed_event(&id).unwrap().is_some());
+    // Someone else overwriting that state supersedes it. Alice (power 100) writes as
+    // a second account would: give bob the right first.
+    let bob = user("bob");
+    s.rooms
+        .invite(&room, &alice, &bob, None, false, None)
+        .await
+        .unwrap();
+    s.rooms
+        .join(&room, &bob, &Default::default(), None)
+        .await
+        .unwrap();
+    {
+        let guard = s.rooms.lock(&room).await;
+        s.rooms
+            .send(guard, &bob, NewEvent::state(CALL, KEY, json!({})))
+            .await
+            .unwrap();
+    }
+    assert!(s.rtc.delayed_event(&id).unwrap().is_none());
+    assert!(s.rtc.list_delayed(&alice).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn survives_a_restart_and_fires_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    let (room, id) = {
+        let s = Services::open(config.clone()).unwrap();
+        let room = room_with(&s, &[]).await;
+        let id = schedule(&s, &user("alice"), &room, 200, json!({"after": "restart"}))
+            .await
+            .unwrap();
+        (room, id)
+    };
+    // Give the old instance's tasks a moment to notice they are orphaned.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let s = Services::open(config).unwrap();
+    assert!(s.rtc.delayed_event(&id).unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        call_state(&s, &room).is_none(),
+        "nothing fires before the timer starts"
+    );
+    s.rtc.start_delayed_events();
+    assert!(wait_for(|| call_state(&s, &room).is_some_and(|c| c["after"] == "restart")).await);
+    assert!(s.rtc.delayed_event(&id).unwrap().is_none());
+}
