@@ -17,6 +17,7 @@ mod push_rules;
 mod room;
 mod session;
 mod sync;
+mod thirdparty;
 mod to_device;
 
 use std::sync::Arc;
@@ -45,5 +46,6 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = keys::routes(router);
     let router = to_device::routes(router);
     let router = backup::routes(router);
+    let router = thirdparty::routes(router);
     sync::routes(router)
 }
