@@ -176,6 +176,46 @@ function checkPushRules(rules, who) {
     check(master.default === true && master.enabled === false, `${who}: master rule ${JSON.stringify(master)}`);
 }
 
+/** What Element Web asks beyond the SDK's own startup, with the answers it relies on. */
+async function elementStartupCalls(client, account) {
+    // No OAuth 2.0 (next-gen auth): Element falls back to the legacy login API only on 404
+    // M_UNRECOGNIZED.
+    try {
+        const metadata = await client.getAuthMetadata();
+        throw new Error(`auth_metadata answered ${JSON.stringify(metadata)}: expected 404 M_UNRECOGNIZED`);
+    } catch (e) {
+        check(
+            e instanceof MatrixError && e.httpStatus === 404 && e.errcode === "M_UNRECOGNIZED",
+            `auth_metadata: expected 404 M_UNRECOGNIZED, got ${e}`,
+        );
+    }
+    const flows = await client.loginFlows();
+    check(
+        flows.flows.some((flow) => flow.type === "m.login.password"),
+        `login flows without m.login.password: ${JSON.stringify(flows)}`,
+    );
+    const whoami = await client.whoami();
+    check(
+        whoami.user_id === account.user_id && whoami.device_id === account.device_id,
+        `whoami: ${JSON.stringify(whoami)}`,
+    );
+    const profile = await client.getProfileInfo(account.user_id);
+    check(typeof profile.displayname === "string", `profile: ${JSON.stringify(profile)}`);
+    const threepids = await client.getThreePids();
+    check(Array.isArray(threepids.threepids), `3pids: ${JSON.stringify(threepids)}`);
+    const protocols = await client.getThirdpartyProtocols();
+    check(protocols && !Array.isArray(protocols), `thirdparty protocols: ${JSON.stringify(protocols)}`);
+    const { devices } = await client.getDevices();
+    check(
+        devices.some((device) => device.device_id === account.device_id),
+        `own device missing from /devices: ${JSON.stringify(devices)}`,
+    );
+    check(
+        (await client.getVersions()).versions.includes("v1.11"),
+        "server does not advertise v1.11",
+    );
+}
+
 async function main() {
     const suffix = Date.now().toString(36);
     const aliceAccount = await register(`alice-${suffix}`);
@@ -187,6 +227,9 @@ async function main() {
     const alice = await startClient(aliceAccount);
     const bob = await startClient(bobAccount);
     step("both clients reached PREPARED with Rust crypto");
+
+    await elementStartupCalls(alice, aliceAccount);
+    step("Element's other startup requests answered");
 
     checkPushRules(alice.pushRules, "alice (after PREPARED)");
     checkPushRules(await bob.getPushRules(), "bob (GET /pushrules/)");
