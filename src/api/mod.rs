@@ -10,7 +10,11 @@ mod server_keys;
 
 use std::sync::Arc;
 
-use axum::{http::StatusCode, response::IntoResponse, Router};
+use axum::{
+    http::{Method, StatusCode, Uri},
+    response::IntoResponse,
+    Router,
+};
 use tower_http::{
     cors::{Any, CorsLayer},
     trace::TraceLayer,
@@ -33,11 +37,15 @@ pub fn router(services: Arc<Services>) -> Router {
         .with_state(services)
 }
 
-async fn unrecognized() -> Error {
+/// Unknown endpoints are logged (path only, never the query, which may hold a token) so
+/// that what a client expects and this server lacks shows up in the log.
+async fn unrecognized(method: Method, uri: Uri) -> Error {
+    tracing::info!(%method, path = uri.path(), "unrecognized endpoint");
     Error::unrecognized()
 }
 
-async fn method_not_allowed() -> impl IntoResponse {
+async fn method_not_allowed(method: Method, uri: Uri) -> impl IntoResponse {
+    tracing::info!(%method, path = uri.path(), "method not allowed");
     let (_, body) = Error::unrecognized().to_status_and_body();
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
 }

@@ -19,6 +19,7 @@ mod room;
 mod rtc;
 mod session;
 mod sync;
+mod thirdparty;
 mod to_device;
 mod user_directory;
 mod voip;
@@ -53,5 +54,6 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = media::routes(router);
     let router = user_directory::routes(router);
     let router = rtc::routes(router);
+    let router = thirdparty::routes(router);
     sync::routes(router)
 }

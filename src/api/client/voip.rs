@@ -1,12 +1,11 @@
-//! `/voip/turnServer` (TURN credentials from config) and `/thirdparty/protocols` (no
-//! third-party networks are bridged: an empty answer is the correct one).
+//! `/voip/turnServer`: TURN credentials from config.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{extract::State, Router};
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use ruma::api::client::{thirdparty::get_protocols, voip::get_turn_server_info};
+use ruma::api::client::voip::get_turn_server_info;
 use sha1::Sha1;
 
 use crate::{
@@ -16,7 +15,7 @@ use crate::{
 };
 
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma(turn_server).ruma(protocols)
+    router.ruma(turn_server)
 }
 
 /// The coturn REST-API credential: username `<expiry>:<user>`, password
@@ -59,15 +58,6 @@ async fn turn_server(
         voip.turn_uris.clone(),
         Duration::from_secs(voip.turn_ttl_secs),
     ))
-}
-
-/// `GET /_matrix/client/v3/thirdparty/protocols`
-async fn protocols(
-    _: State<Arc<Services>>,
-    req: Ruma<get_protocols::v3::Request>,
-) -> Result<get_protocols::v3::Response> {
-    req.session()?;
-    Ok(get_protocols::v3::Response::new(BTreeMap::new()))
 }
 
 #[cfg(test)]
