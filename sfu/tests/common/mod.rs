@@ -35,6 +35,10 @@ pub const ADMIN: &str = "admin-secret";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub async fn start_sfu() -> SocketAddr {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut config = Config {
         keys: BTreeMap::from([(KEY.to_owned(), SECRET.to_owned())]),
         ..Config::default()
