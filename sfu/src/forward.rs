@@ -14,7 +14,8 @@ pub struct Rewriter {
 
 #[derive(Debug, Clone)]
 struct RewriteState {
-    source_ssrc: u32,
+    /// `None` after [`Rewriter::resync`]: the next packet starts a new run.
+    source_ssrc: Option<u32>,
     seq_offset: u16,
     ts_offset: u32,
     /// Highest sequence number sent (in output space).
@@ -29,18 +30,18 @@ impl Rewriter {
     /// source; it is ignored while the source stays the same.
     pub fn rewrite(&mut self, ssrc: u32, seq: u16, ts: u32, ts_gap: u32) -> (u16, u32) {
         let state = match &mut self.state {
-            Some(state) if state.source_ssrc == ssrc => state,
+            Some(state) if state.source_ssrc == Some(ssrc) => state,
             Some(state) => {
                 // Switch: continue right after the highest packet sent so far.
                 state.seq_offset = state.max_seq.wrapping_add(1).wrapping_sub(seq);
                 state.ts_offset = state.max_ts.wrapping_add(ts_gap.max(1)).wrapping_sub(ts);
-                state.source_ssrc = ssrc;
+                state.source_ssrc = Some(ssrc);
                 state.max_seq = seq.wrapping_add(state.seq_offset).wrapping_sub(1);
                 state.max_ts = ts.wrapping_add(state.ts_offset);
                 state
             }
             None => self.state.insert(RewriteState {
-                source_ssrc: ssrc,
+                source_ssrc: Some(ssrc),
                 seq_offset: 0,
                 ts_offset: 0,
                 max_seq: seq.wrapping_sub(1),
@@ -58,7 +59,16 @@ impl Rewriter {
 
     /// The SSRC of the source currently forwarded, if any.
     pub fn source(&self) -> Option<u32> {
-        self.state.as_ref().map(|s| s.source_ssrc)
+        self.state.as_ref().and_then(|s| s.source_ssrc)
+    }
+
+    /// Makes the next packet continue the output right after the last one sent, even from
+    /// the same source: used after packets were deliberately dropped (pause, mute), so the
+    /// subscriber sees no gap to ask retransmissions for.
+    pub fn resync(&mut self) {
+        if let Some(state) = &mut self.state {
+            state.source_ssrc = None;
+        }
     }
 }
 
@@ -183,6 +193,17 @@ mod tests {
         assert_eq!(r.source(), Some(2));
         // And back again.
         assert_eq!(r.rewrite(1, 400, 50, 90), (104, 18090));
+    }
+
+    #[test]
+    fn resync_closes_the_gap_of_dropped_packets() {
+        let mut r = Rewriter::default();
+        r.rewrite(1, 100, 1000, 10);
+        r.resync();
+        assert_eq!(r.source(), None);
+        // Packets 101..=199 were dropped while paused.
+        assert_eq!(r.rewrite(1, 200, 50000, 10), (101, 1010));
+        assert_eq!(r.rewrite(1, 201, 50100, 10), (102, 1110));
     }
 
     #[test]

@@ -104,7 +104,6 @@ pub struct DownTrack {
     state: Mutex<DownState>,
 }
 
-#[derive(Default)]
 struct DownState {
     /// SSRC of the layer being forwarded.
     current: Option<u32>,
@@ -113,6 +112,28 @@ struct DownState {
     last_pli: Option<Instant>,
     /// Subscriber asked for no media (UpdateTrackSettings.disabled).
     paused: bool,
+    /// Best simulcast layer rank this subscriber wants (see [`layer_rank`]).
+    max_rank: u8,
+}
+
+impl Default for DownState {
+    fn default() -> Self {
+        DownState {
+            current: None,
+            rewriter: Rewriter::default(),
+            last_out: None,
+            last_pli: None,
+            paused: false,
+            max_rank: u8::MAX,
+        }
+    }
+}
+
+impl DownState {
+    fn resync(&mut self) {
+        self.current = None;
+        self.rewriter.resync();
+    }
 }
 
 impl DownTrack {
@@ -127,10 +148,26 @@ impl DownTrack {
     /// Stops or resumes forwarding to this subscriber; resuming waits for a keyframe.
     pub fn set_paused(&self, paused: bool) {
         if let Ok(mut st) = self.state.lock() {
+            let resume = st.paused && !paused;
             st.paused = paused;
-            if !paused {
-                st.current = None;
+            if resume {
+                st.resync();
             }
+        }
+    }
+
+    /// Restarts forwarding after packets were withheld: waits for a keyframe and continues
+    /// the numbering without a gap.
+    fn resync(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.resync();
+        }
+    }
+
+    /// Limits the simulcast layers forwarded to this subscriber to rank `max_rank`.
+    pub fn set_max_rank(&self, max_rank: u8) {
+        if let Ok(mut st) = self.state.lock() {
+            st.max_rank = max_rank;
         }
     }
 
@@ -149,6 +186,8 @@ pub struct PublishedTrack {
     publisher: Weak<RTCPeerConnection>,
     muted: AtomicBool,
     layers: Mutex<Vec<Layer>>,
+    /// Announced simulcast layers as (rank, width, height).
+    pub announced: Vec<(u8, u32, u32)>,
     downs: Mutex<HashMap<String, Arc<DownTrack>>>,
 }
 
@@ -166,6 +205,7 @@ impl PublishedTrack {
         codec: RTCRtpCodecCapability,
         publisher: &Arc<RTCPeerConnection>,
         muted: bool,
+        announced: Vec<(u8, u32, u32)>,
     ) -> PublishedTrack {
         PublishedTrack {
             sid,
@@ -175,6 +215,7 @@ impl PublishedTrack {
             publisher: Arc::downgrade(publisher),
             muted: AtomicBool::new(muted),
             layers: Mutex::new(Vec::new()),
+            announced,
             downs: Mutex::new(HashMap::new()),
         }
     }
@@ -211,7 +252,7 @@ impl PublishedTrack {
         let was = self.muted.swap(muted, Ordering::Relaxed);
         if was && !muted {
             for down in self.down_tracks() {
-                down.set_paused(false);
+                down.resync();
             }
         }
     }
@@ -243,23 +284,25 @@ impl PublishedTrack {
             .unwrap_or_default()
     }
 
-    /// Marks `ssrc` as alive and returns the best available layer's SSRC.
-    fn note_packet(&self, ssrc: u32, now: Instant) -> Option<u32> {
-        let mut layers = self.layers.lock().ok()?;
+    /// Marks `ssrc` as alive and returns the available layers as (rank, ssrc).
+    fn note_packet(&self, ssrc: u32, now: Instant) -> Vec<(u8, u32)> {
+        let Ok(mut layers) = self.layers.lock() else {
+            return Vec::new();
+        };
         if let Some(layer) = layers.iter_mut().find(|l| l.ssrc == ssrc) {
             layer.last_seen = now;
         }
         layers
             .iter()
             .filter(|l| now.duration_since(l.last_seen) < LAYER_IDLE)
-            .max_by_key(|l| layer_rank(&l.rid))
-            .map(|l| l.ssrc)
+            .map(|l| (layer_rank(&l.rid), l.ssrc))
+            .collect()
     }
 
     /// Forwards one RTP packet of layer `ssrc` to every subscriber.
     pub async fn forward(&self, packet: &webrtc::rtp::packet::Packet, ssrc: u32) {
         let now = Instant::now();
-        let best = self.note_packet(ssrc, now).unwrap_or(ssrc);
+        let active = self.note_packet(ssrc, now);
         if self.is_muted() {
             return;
         }
@@ -272,16 +315,19 @@ impl PublishedTrack {
         let mut request_keyframe: Option<u32> = None;
         for down in self.down_tracks() {
             let verdict = match down.state.lock() {
-                Ok(mut st) => decide(
-                    &mut st,
-                    ssrc,
-                    (packet.header.sequence_number, packet.header.timestamp),
-                    best,
-                    keyframe,
-                    clock_rate,
-                    now,
-                    &mut request_keyframe,
-                ),
+                Ok(mut st) => {
+                    let best = pick_layer(&active, st.max_rank).unwrap_or(ssrc);
+                    decide(
+                        &mut st,
+                        ssrc,
+                        (packet.header.sequence_number, packet.header.timestamp),
+                        best,
+                        keyframe,
+                        clock_rate,
+                        now,
+                        &mut request_keyframe,
+                    )
+                }
                 Err(_) => Verdict::Drop,
             };
             if let Verdict::Forward(seq, ts) = verdict {
@@ -310,7 +356,7 @@ impl PublishedTrack {
         let ssrc = self
             .down_track(subscriber)
             .and_then(|d| d.current())
-            .or_else(|| self.note_packet(0, Instant::now()));
+            .or_else(|| pick_layer(&self.note_packet(0, Instant::now()), u8::MAX));
         if let Some(ssrc) = ssrc {
             self.send_pli(ssrc).await;
         }
@@ -380,9 +426,77 @@ fn decide(
     Verdict::Forward(seq, ts)
 }
 
+/// The layer to forward from the available `(rank, ssrc)` layers: the best one not above
+/// `max_rank`, or the lowest one when all are above it.
+pub fn pick_layer(active: &[(u8, u32)], max_rank: u8) -> Option<u32> {
+    active
+        .iter()
+        .filter(|(rank, _)| *rank <= max_rank)
+        .max_by_key(|(rank, _)| *rank)
+        .or_else(|| active.iter().min_by_key(|(rank, _)| *rank))
+        .map(|(_, ssrc)| *ssrc)
+}
+
+/// The highest layer rank worth sending to a subscriber asking for `settings`, given the
+/// track's announced layers: the smallest layer at least as wide/high as the requested
+/// size, or the requested quality.
+pub fn max_rank_for(
+    settings: &livekit_protocol::UpdateTrackSettings,
+    layers: &[(u8, u32, u32)],
+) -> u8 {
+    if settings.width > 0 || settings.height > 0 {
+        let mut sorted: Vec<&(u8, u32, u32)> = layers.iter().collect();
+        sorted.sort_by_key(|(rank, _, _)| *rank);
+        return sorted
+            .iter()
+            .find(|(_, w, h)| *w >= settings.width && *h >= settings.height)
+            .or(sorted.last())
+            .map(|(rank, _, _)| *rank)
+            .unwrap_or(u8::MAX);
+    }
+    match settings.quality {
+        0 => 1, // LOW
+        1 => 2, // MEDIUM
+        _ => u8::MAX,
+    }
+}
+
 /// Whether an RTCP packet from a subscriber asks for a keyframe.
 pub fn wants_keyframe(packet: &(dyn webrtc::rtcp::packet::Packet + Send + Sync)) -> bool {
     let any = packet.as_any();
     any.downcast_ref::<PictureLossIndication>().is_some()
         || any.downcast_ref::<FullIntraRequest>().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livekit_protocol::UpdateTrackSettings;
+
+    #[test]
+    fn picks_best_layer_within_cap() {
+        let active = [(1, 10), (2, 20), (3, 30)];
+        assert_eq!(pick_layer(&active, u8::MAX), Some(30));
+        assert_eq!(pick_layer(&active, 2), Some(20));
+        assert_eq!(pick_layer(&[(2, 20), (3, 30)], 1), Some(20));
+        assert_eq!(pick_layer(&[(0, 5)], 1), Some(5));
+        assert_eq!(pick_layer(&[], 3), None);
+    }
+
+    #[test]
+    fn caps_from_track_settings() {
+        let layers = [(1, 320, 180), (2, 640, 360), (3, 1280, 720)];
+        let settings = |width, height, quality| UpdateTrackSettings {
+            width,
+            height,
+            quality,
+            ..Default::default()
+        };
+        assert_eq!(max_rank_for(&settings(300, 170, 2), &layers), 1);
+        assert_eq!(max_rank_for(&settings(600, 0, 2), &layers), 2);
+        assert_eq!(max_rank_for(&settings(1920, 1080, 2), &layers), 3);
+        assert_eq!(max_rank_for(&settings(0, 0, 0), &layers), 1);
+        assert_eq!(max_rank_for(&settings(0, 0, 1), &layers), 2);
+        assert_eq!(max_rank_for(&settings(0, 0, 2), &layers), u8::MAX);
+    }
 }

@@ -264,14 +264,15 @@ impl Participant {
     }
 
     /// Starts receiving `track`: adds a down-track to the subscriber connection (stream id
-    /// `{publisher sid}|{track sid}`, track id = track sid) and renegotiates.
-    pub async fn subscribe(self: &Arc<Self>, track: &Arc<PublishedTrack>) {
+    /// `{publisher sid}|{track sid}`, track id = track sid) and renegotiates. Returns
+    /// whether a new subscription was made.
+    pub async fn subscribe(self: &Arc<Self>, track: &Arc<PublishedTrack>) -> bool {
         if !self.grant.can_subscribe || track.owner == self.sid {
-            return;
+            return false;
         }
         let mut subs = self.subscriptions.lock().await;
         if subs.contains_key(&track.sid) {
-            return;
+            return false;
         }
         let local = Arc::new(TrackLocalStaticRTP::new(
             track.codec.clone(),
@@ -282,7 +283,7 @@ impl Participant {
             Ok(sender) => sender,
             Err(e) => {
                 tracing::warn!(participant = %self.sid, track = %track.sid, error = %e, "add_track failed");
-                return;
+                return false;
             }
         };
         subs.insert(track.sid.clone(), sender.clone());
@@ -304,6 +305,7 @@ impl Participant {
         });
         self.negotiate().await;
         track.request_keyframe_for(&self.sid).await;
+        true
     }
 
     /// Stops receiving a track and renegotiates.

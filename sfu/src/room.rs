@@ -181,7 +181,7 @@ impl Room {
     pub async fn start_subscriptions(&self, participant: &Arc<Participant>) {
         let tracks: Vec<Arc<PublishedTrack>> = self.lock().tracks.values().cloned().collect();
         for track in &tracks {
-            participant.subscribe(track).await;
+            self.subscribe(participant, track).await;
         }
         participant.negotiate().await;
     }
@@ -268,6 +268,12 @@ impl Room {
                     tracing::warn!(room = %self.name, participant = %owner.sid, %cid, "media for a track never announced");
                     return;
                 };
+                #[allow(deprecated)] // `layers` is what livekit-client fills in
+                let announced = info
+                    .layers
+                    .iter()
+                    .map(|l| (l.quality.clamp(0, 2) as u8 + 1, l.width, l.height))
+                    .collect();
                 let track = Arc::new(PublishedTrack::new(
                     info.sid.clone(),
                     owner.sid.clone(),
@@ -275,6 +281,7 @@ impl Room {
                     codec,
                     &owner.publisher,
                     info.muted,
+                    announced,
                 ));
                 track.add_layer(&rid, ssrc);
                 inner.tracks.insert(info.sid.clone(), track.clone());
@@ -303,7 +310,20 @@ impl Room {
             }
         });
         for p in subscribers {
-            p.subscribe(&track).await;
+            self.subscribe(&p, &track).await;
+        }
+    }
+
+    /// Subscribes `p` to `track` and tells the track's owner (`TrackSubscribed`).
+    async fn subscribe(&self, p: &Arc<Participant>, track: &Arc<PublishedTrack>) {
+        if p.subscribe(track).await {
+            if let Some(owner) = self.lock().participants.get(&track.owner) {
+                owner.send(proto::signal_response::Message::TrackSubscribed(
+                    proto::TrackSubscribed {
+                        track_sid: track.sid.clone(),
+                    },
+                ));
+            }
         }
     }
 
@@ -390,7 +410,8 @@ impl Room {
             .collect()
     }
 
-    /// A subscriber's track settings: `disabled` pauses forwarding of those tracks to it.
+    /// A subscriber's track settings: `disabled` pauses forwarding of those tracks to it;
+    /// the requested size or quality caps the simulcast layer it gets.
     pub async fn update_track_settings(
         &self,
         subscriber: &str,
@@ -406,6 +427,7 @@ impl Room {
         };
         for track in tracks {
             if let Some(down) = track.down_track(subscriber) {
+                down.set_max_rank(crate::media::max_rank_for(settings, &track.announced));
                 down.set_paused(settings.disabled);
                 if !settings.disabled {
                     track.request_keyframe_for(subscriber).await;
@@ -432,7 +454,7 @@ impl Room {
         };
         for track in tracks {
             if update.subscribe {
-                subscriber.subscribe(&track).await;
+                self.subscribe(subscriber, &track).await;
             } else if track.remove_down_track(&subscriber.sid).is_some() {
                 subscriber.unsubscribe(&track.sid).await;
             }

@@ -214,6 +214,13 @@ async fn audio_and_data_flow_between_two_clients() {
     assert_eq!(track_id, track_sid);
     assert_eq!(stream_id, format!("{alice_sid}|{track_sid}"));
     assert_eq!(payload.as_ref(), &[0xf8, 0xff, 0xfe]);
+    // Alice is told that somebody subscribed to her track.
+    alice
+        .wait_for(
+            "track subscribed",
+            |e| matches!(e, Event::Signal(Resp::TrackSubscribed(t)) if t.track_sid == track_sid),
+        )
+        .await;
     for _ in 0..10 {
         bob.wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
             .await;
