@@ -30,6 +30,9 @@ use serde_json::json;
 use crate::auth::validate_token;
 use crate::room::Sfu;
 
+/// Largest signalling message accepted (SDP with many tracks stays far below).
+const MAX_SIGNAL_MESSAGE: usize = 1 << 20;
+
 /// The SFU's router.
 pub fn app(sfu: Arc<Sfu>) -> Router {
     Router::new()
@@ -67,13 +70,15 @@ async fn rtc(
     let resume = query
         .get("reconnect")
         .is_some_and(|v| v == "1" || v == "true");
-    upgrade.on_upgrade(move |socket| async move {
-        if resume {
-            refuse_resume(socket).await;
-        } else {
-            crate::signal::run(sfu, grant, socket).await;
-        }
-    })
+    upgrade
+        .max_message_size(MAX_SIGNAL_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            if resume {
+                refuse_resume(socket).await;
+            } else {
+                crate::signal::run(sfu, grant, socket).await;
+            }
+        })
 }
 
 async fn refuse_resume(mut socket: axum::extract::ws::WebSocket) {

@@ -8,6 +8,9 @@ use proto::signal_response::Message;
 
 use crate::auth::Grant;
 
+/// Most tracks a participant may announce (`AddTrackRequest`) before their media arrives.
+pub const MAX_PENDING_TRACKS: usize = 16;
+
 /// Messages to deliver: recipient participant sid → message.
 pub type Outbox = Vec<(String, Message)>;
 
@@ -33,6 +36,8 @@ pub enum StateError {
     DuplicateCid,
     #[error("unknown track")]
     NoTrack,
+    #[error("too many tracks announced and not yet sent")]
+    TooManyPending,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +211,9 @@ impl RoomState {
         }
         if member.pending.contains_key(&req.cid) {
             return Err(StateError::DuplicateCid);
+        }
+        if member.pending.len() >= MAX_PENDING_TRACKS {
+            return Err(StateError::TooManyPending);
         }
         let layers = if req.layers.is_empty() {
             req.simulcast_codecs
@@ -498,6 +506,17 @@ mod tests {
         assert_eq!(
             room.add_track("PA_nobody", &add_audio("c")),
             Err(StateError::NoParticipant)
+        );
+        let a = room
+            .join(&new_sid("PA_"), &grant("alice"), 2)
+            .participant
+            .sid;
+        for i in 0..MAX_PENDING_TRACKS {
+            room.add_track(&a, &add_audio(&format!("c{i}"))).unwrap();
+        }
+        assert_eq!(
+            room.add_track(&a, &add_audio("one-too-many")),
+            Err(StateError::TooManyPending)
         );
     }
 
