@@ -4,7 +4,8 @@
 //!
 //! Layers, each importing only downwards: [`http`] and [`signal`] (service) → [`room`] and
 //! [`participant`] (rtc) → [`media`] and [`forward`] (sfu); [`state`] is the pure
-//! signalling state machine, [`auth`] the token check, [`config`] the settings.
+//! signalling state machine, [`speakers`] active-speaker detection, [`auth`] the token
+//! check, [`config`] the settings.
 
 pub mod auth;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod media;
 pub mod participant;
 pub mod room;
 pub mod signal;
+pub mod speakers;
 pub mod state;
 
 use std::sync::Arc;

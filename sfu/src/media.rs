@@ -26,6 +26,7 @@ use webrtc::track::track_local::TrackLocalWriter;
 
 use crate::config::RtcConfig;
 use crate::forward::{is_keyframe, layer_rank, Rewriter};
+use crate::speakers::LevelMeter;
 
 /// A layer that sent nothing for this long no longer counts as available.
 const LAYER_IDLE: Duration = Duration::from_millis(1500);
@@ -50,13 +51,18 @@ pub fn build_api(config: &RtcConfig) -> Result<API, webrtc::Error> {
             None,
         )?;
     }
-    media.register_header_extension(
-        RTCRtpHeaderExtensionCapability {
-            uri: webrtc::sdp::extmap::SDES_MID_URI.to_owned(),
-        },
-        RTPCodecType::Audio,
-        None,
-    )?;
+    for uri in [
+        webrtc::sdp::extmap::SDES_MID_URI,
+        webrtc::sdp::extmap::AUDIO_LEVEL_URI,
+    ] {
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RTPCodecType::Audio,
+            None,
+        )?;
+    }
     let registry = register_default_interceptors(Registry::new(), &mut media)?;
 
     let mut settings = SettingEngine::default();
@@ -188,6 +194,9 @@ pub struct PublishedTrack {
     layers: Mutex<Vec<Layer>>,
     /// Announced simulcast layers as (rank, width, height).
     pub announced: Vec<(u8, u32, u32)>,
+    /// Negotiated id of the audio-level header extension, for audio tracks.
+    audio_level_ext: Option<u8>,
+    meter: Mutex<LevelMeter>,
     downs: Mutex<HashMap<String, Arc<DownTrack>>>,
 }
 
@@ -206,6 +215,7 @@ impl PublishedTrack {
         publisher: &Arc<RTCPeerConnection>,
         muted: bool,
         announced: Vec<(u8, u32, u32)>,
+        audio_level_ext: Option<u8>,
     ) -> PublishedTrack {
         PublishedTrack {
             sid,
@@ -216,6 +226,8 @@ impl PublishedTrack {
             muted: AtomicBool::new(muted),
             layers: Mutex::new(Vec::new()),
             announced,
+            audio_level_ext,
+            meter: Mutex::new(LevelMeter::default()),
             downs: Mutex::new(HashMap::new()),
         }
     }
@@ -255,6 +267,12 @@ impl PublishedTrack {
                 down.resync();
             }
         }
+    }
+
+    /// Ends the audio-level window: the speaking level, or `None` when silent or muted.
+    pub fn take_level(&self) -> Option<f32> {
+        let level = self.meter.lock().ok()?.take();
+        level.filter(|_| !self.is_muted())
     }
 
     pub fn add_down_track(&self, subscriber: &str, down: Arc<DownTrack>) {
@@ -305,6 +323,15 @@ impl PublishedTrack {
         let active = self.note_packet(ssrc, now);
         if self.is_muted() {
             return;
+        }
+        if let Some(level) = self
+            .audio_level_ext
+            .and_then(|id| packet.header.get_extension(id))
+            .and_then(|ext| ext.first().copied())
+        {
+            if let Ok(mut meter) = self.meter.lock() {
+                meter.add(level);
+            }
         }
         let keyframe = if self.kind == RTPCodecType::Video {
             is_keyframe(&self.codec.mime_type, &packet.payload)

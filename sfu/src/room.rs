@@ -11,12 +11,17 @@ use livekit_protocol as proto;
 use prost::Message as _;
 use webrtc::api::API;
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver;
 use webrtc::track::track_remote::TrackRemote;
 
 use crate::config::Config;
 use crate::media::PublishedTrack;
 use crate::participant::{Participant, LOSSY};
+use crate::speakers::Speakers;
 use crate::state::{Joined, Outbox, RoomState, StateError};
+
+/// How often active speakers are re-evaluated.
+const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -52,7 +57,11 @@ impl Sfu {
         let mut rooms = self.rooms();
         rooms
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Room::new(name)))
+            .or_insert_with(|| {
+                let room = Arc::new(Room::new(name));
+                room.start_speaker_detection();
+                room
+            })
             .clone()
     }
 
@@ -93,6 +102,7 @@ struct Inner {
     tracks: HashMap<String, Arc<PublishedTrack>>,
     /// (owner sid, cid) → track sid, to attach later simulcast layers to their track.
     by_cid: HashMap<(String, String), String>,
+    speakers: Speakers,
     closed: bool,
 }
 
@@ -115,6 +125,7 @@ impl Room {
                 participants: HashMap::new(),
                 tracks: HashMap::new(),
                 by_cid: HashMap::new(),
+                speakers: Speakers::default(),
                 closed: false,
             }),
         }
@@ -130,6 +141,48 @@ impl Room {
                 p.send(message);
             }
         }
+    }
+
+    /// Every [`SPEAKER_INTERVAL`], tells everyone whose speaking state changed, until the
+    /// room closes.
+    fn start_speaker_detection(self: &Arc<Self>) {
+        let room = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SPEAKER_INTERVAL);
+            loop {
+                ticker.tick().await;
+                let Some(room) = room.upgrade() else { break };
+                if !room.update_speakers() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Sends `SpeakersChanged` when needed; returns false once the room is closed.
+    fn update_speakers(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        let mut levels: HashMap<String, f32> = HashMap::new();
+        for track in inner.tracks.values() {
+            if let Some(level) = track.take_level() {
+                let entry = levels.entry(track.owner.clone()).or_insert(0.0);
+                *entry = entry.max(level);
+            }
+        }
+        let changes = inner.speakers.update(levels);
+        if !changes.is_empty() {
+            for p in inner.participants.values() {
+                p.send(proto::signal_response::Message::SpeakersChanged(
+                    proto::SpeakersChanged {
+                        speakers: changes.clone(),
+                    },
+                ));
+            }
+        }
+        true
     }
 
     fn close_if_empty(&self) -> bool {
@@ -239,7 +292,15 @@ impl Room {
         self: &Arc<Self>,
         owner: &Arc<Participant>,
         remote: Arc<TrackRemote>,
+        receiver: Arc<RTCRtpReceiver>,
     ) {
+        let audio_level_ext = receiver
+            .get_parameters()
+            .await
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == webrtc::sdp::extmap::AUDIO_LEVEL_URI)
+            .and_then(|e| u8::try_from(e.id).ok());
         let cid = remote.id();
         let rid = remote.rid().to_owned();
         let ssrc = remote.ssrc();
@@ -282,6 +343,7 @@ impl Room {
                     &owner.publisher,
                     info.muted,
                     announced,
+                    audio_level_ext,
                 ));
                 track.add_layer(&rid, ssrc);
                 inner.tracks.insert(info.sid.clone(), track.clone());

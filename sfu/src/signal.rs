@@ -131,13 +131,13 @@ fn wire_publisher(room: &Arc<Room>, participant: &Arc<Participant>) {
     let weak_participant = Arc::downgrade(participant);
     participant
         .publisher
-        .on_track(Box::new(move |remote, _receiver, _transceiver| {
+        .on_track(Box::new(move |remote, receiver, _transceiver| {
             let room = weak_room.clone();
             let participant = weak_participant.clone();
             Box::pin(async move {
                 if let (Some(room), Some(participant)) = (room.upgrade(), participant.upgrade()) {
                     tokio::spawn(async move {
-                        room.on_remote_track(&participant, remote).await;
+                        room.on_remote_track(&participant, remote, receiver).await;
                     });
                 }
             })

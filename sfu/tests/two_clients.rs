@@ -18,7 +18,6 @@ use proto::signal_response::Message as Resp;
 use tokio::sync::mpsc;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
-use webrtc::track::track_local::TrackLocalWriter;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoints() {
@@ -191,7 +190,14 @@ async fn audio_and_data_flow_between_two_clients() {
         for i in 0..1500u32 {
             packet.header.sequence_number = i as u16;
             packet.header.timestamp = i * 960;
-            let _ = track.write_rtp(&packet).await;
+            // Loud speech (10 dBov) with the RFC 6464 extension, for speaker detection.
+            let level = webrtc::rtp::extension::HeaderExtension::AudioLevel(
+                webrtc::rtp::extension::audio_level_extension::AudioLevelExtension {
+                    level: 10,
+                    voice: true,
+                },
+            );
+            let _ = track.write_rtp_with_extensions(&packet, &[level]).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -225,6 +231,13 @@ async fn audio_and_data_flow_between_two_clients() {
         bob.wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
             .await;
     }
+
+    // Alice is speaking: Bob is told.
+    bob.wait_for("alice speaking", |e| {
+        matches!(e, Event::Signal(Resp::SpeakersChanged(c))
+            if c.speakers.iter().any(|s| s.sid == alice_sid && s.active && s.level > 0.2))
+    })
+    .await;
 
     // A data packet from Alice reaches Bob, stamped with her identity.
     tokio::time::timeout(WAIT, open_rx.recv()).await.unwrap();

@@ -123,6 +123,15 @@ pub fn client_api() -> API {
             )
             .unwrap();
     }
+    media
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: webrtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+            },
+            RTPCodecType::Audio,
+            None,
+        )
+        .unwrap();
     let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
     let mut settings = SettingEngine::default();
     settings.set_include_loopback_candidate(true);
@@ -155,6 +164,8 @@ pub struct Client {
     pub publisher: Arc<RTCPeerConnection>,
     pub send: mpsc::UnboundedSender<Req>,
     pub events: mpsc::UnboundedReceiver<Event>,
+    /// Events received but not yet matched by a `wait_for`, in arrival order.
+    backlog: std::collections::VecDeque<Event>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -295,6 +306,7 @@ impl Client {
             publisher,
             send,
             events,
+            backlog: std::collections::VecDeque::new(),
             tasks: vec![writer, reader],
         }
     }
@@ -306,13 +318,18 @@ impl Client {
         }
     }
 
-    /// Waits for an event matching `pred`, skipping others.
+    /// Waits for the first event matching `pred`; others stay queued for later waits.
     pub async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        if let Some(i) = self.backlog.iter().position(&mut pred) {
+            if let Some(event) = self.backlog.remove(i) {
+                return event;
+            }
+        }
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(event)) if pred(&event) => return event,
-                Ok(Some(_)) => continue,
+                Ok(Some(event)) => self.backlog.push_back(event),
                 Ok(None) => panic!("client closed while waiting for {what}"),
                 Err(_) => panic!("timed out waiting for {what}"),
             }
