@@ -189,4 +189,39 @@ async fn subscriber_gets_best_layer_and_falls_back_seamlessly() {
         );
         last_seq = seq;
     }
+
+    // Bob's player shrinks to thumbnail size: he is moved down to `q`, seamlessly.
+    bob.send
+        .send(Req::TrackSetting(proto::UpdateTrackSettings {
+            track_sids: vec![track.sid.clone()],
+            width: 160,
+            height: 90,
+            quality: proto::VideoQuality::High as i32,
+            ..Default::default()
+        }))
+        .unwrap();
+    loop {
+        let (seq, _, marker) = next_rtp(&mut bob).await;
+        if last_seq.wrapping_sub(seq) < 8 {
+            continue;
+        }
+        assert!(
+            continues(last_seq, seq),
+            "sequence jump {last_seq} → {seq} going down"
+        );
+        last_seq = seq;
+        if marker == Q {
+            break;
+        }
+        assert_eq!(marker, H);
+    }
+    for _ in 0..20 {
+        let (seq, _, marker) = next_rtp(&mut bob).await;
+        assert_eq!(marker, Q);
+        if last_seq.wrapping_sub(seq) < 8 {
+            continue;
+        }
+        assert!(continues(last_seq, seq));
+        last_seq = seq;
+    }
 }
