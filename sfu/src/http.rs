@@ -67,6 +67,9 @@ async fn rtc(
         Err(rejection) => return rejection.into_response(),
     };
     // This server cannot resume sessions: ask the client for a full reconnect.
+    let auto_subscribe = query
+        .get("auto_subscribe")
+        .is_none_or(|v| v != "0" && v != "false");
     let resume = query
         .get("reconnect")
         .is_some_and(|v| v == "1" || v == "true");
@@ -76,7 +79,7 @@ async fn rtc(
             if resume {
                 refuse_resume(socket).await;
             } else {
-                crate::signal::run(sfu, grant, socket).await;
+                crate::signal::run(sfu, grant, auto_subscribe, socket).await;
             }
         })
 }

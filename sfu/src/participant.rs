@@ -39,6 +39,9 @@ struct Negotiation {
 pub struct Participant {
     pub sid: String,
     pub grant: Grant,
+    /// Subscribe to every track automatically (`auto_subscribe` query parameter, default
+    /// true); otherwise only what `UpdateSubscription` asks for.
+    pub auto_subscribe: bool,
     tx: mpsc::UnboundedSender<proto::SignalResponse>,
     pub publisher: Arc<RTCPeerConnection>,
     pub subscriber: Arc<RTCPeerConnection>,
@@ -60,6 +63,7 @@ impl Participant {
         api: &API,
         sid: String,
         grant: Grant,
+        auto_subscribe: bool,
         tx: mpsc::UnboundedSender<proto::SignalResponse>,
     ) -> Result<Arc<Participant>, webrtc::Error> {
         let publisher = new_peer_connection(api).await?;
@@ -86,6 +90,7 @@ impl Participant {
         let participant = Arc::new(Participant {
             sid,
             grant,
+            auto_subscribe,
             tx,
             publisher,
             subscriber,

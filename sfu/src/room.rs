@@ -229,10 +229,15 @@ impl Room {
         Ok((joined, info))
     }
 
-    /// Subscribes a newly joined participant to every published track and sends its first
+    /// Subscribes a newly joined participant to every published track (unless it asked
+    /// for no automatic subscriptions) and sends its first
     /// subscriber offer (which also carries the SFU's data channels).
     pub async fn start_subscriptions(&self, participant: &Arc<Participant>) {
-        let tracks: Vec<Arc<PublishedTrack>> = self.lock().tracks.values().cloned().collect();
+        let tracks: Vec<Arc<PublishedTrack>> = if participant.auto_subscribe {
+            self.lock().tracks.values().cloned().collect()
+        } else {
+            Vec::new()
+        };
         for track in &tracks {
             self.subscribe(participant, track).await;
         }
@@ -352,7 +357,7 @@ impl Room {
                 let subscribers: Vec<Arc<Participant>> = inner
                     .participants
                     .values()
-                    .filter(|p| p.sid != owner.sid)
+                    .filter(|p| p.sid != owner.sid && p.auto_subscribe)
                     .cloned()
                     .collect();
                 tracing::info!(room = %self.name, participant = %owner.sid, track = %info.sid, ?kind, "track published");

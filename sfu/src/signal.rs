@@ -22,16 +22,17 @@ use crate::state::new_sid;
 const PROTOCOL_VERSION: i32 = 16;
 
 /// Runs a session for a validated token until the participant leaves or is dropped.
-pub async fn run(sfu: Arc<Sfu>, grant: Grant, socket: WebSocket) {
+pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, socket: WebSocket) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<proto::SignalResponse>();
-    let participant = match Participant::new(&sfu.api, new_sid("PA_"), grant.clone(), tx).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "creating peer connections failed");
-            return;
-        }
-    };
+    let participant =
+        match Participant::new(&sfu.api, new_sid("PA_"), grant.clone(), auto_subscribe, tx).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "creating peer connections failed");
+                return;
+            }
+        };
     let empty_timeout = u32::try_from(sfu.config.room.empty_timeout_secs).unwrap_or(u32::MAX);
     let (room, joined, room_info) = loop {
         let room = sfu.open_room(&grant.room);

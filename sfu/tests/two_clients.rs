@@ -341,3 +341,38 @@ async fn dropped_socket_is_removed_and_empty_room_closes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auto_subscribe_waits_for_an_explicit_subscription() {
+    let addr = start_sfu().await;
+    let mut erin = Client::connect(addr, "@erin:localhost:E", "room4").await;
+    let mut dave =
+        Client::connect_with(addr, "@dave:localhost:D", "room4", "&auto_subscribe=0").await;
+    let (track_sid, writer) = erin.publish_audio("cid-erin").await;
+    dave.wait_for("erin's track", |e| {
+        matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid)))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    while let Ok(event) = dave.events.try_recv() {
+        assert!(
+            !matches!(event, Event::Rtp { .. }),
+            "media before subscribing"
+        );
+    }
+    dave.send
+        .send(Req::Subscription(proto::UpdateSubscription {
+            track_sids: vec![track_sid.clone()],
+            subscribe: true,
+            participant_tracks: Vec::new(),
+        }))
+        .unwrap();
+    let rtp = dave
+        .wait_for("rtp after subscribing", |e| matches!(e, Event::Rtp { .. }))
+        .await;
+    let Event::Rtp { track_id, .. } = rtp else {
+        unreachable!()
+    };
+    assert_eq!(track_id, track_sid);
+    writer.abort();
+}

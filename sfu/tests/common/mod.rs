@@ -171,8 +171,13 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, identity: &str, room: &str) -> Client {
+        Self::connect_with(addr, identity, room, "").await
+    }
+
+    /// Connects with extra query parameters (e.g. `&auto_subscribe=0`).
+    pub async fn connect_with(addr: SocketAddr, identity: &str, room: &str, extra: &str) -> Client {
         let url = format!(
-            "ws://{addr}/rtc?access_token={}&protocol=16",
+            "ws://{addr}/rtc?access_token={}&protocol=16{extra}",
             token(identity, room)
         );
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -334,6 +339,54 @@ impl Client {
                 Err(_) => panic!("timed out waiting for {what}"),
             }
         }
+    }
+
+    /// Publishes an Opus track (synthetic packets every 20 ms, for about 30 s) and returns
+    /// its track sid and the writer task.
+    pub async fn publish_audio(&mut self, cid: &str) -> (String, tokio::task::JoinHandle<()>) {
+        use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+        use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+        use webrtc::track::track_local::TrackLocalWriter;
+        let track = Arc::new(TrackLocalStaticRTP::new(
+            RTCRtpCodecCapability {
+                mime_type: "audio/opus".into(),
+                clock_rate: 48000,
+                channels: 2,
+                ..Default::default()
+            },
+            cid.into(),
+            format!("stream-{cid}"),
+        ));
+        self.publisher.add_track(track.clone()).await.unwrap();
+        self.send
+            .send(Req::AddTrack(proto::AddTrackRequest {
+                cid: cid.into(),
+                r#type: proto::TrackType::Audio as i32,
+                ..Default::default()
+            }))
+            .unwrap();
+        let published = self
+            .wait_for("track published", |e| {
+                matches!(e, Event::Signal(Resp::TrackPublished(_)))
+            })
+            .await;
+        let Event::Signal(Resp::TrackPublished(published)) = published else {
+            unreachable!()
+        };
+        self.negotiate_publisher().await;
+        let writer = tokio::spawn(async move {
+            let mut packet = webrtc::rtp::packet::Packet::default();
+            packet.header.version = 2;
+            packet.header.payload_type = 111;
+            packet.payload = bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+            for i in 0..1500u32 {
+                packet.header.sequence_number = i as u16;
+                packet.header.timestamp = i * 960;
+                let _ = track.write_rtp(&packet).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        (published.track.map(|t| t.sid).unwrap_or_default(), writer)
     }
 
     pub async fn negotiate_publisher(&self) {
