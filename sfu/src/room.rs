@@ -75,6 +75,14 @@ impl Sfu {
         self.rooms().keys().cloned().collect()
     }
 
+    /// Tells every participant of every room that the server is going away.
+    pub fn shutdown(&self) {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        for room in rooms {
+            room.disconnect_all(proto::DisconnectReason::ServerShutdown);
+        }
+    }
+
     /// Closes `room` after the empty timeout unless somebody joined meanwhile.
     pub fn schedule_close(self: &Arc<Self>, room: &Arc<Room>) {
         let sfu = Arc::downgrade(self);
@@ -140,6 +148,21 @@ impl Room {
             if let Some(p) = inner.participants.get(&to) {
                 p.send(message);
             }
+        }
+    }
+
+    /// Sends everyone a leave (no reconnect) with `reason`; their sessions then end.
+    pub fn disconnect_all(&self, reason: proto::DisconnectReason) {
+        let inner = self.lock();
+        for p in inner.participants.values() {
+            p.send(proto::signal_response::Message::Leave(
+                proto::LeaveRequest {
+                    can_reconnect: false,
+                    reason: reason as i32,
+                    action: proto::leave_request::Action::Disconnect as i32,
+                    regions: None,
+                },
+            ));
         }
     }
 

@@ -376,3 +376,15 @@ async fn no_auto_subscribe_waits_for_an_explicit_subscription() {
     assert_eq!(track_id, track_sid);
     writer.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_participants() {
+    let (addr, sfu) = start_sfu_with_handle().await;
+    let mut fred = Client::connect(addr, "@fred:localhost:F", "room5").await;
+    sfu.shutdown();
+    fred.wait_for("server shutdown leave", |e| {
+        matches!(e, Event::Signal(Resp::Leave(l))
+            if l.reason == proto::DisconnectReason::ServerShutdown as i32 && !l.can_reconnect)
+    })
+    .await;
+}

@@ -35,6 +35,11 @@ pub const ADMIN: &str = "admin-secret";
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub async fn start_sfu() -> SocketAddr {
+    start_sfu_with_handle().await.0
+}
+
+/// Starts the SFU and also returns it, for tests that drive it directly.
+pub async fn start_sfu_with_handle() -> (SocketAddr, Arc<Sfu>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -52,8 +57,8 @@ pub async fn start_sfu() -> SocketAddr {
     let sfu = Sfu::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(myelin_sfu::serve(sfu, listener));
-    addr
+    tokio::spawn(myelin_sfu::serve(sfu.clone(), listener));
+    (addr, sfu)
 }
 
 pub fn token(identity: &str, room: &str) -> String {
