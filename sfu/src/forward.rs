@@ -72,6 +72,117 @@ impl Rewriter {
     }
 }
 
+/// Keeps VP8 picture ids and TL0PICIDX continuous across simulcast layer switches.
+///
+/// Each layer numbers its pictures independently; a receiver that sees the picture id jump
+/// backwards on a switch may take the new frames for stale ones. Like [`Rewriter`], the
+/// munger shifts a new source's numbering to continue right after the last one sent.
+#[derive(Debug, Default, Clone)]
+pub struct Vp8Munger {
+    source: Option<u32>,
+    pic_offset: u16,
+    tl0_offset: u8,
+    last_pic: Option<u16>,
+    last_tl0: Option<u8>,
+    started: bool,
+}
+
+/// Where the rewritable fields of a VP8 payload descriptor are.
+struct Vp8Fields {
+    /// Offset of the picture id and whether it is 15 bits (else 7).
+    picture_id: Option<(usize, bool)>,
+    tl0picidx: Option<usize>,
+}
+
+fn vp8_fields(payload: &[u8]) -> Option<Vp8Fields> {
+    let first = *payload.first()?;
+    let mut fields = Vp8Fields {
+        picture_id: None,
+        tl0picidx: None,
+    };
+    if first & 0x80 == 0 {
+        return Some(fields);
+    }
+    let x = *payload.get(1)?;
+    let mut i = 2;
+    if x & 0x80 != 0 {
+        let long = payload.get(i)? & 0x80 != 0;
+        if long {
+            payload.get(i + 1)?;
+        }
+        fields.picture_id = Some((i, long));
+        i += if long { 2 } else { 1 };
+    }
+    if x & 0x40 != 0 {
+        payload.get(i)?;
+        fields.tl0picidx = Some(i);
+    }
+    Some(fields)
+}
+
+impl Vp8Munger {
+    /// Rewrites a VP8 payload of source `ssrc`; returns `None` when nothing needs changing
+    /// (the payload is then forwarded as is).
+    pub fn munge(&mut self, ssrc: u32, payload: &[u8]) -> Option<Vec<u8>> {
+        let fields = vp8_fields(payload)?;
+        let pic = fields.picture_id.map(|(at, long)| {
+            if long {
+                u16::from_be_bytes([payload[at] & 0x7f, payload[at + 1]])
+            } else {
+                u16::from(payload[at] & 0x7f)
+            }
+        });
+        let tl0 = fields.tl0picidx.map(|at| payload[at]);
+        if self.source != Some(ssrc) {
+            // Switch (or first packet): continue after the last values sent.
+            self.pic_offset = match (pic, self.last_pic) {
+                (Some(p), Some(last)) if self.started => last.wrapping_add(1).wrapping_sub(p),
+                _ => 0,
+            };
+            self.tl0_offset = match (tl0, self.last_tl0) {
+                (Some(t), Some(last)) if self.started => last.wrapping_add(1).wrapping_sub(t),
+                _ => 0,
+            };
+            self.source = Some(ssrc);
+            self.started = true;
+        }
+        let out_pic = pic.map(|p| p.wrapping_add(self.pic_offset) & 0x7fff);
+        let out_tl0 = tl0.map(|t| t.wrapping_add(self.tl0_offset));
+        if let Some(p) = out_pic {
+            let newer = self
+                .last_pic
+                .is_none_or(|last| p != last && p.wrapping_sub(last) & 0x7fff < 0x4000);
+            if newer {
+                self.last_pic = Some(p);
+            }
+        }
+        if out_tl0.is_some() {
+            self.last_tl0 = out_tl0;
+        }
+        if self.pic_offset == 0 && self.tl0_offset == 0 {
+            return None;
+        }
+        let mut out = payload.to_vec();
+        if let (Some((at, long)), Some(p)) = (fields.picture_id, out_pic) {
+            if long {
+                out[at] = 0x80 | ((p >> 8) as u8 & 0x7f);
+                out[at + 1] = p as u8;
+            } else {
+                out[at] = p as u8 & 0x7f;
+            }
+        }
+        if let (Some(at), Some(t)) = (fields.tl0picidx, out_tl0) {
+            out[at] = t;
+        }
+        Some(out)
+    }
+
+    /// Forces the next packet to continue the numbering (see [`Rewriter::resync`]).
+    pub fn resync(&mut self) {
+        self.source = None;
+    }
+}
+
 /// Whether sequence number `a` is after `b`, with wrap-around (RFC 3550 style).
 pub fn seq_newer(a: u16, b: u16) -> bool {
     a != b && a.wrapping_sub(b) < 0x8000
@@ -227,6 +338,57 @@ mod tests {
         r.rewrite(1, 12, 1200, 1);
         r.rewrite(1, 11, 1100, 1);
         assert_eq!(r.rewrite(2, 0, 0, 100), (13, 1300));
+    }
+
+    /// VP8 descriptor with X, I (15-bit picture id) and L (TL0PICIDX), then a header byte.
+    fn vp8(pic: u16, tl0: u8) -> Vec<u8> {
+        vec![0x90, 0xc0, 0x80 | (pic >> 8) as u8, pic as u8, tl0, 0x00]
+    }
+
+    fn pic_of(payload: &[u8]) -> (u16, u8) {
+        (
+            u16::from_be_bytes([payload[2] & 0x7f, payload[3]]),
+            payload[4],
+        )
+    }
+
+    #[test]
+    fn vp8_munger_continues_picture_ids() {
+        let mut m = Vp8Munger::default();
+        // The first source passes through unchanged.
+        assert_eq!(m.munge(1, &vp8(100, 7)), None);
+        assert_eq!(m.munge(1, &vp8(101, 8)), None);
+        // A switch to a layer with other numbering continues at 102 / 9.
+        let out = m.munge(2, &vp8(5000, 200)).unwrap();
+        assert_eq!(pic_of(&out), (102, 9));
+        assert_eq!(out[5], 0x00, "the VP8 header is untouched");
+        let out = m.munge(2, &vp8(5001, 201)).unwrap();
+        assert_eq!(pic_of(&out), (103, 10));
+        // 15-bit wrap.
+        let mut m = Vp8Munger::default();
+        m.munge(1, &vp8(0x7fff, 0));
+        let out = m.munge(2, &vp8(10, 0)).unwrap();
+        assert_eq!(pic_of(&out), (0, 1));
+        // Resync after a pause on the same source closes the gap.
+        let mut m = Vp8Munger::default();
+        m.munge(1, &vp8(10, 1));
+        m.resync();
+        let out = m.munge(1, &vp8(50, 9)).unwrap();
+        assert_eq!(pic_of(&out), (11, 2));
+    }
+
+    #[test]
+    fn vp8_munger_handles_short_and_bare_descriptors() {
+        let mut m = Vp8Munger::default();
+        // 7-bit picture id, no TL0PICIDX.
+        assert_eq!(m.munge(1, &[0x90, 0x80, 0x05, 0x00]), None);
+        let out = m.munge(2, &[0x90, 0x80, 0x40, 0x00]).unwrap();
+        assert_eq!(out, vec![0x90, 0x80, 0x06, 0x00]);
+        // No extension: nothing to rewrite; truncated input is left alone.
+        assert_eq!(m.munge(3, &[0x10, 0x00]), None);
+        assert_eq!(m.munge(4, &[0x90]), None);
+        assert_eq!(m.munge(4, &[0x90, 0x80, 0x80]), None);
+        assert_eq!(m.munge(4, &[]), None);
     }
 
     #[test]

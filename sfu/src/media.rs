@@ -25,7 +25,7 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::TrackLocalWriter;
 
 use crate::config::RtcConfig;
-use crate::forward::{is_keyframe, layer_rank, Rewriter};
+use crate::forward::{is_keyframe, layer_rank, Rewriter, Vp8Munger};
 use crate::speakers::LevelMeter;
 
 /// A layer that sent nothing for this long no longer counts as available.
@@ -114,6 +114,7 @@ struct DownState {
     /// SSRC of the layer being forwarded.
     current: Option<u32>,
     rewriter: Rewriter,
+    vp8: Vp8Munger,
     last_out: Option<Instant>,
     last_pli: Option<Instant>,
     /// Subscriber asked for no media (UpdateTrackSettings.disabled).
@@ -127,6 +128,7 @@ impl Default for DownState {
         DownState {
             current: None,
             rewriter: Rewriter::default(),
+            vp8: Vp8Munger::default(),
             last_out: None,
             last_pli: None,
             paused: false,
@@ -139,6 +141,7 @@ impl DownState {
     fn resync(&mut self) {
         self.current = None;
         self.rewriter.resync();
+        self.vp8.resync();
     }
 }
 
@@ -339,12 +342,13 @@ impl PublishedTrack {
             None
         };
         let clock_rate = self.codec.clock_rate.max(1);
+        let is_vp8 = self.codec.mime_type.eq_ignore_ascii_case("video/vp8");
         let mut request_keyframe: Option<u32> = None;
         for down in self.down_tracks() {
-            let verdict = match down.state.lock() {
+            let (verdict, munged) = match down.state.lock() {
                 Ok(mut st) => {
                     let best = pick_layer(&active, st.max_rank).unwrap_or(ssrc);
-                    decide(
+                    let verdict = decide(
                         &mut st,
                         ssrc,
                         (packet.header.sequence_number, packet.header.timestamp),
@@ -353,14 +357,22 @@ impl PublishedTrack {
                         clock_rate,
                         now,
                         &mut request_keyframe,
-                    )
+                    );
+                    let munged = match verdict {
+                        Verdict::Forward(..) if is_vp8 => st.vp8.munge(ssrc, &packet.payload),
+                        _ => None,
+                    };
+                    (verdict, munged)
                 }
-                Err(_) => Verdict::Drop,
+                Err(_) => (Verdict::Drop, None),
             };
             if let Verdict::Forward(seq, ts) = verdict {
                 let mut out = packet.clone();
                 out.header.sequence_number = seq;
                 out.header.timestamp = ts;
+                if let Some(payload) = munged {
+                    out.payload = payload.into();
+                }
                 // The publisher's extension ids mean nothing on the subscriber's connection.
                 out.header.extension = false;
                 out.header.extensions.clear();
