@@ -282,7 +282,7 @@ async fn audio_and_data_flow_between_two_clients() {
         .await;
 
     // Carol (other room) heard nothing of room1.
-    while let Ok(event) = carol.events.try_recv() {
+    for event in carol.drain() {
         if let Event::Signal(Resp::Update(u)) = &event {
             assert!(
                 u.participants
@@ -354,7 +354,7 @@ async fn no_auto_subscribe_waits_for_an_explicit_subscription() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    while let Ok(event) = dave.events.try_recv() {
+    for event in dave.drain() {
         assert!(
             !matches!(event, Event::Rtp { .. }),
             "media before subscribing"
@@ -387,4 +387,84 @@ async fn shutdown_tells_participants() {
             if l.reason == proto::DisconnectReason::ServerShutdown as i32 && !l.can_reconnect)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_response_mute_and_duplicate_identity() {
+    let addr = start_sfu().await;
+    let mut gina = Client::connect(addr, "@gina:localhost:G", "room6").await;
+    let join = &gina.join;
+    assert!(!join.subscriber_primary);
+    assert!(join.ice_servers.is_empty());
+    assert_eq!((join.ping_interval, join.ping_timeout), (5, 15));
+    let room = join.room.as_ref().unwrap();
+    assert_eq!(room.name, "room6");
+    assert!(room.sid.starts_with("RM_"));
+    let me = join.participant.as_ref().unwrap();
+    assert_eq!(me.identity, "@gina:localhost:G");
+    let permission = me.permission.as_ref().unwrap();
+    assert!(permission.can_publish && permission.can_subscribe && permission.can_publish_data);
+    let gina_sid = me.sid.clone();
+
+    let mut hugo = Client::connect(addr, "@hugo:localhost:H", "room6").await;
+    let (track_sid, writer) = gina.publish_audio("cid-gina").await;
+    let mut last_seq = match hugo
+        .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
+        .await
+    {
+        Event::Rtp { seq, .. } => seq,
+        _ => unreachable!(),
+    };
+
+    // Gina mutes herself: Hugo sees it and the media stops.
+    gina.send
+        .send(Req::Mute(proto::MuteTrackRequest {
+            sid: track_sid.clone(),
+            muted: true,
+        }))
+        .unwrap();
+    hugo.wait_for("muted", |e| {
+        matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted)))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for event in hugo.drain() {
+        if let Event::Rtp { seq, .. } = event {
+            last_seq = seq;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for event in hugo.drain() {
+        assert!(!matches!(event, Event::Rtp { .. }), "media while muted");
+    }
+
+    // Unmute: media resumes, numbered right after the last packet before the mute.
+    gina.send
+        .send(Req::Mute(proto::MuteTrackRequest {
+            sid: track_sid.clone(),
+            muted: false,
+        }))
+        .unwrap();
+    let seq = match hugo
+        .wait_for("rtp after unmute", |e| matches!(e, Event::Rtp { .. }))
+        .await
+    {
+        Event::Rtp { seq, .. } => seq,
+        _ => unreachable!(),
+    };
+    assert_eq!(seq, last_seq.wrapping_add(1), "gap after unmute");
+
+    // A second connection with Gina's identity replaces the first.
+    let gina2 = Client::connect(addr, "@gina:localhost:G", "room6").await;
+    assert_eq!(gina2.join.other_participants.len(), 1);
+    gina.wait_for("duplicate identity leave", |e| {
+        matches!(e, Event::Signal(Resp::Leave(l)) if l.reason == proto::DisconnectReason::DuplicateIdentity as i32)
+    })
+    .await;
+    hugo.wait_for("old gina gone", |e| {
+        matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.sid == gina_sid
+            && p.state == proto::participant_info::State::Disconnected as i32))
+    })
+    .await;
+    writer.abort();
 }

@@ -328,6 +328,15 @@ impl Client {
         }
     }
 
+    /// Takes every event received so far (queued or not yet matched).
+    pub fn drain(&mut self) -> Vec<Event> {
+        let mut events: Vec<Event> = self.backlog.drain(..).collect();
+        while let Ok(event) = self.events.try_recv() {
+            events.push(event);
+        }
+        events
+    }
+
     /// Waits for the first event matching `pred`; others stay queued for later waits.
     pub async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
         if let Some(i) = self.backlog.iter().position(&mut pred) {
