@@ -16,7 +16,7 @@ use webrtc::track::track_remote::TrackRemote;
 
 use crate::config::Config;
 use crate::media::PublishedTrack;
-use crate::participant::{Participant, LOSSY};
+use crate::participant::{Participant, LOSSY, RELIABLE};
 use crate::speakers::Speakers;
 use crate::state::{Joined, Outbox, RoomState, StateError};
 
@@ -557,7 +557,8 @@ impl Room {
     /// Relays a `DataPacket` received from `from` on its data channel `label` to the
     /// other participants (or to its `destination_identities`), stamped with the sender.
     pub async fn relay_data(&self, from: &Participant, label: &str, data: &[u8]) {
-        if !from.grant.can_publish_data {
+        // Only the two DataPacket channels are relayed (not, e.g., `_data_track`).
+        if !from.grant.can_publish_data || (label != RELIABLE && label != LOSSY) {
             return;
         }
         let Ok(mut packet) = proto::DataPacket::decode(data) else {
