@@ -512,6 +512,72 @@ mod tests {
     use super::*;
     use livekit_protocol::UpdateTrackSettings;
 
+    fn forwarded(v: Verdict) -> Option<(u16, u32)> {
+        match v {
+            Verdict::Forward(seq, ts) => Some((seq, ts)),
+            Verdict::Drop => None,
+        }
+    }
+
+    #[test]
+    fn waits_for_a_keyframe_and_asks_for_one() {
+        let mut st = DownState::default();
+        let t0 = Instant::now();
+        let mut pli = None;
+        // Video delta frame first: dropped, PLI requested on that layer.
+        let v = decide(&mut st, 7, (1, 100), 7, Some(false), 90000, t0, &mut pli);
+        assert!(forwarded(v).is_none());
+        assert_eq!(pli, Some(7));
+        // Another delta right after: still dropped, but no second PLI within the interval.
+        pli = None;
+        let v = decide(&mut st, 7, (2, 100), 7, Some(false), 90000, t0, &mut pli);
+        assert!(forwarded(v).is_none());
+        assert_eq!(pli, None);
+        // The keyframe starts forwarding.
+        let v = decide(&mut st, 7, (3, 200), 7, Some(true), 90000, t0, &mut pli);
+        assert_eq!(forwarded(v), Some((3, 200)));
+        let v = decide(&mut st, 7, (4, 300), 7, Some(false), 90000, t0, &mut pli);
+        assert_eq!(forwarded(v), Some((4, 300)));
+    }
+
+    #[test]
+    fn switches_up_only_on_a_keyframe_of_the_better_layer() {
+        let mut st = DownState::default();
+        let t0 = Instant::now();
+        let mut pli = None;
+        decide(&mut st, 1, (10, 1000), 1, Some(true), 90000, t0, &mut pli);
+        // A better layer (2) appears: layer 1 keeps flowing, a PLI goes to layer 2.
+        let t1 = t0 + Duration::from_secs(1);
+        pli = None;
+        let v = decide(&mut st, 1, (11, 1900), 2, Some(false), 90000, t1, &mut pli);
+        assert_eq!(forwarded(v), Some((11, 1900)));
+        assert_eq!(pli, Some(2));
+        // Delta frames of layer 2 are not forwarded yet.
+        let v = decide(&mut st, 2, (500, 77), 2, Some(false), 90000, t1, &mut pli);
+        assert!(forwarded(v).is_none());
+        // Its keyframe is, numbered right after layer 1's last packet.
+        let t2 = t1 + Duration::from_millis(10);
+        let v = decide(&mut st, 2, (501, 977), 2, Some(true), 90000, t2, &mut pli);
+        assert_eq!(forwarded(v), Some((12, 1900 + 900)));
+        // Now layer 1 is dropped.
+        let v = decide(&mut st, 1, (12, 2800), 2, Some(false), 90000, t2, &mut pli);
+        assert!(forwarded(v).is_none());
+    }
+
+    #[test]
+    fn audio_and_paused_tracks() {
+        let mut st = DownState::default();
+        let t0 = Instant::now();
+        let mut pli = None;
+        // Audio (no keyframe notion) forwards at once and never asks for keyframes.
+        let v = decide(&mut st, 3, (5, 960), 3, None, 48000, t0, &mut pli);
+        assert_eq!(forwarded(v), Some((5, 960)));
+        assert_eq!(pli, None);
+        st.paused = true;
+        let v = decide(&mut st, 3, (6, 1920), 3, None, 48000, t0, &mut pli);
+        assert!(forwarded(v).is_none());
+    }
+
     #[test]
     fn picks_best_layer_within_cap() {
         let active = [(1, 10), (2, 20), (3, 30)];
