@@ -13,6 +13,8 @@
 //! * `POST /internal/mute_all_audio` `{"room", "except"?: [identity…]}` mutes the audio of
 //!   every participant not listed. Answers `{"muted": [identity…]}`; 404 for no such room.
 //! * `GET /internal/rooms` answers `{"rooms": [{"name", "participants": [identity…]}]}`.
+//! * `GET /internal/metrics` answers Prometheus text (rooms, participants, tracks, RTP
+//!   packets/bytes in and out, relayed data packets).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +45,7 @@ pub fn app(sfu: Arc<Sfu>) -> Router {
         .route("/internal/mute", post(mute))
         .route("/internal/mute_all_audio", post(mute_all_audio))
         .route("/internal/rooms", get(rooms))
+        .route("/internal/metrics", get(metrics))
         .route("/", get(|| async { "OK" }))
         .with_state(sfu)
 }
@@ -239,6 +242,21 @@ async fn mute_all_audio(
         }
     }
     Json(json!({"muted": muted})).into_response()
+}
+
+/// `GET /internal/metrics` — Prometheus text format.
+async fn metrics(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
+    if let Some(r) = refusal(&sfu, &headers) {
+        return r;
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        sfu.metrics.render(sfu.gauges()),
+    )
+        .into_response()
 }
 
 /// `GET /internal/rooms`

@@ -12,6 +12,7 @@ pub mod config;
 pub mod forward;
 pub mod http;
 pub mod media;
+pub mod metrics;
 pub mod participant;
 pub mod room;
 pub mod signal;

@@ -26,6 +26,7 @@ use webrtc::track::track_local::TrackLocalWriter;
 
 use crate::config::RtcConfig;
 use crate::forward::{is_keyframe, layer_rank, Rewriter, Vp8Munger};
+use crate::metrics::Metrics;
 use crate::speakers::LevelMeter;
 
 /// A layer that sent nothing for this long no longer counts as available.
@@ -200,6 +201,7 @@ pub struct PublishedTrack {
     /// Negotiated id of the audio-level header extension, for audio tracks.
     audio_level_ext: Option<u8>,
     meter: Mutex<LevelMeter>,
+    metrics: Arc<Metrics>,
     downs: Mutex<HashMap<String, Arc<DownTrack>>>,
 }
 
@@ -219,6 +221,7 @@ impl PublishedTrack {
         muted: bool,
         announced: Vec<(u8, u32, u32)>,
         audio_level_ext: Option<u8>,
+        metrics: Arc<Metrics>,
     ) -> PublishedTrack {
         PublishedTrack {
             sid,
@@ -231,6 +234,7 @@ impl PublishedTrack {
             announced,
             audio_level_ext,
             meter: Mutex::new(LevelMeter::default()),
+            metrics,
             downs: Mutex::new(HashMap::new()),
         }
     }
@@ -324,6 +328,7 @@ impl PublishedTrack {
     pub async fn forward(&self, packet: &webrtc::rtp::packet::Packet, ssrc: u32) {
         let now = Instant::now();
         let active = self.note_packet(ssrc, now);
+        Metrics::add(&self.metrics.rtp_in, 1);
         if self.is_muted() {
             return;
         }
@@ -377,8 +382,15 @@ impl PublishedTrack {
                 out.header.extension = false;
                 out.header.extensions.clear();
                 out.header.extension_profile = 0;
-                if let Err(e) = down.local.write_rtp(&out).await {
-                    tracing::trace!(track = %self.sid, error = %e, "write to down-track failed");
+                let bytes = out.payload.len() as u64;
+                match down.local.write_rtp(&out).await {
+                    Ok(_) => {
+                        Metrics::add(&self.metrics.rtp_out, 1);
+                        Metrics::add(&self.metrics.rtp_out_bytes, bytes);
+                    }
+                    Err(e) => {
+                        tracing::trace!(track = %self.sid, error = %e, "write to down-track failed")
+                    }
                 }
             }
         }

@@ -16,6 +16,7 @@ use webrtc::track::track_remote::TrackRemote;
 
 use crate::config::Config;
 use crate::media::PublishedTrack;
+use crate::metrics::{Gauges, Metrics};
 use crate::participant::{Participant, LOSSY, RELIABLE};
 use crate::speakers::Speakers;
 use crate::state::{Joined, Outbox, RoomState, StateError};
@@ -35,6 +36,7 @@ pub fn now_ms() -> i64 {
 pub struct Sfu {
     pub config: Config,
     pub api: API,
+    pub metrics: Arc<Metrics>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
 
@@ -44,6 +46,7 @@ impl Sfu {
         Ok(Arc::new(Sfu {
             config,
             api,
+            metrics: Arc::new(Metrics::default()),
             rooms: Mutex::new(HashMap::new()),
         }))
     }
@@ -58,7 +61,7 @@ impl Sfu {
         rooms
             .entry(name.to_owned())
             .or_insert_with(|| {
-                let room = Arc::new(Room::new(name));
+                let room = Arc::new(Room::new(name, self.metrics.clone()));
                 room.start_speaker_detection();
                 room
             })
@@ -81,6 +84,21 @@ impl Sfu {
         for room in rooms {
             room.disconnect_all(proto::DisconnectReason::ServerShutdown);
         }
+    }
+
+    /// Current room, participant and track counts.
+    pub fn gauges(&self) -> Gauges {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        let mut gauges = Gauges {
+            rooms: rooms.len(),
+            ..Gauges::default()
+        };
+        for room in rooms {
+            let inner = room.lock();
+            gauges.participants += inner.participants.len();
+            gauges.tracks += inner.tracks.len();
+        }
+        gauges
     }
 
     /// Closes `room` after the empty timeout unless somebody joined meanwhile.
@@ -117,6 +135,7 @@ struct Inner {
 /// A room that exists while it has participants (and for the empty timeout after).
 pub struct Room {
     pub name: String,
+    metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
 }
 
@@ -125,9 +144,10 @@ pub struct Room {
 pub struct RoomClosed;
 
 impl Room {
-    fn new(name: &str) -> Room {
+    fn new(name: &str, metrics: Arc<Metrics>) -> Room {
         Room {
             name: name.to_owned(),
+            metrics,
             inner: Mutex::new(Inner {
                 state: RoomState::new(name, now_ms()),
                 participants: HashMap::new(),
@@ -372,6 +392,7 @@ impl Room {
                     info.muted,
                     announced,
                     audio_level_ext,
+                    self.metrics.clone(),
                 ));
                 track.add_layer(&rid, ssrc);
                 inner.tracks.insert(info.sid.clone(), track.clone());
@@ -587,6 +608,7 @@ impl Room {
         let lossy = label == LOSSY;
         for p in recipients {
             p.send_data(lossy, &encoded).await;
+            Metrics::add(&self.metrics.data_out, 1);
         }
     }
 }

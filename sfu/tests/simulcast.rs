@@ -74,6 +74,9 @@ async fn subscriber_gets_best_layer_and_falls_back_seamlessly() {
     let addr = start_sfu().await;
     let alice = Client::connect(addr, "@alice:localhost:A", "sim").await;
     let mut bob = Client::connect(addr, "@bob:localhost:B", "sim").await;
+    // As livekit-client does: connect first, publish by renegotiation. (Publishing RID-only
+    // simulcast in the very first offer races inside webrtc-rs 0.14, see the README.)
+    alice.connect_publisher().await;
 
     let layer = |rid: &str| {
         Arc::new(TrackLocalStaticRTP::new_with_rid(

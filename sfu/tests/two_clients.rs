@@ -267,6 +267,20 @@ async fn audio_and_data_flow_between_two_clients() {
         other => panic!("unexpected data value {other:?}"),
     }
 
+    // Metrics show the forwarding.
+    let (status, metrics) = http(addr, "GET", "/internal/metrics", Some(ADMIN), "").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {metrics}"))
+    };
+    assert!(value("myelin_sfu_rtp_out_packets_total") >= 10);
+    assert!(value("myelin_sfu_data_out_packets_total") >= 1);
+    assert!(value("myelin_sfu_participants") >= 2);
+
     // Server-side mute: Alice is told, Bob sees the track muted.
     let body = r#"{"room":"room1","except":["@bob:localhost:B"]}"#;
     let (status, body) = http(addr, "POST", "/internal/mute_all_audio", Some(ADMIN), body).await;

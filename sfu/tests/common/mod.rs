@@ -403,6 +403,26 @@ impl Client {
         (published.track.map(|t| t.sid).unwrap_or_default(), writer)
     }
 
+    /// Like livekit-client after joining: opens the publisher connection with just the
+    /// data channels, and waits until it is connected. Tracks are then added by
+    /// renegotiation.
+    pub async fn connect_publisher(&self) {
+        use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+        self.publisher
+            .create_data_channel("_reliable", None)
+            .await
+            .unwrap();
+        self.negotiate_publisher().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.publisher.connection_state() != RTCPeerConnectionState::Connected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publisher never connected"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn negotiate_publisher(&self) {
         let offer = self.publisher.create_offer(None).await.unwrap();
         self.publisher
