@@ -287,6 +287,11 @@ impl Client {
                         pc_sub.set_remote_description(desc).await.unwrap();
                         let answer = pc_sub.create_answer(None).await.unwrap();
                         pc_sub.set_local_description(answer.clone()).await.unwrap();
+                        // webrtc-rs starts its receivers in a queued task after
+                        // set_local_description returns; media that arrives before that is
+                        // lost for good (a browser applies the description at once). Give the
+                        // queue a moment before letting the SFU start sending.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         let _ = send2.send(Req::Answer(proto::SessionDescription {
                             r#type: "answer".into(),
                             sdp: answer.sdp,
