@@ -103,6 +103,14 @@ pub struct RtcConfig {
     pub livekit_api_secret: String,
     /// Whether `myelin serve` runs the companion SFU in-process.
     pub embedded_sfu: bool,
+    /// The embedded SFU's settings: a `myelin-sfu` TOML file (see `config/myelin-sfu.toml`;
+    /// its `MYELIN_SFU_*` variables apply too); empty = that file's defaults. Its keys and
+    /// internal secret are the homeserver's, whatever the file says.
+    pub sfu_config: String,
+    /// Secret for the SFU's internal admin API (server-side mute); empty = derived from the
+    /// LiveKit API secret, which is what the embedded SFU uses. Set it to the SFU's
+    /// `[internal] secret` when the SFU runs separately.
+    pub sfu_internal_secret: String,
     /// Public base URL of the token service (`/sfu/get`, `/get_token`) advertised as the
     /// transport's `livekit_service_url`; empty = the homeserver's own base URL.
     pub jwt_service_url: String,
@@ -121,6 +129,8 @@ impl Default for RtcConfig {
             livekit_api_key: String::new(),
             livekit_api_secret: String::new(),
             embedded_sfu: true,
+            sfu_config: String::new(),
+            sfu_internal_secret: String::new(),
             jwt_service_url: String::new(),
             token_ttl_secs: 3600,
             max_delay_ms: 24 * 60 * 60 * 1000,
@@ -279,6 +289,12 @@ impl Config {
                 other => anyhow::bail!("MYELIN_RTC_EMBEDDED_SFU={other}: expected true or false"),
             };
         }
+        if let Some(v) = lookup("MYELIN_RTC_SFU_CONFIG") {
+            rtc.sfu_config = v;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_SFU_INTERNAL_SECRET") {
+            rtc.sfu_internal_secret = v;
+        }
         if let Some(v) = lookup("MYELIN_RTC_JWT_SERVICE_URL") {
             rtc.jwt_service_url = v;
         }
@@ -394,6 +410,8 @@ mod tests {
             "MYELIN_RTC_EMBEDDED_SFU" => Some("false".into()),
             "MYELIN_RTC_JWT_SERVICE_URL" => Some("https://rtc.example/".into()),
             "MYELIN_RTC_MAX_DELAY_MS" => Some("5000".into()),
+            "MYELIN_RTC_SFU_CONFIG" => Some("/etc/myelin/sfu.toml".into()),
+            "MYELIN_RTC_SFU_INTERNAL_SECRET" => Some("s3cret".into()),
             _ => None,
         })
         .unwrap();
@@ -401,6 +419,8 @@ mod tests {
         assert!(!c.rtc.embedded_sfu);
         assert_eq!(c.rtc_service_url(), "https://rtc.example");
         assert_eq!(c.rtc.max_delay_ms, 5000);
+        assert_eq!(c.rtc.sfu_config, "/etc/myelin/sfu.toml");
+        assert_eq!(c.rtc.sfu_internal_secret, "s3cret");
         assert!(c
             .apply_env(|k| (k == "MYELIN_RTC_EMBEDDED_SFU").then(|| "maybe".into()))
             .is_err());

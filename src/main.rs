@@ -136,6 +136,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let services = Services::open(config).context("opening the data dir")?;
     services.start_background();
+    let sfu = if services.config.rtc.embedded_sfu {
+        let config = myelin::rtc::embedded::sfu_config(
+            &services.config.rtc,
+            services.rtc.livekit_keys(),
+            &services.rtc.sfu_internal_secret(),
+            |name| std::env::var(name).ok(),
+        )
+        .context("configuring the embedded SFU")?;
+        Some(myelin::rtc::embedded::start(config).await?)
+    } else {
+        None
+    };
     let app = myelin::api::router(services.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -144,6 +156,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    if let Some(sfu) = sfu {
+        sfu.shutdown();
+    }
     services.storage.flush()?;
     tracing::info!("myelin stopped");
     Ok(())

@@ -30,7 +30,8 @@ pub fn server_binary() -> PathBuf {
     target.join("debug").join("myelin")
 }
 
-fn free_port() -> Result<u16> {
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
@@ -114,6 +115,9 @@ impl TestServer {
             .env("MYELIN_DATA_DIR", self.data.path().join("data"))
             .env("MYELIN_PUBLIC_BASE_URL", &self.base)
             .env("RUST_LOG", "info,ruma_state_res=warn")
+            // Tests run many servers at once: each would take the SFU's default port.
+            // Call tests turn it back on with a port of their own.
+            .env("MYELIN_RTC_EMBEDDED_SFU", "false")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

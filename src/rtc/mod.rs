@@ -4,6 +4,7 @@
 
 pub mod calls;
 pub mod delayed;
+pub mod embedded;
 pub mod keys;
 pub mod openid;
 pub mod sfu_admin;
@@ -56,7 +57,8 @@ impl RtcService {
         users: Arc<UsersService>,
         keys: LiveKitKeys,
     ) -> Result<RtcService> {
-        let sfu = sfu_admin::SfuAdmin::new(&config.rtc.livekit_url, keys.clone())?;
+        let sfu =
+            sfu_admin::SfuAdmin::new(&config.rtc.livekit_url, internal_secret(&config, &keys))?;
         let service = RtcService {
             config,
             storage,
@@ -83,6 +85,11 @@ impl RtcService {
     /// The `livekit_service_url` advertised to clients: where `/sfu/get` and `/get_token` live.
     pub fn service_url(&self) -> String {
         self.config.rtc_service_url()
+    }
+
+    /// The secret of the SFU's internal admin API (the embedded SFU is given it).
+    pub fn sfu_internal_secret(&self) -> String {
+        internal_secret(&self.config, &self.keys)
     }
 
     /// The client of the SFU's room-admin API.
@@ -162,15 +169,28 @@ impl RtcService {
     }
 }
 
+/// The configured internal-API secret, or the one derived from the LiveKit API secret.
+fn internal_secret(config: &Config, keys: &LiveKitKeys) -> String {
+    if config.rtc.sfu_internal_secret.is_empty() {
+        sfu_admin::derived_internal_secret(keys)
+    } else {
+        config.rtc.sfu_internal_secret.clone()
+    }
+}
+
 /// Power level of a moderator (Myelin's virtual rooms), needed for "mute for all".
 pub const MODERATOR_LEVEL: i64 = 50;
 
 impl RtcService {
     /// "Mute for all": the SFU mutes the published audio of everyone in the room's call
     /// except `moderator`'s own devices. Needs a joined moderator (power ≥ 50); returns
-    /// how many tracks were muted.
+    /// the identities (`"{userId}:{deviceId}"`) whose audio was muted.
     #[tracing::instrument(skip(self), fields(room = %room_id, moderator = %moderator))]
-    pub async fn mute_call_for_all(&self, room_id: &RoomId, moderator: &UserId) -> Result<usize> {
+    pub async fn mute_call_for_all(
+        &self,
+        room_id: &RoomId,
+        moderator: &UserId,
+    ) -> Result<Vec<String>> {
         if self.rooms.membership(room_id, moderator)? != Some(Membership::Join) {
             return Err(Error::forbidden("You are not joined to this room"));
         }

@@ -1,73 +1,31 @@
-//! Client of the SFU's room-admin API, used for the moderators' "mute for all".
+//! Client of the SFU's internal admin API, used for the moderators' "mute for all".
 //!
-//! The API is LiveKit's `RoomService` over Twirp with JSON bodies, so the homeserver
-//! works with Myelin's SFU and with a LiveKit server alike. It is served on the SFU's
-//! URL with `ws`/`wss` replaced by `http`/`https`; each call carries
-//! `Authorization: Bearer <JWT>` signed with the shared LiveKit API secret and granting
-//! `roomAdmin` for the one room concerned:
+//! `myelin-sfu` serves it next to its signalling endpoint (the SFU's WebSocket URL with
+//! `ws`/`wss` replaced by `http`/`https`); every call carries
+//! `Authorization: Bearer <secret>` with the secret shared by both sides
+//! (`rtc.sfu_internal_secret`, or one derived from the LiveKit API secret when unset,
+//! which is what the embedded SFU uses):
 //!
-//! - `POST /twirp/livekit.RoomService/ListParticipants` `{"room"}` →
-//!   `{"participants": [{"sid", "identity", "tracks": [{"sid", "type", "muted"}]}]}`
-//!   (`type` is `"AUDIO"`, `"VIDEO"` or `"DATA"`; absent means `AUDIO`, protobuf's zero value)
-//! - `POST /twirp/livekit.RoomService/MutePublishedTrack`
-//!   `{"room", "identity", "track_sid", "muted"}` → `{"track": {...}}`
+//! - `POST /internal/mute_all_audio` `{"room", "except": [identity…]}` →
+//!   `{"muted": [identity…]}`; 404 when the SFU has no such room (nobody is in the call).
 
 use std::time::Duration;
 
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use sha2::Sha256;
 
-use super::{
-    keys::LiveKitKeys,
-    token::{self, Claims, VideoGrant},
-};
-use crate::{users::now_ms, Error, Result};
+use super::keys::LiveKitKeys;
+use crate::{Error, Result};
 
-/// Lifetime of the admin tokens the client signs.
-const ADMIN_TOKEN_TTL_SECS: u64 = 60;
-
-/// A published track as the SFU lists it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct TrackInfo {
-    /// Track id (`TR_…`).
-    pub sid: String,
-    /// `AUDIO`, `VIDEO` or `DATA` (or the enum number).
-    #[serde(default, rename = "type")]
-    pub kind: Option<Value>,
-    /// Whether it is muted.
-    #[serde(default)]
-    pub muted: bool,
-}
-
-impl TrackInfo {
-    /// Whether this is an audio track (protobuf omits the zero value `AUDIO`).
-    pub fn is_audio(&self) -> bool {
-        match &self.kind {
-            None | Some(Value::Null) => true,
-            Some(Value::String(s)) => s == "AUDIO",
-            Some(Value::Number(n)) => n.as_u64() == Some(0),
-            Some(_) => false,
-        }
-    }
-}
-
-/// A participant as the SFU lists it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct ParticipantInfo {
-    /// Participant id (`PA_…`).
-    #[serde(default)]
-    pub sid: String,
-    /// `"{userId}:{deviceId}"`.
-    pub identity: String,
-    /// Published tracks.
-    #[serde(default)]
-    pub tracks: Vec<TrackInfo>,
-}
-
-#[derive(Deserialize)]
-struct ListParticipantsResponse {
-    #[serde(default)]
-    participants: Vec<ParticipantInfo>,
+/// The internal-API secret both sides derive from the LiveKit API secret when none is
+/// configured: hex HMAC-SHA256 keyed with the API secret over a fixed label.
+pub fn derived_internal_secret(keys: &LiveKitKeys) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(keys.api_secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(b"myelin-sfu-internal-api");
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The HTTP base URL of an SFU given by its WebSocket URL.
@@ -82,111 +40,59 @@ pub fn http_base(livekit_url: &str) -> String {
     }
 }
 
+#[derive(Deserialize)]
+struct MuteAllResponse {
+    #[serde(default)]
+    muted: Vec<String>,
+}
+
 /// The client.
 pub struct SfuAdmin {
     base: String,
-    keys: LiveKitKeys,
+    secret: String,
     http: reqwest::Client,
 }
 
 impl SfuAdmin {
-    /// A client for the SFU at `livekit_url`.
-    pub fn new(livekit_url: &str, keys: LiveKitKeys) -> Result<SfuAdmin> {
+    /// A client for the SFU at `livekit_url` using the internal-API `secret`.
+    pub fn new(livekit_url: &str, secret: String) -> Result<SfuAdmin> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| Error::internal(format!("SFU admin client: {e}")))?;
         Ok(SfuAdmin {
             base: http_base(livekit_url),
-            keys,
+            secret,
             http,
         })
     }
 
-    /// A short-lived token granting `roomAdmin` on `room`.
-    pub fn admin_token(&self, room: &str) -> Result<String> {
-        let now = now_ms() / 1000;
-        let claims = Claims {
-            exp: now + ADMIN_TOKEN_TTL_SECS,
-            nbf: now,
-            iss: self.keys.api_key.clone(),
-            sub: format!("myelin-admin-{}", self.keys.api_key),
-            video: VideoGrant {
-                room: room.to_owned(),
-                room_admin: true,
-                ..VideoGrant::default()
-            },
-        };
-        token::encode(&claims, &self.keys)
-    }
-
-    async fn call(&self, method: &str, room: &str, body: Value) -> Result<Value> {
-        let url = format!("{}/twirp/livekit.RoomService/{method}", self.base);
+    /// Mutes the published audio of every participant of the LiveKit room `room` whose
+    /// identity is not in `keep` ("mute for all"); returns the identities muted. A room
+    /// the SFU does not know has nobody to mute.
+    pub async fn mute_all_audio_except(&self, room: &str, keep: &[String]) -> Result<Vec<String>> {
+        let url = format!("{}/internal/mute_all_audio", self.base);
         let response = self
             .http
             .post(&url)
-            .bearer_auth(self.admin_token(room)?)
-            .json(&body)
+            .bearer_auth(&self.secret)
+            .json(&json!({ "room": room, "except": keep }))
             .send()
             .await
-            .map_err(|e| sfu_unavailable(format!("{method}: {e}")))?;
+            .map_err(|e| sfu_unavailable(format!("mute_all_audio: {e}")))?;
         let status = response.status();
-        let value: Value = response
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(sfu_unavailable(format!("mute_all_audio: {status}: {body}")));
+        }
+        let parsed: MuteAllResponse = response
             .json()
             .await
-            .map_err(|e| sfu_unavailable(format!("{method}: bad response: {e}")))?;
-        if !status.is_success() {
-            return Err(sfu_unavailable(format!("{method}: {status}: {value}")));
-        }
-        Ok(value)
-    }
-
-    /// The participants of a LiveKit room.
-    pub async fn list_participants(&self, room: &str) -> Result<Vec<ParticipantInfo>> {
-        let value = self
-            .call("ListParticipants", room, json!({ "room": room }))
-            .await?;
-        let parsed: ListParticipantsResponse = serde_json::from_value(value)
-            .map_err(|e| sfu_unavailable(format!("ListParticipants: {e}")))?;
-        Ok(parsed.participants)
-    }
-
-    /// Mutes or unmutes one published track.
-    pub async fn mute_published_track(
-        &self,
-        room: &str,
-        identity: &str,
-        track_sid: &str,
-        muted: bool,
-    ) -> Result<()> {
-        self.call(
-            "MutePublishedTrack",
-            room,
-            json!({ "room": room, "identity": identity, "track_sid": track_sid, "muted": muted }),
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// Mutes every unmuted published audio track in the room except those of `keep`
-    /// identities ("mute for all"); returns how many tracks were muted.
-    pub async fn mute_all_audio_except(&self, room: &str, keep: &[String]) -> Result<usize> {
-        let mut muted = 0;
-        for participant in self.list_participants(room).await? {
-            if keep.contains(&participant.identity) {
-                continue;
-            }
-            for track in participant
-                .tracks
-                .iter()
-                .filter(|t| t.is_audio() && !t.muted)
-            {
-                self.mute_published_track(room, &participant.identity, &track.sid, true)
-                    .await?;
-                muted += 1;
-            }
-        }
-        Ok(muted)
+            .map_err(|e| sfu_unavailable(format!("mute_all_audio: bad response: {e}")))?;
+        Ok(parsed.muted)
     }
 }
 
@@ -203,86 +109,96 @@ fn sfu_unavailable(detail: String) -> Error {
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use axum::{extract::State, routing::post, Json, Router};
+    use axum::{
+        extract::State, http::StatusCode, response::IntoResponse, routing::post, Json, Router,
+    };
+    use serde_json::Value;
 
     use super::*;
 
     #[test]
-    fn base_url_and_track_kinds() {
+    fn base_url_and_derived_secret() {
         assert_eq!(http_base("ws://127.0.0.1:7880/"), "http://127.0.0.1:7880");
         assert_eq!(http_base("wss://sfu.example"), "https://sfu.example");
-        let t = |v: Value| serde_json::from_value::<TrackInfo>(v).unwrap().is_audio();
-        assert!(t(json!({"sid": "TR_a"})));
-        assert!(t(json!({"sid": "TR_a", "type": "AUDIO"})));
-        assert!(!t(json!({"sid": "TR_a", "type": "VIDEO"})));
-        assert!(!t(json!({"sid": "TR_a", "type": 1})));
+        let a = LiveKitKeys::generate();
+        let b = LiveKitKeys::generate();
+        assert_eq!(derived_internal_secret(&a), derived_internal_secret(&a));
+        assert_ne!(derived_internal_secret(&a), derived_internal_secret(&b));
+        assert_eq!(derived_internal_secret(&a).len(), 64);
     }
 
-    type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+    type Seen = Arc<Mutex<Vec<(Option<String>, Value)>>>;
 
-    #[tokio::test]
-    async fn mute_for_all_against_a_fake_sfu() {
-        let keys = LiveKitKeys::generate();
-        let seen: Seen = Arc::default();
-        let check_keys = keys.clone();
-        let handler = move |method: &'static str| {
-            let keys = check_keys.clone();
-            move |State(seen): State<Seen>, headers: http::HeaderMap, Json(body): Json<Value>| {
-                let keys = keys.clone();
-                async move {
-                    let auth = headers["authorization"].to_str().unwrap();
-                    let claims = token::verify(auth.strip_prefix("Bearer ").unwrap(), &keys)
-                        .expect("admin token verifies");
-                    assert!(claims.video.room_admin);
-                    assert_eq!(claims.video.room, body["room"].as_str().unwrap());
-                    seen.lock().unwrap().push((method.to_owned(), body));
-                    Json(match method {
-                        "ListParticipants" => json!({"participants": [
-                            {"sid": "PA_1", "identity": "@mod:x:D", "tracks": [{"sid": "TR_m"}]},
-                            {"sid": "PA_2", "identity": "@a:x:D", "tracks": [
-                                {"sid": "TR_a1"}, {"sid": "TR_v", "type": "VIDEO"},
-                                {"sid": "TR_a2", "type": "AUDIO", "muted": true}]},
-                        ]}),
-                        _ => json!({"track": {}}),
-                    })
-                }
-            }
-        };
+    async fn fake_sfu(seen: Seen) -> String {
         let app = Router::new()
             .route(
-                "/twirp/livekit.RoomService/ListParticipants",
-                post(handler("ListParticipants")),
+                "/internal/mute_all_audio",
+                post(
+                    |State(seen): State<Seen>,
+                     headers: http::HeaderMap,
+                     Json(body): Json<Value>| async move {
+                        let auth = headers
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
+                        seen.lock().unwrap().push((auth.clone(), body.clone()));
+                        if auth.as_deref() != Some("Bearer s3cret") {
+                            return (StatusCode::UNAUTHORIZED, Json(json!({}))).into_response();
+                        }
+                        if body["room"] == "nobody-here" {
+                            return (StatusCode::NOT_FOUND, Json(json!({}))).into_response();
+                        }
+                        let keep: Vec<String> =
+                            serde_json::from_value(body["except"].clone()).unwrap();
+                        let muted: Vec<&str> = ["@a:x:DEV", "@b:x:DEV"]
+                            .into_iter()
+                            .filter(|i| !keep.iter().any(|k| k == i))
+                            .collect();
+                        (StatusCode::OK, Json(json!({ "muted": muted }))).into_response()
+                    },
+                ),
             )
-            .route(
-                "/twirp/livekit.RoomService/MutePublishedTrack",
-                post(handler("MutePublishedTrack")),
-            )
-            .with_state(seen.clone());
+            .with_state(seen);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("ws://{addr}")
+    }
 
-        let admin = SfuAdmin::new(&format!("ws://{addr}"), keys).unwrap();
+    #[tokio::test]
+    async fn mute_for_all_against_a_fake_sfu() {
+        let seen: Seen = Arc::default();
+        let url = fake_sfu(seen.clone()).await;
+        let admin = SfuAdmin::new(&url, "s3cret".to_owned()).unwrap();
         let muted = admin
-            .mute_all_audio_except("ROOM", &["@mod:x:D".to_owned()])
+            .mute_all_audio_except("room1", &["@a:x:DEV".to_owned()])
             .await
             .unwrap();
-        assert_eq!(muted, 1);
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 2);
-        assert_eq!(
-            seen[1],
-            (
-                "MutePublishedTrack".to_owned(),
-                json!({"room": "ROOM", "identity": "@a:x:D", "track_sid": "TR_a1", "muted": true})
-            )
-        );
+        assert_eq!(muted, vec!["@b:x:DEV".to_owned()]);
+        let calls = seen.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].1, json!({"room": "room1", "except": ["@a:x:DEV"]}));
+
+        // No such room at the SFU: nobody to mute.
+        assert!(admin
+            .mute_all_audio_except("nobody-here", &[])
+            .await
+            .unwrap()
+            .is_empty());
+
+        // A wrong secret is refused by the SFU and reported as a gateway error.
+        let wrong = SfuAdmin::new(&url, "nope".to_owned()).unwrap();
+        let err = wrong.mute_all_audio_except("room1", &[]).await.unwrap_err();
+        assert_eq!(err.to_status_and_body().0, http::StatusCode::BAD_GATEWAY);
     }
 
     #[tokio::test]
     async fn unreachable_sfu_is_a_gateway_error() {
-        let admin = SfuAdmin::new("ws://127.0.0.1:9", LiveKitKeys::generate()).unwrap();
-        let err = admin.list_participants("ROOM").await.unwrap_err();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let admin = SfuAdmin::new(&format!("ws://{addr}"), "s".to_owned()).unwrap();
+        let err = admin.mute_all_audio_except("r", &[]).await.unwrap_err();
         assert_eq!(err.to_status_and_body().0, http::StatusCode::BAD_GATEWAY);
     }
 }

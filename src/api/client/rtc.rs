@@ -28,11 +28,14 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{
-    api::ruma::{RouterExt, RouterJsonExt, Ruma},
+    api::ruma::{RawJson, RouterExt, RouterJsonExt, Ruma},
     rtc::{DelayedAction, DelayedEvent},
     services::Services,
     Error, Result,
 };
+
+/// Myelin's "mute for all" for call moderators (not in the spec: Myelin's virtual rooms).
+const MUTE_ALL_PATH: &str = "/_matrix/client/unstable/io.myelin/rooms/{room_id}/rtc/mute_all";
 
 /// Path of the stable form of the MSC4195 token endpoint (ruma knows only the unstable one).
 const GET_TOKEN_V1_PATH: &str = "/_matrix/client/v1/rtc/livekit/get_token";
@@ -47,7 +50,25 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(get_delayed_route)
         .ruma(update_delayed_v1_route)
         .ruma(update_delayed_v2_route);
+    let router = router.route(MUTE_ALL_PATH, axum::routing::post(mute_all_route));
     route_json_at(router, GET_TOKEN_V1_PATH, get_token_route)
+}
+
+/// `POST /_matrix/client/unstable/io.myelin/rooms/{roomId}/rtc/mute_all`: a moderator
+/// (power ≥ 50) has the SFU mute the published audio of everyone else in the room's call.
+/// Answers `{"muted": [identity…]}`.
+async fn mute_all_route(
+    State(services): State<Arc<Services>>,
+    axum::extract::Path(room_id): axum::extract::Path<String>,
+    req: RawJson,
+) -> Result<Json<Value>> {
+    let room_id = ruma::RoomId::parse(&room_id)
+        .map_err(|e| Error::invalid_param(format!("invalid room id: {e}")))?;
+    let muted = services
+        .rtc
+        .mute_call_for_all(&room_id, &req.session.user_id)
+        .await?;
+    Ok(Json(json!({ "muted": muted })))
 }
 
 /// Registers a ruma-parsed JSON handler at one extra path (a path ruma's metadata lacks).

@@ -1,0 +1,619 @@
+//! The media plane: webrtc-rs peer connections, one receiver per published track fanning
+//! out to one down-track per subscriber, simulcast layer selection and keyframe requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::MediaEngine;
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::{APIBuilder, API};
+use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
+use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
+};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::TrackLocalWriter;
+
+use crate::config::RtcConfig;
+use crate::forward::{is_keyframe, layer_rank, Rewriter, Vp8Munger};
+use crate::metrics::Metrics;
+use crate::speakers::LevelMeter;
+
+/// A layer that sent nothing for this long no longer counts as available.
+const LAYER_IDLE: Duration = Duration::from_millis(1500);
+/// Minimum spacing of keyframe requests we generate for one down-track.
+const PLI_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Builds the webrtc-rs API object shared by every peer connection.
+pub fn build_api(config: &RtcConfig) -> Result<API, webrtc::Error> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    // Simulcast needs the MID and RID header extensions to demultiplex layers.
+    for uri in [
+        webrtc::sdp::extmap::SDES_MID_URI,
+        webrtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+        webrtc::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
+    ] {
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RTPCodecType::Video,
+            None,
+        )?;
+    }
+    for uri in [
+        webrtc::sdp::extmap::SDES_MID_URI,
+        webrtc::sdp::extmap::AUDIO_LEVEL_URI,
+    ] {
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RTPCodecType::Audio,
+            None,
+        )?;
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+
+    let mut settings = SettingEngine::default();
+    let udp = EphemeralUDP::new(config.udp_port_min, config.udp_port_max)
+        .map_err(|e| webrtc::Error::new(e.to_string()))?;
+    settings.set_udp_network(UDPNetwork::Ephemeral(udp));
+    if let Some(bind) = config.bind_ip {
+        settings.set_ip_filter(Box::new(move |ip| ip == bind));
+        if bind.is_loopback() {
+            settings.set_include_loopback_candidate(true);
+        }
+    }
+    if let Some(external) = config.external_ip {
+        settings.set_nat_1to1_ips(vec![external.to_string()], RTCIceCandidateType::Host);
+    }
+    // mDNS candidates from browsers cannot be resolved by an SFU on another host.
+    settings.set_ice_multicast_dns_mode(webrtc::ice::mdns::MulticastDnsMode::Disabled);
+
+    Ok(APIBuilder::new()
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(settings)
+        .build())
+}
+
+/// A new peer connection without ICE servers (the SFU is reachable directly).
+pub async fn new_peer_connection(api: &API) -> Result<Arc<RTCPeerConnection>, webrtc::Error> {
+    Ok(Arc::new(
+        api.new_peer_connection(RTCConfiguration::default()).await?,
+    ))
+}
+
+/// One simulcast layer (or the only layer) of a published track.
+#[derive(Debug)]
+struct Layer {
+    rid: String,
+    ssrc: u32,
+    last_seen: Instant,
+}
+
+/// What one subscriber receives of a published track.
+pub struct DownTrack {
+    pub local: Arc<TrackLocalStaticRTP>,
+    pub sender: Arc<RTCRtpSender>,
+    state: Mutex<DownState>,
+}
+
+struct DownState {
+    /// SSRC of the layer being forwarded.
+    current: Option<u32>,
+    rewriter: Rewriter,
+    vp8: Vp8Munger,
+    last_out: Option<Instant>,
+    last_pli: Option<Instant>,
+    /// Subscriber asked for no media (UpdateTrackSettings.disabled).
+    paused: bool,
+    /// Best simulcast layer rank this subscriber wants (see [`layer_rank`]).
+    max_rank: u8,
+}
+
+impl Default for DownState {
+    fn default() -> Self {
+        DownState {
+            current: None,
+            rewriter: Rewriter::default(),
+            vp8: Vp8Munger::default(),
+            last_out: None,
+            last_pli: None,
+            paused: false,
+            max_rank: u8::MAX,
+        }
+    }
+}
+
+impl DownState {
+    fn resync(&mut self) {
+        self.current = None;
+        self.rewriter.resync();
+        self.vp8.resync();
+    }
+}
+
+impl DownTrack {
+    pub fn new(local: Arc<TrackLocalStaticRTP>, sender: Arc<RTCRtpSender>) -> DownTrack {
+        DownTrack {
+            local,
+            sender,
+            state: Mutex::new(DownState::default()),
+        }
+    }
+
+    /// Stops or resumes forwarding to this subscriber; resuming waits for a keyframe.
+    pub fn set_paused(&self, paused: bool) {
+        if let Ok(mut st) = self.state.lock() {
+            let resume = st.paused && !paused;
+            st.paused = paused;
+            if resume {
+                st.resync();
+            }
+        }
+    }
+
+    /// Restarts forwarding after packets were withheld: waits for a keyframe and continues
+    /// the numbering without a gap.
+    fn resync(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.resync();
+        }
+    }
+
+    /// Limits the simulcast layers forwarded to this subscriber to rank `max_rank`.
+    pub fn set_max_rank(&self, max_rank: u8) {
+        if let Ok(mut st) = self.state.lock() {
+            st.max_rank = max_rank;
+        }
+    }
+
+    fn current(&self) -> Option<u32> {
+        self.state.lock().ok().and_then(|st| st.current)
+    }
+}
+
+/// A published track: its layers, mute state and subscribers.
+pub struct PublishedTrack {
+    pub sid: String,
+    /// Sid of the publishing participant.
+    pub owner: String,
+    pub kind: RTPCodecType,
+    pub codec: RTCRtpCodecCapability,
+    publisher: Weak<RTCPeerConnection>,
+    muted: AtomicBool,
+    layers: Mutex<Vec<Layer>>,
+    /// Announced simulcast layers as (rank, width, height).
+    pub announced: Vec<(u8, u32, u32)>,
+    /// Negotiated id of the audio-level header extension, for audio tracks.
+    audio_level_ext: Option<u8>,
+    meter: Mutex<LevelMeter>,
+    metrics: Arc<Metrics>,
+    downs: Mutex<HashMap<String, Arc<DownTrack>>>,
+}
+
+/// What a forwarding decision needs done besides writing the packet.
+enum Verdict {
+    Drop,
+    Forward(u16, u32),
+}
+
+impl PublishedTrack {
+    pub fn new(
+        sid: String,
+        owner: String,
+        kind: RTPCodecType,
+        codec: RTCRtpCodecCapability,
+        publisher: &Arc<RTCPeerConnection>,
+        muted: bool,
+        announced: Vec<(u8, u32, u32)>,
+        audio_level_ext: Option<u8>,
+        metrics: Arc<Metrics>,
+    ) -> PublishedTrack {
+        PublishedTrack {
+            sid,
+            owner,
+            kind,
+            codec,
+            publisher: Arc::downgrade(publisher),
+            muted: AtomicBool::new(muted),
+            layers: Mutex::new(Vec::new()),
+            announced,
+            audio_level_ext,
+            meter: Mutex::new(LevelMeter::default()),
+            metrics,
+            downs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Registers a layer (by RID; `""` without simulcast) arriving with `ssrc`.
+    pub fn add_layer(&self, rid: &str, ssrc: u32) {
+        if let Ok(mut layers) = self.layers.lock() {
+            layers.retain(|l| l.rid != rid);
+            layers.push(Layer {
+                rid: rid.to_owned(),
+                ssrc,
+                last_seen: Instant::now(),
+            });
+        }
+    }
+
+    /// Forgets a layer whose stream ended; returns whether any layer is left.
+    pub fn remove_layer(&self, ssrc: u32) -> bool {
+        match self.layers.lock() {
+            Ok(mut layers) => {
+                layers.retain(|l| l.ssrc != ssrc);
+                !layers.is_empty()
+            }
+            Err(_) => false,
+        }
+    }
+
+    pub fn is_muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+
+    /// Mutes (stops forwarding) or unmutes; unmuting video waits for a fresh keyframe.
+    pub fn set_muted(&self, muted: bool) {
+        let was = self.muted.swap(muted, Ordering::Relaxed);
+        if was && !muted {
+            for down in self.down_tracks() {
+                down.resync();
+            }
+        }
+    }
+
+    /// Ends the audio-level window: the speaking level, or `None` when silent or muted.
+    pub fn take_level(&self) -> Option<f32> {
+        let level = self.meter.lock().ok()?.take();
+        level.filter(|_| !self.is_muted())
+    }
+
+    pub fn add_down_track(&self, subscriber: &str, down: Arc<DownTrack>) {
+        if let Ok(mut downs) = self.downs.lock() {
+            downs.insert(subscriber.to_owned(), down);
+        }
+    }
+
+    pub fn remove_down_track(&self, subscriber: &str) -> Option<Arc<DownTrack>> {
+        self.downs
+            .lock()
+            .ok()
+            .and_then(|mut d| d.remove(subscriber))
+    }
+
+    pub fn down_track(&self, subscriber: &str) -> Option<Arc<DownTrack>> {
+        self.downs
+            .lock()
+            .ok()
+            .and_then(|d| d.get(subscriber).cloned())
+    }
+
+    pub fn down_tracks(&self) -> Vec<Arc<DownTrack>> {
+        self.downs
+            .lock()
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Marks `ssrc` as alive and returns the available layers as (rank, ssrc).
+    fn note_packet(&self, ssrc: u32, now: Instant) -> Vec<(u8, u32)> {
+        let Ok(mut layers) = self.layers.lock() else {
+            return Vec::new();
+        };
+        if let Some(layer) = layers.iter_mut().find(|l| l.ssrc == ssrc) {
+            layer.last_seen = now;
+        }
+        layers
+            .iter()
+            .filter(|l| now.duration_since(l.last_seen) < LAYER_IDLE)
+            .map(|l| (layer_rank(&l.rid), l.ssrc))
+            .collect()
+    }
+
+    /// Forwards one RTP packet of layer `ssrc` to every subscriber.
+    pub async fn forward(&self, packet: &webrtc::rtp::packet::Packet, ssrc: u32) {
+        let now = Instant::now();
+        let active = self.note_packet(ssrc, now);
+        Metrics::add(&self.metrics.rtp_in, 1);
+        if self.is_muted() {
+            return;
+        }
+        if let Some(level) = self
+            .audio_level_ext
+            .and_then(|id| packet.header.get_extension(id))
+            .and_then(|ext| ext.first().copied())
+        {
+            if let Ok(mut meter) = self.meter.lock() {
+                meter.add(level);
+            }
+        }
+        let keyframe = if self.kind == RTPCodecType::Video {
+            is_keyframe(&self.codec.mime_type, &packet.payload)
+        } else {
+            None
+        };
+        let clock_rate = self.codec.clock_rate.max(1);
+        let is_vp8 = self.codec.mime_type.eq_ignore_ascii_case("video/vp8");
+        let mut request_keyframe: Option<u32> = None;
+        for down in self.down_tracks() {
+            let (verdict, munged) = match down.state.lock() {
+                Ok(mut st) => {
+                    let best = pick_layer(&active, st.max_rank).unwrap_or(ssrc);
+                    let verdict = decide(
+                        &mut st,
+                        ssrc,
+                        (packet.header.sequence_number, packet.header.timestamp),
+                        best,
+                        keyframe,
+                        clock_rate,
+                        now,
+                        &mut request_keyframe,
+                    );
+                    let munged = match verdict {
+                        Verdict::Forward(..) if is_vp8 => st.vp8.munge(ssrc, &packet.payload),
+                        _ => None,
+                    };
+                    (verdict, munged)
+                }
+                Err(_) => (Verdict::Drop, None),
+            };
+            if let Verdict::Forward(seq, ts) = verdict {
+                let mut out = packet.clone();
+                out.header.sequence_number = seq;
+                out.header.timestamp = ts;
+                if let Some(payload) = munged {
+                    out.payload = payload.into();
+                }
+                // The publisher's extension ids mean nothing on the subscriber's connection.
+                out.header.extension = false;
+                out.header.extensions.clear();
+                out.header.extension_profile = 0;
+                let bytes = out.payload.len() as u64;
+                match down.local.write_rtp(&out).await {
+                    Ok(_) => {
+                        Metrics::add(&self.metrics.rtp_out, 1);
+                        Metrics::add(&self.metrics.rtp_out_bytes, bytes);
+                    }
+                    Err(e) => {
+                        tracing::trace!(track = %self.sid, error = %e, "write to down-track failed")
+                    }
+                }
+            }
+        }
+        if let Some(ssrc) = request_keyframe {
+            self.send_pli(ssrc).await;
+        }
+    }
+
+    /// Asks the publisher for a keyframe on the layer a subscriber receives (or the best).
+    pub async fn request_keyframe_for(&self, subscriber: &str) {
+        if self.kind != RTPCodecType::Video {
+            return;
+        }
+        let ssrc = self
+            .down_track(subscriber)
+            .and_then(|d| d.current())
+            .or_else(|| pick_layer(&self.note_packet(0, Instant::now()), u8::MAX));
+        if let Some(ssrc) = ssrc {
+            self.send_pli(ssrc).await;
+        }
+    }
+
+    async fn send_pli(&self, media_ssrc: u32) {
+        let Some(pc) = self.publisher.upgrade() else {
+            return;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        if let Err(e) = pc.write_rtcp(&[Box::new(pli)]).await {
+            tracing::debug!(track = %self.sid, error = %e, "sending PLI failed");
+        }
+    }
+}
+
+/// Chooses what to do with a packet of layer `ssrc` for one subscriber.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    st: &mut DownState,
+    ssrc: u32,
+    rtp: (u16, u32),
+    best: u32,
+    keyframe: Option<bool>,
+    clock_rate: u32,
+    now: Instant,
+    request_keyframe: &mut Option<u32>,
+) -> Verdict {
+    if st.paused {
+        return Verdict::Drop;
+    }
+    let mut want_pli = |st: &mut DownState, target: u32| {
+        if st
+            .last_pli
+            .is_none_or(|t| now.duration_since(t) >= PLI_INTERVAL)
+        {
+            st.last_pli = Some(now);
+            *request_keyframe = Some(target);
+        }
+    };
+    if st.current == Some(ssrc) {
+        if best != ssrc {
+            // A better (or the only remaining) layer exists: ask for a keyframe on it.
+            want_pli(st, best);
+        }
+    } else if ssrc == best {
+        if keyframe == Some(false) {
+            want_pli(st, ssrc);
+            return Verdict::Drop;
+        }
+        st.current = Some(ssrc);
+    } else {
+        return Verdict::Drop;
+    }
+    let gap = st
+        .last_out
+        .map(|t| {
+            let ms = now.duration_since(t).as_millis().min(10_000) as u64;
+            (ms * u64::from(clock_rate) / 1000) as u32
+        })
+        .unwrap_or(1);
+    st.last_out = Some(now);
+    let (seq, ts) = st.rewriter.rewrite(ssrc, rtp.0, rtp.1, gap);
+    Verdict::Forward(seq, ts)
+}
+
+/// The layer to forward from the available `(rank, ssrc)` layers: the best one not above
+/// `max_rank`, or the lowest one when all are above it.
+pub fn pick_layer(active: &[(u8, u32)], max_rank: u8) -> Option<u32> {
+    active
+        .iter()
+        .filter(|(rank, _)| *rank <= max_rank)
+        .max_by_key(|(rank, _)| *rank)
+        .or_else(|| active.iter().min_by_key(|(rank, _)| *rank))
+        .map(|(_, ssrc)| *ssrc)
+}
+
+/// The highest layer rank worth sending to a subscriber asking for `settings`, given the
+/// track's announced layers: the smallest layer at least as wide/high as the requested
+/// size, or the requested quality.
+pub fn max_rank_for(
+    settings: &livekit_protocol::UpdateTrackSettings,
+    layers: &[(u8, u32, u32)],
+) -> u8 {
+    if settings.width > 0 || settings.height > 0 {
+        let mut sorted: Vec<&(u8, u32, u32)> = layers.iter().collect();
+        sorted.sort_by_key(|(rank, _, _)| *rank);
+        return sorted
+            .iter()
+            .find(|(_, w, h)| *w >= settings.width && *h >= settings.height)
+            .or(sorted.last())
+            .map(|(rank, _, _)| *rank)
+            .unwrap_or(u8::MAX);
+    }
+    match settings.quality {
+        0 => 1, // LOW
+        1 => 2, // MEDIUM
+        _ => u8::MAX,
+    }
+}
+
+/// Whether an RTCP packet from a subscriber asks for a keyframe.
+pub fn wants_keyframe(packet: &(dyn webrtc::rtcp::packet::Packet + Send + Sync)) -> bool {
+    let any = packet.as_any();
+    any.downcast_ref::<PictureLossIndication>().is_some()
+        || any.downcast_ref::<FullIntraRequest>().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use livekit_protocol::UpdateTrackSettings;
+
+    fn forwarded(v: Verdict) -> Option<(u16, u32)> {
+        match v {
+            Verdict::Forward(seq, ts) => Some((seq, ts)),
+            Verdict::Drop => None,
+        }
+    }
+
+    #[test]
+    fn waits_for_a_keyframe_and_asks_for_one() {
+        let mut st = DownState::default();
+        let t0 = Instant::now();
+        let mut pli = None;
+        // Video delta frame first: dropped, PLI requested on that layer.
+        let v = decide(&mut st, 7, (1, 100), 7, Some(false), 90000, t0, &mut pli);
+        assert!(forwarded(v).is_none());
+        assert_eq!(pli, Some(7));
+        // Another delta right after: still dropped, but no second PLI within the interval.
+        pli = None;
+        let v = decide(&mut st, 7, (2, 100), 7, Some(false), 90000, t0, &mut pli);
+        assert!(forwarded(v).is_none());
+        assert_eq!(pli, None);
+        // The keyframe starts forwarding.
+        let v = decide(&mut st, 7, (3, 200), 7, Some(true), 90000, t0, &mut pli);
+        assert_eq!(forwarded(v), Some((3, 200)));
+        let v = decide(&mut st, 7, (4, 300), 7, Some(false), 90000, t0, &mut pli);
+        assert_eq!(forwarded(v), Some((4, 300)));
+    }
+
+    #[test]
+    fn switches_up_only_on_a_keyframe_of_the_better_layer() {
+        let mut st = DownState::default();
+        let t0 = Instant::now();
+        let mut pli = None;
+        decide(&mut st, 1, (10, 1000), 1, Some(true), 90000, t0, &mut pli);
+        // A better layer (2) appears: layer 1 keeps flowing, a PLI goes to layer 2.
+        let t1 = t0 + Duration::from_secs(1);
+        pli = None;
+        let v = decide(&mut st, 1, (11, 1900), 2, Some(false), 90000, t1, &mut pli);
+        assert_eq!(forwarded(v), Some((11, 1900)));
+        assert_eq!(pli, Some(2));
+        // Delta frames of layer 2 are not forwarded yet.
+        let v = decide(&mut st, 2, (500, 77), 2, Some(false), 90000, t1, &mut pli);
+        assert!(forwarded(v).is_none());
+        // Its keyframe is, numbered right after layer 1's last packet.
+        let t2 = t1 + Duration::from_millis(10);
+        let v = decide(&mut st, 2, (501, 977), 2, Some(true), 90000, t2, &mut pli);
+        assert_eq!(forwarded(v), Some((12, 1900 + 900)));
+        // Now layer 1 is dropped.
+        let v = decide(&mut st, 1, (12, 2800), 2, Some(false), 90000, t2, &mut pli);
+        assert!(forwarded(v).is_none());
+    }
+
+    #[test]
+    fn audio_and_paused_tracks() {
+        let mut st = DownState::default();
+        let t0 = Instant::now();
+        let mut pli = None;
+        // Audio (no keyframe notion) forwards at once and never asks for keyframes.
+        let v = decide(&mut st, 3, (5, 960), 3, None, 48000, t0, &mut pli);
+        assert_eq!(forwarded(v), Some((5, 960)));
+        assert_eq!(pli, None);
+        st.paused = true;
+        let v = decide(&mut st, 3, (6, 1920), 3, None, 48000, t0, &mut pli);
+        assert!(forwarded(v).is_none());
+    }
+
+    #[test]
+    fn picks_best_layer_within_cap() {
+        let active = [(1, 10), (2, 20), (3, 30)];
+        assert_eq!(pick_layer(&active, u8::MAX), Some(30));
+        assert_eq!(pick_layer(&active, 2), Some(20));
+        assert_eq!(pick_layer(&[(2, 20), (3, 30)], 1), Some(20));
+        assert_eq!(pick_layer(&[(0, 5)], 1), Some(5));
+        assert_eq!(pick_layer(&[], 3), None);
+    }
+
+    #[test]
+    fn caps_from_track_settings() {
+        let layers = [(1, 320, 180), (2, 640, 360), (3, 1280, 720)];
+        let settings = |width, height, quality| UpdateTrackSettings {
+            width,
+            height,
+            quality,
+            ..Default::default()
+        };
+        assert_eq!(max_rank_for(&settings(300, 170, 2), &layers), 1);
+        assert_eq!(max_rank_for(&settings(600, 0, 2), &layers), 2);
+        assert_eq!(max_rank_for(&settings(1920, 1080, 2), &layers), 3);
+        assert_eq!(max_rank_for(&settings(0, 0, 0), &layers), 1);
+        assert_eq!(max_rank_for(&settings(0, 0, 1), &layers), 2);
+        assert_eq!(max_rank_for(&settings(0, 0, 2), &layers), u8::MAX);
+    }
+}

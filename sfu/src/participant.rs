@@ -1,0 +1,340 @@
+//! One participant's media session: its two peer connections (publisher: the client
+//! offers; subscriber: the SFU offers), trickle ICE, renegotiation, subscriptions and
+//! server-side data channels.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use livekit_protocol as proto;
+use proto::signal_response::Message;
+use tokio::sync::{mpsc, Notify};
+use webrtc::api::API;
+use webrtc::data_channel::data_channel_init::RTCDataChannelInit;
+use webrtc::data_channel::RTCDataChannel;
+use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+use crate::auth::Grant;
+use crate::media::{new_peer_connection, wants_keyframe, DownTrack, PublishedTrack};
+
+/// Label of the ordered, reliable data channel.
+pub const RELIABLE: &str = "_reliable";
+/// Label of the unordered, no-retransmit data channel.
+pub const LOSSY: &str = "_lossy";
+
+#[derive(Default)]
+struct Negotiation {
+    /// An offer is out and its answer has not come back.
+    in_flight: bool,
+    /// Something changed while an offer was out: offer again after the answer.
+    again: bool,
+}
+
+/// A connected participant's media and outgoing signalling.
+pub struct Participant {
+    pub sid: String,
+    pub grant: Grant,
+    /// Subscribe to every track automatically (`auto_subscribe` query parameter, default
+    /// true); otherwise only what `UpdateSubscription` asks for.
+    pub auto_subscribe: bool,
+    tx: mpsc::UnboundedSender<proto::SignalResponse>,
+    pub publisher: Arc<RTCPeerConnection>,
+    pub subscriber: Arc<RTCPeerConnection>,
+    reliable: Arc<RTCDataChannel>,
+    lossy: Arc<RTCDataChannel>,
+    negotiation: tokio::sync::Mutex<Negotiation>,
+    /// Remote candidates that arrived before the remote description: [publisher, subscriber].
+    early_candidates: Mutex<[Vec<RTCIceCandidateInit>; 2]>,
+    next_offer_id: AtomicU32,
+    /// Track sid → sender on the subscriber connection.
+    subscriptions: tokio::sync::Mutex<HashMap<String, Arc<RTCRtpSender>>>,
+    /// Woken when the participant must be dropped (connection failed, replaced, kicked).
+    pub disconnect: Notify,
+}
+
+impl Participant {
+    /// Creates both peer connections and the SFU's data channels on the subscriber side.
+    pub async fn new(
+        api: &API,
+        sid: String,
+        grant: Grant,
+        auto_subscribe: bool,
+        tx: mpsc::UnboundedSender<proto::SignalResponse>,
+    ) -> Result<Arc<Participant>, webrtc::Error> {
+        let publisher = new_peer_connection(api).await?;
+        let subscriber = new_peer_connection(api).await?;
+        let reliable = subscriber
+            .create_data_channel(
+                RELIABLE,
+                Some(RTCDataChannelInit {
+                    ordered: Some(true),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        let lossy = subscriber
+            .create_data_channel(
+                LOSSY,
+                Some(RTCDataChannelInit {
+                    ordered: Some(false),
+                    max_retransmits: Some(0),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        let participant = Arc::new(Participant {
+            sid,
+            grant,
+            auto_subscribe,
+            tx,
+            publisher,
+            subscriber,
+            reliable,
+            lossy,
+            negotiation: tokio::sync::Mutex::new(Negotiation::default()),
+            early_candidates: Mutex::new([Vec::new(), Vec::new()]),
+            next_offer_id: AtomicU32::new(1),
+            subscriptions: tokio::sync::Mutex::new(HashMap::new()),
+            disconnect: Notify::new(),
+        });
+        participant.wire_candidates();
+        Ok(participant)
+    }
+
+    /// Sends a signalling message to this participant's socket.
+    pub fn send(&self, message: Message) {
+        // A closed channel means the session is ending; nothing left to tell.
+        let _ = self.tx.send(proto::SignalResponse {
+            message: Some(message),
+        });
+    }
+
+    fn wire_candidates(self: &Arc<Self>) {
+        for (pc, target) in [
+            (&self.publisher, proto::SignalTarget::Publisher),
+            (&self.subscriber, proto::SignalTarget::Subscriber),
+        ] {
+            let tx = self.tx.clone();
+            pc.on_ice_candidate(Box::new(move |candidate| {
+                let tx = tx.clone();
+                Box::pin(async move {
+                    let Some(candidate) = candidate else {
+                        return;
+                    };
+                    let Ok(init) = candidate.to_json() else {
+                        return;
+                    };
+                    let Ok(json) = serde_json::to_string(&init) else {
+                        return;
+                    };
+                    let _ = tx.send(proto::SignalResponse {
+                        message: Some(Message::Trickle(proto::TrickleRequest {
+                            candidate_init: json,
+                            target: target as i32,
+                            r#final: false,
+                        })),
+                    });
+                })
+            }));
+            let weak = Arc::downgrade(self);
+            pc.on_peer_connection_state_change(Box::new(move |state| {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
+                    if state == S::Failed {
+                        if let Some(p) = weak.upgrade() {
+                            tracing::info!(participant = %p.sid, ?target, "peer connection failed");
+                            p.disconnect.notify_one();
+                        }
+                    }
+                })
+            }));
+        }
+    }
+
+    /// Answers the client's offer on the publisher connection.
+    pub async fn handle_offer(
+        &self,
+        offer: proto::SessionDescription,
+    ) -> Result<(), webrtc::Error> {
+        let desc = RTCSessionDescription::offer(offer.sdp)?;
+        self.publisher.set_remote_description(desc).await?;
+        self.flush_candidates(proto::SignalTarget::Publisher).await;
+        let answer = self.publisher.create_answer(None).await?;
+        self.publisher.set_local_description(answer).await?;
+        let Some(local) = self.publisher.local_description().await else {
+            return Err(webrtc::Error::new("no local description".into()));
+        };
+        self.send(Message::Answer(proto::SessionDescription {
+            r#type: "answer".into(),
+            sdp: local.sdp,
+            id: offer.id,
+            ..Default::default()
+        }));
+        Ok(())
+    }
+
+    /// Applies the client's answer to our subscriber offer; offers again if needed.
+    pub async fn handle_answer(
+        self: &Arc<Self>,
+        answer: proto::SessionDescription,
+    ) -> Result<(), webrtc::Error> {
+        let desc = RTCSessionDescription::answer(answer.sdp)?;
+        let result = self.subscriber.set_remote_description(desc).await;
+        self.flush_candidates(proto::SignalTarget::Subscriber).await;
+        let again = {
+            let mut neg = self.negotiation.lock().await;
+            neg.in_flight = false;
+            std::mem::take(&mut neg.again)
+        };
+        if again {
+            self.negotiate().await;
+        }
+        result
+    }
+
+    /// Sends a new subscriber offer (or remembers to, when one is already out).
+    pub async fn negotiate(&self) {
+        let mut neg = self.negotiation.lock().await;
+        if neg.in_flight {
+            neg.again = true;
+            return;
+        }
+        match self.make_offer().await {
+            Ok(offer) => {
+                neg.in_flight = true;
+                self.send(Message::Offer(offer));
+            }
+            Err(e) => {
+                tracing::warn!(participant = %self.sid, error = %e, "subscriber offer failed")
+            }
+        }
+    }
+
+    async fn make_offer(&self) -> Result<proto::SessionDescription, webrtc::Error> {
+        let offer = self.subscriber.create_offer(None).await?;
+        self.subscriber.set_local_description(offer).await?;
+        let Some(local) = self.subscriber.local_description().await else {
+            return Err(webrtc::Error::new("no local description".into()));
+        };
+        Ok(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: local.sdp,
+            id: self.next_offer_id.fetch_add(1, Ordering::Relaxed),
+            ..Default::default()
+        })
+    }
+
+    /// Adds a client's trickled candidate (JSON `RTCIceCandidateInit`).
+    pub async fn handle_trickle(&self, trickle: &proto::TrickleRequest) {
+        let Ok(init) = serde_json::from_str::<RTCIceCandidateInit>(&trickle.candidate_init) else {
+            tracing::debug!(participant = %self.sid, "unparsable ICE candidate");
+            return;
+        };
+        let (pc, index) = if trickle.target == proto::SignalTarget::Subscriber as i32 {
+            (&self.subscriber, 1)
+        } else {
+            (&self.publisher, 0)
+        };
+        if pc.remote_description().await.is_none() {
+            if let Ok(mut early) = self.early_candidates.lock() {
+                early[index].push(init);
+            }
+            return;
+        }
+        if let Err(e) = pc.add_ice_candidate(init).await {
+            tracing::debug!(participant = %self.sid, error = %e, "add_ice_candidate failed");
+        }
+    }
+
+    async fn flush_candidates(&self, target: proto::SignalTarget) {
+        let (pc, index) = match target {
+            proto::SignalTarget::Subscriber => (&self.subscriber, 1),
+            proto::SignalTarget::Publisher => (&self.publisher, 0),
+        };
+        let pending = match self.early_candidates.lock() {
+            Ok(mut early) => std::mem::take(&mut early[index]),
+            Err(_) => Vec::new(),
+        };
+        for init in pending {
+            if let Err(e) = pc.add_ice_candidate(init).await {
+                tracing::debug!(participant = %self.sid, error = %e, "add_ice_candidate failed");
+            }
+        }
+    }
+
+    /// Starts receiving `track`: adds a down-track to the subscriber connection (stream id
+    /// `{publisher sid}|{track sid}`, track id = track sid) and renegotiates. Returns
+    /// whether a new subscription was made.
+    pub async fn subscribe(self: &Arc<Self>, track: &Arc<PublishedTrack>) -> bool {
+        if !self.grant.can_subscribe || track.owner == self.sid {
+            return false;
+        }
+        let mut subs = self.subscriptions.lock().await;
+        if subs.contains_key(&track.sid) {
+            return false;
+        }
+        let local = Arc::new(TrackLocalStaticRTP::new(
+            track.codec.clone(),
+            track.sid.clone(),
+            format!("{}|{}", track.owner, track.sid),
+        ));
+        let sender = match self.subscriber.add_track(local.clone()).await {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::warn!(participant = %self.sid, track = %track.sid, error = %e, "add_track failed");
+                return false;
+            }
+        };
+        subs.insert(track.sid.clone(), sender.clone());
+        drop(subs);
+        track.add_down_track(&self.sid, Arc::new(DownTrack::new(local, sender.clone())));
+        // Subscriber RTCP: keyframe requests go upstream; reading also drives the
+        // interceptors (NACK responder, reports).
+        let weak_track = Arc::downgrade(track);
+        let subscriber_sid = self.sid.clone();
+        tokio::spawn(async move {
+            while let Ok((packets, _)) = sender.read_rtcp().await {
+                if packets.iter().any(|p| wants_keyframe(p.as_ref())) {
+                    let Some(track) = weak_track.upgrade() else {
+                        break;
+                    };
+                    track.request_keyframe_for(&subscriber_sid).await;
+                }
+            }
+        });
+        self.negotiate().await;
+        track.request_keyframe_for(&self.sid).await;
+        true
+    }
+
+    /// Stops receiving a track and renegotiates.
+    pub async fn unsubscribe(&self, track_sid: &str) {
+        let sender = self.subscriptions.lock().await.remove(track_sid);
+        if let Some(sender) = sender {
+            if let Err(e) = self.subscriber.remove_track(&sender).await {
+                tracing::debug!(participant = %self.sid, error = %e, "remove_track failed");
+            }
+            self.negotiate().await;
+        }
+    }
+
+    /// Sends an encoded `DataPacket` on the SFU's data channel of that kind.
+    pub async fn send_data(&self, lossy: bool, data: &Bytes) {
+        let channel = if lossy { &self.lossy } else { &self.reliable };
+        if let Err(e) = channel.send(data).await {
+            tracing::debug!(participant = %self.sid, error = %e, "data channel send failed");
+        }
+    }
+
+    /// Closes both peer connections.
+    pub async fn close(&self) {
+        let _ = self.publisher.close().await;
+        let _ = self.subscriber.close().await;
+    }
+}

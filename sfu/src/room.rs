@@ -1,0 +1,614 @@
+//! Live rooms: the registry of rooms, and per room the signalling state, the connected
+//! participants and the published tracks. Changes happen under the room's lock; media
+//! work (adding down-tracks, renegotiating) happens after it is released.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use livekit_protocol as proto;
+use prost::Message as _;
+use webrtc::api::API;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
+use webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver;
+use webrtc::track::track_remote::TrackRemote;
+
+use crate::config::Config;
+use crate::media::PublishedTrack;
+use crate::metrics::{Gauges, Metrics};
+use crate::participant::{Participant, LOSSY, RELIABLE};
+use crate::speakers::Speakers;
+use crate::state::{Joined, Outbox, RoomState, StateError};
+
+/// How often active speakers are re-evaluated.
+const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The SFU: configuration, the media API and the rooms by name.
+pub struct Sfu {
+    pub config: Config,
+    pub api: API,
+    pub metrics: Arc<Metrics>,
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+}
+
+impl Sfu {
+    pub fn new(config: Config) -> Result<Arc<Sfu>, webrtc::Error> {
+        let api = crate::media::build_api(&config.rtc)?;
+        Ok(Arc::new(Sfu {
+            config,
+            api,
+            metrics: Arc::new(Metrics::default()),
+            rooms: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open room with this name, created when missing.
+    pub fn open_room(&self, name: &str) -> Arc<Room> {
+        let mut rooms = self.rooms();
+        rooms
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                let room = Arc::new(Room::new(name, self.metrics.clone()));
+                room.start_speaker_detection();
+                room
+            })
+            .clone()
+    }
+
+    /// The room with this name, if open.
+    pub fn find_room(&self, name: &str) -> Option<Arc<Room>> {
+        self.rooms().get(name).cloned()
+    }
+
+    /// Names of the open rooms.
+    pub fn room_names(&self) -> Vec<String> {
+        self.rooms().keys().cloned().collect()
+    }
+
+    /// Tells every participant of every room that the server is going away.
+    pub fn shutdown(&self) {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        for room in rooms {
+            room.disconnect_all(proto::DisconnectReason::ServerShutdown);
+        }
+    }
+
+    /// Current room, participant and track counts.
+    pub fn gauges(&self) -> Gauges {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        let mut gauges = Gauges {
+            rooms: rooms.len(),
+            ..Gauges::default()
+        };
+        for room in rooms {
+            let inner = room.lock();
+            gauges.participants += inner.participants.len();
+            gauges.tracks += inner.tracks.len();
+        }
+        gauges
+    }
+
+    /// Closes `room` after the empty timeout unless somebody joined meanwhile.
+    pub fn schedule_close(self: &Arc<Self>, room: &Arc<Room>) {
+        let sfu = Arc::downgrade(self);
+        let room = Arc::downgrade(room);
+        let timeout = Duration::from_secs(self.config.room.empty_timeout_secs);
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let (Some(sfu), Some(room)) = (sfu.upgrade(), room.upgrade()) else {
+                return;
+            };
+            let mut rooms = sfu.rooms();
+            if room.close_if_empty() {
+                if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+                    rooms.remove(&room.name);
+                }
+                tracing::info!(room = %room.name, "closed empty room");
+            }
+        });
+    }
+}
+
+struct Inner {
+    state: RoomState,
+    participants: HashMap<String, Arc<Participant>>,
+    tracks: HashMap<String, Arc<PublishedTrack>>,
+    /// (owner sid, cid) → track sid, to attach later simulcast layers to their track.
+    by_cid: HashMap<(String, String), String>,
+    speakers: Speakers,
+    closed: bool,
+}
+
+/// A room that exists while it has participants (and for the empty timeout after).
+pub struct Room {
+    pub name: String,
+    metrics: Arc<Metrics>,
+    inner: Mutex<Inner>,
+}
+
+/// The room was closed while joining; join a fresh one.
+#[derive(Debug)]
+pub struct RoomClosed;
+
+impl Room {
+    fn new(name: &str, metrics: Arc<Metrics>) -> Room {
+        Room {
+            name: name.to_owned(),
+            metrics,
+            inner: Mutex::new(Inner {
+                state: RoomState::new(name, now_ms()),
+                participants: HashMap::new(),
+                tracks: HashMap::new(),
+                by_cid: HashMap::new(),
+                speakers: Speakers::default(),
+                closed: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deliver(inner: &Inner, outbox: Outbox) {
+        for (to, message) in outbox {
+            if let Some(p) = inner.participants.get(&to) {
+                p.send(message);
+            }
+        }
+    }
+
+    /// Sends everyone a leave (no reconnect) with `reason`; their sessions then end.
+    pub fn disconnect_all(&self, reason: proto::DisconnectReason) {
+        let inner = self.lock();
+        for p in inner.participants.values() {
+            p.send(proto::signal_response::Message::Leave(
+                proto::LeaveRequest {
+                    can_reconnect: false,
+                    reason: reason as i32,
+                    action: proto::leave_request::Action::Disconnect as i32,
+                    regions: None,
+                },
+            ));
+        }
+    }
+
+    /// Every [`SPEAKER_INTERVAL`], tells everyone whose speaking state changed, until the
+    /// room closes.
+    fn start_speaker_detection(self: &Arc<Self>) {
+        let room = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SPEAKER_INTERVAL);
+            loop {
+                ticker.tick().await;
+                let Some(room) = room.upgrade() else { break };
+                if !room.update_speakers() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Sends `SpeakersChanged` when needed; returns false once the room is closed.
+    fn update_speakers(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        let mut levels: HashMap<String, f32> = HashMap::new();
+        for track in inner.tracks.values() {
+            if let Some(level) = track.take_level() {
+                let entry = levels.entry(track.owner.clone()).or_insert(0.0);
+                *entry = entry.max(level);
+            }
+        }
+        let changes = inner.speakers.update(levels);
+        if !changes.is_empty() {
+            for p in inner.participants.values() {
+                p.send(proto::signal_response::Message::SpeakersChanged(
+                    proto::SpeakersChanged {
+                        speakers: changes.clone(),
+                    },
+                ));
+            }
+        }
+        true
+    }
+
+    fn close_if_empty(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.state.is_empty() {
+            inner.closed = true;
+        }
+        inner.closed
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().state.is_empty()
+    }
+
+    /// Participant infos in join order.
+    pub fn participants(&self) -> Vec<proto::ParticipantInfo> {
+        self.lock().state.participants()
+    }
+
+    /// Adds a participant; returns the join result and the `Room` message.
+    pub fn join(
+        &self,
+        participant: &Arc<Participant>,
+        empty_timeout: u32,
+    ) -> Result<(Joined, proto::Room), RoomClosed> {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Err(RoomClosed);
+        }
+        let mut joined = inner
+            .state
+            .join(&participant.sid, &participant.grant, now_ms());
+        let outbox = std::mem::take(&mut joined.outbox);
+        Self::deliver(&inner, outbox);
+        if let Some(old) = &joined.replaced {
+            if let Some(p) = inner.participants.get(old) {
+                p.disconnect.notify_one();
+            }
+        }
+        inner
+            .participants
+            .insert(participant.sid.clone(), participant.clone());
+        let info = inner.state.room_info(empty_timeout);
+        Ok((joined, info))
+    }
+
+    /// Subscribes a newly joined participant to every published track (unless it asked
+    /// for no automatic subscriptions) and sends its first
+    /// subscriber offer (which also carries the SFU's data channels).
+    pub async fn start_subscriptions(&self, participant: &Arc<Participant>) {
+        let tracks: Vec<Arc<PublishedTrack>> = if participant.auto_subscribe {
+            self.lock().tracks.values().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        for track in &tracks {
+            self.subscribe(participant, track).await;
+        }
+        participant.negotiate().await;
+    }
+
+    /// Removes a participant, its tracks and its subscriptions. Unknown sids are a no-op.
+    pub async fn leave(&self, sid: &str) {
+        let (participant, subscribers, own_tracks) = {
+            let mut inner = self.lock();
+            let Some(participant) = inner.participants.remove(sid) else {
+                return;
+            };
+            let outbox = inner.state.leave(sid);
+            Self::deliver(&inner, outbox);
+            let own: Vec<String> = inner
+                .tracks
+                .values()
+                .filter(|t| t.owner == sid)
+                .map(|t| t.sid.clone())
+                .collect();
+            let mut subscribers = Vec::new();
+            for track_sid in &own {
+                if let Some(track) = inner.tracks.remove(track_sid) {
+                    for p in inner.participants.values() {
+                        if track.remove_down_track(&p.sid).is_some() {
+                            subscribers.push((p.clone(), track_sid.clone()));
+                        }
+                    }
+                }
+            }
+            inner.by_cid.retain(|(owner, _), _| owner != sid);
+            for track in inner.tracks.values() {
+                track.remove_down_track(sid);
+            }
+            (participant, subscribers, own)
+        };
+        for (p, track_sid) in subscribers {
+            p.unsubscribe(&track_sid).await;
+        }
+        participant.close().await;
+        tracing::info!(room = %self.name, participant = %sid, tracks = own_tracks.len(), "participant left");
+    }
+
+    /// Handles `AddTrackRequest`.
+    pub fn add_track(
+        &self,
+        sid: &str,
+        req: &proto::AddTrackRequest,
+    ) -> Result<proto::TrackInfo, StateError> {
+        self.lock().state.add_track(sid, req)
+    }
+
+    /// Media arrived on a publisher connection: publish the track (or add a simulcast
+    /// layer to it), start forwarding, and subscribe everybody else.
+    pub async fn on_remote_track(
+        self: &Arc<Self>,
+        owner: &Arc<Participant>,
+        remote: Arc<TrackRemote>,
+        receiver: Arc<RTCRtpReceiver>,
+    ) {
+        let audio_level_ext = receiver
+            .get_parameters()
+            .await
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == webrtc::sdp::extmap::AUDIO_LEVEL_URI)
+            .and_then(|e| u8::try_from(e.id).ok());
+        let cid = remote.id();
+        let rid = remote.rid().to_owned();
+        let ssrc = remote.ssrc();
+        let codec = remote.codec().capability;
+        let kind = match remote.kind() {
+            RTPCodecType::Video => proto::TrackType::Video,
+            _ => proto::TrackType::Audio,
+        };
+        let (track, subscribers) = {
+            let mut inner = self.lock();
+            let key = (owner.sid.clone(), cid.clone());
+            let existing = inner
+                .by_cid
+                .get(&key)
+                .and_then(|sid| inner.tracks.get(sid))
+                .cloned();
+            if let Some(track) = existing {
+                track.add_layer(&rid, ssrc);
+                (track, Vec::new())
+            } else {
+                let Some((info, outbox)) =
+                    inner
+                        .state
+                        .publish_pending(&owner.sid, &cid, kind, &codec.mime_type)
+                else {
+                    tracing::warn!(room = %self.name, participant = %owner.sid, %cid, "media for a track never announced");
+                    return;
+                };
+                #[allow(deprecated)] // `layers` is what livekit-client fills in
+                let announced = info
+                    .layers
+                    .iter()
+                    .map(|l| (l.quality.clamp(0, 2) as u8 + 1, l.width, l.height))
+                    .collect();
+                let track = Arc::new(PublishedTrack::new(
+                    info.sid.clone(),
+                    owner.sid.clone(),
+                    remote.kind(),
+                    codec,
+                    &owner.publisher,
+                    info.muted,
+                    announced,
+                    audio_level_ext,
+                    self.metrics.clone(),
+                ));
+                track.add_layer(&rid, ssrc);
+                inner.tracks.insert(info.sid.clone(), track.clone());
+                inner.by_cid.insert(key, info.sid.clone());
+                Self::deliver(&inner, outbox);
+                let subscribers: Vec<Arc<Participant>> = inner
+                    .participants
+                    .values()
+                    .filter(|p| p.sid != owner.sid && p.auto_subscribe)
+                    .cloned()
+                    .collect();
+                tracing::info!(room = %self.name, participant = %owner.sid, track = %info.sid, ?kind, "track published");
+                (track, subscribers)
+            }
+        };
+        let room = Arc::downgrade(self);
+        let forwarding = track.clone();
+        tokio::spawn(async move {
+            while let Ok((packet, _)) = remote.read_rtp().await {
+                forwarding.forward(&packet, ssrc).await;
+            }
+            if !forwarding.remove_layer(ssrc) {
+                if let Some(room) = room.upgrade() {
+                    room.unpublish(&forwarding.owner, &forwarding.sid).await;
+                }
+            }
+        });
+        for p in subscribers {
+            self.subscribe(&p, &track).await;
+        }
+    }
+
+    /// Subscribes `p` to `track` and tells the track's owner (`TrackSubscribed`).
+    async fn subscribe(&self, p: &Arc<Participant>, track: &Arc<PublishedTrack>) {
+        if p.subscribe(track).await {
+            if let Some(owner) = self.lock().participants.get(&track.owner) {
+                owner.send(proto::signal_response::Message::TrackSubscribed(
+                    proto::TrackSubscribed {
+                        track_sid: track.sid.clone(),
+                    },
+                ));
+            }
+        }
+    }
+
+    /// Removes a published track (its media ended).
+    pub async fn unpublish(&self, owner: &str, track_sid: &str) {
+        let subscribers = {
+            let mut inner = self.lock();
+            let Some(track) = inner.tracks.remove(track_sid) else {
+                return;
+            };
+            inner.by_cid.retain(|_, t| t != track_sid);
+            if let Ok(outbox) = inner.state.unpublish(owner, track_sid) {
+                Self::deliver(&inner, outbox);
+            }
+            inner
+                .participants
+                .values()
+                .filter(|p| track.remove_down_track(&p.sid).is_some())
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        for p in subscribers {
+            p.unsubscribe(track_sid).await;
+        }
+    }
+
+    /// Mutes or unmutes a track. `by_server` also tells its owner (`SignalResponse.mute`).
+    pub async fn set_muted(
+        &self,
+        owner: &str,
+        track_sid: &str,
+        muted: bool,
+        by_server: bool,
+    ) -> Result<(), StateError> {
+        let track = {
+            let mut inner = self.lock();
+            let outbox = inner.state.set_muted(owner, track_sid, muted, by_server)?;
+            Self::deliver(&inner, outbox);
+            inner.tracks.get(track_sid).cloned()
+        };
+        if let Some(track) = track {
+            track.set_muted(muted);
+            if !muted {
+                for p in self.participant_sids() {
+                    track.request_keyframe_for(&p).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn participant_sids(&self) -> Vec<String> {
+        self.lock().participants.keys().cloned().collect()
+    }
+
+    /// Server-side mute of `identity`'s tracks of `kind` (all kinds when `None`).
+    /// Returns the number of tracks changed, or `None` when the identity is not here.
+    pub async fn mute_identity(
+        &self,
+        identity: &str,
+        kind: Option<proto::TrackType>,
+        muted: bool,
+    ) -> Option<usize> {
+        let (sid, tracks) = {
+            let inner = self.lock();
+            let sid = inner.state.sid_of(identity)?;
+            let tracks = inner.state.tracks_of(&sid, kind);
+            (sid, tracks)
+        };
+        let mut changed = 0;
+        for track in tracks {
+            if self.set_muted(&sid, &track, muted, true).await.is_ok() {
+                changed += 1;
+            }
+        }
+        Some(changed)
+    }
+
+    /// Identities of the participants present.
+    pub fn identities(&self) -> Vec<String> {
+        self.participants()
+            .into_iter()
+            .map(|p| p.identity)
+            .collect()
+    }
+
+    /// A subscriber's track settings: `disabled` pauses forwarding of those tracks to it;
+    /// the requested size or quality caps the simulcast layer it gets.
+    pub async fn update_track_settings(
+        &self,
+        subscriber: &str,
+        settings: &proto::UpdateTrackSettings,
+    ) {
+        let tracks: Vec<Arc<PublishedTrack>> = {
+            let inner = self.lock();
+            settings
+                .track_sids
+                .iter()
+                .filter_map(|sid| inner.tracks.get(sid).cloned())
+                .collect()
+        };
+        for track in tracks {
+            if let Some(down) = track.down_track(subscriber) {
+                down.set_max_rank(crate::media::max_rank_for(settings, &track.announced));
+                down.set_paused(settings.disabled);
+                if !settings.disabled {
+                    track.request_keyframe_for(subscriber).await;
+                }
+            }
+        }
+    }
+
+    /// A subscriber's explicit (un)subscription of tracks.
+    pub async fn update_subscription(
+        &self,
+        subscriber: &Arc<Participant>,
+        update: &proto::UpdateSubscription,
+    ) {
+        let mut sids = update.track_sids.clone();
+        for pt in &update.participant_tracks {
+            sids.extend(pt.track_sids.iter().cloned());
+        }
+        let tracks: Vec<Arc<PublishedTrack>> = {
+            let inner = self.lock();
+            sids.iter()
+                .filter_map(|sid| inner.tracks.get(sid).cloned())
+                .collect()
+        };
+        for track in tracks {
+            if update.subscribe {
+                self.subscribe(subscriber, &track).await;
+            } else if track.remove_down_track(&subscriber.sid).is_some() {
+                subscriber.unsubscribe(&track.sid).await;
+            }
+        }
+    }
+
+    // The per-packet identity fields inside `UserPacket` are deprecated but still read by
+    // older clients, so they are stamped too.
+    #[allow(deprecated)]
+    /// Relays a `DataPacket` received from `from` on its data channel `label` to the
+    /// other participants (or to its `destination_identities`), stamped with the sender.
+    pub async fn relay_data(&self, from: &Participant, label: &str, data: &[u8]) {
+        // Only the two DataPacket channels are relayed (not, e.g., `_data_track`).
+        if !from.grant.can_publish_data || (label != RELIABLE && label != LOSSY) {
+            return;
+        }
+        let Ok(mut packet) = proto::DataPacket::decode(data) else {
+            tracing::debug!(participant = %from.sid, "undecodable data packet");
+            return;
+        };
+        packet.participant_identity = from.grant.identity.clone();
+        packet.participant_sid = from.sid.clone();
+        let mut destinations = std::mem::take(&mut packet.destination_identities);
+        if let Some(proto::data_packet::Value::User(user)) = &mut packet.value {
+            user.participant_identity = from.grant.identity.clone();
+            user.participant_sid = from.sid.clone();
+            destinations.extend(user.destination_identities.iter().cloned());
+        }
+        let encoded = Bytes::from(packet.encode_to_vec());
+        let recipients: Vec<Arc<Participant>> = {
+            let inner = self.lock();
+            inner
+                .participants
+                .values()
+                .filter(|p| p.sid != from.sid)
+                .filter(|p| destinations.is_empty() || destinations.contains(&p.grant.identity))
+                .cloned()
+                .collect()
+        };
+        let lossy = label == LOSSY;
+        for p in recipients {
+            p.send_data(lossy, &encoded).await;
+            Metrics::add(&self.metrics.data_out, 1);
+        }
+    }
+}

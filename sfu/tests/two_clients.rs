@@ -1,0 +1,484 @@
+//! Two webrtc-rs clients in one room: one publishes a synthetic audio track and sends a
+//! data packet, the other must receive RTP and the relayed packet; then a server-side
+//! mute, room isolation, leave and a dropped socket.
+
+#![allow(deprecated)] // UserPacket identity fields: still sent by the SFU for older clients.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use livekit_protocol as proto;
+use prost::Message as _;
+use proto::signal_request::Message as Req;
+use proto::signal_response::Message as Resp;
+use tokio::sync::mpsc;
+use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_endpoints() {
+    let addr = start_sfu().await;
+    let good = token("alice", "room1");
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            &format!("/rtc/validate?access_token={good}"),
+            None,
+            ""
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        http(addr, "GET", "/rtc/validate?access_token=bad", None, "")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http(addr, "GET", "/rtc?access_token=bad", None, "").await.0,
+        401
+    );
+    let (status, body) = http(
+        addr,
+        "GET",
+        &format!("/rtc/v1/validate?access_token={good}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(!body.contains("requested room does not exist"));
+    assert_eq!(
+        http(addr, "GET", "/rtc/v1?access_token=x", None, "")
+            .await
+            .0,
+        404
+    );
+    let mute = r#"{"room":"room1","identity":"alice","muted":true}"#;
+    assert_eq!(
+        http(addr, "POST", "/internal/mute", None, mute).await.0,
+        401
+    );
+    assert_eq!(
+        http(addr, "POST", "/internal/mute", Some("wrong"), mute)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http(addr, "POST", "/internal/mute", Some(ADMIN), mute)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http(addr, "POST", "/internal/mute", Some(ADMIN), "{")
+            .await
+            .0,
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_and_data_flow_between_two_clients() {
+    let addr = start_sfu().await;
+    let mut alice = Client::connect(addr, "@alice:localhost:A", "room1").await;
+    let server_info = alice.join.server_info.clone().unwrap();
+    assert!(!server_info.version.is_empty());
+    assert!(alice
+        .join
+        .participant
+        .as_ref()
+        .unwrap()
+        .sid
+        .starts_with("PA_"));
+    assert!(alice.join.other_participants.is_empty());
+    let alice_sid = alice.join.participant.as_ref().unwrap().sid.clone();
+
+    let mut bob = Client::connect(addr, "@bob:localhost:B", "room1").await;
+    assert_eq!(bob.join.other_participants.len(), 1);
+    assert_eq!(
+        bob.join.other_participants[0].identity,
+        "@alice:localhost:A"
+    );
+    // Alice learns of Bob.
+    alice
+        .wait_for("bob's join", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@bob:localhost:B")))
+        .await;
+
+    // Someone in another room never hears of either.
+    let mut carol = Client::connect(addr, "@carol:localhost:C", "room2").await;
+    assert!(carol.join.other_participants.is_empty());
+
+    // Pings, old and new style.
+    alice.send.send(Req::Ping(42)).unwrap();
+    alice
+        .wait_for("pong", |e| matches!(e, Event::Signal(Resp::Pong(_))))
+        .await;
+    alice
+        .send
+        .send(Req::PingReq(proto::Ping {
+            timestamp: 7,
+            rtt: 0,
+        }))
+        .unwrap();
+    alice
+        .wait_for(
+            "pong_resp",
+            |e| matches!(e, Event::Signal(Resp::PongResp(p)) if p.last_ping_timestamp == 7),
+        )
+        .await;
+
+    // Alice publishes audio and opens her data channel.
+    let track = Arc::new(TrackLocalStaticRTP::new(
+        RTCRtpCodecCapability {
+            mime_type: "audio/opus".into(),
+            clock_rate: 48000,
+            channels: 2,
+            ..Default::default()
+        },
+        "cid-audio".into(),
+        "stream-a".into(),
+    ));
+    alice.publisher.add_track(track.clone()).await.unwrap();
+    let dc = alice
+        .publisher
+        .create_data_channel("_reliable", None)
+        .await
+        .unwrap();
+    alice
+        .send
+        .send(Req::AddTrack(proto::AddTrackRequest {
+            cid: "cid-audio".into(),
+            name: "microphone".into(),
+            r#type: proto::TrackType::Audio as i32,
+            source: proto::TrackSource::Microphone as i32,
+            ..Default::default()
+        }))
+        .unwrap();
+    let published = alice
+        .wait_for("track published", |e| {
+            matches!(e, Event::Signal(Resp::TrackPublished(_)))
+        })
+        .await;
+    let Event::Signal(Resp::TrackPublished(published)) = published else {
+        unreachable!()
+    };
+    assert_eq!(published.cid, "cid-audio");
+    let track_sid = published.track.unwrap().sid;
+    assert!(track_sid.starts_with("TR_"));
+    alice.negotiate_publisher().await;
+
+    let (open_tx, mut open_rx) = mpsc::unbounded_channel::<()>();
+    dc.on_open(Box::new(move || {
+        let _ = open_tx.send(());
+        Box::pin(async {})
+    }));
+    // Synthetic Opus packets every 20 ms.
+    let writer = tokio::spawn(async move {
+        let mut packet = webrtc::rtp::packet::Packet::default();
+        packet.header.version = 2;
+        packet.header.payload_type = 111;
+        packet.payload = Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+        for i in 0..1500u32 {
+            packet.header.sequence_number = i as u16;
+            packet.header.timestamp = i * 960;
+            // Loud speech (10 dBov) with the RFC 6464 extension, for speaker detection.
+            let level = webrtc::rtp::extension::HeaderExtension::AudioLevel(
+                webrtc::rtp::extension::audio_level_extension::AudioLevelExtension {
+                    level: 10,
+                    voice: true,
+                },
+            );
+            let _ = track.write_rtp_with_extensions(&packet, &[level]).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+
+    // Bob learns of the track, then receives its media.
+    bob.wait_for("alice's track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid))))
+        .await;
+    let first = bob
+        .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
+        .await;
+    let Event::Rtp {
+        track_id,
+        stream_id,
+        payload,
+        ..
+    } = first
+    else {
+        unreachable!()
+    };
+    assert_eq!(track_id, track_sid);
+    assert_eq!(stream_id, format!("{alice_sid}|{track_sid}"));
+    assert_eq!(payload.as_ref(), &[0xf8, 0xff, 0xfe]);
+    // Alice is told that somebody subscribed to her track.
+    alice
+        .wait_for(
+            "track subscribed",
+            |e| matches!(e, Event::Signal(Resp::TrackSubscribed(t)) if t.track_sid == track_sid),
+        )
+        .await;
+    for _ in 0..10 {
+        bob.wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
+            .await;
+    }
+
+    // Alice is speaking: Bob is told.
+    bob.wait_for("alice speaking", |e| {
+        matches!(e, Event::Signal(Resp::SpeakersChanged(c))
+            if c.speakers.iter().any(|s| s.sid == alice_sid && s.active && s.level > 0.2))
+    })
+    .await;
+
+    // A data packet from Alice reaches Bob, stamped with her identity.
+    tokio::time::timeout(WAIT, open_rx.recv()).await.unwrap();
+    let packet = proto::DataPacket {
+        kind: proto::data_packet::Kind::Reliable as i32,
+        value: Some(proto::data_packet::Value::User(proto::UserPacket {
+            payload: b"hello".to_vec(),
+            topic: Some("chat".into()),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    dc.send(&Bytes::from(packet.encode_to_vec())).await.unwrap();
+    let got = bob
+        .wait_for("data packet", |e| matches!(e, Event::Data(_)))
+        .await;
+    let Event::Data(got) = got else {
+        unreachable!()
+    };
+    assert_eq!(got.participant_identity, "@alice:localhost:A");
+    assert_eq!(got.participant_sid, alice_sid);
+    match got.value {
+        Some(proto::data_packet::Value::User(user)) => {
+            assert_eq!(user.payload, b"hello");
+            assert_eq!(user.participant_identity, "@alice:localhost:A");
+        }
+        other => panic!("unexpected data value {other:?}"),
+    }
+
+    // Metrics show the forwarding.
+    let (status, metrics) = http(addr, "GET", "/internal/metrics", Some(ADMIN), "").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {metrics}"))
+    };
+    assert!(value("myelin_sfu_rtp_out_packets_total") >= 10);
+    assert!(value("myelin_sfu_data_out_packets_total") >= 1);
+    assert!(value("myelin_sfu_participants") >= 2);
+
+    // Server-side mute: Alice is told, Bob sees the track muted.
+    let body = r#"{"room":"room1","except":["@bob:localhost:B"]}"#;
+    let (status, body) = http(addr, "POST", "/internal/mute_all_audio", Some(ADMIN), body).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("@alice:localhost:A"));
+    alice
+        .wait_for(
+            "server mute",
+            |e| matches!(e, Event::Signal(Resp::Mute(m)) if m.sid == track_sid && m.muted),
+        )
+        .await;
+    bob.wait_for("muted track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted))))
+        .await;
+
+    // Carol (other room) heard nothing of room1.
+    for event in carol.drain() {
+        if let Event::Signal(Resp::Update(u)) = &event {
+            assert!(
+                u.participants
+                    .iter()
+                    .all(|p| p.identity.starts_with("@carol")),
+                "leak: {u:?}"
+            );
+        }
+        assert!(!matches!(event, Event::Rtp { .. } | Event::Data(_)));
+    }
+
+    // Alice leaves: Bob is told promptly.
+    alice
+        .send
+        .send(Req::Leave(proto::LeaveRequest::default()))
+        .unwrap();
+    bob.wait_for("alice's leave", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@alice:localhost:A" && p.state == proto::participant_info::State::Disconnected as i32)))
+        .await;
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_socket_is_removed_and_empty_room_closes() {
+    let addr = start_sfu().await;
+    let mut xena = Client::connect(addr, "@xena:localhost:X", "room3").await;
+    let yuri = Client::connect(addr, "@yuri:localhost:Y", "room3").await;
+    let yuri_sid = yuri.join.participant.as_ref().unwrap().sid.clone();
+    yuri.kill();
+    let started = std::time::Instant::now();
+    xena.wait_for("yuri's removal", |e| {
+        matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.sid == yuri_sid
+            && p.state == proto::participant_info::State::Disconnected as i32))
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (_, rooms) = http(addr, "GET", "/internal/rooms", Some(ADMIN), "").await;
+    assert!(
+        rooms.contains("room3") && !rooms.contains("@yuri"),
+        "{rooms}"
+    );
+
+    // The last one leaves: the room closes after the (1 s) empty timeout.
+    xena.send
+        .send(Req::Leave(proto::LeaveRequest::default()))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, rooms) = http(addr, "GET", "/internal/rooms", Some(ADMIN), "").await;
+        if !rooms.contains("room3") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "room3 still open: {rooms}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auto_subscribe_waits_for_an_explicit_subscription() {
+    let addr = start_sfu().await;
+    let mut erin = Client::connect(addr, "@erin:localhost:E", "room4").await;
+    let mut dave =
+        Client::connect_with(addr, "@dave:localhost:D", "room4", "&auto_subscribe=0").await;
+    let (track_sid, writer) = erin.publish_audio("cid-erin").await;
+    dave.wait_for("erin's track", |e| {
+        matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid)))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for event in dave.drain() {
+        assert!(
+            !matches!(event, Event::Rtp { .. }),
+            "media before subscribing"
+        );
+    }
+    dave.send
+        .send(Req::Subscription(proto::UpdateSubscription {
+            track_sids: vec![track_sid.clone()],
+            subscribe: true,
+            participant_tracks: Vec::new(),
+        }))
+        .unwrap();
+    let rtp = dave
+        .wait_for("rtp after subscribing", |e| matches!(e, Event::Rtp { .. }))
+        .await;
+    let Event::Rtp { track_id, .. } = rtp else {
+        unreachable!()
+    };
+    assert_eq!(track_id, track_sid);
+    writer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_tells_participants() {
+    let (addr, sfu) = start_sfu_with_handle().await;
+    let mut fred = Client::connect(addr, "@fred:localhost:F", "room5").await;
+    sfu.shutdown();
+    fred.wait_for("server shutdown leave", |e| {
+        matches!(e, Event::Signal(Resp::Leave(l))
+            if l.reason == proto::DisconnectReason::ServerShutdown as i32 && !l.can_reconnect)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_response_mute_and_duplicate_identity() {
+    let addr = start_sfu().await;
+    let mut gina = Client::connect(addr, "@gina:localhost:G", "room6").await;
+    let join = &gina.join;
+    assert!(!join.subscriber_primary);
+    assert!(join.ice_servers.is_empty());
+    assert_eq!((join.ping_interval, join.ping_timeout), (5, 15));
+    let room = join.room.as_ref().unwrap();
+    assert_eq!(room.name, "room6");
+    assert!(room.sid.starts_with("RM_"));
+    let me = join.participant.as_ref().unwrap();
+    assert_eq!(me.identity, "@gina:localhost:G");
+    let permission = me.permission.as_ref().unwrap();
+    assert!(permission.can_publish && permission.can_subscribe && permission.can_publish_data);
+    let gina_sid = me.sid.clone();
+
+    let mut hugo = Client::connect(addr, "@hugo:localhost:H", "room6").await;
+    let (track_sid, writer) = gina.publish_audio("cid-gina").await;
+    let mut last_seq = match hugo
+        .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
+        .await
+    {
+        Event::Rtp { seq, .. } => seq,
+        _ => unreachable!(),
+    };
+
+    // Gina mutes herself: Hugo sees it and the media stops.
+    gina.send
+        .send(Req::Mute(proto::MuteTrackRequest {
+            sid: track_sid.clone(),
+            muted: true,
+        }))
+        .unwrap();
+    hugo.wait_for("muted", |e| {
+        matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted)))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for event in hugo.drain() {
+        if let Event::Rtp { seq, .. } = event {
+            last_seq = seq;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for event in hugo.drain() {
+        assert!(!matches!(event, Event::Rtp { .. }), "media while muted");
+    }
+
+    // Unmute: media resumes, numbered right after the last packet before the mute.
+    gina.send
+        .send(Req::Mute(proto::MuteTrackRequest {
+            sid: track_sid.clone(),
+            muted: false,
+        }))
+        .unwrap();
+    let seq = match hugo
+        .wait_for("rtp after unmute", |e| matches!(e, Event::Rtp { .. }))
+        .await
+    {
+        Event::Rtp { seq, .. } => seq,
+        _ => unreachable!(),
+    };
+    assert_eq!(seq, last_seq.wrapping_add(1), "gap after unmute");
+
+    // A second connection with Gina's identity replaces the first.
+    let gina2 = Client::connect(addr, "@gina:localhost:G", "room6").await;
+    assert_eq!(gina2.join.other_participants.len(), 1);
+    gina.wait_for("duplicate identity leave", |e| {
+        matches!(e, Event::Signal(Resp::Leave(l)) if l.reason == proto::DisconnectReason::DuplicateIdentity as i32)
+    })
+    .await;
+    hugo.wait_for("old gina gone", |e| {
+        matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.sid == gina_sid
+            && p.state == proto::participant_info::State::Disconnected as i32))
+    })
+    .await;
+    writer.abort();
+}
