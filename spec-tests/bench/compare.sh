@@ -189,7 +189,7 @@ M = {k: r("myelin-" + k) for k in ["send", "fanout", "initial", "join"]}
 scale = r("myelin-scale")
 rows = []
 def row(scenario, metric, s, m, better):
-    if s in (None, 0) or m in (None, 0):
+    if better == "n/a" or s in (None, 0) or m in (None, 0):
         ratio = "n/a"
     elif better == "higher":
         ratio = f"{m / s:.1f}x"

@@ -19,7 +19,7 @@ use ruma::{
     api::client::push::{Pusher, PusherKind},
     int,
     power_levels::NotificationPowerLevels,
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
     Int, OwnedUserId, RoomId, UInt, UserId,
@@ -155,6 +155,8 @@ impl PushService {
         }
         let event_json = pdu.to_client_event();
         let raw: Raw<Value> = Raw::from_json(serde_json::value::to_raw_value(&event_json)?);
+        // Flattened once for every recipient (ruma's get_actions flattens per call).
+        let flattened = FlattenedJson::from_raw(&raw);
         let power_levels = self.power_levels_ctx(room_id)?;
         let member_count =
             UInt::try_from(members.count(Membership::Join) as u64).unwrap_or(UInt::MAX);
@@ -171,9 +173,7 @@ impl PushService {
                 display_name,
             )
             .with_power_levels(power_levels.clone());
-            // ruma's evaluator only awaits thread-subscription lookups, which we do not
-            // install, so it completes at once.
-            let Some(actions) = ruleset.get_actions(&raw, &ctx).now_or_never() else {
+            let Some(actions) = matching_actions(&ruleset, &flattened, &ctx) else {
                 continue;
             };
             if !actions.iter().any(Action::should_notify) {
@@ -447,4 +447,22 @@ impl PushService {
                 }
             });
     }
+}
+
+/// The actions of the first rule of `ruleset` that applies to the event (none when no rule
+/// applies), as ruma's `Ruleset::get_actions` decides, on an event flattened once for all
+/// recipients. The sender is never a recipient here. `None` if a condition needed an
+/// asynchronous lookup: ruma awaits only thread-subscription lookups, which we do not
+/// install, so that does not happen.
+fn matching_actions<'a>(
+    ruleset: &'a Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<&'a [Action]> {
+    for rule in ruleset {
+        if rule.applies(event, ctx).now_or_never()? {
+            return Some(rule.actions());
+        }
+    }
+    Some(&[])
 }
