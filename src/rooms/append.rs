@@ -242,6 +242,10 @@ impl RoomsService {
                 }
             }
             self.storage.commit(batch)?;
+            self.tips
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(room_id.to_owned(), (event_id.clone(), pdu.depth));
             *last = pos;
             self.stream_pos.store(pos, Ordering::Release);
             pos
@@ -286,8 +290,8 @@ impl RoomsService {
                     .flatten()
             },
         )?;
-        let (prev_events, depth) = match self.last_event(room_id)? {
-            Some(prev) => (vec![prev.event_id.clone()], prev.depth + 1),
+        let (prev_events, depth) = match self.room_tip(room_id)? {
+            Some((prev, prev_depth)) => (vec![prev], prev_depth + 1),
             None => (Vec::new(), 1),
         };
 
@@ -380,6 +384,21 @@ impl RoomsService {
     }
 
     /// The newest event of a room.
+    /// Id and depth of the room's newest event: from memory, else from storage.
+    fn room_tip(&self, room_id: &RoomId) -> Result<Option<(OwnedEventId, u64)>> {
+        if let Some(tip) = self
+            .tips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+        {
+            return Ok(Some(tip.clone()));
+        }
+        Ok(self
+            .last_event(room_id)?
+            .map(|pdu| (pdu.event_id.clone(), pdu.depth)))
+    }
+
     pub fn last_event(&self, room_id: &RoomId) -> Result<Option<Arc<Pdu>>> {
         let prefix = keys::strs(&[room_id.as_str()]);
         match self

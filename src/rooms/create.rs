@@ -318,6 +318,10 @@ impl RoomsService {
         batch.remove(&trees.rooms, room_id.as_bytes());
         self.storage.commit(batch)?;
         self.members.forget(room_id);
+        self.tips
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room_id);
         Ok(())
     }
 }

@@ -78,6 +78,9 @@ pub struct RoomsService {
     typing: ephemeral::TypingState,
     /// Serialises receipt writes with their ephemeral position.
     receipts_lock: Mutex<()>,
+    /// The newest event of each room touched since start: id and depth (the next event's
+    /// `prev_events` and depth), so sending does not scan storage backwards.
+    tips: Mutex<HashMap<OwnedRoomId, (ruma::OwnedEventId, u64)>>,
     /// Recently read events.
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
     /// Run for every event right after it is committed (push rule evaluation).
@@ -126,6 +129,7 @@ impl RoomsService {
             members: members::MembersCache::default(),
             typing: ephemeral::TypingState::default(),
             receipts_lock: Mutex::default(),
+            tips: Mutex::default(),
             pdu_cache: Mutex::default(),
             on_append: std::sync::OnceLock::new(),
             on_state: std::sync::OnceLock::new(),
