@@ -225,7 +225,6 @@ impl E2eeService {
         from: StreamPoint,
         to: StreamPoint,
     ) -> Result<DeviceListChanges> {
-        let shared = self.shared_users(user)?;
         let mut changed: BTreeSet<OwnedUserId> = BTreeSet::new();
         // Users whose membership (or ours) changed: newly sharing a room, or maybe gone.
         let mut joined: BTreeSet<OwnedUserId> = BTreeSet::new();
@@ -237,9 +236,7 @@ impl E2eeService {
             for kv in self.storage.trees.device_list_log.range(&lo, &hi, false) {
                 let (_, v) = kv?;
                 if let Ok(u) = UserId::parse(String::from_utf8_lossy(&v).as_ref()) {
-                    if shared.contains(&u) {
-                        changed.insert(u);
-                    }
+                    changed.insert(u);
                 }
             }
         }
@@ -289,6 +286,11 @@ impl E2eeService {
         // Our own keys did not change because we joined something.
         joined.remove(user);
         changed.extend(joined);
+        if changed.is_empty() && gone.is_empty() {
+            // The common case of an incremental sync: no need for the shared users.
+            return Ok(DeviceListChanges::default());
+        }
+        let shared = self.shared_users(user)?;
         changed.retain(|u| shared.contains(u));
         let left = gone
             .into_iter()

@@ -22,7 +22,7 @@ use ruma::{
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
-    Int, OwnedUserId, RoomId, UInt, UserId,
+    Int, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -66,6 +66,11 @@ pub struct PushService {
     users: Arc<UsersService>,
     /// Parsed rulesets of users with custom rules (absent: server default).
     rules: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Unread counts per (user, room) as of a read position: `(read_pos, notify,
+    /// highlight)`. Kept up to date as records are written (under this lock, so a count
+    /// being computed and a record being added cannot miss or double-count each other);
+    /// recomputed when the user's read position moved.
+    unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), (u64, u64, u64)>>,
     gateway: gateway::Gateway,
 }
 
@@ -89,6 +94,7 @@ impl PushService {
             rooms,
             users,
             rules: Mutex::new(HashMap::new()),
+            unread: Mutex::new(HashMap::new()),
             gateway: gateway::Gateway::new(),
         }
     }
@@ -201,7 +207,16 @@ impl PushService {
         if batch.is_empty() {
             return Ok(());
         }
-        self.storage.commit(batch)?;
+        {
+            let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+            self.storage.commit(batch)?;
+            for (user, record) in &pushes {
+                if let Some(counts) = unread.get_mut(&(user.clone(), room_id.clone())) {
+                    counts.1 += 1;
+                    counts.2 += u64::from(record.highlight);
+                }
+            }
+        }
         for (user, record) in pushes {
             let pushers = self.pushers(&user)?;
             if pushers.is_empty() {
@@ -278,6 +293,20 @@ impl PushService {
     /// user's read receipt.
     pub fn unread_counts(&self, user: &UserId, room_id: &RoomId) -> Result<(u64, u64)> {
         let read = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
+        let key = (user.to_owned(), room_id.to_owned());
+        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(at, notify, highlight)) = unread.get(&key) {
+            if at == read {
+                return Ok((notify, highlight));
+            }
+        }
+        let (notify, highlight) = self.count_unread(user, room_id, read)?;
+        unread.insert(key, (read, notify, highlight));
+        Ok((notify, highlight))
+    }
+
+    /// Counts the stored records after the read position `read`.
+    fn count_unread(&self, user: &UserId, room_id: &RoomId, read: u64) -> Result<(u64, u64)> {
         let from = record_key(user, room_id, read.saturating_add(1));
         let to = record_key(user, room_id, u64::MAX);
         let (mut notify, mut highlight) = (0, 0);
