@@ -199,17 +199,50 @@ pub fn layer_rank(rid: &str) -> u8 {
     }
 }
 
-/// Whether an RTP payload starts a keyframe, for codecs whose payload format makes that
-/// visible; `None` when the codec is not understood (the caller then switches at once).
-pub fn is_keyframe(mime_type: &str, payload: &[u8]) -> Option<bool> {
-    let mime = mime_type.to_ascii_lowercase();
-    match mime.as_str() {
-        "video/vp8" => Some(vp8_keyframe(payload)),
-        "video/vp9" => Some(vp9_keyframe(payload)),
-        "video/h264" => Some(h264_keyframe(payload)),
-        "video/av1" => Some(payload.first().is_some_and(|b| b & 0x08 != 0)),
-        _ => None,
+/// The codecs whose payload formats the forwarder looks into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Vp8,
+    Vp9,
+    H264,
+    Av1,
+    /// Audio and anything else: forwarded without looking inside.
+    Other,
+}
+
+impl Codec {
+    /// The codec of a MIME type such as `video/VP8` (case-insensitive).
+    pub fn from_mime(mime_type: &str) -> Codec {
+        let is = |name: &str| mime_type.eq_ignore_ascii_case(name);
+        if is("video/vp8") {
+            Codec::Vp8
+        } else if is("video/vp9") {
+            Codec::Vp9
+        } else if is("video/h264") {
+            Codec::H264
+        } else if is("video/av1") {
+            Codec::Av1
+        } else {
+            Codec::Other
+        }
     }
+
+    /// Whether an RTP payload starts a keyframe, for codecs whose payload format makes that
+    /// visible; `None` when the codec is not understood (the caller then switches at once).
+    pub fn is_keyframe(self, payload: &[u8]) -> Option<bool> {
+        match self {
+            Codec::Vp8 => Some(vp8_keyframe(payload)),
+            Codec::Vp9 => Some(vp9_keyframe(payload)),
+            Codec::H264 => Some(h264_keyframe(payload)),
+            Codec::Av1 => Some(payload.first().is_some_and(|b| b & 0x08 != 0)),
+            Codec::Other => None,
+        }
+    }
+}
+
+/// Whether an RTP payload of `mime_type` starts a keyframe (see [`Codec::is_keyframe`]).
+pub fn is_keyframe(mime_type: &str, payload: &[u8]) -> Option<bool> {
+    Codec::from_mime(mime_type).is_keyframe(payload)
 }
 
 fn vp8_keyframe(payload: &[u8]) -> bool {

@@ -3,16 +3,20 @@
 //! through it, and forwards media with webrtc-rs.
 //!
 //! Layers, each importing only downwards: [`http`] and [`signal`] (service) → [`room`] and
-//! [`participant`] (rtc) → [`media`] and [`forward`] (sfu); [`state`] is the pure
+//! [`participant`] (rtc) → [`media`], [`out_track`] and [`forward`] (sfu); [`state`] is the pure
 //! signalling state machine, [`speakers`] active-speaker detection, [`auth`] the token
-//! check, [`config`] the settings.
+//! check, [`config`] the settings. With the `client` feature, `client` is a webrtc-rs
+//! LiveKit client for tests and load generation.
 
 pub mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod forward;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod out_track;
 pub mod participant;
 pub mod room;
 pub mod signal;

@@ -21,12 +21,11 @@ use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
-use webrtc::track::track_local::TrackLocalWriter;
 
 use crate::config::RtcConfig;
-use crate::forward::{is_keyframe, layer_rank, Rewriter, Vp8Munger};
+use crate::forward::{layer_rank, Codec, Rewriter, Vp8Munger};
 use crate::metrics::Metrics;
+use crate::out_track::OutTrack;
 use crate::speakers::LevelMeter;
 
 /// A layer that sent nothing for this long no longer counts as available.
@@ -106,7 +105,7 @@ struct Layer {
 
 /// What one subscriber receives of a published track.
 pub struct DownTrack {
-    pub local: Arc<TrackLocalStaticRTP>,
+    pub local: Arc<OutTrack>,
     pub sender: Arc<RTCRtpSender>,
     state: Mutex<DownState>,
 }
@@ -147,7 +146,7 @@ impl DownState {
 }
 
 impl DownTrack {
-    pub fn new(local: Arc<TrackLocalStaticRTP>, sender: Arc<RTCRtpSender>) -> DownTrack {
+    pub fn new(local: Arc<OutTrack>, sender: Arc<RTCRtpSender>) -> DownTrack {
         DownTrack {
             local,
             sender,
@@ -193,6 +192,8 @@ pub struct PublishedTrack {
     pub owner: String,
     pub kind: RTPCodecType,
     pub codec: RTCRtpCodecCapability,
+    /// What the forwarder knows of `codec`'s payload format.
+    payload_format: Codec,
     publisher: Weak<RTCPeerConnection>,
     muted: AtomicBool,
     layers: Mutex<Vec<Layer>>,
@@ -227,6 +228,7 @@ impl PublishedTrack {
             sid,
             owner,
             kind,
+            payload_format: Codec::from_mime(&codec.mime_type),
             codec,
             publisher: Arc::downgrade(publisher),
             muted: AtomicBool::new(muted),
@@ -341,13 +343,28 @@ impl PublishedTrack {
                 meter.add(level);
             }
         }
-        let keyframe = if self.kind == RTPCodecType::Video {
-            is_keyframe(&self.codec.mime_type, &packet.payload)
-        } else {
-            None
-        };
+        let keyframe = self.payload_format.is_keyframe(&packet.payload);
         let clock_rate = self.codec.clock_rate.max(1);
-        let is_vp8 = self.codec.mime_type.eq_ignore_ascii_case("video/vp8");
+        let is_vp8 = self.payload_format == Codec::Vp8;
+        // What every subscriber gets, before its own numbering: the publisher's header
+        // extensions are dropped (their ids mean nothing on the subscriber's connection).
+        let template = webrtc::rtp::packet::Packet {
+            header: webrtc::rtp::header::Header {
+                version: 2,
+                padding: false,
+                extension: false,
+                marker: packet.header.marker,
+                payload_type: packet.header.payload_type,
+                sequence_number: packet.header.sequence_number,
+                timestamp: packet.header.timestamp,
+                ssrc: packet.header.ssrc,
+                csrc: packet.header.csrc.clone(),
+                extension_profile: 0,
+                extensions: Vec::new(),
+                extensions_padding: 0,
+            },
+            payload: packet.payload.clone(),
+        };
         let mut request_keyframe: Option<u32> = None;
         for down in self.down_tracks() {
             let (verdict, munged) = match down.state.lock() {
@@ -372,22 +389,19 @@ impl PublishedTrack {
                 Err(_) => (Verdict::Drop, None),
             };
             if let Verdict::Forward(seq, ts) = verdict {
-                let mut out = packet.clone();
+                let mut out = template.clone();
                 out.header.sequence_number = seq;
                 out.header.timestamp = ts;
                 if let Some(payload) = munged {
                     out.payload = payload.into();
                 }
-                // The publisher's extension ids mean nothing on the subscriber's connection.
-                out.header.extension = false;
-                out.header.extensions.clear();
-                out.header.extension_profile = 0;
                 let bytes = out.payload.len() as u64;
-                match down.local.write_rtp(&out).await {
-                    Ok(_) => {
+                match down.local.write(&mut out).await {
+                    Ok(true) => {
                         Metrics::add(&self.metrics.rtp_out, 1);
                         Metrics::add(&self.metrics.rtp_out_bytes, bytes);
                     }
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::trace!(track = %self.sid, error = %e, "write to down-track failed")
                     }

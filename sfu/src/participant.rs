@@ -17,10 +17,10 @@ use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
-use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
 use crate::auth::Grant;
 use crate::media::{new_peer_connection, wants_keyframe, DownTrack, PublishedTrack};
+use crate::out_track::OutTrack;
 
 /// Label of the ordered, reliable data channel.
 pub const RELIABLE: &str = "_reliable";
@@ -279,7 +279,7 @@ impl Participant {
         if subs.contains_key(&track.sid) {
             return false;
         }
-        let local = Arc::new(TrackLocalStaticRTP::new(
+        let local = Arc::new(OutTrack::new(
             track.codec.clone(),
             track.sid.clone(),
             format!("{}|{}", track.owner, track.sid),

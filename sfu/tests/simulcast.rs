@@ -61,6 +61,7 @@ async fn next_rtp(client: &mut Client) -> (u16, u32, u8) {
     match client
         .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
         .await
+        .unwrap()
     {
         Event::Rtp {
             seq, ts, payload, ..
@@ -72,11 +73,11 @@ async fn next_rtp(client: &mut Client) -> (u16, u32, u8) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriber_gets_best_layer_and_falls_back_seamlessly() {
     let addr = start_sfu().await;
-    let alice = Client::connect(addr, "@alice:localhost:A", "sim").await;
-    let mut bob = Client::connect(addr, "@bob:localhost:B", "sim").await;
+    let mut alice = connect(addr, "@alice:localhost:A", "sim").await;
+    let mut bob = connect(addr, "@bob:localhost:B", "sim").await;
     // As livekit-client does: connect first, publish by renegotiation. (Publishing RID-only
     // simulcast in the very first offer races inside webrtc-rs 0.14, see the README.)
-    alice.connect_publisher().await;
+    alice.connect_publisher().await.unwrap();
 
     let layer = |rid: &str| {
         Arc::new(TrackLocalStaticRTP::new_with_rid(
@@ -113,7 +114,7 @@ async fn subscriber_gets_best_layer_and_falls_back_seamlessly() {
         ..Default::default()
     };
     alice.send.send(Req::AddTrack(add)).unwrap();
-    alice.negotiate_publisher().await;
+    alice.negotiate_publisher().await.unwrap();
     let _q_writer = spawn_layer(q, Q);
     let _h_writer = spawn_layer(h, H);
     let f_writer = spawn_layer(f, F);
@@ -122,7 +123,7 @@ async fn subscriber_gets_best_layer_and_falls_back_seamlessly() {
         .wait_for("the video track", |e| {
             matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| !p.tracks.is_empty()))
         })
-        .await;
+        .await.unwrap();
     let Event::Signal(Resp::Update(update)) = update else {
         unreachable!()
     };

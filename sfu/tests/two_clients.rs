@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use livekit_protocol as proto;
+use myelin_sfu::client::WAIT;
 use prost::Message as _;
 use proto::signal_request::Message as Req;
 use proto::signal_response::Message as Resp;
@@ -89,7 +90,7 @@ async fn http_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_and_data_flow_between_two_clients() {
     let addr = start_sfu().await;
-    let mut alice = Client::connect(addr, "@alice:localhost:A", "room1").await;
+    let mut alice = connect(addr, "@alice:localhost:A", "room1").await;
     let server_info = alice.join.server_info.clone().unwrap();
     assert!(!server_info.version.is_empty());
     assert!(alice
@@ -102,7 +103,7 @@ async fn audio_and_data_flow_between_two_clients() {
     assert!(alice.join.other_participants.is_empty());
     let alice_sid = alice.join.participant.as_ref().unwrap().sid.clone();
 
-    let mut bob = Client::connect(addr, "@bob:localhost:B", "room1").await;
+    let mut bob = connect(addr, "@bob:localhost:B", "room1").await;
     assert_eq!(bob.join.other_participants.len(), 1);
     assert_eq!(
         bob.join.other_participants[0].identity,
@@ -111,17 +112,18 @@ async fn audio_and_data_flow_between_two_clients() {
     // Alice learns of Bob.
     alice
         .wait_for("bob's join", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@bob:localhost:B")))
-        .await;
+        .await.unwrap();
 
     // Someone in another room never hears of either.
-    let mut carol = Client::connect(addr, "@carol:localhost:C", "room2").await;
+    let mut carol = connect(addr, "@carol:localhost:C", "room2").await;
     assert!(carol.join.other_participants.is_empty());
 
     // Pings, old and new style.
     alice.send.send(Req::Ping(42)).unwrap();
     alice
         .wait_for("pong", |e| matches!(e, Event::Signal(Resp::Pong(_))))
-        .await;
+        .await
+        .unwrap();
     alice
         .send
         .send(Req::PingReq(proto::Ping {
@@ -134,7 +136,8 @@ async fn audio_and_data_flow_between_two_clients() {
             "pong_resp",
             |e| matches!(e, Event::Signal(Resp::PongResp(p)) if p.last_ping_timestamp == 7),
         )
-        .await;
+        .await
+        .unwrap();
 
     // Alice publishes audio and opens her data channel.
     let track = Arc::new(TrackLocalStaticRTP::new(
@@ -167,14 +170,15 @@ async fn audio_and_data_flow_between_two_clients() {
         .wait_for("track published", |e| {
             matches!(e, Event::Signal(Resp::TrackPublished(_)))
         })
-        .await;
+        .await
+        .unwrap();
     let Event::Signal(Resp::TrackPublished(published)) = published else {
         unreachable!()
     };
     assert_eq!(published.cid, "cid-audio");
     let track_sid = published.track.unwrap().sid;
     assert!(track_sid.starts_with("TR_"));
-    alice.negotiate_publisher().await;
+    alice.negotiate_publisher().await.unwrap();
 
     let (open_tx, mut open_rx) = mpsc::unbounded_channel::<()>();
     dc.on_open(Box::new(move || {
@@ -204,10 +208,11 @@ async fn audio_and_data_flow_between_two_clients() {
 
     // Bob learns of the track, then receives its media.
     bob.wait_for("alice's track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid))))
-        .await;
+        .await.unwrap();
     let first = bob
         .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
-        .await;
+        .await
+        .unwrap();
     let Event::Rtp {
         track_id,
         stream_id,
@@ -226,10 +231,12 @@ async fn audio_and_data_flow_between_two_clients() {
             "track subscribed",
             |e| matches!(e, Event::Signal(Resp::TrackSubscribed(t)) if t.track_sid == track_sid),
         )
-        .await;
+        .await
+        .unwrap();
     for _ in 0..10 {
         bob.wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
-            .await;
+            .await
+            .unwrap();
     }
 
     // Alice is speaking: Bob is told.
@@ -237,7 +244,8 @@ async fn audio_and_data_flow_between_two_clients() {
         matches!(e, Event::Signal(Resp::SpeakersChanged(c))
             if c.speakers.iter().any(|s| s.sid == alice_sid && s.active && s.level > 0.2))
     })
-    .await;
+    .await
+    .unwrap();
 
     // A data packet from Alice reaches Bob, stamped with her identity.
     tokio::time::timeout(WAIT, open_rx.recv()).await.unwrap();
@@ -253,7 +261,8 @@ async fn audio_and_data_flow_between_two_clients() {
     dc.send(&Bytes::from(packet.encode_to_vec())).await.unwrap();
     let got = bob
         .wait_for("data packet", |e| matches!(e, Event::Data(_)))
-        .await;
+        .await
+        .unwrap();
     let Event::Data(got) = got else {
         unreachable!()
     };
@@ -291,9 +300,10 @@ async fn audio_and_data_flow_between_two_clients() {
             "server mute",
             |e| matches!(e, Event::Signal(Resp::Mute(m)) if m.sid == track_sid && m.muted),
         )
-        .await;
+        .await
+        .unwrap();
     bob.wait_for("muted track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted))))
-        .await;
+        .await.unwrap();
 
     // Carol (other room) heard nothing of room1.
     for event in carol.drain() {
@@ -314,15 +324,15 @@ async fn audio_and_data_flow_between_two_clients() {
         .send(Req::Leave(proto::LeaveRequest::default()))
         .unwrap();
     bob.wait_for("alice's leave", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@alice:localhost:A" && p.state == proto::participant_info::State::Disconnected as i32)))
-        .await;
+        .await.unwrap();
     writer.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_socket_is_removed_and_empty_room_closes() {
     let addr = start_sfu().await;
-    let mut xena = Client::connect(addr, "@xena:localhost:X", "room3").await;
-    let yuri = Client::connect(addr, "@yuri:localhost:Y", "room3").await;
+    let mut xena = connect(addr, "@xena:localhost:X", "room3").await;
+    let yuri = connect(addr, "@yuri:localhost:Y", "room3").await;
     let yuri_sid = yuri.join.participant.as_ref().unwrap().sid.clone();
     yuri.kill();
     let started = std::time::Instant::now();
@@ -330,7 +340,7 @@ async fn dropped_socket_is_removed_and_empty_room_closes() {
         matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.sid == yuri_sid
             && p.state == proto::participant_info::State::Disconnected as i32))
     })
-    .await;
+    .await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     let (_, rooms) = http(addr, "GET", "/internal/rooms", Some(ADMIN), "").await;
     assert!(
@@ -359,14 +369,13 @@ async fn dropped_socket_is_removed_and_empty_room_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_auto_subscribe_waits_for_an_explicit_subscription() {
     let addr = start_sfu().await;
-    let mut erin = Client::connect(addr, "@erin:localhost:E", "room4").await;
-    let mut dave =
-        Client::connect_with(addr, "@dave:localhost:D", "room4", "&auto_subscribe=0").await;
-    let (track_sid, writer) = erin.publish_audio("cid-erin").await;
+    let mut erin = connect(addr, "@erin:localhost:E", "room4").await;
+    let mut dave = connect_with(addr, "@dave:localhost:D", "room4", "&auto_subscribe=0").await;
+    let (track_sid, writer) = erin.publish_audio("cid-erin").await.unwrap();
     dave.wait_for("erin's track", |e| {
         matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid)))
     })
-    .await;
+    .await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for event in dave.drain() {
         assert!(
@@ -383,7 +392,8 @@ async fn no_auto_subscribe_waits_for_an_explicit_subscription() {
         .unwrap();
     let rtp = dave
         .wait_for("rtp after subscribing", |e| matches!(e, Event::Rtp { .. }))
-        .await;
+        .await
+        .unwrap();
     let Event::Rtp { track_id, .. } = rtp else {
         unreachable!()
     };
@@ -394,19 +404,20 @@ async fn no_auto_subscribe_waits_for_an_explicit_subscription() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_participants() {
     let (addr, sfu) = start_sfu_with_handle().await;
-    let mut fred = Client::connect(addr, "@fred:localhost:F", "room5").await;
+    let mut fred = connect(addr, "@fred:localhost:F", "room5").await;
     sfu.shutdown();
     fred.wait_for("server shutdown leave", |e| {
         matches!(e, Event::Signal(Resp::Leave(l))
             if l.reason == proto::DisconnectReason::ServerShutdown as i32 && !l.can_reconnect)
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_response_mute_and_duplicate_identity() {
     let addr = start_sfu().await;
-    let mut gina = Client::connect(addr, "@gina:localhost:G", "room6").await;
+    let mut gina = connect(addr, "@gina:localhost:G", "room6").await;
     let join = &gina.join;
     assert!(!join.subscriber_primary);
     assert!(join.ice_servers.is_empty());
@@ -420,11 +431,12 @@ async fn join_response_mute_and_duplicate_identity() {
     assert!(permission.can_publish && permission.can_subscribe && permission.can_publish_data);
     let gina_sid = me.sid.clone();
 
-    let mut hugo = Client::connect(addr, "@hugo:localhost:H", "room6").await;
-    let (track_sid, writer) = gina.publish_audio("cid-gina").await;
+    let mut hugo = connect(addr, "@hugo:localhost:H", "room6").await;
+    let (track_sid, writer) = gina.publish_audio("cid-gina").await.unwrap();
     let mut last_seq = match hugo
         .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
         .await
+        .unwrap()
     {
         Event::Rtp { seq, .. } => seq,
         _ => unreachable!(),
@@ -440,7 +452,7 @@ async fn join_response_mute_and_duplicate_identity() {
     hugo.wait_for("muted", |e| {
         matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted)))
     })
-    .await;
+    .await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     for event in hugo.drain() {
         if let Event::Rtp { seq, .. } = event {
@@ -462,6 +474,7 @@ async fn join_response_mute_and_duplicate_identity() {
     let seq = match hugo
         .wait_for("rtp after unmute", |e| matches!(e, Event::Rtp { .. }))
         .await
+        .unwrap()
     {
         Event::Rtp { seq, .. } => seq,
         _ => unreachable!(),
@@ -469,16 +482,16 @@ async fn join_response_mute_and_duplicate_identity() {
     assert_eq!(seq, last_seq.wrapping_add(1), "gap after unmute");
 
     // A second connection with Gina's identity replaces the first.
-    let gina2 = Client::connect(addr, "@gina:localhost:G", "room6").await;
+    let gina2 = connect(addr, "@gina:localhost:G", "room6").await;
     assert_eq!(gina2.join.other_participants.len(), 1);
     gina.wait_for("duplicate identity leave", |e| {
         matches!(e, Event::Signal(Resp::Leave(l)) if l.reason == proto::DisconnectReason::DuplicateIdentity as i32)
     })
-    .await;
+    .await.unwrap();
     hugo.wait_for("old gina gone", |e| {
         matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.sid == gina_sid
             && p.state == proto::participant_info::State::Disconnected as i32))
     })
-    .await;
+    .await.unwrap();
     writer.abort();
 }

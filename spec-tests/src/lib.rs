@@ -3,6 +3,10 @@
 //!
 //! The binary is `$MYELIN_BIN`, or `target/debug/myelin` of this workspace (build it first:
 //! `spec-tests/run` does). A missing binary fails the test; nothing is skipped.
+//!
+//! [`sfu_load`] is the SFU load scenario behind the `myelin-sfu-load` binary.
+
+pub mod sfu_load;
 
 use std::{
     net::{SocketAddr, TcpListener},

@@ -1,0 +1,146 @@
+//! The SFU load tool (`myelin-sfu-load`) at tiny sizes: against the SFU in its own process
+//! and against the spawned `myelin-sfu` binary. Checks counts, never timings.
+//!
+//! The SFU binary is `$MYELIN_SFU_BIN`, or `target/debug/myelin-sfu` of this workspace
+//! (`spec-tests/run` builds it); a missing binary fails the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+fn sfu_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MYELIN_SFU_BIN") {
+        return PathBuf::from(bin);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("spec-tests lives in the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("debug").join("myelin-sfu")
+}
+
+/// Runs `myelin-sfu-load <args>` and parses its one JSON object.
+fn load(args: &[&str]) -> Result<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_myelin-sfu-load"))
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!(
+            "myelin-sfu-load {args:?} failed: {}\nstderr: {stderr}",
+            out.status
+        );
+    }
+    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() != 1 {
+        bail!("expected one JSON line on stdout, got: {stdout}");
+    }
+    Ok(serde_json::from_str(lines[0])?)
+}
+
+fn num(report: &Value, path: &str) -> f64 {
+    let mut v = report;
+    for part in path.split('.') {
+        v = &v[part];
+    }
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {report}"))
+}
+
+/// The counts add up and (almost) everything sent reached both subscribers.
+fn check(report: &Value) {
+    assert_eq!(num(report, "publishers"), 1.0);
+    assert_eq!(num(report, "subscribers"), 2.0);
+    let sent = num(report, "packets_sent");
+    assert!(sent > 0.0, "nothing sent: {report}");
+    assert_eq!(num(report, "packets_expected"), sent * 2.0);
+    let forwarded = num(report, "packets_forwarded");
+    assert!(forwarded > 0.0, "nothing forwarded: {report}");
+    assert!(forwarded <= sent * 2.0, "more than expected: {report}");
+    // Loopback on a busy CI machine may drop the odd packet.
+    assert!(num(report, "lost_percent") < 5.0, "too much loss: {report}");
+    assert!(num(report, "forwarded_pps") > 0.0);
+    assert!(num(report, "latency_ms.p99") >= num(report, "latency_ms.p50"));
+    assert!(num(report, "latency_ms.max") >= num(report, "latency_ms.p99"));
+    assert!(num(report, "sfu_cpu_secs") >= 0.0);
+}
+
+#[test]
+fn in_process_sfu_forwards_audio_and_video() -> Result<()> {
+    let report = load(&[
+        "--publishers",
+        "1",
+        "--subscribers",
+        "2",
+        "--duration",
+        "2",
+        "--video-pps",
+        "60",
+        "--video-bytes",
+        "300",
+        "--sfu-threads",
+        "1",
+        "--quiet",
+    ])?;
+    assert_eq!(report["sfu"]["mode"], "in-process");
+    assert_eq!(report["tracks"]["audio"], true);
+    check(&report);
+    Ok(())
+}
+
+#[test]
+fn spawned_sfu_forwards_audio_and_reports_its_cpu() -> Result<()> {
+    let bin = sfu_binary();
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --workspace --bins` (spec-tests/run does)",
+            bin.display()
+        );
+    }
+    let report = load(&[
+        "--sfu-bin",
+        bin.to_str().expect("a UTF-8 path"),
+        "--publishers",
+        "1",
+        "--subscribers",
+        "2",
+        "--duration",
+        "2",
+        "--quiet",
+    ])?;
+    assert_eq!(report["sfu"]["mode"], "spawned");
+    check(&report);
+    assert!(report["forwarded_pps_per_core"].is_number() || num(&report, "sfu_cpu_secs") == 0.0);
+    Ok(())
+}
+
+#[test]
+fn refuses_unbounded_or_remote_runs() -> Result<()> {
+    for args in [
+        &["--subscribers", "100000"][..],
+        &["--duration", "100000"][..],
+        &["--no-audio"][..],
+        &[
+            "--url",
+            "ws://192.0.2.1:7880",
+            "--api-key",
+            "k",
+            "--api-secret",
+            "s",
+        ][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_myelin-sfu-load"))
+            .args(args)
+            .arg("--quiet")
+            .output()?;
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(out.stdout.is_empty());
+    }
+    Ok(())
+}
