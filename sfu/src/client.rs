@@ -530,6 +530,22 @@ pub fn vp8() -> RTCRtpCodecCapability {
     }
 }
 
+/// How long an answer waits for webrtc-rs to start its receivers.
+const RECEIVERS_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether every transceiver that receives has its remote track set up.
+async fn receivers_started(pc: &RTCPeerConnection) -> bool {
+    for t in pc.get_transceivers().await {
+        if t.mid().is_none() || !t.current_direction().has_recv() {
+            continue;
+        }
+        if t.receiver().await.tracks().await.is_empty() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Applies the SFU's subscriber offer and sends our answer.
 async fn answer_offer(
     pc: &RTCPeerConnection,
@@ -542,8 +558,11 @@ async fn answer_offer(
     pc.set_local_description(answer.clone()).await?;
     // webrtc-rs starts its receivers in a queued task after set_local_description
     // returns; media that arrives before that is lost for good (a browser applies the
-    // description at once). Give the queue a moment before letting the SFU start sending.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // description at once). Answer only once every receiving transceiver has its track.
+    let deadline = tokio::time::Instant::now() + RECEIVERS_WAIT;
+    while !receivers_started(pc).await && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let _ = send.send(Req::Answer(proto::SessionDescription {
         r#type: "answer".into(),
         sdp: answer.sdp,

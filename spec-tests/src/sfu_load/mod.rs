@@ -229,10 +229,17 @@ async fn run_against(options: &Options, sfu: &RunningSfu) -> Result<Value> {
             break;
         }
         if Instant::now() > deadline {
+            let missing: Vec<String> = tallies
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !t.has_all_tracks())
+                .map(|(i, t)| format!("sub-{i} lacks tracks {:?}", t.missing_tracks()))
+                .collect();
             bail!(
-                "only {ready} of {} subscribers received all {tracks} tracks within {:?}",
+                "only {ready} of {} subscribers received all {tracks} tracks within {:?} ({})",
                 tallies.len(),
-                options.ready_timeout
+                options.ready_timeout,
+                missing.join(", ")
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

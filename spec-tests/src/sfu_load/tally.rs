@@ -87,6 +87,14 @@ impl Tally {
             .unwrap_or(false)
     }
 
+    /// Indices of the tracks no packet arrived from.
+    pub fn missing_tracks(&self) -> Vec<usize> {
+        self.inner
+            .lock()
+            .map(|i| (0..i.any.len()).filter(|&t| i.any[t] == 0).collect())
+            .unwrap_or_default()
+    }
+
     /// Unique measured packets so far.
     pub fn measured(&self) -> u64 {
         self.inner.lock().map(|i| i.measured).unwrap_or(0)
@@ -126,6 +134,7 @@ mod tests {
         let warm = a.next(false, 0);
         tally.record(&warm.payload, 1_000_000);
         assert!(!tally.has_all_tracks());
+        assert_eq!(tally.missing_tracks(), vec![1]);
         let p1 = a.next(true, 10_000_000);
         let p2 = b.next(true, 10_000_000);
         tally.record(&p1.payload, 12_000_000); // 2 ms
