@@ -21,7 +21,12 @@ use serde_json::{json, Value};
 
 /// Where the server binary is.
 pub fn server_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("MYELIN_BIN") {
+    workspace_binary("MYELIN_BIN", "myelin")
+}
+
+/// A binary of the workspace: the path in `env_var` if set, else the debug build `name`.
+pub fn workspace_binary(env_var: &str, name: &str) -> PathBuf {
+    if let Some(bin) = std::env::var_os(env_var) {
         return PathBuf::from(bin);
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -31,7 +36,7 @@ pub fn server_binary() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    target.join("debug").join("myelin")
+    target.join("debug").join(name)
 }
 
 /// A loopback TCP port that was free a moment ago.

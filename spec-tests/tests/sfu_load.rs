@@ -4,24 +4,14 @@
 //! The SFU binary is `$MYELIN_SFU_BIN`, or `target/debug/myelin-sfu` of this workspace
 //! (`spec-tests/run` builds it); a missing binary fails the test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Result};
 use serde_json::Value;
 
 fn sfu_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("MYELIN_SFU_BIN") {
-        return PathBuf::from(bin);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("spec-tests lives in the workspace")
-        .to_path_buf();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("debug").join("myelin-sfu")
+    spec_tests::workspace_binary("MYELIN_SFU_BIN", "myelin-sfu")
 }
 
 /// Runs `myelin-sfu-load <args>` and parses its one JSON object.
