@@ -372,16 +372,7 @@ impl PublishedTrack {
                 Err(_) => (Verdict::Drop, None),
             };
             if let Verdict::Forward(seq, ts) = verdict {
-                let mut out = packet.clone();
-                out.header.sequence_number = seq;
-                out.header.timestamp = ts;
-                if let Some(payload) = munged {
-                    out.payload = payload.into();
-                }
-                // The publisher's extension ids mean nothing on the subscriber's connection.
-                out.header.extension = false;
-                out.header.extensions.clear();
-                out.header.extension_profile = 0;
+                let out = outgoing(packet, seq, ts, munged);
                 let bytes = out.payload.len() as u64;
                 match down.local.write_rtp(&out).await {
                     Ok(_) => {
@@ -425,6 +416,30 @@ impl PublishedTrack {
             tracing::debug!(track = %self.sid, error = %e, "sending PLI failed");
         }
     }
+}
+
+/// The copy of a published packet sent to one subscriber: renumbered, with the munged
+/// payload if any, and without the publisher's header extensions (their ids mean nothing
+/// on the subscriber's connection). The extension padding goes too: webrtc-rs counts a
+/// stale one when the down-track adds its own extensions, and the packet then fails to
+/// marshal ("marshal_to output size N, but expect N+4") and is never sent.
+fn outgoing(
+    packet: &webrtc::rtp::packet::Packet,
+    seq: u16,
+    ts: u32,
+    munged: Option<Vec<u8>>,
+) -> webrtc::rtp::packet::Packet {
+    let mut out = packet.clone();
+    out.header.sequence_number = seq;
+    out.header.timestamp = ts;
+    if let Some(payload) = munged {
+        out.payload = payload.into();
+    }
+    out.header.extension = false;
+    out.header.extensions.clear();
+    out.header.extension_profile = 0;
+    out.header.extensions_padding = 0;
+    out
 }
 
 /// Chooses what to do with a packet of layer `ssrc` for one subscriber.
@@ -588,6 +603,42 @@ mod tests {
         st.paused = true;
         let v = decide(&mut st, 3, (6, 1920), 3, None, 48000, t0, &mut pli);
         assert!(forwarded(v).is_none());
+    }
+
+    #[test]
+    fn forwarded_packets_marshal_after_the_down_track_adds_extensions() {
+        use webrtc::util::{Marshal, MarshalSize, Unmarshal};
+        // As Chrome sends audio: a one-byte-header extension block (RFC 8285) holding one
+        // 1-byte element, padded to a 32-bit word.
+        let raw: &[u8] = &[
+            0x90, 111, 0x00, 0x07, 0, 0, 0x03, 0xe8, 0x11, 0x22, 0x33, 0x44, // header, X set
+            0xbe, 0xde, 0x00, 0x01, // one-byte profile, 1 word
+            0x10, 0x55, 0x00, 0x00, // id 1, len 1, then padding
+            0xaa, 0xbb, 0xcc, // payload
+        ];
+        let mut buf = raw;
+        let packet = webrtc::rtp::packet::Packet::unmarshal(&mut buf).unwrap();
+        assert_eq!(packet.header.extensions_padding, 2);
+        let mut out = outgoing(&packet, 9, 4242, None);
+        assert!(!out.header.extension && out.header.extensions.is_empty());
+        // What TrackLocalStaticRTP does with the subscriber's negotiated extensions.
+        out.header
+            .set_extension(3, bytes::Bytes::from_static(&[0x01, 0x02]))
+            .unwrap();
+        let wire = out.marshal().expect("marshal size and output agree");
+        assert_eq!(wire.len(), out.marshal_size());
+        let mut back = &wire[..];
+        let back = webrtc::rtp::packet::Packet::unmarshal(&mut back).unwrap();
+        assert_eq!(
+            (back.header.sequence_number, back.header.timestamp),
+            (9, 4242)
+        );
+        assert_eq!(&back.payload[..], &[0xaa, 0xbb, 0xcc]);
+        assert_eq!(
+            back.header.get_extension(3).as_deref(),
+            Some(&[0x01, 0x02][..])
+        );
+        assert_eq!(back.header.get_extension(1), None);
     }
 
     #[test]
