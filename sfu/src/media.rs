@@ -96,6 +96,60 @@ pub async fn new_peer_connection(api: &API) -> Result<Arc<RTCPeerConnection>, we
     ))
 }
 
+/// What a client's offer says it will send on the publisher connection: for each media
+/// section the client sends on (`sendrecv`/`sendonly`, not rejected, not data), its mid and
+/// how many encodings it declared — simulcast RIDs (`a=rid:… send`) or primary SSRCs
+/// (`a=ssrc` minus the repair SSRCs of `a=ssrc-group:FID`), whichever is more. Sections
+/// that declare neither are left out: their streams are found from the packets.
+pub fn sent_encodings(sdp: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for section in sdp.split("\nm=").skip(1) {
+        let mut lines = section.lines().map(str::trim_end);
+        let media_line = lines.next().unwrap_or_default();
+        let mut fields = media_line.split_whitespace();
+        let (kind, port) = (fields.next(), fields.next());
+        if kind == Some("application") || port == Some("0") {
+            continue;
+        }
+        let mut mid = None;
+        let mut sends = true; // sendrecv is the default
+        let mut rids = 0;
+        let mut ssrcs: Vec<&str> = Vec::new();
+        let mut repairs: Vec<&str> = Vec::new();
+        for line in lines {
+            let Some(attr) = line.strip_prefix("a=") else {
+                continue;
+            };
+            match attr {
+                "recvonly" | "inactive" => sends = false,
+                "sendrecv" | "sendonly" => sends = true,
+                _ => {}
+            }
+            if let Some(value) = attr.strip_prefix("mid:") {
+                mid = Some(value.trim().to_owned());
+            } else if let Some(value) = attr.strip_prefix("rid:") {
+                if value.split_whitespace().nth(1) == Some("send") {
+                    rids += 1;
+                }
+            } else if let Some(value) = attr.strip_prefix("ssrc-group:FID ") {
+                repairs.extend(value.split_whitespace().skip(1));
+            } else if let Some(value) = attr.strip_prefix("ssrc:") {
+                if let Some(ssrc) = value.split_whitespace().next() {
+                    if !ssrcs.contains(&ssrc) {
+                        ssrcs.push(ssrc);
+                    }
+                }
+            }
+        }
+        let primaries = ssrcs.iter().filter(|s| !repairs.contains(s)).count();
+        let encodings = rids.max(primaries);
+        if let (true, Some(mid), 1..) = (sends, mid, encodings) {
+            out.insert(mid, encodings);
+        }
+    }
+    out
+}
+
 /// One simulcast layer (or the only layer) of a published track.
 #[derive(Debug)]
 struct Layer {
@@ -639,6 +693,32 @@ mod tests {
             Some(&[0x01, 0x02][..])
         );
         assert_eq!(back.header.get_extension(1), None);
+    }
+
+    #[test]
+    fn encodings_a_browser_offer_declares() {
+        // Shaped like Chrome's renegotiation offer after livekit-client published a
+        // microphone (SSRC with RTX-less audio) and a simulcast camera (RIDs, no SSRCs),
+        // plus a camera it stopped sending and a rejected section.
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            a=group:BUNDLE 0 1 2 3\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendrecv\r\n\
+            a=msid:s1 t1\r\na=ssrc:1111 cname:x\r\na=ssrc:1111 msid:s1 t1\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:2\r\na=sendonly\r\n\
+            a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:3\r\na=sendrecv\r\n\
+            a=ssrc-group:FID 2222 3333\r\na=ssrc:2222 cname:x\r\na=ssrc:3333 cname:x\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=inactive\r\na=ssrc:4444 cname:x\r\n\
+            m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:5\r\na=ssrc:5555 cname:x\r\n";
+        let expected: HashMap<String, usize> = [
+            ("1".to_owned(), 1),
+            ("2".to_owned(), 3),
+            ("3".to_owned(), 1),
+        ]
+        .into();
+        assert_eq!(sent_encodings(sdp), expected);
+        assert!(sent_encodings("v=0\r\n").is_empty());
     }
 
     #[test]
