@@ -1,5 +1,6 @@
 //! HTTP surface: LiveKit signalling (`/rtc`, `/rtc/validate`, 404 on `/rtc/v1…` so
-//! clients fall back to the two-connection protocol) and the internal admin API.
+//! clients fall back to the two-connection protocol; all with CORS for browsers) and the
+//! internal admin API.
 //!
 //! # Internal API
 //!
@@ -21,13 +22,14 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use livekit_protocol as proto;
 use serde::Deserialize;
 use serde_json::json;
+use tower_http::cors::{Any, CorsLayer};
 
 use crate::auth::validate_token;
 use crate::room::Sfu;
@@ -37,11 +39,23 @@ const MAX_SIGNAL_MESSAGE: usize = 1 << 20;
 
 /// The SFU's router.
 pub fn app(sfu: Arc<Sfu>) -> Router {
-    Router::new()
+    // Browsers reach the signalling endpoints from the app's origin (Element Call's page),
+    // never the SFU's own, so these answer with CORS headers: without them livekit-client
+    // cannot read `/rtc/v1/validate`'s 404, takes the SFU for unreachable and never falls
+    // back to `/rtc`. The internal API stays without CORS.
+    let signalling = Router::new()
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
         .route("/rtc/v1", any(not_found))
         .route("/rtc/v1/{*rest}", any(not_found))
+        .layer(
+            CorsLayer::new()
+                .allow_origin(Any)
+                .allow_methods([Method::GET, Method::OPTIONS])
+                .allow_headers(Any),
+        );
+    Router::new()
+        .merge(signalling)
         .route("/internal/mute", post(mute))
         .route("/internal/mute_all_audio", post(mute_all_audio))
         .route("/internal/rooms", get(rooms))

@@ -95,6 +95,60 @@ pub async fn new_peer_connection(api: &API) -> Result<Arc<RTCPeerConnection>, we
     ))
 }
 
+/// What a client's offer says it will send on the publisher connection: for each media
+/// section the client sends on (`sendrecv`/`sendonly`, not rejected, not data), its mid and
+/// how many encodings it declared — simulcast RIDs (`a=rid:… send`) or primary SSRCs
+/// (`a=ssrc` minus the repair SSRCs of `a=ssrc-group:FID`), whichever is more. Sections
+/// that declare neither are left out: their streams are found from the packets.
+pub fn sent_encodings(sdp: &str) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for section in sdp.split("\nm=").skip(1) {
+        let mut lines = section.lines().map(str::trim_end);
+        let media_line = lines.next().unwrap_or_default();
+        let mut fields = media_line.split_whitespace();
+        let (kind, port) = (fields.next(), fields.next());
+        if kind == Some("application") || port == Some("0") {
+            continue;
+        }
+        let mut mid = None;
+        let mut sends = true; // sendrecv is the default
+        let mut rids = 0;
+        let mut ssrcs: Vec<&str> = Vec::new();
+        let mut repairs: Vec<&str> = Vec::new();
+        for line in lines {
+            let Some(attr) = line.strip_prefix("a=") else {
+                continue;
+            };
+            match attr {
+                "recvonly" | "inactive" => sends = false,
+                "sendrecv" | "sendonly" => sends = true,
+                _ => {}
+            }
+            if let Some(value) = attr.strip_prefix("mid:") {
+                mid = Some(value.trim().to_owned());
+            } else if let Some(value) = attr.strip_prefix("rid:") {
+                if value.split_whitespace().nth(1) == Some("send") {
+                    rids += 1;
+                }
+            } else if let Some(value) = attr.strip_prefix("ssrc-group:FID ") {
+                repairs.extend(value.split_whitespace().skip(1));
+            } else if let Some(value) = attr.strip_prefix("ssrc:") {
+                if let Some(ssrc) = value.split_whitespace().next() {
+                    if !ssrcs.contains(&ssrc) {
+                        ssrcs.push(ssrc);
+                    }
+                }
+            }
+        }
+        let primaries = ssrcs.iter().filter(|s| !repairs.contains(s)).count();
+        let encodings = rids.max(primaries);
+        if let (true, Some(mid), 1..) = (sends, mid, encodings) {
+            out.insert(mid, encodings);
+        }
+    }
+    out
+}
+
 /// One simulcast layer (or the only layer) of a published track.
 #[derive(Debug)]
 struct Layer {
@@ -346,25 +400,8 @@ impl PublishedTrack {
         let keyframe = self.payload_format.is_keyframe(&packet.payload);
         let clock_rate = self.codec.clock_rate.max(1);
         let is_vp8 = self.payload_format == Codec::Vp8;
-        // What every subscriber gets, before its own numbering: the publisher's header
-        // extensions are dropped (their ids mean nothing on the subscriber's connection).
-        let template = webrtc::rtp::packet::Packet {
-            header: webrtc::rtp::header::Header {
-                version: 2,
-                padding: false,
-                extension: false,
-                marker: packet.header.marker,
-                payload_type: packet.header.payload_type,
-                sequence_number: packet.header.sequence_number,
-                timestamp: packet.header.timestamp,
-                ssrc: packet.header.ssrc,
-                csrc: packet.header.csrc.clone(),
-                extension_profile: 0,
-                extensions: Vec::new(),
-                extensions_padding: 0,
-            },
-            payload: packet.payload.clone(),
-        };
+        // What every subscriber gets, before its own numbering.
+        let template = subscriber_template(packet);
         let mut request_keyframe: Option<u32> = None;
         for down in self.down_tracks() {
             let (verdict, munged) = match down.state.lock() {
@@ -389,12 +426,7 @@ impl PublishedTrack {
                 Err(_) => (Verdict::Drop, None),
             };
             if let Verdict::Forward(seq, ts) = verdict {
-                let mut out = template.clone();
-                out.header.sequence_number = seq;
-                out.header.timestamp = ts;
-                if let Some(payload) = munged {
-                    out.payload = payload.into();
-                }
+                let mut out = renumbered(&template, seq, ts, munged);
                 let bytes = out.payload.len() as u64;
                 match down.local.write(&mut out).await {
                     Ok(true) => {
@@ -439,6 +471,47 @@ impl PublishedTrack {
             tracing::debug!(track = %self.sid, error = %e, "sending PLI failed");
         }
     }
+}
+
+/// A published packet as every subscriber gets it, before its own numbering: without the
+/// publisher's header extensions (their ids mean nothing on the subscriber's connection).
+/// The extension padding goes too: webrtc-rs counts a stale one when the down-track adds
+/// its own extensions, and the packet then fails to marshal ("marshal_to output size N,
+/// but expect N+4") and is never sent.
+fn subscriber_template(packet: &webrtc::rtp::packet::Packet) -> webrtc::rtp::packet::Packet {
+    webrtc::rtp::packet::Packet {
+        header: webrtc::rtp::header::Header {
+            version: 2,
+            padding: false,
+            extension: false,
+            marker: packet.header.marker,
+            payload_type: packet.header.payload_type,
+            sequence_number: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            ssrc: packet.header.ssrc,
+            csrc: packet.header.csrc.clone(),
+            extension_profile: 0,
+            extensions: Vec::new(),
+            extensions_padding: 0,
+        },
+        payload: packet.payload.clone(),
+    }
+}
+
+/// One subscriber's copy of `template`: renumbered, with the munged payload if any.
+fn renumbered(
+    template: &webrtc::rtp::packet::Packet,
+    seq: u16,
+    ts: u32,
+    munged: Option<Vec<u8>>,
+) -> webrtc::rtp::packet::Packet {
+    let mut out = template.clone();
+    out.header.sequence_number = seq;
+    out.header.timestamp = ts;
+    if let Some(payload) = munged {
+        out.payload = payload.into();
+    }
+    out
 }
 
 /// Chooses what to do with a packet of layer `ssrc` for one subscriber.
@@ -602,6 +675,68 @@ mod tests {
         st.paused = true;
         let v = decide(&mut st, 3, (6, 1920), 3, None, 48000, t0, &mut pli);
         assert!(forwarded(v).is_none());
+    }
+
+    #[test]
+    fn forwarded_packets_marshal_after_the_down_track_adds_extensions() {
+        use webrtc::util::{Marshal, MarshalSize, Unmarshal};
+        // As Chrome sends audio: a one-byte-header extension block (RFC 8285) holding one
+        // 1-byte element, padded to a 32-bit word.
+        let raw: &[u8] = &[
+            0x90, 111, 0x00, 0x07, 0, 0, 0x03, 0xe8, 0x11, 0x22, 0x33, 0x44, // header, X set
+            0xbe, 0xde, 0x00, 0x01, // one-byte profile, 1 word
+            0x10, 0x55, 0x00, 0x00, // id 1, len 1, then padding
+            0xaa, 0xbb, 0xcc, // payload
+        ];
+        let mut buf = raw;
+        let packet = webrtc::rtp::packet::Packet::unmarshal(&mut buf).unwrap();
+        assert_eq!(packet.header.extensions_padding, 2);
+        let mut out = renumbered(&subscriber_template(&packet), 9, 4242, None);
+        assert!(!out.header.extension && out.header.extensions.is_empty());
+        // What TrackLocalStaticRTP does with the subscriber's negotiated extensions.
+        out.header
+            .set_extension(3, bytes::Bytes::from_static(&[0x01, 0x02]))
+            .unwrap();
+        let wire = out.marshal().expect("marshal size and output agree");
+        assert_eq!(wire.len(), out.marshal_size());
+        let mut back = &wire[..];
+        let back = webrtc::rtp::packet::Packet::unmarshal(&mut back).unwrap();
+        assert_eq!(
+            (back.header.sequence_number, back.header.timestamp),
+            (9, 4242)
+        );
+        assert_eq!(&back.payload[..], &[0xaa, 0xbb, 0xcc]);
+        assert_eq!(
+            back.header.get_extension(3).as_deref(),
+            Some(&[0x01, 0x02][..])
+        );
+        assert_eq!(back.header.get_extension(1), None);
+    }
+
+    #[test]
+    fn encodings_a_browser_offer_declares() {
+        // Shaped like Chrome's renegotiation offer after livekit-client published a
+        // microphone (SSRC with RTX-less audio) and a simulcast camera (RIDs, no SSRCs),
+        // plus a camera it stopped sending and a rejected section.
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            a=group:BUNDLE 0 1 2 3\r\n\
+            m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendrecv\r\n\
+            a=msid:s1 t1\r\na=ssrc:1111 cname:x\r\na=ssrc:1111 msid:s1 t1\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:2\r\na=sendonly\r\n\
+            a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:3\r\na=sendrecv\r\n\
+            a=ssrc-group:FID 2222 3333\r\na=ssrc:2222 cname:x\r\na=ssrc:3333 cname:x\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=inactive\r\na=ssrc:4444 cname:x\r\n\
+            m=audio 0 UDP/TLS/RTP/SAVPF 111\r\na=mid:5\r\na=ssrc:5555 cname:x\r\n";
+        let expected: HashMap<String, usize> = [
+            ("1".to_owned(), 1),
+            ("2".to_owned(), 3),
+            ("3".to_owned(), 1),
+        ]
+        .into();
+        assert_eq!(sent_encodings(sdp), expected);
+        assert!(sent_encodings("v=0\r\n").is_empty());
     }
 
     #[test]

@@ -19,13 +19,20 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 
 use crate::auth::Grant;
-use crate::media::{new_peer_connection, wants_keyframe, DownTrack, PublishedTrack};
+use crate::media::{
+    new_peer_connection, sent_encodings, wants_keyframe, DownTrack, PublishedTrack,
+};
 use crate::out_track::OutTrack;
 
 /// Label of the ordered, reliable data channel.
 pub const RELIABLE: &str = "_reliable";
 /// Label of the unordered, no-retransmit data channel.
 pub const LOSSY: &str = "_lossy";
+
+/// How long an answer waits for webrtc-rs to start the receivers of a renegotiation.
+const RECEIVER_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often it looks.
+const RECEIVER_START_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 #[derive(Default)]
 struct Negotiation {
@@ -162,11 +169,23 @@ impl Participant {
         &self,
         offer: proto::SessionDescription,
     ) -> Result<(), webrtc::Error> {
+        let renegotiation = self.publisher.current_local_description().await.is_some();
+        let expected = sent_encodings(&offer.sdp);
         let desc = RTCSessionDescription::offer(offer.sdp)?;
         self.publisher.set_remote_description(desc).await?;
         self.flush_candidates(proto::SignalTarget::Publisher).await;
         let answer = self.publisher.create_answer(None).await?;
         self.publisher.set_local_description(answer).await?;
+        if renegotiation {
+            // webrtc-rs starts the receivers for the new offer in a queued task after
+            // set_local_description returns. Media that a browser sends as soon as it has our
+            // answer and that arrives before then is taken for an undeclared stream: webrtc-rs
+            // probes it, fails, and closes the very SRTP stream the receiver then reads, so
+            // the track ends at once (or, for simulcast, a layer is lost). Answer only once
+            // the receivers are up. (On the first negotiation they start only after ICE and
+            // DTLS, which need the answer; livekit-client publishes by renegotiation.)
+            self.await_receivers(&expected).await;
+        }
         let Some(local) = self.publisher.local_description().await else {
             return Err(webrtc::Error::new("no local description".into()));
         };
@@ -177,6 +196,32 @@ impl Participant {
             ..Default::default()
         }));
         Ok(())
+    }
+
+    /// Waits (at most [`RECEIVER_START_LIMIT`]) until the publisher connection's receivers
+    /// have a track for every encoding the client's offer declared (see [`sent_encodings`]).
+    async fn await_receivers(&self, expected: &HashMap<String, usize>) {
+        let deadline = tokio::time::Instant::now() + RECEIVER_START_LIMIT;
+        loop {
+            let mut missing = Vec::new();
+            for t in self.publisher.get_transceivers().await {
+                let Some(mid) = t.mid() else { continue };
+                let Some(&wanted) = expected.get(mid.as_str()) else {
+                    continue;
+                };
+                if t.receiver().await.tracks().await.len() < wanted {
+                    missing.push(mid);
+                }
+            }
+            if missing.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!(participant = %self.sid, ?missing, "receivers not started in time; answering anyway");
+                return;
+            }
+            tokio::time::sleep(RECEIVER_START_POLL).await;
+        }
     }
 
     /// Applies the client's answer to our subscriber offer; offers again if needed.
@@ -336,5 +381,147 @@ impl Participant {
     pub async fn close(&self) {
         let _ = self.publisher.close().await;
         let _ = self.subscriber.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RtcConfig;
+    use std::time::Duration;
+    use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+    use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
+
+    async fn offer(p: &Participant, offer: RTCSessionDescription) {
+        p.handle_offer(proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.sdp,
+            id: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Applies `p`'s answer on `client` and relays candidates both ways, until connected
+    /// when asked to.
+    async fn finish(
+        client: &Arc<RTCPeerConnection>,
+        p: &Participant,
+        from_sfu: &mut mpsc::UnboundedReceiver<proto::SignalResponse>,
+        from_client: &mut mpsc::UnboundedReceiver<String>,
+        until_connected: bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut answered = false;
+        loop {
+            while let Ok(msg) = from_sfu.try_recv() {
+                match msg.message {
+                    Some(Message::Answer(answer)) => {
+                        let desc = RTCSessionDescription::answer(answer.sdp).unwrap();
+                        client.set_remote_description(desc).await.unwrap();
+                        answered = true;
+                    }
+                    Some(Message::Trickle(t)) => {
+                        let init = serde_json::from_str(&t.candidate_init).unwrap();
+                        client.add_ice_candidate(init).await.unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            while let Ok(candidate_init) = from_client.try_recv() {
+                p.handle_trickle(&proto::TrickleRequest {
+                    candidate_init,
+                    target: proto::SignalTarget::Publisher as i32,
+                    r#final: false,
+                })
+                .await;
+            }
+            let connected = client.connection_state() == RTCPeerConnectionState::Connected;
+            if answered && (connected || !until_connected) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no connection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// When a renegotiation adds a track, the answer goes out only once webrtc-rs has
+    /// started the receiver for it: a browser sends media as soon as it has the answer.
+    /// Single-threaded, so webrtc-rs's queued start cannot sneak in unless `handle_offer`
+    /// waits for it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn renegotiation_answer_waits_for_the_receivers() {
+        let config = RtcConfig {
+            udp_port_min: 53000,
+            udp_port_max: 53999,
+            bind_ip: Some("127.0.0.1".parse().unwrap()),
+            ..RtcConfig::default()
+        };
+        let api = crate::media::build_api(&config).unwrap();
+        let (tx, mut from_sfu) = mpsc::unbounded_channel();
+        let grant = Grant {
+            identity: "alice".into(),
+            name: String::new(),
+            metadata: String::new(),
+            room: "room".into(),
+            can_publish: true,
+            can_subscribe: true,
+            can_publish_data: true,
+        };
+        let p = Participant::new(&api, "PA_test".into(), grant, true, tx)
+            .await
+            .unwrap();
+
+        // The client: like livekit-client, first a connection with only a data channel.
+        let client = new_peer_connection(&api).await.unwrap();
+        let (candidates, mut from_client) = mpsc::unbounded_channel();
+        client.on_ice_candidate(Box::new(move |c| {
+            if let Some(json) = c
+                .and_then(|c| c.to_json().ok())
+                .and_then(|init| serde_json::to_string(&init).ok())
+            {
+                let _ = candidates.send(json);
+            }
+            Box::pin(async {})
+        }));
+        client.create_data_channel(RELIABLE, None).await.unwrap();
+        let first = client.create_offer(None).await.unwrap();
+        client.set_local_description(first.clone()).await.unwrap();
+        offer(&p, first).await;
+        finish(&client, &p, &mut from_sfu, &mut from_client, true).await;
+
+        // Then a microphone, by renegotiation.
+        let track = Arc::new(
+            webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP::new(
+                RTCRtpCodecCapability {
+                    mime_type: "audio/opus".into(),
+                    clock_rate: 48000,
+                    channels: 2,
+                    ..Default::default()
+                },
+                "mic".into(),
+                "stream".into(),
+            ),
+        );
+        client.add_track(track).await.unwrap();
+        let second = client.create_offer(None).await.unwrap();
+        client.set_local_description(second.clone()).await.unwrap();
+        let audio_mid = sent_encodings(&second.sdp)
+            .into_keys()
+            .next()
+            .expect("the offer declares the microphone");
+        offer(&p, second).await;
+        // The answer is out (in `from_sfu`); nothing else has run since.
+        let mut started = false;
+        for t in p.publisher.get_transceivers().await {
+            if t.mid().as_deref() == Some(audio_mid.as_str()) {
+                started = !t.receiver().await.tracks().await.is_empty();
+            }
+        }
+        assert!(started, "answer sent before the receiver was started");
+        finish(&client, &p, &mut from_sfu, &mut from_client, false).await;
+        client.close().await.unwrap();
+        p.close().await;
     }
 }

@@ -411,8 +411,14 @@ impl Room {
         let room = Arc::downgrade(self);
         let forwarding = track.clone();
         tokio::spawn(async move {
-            while let Ok((packet, _)) = remote.read_rtp().await {
-                forwarding.forward(&packet, ssrc).await;
+            loop {
+                match remote.read_rtp().await {
+                    Ok((packet, _)) => forwarding.forward(&packet, ssrc).await,
+                    Err(e) => {
+                        tracing::debug!(track = %forwarding.sid, ssrc, error = %e, "published stream ended");
+                        break;
+                    }
+                }
             }
             if !forwarding.remove_layer(ssrc) {
                 if let Some(room) = room.upgrade() {

@@ -20,6 +20,36 @@ use tokio::sync::mpsc;
 use webrtc::rtp_transceiver::rtp_codec::RTCRtpCodecCapability;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 
+/// Browsers call the signalling endpoints from the app's origin: livekit-client must be
+/// able to read `/rtc/v1/validate`'s 404 (else it never falls back to `/rtc`) and
+/// `/rtc/validate`'s verdict. The internal API gets no CORS headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signalling_endpoints_allow_cross_origin_browsers() {
+    let addr = start_sfu().await;
+    let good = token("alice", "room1");
+    let allowed = "access-control-allow-origin: *";
+    for (path, expected) in [
+        (format!("/rtc/v1/validate?access_token={good}"), 404),
+        (format!("/rtc/validate?access_token={good}"), 200),
+        ("/rtc/validate?access_token=bad".to_owned(), 401),
+    ] {
+        let (status, head) = http_from_origin(addr, "GET", &path, "").await;
+        assert_eq!(status, expected, "{path}: {head}");
+        assert!(head.contains(allowed), "{path}: {head}");
+    }
+    let (status, head) = http_from_origin(
+        addr,
+        "OPTIONS",
+        "/rtc/validate",
+        "Access-Control-Request-Method: GET\r\n",
+    )
+    .await;
+    assert!((200..300).contains(&status), "preflight: {head}");
+    assert!(head.contains(allowed), "preflight: {head}");
+    let (_, head) = http_from_origin(addr, "GET", "/internal/rooms", "").await;
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoints() {
     let addr = start_sfu().await;

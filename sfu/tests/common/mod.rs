@@ -73,6 +73,29 @@ pub async fn http(
     (status, body)
 }
 
+/// A browser-style request from another origin (`extra` is more header lines, each ending
+/// in CRLF); returns (status, lower-cased response head).
+pub async fn http_from_origin(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    extra: &str,
+) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nOrigin: http://app.example\r\n{extra}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let head = response
+        .split_once("\r\n\r\n")
+        .map_or(response.as_str(), |(h, _)| h)
+        .to_ascii_lowercase();
+    (status, head)
+}
+
 /// Joins `room` as `identity` (the SFU's defaults: auto-subscribe on).
 pub async fn connect(addr: SocketAddr, identity: &str, room: &str) -> Client {
     connect_with(addr, identity, room, "").await
