@@ -460,6 +460,56 @@ async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn incremental_presence_only_from_users_sharing_a_room() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
+    let status = |u: &str| format!("/presence/{}/status", enc(u));
+    let since = next(&alice.sync("timeout=0").await?);
+
+    // Carol shares no room with Alice: her change is not Alice's business.
+    carol
+        .put(&status(&carol.user_id), json!({"presence": "unavailable"}))
+        .await?
+        .ok()?;
+    bob.put(
+        &status(&bob.user_id),
+        json!({"presence": "unavailable", "status_msg": "lunch"}),
+    )
+    .await?
+    .ok()?;
+    let s = alice.sync(&format!("timeout=0&since={since}")).await?;
+    let senders: Vec<&str> = s["presence"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["sender"].as_str())
+        .collect();
+    assert_eq!(senders, [bob.user_id.as_str()], "{s}");
+    assert_eq!(s["presence"]["events"][0]["content"]["status_msg"], "lunch");
+
+    // Once Carol joins, her next change reaches Alice; nothing is repeated.
+    carol.join(&room).await?;
+    let since = next(&s);
+    carol
+        .put(&status(&carol.user_id), json!({"presence": "online"}))
+        .await?
+        .ok()?;
+    let s = alice.sync(&format!("timeout=0&since={since}")).await?;
+    let senders: Vec<&str> = s["presence"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["sender"].as_str())
+        .collect();
+    assert_eq!(senders, [carol.user_id.as_str()], "{s}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn profile_changes_reach_member_events() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let alice = server.register("alice").await?;

@@ -227,7 +227,18 @@ impl SyncService {
         let mut invite = Map::new();
         let mut leave = Map::new();
         let mut knock = Map::new();
+        // Initial sync: presence of everyone sharing a room. Otherwise only those whose
+        // presence changed since the token, kept when they share a room: a sync costs the
+        // changes, not the size of the user's rooms.
+        let since_userdata = since.map_or(0, |s| s.userdata);
+        let presence_candidates = match since {
+            Some(_) if filter.presence_enabled => {
+                Some(self.users.presence_changed_since(since_userdata))
+            }
+            _ => None,
+        };
         let mut shared_users: BTreeSet<OwnedUserId> = BTreeSet::new();
+        let mut joined_rooms = Vec::new();
         for (room_id, membership, mpos) in self.rooms.user_rooms(user)? {
             if !filter.rooms.allows_room(&room_id) || mpos > now.timeline {
                 continue;
@@ -235,12 +246,15 @@ impl SyncService {
             let fresh = since_tl.is_none_or(|s| mpos > s);
             match membership {
                 Membership::Join => {
-                    shared_users.extend(
-                        self.rooms
-                            .members(&room_id)?
-                            .joined()
-                            .map(ToOwned::to_owned),
-                    );
+                    if filter.presence_enabled && since.is_none() {
+                        shared_users.extend(
+                            self.rooms
+                                .members(&room_id)?
+                                .joined()
+                                .map(ToOwned::to_owned),
+                        );
+                    }
+                    joined_rooms.push(room_id.clone());
                     let data = room_data.get(room_id.as_str());
                     if let Some(mut entry) = self
                         .joined_room(user, &room_id, since, now, fresh, full_state, filter, data)?
@@ -276,10 +290,22 @@ impl SyncService {
         }
 
         let presence = if filter.presence_enabled {
-            shared_users.insert(user.clone());
-            let users: Vec<OwnedUserId> = shared_users.into_iter().collect();
-            self.users
-                .presence_since(&users, since.map_or(0, |s| s.userdata))?
+            let users: Vec<OwnedUserId> = match presence_candidates {
+                Some(changed) => {
+                    let mut visible = Vec::new();
+                    for other in changed {
+                        if other == *user || self.shares_a_room(&joined_rooms, &other)? {
+                            visible.push(other);
+                        }
+                    }
+                    visible
+                }
+                None => {
+                    shared_users.insert(user.clone());
+                    shared_users.into_iter().collect()
+                }
+            };
+            self.users.presence_since(&users, since_userdata)?
         } else {
             Vec::new()
         };
@@ -320,6 +346,16 @@ impl SyncService {
             "org.matrix.msc2732.device_unused_fallback_key_types": e2ee.unused_fallback_key_types,
         });
         Ok((response, changed))
+    }
+
+    /// Whether `other` is joined to any of `rooms`.
+    fn shares_a_room(&self, rooms: &[ruma::OwnedRoomId], other: &UserId) -> Result<bool> {
+        for room in rooms {
+            if self.rooms.members(room)?.get(other) == Some(Membership::Join) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// To-device messages (acknowledging those up to `since`), device-list changes and

@@ -82,6 +82,9 @@ pub struct UsersService {
     /// Outstanding shared-secret registration nonces (in memory: they live 60 s).
     nonces: Mutex<shared_secret::Nonces>,
     on_devices_changed: OnceLock<OnDevicesChanged>,
+    /// Who changed presence at which user-data position (newest change per user), so a
+    /// sync finds the changes since its token without reading everyone's record.
+    presence_changes: Mutex<presence::ChangeIndex>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -114,8 +117,10 @@ impl UsersService {
             on_change: OnceLock::new(),
             nonces: Mutex::default(),
             on_devices_changed: OnceLock::new(),
+            presence_changes: Mutex::default(),
         };
         service.purge_expired_uia()?;
+        service.load_presence_changes()?;
         Ok(service)
     }
 
@@ -171,6 +176,16 @@ impl UsersService {
     /// Allocates the next stream position, lets `fill` add writes that use it, and commits
     /// them together with the new position. Positions become visible in order.
     fn commit_with_pos(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<()>) -> Result<u64> {
+        self.commit_with_pos_then(fill, |_| {})
+    }
+
+    /// [`Self::commit_with_pos`], running `committed` after the commit and before the
+    /// position becomes visible (for in-memory indexes readers must find complete).
+    fn commit_with_pos_then(
+        &self,
+        fill: impl FnOnce(u64, &mut Batch) -> Result<()>,
+        committed: impl FnOnce(u64),
+    ) -> Result<u64> {
         let _guard = self
             .pos_lock
             .lock()
@@ -184,6 +199,7 @@ impl UsersService {
             &next.to_be_bytes(),
         );
         self.storage.commit(batch)?;
+        committed(next);
         self.pos.store(next, Ordering::Release);
         Ok(next)
     }

@@ -1,6 +1,8 @@
 //! Presence: online while a client syncs, `unavailable` when it says so, offline after
 //! `presence_idle_secs` without activity (computed on read, so no timers run).
 
+use std::collections::{BTreeMap, HashMap};
+
 use ruma::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -35,6 +37,28 @@ impl PresenceRecord {
         } else {
             &self.presence
         }
+    }
+}
+
+/// The newest presence change of every user, by user-data position.
+#[derive(Default)]
+pub(super) struct ChangeIndex {
+    by_pos: BTreeMap<u64, OwnedUserId>,
+    by_user: HashMap<OwnedUserId, u64>,
+}
+
+impl ChangeIndex {
+    fn record(&mut self, user: &UserId, pos: u64) {
+        if let Some(old) = self.by_user.insert(user.to_owned(), pos) {
+            self.by_pos.remove(&old);
+        }
+        self.by_pos.insert(pos, user.to_owned());
+    }
+
+    fn since(&self, since: u64) -> impl Iterator<Item = &UserId> {
+        self.by_pos
+            .range(since.saturating_add(1)..)
+            .map(|(_, u)| u.as_ref())
     }
 }
 
@@ -113,15 +137,18 @@ impl UsersService {
         now: u64,
     ) -> Result<()> {
         let tree = &self.storage.trees.presence;
-        self.commit_with_pos(|pos, batch| {
-            let record = PresenceRecord {
-                presence: state.to_owned(),
-                status_msg,
-                last_active_ts: now,
-                pos,
-            };
-            batch.insert_json(tree, user.as_bytes(), &record)
-        })?;
+        self.commit_with_pos_then(
+            |pos, batch| {
+                let record = PresenceRecord {
+                    presence: state.to_owned(),
+                    status_msg,
+                    last_active_ts: now,
+                    pos,
+                };
+                batch.insert_json(tree, user.as_bytes(), &record)
+            },
+            |pos| self.change_index().record(user, pos),
+        )?;
         self.changed(user);
         Ok(())
     }
@@ -146,6 +173,36 @@ impl UsersService {
             content["status_msg"] = json!(msg);
         }
         content
+    }
+
+    fn change_index(&self) -> std::sync::MutexGuard<'_, ChangeIndex> {
+        self.presence_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Builds the change index from the stored records (at start).
+    pub(super) fn load_presence_changes(&self) -> Result<()> {
+        let mut index = self.change_index();
+        for kv in self.storage.trees.presence.scan_prefix(&[]) {
+            let (k, v) = kv?;
+            let (Ok(user), Ok(record)) = (
+                UserId::parse(String::from_utf8_lossy(&k).as_ref()),
+                serde_json::from_slice::<PresenceRecord>(&v),
+            ) else {
+                continue;
+            };
+            index.record(&user, record.pos);
+        }
+        Ok(())
+    }
+
+    /// Users whose presence changed after user-data position `since`, oldest change first.
+    pub fn presence_changed_since(&self, since: u64) -> Vec<OwnedUserId> {
+        self.change_index()
+            .since(since)
+            .map(ToOwned::to_owned)
+            .collect()
     }
 
     /// `m.presence` events of those `users` whose presence changed after `since`
@@ -225,6 +282,41 @@ mod tests {
         s.touch_presence_at(&alice, Some("offline"), late + 2)
             .unwrap();
         assert_eq!(s.current_userdata_pos(), pos);
+    }
+
+    #[test]
+    fn change_index_lists_each_user_once_and_survives_a_restart() {
+        use crate::{config::Config, storage::Storage, users::UsersService};
+        use std::sync::Arc;
+        let storage = Arc::new(Storage::in_memory());
+        let s = UsersService::new(Arc::new(Config::default()), storage.clone()).unwrap();
+        let alice = s.create_user("alice", None, false).unwrap();
+        let bob = s.create_user("bob", None, false).unwrap();
+        assert!(s.presence_changed_since(0).is_empty());
+        s.set_presence(&alice, "online", None).unwrap();
+        let after_alice = s.current_userdata_pos();
+        s.set_presence(&bob, "online", None).unwrap();
+        assert_eq!(
+            s.presence_changed_since(0),
+            vec![alice.clone(), bob.clone()]
+        );
+        assert_eq!(s.presence_changed_since(after_alice), vec![bob.clone()]);
+        // A newer change moves the user to the end, once.
+        s.set_presence(&alice, "unavailable", None).unwrap();
+        assert_eq!(
+            s.presence_changed_since(0),
+            vec![bob.clone(), alice.clone()]
+        );
+        assert_eq!(
+            s.presence_changed_since(after_alice),
+            vec![bob.clone(), alice.clone()]
+        );
+        assert!(s
+            .presence_changed_since(s.current_userdata_pos())
+            .is_empty());
+        // Rebuilt from storage.
+        let again = UsersService::new(Arc::new(Config::default()), storage).unwrap();
+        assert_eq!(again.presence_changed_since(0), vec![bob, alice]);
     }
 
     #[test]
