@@ -154,7 +154,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, server_name = %services.config.server_name, "myelin listening");
-    axum::serve(listener, app)
+    // `into_make_service` shares the router between connections; serving the `Router`
+    // itself rebuilds (deep-copies) its route table for every connection.
+    axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     if let Some(sfu) = sfu {

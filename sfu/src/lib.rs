@@ -30,5 +30,5 @@ pub use room::Sfu;
 
 /// Serves the SFU on an already bound listener until the task is dropped.
 pub async fn serve(sfu: Arc<Sfu>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, http::app(sfu)).await
+    axum::serve(listener, http::app(sfu).into_make_service()).await
 }
