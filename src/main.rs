@@ -55,8 +55,13 @@ enum UserCommand {
     },
 }
 
+/// jemalloc: glibc's malloc spent a quarter of the server's CPU under sync fan-out
+/// (arena locking, consolidation) and held freed memory; jemalloc halves delivery latency
+/// with 1,000 syncers and returns freed pages on its own.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
-    limit_malloc_retention();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -165,24 +170,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     services.storage.flush()?;
     tracing::info!("myelin stopped");
     Ok(())
-}
-
-/// glibc raises its mmap threshold after the first large block is freed, so the 19 MiB
-/// argon2 work area of every later password hash lands in a heap arena and stays resident
-/// after it is freed. A fixed threshold keeps large blocks mmap-backed: freed at once.
-/// One arena per core (glibc's default is eight) keeps fragmentation across the runtime's
-/// threads small.
-fn limit_malloc_retention() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let arenas = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
-        // SAFETY: mallopt only changes allocator tuning; called before any other thread
-        // exists.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-            libc::mallopt(libc::M_ARENA_MAX, arenas as libc::c_int);
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -277,7 +277,7 @@ async fn fake_gateway() -> anyhow::Result<(String, mpsc::UnboundedReceiver<Value
 
 #[tokio::test]
 async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let mut server = TestServer::start().await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let (url, mut pushes) = fake_gateway().await?;
@@ -328,6 +328,14 @@ async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
         n.get("content").is_none(),
         "event_id_only must not carry content: {n}"
     );
+
+    // the pusher outlives a restart
+    server.restart().await?;
+    let sent = alice.say(&room, "after restart").await?;
+    let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
+        .await?
+        .expect("a push after the restart");
+    assert_eq!(push["notification"]["event_id"], sent.as_str());
 
     // deleting the pusher stops pushes
     bob.post(

@@ -10,7 +10,7 @@
 pub mod gateway;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -71,6 +71,9 @@ pub struct PushService {
     /// being computed and a record being added cannot miss or double-count each other);
     /// recomputed when the user's read position moved.
     unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), (u64, u64, u64)>>,
+    /// Users who have (or recently had) a pusher: the others are skipped without a
+    /// lookup when an event is pushed. Only grows while running; rebuilt at start.
+    with_pushers: Mutex<HashSet<OwnedUserId>>,
     gateway: gateway::Gateway,
 }
 
@@ -95,8 +98,32 @@ impl PushService {
             users,
             rules: Mutex::new(HashMap::new()),
             unread: Mutex::new(HashMap::new()),
+            with_pushers: Mutex::new(HashSet::new()),
             gateway: gateway::Gateway::new(),
         }
+    }
+
+    /// Reads who has pushers (call once at start).
+    pub fn load_pushers(&self) -> Result<()> {
+        let mut users = HashSet::new();
+        for kv in self.storage.trees.pushers.scan_prefix(&[]) {
+            let (k, _) = kv?;
+            if let Some(user) = keys::split_strs(&k)
+                .first()
+                .and_then(|u| OwnedUserId::try_from(*u).ok())
+            {
+                users.insert(user);
+            }
+        }
+        *self.with_pushers.lock().unwrap_or_else(|e| e.into_inner()) = users;
+        Ok(())
+    }
+
+    fn may_have_pushers(&self, user: &UserId) -> bool {
+        self.with_pushers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(user)
     }
 
     /// A user's push rules.
@@ -218,6 +245,9 @@ impl PushService {
             }
         }
         for (user, record) in pushes {
+            if !self.may_have_pushers(&user) {
+                continue;
+            }
             let pushers = self.pushers(&user)?;
             if pushers.is_empty() {
                 continue;
@@ -426,6 +456,11 @@ impl PushService {
             &Self::pusher_key(user, &app_id, &pushkey),
             &pusher,
         )?;
+        // Known before the pusher is visible, so no event between misses it.
+        self.with_pushers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(user.to_owned());
         self.storage.commit(batch)?;
         self.storage.durable().await
     }

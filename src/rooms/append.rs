@@ -242,6 +242,9 @@ impl RoomsService {
                 }
             }
             self.storage.commit(batch)?;
+            if let Some((user, m)) = &membership {
+                self.members.set_user_room(user, room_id, *m, pos);
+            }
             self.tips
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -316,7 +316,10 @@ impl RoomsService {
         }
         batch.remove(&trees.public_rooms, room_id.as_bytes());
         batch.remove(&trees.rooms, room_id.as_bytes());
+        let members = self.members(room_id)?;
         self.storage.commit(batch)?;
+        self.members
+            .forget_user_rooms(members.all().map(|(user, _)| user));
         self.members.forget(room_id);
         self.tips
             .lock()

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -65,9 +65,19 @@ impl Membership {
 #[derive(Clone, Default, Debug)]
 pub struct RoomMembers {
     map: HashMap<OwnedUserId, Membership>,
+    /// Users per membership, indexed by `Membership as usize` (kept with `map`).
+    counts: [usize; 5],
 }
 
 impl RoomMembers {
+    /// Records a user's membership.
+    fn insert(&mut self, user: OwnedUserId, m: Membership) {
+        if let Some(old) = self.map.insert(user, m) {
+            self.counts[old as usize] -= 1;
+        }
+        self.counts[m as usize] += 1;
+    }
+
     /// A user's membership.
     pub fn get(&self, user: &UserId) -> Option<Membership> {
         self.map.get(user).copied()
@@ -93,7 +103,7 @@ impl RoomMembers {
 
     /// Number of users with the given membership.
     pub fn count(&self, m: Membership) -> usize {
-        self.map.values().filter(|v| **v == m).count()
+        self.counts[m as usize]
     }
 }
 
@@ -101,6 +111,10 @@ impl RoomMembers {
 #[derive(Default)]
 pub(super) struct MembersCache {
     rooms: RwLock<HashMap<OwnedRoomId, Arc<RoomMembers>>>,
+    /// The rooms of users read since start (`user_rooms`), kept current by every
+    /// membership write. A miss reads storage while holding the lock, so a write that
+    /// commits meanwhile updates the entry after it is inserted, never before.
+    user_rooms: Mutex<HashMap<OwnedUserId, Vec<(OwnedRoomId, Membership, u64)>>>,
 }
 
 impl MembersCache {
@@ -108,7 +122,26 @@ impl MembersCache {
     pub(super) fn set(&self, room_id: &RoomId, user: &UserId, m: Membership) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         if let Some(members) = rooms.get_mut(room_id) {
-            Arc::make_mut(members).map.insert(user.to_owned(), m);
+            Arc::make_mut(members).insert(user.to_owned(), m);
+        }
+    }
+
+    /// Records a committed membership of `user` in `room_id` at stream position `pos`.
+    pub(super) fn set_user_room(&self, user: &UserId, room_id: &RoomId, m: Membership, pos: u64) {
+        let mut cache = self.user_rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rooms) = cache.get_mut(user) {
+            match rooms.iter_mut().find(|(r, _, _)| r == room_id) {
+                Some(entry) => *entry = (room_id.to_owned(), m, pos),
+                None => rooms.push((room_id.to_owned(), m, pos)),
+            }
+        }
+    }
+
+    /// Drops users' cached room lists (their records were removed).
+    pub(super) fn forget_user_rooms<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) {
+        let mut cache = self.user_rooms.lock().unwrap_or_else(|e| e.into_inner());
+        for user in users {
+            cache.remove(user);
         }
     }
 
@@ -155,7 +188,7 @@ impl RoomsService {
             let id = super::append::parse_event_id(&v)?;
             if let Some(pdu) = self.get_pdu(&id)? {
                 let content: Value = serde_json::from_str(pdu.content.get())?;
-                members.map.insert(user, Membership::from_content(&content));
+                members.insert(user, Membership::from_content(&content));
             }
         }
         let members = Arc::new(members);
@@ -180,6 +213,14 @@ impl RoomsService {
     /// Every room the user has a membership record in, with that membership and the
     /// stream position of the membership event.
     pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, Membership, u64)>> {
+        let mut cache = self
+            .members
+            .user_rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(rooms) = cache.get(user) {
+            return Ok(rooms.clone());
+        }
         let prefix = keys::strs(&[user.as_str()]);
         let mut out = Vec::new();
         for kv in self.storage.trees.user_rooms.scan_prefix(&prefix) {
@@ -194,6 +235,7 @@ impl RoomsService {
             let pos = record["pos"].as_u64().unwrap_or(0);
             out.push((room, m, pos));
         }
+        cache.insert(user.to_owned(), out.clone());
         Ok(out)
     }
 

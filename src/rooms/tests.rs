@@ -228,3 +228,40 @@ async fn redaction_strips_content_and_needs_power_for_others() {
     assert!(!pdu.content.get().contains("secret"));
     assert!(pdu.to_client_event()["unsigned"]["redacted_because"].is_object());
 }
+
+#[tokio::test]
+async fn cached_room_lists_follow_membership_changes() {
+    let s = services();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let public = CreateRoom {
+        preset: Some("public_chat".into()),
+        ..Default::default()
+    };
+    let first = s.rooms.create_room(&alice, public.clone()).await.unwrap();
+    // Bob's (empty) list is cached before he joins anything.
+    assert!(s.rooms.user_rooms(&bob).unwrap().is_empty());
+    s.rooms
+        .join(&first, &bob, &MemberProfile::default(), None)
+        .await
+        .unwrap();
+    let second = s.rooms.create_room(&alice, public).await.unwrap();
+    s.rooms
+        .join(&second, &bob, &MemberProfile::default(), None)
+        .await
+        .unwrap();
+    s.rooms.leave(&first, &bob, None).await.unwrap();
+    let mut rooms = s.rooms.user_rooms(&bob).unwrap();
+    rooms.sort_by_key(|a| a.2);
+    let memberships: Vec<_> = rooms.iter().map(|(r, m, _)| (r.clone(), *m)).collect();
+    assert_eq!(
+        memberships,
+        vec![
+            (second.clone(), Membership::Join),
+            (first.clone(), Membership::Leave)
+        ]
+    );
+    s.rooms.purge_room(&second).unwrap();
+    let rooms = s.rooms.user_rooms(&bob).unwrap();
+    assert_eq!(rooms.len(), 1);
+    assert_eq!(rooms[0].0, first);
+}

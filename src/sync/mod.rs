@@ -193,6 +193,14 @@ impl SyncService {
             let notified = handle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // A client that is up to date on every stream has nothing new: wait without
+            // building (the common case of a long-poll right after a delivery).
+            if since.is_some_and(|s| s == self.current_token()) && !req.full_state {
+                tokio::select! {
+                    _ = &mut notified => continue,
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
             let (response, changed) = self.build(session, since, &filter, req.full_state)?;
             if changed || since.is_none() || req.full_state {
                 return Ok(response);
@@ -204,6 +212,16 @@ impl SyncService {
         }
     }
 
+    /// The positions of every stream now.
+    fn current_token(&self) -> SyncToken {
+        SyncToken {
+            timeline: self.rooms.current_pos(),
+            ephemeral: self.rooms.current_ephemeral_pos(),
+            userdata: self.users.current_userdata_pos(),
+            e2ee: self.e2ee.current_pos(),
+        }
+    }
+
     fn build(
         &self,
         session: &Session,
@@ -212,12 +230,7 @@ impl SyncService {
         full_state: bool,
     ) -> Result<(Value, bool)> {
         let user = &session.user_id;
-        let now = SyncToken {
-            timeline: self.rooms.current_pos(),
-            ephemeral: self.rooms.current_ephemeral_pos(),
-            userdata: self.users.current_userdata_pos(),
-            e2ee: self.e2ee.current_pos(),
-        };
+        let now = self.current_token();
         let since_tl = since.map(|s| s.timeline);
         let (global_data, room_data) = self
             .users
