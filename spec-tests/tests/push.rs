@@ -188,6 +188,38 @@ async fn notification_counts_highlights_and_list() -> anyhow::Result<()> {
         .ok()?;
     assert_eq!(page2["notifications"].as_array().unwrap().len(), 2);
 
+    // a second room: the list merges rooms newest first, and pages across them
+    let other = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&other).await?;
+    carol.join(&other).await?;
+    let latest = alice.say(&other, "elsewhere").await?;
+    let list = bob.get("/notifications").await?.ok()?;
+    let items = list["notifications"].as_array().unwrap();
+    assert_eq!(items.len(), 4, "{list}");
+    assert_eq!(items[0]["room_id"], other.as_str());
+    assert_eq!(items[0]["event"]["event_id"], latest.as_str());
+    assert!(items[1..].iter().all(|i| i["room_id"] == room.as_str()));
+    let first = bob.get("/notifications?limit=2").await?.ok()?;
+    let next = first["next_token"].as_str().expect("next_token");
+    let second = bob
+        .get(&format!("/notifications?limit=2&from={next}"))
+        .await?
+        .ok()?;
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["event"]["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let paged: Vec<String> = ids(&first).into_iter().chain(ids(&second)).collect();
+    assert_eq!(paged, ids(&list));
+    assert!(
+        second.get("next_token").is_none_or(|t| t.is_null()),
+        "{second}"
+    );
+
     // reading up to the mention leaves one unread
     bob.post(
         &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&mention)),
@@ -205,8 +237,10 @@ async fn notification_counts_highlights_and_list() -> anyhow::Result<()> {
         1
     );
     let list = bob.get("/notifications").await?.ok()?;
-    assert_eq!(list["notifications"][1]["read"], true);
+    // newest first: the other room's message, "@room", then the mention (read)
     assert_eq!(list["notifications"][0]["read"], false);
+    assert_eq!(list["notifications"][1]["read"], false);
+    assert_eq!(list["notifications"][2]["read"], true);
 
     // a disabled rule stops notifications: mute the room for bob with a room rule
     bob.put(

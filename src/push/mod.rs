@@ -32,23 +32,52 @@ use crate::{
     rooms::{Membership, RoomMembers, RoomsService},
     storage::{keys, Batch, Storage},
     users::UsersService,
-    Error, Result,
+    Result,
 };
 
 /// The account-data type holding a user's rules.
 pub const PUSH_RULES_TYPE: &str = "m.push_rules";
 
-/// A recorded notification of one event for one user.
+/// A recorded notification of one event for one user. One is written per recipient of
+/// every notifying event, so the stored form is short: one-letter keys, `highlight` only
+/// when set and `actions` only when not the plain `["notify"]` (records written before
+/// used the long names, which are still read).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PushRecord {
     /// The event.
+    #[serde(rename = "e", alias = "event_id")]
     pub event_id: String,
     /// Whether a `highlight` tweak applied.
+    #[serde(
+        rename = "h",
+        alias = "highlight",
+        default,
+        skip_serializing_if = "is_false"
+    )]
     pub highlight: bool,
     /// The actions of the matching rule.
+    #[serde(
+        rename = "a",
+        alias = "actions",
+        default = "notify_only",
+        skip_serializing_if = "is_notify_only"
+    )]
     pub actions: Vec<Action>,
     /// When it was recorded (ms since the epoch).
+    #[serde(rename = "t", alias = "ts")]
     pub ts: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn notify_only() -> Vec<Action> {
+    vec![Action::Notify]
+}
+
+fn is_notify_only(actions: &[Action]) -> bool {
+    matches!(actions, [Action::Notify])
 }
 
 /// A page of `/notifications`.
@@ -224,11 +253,6 @@ impl PushService {
                 &record_key(user, room_id, pos),
                 &record,
             )?;
-            batch.insert(
-                &self.storage.trees.user_notifications,
-                &keys::KeyBuilder::new().str(user.as_str()).u64(pos).build(),
-                room_id.as_bytes(),
-            );
             pushes.push((user.to_owned(), record));
         }
         if batch.is_empty() {
@@ -358,7 +382,8 @@ impl PushService {
         Ok(total)
     }
 
-    /// `/notifications`: newest first, before position `from`, at most `limit`.
+    /// `/notifications`: newest first, before position `from`, at most `limit`. The
+    /// newest records of each of the user's rooms, merged.
     pub fn notifications(
         &self,
         user: &UserId,
@@ -366,45 +391,42 @@ impl PushService {
         limit: usize,
         only_highlight: bool,
     ) -> Result<NotificationsPage> {
-        let lo = keys::KeyBuilder::new().str(user.as_str()).u64(0).build();
-        let hi = keys::KeyBuilder::new()
-            .str(user.as_str())
-            .u64(from.unwrap_or(u64::MAX))
-            .build();
-        let mut items = Vec::new();
-        let mut next = None;
-        let mut read_pos: HashMap<String, u64> = HashMap::new();
-        for kv in self.storage.trees.user_notifications.range(&lo, &hi, true) {
-            let (k, v) = kv?;
-            let pos = keys::trailing_u64(&k).unwrap_or(0);
-            if items.len() >= limit {
-                next = Some(pos + 1);
-                break;
+        let before = from.unwrap_or(u64::MAX);
+        let mut found: Vec<(u64, OwnedRoomId, PushRecord)> = Vec::new();
+        for (room_id, _, _) in self.rooms.user_rooms(user)? {
+            let lo = record_key(user, &room_id, 0);
+            let hi = record_key(user, &room_id, before);
+            let mut taken = 0;
+            for kv in self.storage.trees.push_actions.range(&lo, &hi, true) {
+                let (k, v) = kv?;
+                let Ok(record) = serde_json::from_slice::<PushRecord>(&v) else {
+                    continue;
+                };
+                if only_highlight && !record.highlight {
+                    continue;
+                }
+                found.push((keys::trailing_u64(&k).unwrap_or(0), room_id.clone(), record));
+                taken += 1;
+                if taken > limit {
+                    break;
+                }
             }
-            let room = String::from_utf8(v.to_vec()).map_err(|_| Error::internal("bad room id"))?;
-            let Ok(room_id) = <&RoomId>::try_from(room.as_str()) else {
-                continue;
-            };
-            let Some(record) = self
-                .storage
-                .trees
-                .push_actions
-                .get_json::<PushRecord>(&record_key(user, room_id, pos))?
-            else {
-                continue;
-            };
-            if only_highlight && !record.highlight {
-                continue;
-            }
-            let read = match read_pos.get(&room) {
+        }
+        found.sort_by_key(|f| std::cmp::Reverse(f.0));
+        let next = (found.len() > limit).then(|| found[limit - 1].0);
+        found.truncate(limit);
+        let mut read_pos: HashMap<OwnedRoomId, u64> = HashMap::new();
+        let mut items = Vec::with_capacity(found.len());
+        for (pos, room_id, record) in found {
+            let read = match read_pos.get(&room_id) {
                 Some(p) => *p,
                 None => {
-                    let p = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
-                    read_pos.insert(room.clone(), p);
+                    let p = self.rooms.own_read_pos(&room_id, user)?.unwrap_or(0);
+                    read_pos.insert(room_id.clone(), p);
                     p
                 }
             };
-            items.push((room, pos, record, pos <= read));
+            items.push((room_id.to_string(), pos, record, pos <= read));
         }
         Ok(NotificationsPage { items, next })
     }
@@ -529,4 +551,46 @@ fn matching_actions<'a>(
         }
     }
     Some(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_stored_short_and_old_records_still_read() {
+        let plain = PushRecord {
+            event_id: "$e".into(),
+            highlight: false,
+            actions: vec![Action::Notify],
+            ts: 7,
+        };
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"e": "$e", "t": 7})
+        );
+        let loud = PushRecord {
+            highlight: true,
+            actions: vec![
+                Action::Notify,
+                Action::SetTweak(ruma::push::Tweak::Sound("default".into())),
+            ],
+            ..plain.clone()
+        };
+        let back: PushRecord = serde_json::from_slice(&serde_json::to_vec(&loud).unwrap()).unwrap();
+        assert!(back.highlight);
+        assert_eq!(back.actions.len(), 2);
+        let back: PushRecord = serde_json::from_value(json!({"e": "$e", "t": 7})).unwrap();
+        assert!(!back.highlight);
+        assert!(matches!(back.actions.as_slice(), [Action::Notify]));
+        // The long form written by earlier versions.
+        let old: PushRecord = serde_json::from_value(json!({
+            "event_id": "$old", "highlight": true, "actions": ["notify"], "ts": 9
+        }))
+        .unwrap();
+        assert_eq!(
+            (old.event_id.as_str(), old.highlight, old.ts),
+            ("$old", true, 9)
+        );
+    }
 }

@@ -141,7 +141,8 @@ trees! {
     /// `user_id, room_id, pos(u64)` → JSON `{event_id, highlight, actions, ts}`: events
     /// that notify the user; unread counts are the entries after the user's receipt.
     push_actions = 0x70,
-    /// `user_id, pos(u64)` → `room_id`: the user's notifications in stream order.
+    /// Unused since push records are listed from `push_actions` (older data dirs may hold
+    /// entries; nothing reads them).
     user_notifications = 0x71,
     /// `user_id, app_id, pushkey` → JSON pusher.
     pushers = 0x72,
