@@ -78,14 +78,15 @@ impl Default for MediaConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// sled page cache size in MiB.
+    /// sled page cache size in MiB. sled's resident memory is a few times what it
+    /// accounts for here; the OS page cache serves what falls out of it.
     pub cache_capacity_mb: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            cache_capacity_mb: 64,
+            cache_capacity_mb: 16,
         }
     }
 }

@@ -93,7 +93,7 @@ pub struct RoomsService {
 pub type AppendHook = Box<dyn Fn(&crate::events::Pdu, u64, &RoomMembers) + Send + Sync>;
 
 /// Events kept in the read cache before it is cleared.
-const PDU_CACHE_SIZE: usize = 20_000;
+const PDU_CACHE_SIZE: usize = 4_096;
 
 impl RoomsService {
     /// Builds the service, reading the stream positions back from storage.
