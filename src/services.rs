@@ -79,6 +79,7 @@ impl Services {
             rooms.clone(),
             users.clone(),
         ));
+        push.migrate_records()?;
         push.load_pushers()?;
         // Weak: the rooms service must not keep the push service (which holds it) alive.
         let evaluate = Arc::downgrade(&push);

@@ -61,8 +61,8 @@ wait_up() {
 
 # ---- build ----
 echo "building Myelin and myelin-load (release)..." >&2
-cargo build --release --bin myelin -p myelin >&2
-cargo build --release -p spec-tests --bin myelin-load >&2
+# One cargo invocation: two would resolve features differently and rebuild shared crates.
+cargo build --release -p myelin --bin myelin -p spec-tests --bin myelin-load >&2
 load="$root/target/release/myelin-load"
 
 # ---- Synapse ----
@@ -142,7 +142,8 @@ rc_reports: {big}
 """
 open(path, "w").write(text)
 EOF
-"$venv/bin/python" -m synapse.app.homeserver --config-path "$syn_dir/homeserver.yaml" >"$work/synapse.log" 2>&1 &
+# Synapse's generated log config writes homeserver.log relative to the working directory.
+(cd "$syn_dir" && exec "$venv/bin/python" -m synapse.app.homeserver --config-path "$syn_dir/homeserver.yaml") >"$work/synapse.log" 2>&1 &
 syn_pid=$!
 pids+=("$syn_pid")
 synapse_url="http://127.0.0.1:$syn_port"

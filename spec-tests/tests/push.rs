@@ -387,3 +387,49 @@ async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn display_name_mentions_follow_renames() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
+    carol.join(&room).await?;
+    let highlights = |s: &serde_json::Value| {
+        s["rooms"]["join"][&room]["unread_notifications"]["highlight_count"].clone()
+    };
+    let rename = |name: &'static str| {
+        let path = format!("/profile/{}/displayname", enc(&carol.user_id));
+        let carol = &carol;
+        async move {
+            carol
+                .put(&path, json!({ "displayname": name }))
+                .await?
+                .ok()?;
+            anyhow::Ok(())
+        }
+    };
+    // The spec's default rules no longer match display names; carol adds a rule that
+    // does (the condition still exists).
+    carol
+        .put(
+            "/pushrules/global/override/my.name",
+            json!({"conditions": [{"kind": "contains_display_name"}],
+                   "actions": ["notify", {"set_tweak": "highlight"}]}),
+        )
+        .await?
+        .ok()?;
+    rename("Caroline").await?;
+    alice.say(&room, "over to you, Caroline").await?;
+    assert_eq!(highlights(&carol.sync("timeout=0").await?), 1);
+    rename("Carrie").await?;
+    alice.say(&room, "Caroline? anyone?").await?;
+    assert_eq!(highlights(&carol.sync("timeout=0").await?), 1);
+    alice.say(&room, "thanks Carrie").await?;
+    assert_eq!(highlights(&carol.sync("timeout=0").await?), 2);
+    // Bob's name is not in any of them.
+    assert_eq!(highlights(&bob.sync("timeout=0").await?), 0);
+    Ok(())
+}

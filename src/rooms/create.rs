@@ -300,6 +300,7 @@ impl RoomsService {
             &trees.receipts,
             &trees.receipts_log,
             &trees.room_aliases,
+            &trees.event_push,
         ] {
             for kv in tree.scan_prefix(&prefix) {
                 batch.remove(tree, &kv?.0);

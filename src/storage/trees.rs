@@ -138,12 +138,16 @@ trees! {
     delayed_txns = 0x65,
 
     // ---- push ----
-    /// `user_id, room_id, pos(u64)` → JSON `{event_id, highlight, actions, ts}`: events
-    /// that notify the user; unread counts are the entries after the user's receipt.
+    /// `user_id, room_id, pos(u64)` → JSON `{e, h, a, t}`: one record per notified user,
+    /// as written before `event_push`; moved into `event_push` at start.
     push_actions = 0x70,
     /// Unused since push records are listed from `push_actions` (older data dirs may hold
     /// entries; nothing reads them).
     user_notifications = 0x71,
     /// `user_id, app_id, pushkey` → JSON pusher.
     pushers = 0x72,
+    /// `room_id, pos(u64)` → JSON `{e: event_id, t: ts, g: [{a: actions, u: [user_id]}]}`:
+    /// who a notifying event notifies, grouped by the actions that applied. One record per
+    /// event; unread counts are the records after the user's receipt that name the user.
+    event_push = 0x73,
 }
