@@ -11,7 +11,7 @@ mod keys;
 mod to_device;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -78,6 +78,21 @@ pub struct E2eeService {
     pos_lock: Mutex<()>,
     /// Serialises read-modify-write of key backups (counts and etags stay exact).
     backup_lock: Mutex<()>,
+    /// Key counts per device as of its last key-count change position (see
+    /// [`E2eeService::key_counts`]).
+    key_counts: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), KeyCounts>>,
+}
+
+/// A device's one-time-key counts and unused fallback key types, as of the position of
+/// its last key-count change.
+#[derive(Clone, Debug, Default)]
+pub struct KeyCounts {
+    /// E2EE stream position of the last change (0: never).
+    pub changed_at: u64,
+    /// Unclaimed one-time keys per algorithm.
+    pub one_time: BTreeMap<String, u64>,
+    /// Algorithms with a fallback key not handed out yet.
+    pub unused_fallback: Vec<String>,
 }
 
 impl E2eeService {
@@ -102,6 +117,7 @@ impl E2eeService {
             pos: AtomicU64::new(pos),
             pos_lock: Mutex::new(()),
             backup_lock: Mutex::new(()),
+            key_counts: Mutex::default(),
         })
     }
 
@@ -152,6 +168,40 @@ impl E2eeService {
     }
 
     /// Whether the one-time/fallback keys of a device changed after `since`.
+    /// The key counts of a device for `/sync`. Every change of a device's keys records a
+    /// new position (uploads in the same batch, claims right after taking the key), and
+    /// the position is read before the keys: a cached entry is reused only while the
+    /// position is unchanged, so a sync reads one record instead of scanning the keys.
+    pub fn key_counts(&self, user: &UserId, device: &DeviceId) -> Result<KeyCounts> {
+        let changed_at = self
+            .storage
+            .trees
+            .key_count_changes
+            .get(&skeys::strs(&[user.as_str(), device.as_str()]))?
+            .and_then(|v| skeys::leading_u64(&v))
+            .unwrap_or(0);
+        let key = (user.to_owned(), device.to_owned());
+        if let Some(cached) = self
+            .key_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|c| c.changed_at == changed_at)
+        {
+            return Ok(cached.clone());
+        }
+        let counts = KeyCounts {
+            changed_at,
+            one_time: self.one_time_key_counts(user, device)?,
+            unused_fallback: self.unused_fallback_key_types(user, device)?,
+        };
+        self.key_counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, counts.clone());
+        Ok(counts)
+    }
+
     pub fn key_counts_changed_since(
         &self,
         user: &UserId,

@@ -87,10 +87,15 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
         )
         .unwrap();
     assert_eq!(counts["signed_curve25519"], 2);
+    // `key_counts` (what /sync reads) is cached per device: every check below also
+    // proves the cache follows claims and uploads.
+    let cached = |s: &Services| s.e2ee.key_counts(&alice, &dev).unwrap();
+    assert_eq!(cached(&s).one_time["signed_curve25519"], 2);
     assert_eq!(
         s.e2ee.unused_fallback_key_types(&alice, &dev).unwrap(),
         vec!["signed_curve25519"]
     );
+    assert_eq!(cached(&s).unused_fallback, vec!["signed_curve25519"]);
 
     let request = BTreeMap::from([(
         alice.clone(),
@@ -113,6 +118,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
         s.e2ee.one_time_key_counts(&alice, &dev).unwrap()["signed_curve25519"],
         0
     );
+    assert_eq!(cached(&s).one_time["signed_curve25519"], 0);
 
     // No one-time key left: the fallback key, marked used, and again on the next claim.
     for _ in 0..2 {
@@ -124,6 +130,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
         .unused_fallback_key_types(&alice, &dev)
         .unwrap()
         .is_empty());
+    assert!(cached(&s).unused_fallback.is_empty());
 
     // Re-uploading the same fallback key keeps it used; a new one is unused.
     s.e2ee
@@ -153,6 +160,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
         s.e2ee.unused_fallback_key_types(&alice, &dev).unwrap(),
         vec!["signed_curve25519"]
     );
+    assert_eq!(cached(&s).unused_fallback, vec!["signed_curve25519"]);
 
     // Unknown devices and algorithms give nothing.
     let other = BTreeMap::from([(

@@ -388,6 +388,7 @@ impl SyncService {
         if let Some(pos) = to_device.limited_at {
             next.e2ee = pos;
         }
+        let counts = self.e2ee.key_counts(user, device)?;
         let (device_lists, counts_changed) = match since {
             Some(s) => {
                 let from = StreamPoint {
@@ -400,8 +401,7 @@ impl SyncService {
                 };
                 (
                     self.e2ee.device_list_changes(user, from, to)?,
-                    self.e2ee
-                        .key_counts_changed_since(user, device, from.e2ee)?,
+                    counts.changed_at > from.e2ee,
                 )
             }
             None => (DeviceListChanges::default(), false),
@@ -410,8 +410,8 @@ impl SyncService {
             changed: !to_device.events.is_empty() || !device_lists.is_empty() || counts_changed,
             to_device: to_device.events,
             device_lists,
-            one_time_key_counts: self.e2ee.one_time_key_counts(user, device)?,
-            unused_fallback_key_types: self.e2ee.unused_fallback_key_types(user, device)?,
+            one_time_key_counts: counts.one_time,
+            unused_fallback_key_types: counts.unused_fallback,
             next,
         })
     }

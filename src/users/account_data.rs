@@ -99,7 +99,7 @@ impl UsersService {
         }
         let trees = &self.storage.trees;
         let key = data_key(user, room, kind);
-        self.commit_with_pos(|pos, batch| {
+        let fill = |pos, batch: &mut crate::storage::Batch| {
             if let Some(old) = trees.account_data.get_json::<Stored>(&key)? {
                 batch.remove(&trees.account_data_log, &log_key(user, old.pos));
             }
@@ -110,6 +110,14 @@ impl UsersService {
                 &keys::strs(&[room.map_or("", |r| r.as_str()), kind]),
             );
             Ok(())
+        };
+        // Indexed before the position becomes visible: a sync that sees the position
+        // also sees the change.
+        self.commit_with_pos_then(fill, |pos| {
+            self.account_data_changes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(user.to_owned(), pos);
         })?;
         self.changed(user);
         Ok(())
@@ -144,6 +152,16 @@ impl UsersService {
                 let stored: Stored = serde_json::from_slice(&value)?;
                 add_change(&mut out, room, kind, stored.content);
             }
+            return Ok(out);
+        }
+        let last_change = self
+            .account_data_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .copied()
+            .unwrap_or(self.started_pos);
+        if last_change <= since {
             return Ok(out);
         }
         let from = log_key(user, since.saturating_add(1));
@@ -261,7 +279,25 @@ mod tests {
         s.set_account_data(&alice, None, "x", json!({}))
             .await
             .unwrap();
+        s.set_account_data(&alice, None, "y", json!({"v": 2}))
+            .await
+            .unwrap();
         let again = crate::users::UsersService::new(s.config.clone(), s.storage.clone()).unwrap();
-        assert_eq!(again.current_userdata_pos(), 1);
+        assert_eq!(again.current_userdata_pos(), 2);
+        // Changes from before the restart are found for older tokens (the in-memory
+        // change index starts empty).
+        let (global, _) = again.account_data_since(&alice, 1).unwrap();
+        assert_eq!(global, vec![("y".to_owned(), json!({"v": 2}))]);
+        assert!(again.account_data_since(&alice, 2).unwrap().0.is_empty());
+        // And changes after it, for tokens from before or after it.
+        let bob = again.create_user("bob", None, false).unwrap();
+        again
+            .set_account_data(&bob, None, "z", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(again.account_data_since(&bob, 2).unwrap().0.len(), 1);
+        assert_eq!(again.account_data_since(&bob, 1).unwrap().0.len(), 1);
+        assert!(again.account_data_since(&bob, 3).unwrap().0.is_empty());
+        assert!(again.account_data_since(&alice, 2).unwrap().0.is_empty());
     }
 }

@@ -14,6 +14,7 @@ mod tokens;
 mod uia;
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
@@ -85,6 +86,12 @@ pub struct UsersService {
     /// Who changed presence at which user-data position (newest change per user), so a
     /// sync finds the changes since its token without reading everyone's record.
     presence_changes: Mutex<presence::ChangeIndex>,
+    /// The user-data position when the service started: no account data changed after
+    /// it except what `account_data_changes` lists.
+    started_pos: u64,
+    /// Position of each user's newest account-data change since the start, so a sync of
+    /// a user whose account data did not change reads nothing.
+    account_data_changes: Mutex<HashMap<OwnedUserId, u64>>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -118,6 +125,8 @@ impl UsersService {
             nonces: Mutex::default(),
             on_devices_changed: OnceLock::new(),
             presence_changes: Mutex::default(),
+            started_pos: pos,
+            account_data_changes: Mutex::default(),
         };
         service.purge_expired_uia()?;
         service.load_presence_changes()?;
@@ -174,13 +183,9 @@ impl UsersService {
     }
 
     /// Allocates the next stream position, lets `fill` add writes that use it, and commits
-    /// them together with the new position. Positions become visible in order.
-    fn commit_with_pos(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<()>) -> Result<u64> {
-        self.commit_with_pos_then(fill, |_| {})
-    }
-
-    /// [`Self::commit_with_pos`], running `committed` after the commit and before the
-    /// position becomes visible (for in-memory indexes readers must find complete).
+    /// them together with the new position; runs `committed` after the commit and before
+    /// the position becomes visible (for in-memory indexes readers must find complete).
+    /// Positions become visible in order.
     fn commit_with_pos_then(
         &self,
         fill: impl FnOnce(u64, &mut Batch) -> Result<()>,
