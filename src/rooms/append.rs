@@ -10,7 +10,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{members::Membership, RoomGuard, RoomsService};
+use super::{members::Membership, read::RecentEvents, RoomGuard, RoomsService};
 use crate::{
     events::{self, Pdu},
     storage::{keys, Batch},
@@ -249,6 +249,12 @@ impl RoomsService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(room_id.to_owned(), (event_id.clone(), pdu.depth));
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(room_id.to_owned())
+                .or_insert_with(|| RecentEvents::starting_at(pos))
+                .push(pos, event_id.clone());
             *last = pos;
             self.stream_pos.store(pos, Ordering::Release);
             pos

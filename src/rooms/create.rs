@@ -326,6 +326,10 @@ impl RoomsService {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(room_id);
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room_id);
         Ok(())
     }
 }

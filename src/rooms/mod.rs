@@ -81,6 +81,9 @@ pub struct RoomsService {
     /// The newest event of each room touched since start: id and depth (the next event's
     /// `prev_events` and depth), so sending does not scan storage backwards.
     tips: Mutex<HashMap<OwnedRoomId, (ruma::OwnedEventId, u64)>>,
+    /// The newest timeline entries of each room appended to since start (see
+    /// [`read::RecentEvents`]): incremental syncs read them without a storage scan.
+    recent: Mutex<HashMap<OwnedRoomId, read::RecentEvents>>,
     /// Recently read events.
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
     /// Run for every event right after it is committed (push rule evaluation).
@@ -130,6 +133,7 @@ impl RoomsService {
             typing: ephemeral::TypingState::default(),
             receipts_lock: Mutex::default(),
             tips: Mutex::default(),
+            recent: Mutex::default(),
             pdu_cache: Mutex::default(),
             on_append: std::sync::OnceLock::new(),
             on_state: std::sync::OnceLock::new(),

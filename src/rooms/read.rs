@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use ruma::{EventId, RoomId, UserId};
+use ruma::{EventId, OwnedEventId, RoomId, UserId};
 use serde_json::Value;
 
 use super::{append::parse_event_id, members::Membership, RoomsService};
@@ -178,6 +178,47 @@ impl RoomsService {
     /// Timeline events with `lo < pos <= hi`, in the given direction, up to `limit`
     /// matching `filter`. Returns the events with positions and whether it stopped early.
     pub fn timeline_range(
+        &self,
+        room_id: &RoomId,
+        lo: u64,
+        hi: u64,
+        dir: Direction,
+        limit: usize,
+        filter: Option<&EventFilter>,
+    ) -> Result<(Vec<(u64, Arc<Pdu>)>, bool)> {
+        // The newest entries of a busy room are in memory: an incremental sync reads
+        // those without a storage scan.
+        let recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+            .and_then(|r| r.range(lo, hi));
+        let Some(entries) = recent else {
+            return self.timeline_range_stored(room_id, lo, hi, dir, limit, filter);
+        };
+        let mut out = Vec::new();
+        let mut ordered: Box<dyn Iterator<Item = &(u64, OwnedEventId)>> = match dir {
+            Direction::Forward => Box::new(entries.iter()),
+            Direction::Backward => Box::new(entries.iter().rev()),
+        };
+        for (pos, id) in ordered.by_ref() {
+            let Some(pdu) = self.get_pdu(id)? else {
+                continue;
+            };
+            if filter.is_none_or(|f| f.allows(&pdu)) {
+                out.push((*pos, pdu));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let more = out.len() >= limit && ordered.next().is_some();
+        Ok((out, more))
+    }
+
+    /// [`Self::timeline_range`] read from storage.
+    pub(super) fn timeline_range_stored(
         &self,
         room_id: &RoomId,
         lo: u64,
@@ -369,5 +410,51 @@ mod tests {
     fn glob_matches_prefix_wildcards() {
         assert!(glob("m.room.*", "m.room.message"));
         assert!(!glob("m.room.message", "m.room.member"));
+    }
+}
+
+/// The newest timeline entries of one room, in position order: every event of the room
+/// after `complete_after` is here (the window starts at the room's first append since
+/// start and keeps the newest [`RecentEvents::CAPACITY`]).
+#[derive(Debug)]
+pub(super) struct RecentEvents {
+    complete_after: u64,
+    entries: std::collections::VecDeque<(u64, OwnedEventId)>,
+}
+
+impl RecentEvents {
+    /// Entries kept per room.
+    const CAPACITY: usize = 16;
+
+    /// A window whose first entry will be at `pos`.
+    pub(super) fn starting_at(pos: u64) -> RecentEvents {
+        RecentEvents {
+            complete_after: pos.saturating_sub(1),
+            entries: Default::default(),
+        }
+    }
+
+    /// Adds the room's next event.
+    pub(super) fn push(&mut self, pos: u64, id: OwnedEventId) {
+        if self.entries.len() >= Self::CAPACITY {
+            if let Some((old, _)) = self.entries.pop_front() {
+                self.complete_after = old;
+            }
+        }
+        self.entries.push_back((pos, id));
+    }
+
+    /// The entries with `lo < pos <= hi`, when the window holds all of them.
+    pub(super) fn range(&self, lo: u64, hi: u64) -> Option<Vec<(u64, OwnedEventId)>> {
+        if lo < self.complete_after {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .filter(|(p, _)| *p > lo && *p <= hi)
+                .cloned()
+                .collect(),
+        )
     }
 }

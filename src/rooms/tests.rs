@@ -265,3 +265,69 @@ async fn cached_room_lists_follow_membership_changes() {
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0].0, first);
 }
+
+#[tokio::test]
+async fn recent_window_answers_like_storage() {
+    let s = services();
+    let alice = user("alice");
+    let room = s
+        .rooms
+        .create_room(&alice, CreateRoom::default())
+        .await
+        .unwrap();
+    // Interleave another room so positions are not contiguous, and go well past the
+    // window's capacity.
+    let other = s
+        .rooms
+        .create_room(&alice, CreateRoom::default())
+        .await
+        .unwrap();
+    for i in 0..40 {
+        send_text(&s, &room, &alice, &format!("m{i}"))
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            send_text(&s, &other, &alice, "x").await.unwrap();
+        }
+    }
+    let members = EventFilter::from_json(&json!({ "types": ["m.room.member"] }));
+    let messages = EventFilter::from_json(&json!({ "types": ["m.room.message"] }));
+    let now = s.rooms.current_pos();
+    let mut from_memory = 0;
+    for lo in (0..=now).step_by(3) {
+        for hi in [lo, lo + 1, lo + 5, now.saturating_sub(1), now, now + 3] {
+            for dir in [Direction::Forward, Direction::Backward] {
+                for limit in [1, 2, 5, 100] {
+                    for filter in [None, Some(&members), Some(&messages)] {
+                        let fast = s.rooms.timeline_range(&room, lo, hi, dir, limit, filter);
+                        let stored = s
+                            .rooms
+                            .timeline_range_stored(&room, lo, hi, dir, limit, filter);
+                        let ids = |r: Result<(Vec<(u64, Arc<crate::events::Pdu>)>, bool)>| {
+                            let (events, more) = r.unwrap();
+                            let ids: Vec<(u64, String)> = events
+                                .iter()
+                                .map(|(p, e)| (*p, e.event_id.to_string()))
+                                .collect();
+                            (ids, more)
+                        };
+                        assert_eq!(
+                            ids(fast),
+                            ids(stored),
+                            "lo {lo} hi {hi} {dir:?} limit {limit} filter {}",
+                            filter.is_some()
+                        );
+                    }
+                }
+            }
+            let window = s.rooms.recent.lock().unwrap();
+            if window.get(&room).unwrap().range(lo, hi).is_some() {
+                from_memory += 1;
+            }
+        }
+    }
+    assert!(from_memory > 10, "the window answered {from_memory} ranges");
+    // Purging the room drops its window.
+    s.rooms.purge_room(&room).unwrap();
+    assert!(s.rooms.recent.lock().unwrap().get(&room).is_none());
+}
