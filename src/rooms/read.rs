@@ -197,24 +197,11 @@ impl RoomsService {
         let Some(entries) = recent else {
             return self.timeline_range_stored(room_id, lo, hi, dir, limit, filter);
         };
-        let mut out = Vec::new();
-        let mut ordered: Box<dyn Iterator<Item = &(u64, OwnedEventId)>> = match dir {
-            Direction::Forward => Box::new(entries.iter()),
-            Direction::Backward => Box::new(entries.iter().rev()),
-        };
-        for (pos, id) in ordered.by_ref() {
-            let Some(pdu) = self.get_pdu(id)? else {
-                continue;
-            };
-            if filter.is_none_or(|f| f.allows(&pdu)) {
-                out.push((*pos, pdu));
-                if out.len() >= limit {
-                    break;
-                }
-            }
+        let entries = entries.into_iter().map(Ok);
+        match dir {
+            Direction::Forward => self.take_events(entries, limit, filter),
+            Direction::Backward => self.take_events(entries.rev(), limit, filter),
         }
-        let more = out.len() >= limit && ordered.next().is_some();
-        Ok((out, more))
     }
 
     /// [`Self::timeline_range`] read from storage.
@@ -235,19 +222,33 @@ impl RoomsService {
             .str(room_id.as_str())
             .u64(hi.saturating_add(1).max(1))
             .build();
-        let mut out = Vec::new();
         if lo >= hi {
-            return Ok((out, false));
+            return Ok((Vec::new(), false));
         }
-        let mut iter =
-            self.storage
-                .trees
-                .room_timeline
-                .range(&from, &to, dir == Direction::Backward);
-        for kv in iter.by_ref() {
-            let (k, v) = kv?;
-            let pos = keys::trailing_u64(&k).unwrap_or(0);
-            let Some(pdu) = self.get_pdu(&parse_event_id(&v)?)? else {
+        let entries = self
+            .storage
+            .trees
+            .room_timeline
+            .range(&from, &to, dir == Direction::Backward)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((keys::trailing_u64(&k).unwrap_or(0), parse_event_id(&v)?))
+            });
+        self.take_events(entries, limit, filter)
+    }
+
+    /// Loads timeline entries in the order given, keeping up to `limit` events that pass
+    /// `filter`; also says whether entries were left over.
+    fn take_events(
+        &self,
+        mut entries: impl Iterator<Item = Result<(u64, OwnedEventId)>>,
+        limit: usize,
+        filter: Option<&EventFilter>,
+    ) -> Result<(Vec<(u64, Arc<Pdu>)>, bool)> {
+        let mut out = Vec::new();
+        for entry in entries.by_ref() {
+            let (pos, id) = entry?;
+            let Some(pdu) = self.get_pdu(&id)? else {
                 continue;
             };
             if filter.is_none_or(|f| f.allows(&pdu)) {
@@ -257,7 +258,7 @@ impl RoomsService {
                 }
             }
         }
-        let more = out.len() >= limit && iter.next().is_some();
+        let more = out.len() >= limit && entries.next().is_some();
         Ok((out, more))
     }
 
