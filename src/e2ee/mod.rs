@@ -85,7 +85,7 @@ pub struct E2eeService {
 
 /// A device's one-time-key counts and unused fallback key types, as of the position of
 /// its last key-count change.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct KeyCounts {
     /// E2EE stream position of the last change (0: never).
     pub changed_at: u64,
@@ -167,7 +167,6 @@ impl E2eeService {
         );
     }
 
-    /// Whether the one-time/fallback keys of a device changed after `since`.
     /// The key counts of a device for `/sync`. Every change of a device's keys records a
     /// new position (uploads in the same batch, claims right after taking the key), and
     /// the position is read before the keys: a cached entry is reused only while the
@@ -200,21 +199,6 @@ impl E2eeService {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, counts.clone());
         Ok(counts)
-    }
-
-    pub fn key_counts_changed_since(
-        &self,
-        user: &UserId,
-        device: &DeviceId,
-        since: u64,
-    ) -> Result<bool> {
-        Ok(self
-            .storage
-            .trees
-            .key_count_changes
-            .get(&skeys::strs(&[user.as_str(), device.as_str()]))?
-            .and_then(|v| skeys::leading_u64(&v))
-            .is_some_and(|p| p > since))
     }
 
     /// Users sharing a joined room with `user`, and `user`.

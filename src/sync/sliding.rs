@@ -737,6 +737,7 @@ impl SyncService {
             );
         }
         if enabled("e2ee") {
+            let counts = self.e2ee.key_counts(user, device)?;
             let (lists, counts_changed) = match since {
                 Some(s) => {
                     let from = StreamPoint {
@@ -749,19 +750,18 @@ impl SyncService {
                     };
                     (
                         self.e2ee.device_list_changes(user, from, to)?,
-                        self.e2ee.key_counts_changed_since(user, device, s.e2ee)?,
+                        counts.changed_at > s.e2ee,
                     )
                 }
                 None => (DeviceListChanges::default(), false),
             };
             changed |= !lists.is_empty() || counts_changed;
-            let fallback = self.e2ee.unused_fallback_key_types(user, device)?;
             out.insert(
                 "e2ee".into(),
                 json!({
                     "device_lists": { "changed": lists.changed, "left": lists.left },
-                    "device_one_time_keys_count": self.e2ee.one_time_key_counts(user, device)?,
-                    "device_unused_fallback_key_types": fallback,
+                    "device_one_time_keys_count": counts.one_time,
+                    "device_unused_fallback_key_types": counts.unused_fallback,
                 }),
             );
         }
