@@ -179,7 +179,7 @@ pub struct PushService {
     /// lookup when an event is pushed. Only grows while running; rebuilt at start.
     with_pushers: Mutex<HashSet<OwnedUserId>>,
     /// Display names per (room, member), dropped at the member's next membership event.
-    names: Mutex<HashMap<(OwnedRoomId, OwnedUserId), String>>,
+    names: Mutex<HashMap<OwnedRoomId, HashMap<OwnedUserId, String>>>,
     gateway: gateway::Gateway,
 }
 
@@ -331,10 +331,14 @@ impl PushService {
                 .and_then(|k| <&UserId>::try_from(k).ok())
             {
                 // A membership event may change the display name.
-                self.names
+                if let Some(room) = self
+                    .names
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .remove(&(room_id.to_owned(), target.to_owned()));
+                    .get_mut(room_id)
+                {
+                    room.remove(target);
+                }
                 if members.get(target) == Some(Membership::Invite) && target != pdu.sender {
                     joined.push(target);
                 }
@@ -373,15 +377,7 @@ impl PushService {
                 continue;
             }
             record.add(user, actions);
-            pushes.push((
-                user.to_owned(),
-                PushRecord {
-                    event_id: record.event_id.clone(),
-                    highlight: actions.iter().any(Action::is_highlight),
-                    actions: actions.to_vec(),
-                    ts: record.ts,
-                },
-            ));
+            pushes.push((user, actions.iter().any(Action::is_highlight)));
         }
         if pushes.is_empty() {
             return Ok(());
@@ -395,22 +391,26 @@ impl PushService {
             )?;
             let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
             self.storage.commit(batch)?;
-            for (user, record) in &pushes {
-                if let Some(counts) = unread.get_mut(&(user.clone(), room_id.clone())) {
+            for &(user, highlight) in &pushes {
+                if let Some(counts) = unread.get_mut(&(user.to_owned(), room_id.clone())) {
                     counts.1 += 1;
-                    counts.2 += u64::from(record.highlight);
+                    counts.2 += u64::from(highlight);
                 }
             }
         }
-        for (user, record) in pushes {
-            if !self.may_have_pushers(&user) {
+        for (user, _) in pushes {
+            if !self.may_have_pushers(user) {
                 continue;
             }
-            let pushers = self.pushers(&user)?;
+            let pushers = self.pushers(user)?;
             if pushers.is_empty() {
                 continue;
             }
-            let unread = self.total_unread(&user)?;
+            // The user's own view of the event's record, for the push payload.
+            let Some(record) = record.for_user(user) else {
+                continue;
+            };
+            let unread = self.total_unread(user)?;
             let room_name = self
                 .rooms
                 .state_content(room_id, "m.room.name", "")?
@@ -418,7 +418,7 @@ impl PushService {
             let sender_name = self.display_name(room_id, &pdu.sender).ok();
             for pusher in pushers {
                 self.gateway.queue(gateway::Job::new(
-                    &user,
+                    user,
                     pusher,
                     &event_json,
                     &record,
@@ -472,12 +472,12 @@ impl PushService {
     /// The member's display name in the room (for the `contains_display_name`
     /// condition), cached until their next membership event.
     fn display_name(&self, room_id: &RoomId, user: &UserId) -> Result<String> {
-        let key = (room_id.to_owned(), user.to_owned());
         if let Some(name) = self
             .names
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(room_id)
+            .and_then(|room| room.get(user))
         {
             return Ok(name.clone());
         }
@@ -489,7 +489,9 @@ impl PushService {
         self.names
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, name.clone());
+            .entry(room_id.to_owned())
+            .or_default()
+            .insert(user.to_owned(), name.clone());
         Ok(name)
     }
 
