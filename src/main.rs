@@ -146,6 +146,12 @@ fn user_command(config: Config, action: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Test builds read failpoints from `FAILPOINTS` (`name=action;...`) at start.
+    #[cfg(feature = "test-hooks")]
+    let _failpoints = {
+        tracing::warn!("built with test hooks (failpoints, /_myelin/test): not for production");
+        fail::FailScenario::setup()
+    };
     let listen = config.listen;
     let services = Services::open(config).context("opening the data dir")?;
     services.start_background();

@@ -11,7 +11,8 @@ use crate::{
     rooms::RoomsService,
     rtc::{LiveKitKeys, RtcService},
     storage::Storage,
-    sync::{notifier::Notifier, SyncService},
+    pipeline::Notifier,
+    sync::SyncService,
     users::UsersService,
     Result,
 };

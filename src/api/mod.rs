@@ -7,6 +7,8 @@ mod guest;
 mod rtc_service;
 pub mod ruma;
 mod server_keys;
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
 
 use std::sync::Arc;
 
@@ -28,7 +30,10 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_origin(Any)
         .allow_methods(Any)
         .allow_headers(Any);
-    admin::routes(rtc_service::routes(server_keys::routes(client::routes())))
+    let routes = admin::routes(rtc_service::routes(server_keys::routes(client::routes())));
+    #[cfg(feature = "test-hooks")]
+    let routes = test_hooks::routes(routes);
+    routes
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)

@@ -30,7 +30,7 @@ pub use self::{
     state::{PowerLevels, StateMap},
 };
 use crate::{
-    config::Config, events::keys::ServerKeys, storage::Storage, sync::notifier::Notifier, Error,
+    config::Config, events::keys::ServerKeys, storage::Storage, pipeline::Notifier, Error,
     Result,
 };
 

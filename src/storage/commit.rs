@@ -54,7 +54,12 @@ impl GroupCommit {
                     let Some(engine) = engine.upgrade() else {
                         return;
                     };
-                    let result = tokio::task::spawn_blocking(move || engine.flush())
+                    let result = tokio::task::spawn_blocking(move || {
+                        // Tests hold every flush here (`pause`) to see what readers see
+                        // of writes that are not yet durable.
+                        fail::fail_point!("storage.flush");
+                        engine.flush()
+                    })
                         .await
                         .map_err(|e| Error::internal(e.to_string()))
                         .and_then(|r| r);

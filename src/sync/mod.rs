@@ -1,8 +1,7 @@
-//! `/sync`: stream positions, the per-user notifier and response assembly. A sync token
+//! `/sync`: stream positions and response assembly. A sync token
 //! is `s{timeline}_{ephemeral}_{userdata}_{e2ee}`: one position per stream (tokens with
 //! fewer parts, from older servers, read the missing ones as 0).
 
-pub mod notifier;
 pub mod sliding;
 
 use std::{
@@ -136,7 +135,7 @@ pub struct SyncService {
     rooms: Arc<RoomsService>,
     users: Arc<UsersService>,
     e2ee: Arc<E2eeService>,
-    notifier: Arc<notifier::Notifier>,
+    notifier: Arc<crate::pipeline::Notifier>,
     push: Arc<PushService>,
     /// Sliding sync connections.
     connections: sliding::Connections,
@@ -164,7 +163,7 @@ impl SyncService {
         rooms: Arc<RoomsService>,
         users: Arc<UsersService>,
         e2ee: Arc<E2eeService>,
-        notifier: Arc<notifier::Notifier>,
+        notifier: Arc<crate::pipeline::Notifier>,
         push: Arc<PushService>,
     ) -> SyncService {
         SyncService {
@@ -196,6 +195,7 @@ impl SyncService {
             // A client that is up to date on every stream has nothing new: wait without
             // building (the common case of a long-poll right after a delivery).
             if since.is_some_and(|s| s == self.current_token()) && !req.full_state {
+                let _parked = self.notifier.park(user);
                 tokio::select! {
                     _ = &mut notified => continue,
                     _ = tokio::time::sleep_until(deadline) => {}
@@ -205,6 +205,7 @@ impl SyncService {
             if changed || since.is_none() || req.full_state {
                 return Ok(response);
             }
+            let _parked = self.notifier.park(user);
             tokio::select! {
                 _ = &mut notified => continue,
                 _ = tokio::time::sleep_until(deadline) => return Ok(response),

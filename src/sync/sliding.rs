@@ -200,6 +200,7 @@ impl SyncService {
                 }
                 return Ok(response);
             }
+            let _parked = self.notifier.park(user);
             tokio::select! {
                 _ = &mut notified => continue,
                 _ = tokio::time::sleep_until(deadline) => continue,

@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use ruma::{OwnedUserId, UserId};
@@ -13,6 +16,28 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct Notifier {
     users: Mutex<HashMap<OwnedUserId, Arc<Notify>>>,
+    /// Long-polls parked right now, per user (for tests and metrics).
+    parked: Mutex<HashMap<OwnedUserId, usize>>,
+    parked_total: AtomicUsize,
+}
+
+/// Counts a parked long-poll while it lives (see [`Notifier::park`]).
+pub struct Parked<'a> {
+    notifier: &'a Notifier,
+    user: OwnedUserId,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        let mut parked = self.notifier.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = parked.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                parked.remove(&self.user);
+            }
+        }
+        self.notifier.parked_total.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Notifier {
@@ -42,6 +67,37 @@ impl Notifier {
     pub fn notify_user(&self, user: &UserId) {
         self.notify(std::iter::once(user));
     }
+
+    /// Marks a long-poll of `user` as parked (waiting for a wake-up, nothing to send yet)
+    /// until the guard is dropped.
+    pub fn park(&self, user: &UserId) -> Parked<'_> {
+        *self
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user.to_owned())
+            .or_default() += 1;
+        self.parked_total.fetch_add(1, Ordering::Relaxed);
+        Parked {
+            notifier: self,
+            user: user.to_owned(),
+        }
+    }
+
+    /// How many long-polls of `user` are parked now.
+    pub fn parked(&self, user: &UserId) -> usize {
+        self.parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many long-polls are parked now, over all users.
+    pub fn parked_total(&self) -> usize {
+        self.parked_total.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +126,18 @@ mod tests {
                 .is_err(),
             "bob not woken"
         );
+    }
+
+    #[test]
+    fn parked_counts_follow_the_guards() {
+        let n = Notifier::new();
+        let alice: OwnedUserId = "@alice:x".try_into().unwrap();
+        let first = n.park(&alice);
+        let second = n.park(&alice);
+        assert_eq!((n.parked(&alice), n.parked_total()), (2, 2));
+        drop(first);
+        assert_eq!(n.parked(&alice), 1);
+        drop(second);
+        assert_eq!((n.parked(&alice), n.parked_total()), (0, 0));
     }
 }

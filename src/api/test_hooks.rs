@@ -1,0 +1,59 @@
+//! Test-only endpoints, compiled with the `test-hooks` feature (never in release builds):
+//! the black-box tests use them to know that a long-poll is parked and to hold the server
+//! at a failpoint.
+//!
+//! - `GET /_myelin/test/parked/{userId}` → `{"parked": n}`: long-polls of the user waiting
+//!   for a wake-up right now.
+//! - `PUT /_myelin/test/failpoints/{name}` with `{"actions": "pause"}` (the `fail` crate's
+//!   action syntax) configures a failpoint; `DELETE` removes it (a paused thread resumes).
+
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, State},
+    routing::{get, put},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{services::Services, Error, Result};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router
+        .route("/_myelin/test/parked/{user_id}", get(parked))
+        .route(
+            "/_myelin/test/failpoints/{name}",
+            put(set_failpoint).delete(remove_failpoint),
+        )
+}
+
+/// `GET /_myelin/test/parked/{userId}`
+async fn parked(
+    State(services): State<Arc<Services>>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Value>> {
+    let user = ruma::UserId::parse(user_id.as_str())
+        .map_err(|e| Error::invalid_param(format!("user id: {e}")))?;
+    Ok(Json(json!({ "parked": services.notifier.parked(&user) })))
+}
+
+#[derive(Deserialize)]
+struct FailpointBody {
+    actions: String,
+}
+
+/// `PUT /_myelin/test/failpoints/{name}`
+async fn set_failpoint(
+    Path(name): Path<String>,
+    Json(body): Json<FailpointBody>,
+) -> Result<Json<Value>> {
+    fail::cfg(name, &body.actions).map_err(Error::invalid_param)?;
+    Ok(Json(json!({})))
+}
+
+/// `DELETE /_myelin/test/failpoints/{name}`
+async fn remove_failpoint(Path(name): Path<String>) -> Json<Value> {
+    fail::remove(name);
+    Json(json!({}))
+}

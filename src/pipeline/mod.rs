@@ -1,0 +1,5 @@
+//! What happens around an append: the per-user [`Notifier`] that wakes long-polling syncs.
+
+mod notifier;
+
+pub use self::notifier::{Notifier, Parked};
