@@ -12,6 +12,7 @@ pub mod rooms;
 pub mod rtc;
 pub mod services;
 pub mod storage;
+pub mod stream;
 pub mod sync;
 pub mod users;
 

@@ -7,11 +7,12 @@ use crate::{
     e2ee::E2eeService,
     events::keys::ServerKeys,
     media::MediaService,
-    push::PushService,
+    pipeline::{Pipeline, SyncNotifier},
+    push::{PushConsumer, PushService},
     rooms::RoomsService,
-    rtc::{LiveKitKeys, RtcService},
+    rtc::{delayed::DelayedEventsConsumer, LiveKitKeys, RtcService},
     storage::Storage,
-    pipeline::Notifier,
+    stream::Notifier,
     sync::SyncService,
     users::UsersService,
     Result,
@@ -41,6 +42,8 @@ pub struct Services {
     pub media: Arc<MediaService>,
     /// MatrixRTC: OpenID, SFU tokens, delayed events.
     pub rtc: Arc<RtcService>,
+    /// The consumers that follow every durable event.
+    pub pipeline: Arc<Pipeline>,
 }
 
 impl Services {
@@ -63,11 +66,14 @@ impl Services {
         let keys = Arc::new(keys);
         let notifier = Arc::new(Notifier::new());
         let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
+        // Room policies (room kinds) join this list.
+        let policies = Vec::new();
         let rooms = Arc::new(RoomsService::new(
             config.clone(),
             storage.clone(),
             keys.clone(),
             notifier.clone(),
+            policies,
         )?);
         let e2ee = Arc::new(E2eeService::new(
             storage.clone(),
@@ -82,15 +88,6 @@ impl Services {
         ));
         push.migrate_records()?;
         push.load_pushers()?;
-        // Weak: the rooms service must not keep the push service (which holds it) alive.
-        let evaluate = Arc::downgrade(&push);
-        rooms.set_on_append(Box::new(move |pdu, pos, members| {
-            if let Some(push) = evaluate.upgrade() {
-                if let Err(e) = push.process_event(pdu, pos, members) {
-                    tracing::warn!(event_id = %pdu.event_id, error = %e, "push evaluation failed");
-                }
-            }
-        }));
         let sync = Arc::new(SyncService::new(
             rooms.clone(),
             users.clone(),
@@ -116,14 +113,24 @@ impl Services {
             users.clone(),
             livekit,
         )?);
-        let weak_rtc = Arc::downgrade(&rtc);
-        rooms.set_on_state_written(Box::new(move |room, kind, key, sender| {
-            if let Some(rtc) = weak_rtc.upgrade() {
-                if let Err(e) = rtc.on_state_written(room, kind, key, sender) {
-                    tracing::error!(error = %e, "cancelling superseded delayed events failed");
-                }
-            }
-        }));
+        // The consumers, in order. Readers see an event once the sync notifier has handled
+        // it, so a woken sync finds its unread counts and cancellations done.
+        let pipeline = Pipeline::builder(storage.clone(), rooms.clone())
+            .consumer(Arc::new(PushConsumer::new(push.clone())), None)?
+            .consumer(
+                Arc::new(DelayedEventsConsumer::new(rtc.clone())),
+                Some("push"),
+            )?
+            .consumer(
+                Arc::new(SyncNotifier::new(
+                    storage.clone(),
+                    rooms.clone(),
+                    notifier.clone(),
+                )),
+                Some("delayed_events"),
+            )?
+            .build();
+        pipeline.start();
         Ok(Arc::new(Services {
             config,
             storage,
@@ -136,12 +143,14 @@ impl Services {
             push,
             media,
             rtc,
+            pipeline,
         }))
     }
 
     /// Starts the background tasks (push delivery, delayed events that came due while
     /// the server was down); call once inside the runtime.
     pub fn start_background(&self) {
+        self.pipeline.start();
         self.push.start_delivery();
         self.rtc.start_delayed_events();
     }

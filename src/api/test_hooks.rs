@@ -4,6 +4,8 @@
 //!
 //! - `GET /_myelin/test/parked/{userId}` → `{"parked": n}`: long-polls of the user waiting
 //!   for a wake-up right now.
+//! - `GET /_myelin/test/positions` → `{"applied", "durable", "visible", "consumers":
+//!   {name: position}}`: where the timeline stream and each pipeline consumer are.
 //! - `PUT /_myelin/test/failpoints/{name}` with `{"actions": "pause"}` (the `fail` crate's
 //!   action syntax) configures a failpoint; `DELETE` removes it (a paused thread resumes).
 
@@ -22,6 +24,7 @@ use crate::{services::Services, Error, Result};
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router
         .route("/_myelin/test/parked/{user_id}", get(parked))
+        .route("/_myelin/test/positions", get(positions))
         .route(
             "/_myelin/test/failpoints/{name}",
             put(set_failpoint).delete(remove_failpoint),
@@ -36,6 +39,22 @@ async fn parked(
     let user = ruma::UserId::parse(user_id.as_str())
         .map_err(|e| Error::invalid_param(format!("user id: {e}")))?;
     Ok(Json(json!({ "parked": services.notifier.parked(&user) })))
+}
+
+/// `GET /_myelin/test/positions`
+async fn positions(State(services): State<Arc<Services>>) -> Json<Value> {
+    let consumers: serde_json::Map<String, Value> = services
+        .pipeline
+        .positions()
+        .into_iter()
+        .map(|(name, pos)| (name.to_owned(), json!(pos)))
+        .collect();
+    Json(json!({
+        "applied": services.rooms.applied_pos(),
+        "durable": services.rooms.durable_pos(),
+        "visible": services.rooms.current_pos(),
+        "consumers": consumers,
+    }))
 }
 
 #[derive(Deserialize)]

@@ -29,7 +29,7 @@ pub use self::{
 use crate::{
     rooms::{Direction, EventFilter, Membership, RoomsService},
     storage::{keys as skeys, Batch, Storage},
-    pipeline::Notifier,
+    stream::Notifier,
     users::{DeviceChange, UsersService},
     Error, Result,
 };

@@ -9,12 +9,15 @@
 //! `{"global": ruleset}`), as clients expect to read them from `/sync`; users who never
 //! changed a rule get the server default.
 
+mod consumer;
 pub mod gateway;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
 };
+
+pub use self::consumer::PushConsumer;
 
 use futures_util::FutureExt;
 use ruma::{
@@ -31,7 +34,7 @@ use serde_json::{json, Value};
 
 use crate::{
     events::Pdu,
-    rooms::{Membership, RoomMembers, RoomsService},
+    rooms::{Membership, RoomsService},
     storage::{keys, Batch, Storage},
     users::UsersService,
     Result,
@@ -153,6 +156,16 @@ fn record_for(raw: &[u8], user: &UserId) -> Option<PushRecord> {
     serde_json::from_slice::<EventPush>(raw)
         .ok()?
         .for_user(user)
+}
+
+/// An event's evaluation: whom it notifies, waiting to be recorded and pushed.
+struct Evaluated {
+    pdu: Arc<Pdu>,
+    pos: u64,
+    event_json: Value,
+    record: EventPush,
+    /// `(recipient, highlighted)`.
+    pushes: Vec<(OwnedUserId, bool)>,
 }
 
 /// A page of `/notifications`.
@@ -318,10 +331,11 @@ impl PushService {
         Ok(())
     }
 
-    /// Evaluates a new event for every joined member but its sender; records the
-    /// notifications and queues pushes. Called right after the event is committed.
-    pub fn process_event(&self, pdu: &Pdu, pos: u64, members: &RoomMembers) -> Result<()> {
+    /// Evaluates the push rules of every member an event concerns (the joined members
+    /// but the sender, and the invitee of an invite): who it notifies, with which actions.
+    fn evaluate(&self, pdu: &Arc<Pdu>, pos: u64) -> Result<Option<Evaluated>> {
         let room_id = &pdu.room_id;
+        let members = self.rooms.members(room_id)?;
         let mut joined: Vec<&UserId> = members.joined().filter(|u| *u != pdu.sender).collect();
         // The invitee of an invite is not joined yet but is notified of it.
         if pdu.kind.to_string() == "m.room.member" {
@@ -345,7 +359,7 @@ impl PushService {
             }
         }
         if joined.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let event_json = pdu.to_client_event();
         let raw: Raw<Value> = Raw::from_json(serde_json::value::to_raw_value(&event_json)?);
@@ -377,28 +391,48 @@ impl PushService {
                 continue;
             }
             record.add(user, actions);
-            pushes.push((user, actions.iter().any(Action::is_highlight)));
+            pushes.push((user.to_owned(), actions.iter().any(Action::is_highlight)));
         }
         if pushes.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        {
-            let mut batch = Batch::new();
+        Ok(Some(Evaluated {
+            pdu: pdu.clone(),
+            pos,
+            event_json,
+            record,
+            pushes,
+        }))
+    }
+
+    /// Writes the notification records of evaluated events in `batch` (with whatever else
+    /// it holds) and counts them in the cached unread counts, atomically with respect to
+    /// counts being computed.
+    fn record(&self, evaluated: &[Evaluated], mut batch: Batch) -> Result<()> {
+        for e in evaluated {
             batch.insert_json(
                 &self.storage.trees.event_push,
-                &record_key(room_id, pos),
-                &record,
+                &record_key(&e.pdu.room_id, e.pos),
+                &e.record,
             )?;
-            let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-            self.storage.commit(batch)?;
-            for &(user, highlight) in &pushes {
-                if let Some(counts) = unread.get_mut(&(user.to_owned(), room_id.clone())) {
+        }
+        let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
+        self.storage.commit(batch)?;
+        for e in evaluated {
+            for (user, highlight) in &e.pushes {
+                if let Some(counts) = unread.get_mut(&(user.clone(), e.pdu.room_id.clone())) {
                     counts.1 += 1;
-                    counts.2 += u64::from(highlight);
+                    counts.2 += u64::from(*highlight);
                 }
             }
         }
-        for (user, _) in pushes {
+        Ok(())
+    }
+
+    /// Queues the pushes of recorded (and durable) events to the users' push gateways.
+    fn deliver(&self, e: &Evaluated) -> Result<()> {
+        let room_id = &e.pdu.room_id;
+        for (user, _) in &e.pushes {
             if !self.may_have_pushers(user) {
                 continue;
             }
@@ -407,7 +441,7 @@ impl PushService {
                 continue;
             }
             // The user's own view of the event's record, for the push payload.
-            let Some(record) = record.for_user(user) else {
+            let Some(record) = e.record.for_user(user) else {
                 continue;
             };
             let unread = self.total_unread(user)?;
@@ -415,12 +449,12 @@ impl PushService {
                 .rooms
                 .state_content(room_id, "m.room.name", "")?
                 .and_then(|c| c["name"].as_str().map(str::to_owned));
-            let sender_name = self.display_name(room_id, &pdu.sender).ok();
+            let sender_name = self.display_name(room_id, &e.pdu.sender).ok();
             for pusher in pushers {
                 self.gateway.queue(gateway::Job::new(
                     user,
                     pusher,
-                    &event_json,
+                    &e.event_json,
                     &record,
                     unread,
                     room_name.as_deref(),

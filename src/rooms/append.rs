@@ -1,6 +1,6 @@
 //! Building, authorising and appending events: the one path every new event takes.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::Arc;
 
 use ruma::{
     canonical_json::to_canonical_value, events::StateEventType, CanonicalJsonObject,
@@ -68,11 +68,12 @@ pub(super) struct StoredPdu {
 }
 
 impl RoomsService {
-    /// Builds, authorises and stores an event, then waits until it is durable.
-    #[tracing::instrument(skip(self, guard, event), fields(room = %guard.room_id(), kind = %event.kind))]
+    /// Builds, authorises and stores an event, then waits until it is durable and
+    /// visible (handled by the pipeline's consumers that readers depend on).
     ///
-    /// The room lock is released before waiting for the flush, so concurrent senders to
-    /// one room share a group commit instead of queueing behind each other's fsync.
+    /// The room lock is released before waiting, so concurrent senders to one room share
+    /// a group commit instead of queueing behind each other's fsync.
+    #[tracing::instrument(skip(self, guard, event), fields(room = %guard.room_id(), kind = %event.kind))]
     pub async fn send(
         &self,
         guard: RoomGuard,
@@ -82,16 +83,16 @@ impl RoomsService {
         if let Some((device, txn)) = &event.txn {
             if let Some(id) = self.txn_event(sender, device, txn)? {
                 drop(guard);
-                // The first request may still be waiting for its flush; this reply must
-                // not be earlier than that one.
-                self.storage.durable().await?;
+                // The first request may still be waiting; this reply must not be earlier
+                // than that one.
                 let pos = self.event_pos(&id)?.unwrap_or(0);
+                self.wait_visible(pos).await?;
                 return Ok((id, pos));
             }
         }
         let result = self.append(&guard, sender, event)?;
         drop(guard);
-        self.storage.durable().await?;
+        self.wait_visible(result.1).await?;
         Ok(result)
     }
 
@@ -151,7 +152,8 @@ impl RoomsService {
         event: NewEvent,
     ) -> Result<(OwnedEventId, u64)> {
         let room_id = guard.room_id();
-        let version = self.room(room_id)?.version;
+        let record = self.room(room_id)?;
+        let version = record.version.clone();
         let (event_id, object, pdu) = self.build(room_id, &version, sender, &event)?;
 
         events::auth::check_auth(
@@ -160,6 +162,7 @@ impl RoomsService {
             |id| self.get_pdu(id).ok().flatten(),
             |kind, key| self.state_event(room_id, kind, key).ok().flatten(),
         )?;
+        self.check_policies(guard, &record, &pdu)?;
 
         let mut batch = Batch::new();
         let trees = &self.storage.trees;
@@ -255,28 +258,51 @@ impl RoomsService {
                 .entry(room_id.to_owned())
                 .or_insert_with(|| RecentEvents::starting_at(pos))
                 .push(pos, event_id.clone());
+            if let Some((user, m)) = &membership {
+                self.members.set(room_id, user, *m);
+            }
+            self.pdu_cache_put(&event_id, pos, Arc::new(pdu));
             *last = pos;
-            self.stream_pos.store(pos, Ordering::Release);
+            self.publication.applied(pos, &self.storage);
             pos
         };
-
-        if let Some((user, m)) = &membership {
-            self.members.set(room_id, user, *m);
-        }
-        if let (Some(state_key), Some(hook)) = (&event.state_key, self.on_state.get()) {
-            hook(room_id, &event.kind, state_key, sender);
-        }
-        let members = self.members(room_id)?;
-        if let Some(hook) = self.on_append.get() {
-            hook(&pdu, pos, &members);
-        }
-        let mut wake: Vec<&UserId> = members.joined().collect();
-        if let Some((user, _)) = &membership {
-            wake.push(user);
-        }
-        self.notifier.notify(wake);
         tracing::debug!(%event_id, pos, "event appended");
         Ok((event_id, pos))
+    }
+
+    /// The events appended after position `after`, up to `upto` included, oldest first, at
+    /// most `limit` (the pipeline's consumers read the stream with it).
+    pub fn appended_between(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Arc<Pdu>)>> {
+        let mut events = Vec::new();
+        if upto <= after {
+            return Ok(events);
+        }
+        let from = (after + 1).to_be_bytes();
+        let to = upto.saturating_add(1).to_be_bytes();
+        for kv in self.storage.trees.stream.range(&from, &to, false) {
+            if events.len() >= limit {
+                break;
+            }
+            let (k, room) = kv?;
+            let Some(pos) = keys::leading_u64(&k) else {
+                continue;
+            };
+            let room = RoomId::parse(String::from_utf8_lossy(&room).as_ref())
+                .map_err(|e| Error::internal(format!("stored room id: {e}")))?;
+            let key = keys::KeyBuilder::new().str(room.as_str()).u64(pos).build();
+            let Some(id) = self.storage.trees.room_timeline.get(&key)? else {
+                continue;
+            };
+            if let Some(pdu) = self.get_pdu(&parse_event_id(&id)?)? {
+                events.push((pos, pdu));
+            }
+        }
+        Ok(events)
     }
 
     fn build(

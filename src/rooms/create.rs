@@ -55,9 +55,26 @@ fn random_localpart(len: usize) -> String {
 }
 
 impl RoomsService {
-    /// Creates a room; returns its id.
+    /// Creates a room; returns its id once the room is durable and visible, whole.
     #[tracing::instrument(skip(self, req), fields(creator = %creator))]
     pub async fn create_room(&self, creator: &UserId, req: CreateRoom) -> Result<OwnedRoomId> {
+        // Readers see the room whole or not at all: a sync must never show a new
+        // encrypted DM before its `m.room.encryption` event.
+        let hold = self.hold_publication();
+        let created = self.create_room_held(creator, req).await;
+        drop(hold);
+        let room_id = created?;
+        self.wait_visible(self.applied_pos()).await?;
+        Ok(room_id)
+    }
+
+    /// Creates a room while the caller holds publication (see [`Self::hold_publication`]);
+    /// the events are applied, not yet published.
+    pub(super) async fn create_room_held(
+        &self,
+        creator: &UserId,
+        req: CreateRoom,
+    ) -> Result<OwnedRoomId> {
         let version = match req.room_version.as_deref() {
             None => RoomVersionId::V11,
             Some(v) => events::supported_room_version(v).ok_or_else(|| {
@@ -127,7 +144,6 @@ impl RoomsService {
         if req.visibility_public {
             self.set_public(&room_id, true)?;
         }
-        self.storage.durable().await?;
         Ok(room_id)
     }
 
@@ -163,6 +179,16 @@ impl RoomsService {
             creator,
             NewEvent::state("m.room.member", creator.as_str(), join),
         )?;
+        // Tests stretch the time between the creator's join and the rest of the room here
+        // (`return(MS)`: a pause off the worker thread, so the publisher and the pipeline
+        // keep running) to check that readers still see the room only whole.
+        #[cfg(feature = "test-hooks")]
+        fail::eval("rooms.create_room.after_join", |ms| {
+            let ms = ms.and_then(|m| m.parse().ok()).unwrap_or(0);
+            tokio::task::block_in_place(|| {
+                std::thread::sleep(std::time::Duration::from_millis(ms))
+            });
+        });
 
         let mut users = Map::new();
         users.insert(creator.to_string(), json!(100));

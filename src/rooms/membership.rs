@@ -280,7 +280,7 @@ impl RoomsService {
                 tracing::warn!(room = %room_id, error = %e, "profile update not applied in room");
             }
         }
-        self.storage.durable().await
+        self.wait_visible(self.applied_pos()).await
     }
 
     /// Makes a deactivated user leave every room they are in.

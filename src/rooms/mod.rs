@@ -8,6 +8,8 @@ mod create;
 mod ephemeral;
 mod members;
 mod membership;
+mod policy;
+mod publish;
 mod read;
 mod state;
 mod upgrade;
@@ -26,12 +28,13 @@ pub use self::{
     ephemeral::{Typing, RECEIPT_TYPES},
     members::{Membership, RoomMembers},
     membership::MemberProfile,
+    policy::RoomPolicy,
+    publish::PublicationHold,
     read::{ContextPage, Direction, EventFilter, MessagesPage, Token},
     state::{PowerLevels, StateMap},
 };
 use crate::{
-    config::Config, events::keys::ServerKeys, storage::Storage, pipeline::Notifier, Error,
-    Result,
+    config::Config, events::keys::ServerKeys, storage::Storage, stream::Notifier, Error, Result,
 };
 
 /// What Myelin records about a room besides its events.
@@ -43,9 +46,6 @@ pub struct RoomRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_type: Option<String>,
 }
-
-/// Called after a state event was stored: `(room, type, state_key, sender)`.
-pub type StateHook = Box<dyn Fn(&RoomId, &str, &str, &ruma::UserId) + Send + Sync>;
 
 /// Proof that the caller holds a room's lock: state-changing calls take it.
 pub struct RoomGuard {
@@ -68,10 +68,12 @@ pub struct RoomsService {
     server_name: OwnedServerName,
     locks: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises stream-position allocation with the batch that uses it; holds the last
-    /// committed timeline position.
+    /// applied timeline position.
     stream: Mutex<u64>,
-    /// Last committed timeline position, readable without the lock.
-    stream_pos: AtomicU64,
+    /// Applied, durable and visible watermarks (see [`publish`]).
+    publication: Arc<publish::Publication>,
+    /// Rules that may refuse an event inside `append` (see [`policy`]).
+    policies: Vec<Arc<dyn RoomPolicy>>,
     /// Ephemeral (receipts, typing) stream position.
     ephemeral_pos: AtomicU64,
     members: members::MembersCache,
@@ -86,25 +88,20 @@ pub struct RoomsService {
     recent: Mutex<HashMap<OwnedRoomId, read::RecentEvents>>,
     /// Recently read events.
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
-    /// Run for every event right after it is committed (push rule evaluation).
-    on_append: std::sync::OnceLock<AppendHook>,
-    /// Run after every stored state event (delayed-event cancellation).
-    on_state: std::sync::OnceLock<StateHook>,
 }
-
-/// A callback run with every newly committed event, its position and the room's members.
-pub type AppendHook = Box<dyn Fn(&crate::events::Pdu, u64, &RoomMembers) + Send + Sync>;
 
 /// Events kept in the read cache before it is cleared.
 const PDU_CACHE_SIZE: usize = 4_096;
 
 impl RoomsService {
-    /// Builds the service, reading the stream positions back from storage.
+    /// Builds the service, reading the stream positions back from storage; `policies` may
+    /// refuse events inside `append`.
     pub fn new(
         config: Arc<Config>,
         storage: Arc<Storage>,
         keys: Arc<ServerKeys>,
         notifier: Arc<Notifier>,
+        policies: Vec<Arc<dyn RoomPolicy>>,
     ) -> Result<RoomsService> {
         let server_name = OwnedServerName::try_from(config.server_name.as_str())
             .map_err(|e| Error::internal(format!("server name: {e}")))?;
@@ -127,7 +124,8 @@ impl RoomsService {
             server_name,
             locks: Mutex::default(),
             stream: Mutex::new(last),
-            stream_pos: AtomicU64::new(last),
+            publication: publish::Publication::new(last),
+            policies,
             ephemeral_pos: AtomicU64::new(eph),
             members: members::MembersCache::default(),
             typing: ephemeral::TypingState::default(),
@@ -135,8 +133,6 @@ impl RoomsService {
             tips: Mutex::default(),
             recent: Mutex::default(),
             pdu_cache: Mutex::default(),
-            on_append: std::sync::OnceLock::new(),
-            on_state: std::sync::OnceLock::new(),
         })
     }
 
@@ -149,14 +145,6 @@ impl RoomsService {
         RoomGuard {
             room_id: room_id.to_owned(),
             _guard: mutex.lock_owned().await,
-        }
-    }
-
-    /// Installs the hook run after every stored state event. Only the first call takes
-    /// effect.
-    pub fn set_on_state_written(&self, hook: StateHook) {
-        if self.on_state.set(hook).is_err() {
-            tracing::warn!("rooms: state hook already set");
         }
     }
 
@@ -174,13 +162,6 @@ impl RoomsService {
             .ok_or_else(|| Error::not_found("Unknown room"))
     }
 
-    /// Installs the callback run for every new event. Only the first call takes effect.
-    pub fn set_on_append(&self, hook: AppendHook) {
-        if self.on_append.set(hook).is_err() {
-            tracing::warn!("rooms: on_append hook already set");
-        }
-    }
-
     /// The room's version.
     pub fn room_version(&self, room_id: &RoomId) -> Result<RoomVersionId> {
         Ok(self.room(room_id)?.version)
@@ -189,11 +170,6 @@ impl RoomsService {
     /// Whether the room exists here.
     pub fn exists(&self, room_id: &RoomId) -> Result<bool> {
         self.storage.trees.rooms.contains(room_id.as_bytes())
-    }
-
-    /// The last committed timeline stream position.
-    pub fn current_pos(&self) -> u64 {
-        self.stream_pos.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The current ephemeral stream position.

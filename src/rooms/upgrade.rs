@@ -86,8 +86,10 @@ impl RoomsService {
         users.insert(user.to_string(), json!(needed));
         boosted.insert("users".into(), Value::Object(users));
 
+        // Readers see the upgrade whole: the new room, the moved aliases, the tombstone.
+        let hold = self.hold_publication();
         let new_room = self
-            .create_room(
+            .create_room_held(
                 user,
                 CreateRoom {
                     preset: Some("private_chat".into()),
@@ -176,7 +178,8 @@ impl RoomsService {
             self.set_public(old, false)?;
         }
         drop(guard);
-        self.storage.durable().await?;
+        drop(hold);
+        self.wait_visible(self.applied_pos()).await?;
         Ok(new_room)
     }
 }

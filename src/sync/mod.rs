@@ -135,7 +135,7 @@ pub struct SyncService {
     rooms: Arc<RoomsService>,
     users: Arc<UsersService>,
     e2ee: Arc<E2eeService>,
-    notifier: Arc<crate::pipeline::Notifier>,
+    notifier: Arc<crate::stream::Notifier>,
     push: Arc<PushService>,
     /// Sliding sync connections.
     connections: sliding::Connections,
@@ -163,7 +163,7 @@ impl SyncService {
         rooms: Arc<RoomsService>,
         users: Arc<UsersService>,
         e2ee: Arc<E2eeService>,
-        notifier: Arc<crate::pipeline::Notifier>,
+        notifier: Arc<crate::stream::Notifier>,
         push: Arc<PushService>,
     ) -> SyncService {
         SyncService {

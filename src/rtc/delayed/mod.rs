@@ -8,6 +8,10 @@
 //! another user writes that state, as Synapse does). One tokio task sleeps until the
 //! earliest deadline or until woken by a change; there is no polling loop.
 
+mod consumer;
+
+pub use self::consumer::DelayedEventsConsumer;
+
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex, Weak},
@@ -425,20 +429,21 @@ impl RtcService {
         Ok(out)
     }
 
-    /// Called after `sender` wrote state `(kind, state_key)` in `room_id`: other users'
+    /// After `sender` wrote state `(kind, state_key)` in `room_id`: other users'
     /// scheduled events for that state are cancelled (Synapse's rule: the newer state wins
-    /// over someone else's pending change; the writer's own pending ones stay). Not yet
-    /// durable: the caller's write is flushed with it.
-    pub fn on_state_written(
+    /// over someone else's pending change; the writer's own pending ones stay). The
+    /// removals go into `batch`; returns whether there are any.
+    pub(crate) fn cancel_superseded(
         &self,
         room_id: &RoomId,
         kind: &str,
         state_key: &str,
         sender: &UserId,
-    ) -> Result<()> {
+        batch: &mut Batch,
+    ) -> Result<bool> {
         let prefix = state_key_prefix(room_id, kind, state_key);
-        let mut batch = Batch::new();
         let inflight = self.inflight();
+        let mut cancelled = false;
         for kv in self.storage.trees.delayed_by_state.scan_prefix(&prefix) {
             let (k, _) = kv?;
             let Some(id) = keys::split_strs(&k[prefix.len()..])
@@ -453,15 +458,20 @@ impl RtcService {
             match self.delayed_event(&id)? {
                 Some(event) if event.user_id != sender => {
                     tracing::debug!(delay_id = %id, "delayed state event superseded");
-                    self.remove_delayed_into(&event, &mut batch);
+                    self.remove_delayed_into(&event, batch);
+                    cancelled = true;
                 }
                 Some(_) => {}
                 None => batch.remove(&self.storage.trees.delayed_by_state, &k),
             }
         }
-        drop(inflight);
-        if !batch.is_empty() {
-            self.storage.commit(batch)?;
+        Ok(cancelled)
+    }
+
+    /// Commits the cancellations of [`Self::cancel_superseded`] and re-arms the timer.
+    pub(crate) fn commit_cancellations(&self, batch: Batch, cancelled: bool) -> Result<()> {
+        self.storage.commit(batch)?;
+        if cancelled {
             self.delayed.wake.notify_one();
         }
         Ok(())

@@ -1,0 +1,75 @@
+//! The `sync_notifier` consumer: makes handled events visible to readers and wakes the
+//! long-polling syncs of the users they concern (the room's joined members, and the target
+//! of a membership change).
+
+use std::{collections::HashSet, sync::Arc};
+
+use futures_util::future::BoxFuture;
+use ruma::{OwnedUserId, UserId};
+
+use super::{Appended, Checkpoint, EventConsumer};
+use crate::{rooms::RoomsService, storage::Storage, stream::Notifier, Result};
+
+/// Wakes syncs for each handled event.
+pub struct SyncNotifier {
+    storage: Arc<Storage>,
+    rooms: Arc<RoomsService>,
+    notifier: Arc<Notifier>,
+}
+
+impl SyncNotifier {
+    /// The consumer.
+    pub fn new(
+        storage: Arc<Storage>,
+        rooms: Arc<RoomsService>,
+        notifier: Arc<Notifier>,
+    ) -> SyncNotifier {
+        SyncNotifier {
+            storage,
+            rooms,
+            notifier,
+        }
+    }
+
+    fn wake(&self, events: &[Appended], checkpoint: Checkpoint) -> Result<()> {
+        let mut users: HashSet<OwnedUserId> = HashSet::new();
+        for event in events {
+            let pdu = &event.pdu;
+            users.extend(
+                self.rooms
+                    .members(&pdu.room_id)?
+                    .joined()
+                    .map(ToOwned::to_owned),
+            );
+            if pdu.kind.to_string() == "m.room.member" {
+                if let Some(target) = pdu
+                    .state_key
+                    .as_deref()
+                    .and_then(|k| <&UserId>::try_from(k).ok())
+                {
+                    users.insert(target.to_owned());
+                }
+            }
+        }
+        let end = checkpoint.end();
+        self.storage.commit(checkpoint.into_batch())?;
+        // Visible first: a woken sync must find the events.
+        self.rooms.mark_visible(end);
+        self.notifier.notify(users.iter().map(|u| u.as_ref()));
+        Ok(())
+    }
+}
+
+impl EventConsumer for SyncNotifier {
+    fn name(&self) -> &'static str {
+        "sync_notifier"
+    }
+
+    fn consume<'a>(
+        &'a self,
+        events: &'a [Appended],
+        checkpoint: Checkpoint,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.wake(events, checkpoint) })
+    }
+}
