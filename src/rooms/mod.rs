@@ -11,6 +11,7 @@ mod membership;
 mod read;
 mod state;
 mod upgrade;
+mod visibility;
 
 use std::{
     collections::HashMap,

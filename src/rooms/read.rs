@@ -177,6 +177,7 @@ impl RoomsService {
 
     /// Timeline events with `lo < pos <= hi`, in the given direction, up to `limit`
     /// matching `filter`. Returns the events with positions and whether it stopped early.
+    /// This is the raw read: what a user may see is [`RoomsService::visible_timeline`].
     pub fn timeline_range(
         &self,
         room_id: &RoomId,
@@ -280,7 +281,7 @@ impl RoomsService {
                 let from = from.map(|t| t.0).unwrap_or(cap).min(cap);
                 let lo = to.map(|t| t.0).unwrap_or(0);
                 let (events, more) =
-                    self.timeline_range(room_id, lo, from, dir, limit, Some(filter))?;
+                    self.visible_timeline(room_id, user, lo, from, dir, limit, Some(filter))?;
                 let end = if more {
                     events.last().map(|(pos, _)| Token(pos - 1))
                 } else {
@@ -298,7 +299,7 @@ impl RoomsService {
                 let from = from.map(|t| t.0).unwrap_or(0);
                 let hi = to.map(|t| t.0).unwrap_or(cap).min(cap);
                 let (events, more) =
-                    self.timeline_range(room_id, from, hi, dir, limit, Some(filter))?;
+                    self.visible_timeline(room_id, user, from, hi, dir, limit, Some(filter))?;
                 let end = if more {
                     events.last().map(|(pos, _)| Token(*pos))
                 } else {
@@ -328,21 +329,23 @@ impl RoomsService {
         let Some((pos, event)) = self.get_pdu_with_pos(event_id)? else {
             return Err(Error::not_found("Event not found"));
         };
-        if event.room_id != room_id || pos > cap {
+        if event.room_id != room_id || pos > cap || !self.can_see_event(room_id, user, pos)? {
             return Err(Error::not_found("Event not found"));
         }
         let half = limit.min(100) / 2;
         let before_n = limit.min(100) - half;
-        let (before, _) = self.timeline_range(
+        let (before, _) = self.visible_timeline(
             room_id,
+            user,
             0,
             pos - 1,
             Direction::Backward,
             before_n.max(1),
             Some(filter),
         )?;
-        let (after, _) = self.timeline_range(
+        let (after, _) = self.visible_timeline(
             room_id,
+            user,
             pos,
             cap,
             Direction::Forward,

@@ -540,8 +540,15 @@ impl SyncService {
         let (mut events, limited) = if limit == 0 {
             (Vec::new(), from < cap && !initial)
         } else {
-            self.rooms
-                .timeline_range(room_id, from, cap, Direction::Backward, limit, None)?
+            self.rooms.visible_timeline(
+                room_id,
+                user,
+                from,
+                cap,
+                Direction::Backward,
+                limit,
+                None,
+            )?
         };
         events.reverse();
 

@@ -296,13 +296,12 @@ async fn get_event_route(
 ) -> Result<get_room_event::v3::Response> {
     let user = req.sender_user()?;
     let body = &req.body;
-    let until = services.rooms.visible_until(&body.room_id, user)?;
-    match services.rooms.get_pdu_with_pos(&body.event_id)? {
-        Some((pos, pdu)) if pdu.room_id == body.room_id && pos <= until => Ok(
-            get_room_event::v3::Response::new(raw(&pdu.to_client_event())?),
-        ),
-        _ => Err(Error::not_found("Event not found")),
-    }
+    let pdu = services
+        .rooms
+        .visible_event(&body.room_id, user, &body.event_id)?;
+    Ok(get_room_event::v3::Response::new(raw(
+        &pdu.to_client_event()
+    )?))
 }
 
 fn filter_json(filter: &impl serde::Serialize) -> Result<EventFilter> {

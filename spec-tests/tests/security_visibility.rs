@@ -1,0 +1,300 @@
+//! Security regressions: history visibility is enforced on every read path.
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use spec_tests::{bodies, enc, timeline, Client, TestServer};
+
+const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
+
+/// Message bodies of a list of client events.
+fn texts(events: &Value) -> Vec<String> {
+    bodies(
+        &events
+            .as_array()
+            .map(|a| a.iter().collect::<Vec<_>>())
+            .unwrap_or_default(),
+    )
+}
+
+/// A sliding sync request with one room subscription.
+async fn subscribe(c: &Client, room: &str, pos: Option<&str>) -> anyhow::Result<Value> {
+    let mut path = format!("{SLIDING}?timeout=0");
+    if let Some(p) = pos {
+        path.push_str(&format!("&pos={}", enc(p)));
+    }
+    let body = json!({
+        "room_subscriptions": { room: {
+            "timeline_limit": 50,
+            "required_state": [["m.room.topic", ""], ["m.room.name", ""], ["m.room.member", "*"]],
+        }},
+    });
+    c.request(Method::POST, &path, Some(&body)).await?.ok()
+}
+
+/// The message bodies `c` reads in `room` through `/messages`, an initial `/sync`, sliding
+/// sync and `/context` around `anchor` (an event `c` may see); each in timeline order.
+async fn read_everywhere(c: &Client, room: &str, anchor: &str) -> anyhow::Result<[Vec<String>; 4]> {
+    let messages = c
+        .get(&format!("/rooms/{}/messages?dir=b&limit=100", enc(room)))
+        .await?
+        .ok()?;
+    let mut from_messages = texts(&messages["chunk"]);
+    from_messages.reverse();
+
+    let filter = enc(&json!({"room": {"timeline": {"limit": 100}}}).to_string());
+    let sync = c.sync(&format!("timeout=0&filter={filter}")).await?;
+    let from_sync = bodies(&timeline(&sync, room));
+
+    let sliding = subscribe(c, room, None).await?;
+    let from_sliding = texts(&sliding["rooms"][room]["timeline"]);
+
+    let context = c
+        .get(&format!(
+            "/rooms/{}/context/{}?limit=100",
+            enc(room),
+            enc(anchor)
+        ))
+        .await?
+        .ok()?;
+    let mut from_context = texts(&context["events_before"]);
+    from_context.reverse();
+    from_context.extend(texts(&json!([context["event"]])));
+    from_context.extend(texts(&context["events_after"]));
+    Ok([from_messages, from_sync, from_sliding, from_context])
+}
+
+/// Fails unless every read path shows exactly `expected` and `/event` and `/context`
+/// refuse the `hidden` events; the message names every path that got it wrong.
+async fn assert_reads(
+    c: &Client,
+    room: &str,
+    anchor: &str,
+    expected: &[&str],
+    hidden: &[&str],
+) -> anyhow::Result<()> {
+    let mut wrong = Vec::new();
+    let paths = ["/messages", "/sync", "sliding sync", "/context"];
+    for (path, seen) in paths.iter().zip(read_everywhere(c, room, anchor).await?) {
+        if seen != expected {
+            wrong.push(format!("{path} showed {seen:?}"));
+        }
+    }
+    for event in hidden {
+        for path in ["event", "context"] {
+            let res = c
+                .get(&format!("/rooms/{}/{path}/{}", enc(room), enc(event)))
+                .await?;
+            if res.status != 404 || res.errcode() != "M_NOT_FOUND" {
+                let text: String = res.text.chars().take(160).collect();
+                wrong.push(format!("/{path} of a hidden event: {} {text}", res.status));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} expected {expected:?}:\n{}",
+        c.user_id,
+        wrong.join("\n")
+    );
+    Ok(())
+}
+
+async fn room_with_visibility(alice: &Client, visibility: &str) -> anyhow::Result<String> {
+    alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                               "content": {"history_visibility": visibility}}],
+        }))
+        .await
+}
+
+#[tokio::test]
+async fn history_joined_hides_what_came_before_the_join() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = room_with_visibility(&alice, "joined").await?;
+    let secret = alice.say(&room, "before bob").await?;
+    alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await?
+        .ok()?;
+    let invited = alice.say(&room, "while bob is invited").await?;
+    bob.join(&room).await?;
+    let hello = alice.say(&room, "after bob joined").await?;
+    assert_reads(
+        &bob,
+        &room,
+        &hello,
+        &["after bob joined"],
+        &[&secret, &invited],
+    )
+    .await?;
+    // The room's members read everything.
+    assert_reads(
+        &alice,
+        &room,
+        &hello,
+        &["before bob", "while bob is invited", "after bob joined"],
+        &[],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn history_invited_shows_from_the_invite() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = room_with_visibility(&alice, "invited").await?;
+    let secret = alice.say(&room, "before the invite").await?;
+    alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await?
+        .ok()?;
+    alice.say(&room, "while bob is invited").await?;
+    bob.join(&room).await?;
+    let hello = alice.say(&room, "after bob joined").await?;
+    assert_reads(
+        &bob,
+        &room,
+        &hello,
+        &["while bob is invited", "after bob joined"],
+        &[&secret],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn history_shared_shows_everything_to_members_only() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = room_with_visibility(&alice, "shared").await?;
+    let old = alice.say(&room, "before bob").await?;
+    bob.join(&room).await?;
+    let hello = alice.say(&room, "after bob joined").await?;
+    assert_reads(
+        &bob,
+        &room,
+        &hello,
+        &["before bob", "after bob joined"],
+        &[],
+    )
+    .await?;
+    // Someone who never joined reads nothing.
+    carol
+        .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    carol
+        .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&old)))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_world_readable_is_open_to_everyone() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = room_with_visibility(&alice, "world_readable").await?;
+    let old = alice.say(&room, "before bob").await?;
+    bob.join(&room).await?;
+    let hello = alice.say(&room, "after bob joined").await?;
+    assert_reads(
+        &bob,
+        &room,
+        &hello,
+        &["before bob", "after bob joined"],
+        &[],
+    )
+    .await?;
+    // A non-member peeks.
+    let page = carol
+        .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
+        .await?
+        .ok()?;
+    assert_eq!(texts(&page["chunk"]), ["after bob joined", "before bob"]);
+    carol
+        .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&old)))
+        .await?
+        .ok()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_visibility_is_taken_at_each_event() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = room_with_visibility(&alice, "shared").await?;
+    alice.say(&room, "shared era").await?;
+    let set = |v: &str| {
+        alice.set_state(
+            &room,
+            "m.room.history_visibility",
+            "",
+            json!({"history_visibility": v}),
+        )
+    };
+    set("joined").await?.ok()?;
+    let secret = alice.say(&room, "joined era").await?;
+    set("world_readable").await?.ok()?;
+    alice.say(&room, "open era").await?;
+    set("joined").await?.ok()?;
+    let secret2 = alice.say(&room, "closed again").await?;
+    bob.join(&room).await?;
+    let hello = alice.say(&room, "after bob joined").await?;
+    assert_reads(
+        &bob,
+        &room,
+        &hello,
+        &["shared era", "open era", "after bob joined"],
+        &[&secret, &secret2],
+    )
+    .await?;
+    // While the room is `joined` nobody outside may read it at all.
+    carol
+        .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn departed_users_keep_only_what_they_could_see() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = room_with_visibility(&alice, "joined").await?;
+    alice.say(&room, "before bob").await?;
+    bob.join(&room).await?;
+    alice.say(&room, "with bob").await?;
+    bob.post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await?
+        .ok()?;
+    alice.say(&room, "after bob left").await?;
+    let page = bob
+        .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
+        .await?
+        .ok()?;
+    assert_eq!(texts(&page["chunk"]), ["with bob"]);
+    // The left room in an initial sync with include_leave shows the same.
+    let filter = enc(&json!({"room": {"include_leave": true}}).to_string());
+    let sync = bob.sync(&format!("timeout=0&filter={filter}")).await?;
+    let left = &sync["rooms"]["leave"][&room]["timeline"]["events"];
+    assert_eq!(texts(left), ["with bob"], "{sync}");
+    Ok(())
+}
