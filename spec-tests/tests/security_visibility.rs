@@ -1,4 +1,6 @@
-//! Security regressions: history visibility is enforced on every read path.
+//! Security regressions: history visibility is enforced on every read path, and users who
+//! left or were banned stop seeing the room's state and timeline at their departure in
+//! sliding sync too.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -297,4 +299,108 @@ async fn departed_users_keep_only_what_they_could_see() -> anyhow::Result<()> {
     let left = &sync["rooms"]["leave"][&room]["timeline"]["events"];
     assert_eq!(texts(left), ["with bob"], "{sync}");
     Ok(())
+}
+
+/// Sets up a room where `bob` was a member, then left (or was banned), after which the
+/// room's topic and name changed and alice spoke; returns the room.
+async fn room_changed_after_departure(
+    alice: &Client,
+    bob: &Client,
+    ban: bool,
+) -> anyhow::Result<String> {
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Old name", "topic": "old topic"}))
+        .await?;
+    bob.join(&room).await?;
+    alice.say(&room, "while bob was here").await?;
+    if ban {
+        alice
+            .post(
+                &format!("/rooms/{}/ban", enc(&room)),
+                json!({"user_id": bob.user_id}),
+            )
+            .await?
+            .ok()?;
+    } else {
+        bob.post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+            .await?
+            .ok()?;
+    }
+    Ok(room)
+}
+
+async fn change_room(alice: &Client, room: &str) -> anyhow::Result<()> {
+    alice
+        .set_state(room, "m.room.topic", "", json!({"topic": "new topic"}))
+        .await?
+        .ok()?;
+    alice
+        .set_state(room, "m.room.name", "", json!({"name": "New name"}))
+        .await?
+        .ok()?;
+    alice.say(room, "after bob was gone").await?;
+    Ok(())
+}
+
+fn state_content<'a>(room: &'a Value, kind: &str) -> Option<&'a Value> {
+    room["required_state"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+        .map(|e| &e["content"])
+}
+
+/// Fails if a sliding sync response shows bob anything from after his departure.
+fn assert_stops_at_departure(response: &Value, room: &str) {
+    let text = response.to_string();
+    assert!(!text.contains("new topic"), "new topic leaked: {text}");
+    assert!(!text.contains("New name"), "new name leaked: {text}");
+    assert!(
+        !text.contains("after bob was gone"),
+        "message leaked: {text}"
+    );
+    if let Some(r) = response["rooms"].get(room) {
+        if let Some(topic) = state_content(r, "m.room.topic") {
+            assert_eq!(topic["topic"], "old topic");
+        }
+    }
+}
+
+async fn sliding_state_stops_at_departure(ban: bool) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = room_changed_after_departure(&alice, &bob, ban).await?;
+    // A connection opened before the change, continued after it.
+    let first = subscribe(&bob, &room, None).await?;
+    assert_stops_at_departure(&first, &room);
+    let pos = first["pos"].as_str().unwrap_or_default().to_owned();
+    change_room(&alice, &room).await?;
+    let next = subscribe(&bob, &room, Some(&pos)).await?;
+    assert_stops_at_departure(&next, &room);
+    // A fresh connection after the change: the room as bob left it.
+    let fresh = subscribe(&bob, &room, None).await?;
+    assert_stops_at_departure(&fresh, &room);
+    let r = &fresh["rooms"][&room];
+    assert_eq!(
+        state_content(r, "m.room.topic").map(|c| c["topic"].clone()),
+        Some(json!("old topic")),
+        "{fresh}"
+    );
+    assert_eq!(r["name"], "Old name", "{fresh}");
+    assert_eq!(
+        texts(&r["timeline"]).last().map(String::as_str),
+        Some("while bob was here")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sliding_sync_state_stops_at_leave() -> anyhow::Result<()> {
+    sliding_state_stops_at_departure(false).await
+}
+
+#[tokio::test]
+async fn sliding_sync_state_stops_at_ban() -> anyhow::Result<()> {
+    sliding_state_stops_at_departure(true).await
 }

@@ -226,6 +226,17 @@ impl RoomsService {
         Ok(out)
     }
 
+    /// The content of one event of a state map (e.g. the state as a user left it).
+    pub fn content_in(&self, map: &StateMap, kind: &str, state_key: &str) -> Result<Option<Value>> {
+        match map.get(&(kind.to_owned(), state_key.to_owned())) {
+            Some(id) => match self.get_pdu(id)? {
+                Some(pdu) => Ok(Some(serde_json::from_str(pdu.content.get())?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
     /// Loads the events of a state map.
     pub fn state_events(&self, map: &StateMap) -> Result<Vec<Arc<Pdu>>> {
         let mut out = Vec::with_capacity(map.len());
