@@ -1,6 +1,6 @@
-//! Security regressions: history visibility is enforced on every read path, and users who
-//! left or were banned stop seeing the room's state and timeline at their departure in
-//! sliding sync too.
+//! Security regressions: restricted joins are checked by the server, history visibility is
+//! enforced on every read path, and users who left or were banned stop seeing the room's
+//! state and timeline at their departure in sliding sync too.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -403,4 +403,167 @@ async fn sliding_sync_state_stops_at_leave() -> anyhow::Result<()> {
 #[tokio::test]
 async fn sliding_sync_state_stops_at_ban() -> anyhow::Result<()> {
     sliding_state_stops_at_departure(true).await
+}
+
+/// Creates a restricted room (join rule `rule`) that members of `allowed` may join.
+async fn restricted_room(alice: &Client, allowed: &str, rule: &str) -> anyhow::Result<String> {
+    alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": rule,
+                "allow": [{"type": "m.room_membership", "room_id": allowed}],
+            }}],
+        }))
+        .await
+}
+
+#[tokio::test]
+async fn restricted_join_needs_membership_of_an_allowed_room() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let frank = server.register("frank").await?;
+    let eve = server.register("eve").await?;
+    let carol = server.register("carol").await?;
+    let space = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let room = restricted_room(&alice, &space, "restricted").await?;
+    alice.say(&room, "members only").await?;
+
+    // Outsiders are refused, however they ask.
+    eve.post(&format!("/rooms/{}/join", enc(&room)), json!({}))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    eve.post(&format!("/join/{}", enc(&room)), json!({}))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    eve.set_state(
+        &room,
+        "m.room.member",
+        &eve.user_id,
+        json!({"membership": "join", "join_authorised_via_users_server": alice.user_id}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    eve.get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+
+    // Members of the allowed room join through either endpoint; the server names the
+    // member who authorised the join.
+    bob.join(&space).await?;
+    frank.join(&space).await?;
+    bob.post(&format!("/rooms/{}/join", enc(&room)), json!({}))
+        .await?
+        .ok()?;
+    frank.join(&room).await?;
+    let member = alice
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&bob.user_id)
+        ))
+        .await?
+        .ok()?;
+    assert_eq!(member["membership"], "join");
+    assert_eq!(
+        member["join_authorised_via_users_server"],
+        alice.user_id.as_str()
+    );
+    let page = bob
+        .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
+        .await?
+        .ok()?;
+    assert!(texts(&page["chunk"]).contains(&"members only".to_owned()));
+
+    // An invite still lets an outsider in.
+    alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": carol.user_id}),
+        )
+        .await?
+        .ok()?;
+    carol.join(&room).await?;
+
+    // Leaving the allowed room takes the right away.
+    frank
+        .post(&format!("/rooms/{}/leave", enc(&room)), json!({}))
+        .await?
+        .ok()?;
+    frank
+        .post(&format!("/rooms/{}/leave", enc(&space)), json!({}))
+        .await?
+        .ok()?;
+    frank
+        .post(&format!("/rooms/{}/join", enc(&room)), json!({}))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn restricted_join_refuses_a_named_authoriser_without_invite_power() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let space = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "power_level_content_override": {"invite": 50},
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": "restricted",
+                "allow": [{"type": "m.room_membership", "room_id": space}],
+            }}],
+        }))
+        .await?;
+    bob.join(&space).await?;
+    carol.join(&space).await?;
+    carol.join(&room).await?;
+    // Carol is joined but may not invite: she cannot vouch for bob.
+    bob.set_state(
+        &room,
+        "m.room.member",
+        &bob.user_id,
+        json!({"membership": "join", "join_authorised_via_users_server": carol.user_id}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    // Naming a member who may invite works.
+    bob.set_state(
+        &room,
+        "m.room.member",
+        &bob.user_id,
+        json!({"membership": "join", "join_authorised_via_users_server": alice.user_id}),
+    )
+    .await?
+    .ok()?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn knock_restricted_lets_allowed_users_join_and_others_knock() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let eve = server.register("eve").await?;
+    let space = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let room = restricted_room(&alice, &space, "knock_restricted").await?;
+    eve.post(&format!("/rooms/{}/join", enc(&room)), json!({}))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    eve.post(&format!("/knock/{}", enc(&room)), json!({}))
+        .await?
+        .ok()?;
+    // A pending knock is no way around the allow list either.
+    eve.post(&format!("/rooms/{}/join", enc(&room)), json!({}))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    bob.join(&space).await?;
+    bob.post(&format!("/rooms/{}/join", enc(&room)), json!({}))
+        .await?
+        .ok()?;
+    Ok(())
 }

@@ -152,6 +152,7 @@ impl RoomsService {
     ) -> Result<(OwnedEventId, u64)> {
         let room_id = guard.room_id();
         let version = self.room(room_id)?.version;
+        let event = self.restricted_join_policy(room_id, sender, event)?;
         let (event_id, object, pdu) = self.build(room_id, &version, sender, &event)?;
 
         events::auth::check_auth(

@@ -9,6 +9,7 @@ mod ephemeral;
 mod members;
 mod membership;
 mod read;
+mod restricted;
 mod state;
 mod upgrade;
 mod visibility;
