@@ -298,6 +298,33 @@ async fn departed_users_keep_only_what_they_could_see() -> anyhow::Result<()> {
     let sync = bob.sync(&format!("timeout=0&filter={filter}")).await?;
     let left = &sync["rooms"]["leave"][&room]["timeline"]["events"];
     assert_eq!(texts(left), ["with bob"], "{sync}");
+    // Lazy-loaded members come from the room as bob left it, not from later changes.
+    alice
+        .put(
+            &format!("/profile/{}/displayname", enc(&alice.user_id)),
+            json!({"displayname": "Alice Renamed"}),
+        )
+        .await?
+        .ok()?;
+    let filter = enc(&json!({"lazy_load_members": true}).to_string());
+    let page = bob
+        .get(&format!(
+            "/rooms/{}/messages?dir=b&filter={filter}",
+            enc(&room)
+        ))
+        .await?
+        .ok()?;
+    let senders: Vec<&Value> = page["state"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    assert!(
+        senders
+            .iter()
+            .any(|m| m["state_key"] == alice.user_id.as_str()),
+        "{page}"
+    );
+    assert!(!page.to_string().contains("Alice Renamed"), "{page}");
     Ok(())
 }
 

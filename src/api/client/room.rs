@@ -369,21 +369,11 @@ async fn messages_route(
         .rooms
         .add_transaction_ids(&mut chunk, user, req.sender_device()?)?;
     res.chunk = chunk.iter().map(raw).collect::<Result<_>>()?;
-    if filter.lazy_load_members {
-        let mut senders: Vec<&ruma::UserId> =
-            page.chunk.iter().map(|p| p.sender.as_ref()).collect();
-        senders.sort();
-        senders.dedup();
-        for sender in senders {
-            if let Some(m) =
-                services
-                    .rooms
-                    .state_event_str(&body.room_id, "m.room.member", sender.as_str())?
-            {
-                res.state.push(raw(&m.to_client_event())?);
-            }
-        }
-    }
+    res.state = page
+        .state
+        .iter()
+        .map(|p| raw(&p.to_client_event()))
+        .collect::<Result<_>>()?;
     Ok(res)
 }
 
