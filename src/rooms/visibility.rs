@@ -150,11 +150,13 @@ impl RoomsService {
                 return Ok((events, more));
             };
             let since = self.member_event_pos(room_id, user)?;
-            if since.is_some_and(|s| oldest >= s) {
-                let more = match dir {
-                    Direction::Forward => more,
-                    Direction::Backward => {
-                        more && !self
+            if let Some(since) = since.filter(|s| oldest >= *s) {
+                // Older events left over are all visible when the range starts after the
+                // join too; otherwise some of them must be.
+                let more = more
+                    && (dir == Direction::Forward
+                        || lo + 1 >= since
+                        || !self
                             .read_ranges(
                                 room_id,
                                 &self.visible_ranges(room_id, user, lo + 1, oldest - 1)?,
@@ -163,9 +165,7 @@ impl RoomsService {
                                 filter,
                             )?
                             .0
-                            .is_empty()
-                    }
-                };
+                            .is_empty());
                 return Ok((events, more));
             }
         }
@@ -285,7 +285,77 @@ impl RoomsService {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::{HistoryVisibility as H, *};
+    use crate::{
+        config::Config,
+        rooms::{CreateRoom, MemberProfile, NewEvent},
+        services::Services,
+    };
+
+    async fn say(s: &Services, room: &RoomId, sender: &UserId, body: &str) -> u64 {
+        let guard = s.rooms.lock(room).await;
+        let event = NewEvent::message(
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": body }),
+        );
+        s.rooms.send(guard, sender, event).await.unwrap().1
+    }
+
+    fn bodies(events: &[(u64, Arc<Pdu>)]) -> Vec<String> {
+        events
+            .iter()
+            .map(|(_, p)| {
+                let content: Value = serde_json::from_str(p.content.get()).unwrap();
+                content["body"]
+                    .as_str()
+                    .unwrap_or(p.kind.to_string().as_str())
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pages_count_and_report_only_visible_events() {
+        let s = Services::in_memory(Config::default()).unwrap();
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let bob = UserId::parse("@bob:localhost").unwrap();
+        let req = CreateRoom {
+            preset: Some("public_chat".into()),
+            initial_state: vec![(
+                "m.room.history_visibility".into(),
+                String::new(),
+                json!({ "history_visibility": "joined" }),
+            )],
+            ..Default::default()
+        };
+        let room = s.rooms.create_room(&alice, req).await.unwrap();
+        let first = say(&s, &room, &alice, "a1").await;
+        let hidden = say(&s, &room, &alice, "a2").await;
+        s.rooms
+            .join(&room, &bob, &MemberProfile::default(), None)
+            .await
+            .unwrap();
+        let last = say(&s, &room, &alice, "b1").await;
+        let read = |dir, limit| {
+            s.rooms
+                .visible_timeline(&room, &bob, first - 1, last, dir, limit, None)
+                .unwrap()
+        };
+        let (events, more) = read(Direction::Backward, 2);
+        assert_eq!(bodies(&events), ["b1", "m.room.member"]);
+        assert!(!more, "only hidden events are left");
+        let (events, more) = read(Direction::Backward, 1);
+        assert_eq!(bodies(&events), ["b1"]);
+        assert!(more, "bob's join is left");
+        let (events, more) = read(Direction::Forward, 10);
+        assert_eq!(bodies(&events), ["m.room.member", "b1"]);
+        assert!(!more);
+        assert!(!s.rooms.can_see_event(&room, &bob, hidden).unwrap());
+        assert!(s.rooms.can_see_event(&room, &bob, last).unwrap());
+        assert!(s.rooms.can_see_event(&room, &alice, hidden).unwrap());
+    }
 
     fn inputs(visibility: &[(u64, H)], membership: &[(u64, Membership)]) -> Inputs {
         Inputs {
