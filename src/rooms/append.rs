@@ -154,6 +154,7 @@ impl RoomsService {
         let room_id = guard.room_id();
         let record = self.room(room_id)?;
         let version = record.version.clone();
+        let event = self.restricted_join_policy(room_id, sender, event)?;
         let (event_id, object, pdu) = self.build(room_id, &version, sender, &event)?;
 
         events::auth::check_auth(

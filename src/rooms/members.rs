@@ -196,6 +196,22 @@ impl RoomsService {
         Ok(members)
     }
 
+    /// The memberships recorded in a state map (the room as of some position).
+    pub fn members_in(&self, map: &super::StateMap) -> Result<RoomMembers> {
+        let mut members = RoomMembers::default();
+        for ((kind, key), id) in map {
+            if kind != "m.room.member" {
+                continue;
+            }
+            let (Ok(user), Some(pdu)) = (UserId::parse(key.as_str()), self.get_pdu(id)?) else {
+                continue;
+            };
+            let content: Value = serde_json::from_str(pdu.content.get())?;
+            members.insert(user, Membership::from_content(&content));
+        }
+        Ok(members)
+    }
+
     /// A user's membership in a room.
     pub fn membership(&self, room_id: &RoomId, user: &UserId) -> Result<Option<Membership>> {
         Ok(self.members(room_id)?.get(user))

@@ -275,6 +275,8 @@ impl RoomsService {
                 };
             }
             content.remove("reason");
+            // Only the join itself needed an authorising member.
+            content.remove("join_authorised_via_users_server");
             let event = NewEvent::state("m.room.member", user.as_str(), Value::Object(content));
             if let Err(e) = self.append(&guard, user, event) {
                 tracing::warn!(room = %room_id, error = %e, "profile update not applied in room");

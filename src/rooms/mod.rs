@@ -11,8 +11,10 @@ mod membership;
 mod policy;
 mod publish;
 mod read;
+mod restricted;
 mod state;
 mod upgrade;
+mod visibility;
 
 use std::{
     collections::HashMap,

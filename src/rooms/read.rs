@@ -146,6 +146,8 @@ pub struct MessagesPage {
     pub chunk: Vec<Arc<Pdu>>,
     /// Token to continue from, absent when there is nothing more.
     pub end: Option<Token>,
+    /// With lazy-loaded members: the member events of the chunk's senders.
+    pub state: Vec<Arc<Pdu>>,
 }
 
 impl RoomsService {
@@ -177,6 +179,7 @@ impl RoomsService {
 
     /// Timeline events with `lo < pos <= hi`, in the given direction, up to `limit`
     /// matching `filter`. Returns the events with positions and whether it stopped early.
+    /// This is the raw read: what a user may see is [`RoomsService::visible_timeline`].
     pub fn timeline_range(
         &self,
         room_id: &RoomId,
@@ -273,46 +276,60 @@ impl RoomsService {
         limit: usize,
         filter: &EventFilter,
     ) -> Result<(Token, MessagesPage)> {
-        let cap = self.visible_until(room_id, user)?.min(self.current_pos());
+        let until = self.visible_until(room_id, user)?;
+        let cap = until.min(self.current_pos());
         let limit = limit.clamp(1, 1000);
-        match dir {
+        let (start, events, end) = match dir {
             Direction::Backward => {
                 let from = from.map(|t| t.0).unwrap_or(cap).min(cap);
                 let lo = to.map(|t| t.0).unwrap_or(0);
                 let (events, more) =
-                    self.timeline_range(room_id, lo, from, dir, limit, Some(filter))?;
-                let end = if more {
-                    events.last().map(|(pos, _)| Token(pos - 1))
-                } else {
-                    None
-                };
-                Ok((
-                    Token(from),
-                    MessagesPage {
-                        chunk: events.into_iter().map(|(_, p)| p).collect(),
-                        end,
-                    },
-                ))
+                    self.visible_timeline(room_id, user, lo, from, dir, limit, Some(filter))?;
+                let end = more.then(|| events.last().map(|(pos, _)| Token(pos - 1)));
+                (Token(from), events, end.flatten())
             }
             Direction::Forward => {
                 let from = from.map(|t| t.0).unwrap_or(0);
                 let hi = to.map(|t| t.0).unwrap_or(cap).min(cap);
                 let (events, more) =
-                    self.timeline_range(room_id, from, hi, dir, limit, Some(filter))?;
-                let end = if more {
-                    events.last().map(|(pos, _)| Token(*pos))
-                } else {
-                    None
-                };
-                Ok((
-                    Token(from),
-                    MessagesPage {
-                        chunk: events.into_iter().map(|(_, p)| p).collect(),
-                        end,
-                    },
-                ))
+                    self.visible_timeline(room_id, user, from, hi, dir, limit, Some(filter))?;
+                let end = more.then(|| events.last().map(|(pos, _)| Token(*pos)));
+                (Token(from), events, end.flatten())
             }
+        };
+        let chunk: Vec<Arc<Pdu>> = events.into_iter().map(|(_, p)| p).collect();
+        let state = if filter.lazy_load_members {
+            self.sender_members(room_id, until, &chunk)?
+        } else {
+            Vec::new()
+        };
+        Ok((start, MessagesPage { chunk, end, state }))
+    }
+
+    /// The member events of the senders of `events`, as of `until` (current state when
+    /// the user may read the room live).
+    fn sender_members(
+        &self,
+        room_id: &RoomId,
+        until: u64,
+        events: &[Arc<Pdu>],
+    ) -> Result<Vec<Arc<Pdu>>> {
+        let senders: BTreeSet<&str> = events.iter().map(|p| p.sender.as_str()).collect();
+        let at = (until != u64::MAX)
+            .then(|| self.state_at(room_id, until))
+            .transpose()?;
+        let mut out = Vec::new();
+        for sender in senders {
+            let member = match &at {
+                None => self.state_event_str(room_id, "m.room.member", sender)?,
+                Some(map) => match map.get(&("m.room.member".to_owned(), sender.to_owned())) {
+                    Some(id) => self.get_pdu(id)?,
+                    None => None,
+                },
+            };
+            out.extend(member);
         }
+        Ok(out)
     }
 
     /// `/context`: events around one event, plus tokens to page further.
@@ -328,21 +345,23 @@ impl RoomsService {
         let Some((pos, event)) = self.get_pdu_with_pos(event_id)? else {
             return Err(Error::not_found("Event not found"));
         };
-        if event.room_id != room_id || pos > cap {
+        if event.room_id != room_id || pos > cap || !self.can_see_event(room_id, user, pos)? {
             return Err(Error::not_found("Event not found"));
         }
         let half = limit.min(100) / 2;
         let before_n = limit.min(100) - half;
-        let (before, _) = self.timeline_range(
+        let (before, _) = self.visible_timeline(
             room_id,
+            user,
             0,
             pos - 1,
             Direction::Backward,
             before_n.max(1),
             Some(filter),
         )?;
-        let (after, _) = self.timeline_range(
+        let (after, _) = self.visible_timeline(
             room_id,
+            user,
             pos,
             cap,
             Direction::Forward,

@@ -208,6 +208,35 @@ impl RoomsService {
         Ok(map)
     }
 
+    /// Every value `(kind, state_key)` had, oldest first: `(position, event id)` pairs.
+    pub(super) fn state_history(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Vec<(u64, OwnedEventId)>> {
+        let prefix = keys::strs(&[room_id.as_str(), kind, state_key]);
+        let mut out = Vec::new();
+        for kv in self.storage.trees.room_state_history.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            if let Some(pos) = keys::trailing_u64(&k) {
+                out.push((pos, parse_event_id(&v)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The content of one event of a state map (e.g. the state as a user left it).
+    pub fn content_in(&self, map: &StateMap, kind: &str, state_key: &str) -> Result<Option<Value>> {
+        match map.get(&(kind.to_owned(), state_key.to_owned())) {
+            Some(id) => match self.get_pdu(id)? {
+                Some(pdu) => Ok(Some(serde_json::from_str(pdu.content.get())?)),
+                None => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
     /// Loads the events of a state map.
     pub fn state_events(&self, map: &StateMap) -> Result<Vec<Arc<Pdu>>> {
         let mut out = Vec::with_capacity(map.len());

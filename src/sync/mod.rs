@@ -439,8 +439,9 @@ impl SyncService {
         // only what came after `since`.
         let send_full_state = fresh || full_state;
         let lo = if fresh { 0 } else { since_tl };
-        let (mut events, limited) = self.rooms.timeline_range(
+        let (mut events, limited) = self.rooms.visible_timeline(
             room_id,
+            user,
             lo,
             now.timeline,
             Direction::Backward,
@@ -545,8 +546,9 @@ impl SyncService {
             .limit
             .unwrap_or(DEFAULT_TIMELINE_LIMIT)
             .max(1);
-        let (mut events, limited) = self.rooms.timeline_range(
+        let (mut events, limited) = self.rooms.visible_timeline(
             room_id,
+            user,
             since_tl,
             left_at,
             Direction::Backward,
@@ -561,7 +563,6 @@ impl SyncService {
         } else {
             Vec::new()
         };
-        let _ = user;
         Ok(json!({
             "timeline": {
                 "events": events.iter().map(|(_, p)| p.to_sync_event()).collect::<Vec<_>>(),

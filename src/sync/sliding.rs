@@ -527,10 +527,14 @@ impl SyncService {
         }
 
         // Joined (or left since the previous position, or a readable subscription).
-        let cap = match candidate {
+        // How far the user may read: everything while joined (or when the room is world
+        // readable), else up to their leave; state and timeline both stop there.
+        let until = match candidate {
             Some(c) if c.membership != Membership::Join => c.membership_pos,
-            _ => self.rooms.visible_until(room_id, user)?.min(now.timeline),
+            _ => self.rooms.visible_until(room_id, user)?,
         };
+        let live = until == u64::MAX;
+        let cap = until.min(now.timeline);
         let from = if initial {
             0
         } else {
@@ -540,14 +544,25 @@ impl SyncService {
         let (mut events, limited) = if limit == 0 {
             (Vec::new(), from < cap && !initial)
         } else {
-            self.rooms
-                .timeline_range(room_id, from, cap, Direction::Backward, limit, None)?
+            self.rooms.visible_timeline(
+                room_id,
+                user,
+                from,
+                cap,
+                Direction::Backward,
+                limit,
+                None,
+            )?
         };
         events.reverse();
 
-        // Required state: all matching current state when initial; otherwise the matching
+        // Required state: all matching visible state when initial; otherwise the matching
         // state that changed since the room was last sent.
-        let state_now = self.rooms.current_state(room_id)?;
+        let state_now = if live {
+            self.rooms.current_state(room_id)?
+        } else {
+            self.rooms.state_at(room_id, until)?
+        };
         let mut required: Vec<Arc<Pdu>> = Vec::new();
         let lazy_senders: BTreeSet<String> = if config.wants_lazy_members() {
             events.iter().map(|(_, p)| p.sender.to_string()).collect()
@@ -557,7 +572,7 @@ impl SyncService {
         let before = if initial {
             None
         } else {
-            Some(self.rooms.state_at(room_id, from)?)
+            Some(self.rooms.state_at(room_id, from.min(until))?)
         };
         for ((kind, key), event_id) in &state_now {
             let wanted = config.wants(kind, key, user)
@@ -586,7 +601,11 @@ impl SyncService {
         {
             return Ok(None);
         }
-        let members = self.rooms.members(room_id)?;
+        let members = if live {
+            self.rooms.members(room_id)?
+        } else {
+            Arc::new(self.rooms.members_in(&state_now)?)
+        };
         let first_pos = events.first().map(|(p, _)| *p);
         let prev_batch = crate::rooms::Token(first_pos.map_or(cap, |p| p - 1));
         let num_live = if initial {
@@ -631,22 +650,22 @@ impl SyncService {
                 entry.insert("is_dm".into(), json!(true));
             }
         }
-        self.display_fields(room_id, user, &members, &mut entry)?;
+        self.display_fields(&state_now, user, &members, &mut entry)?;
         Ok(Some(Value::Object(entry)))
     }
 
     /// `name`, `avatar` and, for rooms without a name, `heroes` (up to five other
-    /// members with their profiles).
+    /// members with their profiles), from the state the user may see.
     fn display_fields(
         &self,
-        room_id: &RoomId,
+        state: &crate::rooms::StateMap,
         user: &UserId,
         members: &crate::rooms::RoomMembers,
         entry: &mut Map<String, Value>,
     ) -> Result<()> {
         let name = self
             .rooms
-            .state_content(room_id, "m.room.name", "")?
+            .content_in(state, "m.room.name", "")?
             .and_then(|c| c["name"].as_str().map(str::to_owned))
             .filter(|n| !n.is_empty());
         if let Some(name) = &name {
@@ -654,7 +673,7 @@ impl SyncService {
         }
         if let Some(avatar) = self
             .rooms
-            .state_content(room_id, "m.room.avatar", "")?
+            .content_in(state, "m.room.avatar", "")?
             .and_then(|c| c["url"].as_str().map(str::to_owned))
         {
             entry.insert("avatar".into(), json!(avatar));
@@ -667,7 +686,7 @@ impl SyncService {
                 }
                 let content = self
                     .rooms
-                    .state_content(room_id, "m.room.member", member.as_str())?
+                    .content_in(state, "m.room.member", member.as_str())?
                     .unwrap_or_default();
                 let mut hero = json!({ "user_id": member });
                 if let Some(n) = content["displayname"].as_str() {

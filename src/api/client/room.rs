@@ -296,13 +296,12 @@ async fn get_event_route(
 ) -> Result<get_room_event::v3::Response> {
     let user = req.sender_user()?;
     let body = &req.body;
-    let until = services.rooms.visible_until(&body.room_id, user)?;
-    match services.rooms.get_pdu_with_pos(&body.event_id)? {
-        Some((pos, pdu)) if pdu.room_id == body.room_id && pos <= until => Ok(
-            get_room_event::v3::Response::new(raw(&pdu.to_client_event())?),
-        ),
-        _ => Err(Error::not_found("Event not found")),
-    }
+    let pdu = services
+        .rooms
+        .visible_event(&body.room_id, user, &body.event_id)?;
+    Ok(get_room_event::v3::Response::new(raw(
+        &pdu.to_client_event()
+    )?))
 }
 
 fn filter_json(filter: &impl serde::Serialize) -> Result<EventFilter> {
@@ -370,21 +369,11 @@ async fn messages_route(
         .rooms
         .add_transaction_ids(&mut chunk, user, req.sender_device()?)?;
     res.chunk = chunk.iter().map(raw).collect::<Result<_>>()?;
-    if filter.lazy_load_members {
-        let mut senders: Vec<&ruma::UserId> =
-            page.chunk.iter().map(|p| p.sender.as_ref()).collect();
-        senders.sort();
-        senders.dedup();
-        for sender in senders {
-            if let Some(m) =
-                services
-                    .rooms
-                    .state_event_str(&body.room_id, "m.room.member", sender.as_str())?
-            {
-                res.state.push(raw(&m.to_client_event())?);
-            }
-        }
-    }
+    res.state = page
+        .state
+        .iter()
+        .map(|p| raw(&p.to_client_event()))
+        .collect::<Result<_>>()?;
     Ok(res)
 }
 
