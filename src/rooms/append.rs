@@ -150,6 +150,7 @@ impl RoomsService {
         sender: &UserId,
         event: NewEvent,
     ) -> Result<(OwnedEventId, u64)> {
+        events::validate::check_new_event(&event.kind, event.state_key.as_deref(), &event.content)?;
         let room_id = guard.room_id();
         let version = self.room(room_id)?.version;
         let (event_id, object, pdu) = self.build(room_id, &version, sender, &event)?;
