@@ -64,12 +64,25 @@ impl Default for VoipConfig {
 pub struct MediaConfig {
     /// Largest upload in bytes.
     pub max_upload_size: u64,
+    /// Largest image (width × height) the server decodes to make a thumbnail; larger
+    /// images get 413 `M_TOO_LARGE` from the thumbnail endpoints.
+    pub max_thumbnail_pixels: u64,
+    /// Thumbnails generated at the same time; further requests wait their turn.
+    pub max_concurrent_thumbnails: usize,
+    /// Media created before this time (ms since the Unix epoch) stays available on the
+    /// legacy unauthenticated `/_matrix/media/v3/download` and `/thumbnail` paths; newer
+    /// media only through authenticated media. 0 = the time this data directory was first
+    /// served by a version that knows the setting (recorded on first start).
+    pub unauthenticated_media_before_ms: u64,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             max_upload_size: 50 * 1024 * 1024,
+            max_thumbnail_pixels: 32_000_000,
+            max_concurrent_thumbnails: 2,
+            unauthenticated_media_before_ms: 0,
         }
     }
 }
@@ -249,11 +262,7 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
-        if let Some(v) = lookup("MYELIN_MEDIA_MAX_UPLOAD_SIZE") {
-            self.media.max_upload_size = v
-                .parse()
-                .map_err(|e| anyhow::anyhow!("MYELIN_MEDIA_MAX_UPLOAD_SIZE={v}: {e}"))?;
-        }
+        self.apply_media_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
             self.registration.allow_guests = match v.as_str() {
                 "true" | "1" | "yes" => true,
@@ -266,13 +275,25 @@ impl Config {
         self.apply_rtc_env(&lookup)
     }
 
-    fn apply_rtc_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        fn number<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T>
-        where
-            T::Err: std::fmt::Display,
-        {
-            v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}"))
+    fn apply_media_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let media = &mut self.media;
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_UPLOAD_SIZE") {
+            media.max_upload_size = number("MYELIN_MEDIA_MAX_UPLOAD_SIZE", &v)?;
         }
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_THUMBNAIL_PIXELS") {
+            media.max_thumbnail_pixels = number("MYELIN_MEDIA_MAX_THUMBNAIL_PIXELS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS") {
+            media.max_concurrent_thumbnails = number("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS") {
+            media.unauthenticated_media_before_ms =
+                number("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS", &v)?;
+        }
+        Ok(())
+    }
+
+    fn apply_rtc_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         let rtc = &mut self.rtc;
         if let Some(v) = lookup("MYELIN_RTC_LIVEKIT_URL") {
             rtc.livekit_url = v;
@@ -333,6 +354,9 @@ impl Config {
                 anyhow::bail!("{name} {url:?} is not a URL");
             }
         }
+        if self.media.max_concurrent_thumbnails == 0 {
+            anyhow::bail!("media.max_concurrent_thumbnails must be positive");
+        }
         if self.rtc.token_ttl_secs == 0 {
             anyhow::bail!("rtc.token_ttl_secs must be positive");
         }
@@ -356,6 +380,14 @@ impl Config {
             self.public_base_url.trim_end_matches('/').to_owned()
         }
     }
+}
+
+/// Parses the numeric value of environment variable `name`.
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}"))
 }
 
 #[cfg(test)]
