@@ -87,6 +87,16 @@ impl Default for MediaConfig {
     }
 }
 
+/// Push settings (`[push]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Address ranges (CIDR, e.g. `10.1.0.0/16`, `127.0.0.1/32`, `::1/128`) that push
+    /// gateways may be in although they are not public: loopback, private, link-local,
+    /// cloud metadata and similar addresses are refused unless listed here.
+    pub gateway_allow_cidrs: Vec<String>,
+}
+
 /// Storage settings (`[storage]`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -177,6 +187,8 @@ pub struct Config {
     pub voip: VoipConfig,
     /// Media repository settings.
     pub media: MediaConfig,
+    /// Push gateway settings.
+    pub push: PushConfig,
     /// MatrixRTC settings.
     pub rtc: RtcConfig,
 }
@@ -194,6 +206,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             voip: VoipConfig::default(),
             media: MediaConfig::default(),
+            push: PushConfig::default(),
             rtc: RtcConfig::default(),
         }
     }
@@ -263,6 +276,7 @@ impl Config {
                 .collect();
         }
         self.apply_media_env(&lookup)?;
+        self.apply_push_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
             self.registration.allow_guests = match v.as_str() {
                 "true" | "1" | "yes" => true,
@@ -289,6 +303,18 @@ impl Config {
         if let Some(v) = lookup("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS") {
             media.unauthenticated_media_before_ms =
                 number("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS", &v)?;
+        }
+        Ok(())
+    }
+
+    fn apply_push_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = lookup("MYELIN_PUSH_GATEWAY_ALLOW_CIDRS") {
+            self.push.gateway_allow_cidrs = v
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         Ok(())
     }
@@ -353,6 +379,10 @@ impl Config {
             if !url.is_empty() && !url.contains("://") {
                 anyhow::bail!("{name} {url:?} is not a URL");
             }
+        }
+        for cidr in &self.push.gateway_allow_cidrs {
+            crate::push::gateway::Cidr::parse(cidr)
+                .map_err(|e| anyhow::anyhow!("push.gateway_allow_cidrs: {e}"))?;
         }
         if self.media.max_concurrent_thumbnails == 0 {
             anyhow::bail!("media.max_concurrent_thumbnails must be positive");
