@@ -197,6 +197,10 @@ fn hostile_bodies(rng: &mut StdRng) -> Vec<Vec<u8>> {
         b"42".to_vec(),
         b"null".to_vec(),
         b"{}".to_vec(),
+        // custom and duplicate discriminators (ruma's hand-written deserializers)
+        br#"{"type": "org.custom", "auth": {"type": "org.custom", "session": 1}}"#.to_vec(),
+        br#"{"type": "m.login.password", "type": "m.login.token", "join_rule": "x", "join_rule": 1}"#
+            .to_vec(),
     ];
     // common fields with the wrong types
     let wrong_types = r#"{
@@ -414,14 +418,19 @@ async fn state_of(c: &Client, room: &str, kind: &str) -> anyhow::Result<Value> {
         .ok()
 }
 
-#[tokio::test]
-async fn bad_ids_and_state_content_are_refused_and_not_written() -> anyhow::Result<()> {
+/// A server with `alice` in a private room.
+async fn room_setup() -> anyhow::Result<(TestServer, Client, String)> {
     let server = TestServer::start().await?;
     let alice = server.register("alice").await?;
     let room = alice.create_room(json!({"preset": "private_chat"})).await?;
+    Ok((server, alice, room))
+}
+
+#[tokio::test]
+async fn event_type_and_state_key_over_255_bytes_are_refused() -> anyhow::Result<()> {
+    let (_server, alice, room) = room_setup().await?;
     let r = enc(&room);
     let long = "x".repeat(256);
-
     // event type and state key over 255 bytes; 255 is fine
     alice
         .put(&format!("/rooms/{r}/send/{long}/t1"), json!({"body": "x"}))
@@ -448,7 +457,13 @@ async fn bad_ids_and_state_content_are_refused_and_not_written() -> anyhow::Resu
             .all(|e| e["type"] != long.as_str() && e["state_key"] != long.as_str()),
         "nothing written: {state:?}"
     );
+    Ok(())
+}
 
+#[tokio::test]
+async fn empty_body_on_send_and_state_is_not_json() -> anyhow::Result<()> {
+    let (_server, alice, room) = room_setup().await?;
+    let r = enc(&room);
     // an empty body on PUT /send is not an empty event
     let path = format!("/_matrix/client/v3/rooms/{r}/send/m.room.message/empty1");
     alice
@@ -471,7 +486,12 @@ async fn bad_ids_and_state_content_are_refused_and_not_written() -> anyhow::Resu
             .all(|e| e["type"] != "m.room.message" && e["type"] != "m.room.topic"),
         "{chunk:?}"
     );
+    Ok(())
+}
 
+#[tokio::test]
+async fn malformed_power_levels_are_bad_json_not_forbidden() -> anyhow::Result<()> {
+    let (_server, alice, room) = room_setup().await?;
     // malformed power levels: 400, not 403, and the levels are unchanged
     let before = state_of(&alice, &room, "m.room.power_levels").await?;
     for content in [
@@ -490,7 +510,12 @@ async fn bad_ids_and_state_content_are_refused_and_not_written() -> anyhow::Resu
         state_of(&alice, &room, "m.room.power_levels").await?,
         before
     );
+    Ok(())
+}
 
+#[tokio::test]
+async fn member_events_need_a_user_id_state_key_and_membership() -> anyhow::Result<()> {
+    let (_server, alice, room) = room_setup().await?;
     // member events need a user id as state key and a membership
     alice
         .set_state(
@@ -510,7 +535,12 @@ async fn bad_ids_and_state_content_are_refused_and_not_written() -> anyhow::Resu
         )
         .await?
         .expect_error(400, "M_BAD_JSON")?;
+    Ok(())
+}
 
+#[tokio::test]
+async fn unknown_join_rules_are_refused() -> anyhow::Result<()> {
+    let (_server, alice, room) = room_setup().await?;
     // unknown join rules
     let before = state_of(&alice, &room, "m.room.join_rules").await?;
     alice
@@ -532,14 +562,24 @@ async fn bad_ids_and_state_content_are_refused_and_not_written() -> anyhow::Resu
         )
         .await?
         .ok()?;
+    Ok(())
+}
 
+#[tokio::test]
+async fn inline_filter_with_negative_limit_is_bad_json() -> anyhow::Result<()> {
+    let (_server, alice, _room) = room_setup().await?;
     // an inline filter with a negative limit is a bad filter, not an unknown filter id
     let filter = enc(r#"{"room":{"timeline":{"limit":-1}}}"#);
     let r = alice.get(&format!("/sync?filter={filter}")).await?;
     r.expect_error(400, "M_BAD_JSON")?;
     let r = alice.get("/sync?filter=%7Bnot%20json").await?;
     r.expect_error(400, "M_NOT_JSON")?;
+    Ok(())
+}
 
+#[tokio::test]
+async fn largest_sliding_sync_range_end_does_not_overflow() -> anyhow::Result<()> {
+    let (_server, alice, _room) = room_setup().await?;
     // the largest sliding-sync range end
     let r = alice
         .request(
@@ -554,12 +594,8 @@ async fn bad_ids_and_state_content_are_refused_and_not_written() -> anyhow::Resu
 }
 
 #[tokio::test]
-async fn bad_devices_and_registrations_are_refused_and_not_written() -> anyhow::Result<()> {
-    let server = TestServer::start_with(&[
-        ("MYELIN_REGISTRATION_MODE", "open"),
-        ("MYELIN_REGISTRATION_ALLOW_GUESTS", "true"),
-    ])
-    .await?;
+async fn long_device_ids_and_names_are_refused_and_not_written() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
     let alice = server.register("alice").await?;
     let anon = server.client();
     let login = |device: Value, name: Value| {
@@ -593,16 +629,24 @@ async fn bad_devices_and_registrations_are_refused_and_not_written() -> anyhow::
         .expect_error(400, "M_INVALID_PARAM")?;
 
     // registration: device checks come before the account is created
-    let dummy = |name: &str, device: &str| {
-        json!({"username": name, "password": "pw-123456", "device_id": device,
-               "auth": {"type": "m.login.dummy"}})
-    };
     anon.post("/register", dummy("bob", &long_id))
         .await?
         .expect_error(400, "M_INVALID_PARAM")?;
     let available = anon.get("/register/available?username=bob").await?.ok()?;
     assert_eq!(available["available"], true);
+    Ok(())
+}
 
+/// A registration body completing UIA with `m.login.dummy`.
+fn dummy(name: &str, device: &str) -> Value {
+    json!({"username": name, "password": "pw-123456", "device_id": device,
+           "auth": {"type": "m.login.dummy"}})
+}
+
+#[tokio::test]
+async fn only_user_and_guest_registration_kinds_exist() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let anon = server.client();
     // only `user` and `guest` kinds exist
     for kind in ["admin", "bot", ""] {
         anon.post(&format!("/register?kind={kind}"), dummy("carol", "C1"))
@@ -612,7 +656,13 @@ async fn bad_devices_and_registrations_are_refused_and_not_written() -> anyhow::
     }
     let available = anon.get("/register/available?username=carol").await?.ok()?;
     assert_eq!(available["available"], true);
+    Ok(())
+}
 
+#[tokio::test]
+async fn underscore_localparts_are_reserved() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let anon = server.client();
     // `_` localparts belong to application services
     anon.post("/register", dummy("_bridge", "B1"))
         .await?
