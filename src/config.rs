@@ -64,14 +64,37 @@ impl Default for VoipConfig {
 pub struct MediaConfig {
     /// Largest upload in bytes.
     pub max_upload_size: u64,
+    /// Largest image (width × height) the server decodes to make a thumbnail; larger
+    /// images get 413 `M_TOO_LARGE` from the thumbnail endpoints.
+    pub max_thumbnail_pixels: u64,
+    /// Thumbnails generated at the same time; further requests wait their turn.
+    pub max_concurrent_thumbnails: usize,
+    /// Media created before this time (ms since the Unix epoch) stays available on the
+    /// legacy unauthenticated `/_matrix/media/v3/download` and `/thumbnail` paths; newer
+    /// media only through authenticated media. 0 = the time this data directory was first
+    /// served by a version that knows the setting (recorded on first start).
+    pub unauthenticated_media_before_ms: u64,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             max_upload_size: 50 * 1024 * 1024,
+            max_thumbnail_pixels: 32_000_000,
+            max_concurrent_thumbnails: 2,
+            unauthenticated_media_before_ms: 0,
         }
     }
+}
+
+/// Push settings (`[push]`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Address ranges (CIDR, e.g. `10.1.0.0/16`, `127.0.0.1/32`, `::1/128`) that push
+    /// gateways may be in although they are not public: loopback, private, link-local,
+    /// cloud metadata and similar addresses are refused unless listed here.
+    pub gateway_allow_cidrs: Vec<String>,
 }
 
 /// Storage settings (`[storage]`).
@@ -164,6 +187,8 @@ pub struct Config {
     pub voip: VoipConfig,
     /// Media repository settings.
     pub media: MediaConfig,
+    /// Push gateway settings.
+    pub push: PushConfig,
     /// MatrixRTC settings.
     pub rtc: RtcConfig,
 }
@@ -181,6 +206,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             voip: VoipConfig::default(),
             media: MediaConfig::default(),
+            push: PushConfig::default(),
             rtc: RtcConfig::default(),
         }
     }
@@ -249,11 +275,8 @@ impl Config {
                 .map(str::to_owned)
                 .collect();
         }
-        if let Some(v) = lookup("MYELIN_MEDIA_MAX_UPLOAD_SIZE") {
-            self.media.max_upload_size = v
-                .parse()
-                .map_err(|e| anyhow::anyhow!("MYELIN_MEDIA_MAX_UPLOAD_SIZE={v}: {e}"))?;
-        }
+        self.apply_media_env(&lookup)?;
+        self.apply_push_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
             self.registration.allow_guests = match v.as_str() {
                 "true" | "1" | "yes" => true,
@@ -266,13 +289,37 @@ impl Config {
         self.apply_rtc_env(&lookup)
     }
 
-    fn apply_rtc_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
-        fn number<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T>
-        where
-            T::Err: std::fmt::Display,
-        {
-            v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}"))
+    fn apply_media_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let media = &mut self.media;
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_UPLOAD_SIZE") {
+            media.max_upload_size = number("MYELIN_MEDIA_MAX_UPLOAD_SIZE", &v)?;
         }
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_THUMBNAIL_PIXELS") {
+            media.max_thumbnail_pixels = number("MYELIN_MEDIA_MAX_THUMBNAIL_PIXELS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS") {
+            media.max_concurrent_thumbnails = number("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS") {
+            media.unauthenticated_media_before_ms =
+                number("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS", &v)?;
+        }
+        Ok(())
+    }
+
+    fn apply_push_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = lookup("MYELIN_PUSH_GATEWAY_ALLOW_CIDRS") {
+            self.push.gateway_allow_cidrs = v
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        Ok(())
+    }
+
+    fn apply_rtc_env(&mut self, lookup: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         let rtc = &mut self.rtc;
         if let Some(v) = lookup("MYELIN_RTC_LIVEKIT_URL") {
             rtc.livekit_url = v;
@@ -333,6 +380,13 @@ impl Config {
                 anyhow::bail!("{name} {url:?} is not a URL");
             }
         }
+        for cidr in &self.push.gateway_allow_cidrs {
+            crate::push::gateway::Cidr::parse(cidr)
+                .map_err(|e| anyhow::anyhow!("push.gateway_allow_cidrs: {e}"))?;
+        }
+        if self.media.max_concurrent_thumbnails == 0 {
+            anyhow::bail!("media.max_concurrent_thumbnails must be positive");
+        }
         if self.rtc.token_ttl_secs == 0 {
             anyhow::bail!("rtc.token_ttl_secs must be positive");
         }
@@ -356,6 +410,14 @@ impl Config {
             self.public_base_url.trim_end_matches('/').to_owned()
         }
     }
+}
+
+/// Parses the numeric value of environment variable `name`.
+fn number<T: std::str::FromStr>(name: &str, v: &str) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}"))
 }
 
 #[cfg(test)]

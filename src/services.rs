@@ -85,6 +85,8 @@ impl Services {
             storage.clone(),
             rooms.clone(),
             users.clone(),
+            crate::push::gateway::AddressPolicy::new(&config.push.gateway_allow_cidrs)
+                .map_err(|e| crate::Error::internal(format!("push.gateway_allow_cidrs: {e}")))?,
         ));
         push.migrate_records()?;
         push.load_pushers()?;

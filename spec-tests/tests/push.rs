@@ -311,7 +311,12 @@ async fn fake_gateway() -> anyhow::Result<(String, mpsc::UnboundedReceiver<Value
 
 #[tokio::test]
 async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
-    let mut server = TestServer::start().await?;
+    // The fake gateway is on loopback, which push gateways may only use when allowed.
+    let mut server = TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_PUSH_GATEWAY_ALLOW_CIDRS", "127.0.0.0/8"),
+    ])
+    .await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let (url, mut pushes) = fake_gateway().await?;

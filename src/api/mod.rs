@@ -18,6 +18,7 @@ use axum::{
     Router,
 };
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     cors::{Any, CorsLayer},
     trace::TraceLayer,
 };
@@ -37,9 +38,21 @@ pub fn router(services: Arc<Services>) -> Router {
         .fallback(unrecognized)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)
+        // A panic is our bug: the client still gets a Matrix error, not a dropped
+        // connection (the panic itself is logged by the panic hook and here).
+        .layer(CatchPanicLayer::custom(panic_response))
         // Requests are logged at DEBUG (`RUST_LOG=tower_http=debug`).
         .layer(TraceLayer::new_for_http())
         .with_state(services)
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    Error::internal(format!("request handler panicked: {what}")).into_response()
 }
 
 /// Unknown endpoints are logged (path only, never the query, which may hold a token) so

@@ -11,8 +11,9 @@ use serde_json::value::RawValue;
 use super::{keys::ServerKeys, rules_for};
 use crate::{Error, Result};
 
-/// The largest PDU the spec allows, in bytes of canonical JSON.
-pub const MAX_PDU_BYTES: usize = 65_535;
+/// The largest PDU the spec allows, in bytes of canonical JSON: the complete event in the
+/// federation format, signatures and hashes included.
+pub const MAX_PDU_BYTES: usize = 65_536;
 
 /// The ids of the current state events that authorise an event, per the spec's
 /// "auth events selection"; `lookup` maps (type, state key) to the current event id.
@@ -46,7 +47,7 @@ pub fn auth_events_for(
 }
 
 /// Adds the content hash and our signature, then derives the event id (reference hash).
-/// Events over 64 KiB are refused with `M_TOO_LARGE`.
+/// A signed PDU over [`MAX_PDU_BYTES`] is refused with 413 `M_TOO_LARGE`.
 pub fn finalize_event(
     keys: &ServerKeys,
     server_name: &ServerName,
@@ -57,9 +58,12 @@ pub fn finalize_event(
     object.remove("event_id");
     object.remove("signatures");
     object.remove("hashes");
-    let size = serde_json::to_vec(&object)?.len();
-    if size > MAX_PDU_BYTES {
-        return Err(too_large(size));
+    // Cheap early refusal: signing only adds bytes.
+    let unsigned_size = serde_json::to_vec(&object)?.len();
+    if unsigned_size > MAX_PDU_BYTES {
+        return Err(Error::too_large(format!(
+            "Event is over {unsigned_size} bytes; the limit is {MAX_PDU_BYTES}"
+        )));
     }
     hash_and_sign_event(
         server_name.as_str(),
@@ -71,21 +75,20 @@ pub fn finalize_event(
     let hash = reference_hash(&object, &rules).map_err(map_json_error)?;
     let event_id = OwnedEventId::try_from(format!("${hash}"))
         .map_err(|e| Error::internal(format!("derived event id: {e}")))?;
-    if serde_json::to_vec(&object)?.len() > MAX_PDU_BYTES {
-        return Err(too_large(size));
+    let size = serde_json::to_vec(&object)?.len();
+    if size > MAX_PDU_BYTES {
+        return Err(Error::too_large(format!(
+            "Event is {size} bytes; the limit is {MAX_PDU_BYTES}"
+        )));
     }
     Ok((event_id, object))
 }
 
-fn too_large(size: usize) -> Error {
-    Error::too_large(format!(
-        "Event is {size} bytes; the limit is {MAX_PDU_BYTES}"
-    ))
-}
-
 fn map_json_error(e: JsonError) -> Error {
     match e {
-        JsonError::PduTooLarge => Error::too_large(format!("Event exceeds {MAX_PDU_BYTES} bytes")),
+        JsonError::PduTooLarge => Error::too_large(format!(
+            "Event is over {MAX_PDU_BYTES} bytes; the limit is {MAX_PDU_BYTES}"
+        )),
         other => Error::bad_json(format!("event cannot be signed: {other}")),
     }
 }
@@ -190,6 +193,33 @@ mod tests {
         }));
         let err = finalize_event(&spec_keys(), server_name!("domain"), &RoomVersionId::V11, o)
             .unwrap_err();
+        assert_eq!(err.errcode(), "M_TOO_LARGE");
+    }
+
+    /// The limit applies to the signed PDU, and 65,536 bytes are allowed.
+    #[test]
+    fn signed_pdu_of_exactly_the_limit_is_accepted() {
+        let event = |len: usize| {
+            canon(json!({
+                "room_id": "!x:domain", "sender": "@a:domain", "origin_server_ts": 1,
+                "type": "m.room.message", "content": { "body": "x".repeat(len) },
+                "prev_events": [], "auth_events": [], "depth": 1
+            }))
+        };
+        let keys = spec_keys();
+        let finish = |len| {
+            finalize_event(
+                &keys,
+                server_name!("domain"),
+                &RoomVersionId::V11,
+                event(len),
+            )
+        };
+        let (_, signed) = finish(1000).unwrap();
+        let overhead = serde_json::to_vec(&signed).unwrap().len() - 1000;
+        let (_, signed) = finish(MAX_PDU_BYTES - overhead).unwrap();
+        assert_eq!(serde_json::to_vec(&signed).unwrap().len(), MAX_PDU_BYTES);
+        let err = finish(MAX_PDU_BYTES - overhead + 1).unwrap_err();
         assert_eq!(err.errcode(), "M_TOO_LARGE");
     }
 }

@@ -6,6 +6,7 @@ pub mod builder;
 pub mod keys;
 mod pdu;
 pub mod redaction;
+pub mod validate;
 
 pub use pdu::{parse_event_id, Pdu};
 use ruma::{room_version_rules::RoomVersionRules, RoomVersionId};

@@ -4,6 +4,10 @@
 //!
 //! Files are written to a temporary file, fsynced and renamed into place before the
 //! metadata commit, so an acknowledged upload survives a crash.
+//!
+//! Thumbnails are made on the blocking pool, a few at a time, from images whose header
+//! says they are within `media.max_thumbnail_pixels`. Media created after the
+//! `media.unauthenticated_media_before_ms` cut-off is served only as authenticated media.
 
 mod thumbnail;
 
@@ -19,7 +23,10 @@ use rand::{distributions::Alphanumeric, Rng};
 use ruma::UserId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::{io::AsyncWriteExt, sync::Notify};
+use tokio::{
+    io::AsyncWriteExt,
+    sync::{Notify, Semaphore},
+};
 
 pub use self::thumbnail::{ThumbnailMethod, ThumbnailSpec};
 use crate::{
@@ -34,6 +41,18 @@ const UNUSED_EXPIRY_MS: u64 = 24 * 3600 * 1000;
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Outstanding `/create` ids one user may hold.
 const MAX_PENDING_PER_USER: usize = 64;
+/// `meta` key of the recorded unauthenticated-media cut-off (big-endian ms).
+const UNAUTHENTICATED_BEFORE_KEY: &[u8] = b"media_unauthenticated_before";
+
+/// Which API a download or thumbnail request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// `/_matrix/client/v1/media/...` with an access token.
+    Authenticated,
+    /// The legacy unauthenticated `/_matrix/media/{v3,r0}/...` paths: media created before
+    /// the cut-off only.
+    Unauthenticated,
+}
 
 /// What is stored about one media id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +101,10 @@ pub struct MediaService {
     root: PathBuf,
     /// Wakes downloads waiting for an asynchronous upload, per media id.
     waiting: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Permits for thumbnail generation (`media.max_concurrent_thumbnails`).
+    thumbnail_jobs: Semaphore,
+    /// Media created before this (ms) is still served without authentication.
+    unauthenticated_before: u64,
 }
 
 fn now_ms() -> u64 {
@@ -101,12 +124,36 @@ impl MediaService {
     /// Builds the service (the media directory is created on first upload).
     pub fn new(config: Arc<Config>, storage: Arc<Storage>) -> Result<MediaService> {
         let root = config.data_dir.join("media");
+        let unauthenticated_before = match config.media.unauthenticated_media_before_ms {
+            0 => Self::recorded_cutoff(&storage)?,
+            configured => configured,
+        };
         Ok(MediaService {
+            thumbnail_jobs: Semaphore::new(config.media.max_concurrent_thumbnails.max(1)),
             config,
             storage,
             root,
             waiting: Mutex::new(HashMap::new()),
+            unauthenticated_before,
         })
+    }
+
+    /// The cut-off recorded on the first start that knew it (recorded now if absent), so
+    /// media from before the upgrade keeps working on the legacy paths.
+    fn recorded_cutoff(storage: &Storage) -> Result<u64> {
+        let meta = &storage.trees.meta;
+        if let Some(v) = meta.get(UNAUTHENTICATED_BEFORE_KEY)? {
+            let bytes: [u8; 8] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::internal("corrupt media cut-off in meta"))?;
+            return Ok(u64::from_be_bytes(bytes));
+        }
+        let now = now_ms();
+        let mut batch = Batch::new();
+        batch.insert(meta, UNAUTHENTICATED_BEFORE_KEY, &now.to_be_bytes());
+        storage.commit(batch)?;
+        Ok(now)
     }
 
     /// Largest accepted upload.
@@ -341,8 +388,25 @@ impl MediaService {
         Ok(())
     }
 
-    /// The content of a local media id, waiting up to `wait` for a pending upload.
+    /// The content of a local media id, waiting up to `wait` for a pending upload. Through
+    /// [`Access::Unauthenticated`], media created after the cut-off is `M_NOT_FOUND`.
     pub async fn content(
+        &self,
+        server: &str,
+        media_id: &str,
+        wait: Duration,
+        access: Access,
+    ) -> Result<(MediaRecord, Content)> {
+        let (record, content) = self.wait_for_content(server, media_id, wait).await?;
+        if access == Access::Unauthenticated && record.created >= self.unauthenticated_before {
+            return Err(Error::not_found(
+                "Media is only served through authenticated media (/_matrix/client/v1/media)",
+            ));
+        }
+        Ok((record, content))
+    }
+
+    async fn wait_for_content(
         &self,
         server: &str,
         media_id: &str,
@@ -403,16 +467,18 @@ impl MediaService {
     }
 
     /// A thumbnail of local media (generated on first request, then cached). Non-image
-    /// media, or images that cannot be decoded, get 400 `M_UNKNOWN`... unless the
-    /// original is already small enough, which is then served as it is.
+    /// media, or images that cannot be decoded, get 400 `M_UNKNOWN`, images over
+    /// `media.max_thumbnail_pixels` 413 `M_TOO_LARGE`... unless the original is already
+    /// small enough, which is then served as it is.
     pub async fn thumbnail(
         &self,
         server: &str,
         media_id: &str,
         spec: ThumbnailSpec,
         wait: Duration,
+        access: Access,
     ) -> Result<Content> {
-        let (record, original) = self.content(server, media_id, wait).await?;
+        let (record, original) = self.content(server, media_id, wait, access).await?;
         let key = keys::strs(&[media_id, &spec.cache_key()]);
         if let Some(t) = self
             .storage
@@ -436,10 +502,16 @@ impl MediaService {
         }
         let path = original.path.clone();
         let content_type = record.content_type.clone();
+        let max_pixels = self.config.media.max_thumbnail_pixels;
+        let _permit = self
+            .thumbnail_jobs
+            .acquire()
+            .await
+            .map_err(|e| Error::internal(format!("thumbnail permits: {e}")))?;
         let generated =
             tokio::task::spawn_blocking(move || -> Result<Option<(Vec<u8>, &'static str)>> {
                 let data = std::fs::read(&path)?;
-                thumbnail::generate(&data, &content_type, spec)
+                thumbnail::generate(&data, &content_type, spec, max_pixels)
             })
             .await
             .map_err(|e| Error::internal(e.to_string()))??;
@@ -572,6 +644,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             media: crate::config::MediaConfig {
                 max_upload_size: 16,
+                ..Default::default()
             },
             ..Default::default()
         };
@@ -600,8 +673,14 @@ mod tests {
         assert_ne!(a, b, "each upload gets its own id");
         let id_a = a.rsplit('/').next().unwrap();
         let id_b = b.rsplit('/').next().unwrap();
-        let (ra, ca) = s.content("localhost", id_a, Duration::ZERO).await.unwrap();
-        let (_, cb) = s.content("localhost", id_b, Duration::ZERO).await.unwrap();
+        let (ra, ca) = s
+            .content("localhost", id_a, Duration::ZERO, Access::Authenticated)
+            .await
+            .unwrap();
+        let (_, cb) = s
+            .content("localhost", id_b, Duration::ZERO, Access::Authenticated)
+            .await
+            .unwrap();
         assert_eq!(ca.path, cb.path, "identical bytes are stored once");
         assert_eq!(ra.sha256, hex::encode(Sha256::digest(b"same")));
         let err = s
@@ -621,7 +700,12 @@ mod tests {
         let (uri, _) = s.create(alice).await.unwrap();
         let id = uri.rsplit('/').next().unwrap().to_owned();
         let err = s
-            .content("localhost", &id, Duration::from_millis(10))
+            .content(
+                "localhost",
+                &id,
+                Duration::from_millis(10),
+                Access::Authenticated,
+            )
             .await
             .unwrap_err();
         assert_eq!(err.errcode(), "M_NOT_YET_UPLOADED");
@@ -645,7 +729,16 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.errcode(), "M_CANNOT_OVERWRITE_MEDIA");
-        let (r, _) = s.content("localhost", &id, Duration::ZERO).await.unwrap();
+        let (r, _) = s
+            .content("localhost", &id, Duration::ZERO, Access::Authenticated)
+            .await
+            .unwrap();
         assert_eq!(r.size, 1);
+        // created after the cut-off: not on the unauthenticated paths
+        let err = s
+            .content("localhost", &id, Duration::ZERO, Access::Unauthenticated)
+            .await
+            .unwrap_err();
+        assert_eq!(err.errcode(), "M_NOT_FOUND");
     }
 }

@@ -3,7 +3,9 @@
 
 use std::io::Cursor;
 
-use image::{imageops::FilterType, DynamicImage, GenericImageView, ImageFormat};
+use image::{
+    imageops::FilterType, DynamicImage, GenericImageView, ImageFormat, ImageReader, Limits,
+};
 
 use crate::{Error, Result};
 
@@ -68,22 +70,55 @@ pub fn can_thumbnail(content_type: &str) -> bool {
     format_of(content_type).is_some()
 }
 
+fn undecodable(e: image::ImageError) -> Error {
+    Error::matrix(
+        http::StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+        format!("cannot decode the image: {e}"),
+    )
+}
+
+fn too_many_pixels(width: u32, height: u32, max_pixels: u64) -> Error {
+    Error::too_large(format!(
+        "The image is {width}x{height} pixels; images over {max_pixels} pixels are not thumbnailed"
+    ))
+}
+
+/// Decodes an image of at most `max_pixels` pixels. The dimensions are read from the
+/// header first, so an image that would be too large is refused (413 `M_TOO_LARGE`) before
+/// its pixels are allocated; the decoder is held to those dimensions and an allocation
+/// budget of four bytes per pixel (plus slack for the decoder's own buffers) as well.
+fn decode_limited(data: &[u8], format: ImageFormat, max_pixels: u64) -> Result<DynamicImage> {
+    let (width, height) = ImageReader::with_format(Cursor::new(data), format)
+        .into_dimensions()
+        .map_err(undecodable)?;
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(too_many_pixels(width, height, max_pixels));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    limits.max_alloc = Some(max_pixels.saturating_mul(4).saturating_add(16 << 20));
+    let mut reader = ImageReader::with_format(Cursor::new(data), format);
+    reader.limits(limits);
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => too_many_pixels(width, height, max_pixels),
+        other => undecodable(other),
+    })
+}
+
 /// Makes the thumbnail: `Ok(None)` when the image already fits (serve the original).
-/// Images with alpha become PNG, others JPEG.
+/// Images over `max_pixels` pixels are refused with 413 `M_TOO_LARGE` without being
+/// decoded. Images with alpha become PNG, others JPEG.
 pub fn generate(
     data: &[u8],
     content_type: &str,
     spec: ThumbnailSpec,
+    max_pixels: u64,
 ) -> Result<Option<(Vec<u8>, &'static str)>> {
     let format = format_of(content_type)
         .ok_or_else(|| Error::invalid_param("not a supported image type"))?;
-    let image = image::load_from_memory_with_format(data, format).map_err(|e| {
-        Error::matrix(
-            http::StatusCode::BAD_REQUEST,
-            "M_UNKNOWN",
-            format!("cannot decode the image: {e}"),
-        )
-    })?;
+    let image = decode_limited(data, format, max_pixels)?;
     let (w, h) = image.dimensions();
     let thumb: DynamicImage = match spec.method {
         ThumbnailMethod::Scale => {
@@ -125,6 +160,8 @@ mod tests {
         out.into_inner()
     }
 
+    const MAX: u64 = 1_000_000;
+
     fn dims(data: &[u8]) -> (u32, u32) {
         image::load_from_memory(data).unwrap().dimensions()
     }
@@ -133,22 +170,31 @@ mod tests {
     fn scale_keeps_aspect_and_crop_fills() {
         let src = png(200, 100);
         let spec = ThumbnailSpec::new(50, 50, ThumbnailMethod::Scale).unwrap();
-        let (out, _) = generate(&src, "image/png", spec).unwrap().unwrap();
+        let (out, _) = generate(&src, "image/png", spec, MAX).unwrap().unwrap();
         assert_eq!(dims(&out), (50, 25));
         let spec = ThumbnailSpec::new(50, 50, ThumbnailMethod::Crop).unwrap();
-        let (out, _) = generate(&src, "image/png", spec).unwrap().unwrap();
+        let (out, _) = generate(&src, "image/png", spec, MAX).unwrap().unwrap();
         assert_eq!(dims(&out), (50, 50));
         // already small enough: serve the original
         let spec = ThumbnailSpec::new(400, 400, ThumbnailMethod::Scale).unwrap();
-        assert!(generate(&src, "image/png", spec).unwrap().is_none());
+        assert!(generate(&src, "image/png", spec, MAX).unwrap().is_none());
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let spec = ThumbnailSpec::new(10, 10, ThumbnailMethod::Scale).unwrap();
-        assert!(generate(b"not an image", "image/png", spec).is_err());
+        assert!(generate(b"not an image", "image/png", spec, MAX).is_err());
         assert!(ThumbnailSpec::new(0, 10, ThumbnailMethod::Crop).is_err());
         assert!(!can_thumbnail("image/svg+xml"));
         assert!(!can_thumbnail("text/html"));
+    }
+
+    #[test]
+    fn oversized_images_are_refused_before_decoding() {
+        let src = png(200, 100);
+        let spec = ThumbnailSpec::new(50, 50, ThumbnailMethod::Scale).unwrap();
+        let err = generate(&src, "image/png", spec, 200 * 100 - 1).unwrap_err();
+        assert_eq!(err.errcode(), "M_TOO_LARGE");
+        assert!(generate(&src, "image/png", spec, 200 * 100).is_ok());
     }
 }

@@ -1,8 +1,15 @@
 //! Delivery to HTTP push gateways (Push Gateway API `POST /_matrix/push/v1/notify`, the
 //! payload sygnal expects), with retries and exponential backoff. Queued pushes live in
-//! memory: a push still being retried when the server stops is dropped.
+//! memory: a push still being retried when the server stops is dropped. Gateways must be
+//! at addresses the [`AddressPolicy`] permits, checked when a pusher is set and again at
+//! delivery, after DNS resolution; redirects are not followed.
 
-use std::{sync::Mutex, time::Duration};
+mod address;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ruma::{
     api::client::push::{Pusher, PusherKind},
@@ -11,6 +18,7 @@ use ruma::{
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+pub use self::address::{AddressPolicy, Cidr};
 use super::PushRecord;
 use crate::{Error, Result};
 
@@ -20,8 +28,9 @@ const MAX_ATTEMPTS: u32 = 6;
 /// The path every push gateway URL must have.
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 
-/// Checks a pusher URL: http(s) with the notify path, as the spec requires.
-pub fn check_url(url: &str) -> Result<()> {
+/// Checks a pusher URL: http(s) with the notify path, as the spec requires, at a host
+/// `policy` permits (400 `M_INVALID_PARAM` otherwise).
+pub fn check_url(url: &str, policy: &AddressPolicy) -> Result<()> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|_| Error::invalid_param("pusher data.url is not a valid URL"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -33,6 +42,15 @@ pub fn check_url(url: &str) -> Result<()> {
         return Err(Error::invalid_param(format!(
             "pusher data.url must have the path {NOTIFY_PATH}"
         )));
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| Error::invalid_param("pusher data.url has no host"))?;
+    if !policy.permits_host(host) {
+        return Err(Error::invalid_param(
+            "pusher data.url points at an address push gateways may not have \
+             (loopback, private, link-local or otherwise special)",
+        ));
     }
     Ok(())
 }
@@ -123,16 +141,24 @@ type OnRejected = Box<dyn Fn(&str, &str, &str) + Send + Sync>;
 pub struct Gateway {
     tx: mpsc::UnboundedSender<Job>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
+    policy: Arc<AddressPolicy>,
 }
 
 impl Gateway {
-    /// A queue; nothing is delivered until [`Gateway::start`].
-    pub fn new() -> Gateway {
+    /// A queue delivering only to gateways `policy` permits; nothing is delivered until
+    /// [`Gateway::start`].
+    pub fn new(policy: AddressPolicy) -> Gateway {
         let (tx, rx) = mpsc::unbounded_channel();
         Gateway {
             tx,
             rx: Mutex::new(Some(rx)),
+            policy: Arc::new(policy),
         }
+    }
+
+    /// Checks a pusher URL against the spec's shape and the address policy.
+    pub fn check_url(&self, url: &str) -> Result<()> {
+        check_url(url, &self.policy)
     }
 
     /// Queues a push for `job`'s pusher (skipped when it has no URL).
@@ -148,9 +174,15 @@ impl Gateway {
         let Some(mut rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        let on_rejected: std::sync::Arc<OnRejected> = std::sync::Arc::new(Box::new(on_rejected));
+        let on_rejected: Arc<OnRejected> = Arc::new(Box::new(on_rejected));
+        let policy = self.policy.clone();
+        // No proxy (it would resolve the name itself) and no redirects (they could lead
+        // anywhere): the policy-filtering resolver decides every address connected to.
         let client = match reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(address::FilteringResolver::new(policy.clone())))
             .build()
         {
             Ok(c) => c,
@@ -161,17 +193,17 @@ impl Gateway {
         };
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
+                // Pushers stored before the policy existed meet it here (IP literals are
+                // not resolved, so the resolver alone would not see them).
+                if let Err(e) = check_url(&job.url, &policy) {
+                    tracing::warn!(app_id = %job.app_id, error = %e, "push gateway address refused");
+                    continue;
+                }
                 let client = client.clone();
                 let on_rejected = on_rejected.clone();
                 tokio::spawn(async move { deliver(&client, job, &**on_rejected).await });
             }
         });
-    }
-}
-
-impl Default for Gateway {
-    fn default() -> Self {
-        Gateway::new()
     }
 }
 
@@ -219,10 +251,29 @@ mod tests {
 
     #[test]
     fn gateway_urls_must_be_notify_endpoints() {
-        assert!(check_url("https://push.example/_matrix/push/v1/notify").is_ok());
-        assert!(check_url("http://127.0.0.1:5000/_matrix/push/v1/notify").is_ok());
-        assert!(check_url("https://push.example/other").is_err());
-        assert!(check_url("ftp://push.example/_matrix/push/v1/notify").is_err());
-        assert!(check_url("not a url").is_err());
+        let public = AddressPolicy::default();
+        assert!(check_url("https://push.example/_matrix/push/v1/notify", &public).is_ok());
+        assert!(check_url("https://push.example/other", &public).is_err());
+        assert!(check_url("ftp://push.example/_matrix/push/v1/notify", &public).is_err());
+        assert!(check_url("not a url", &public).is_err());
+    }
+
+    #[test]
+    fn gateway_urls_must_be_at_permitted_addresses() {
+        let public = AddressPolicy::default();
+        for url in [
+            "http://127.0.0.1:5000/_matrix/push/v1/notify",
+            "http://localhost:5000/_matrix/push/v1/notify",
+            "http://169.254.169.254/_matrix/push/v1/notify",
+            "http://[::1]/_matrix/push/v1/notify",
+            "http://10.0.0.7/_matrix/push/v1/notify",
+            "http://[::ffff:192.168.0.1]/_matrix/push/v1/notify",
+        ] {
+            let err = check_url(url, &public).unwrap_err();
+            assert_eq!(err.errcode(), "M_INVALID_PARAM", "{url}");
+        }
+        let loopback = AddressPolicy::new(&["127.0.0.0/8".into()]).unwrap();
+        assert!(check_url("http://127.0.0.1:5000/_matrix/push/v1/notify", &loopback).is_ok());
+        assert!(check_url("http://10.0.0.7/_matrix/push/v1/notify", &loopback).is_err());
     }
 }

@@ -206,6 +206,7 @@ impl PushService {
         storage: Arc<Storage>,
         rooms: Arc<RoomsService>,
         users: Arc<UsersService>,
+        gateway_policy: gateway::AddressPolicy,
     ) -> PushService {
         PushService {
             storage,
@@ -215,7 +216,7 @@ impl PushService {
             unread: Mutex::new(HashMap::new()),
             with_pushers: Mutex::new(HashSet::new()),
             names: Mutex::new(HashMap::new()),
-            gateway: gateway::Gateway::new(),
+            gateway: gateway::Gateway::new(gateway_policy),
         }
     }
 
@@ -644,7 +645,7 @@ impl PushService {
     /// app id and push key are removed (the spec's rule). Durable when this returns.
     pub async fn set_pusher(&self, user: &UserId, pusher: Pusher, append: bool) -> Result<()> {
         if let PusherKind::Http(http) = &pusher.kind {
-            gateway::check_url(&http.url)?;
+            self.gateway.check_url(&http.url)?;
         }
         let app_id = pusher.ids.app_id.clone();
         let pushkey = pusher.ids.pushkey.clone();

@@ -151,6 +151,7 @@ impl RoomsService {
         sender: &UserId,
         event: NewEvent,
     ) -> Result<(OwnedEventId, u64)> {
+        events::validate::check_new_event(&event.kind, event.state_key.as_deref(), &event.content)?;
         let room_id = guard.room_id();
         let record = self.room(room_id)?;
         let version = record.version.clone();

@@ -405,11 +405,12 @@ impl SyncService {
                     if lo > hi {
                         return Err(Error::invalid_param("list range start is after its end"));
                     }
-                    for c in members
-                        .iter()
-                        .skip(lo as usize)
-                        .take((hi - lo + 1) as usize)
-                    {
+                    // Ranges are inclusive and may end anywhere up to u64::MAX.
+                    let skip = usize::try_from(lo).unwrap_or(usize::MAX);
+                    let take = usize::try_from(hi - lo)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(1);
+                    for c in members.iter().skip(skip).take(take) {
                         configs.entry(c.room_id.clone()).or_default().merge(list);
                     }
                 }

@@ -131,9 +131,15 @@ impl UsersService {
         Ok(self.account(user)?.is_some_and(|a| a.guest))
     }
 
-    /// Checks that `localpart` may be registered: valid and not taken.
+    /// Checks that `localpart` may be registered by a client: valid, not taken, and not
+    /// starting with `_` (reserved for application services, as in Synapse).
     pub fn check_available(&self, localpart: &str) -> Result<OwnedUserId> {
         validate_localpart(localpart, self.server_name())?;
+        if localpart.starts_with('_') {
+            return Err(Error::invalid_username(
+                "User IDs starting with _ are reserved for application services",
+            ));
+        }
         let user = self.user_id_from(localpart)?;
         if self.exists(&user)? {
             return Err(Error::user_in_use());

@@ -43,6 +43,26 @@ impl Device {
 
 /// Longest accepted device display name in bytes.
 const MAX_DISPLAY_NAME_LEN: usize = 256;
+/// Longest accepted client-chosen device id in bytes (the spec's limit on identifiers).
+const MAX_DEVICE_ID_LEN: usize = 255;
+
+/// Checks what a client asks for at login or registration: a device id of 1 to 255 bytes
+/// and a display name of at most 256 bytes (400 `M_INVALID_PARAM` otherwise).
+pub fn check_new_device(device_id: Option<&DeviceId>, display_name: Option<&str>) -> Result<()> {
+    if let Some(id) = device_id {
+        if id.as_str().is_empty() || id.as_str().len() > MAX_DEVICE_ID_LEN {
+            return Err(Error::invalid_param(format!(
+                "device_id must be 1 to {MAX_DEVICE_ID_LEN} bytes"
+            )));
+        }
+    }
+    if display_name.is_some_and(|n| n.len() > MAX_DISPLAY_NAME_LEN) {
+        return Err(Error::invalid_param(format!(
+            "Device display name is longer than {MAX_DISPLAY_NAME_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
 
 impl UsersService {
     /// Every device of `user`, ordered by id.

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 pub use self::{
     account_data::AccountDataChanges,
     accounts::{check_password_policy, validate_localpart, Account},
-    devices::Device,
+    devices::{check_new_device, Device},
     presence::PresenceRecord,
     shared_secret::registration_mac,
     uia::{Stage, UiaFlows},

@@ -53,6 +53,7 @@ impl UsersService {
         device_id: Option<&DeviceId>,
         display_name: Option<String>,
     ) -> Result<(String, OwnedDeviceId)> {
+        super::devices::check_new_device(device_id, display_name.as_deref())?;
         let account = self
             .account(user)?
             .ok_or_else(|| Error::forbidden("Unknown user"))?;

@@ -61,7 +61,17 @@ async fn register(
     let users = &services.users;
     let body = &req.body;
     let settings = &services.config.registration;
-    let user = if matches!(body.kind, RegistrationKind::Guest) {
+    let guest = match body.kind {
+        RegistrationKind::Guest => true,
+        RegistrationKind::User => false,
+        _ => return Err(Error::invalid_param("kind must be `user` or `guest`")),
+    };
+    // Checked before anything is created, so a refused device leaves no account behind.
+    crate::users::check_new_device(
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )?;
+    let user = if guest {
         if !settings.allow_guests {
             return Err(Error::guest_access_forbidden(
                 "Guest registration is disabled",

@@ -17,7 +17,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    media::{content_disposition, Content, ThumbnailMethod, ThumbnailSpec},
+    media::{content_disposition, Access, Content, ThumbnailMethod, ThumbnailSpec},
     services::Services,
     users::Session,
     Error, Result,
@@ -226,14 +226,14 @@ async fn serve(content: Content, filename: Option<&str>) -> Result<Response> {
 
 async fn download(
     services: &Services,
-    server: &str,
-    media_id: &str,
+    (server, media_id): (&str, &str),
     filename: Option<&str>,
     query: &HashMap<String, String>,
+    access: Access,
 ) -> Result<Response> {
     let (_, content) = services
         .media
-        .content(server, media_id, wait_of(query)?)
+        .content(server, media_id, wait_of(query)?, access)
         .await?;
     serve(content, filename).await
 }
@@ -246,7 +246,14 @@ async fn download_authed(
     headers: HeaderMap,
 ) -> Result<Response> {
     authenticate(&services, &headers, &query)?;
-    download(&services, &server, &media_id, None, &query).await
+    download(
+        &services,
+        (&server, &media_id),
+        None,
+        &query,
+        Access::Authenticated,
+    )
+    .await
 }
 
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}`
@@ -257,25 +264,47 @@ async fn download_authed_named(
     headers: HeaderMap,
 ) -> Result<Response> {
     authenticate(&services, &headers, &query)?;
-    download(&services, &server, &media_id, Some(&filename), &query).await
+    download(
+        &services,
+        (&server, &media_id),
+        Some(&filename),
+        &query,
+        Access::Authenticated,
+    )
+    .await
 }
 
-/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}` (unauthenticated, legacy)
+/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}` (unauthenticated, legacy: media
+/// from before `media.unauthenticated_media_before_ms` only)
 async fn download_legacy(
     State(services): State<Arc<Services>>,
     Path((server, media_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    download(&services, &server, &media_id, None, &query).await
+    download(
+        &services,
+        (&server, &media_id),
+        None,
+        &query,
+        Access::Unauthenticated,
+    )
+    .await
 }
 
-/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}` (legacy)
+/// `GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}` (legacy, as above)
 async fn download_legacy_named(
     State(services): State<Arc<Services>>,
     Path((server, media_id, filename)): Path<(String, String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    download(&services, &server, &media_id, Some(&filename), &query).await
+    download(
+        &services,
+        (&server, &media_id),
+        Some(&filename),
+        &query,
+        Access::Unauthenticated,
+    )
+    .await
 }
 
 fn spec_of(query: &HashMap<String, String>) -> Result<ThumbnailSpec> {
@@ -296,14 +325,14 @@ fn spec_of(query: &HashMap<String, String>) -> Result<ThumbnailSpec> {
 
 async fn thumbnail(
     services: &Services,
-    server: &str,
-    media_id: &str,
+    (server, media_id): (&str, &str),
     query: &HashMap<String, String>,
+    access: Access,
 ) -> Result<Response> {
     let spec = spec_of(query)?;
     let content = services
         .media
-        .thumbnail(server, media_id, spec, wait_of(query)?)
+        .thumbnail(server, media_id, spec, wait_of(query)?, access)
         .await?;
     serve(content, None).await
 }
@@ -316,14 +345,26 @@ async fn thumbnail_authed(
     headers: HeaderMap,
 ) -> Result<Response> {
     authenticate(&services, &headers, &query)?;
-    thumbnail(&services, &server, &media_id, &query).await
+    thumbnail(
+        &services,
+        (&server, &media_id),
+        &query,
+        Access::Authenticated,
+    )
+    .await
 }
 
-/// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}` (legacy)
+/// `GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}` (legacy, as the download)
 async fn thumbnail_legacy(
     State(services): State<Arc<Services>>,
     Path((server, media_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
-    thumbnail(&services, &server, &media_id, &query).await
+    thumbnail(
+        &services,
+        (&server, &media_id),
+        &query,
+        Access::Unauthenticated,
+    )
+    .await
 }

@@ -52,6 +52,11 @@ async fn sync_route(
     let filter = match body.filter {
         None => Value::Object(Default::default()),
         Some(sync_events::v3::Filter::FilterDefinition(def)) => serde_json::to_value(&def)?,
+        // ruma reads an inline filter it cannot parse as a filter id: say what is wrong
+        // with it rather than that no such id exists.
+        Some(sync_events::v3::Filter::FilterId(id)) if id.trim_start().starts_with('{') => {
+            return Err(inline_filter_error(&id));
+        }
         Some(sync_events::v3::Filter::FilterId(id)) => {
             match services.users.get_filter(&session.user_id, &id)? {
                 Some(v) => v,
@@ -68,4 +73,15 @@ async fn sync_route(
         set_presence: Some(body.set_presence.as_str().to_owned()),
     };
     Ok(Json(services.sync.sync(&session, request).await?))
+}
+
+/// The error for an inline filter that is not a valid filter definition.
+fn inline_filter_error(text: &str) -> Error {
+    match serde_json::from_str::<FilterDefinition>(text) {
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            Error::not_json(format!("The inline filter is not JSON: {e}"))
+        }
+        Err(e) => Error::bad_json(format!("The inline filter is invalid: {e}")),
+        Ok(_) => Error::bad_json("The inline filter is invalid"),
+    }
 }
