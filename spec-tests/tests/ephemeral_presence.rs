@@ -69,7 +69,11 @@ async fn wait_parked(server: &TestServer, user: &Client) -> anyhow::Result<()> {
         if r["parked"].as_u64().unwrap_or(0) > 0 {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "no long-poll parked for {}", user.user_id);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no long-poll parked for {}",
+            user.user_id
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -115,7 +115,9 @@ async fn jpeg_gif_and_webp_thumbnails() -> anyhow::Result<()> {
         // a box larger than the image: the original is served as it is
         let (status, got_type, bytes) = get(
             &bob,
-            &format!("/_matrix/client/v1/media/thumbnail/{media}?width=400&height=400&method=scale"),
+            &format!(
+                "/_matrix/client/v1/media/thumbnail/{media}?width=400&height=400&method=scale"
+            ),
             true,
         )
         .await?;
@@ -197,7 +199,8 @@ async fn legacy_media_paths() -> anyhow::Result<()> {
     let png = encode(64, 32, 3, ImageFormat::Png);
     for version in ["v3", "r0"] {
         // config needs a token, like the authenticated endpoint
-        let (status, _, _) = get(&alice, &format!("/_matrix/media/{version}/config"), false).await?;
+        let (status, _, _) =
+            get(&alice, &format!("/_matrix/media/{version}/config"), false).await?;
         assert_eq!(status, 401, "{version}/config without a token");
         let (status, _, body) =
             get(&alice, &format!("/_matrix/media/{version}/config"), true).await?;
@@ -212,8 +215,12 @@ async fn legacy_media_paths() -> anyhow::Result<()> {
             png.clone(),
         )
         .await?;
-        let (status, ctype, bytes) =
-            get(&alice, &format!("/_matrix/media/{version}/download/{media}"), false).await?;
+        let (status, ctype, bytes) = get(
+            &alice,
+            &format!("/_matrix/media/{version}/download/{media}"),
+            false,
+        )
+        .await?;
         assert_eq!((status, ctype.as_str()), (200, "image/png"), "{version}");
         assert_eq!(bytes, png);
         // the legacy thumbnail path, without a token
@@ -242,7 +249,9 @@ async fn legacy_media_paths() -> anyhow::Result<()> {
         assert_eq!(err["errcode"], "M_MISSING_PARAM");
         let (status, _, body) = get(
             &alice,
-            &format!("/_matrix/media/{version}/thumbnail/{media}?width=16&height=16&method=stretch"),
+            &format!(
+                "/_matrix/media/{version}/thumbnail/{media}?width=16&height=16&method=stretch"
+            ),
             false,
         )
         .await?;

@@ -27,7 +27,10 @@ async fn sync_room(c: &Client, since: &str, filter: &str, room: &str) -> anyhow:
     let s = c
         .sync(&format!("since={since}&timeout=5000&filter={filter}"))
         .await?;
-    anyhow::ensure!(!timeline(&s, room).is_empty(), "no timeline for the room: {s}");
+    anyhow::ensure!(
+        !timeline(&s, room).is_empty(),
+        "no timeline for the room: {s}"
+    );
     Ok(s)
 }
 
@@ -61,11 +64,7 @@ async fn lazy_members_arrive_once_in_incremental_syncs() -> anyhow::Result<()> {
     );
     let first = alice.sync(&format!("timeout=0&filter={filter}")).await?;
     // the timeline holds only bob's messages: bob and alice herself, not carol
-    assert_eq!(
-        state_members(&first, &room),
-        ids([&alice, &bob]),
-        "{first}"
-    );
+    assert_eq!(state_members(&first, &room), ids([&alice, &bob]), "{first}");
 
     // carol speaks for the first time since: her member event comes with it
     carol.say(&room, "carol here").await?;

@@ -274,9 +274,9 @@ impl SyncService {
                     }
                     joined_rooms.push(room_id.clone());
                     let data = room_data.get(room_id.as_str());
-                    if let Some(mut entry) = self
-                        .joined_room(session, &room_id, since, now, fresh, full_state, filter, data)?
-                    {
+                    if let Some(mut entry) = self.joined_room(
+                        session, &room_id, since, now, fresh, full_state, filter, data,
+                    )? {
                         if let Some(events) = entry
                             .get_mut("timeline")
                             .and_then(|t| t.get_mut("events"))
