@@ -282,7 +282,8 @@ async fn positions_from_before_a_restart_are_unknown() -> anyhow::Result<()> {
     let first = ss(&alice, None, body.clone()).await?.ok()?;
     let old = first["pos"].as_str().unwrap().to_owned();
     // the position works before the restart
-    ss(&alice, Some(&old), body.clone()).await?.ok()?;
+    let second = ss(&alice, Some(&old), body.clone()).await?.ok()?;
+    let old_second = second["pos"].as_str().unwrap().to_owned();
 
     server.restart().await?;
     ss(&alice, Some(&old), body.clone())
@@ -293,10 +294,25 @@ async fn positions_from_before_a_restart_are_unknown() -> anyhow::Result<()> {
     assert_eq!(fresh["rooms"][&room]["initial"], true, "{fresh}");
     let pos = fresh["pos"].as_str().unwrap().to_owned();
     alice.say(&room, "after").await?;
-    let next = ss(&alice, Some(&pos), body).await?.ok()?;
+    let next = ss(&alice, Some(&pos), body.clone()).await?.ok()?;
     assert_eq!(
         next["rooms"][&room]["timeline"][0]["content"]["body"],
         "after"
     );
+    // Positions of the new connection never repeat the old ones: the old positions stay
+    // unknown however far the new connection gets.
+    let mut pos = next["pos"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        pos = ss(&alice, Some(&pos), body.clone()).await?.ok()?["pos"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    for stale in [&old, &old_second] {
+        ss(&alice, Some(stale), body.clone())
+            .await?
+            .expect_error(400, "M_UNKNOWN_POS")?;
+    }
+    ss(&alice, Some(&pos), body).await?.ok()?;
     Ok(())
 }
