@@ -542,3 +542,9 @@ pub fn bodies(events: &[&Value]) -> Vec<String> {
         .filter_map(|e| e["content"]["body"].as_str().map(str::to_string))
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the behaviour tests of issue 20 (push delivery, presence, durability, ...).
+// ---------------------------------------------------------------------------------------
+
+pub mod gateway;

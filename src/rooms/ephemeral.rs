@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -34,28 +34,60 @@ impl RoomsService {
 
     /// Sets or clears `user` typing in a room, for at most `timeout`.
     pub fn set_typing(
-        &self,
+        self: &Arc<Self>,
         room_id: &RoomId,
         user: &UserId,
         typing: bool,
         timeout: Duration,
     ) -> Result<()> {
         let pos = self.next_ephemeral_pos();
+        let until = Instant::now() + timeout.min(Duration::from_secs(120));
         {
             let mut rooms = self.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
             let entry = rooms.entry(room_id.to_owned()).or_default();
             entry.0 = pos;
             if typing {
-                entry.1.insert(
-                    user.to_owned(),
-                    Instant::now() + timeout.min(Duration::from_secs(120)),
-                );
+                entry.1.insert(user.to_owned(), until);
             } else {
                 entry.1.remove(user);
             }
         }
+        if typing {
+            self.expire_typing_at(room_id, user, until);
+        }
         self.notifier.notify(self.members(room_id)?.joined());
         Ok(())
+    }
+
+    /// Drops `user` from the room's typing list once `until` passes, unless the typing was
+    /// renewed or stopped meanwhile: a timeout is a change clients must see, so it takes a
+    /// new position and wakes the members' long-polls.
+    fn expire_typing_at(self: &Arc<Self>, room_id: &RoomId, user: &UserId, until: Instant) {
+        let this = Arc::downgrade(self);
+        let (room_id, user) = (room_id.to_owned(), user.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(until.into()).await;
+            let Some(this) = this.upgrade() else {
+                return;
+            };
+            let expired = {
+                let mut rooms = this.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                match rooms.get_mut(&room_id) {
+                    Some(entry) if entry.1.get(&user) == Some(&until) => {
+                        entry.1.remove(&user);
+                        entry.0 = this.next_ephemeral_pos();
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if expired {
+                match this.members(&room_id) {
+                    Ok(members) => this.notifier.notify(members.joined()),
+                    Err(e) => tracing::warn!(error = %e, room = %room_id, "typing expiry"),
+                }
+            }
+        });
     }
 
     /// The users typing in a room, if that changed after `since` (always for `since` 0).

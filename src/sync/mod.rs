@@ -2,6 +2,7 @@
 //! is `s{timeline}_{ephemeral}_{userdata}_{e2ee}`: one position per stream (tokens with
 //! fewer parts, from older servers, read the missing ones as 0).
 
+mod lazy;
 pub mod sliding;
 
 use std::{
@@ -139,6 +140,8 @@ pub struct SyncService {
     push: Arc<PushService>,
     /// Sliding sync connections.
     connections: sliding::Connections,
+    /// Lazy-loaded member events sent to each device.
+    lazy_members: lazy::LazyMembers,
 }
 
 /// Default timeline events per room.
@@ -173,6 +176,7 @@ impl SyncService {
             notifier,
             push,
             connections: Default::default(),
+            lazy_members: Default::default(),
         }
     }
 
@@ -270,9 +274,9 @@ impl SyncService {
                     }
                     joined_rooms.push(room_id.clone());
                     let data = room_data.get(room_id.as_str());
-                    if let Some(mut entry) = self
-                        .joined_room(user, &room_id, since, now, fresh, full_state, filter, data)?
-                    {
+                    if let Some(mut entry) = self.joined_room(
+                        session, &room_id, since, now, fresh, full_state, filter, data,
+                    )? {
                         if let Some(events) = entry
                             .get_mut("timeline")
                             .and_then(|t| t.get_mut("events"))
@@ -420,7 +424,7 @@ impl SyncService {
     #[allow(clippy::too_many_arguments)]
     fn joined_room(
         &self,
-        user: &UserId,
+        session: &Session,
         room_id: &RoomId,
         since: Option<SyncToken>,
         now: SyncToken,
@@ -429,6 +433,7 @@ impl SyncService {
         filter: &SyncFilter,
         room_data: Option<&Vec<(String, Value)>>,
     ) -> Result<Option<Value>> {
+        let user: &UserId = &session.user_id;
         let since_tl = since.map_or(0, |s| s.timeline);
         let limit = filter
             .timeline
@@ -499,6 +504,7 @@ impl SyncService {
                 p.kind.to_string() != "m.room.member"
                     || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
             });
+            self.add_lazy_members(session, room_id, &events, &mut state, since, now, filter)?;
         }
 
         let prev_batch = Token(first_pos.map_or(now.timeline, |p| p - 1));
@@ -530,6 +536,72 @@ impl SyncService {
             entry["summary"]["m.heroes"] = json!(heroes);
         }
         Ok(Some(entry))
+    }
+
+    /// Lazy loading in an incremental sync: adds the member events of timeline senders
+    /// the device was not sent yet (all of them with `include_redundant_members`), and
+    /// remembers the member events this response carries.
+    #[allow(clippy::too_many_arguments)]
+    fn add_lazy_members(
+        &self,
+        session: &Session,
+        room_id: &RoomId,
+        events: &[(u64, Arc<Pdu>)],
+        state: &mut Vec<Arc<Pdu>>,
+        since: Option<SyncToken>,
+        now: SyncToken,
+        filter: &SyncFilter,
+    ) -> Result<()> {
+        let device = (&*session.user_id, &session.device_id);
+        let is_member = |p: &Pdu| p.kind.to_string() == "m.room.member";
+        if let Some(since) = since {
+            let known: BTreeSet<&str> = events
+                .iter()
+                .map(|(_, p)| p)
+                .chain(state.iter())
+                .filter(|p| is_member(p))
+                .filter_map(|p| p.state_key.as_deref())
+                .collect();
+            let senders: BTreeSet<&UserId> = events
+                .iter()
+                .map(|(_, p)| &*p.sender)
+                .filter(|s| !known.contains(s.as_str()))
+                .collect();
+            let mut extra = Vec::new();
+            for sender in senders {
+                let Some(member) =
+                    self.rooms
+                        .state_event_str(room_id, "m.room.member", sender.as_str())?
+                else {
+                    continue;
+                };
+                if filter.state.include_redundant_members
+                    || !self.lazy_members.has(
+                        &device,
+                        room_id,
+                        sender,
+                        &member.event_id,
+                        since.timeline,
+                    )
+                {
+                    extra.push(member);
+                }
+            }
+            state.extend(extra);
+        }
+        let sent: Vec<(&UserId, &ruma::EventId)> = events
+            .iter()
+            .map(|(_, p)| p)
+            .chain(state.iter())
+            .filter(|p| is_member(p))
+            .filter_map(|p| {
+                let key = <&UserId>::try_from(p.state_key.as_deref()?).ok()?;
+                Some((key, &*p.event_id))
+            })
+            .collect();
+        self.lazy_members
+            .record(&device, room_id, sent, now.timeline);
+        Ok(())
     }
 
     fn left_room(

@@ -225,7 +225,13 @@ impl SyncService {
                 conns.remove(&oldest);
             }
         }
-        let conn = conns.entry(key).or_default();
+        // A new connection numbers its positions from the clock (×1000), so they never
+        // repeat those of an earlier connection, before a restart included: a stale `pos`
+        // stays unknown instead of naming another connection's state.
+        let conn = conns.entry(key).or_insert_with(|| Connection {
+            next_pos: now_ms().saturating_mul(1000),
+            ..Connection::default()
+        });
         conn.next_pos += 1;
         let pos = conn.next_pos;
         conn.positions.push_back((pos, state));

@@ -82,6 +82,7 @@ async fn receipt_route(
     let kind = b.receipt_type.to_string();
     if kind == "m.fully_read" {
         set_fully_read(&services, &b.room_id, user, &b.event_id)?;
+        services.storage.durable().await?;
         return Ok(create_receipt::v3::Response::new());
     }
     if !crate::rooms::RECEIPT_TYPES.contains(&kind.as_str()) {
@@ -97,6 +98,7 @@ async fn receipt_route(
     services
         .rooms
         .set_receipt(&b.room_id, user, &kind, &b.event_id, thread.as_deref())?;
+    services.storage.durable().await?;
     Ok(create_receipt::v3::Response::new())
 }
 
@@ -122,5 +124,6 @@ async fn read_markers_route(
                 .set_receipt(&b.room_id, user, kind, id, None)?;
         }
     }
+    services.storage.durable().await?;
     Ok(set_read_marker::v3::Response::new())
 }
