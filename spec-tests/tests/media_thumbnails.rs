@@ -193,6 +193,12 @@ async fn legacy_media_paths() -> anyhow::Result<()> {
     let server = TestServer::start_with(&[
         ("MYELIN_REGISTRATION_MODE", "open"),
         ("MYELIN_MEDIA_MAX_UPLOAD_SIZE", "300000"),
+        // Media from before the cut-off stays on the unauthenticated legacy paths; a cut-off
+        // in the future makes this test's uploads such media.
+        (
+            "MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS",
+            "4102444800000",
+        ),
     ])
     .await?;
     let alice = server.register("alice").await?;

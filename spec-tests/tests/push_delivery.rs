@@ -46,7 +46,7 @@ async fn two_in_a_room(server: &TestServer) -> anyhow::Result<(Client, Client, S
 #[tokio::test]
 async fn failed_pushes_are_retried_with_growing_backoff_then_delivered_once() -> anyhow::Result<()>
 {
-    let server = TestServer::start().await?;
+    let server = start_server().await?;
     let (alice, bob, room) = two_in_a_room(&server).await?;
     // Every event fails a scripted number of times (502), then is accepted: the first
     // event twice, the second three times.
@@ -113,7 +113,7 @@ async fn failed_pushes_are_retried_with_growing_backoff_then_delivered_once() ->
 
 #[tokio::test]
 async fn a_rejected_pushkey_removes_its_pusher() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = start_server().await?;
     let (alice, bob, room) = two_in_a_room(&server).await?;
     // The gateway rejects "dead"; "live" is accepted (a rejection of some other key does
     // not concern it).
@@ -172,7 +172,7 @@ async fn a_rejected_pushkey_removes_its_pusher() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn full_payload_and_event_id_only() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    let server = start_server().await?;
     let (alice, bob, room) = two_in_a_room(&server).await?;
     alice
         .put(
@@ -255,4 +255,13 @@ async fn full_payload_and_event_id_only() -> anyhow::Result<()> {
         .get("highlight")
         .is_none_or(|h| h == false));
     Ok(())
+}
+
+/// A server that may push to the fake gateway on loopback (refused by default).
+async fn start_server() -> anyhow::Result<TestServer> {
+    TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_PUSH_GATEWAY_ALLOW_CIDRS", "127.0.0.0/8"),
+    ])
+    .await
 }
