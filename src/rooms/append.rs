@@ -28,8 +28,45 @@ pub struct NewEvent {
     pub content: Value,
     /// For `m.room.redaction`: the redacted event.
     pub redacts: Option<OwnedEventId>,
-    /// The client transaction (device, txn id), for idempotent sends.
-    pub txn: Option<(OwnedDeviceId, String)>,
+    /// The client transaction, for idempotent sends.
+    pub txn: Option<Transaction>,
+}
+
+/// A client's transaction id and where it was used: the spec scopes idempotency to the
+/// device and the endpoint (method and path), so the same id in another room, for another
+/// event type or on another endpoint is another request.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    /// The sending device.
+    pub device: OwnedDeviceId,
+    /// The endpoint without the transaction id, e.g. `PUT /rooms/{roomId}/send/{type}`.
+    pub endpoint: String,
+    /// The client's transaction id.
+    pub txn_id: String,
+}
+
+impl Transaction {
+    /// A transaction of `device` on `endpoint`.
+    pub fn new(
+        device: OwnedDeviceId,
+        endpoint: impl Into<String>,
+        txn_id: impl Into<String>,
+    ) -> Transaction {
+        Transaction {
+            device,
+            endpoint: endpoint.into(),
+            txn_id: txn_id.into(),
+        }
+    }
+
+    fn key(&self, user: &UserId) -> Vec<u8> {
+        keys::strs(&[
+            user.as_str(),
+            self.device.as_str(),
+            &self.endpoint,
+            &self.txn_id,
+        ])
+    }
 }
 
 impl NewEvent {
@@ -80,8 +117,8 @@ impl RoomsService {
         sender: &UserId,
         event: NewEvent,
     ) -> Result<(OwnedEventId, u64)> {
-        if let Some((device, txn)) = &event.txn {
-            if let Some(id) = self.txn_event(sender, device, txn)? {
+        if let Some(txn) = &event.txn {
+            if let Some(id) = self.txn_event(sender, txn)? {
                 drop(guard);
                 // The first request may still be waiting; this reply must not be earlier
                 // than that one.
@@ -127,15 +164,9 @@ impl RoomsService {
         Ok(())
     }
 
-    /// The event a transaction id already produced, if any.
-    pub fn txn_event(
-        &self,
-        user: &UserId,
-        device: &ruma::DeviceId,
-        txn: &str,
-    ) -> Result<Option<OwnedEventId>> {
-        let key = keys::strs(&[user.as_str(), device.as_str(), txn]);
-        match self.storage.trees.txns.get(&key)? {
+    /// The event a transaction already produced, if any.
+    pub fn txn_event(&self, user: &UserId, txn: &Transaction) -> Result<Option<OwnedEventId>> {
+        match self.storage.trees.txns.get(&txn.key(user))? {
             Some(v) => Ok(Some(
                 EventId::parse(String::from_utf8_lossy(&v).as_ref())
                     .map_err(|e| Error::internal(format!("stored txn event id: {e}")))?,
@@ -171,16 +202,12 @@ impl RoomsService {
         if let Some(target) = &event.redacts {
             self.add_redaction(&mut batch, &version, sender, target, &pdu)?;
         }
-        if let Some((device, txn)) = &event.txn {
-            batch.insert(
-                &trees.txns,
-                &keys::strs(&[sender.as_str(), device.as_str(), txn]),
-                event_id.as_bytes(),
-            );
+        if let Some(txn) = &event.txn {
+            batch.insert(&trees.txns, &txn.key(sender), event_id.as_bytes());
             batch.insert(
                 &trees.event_txns,
                 event_id.as_bytes(),
-                &keys::strs(&[device.as_str(), txn]),
+                &keys::strs(&[txn.device.as_str(), &txn.txn_id]),
             );
         }
         let membership = match (&event.state_key, event.kind.as_str()) {

@@ -25,7 +25,7 @@ use ruma::{OwnedRoomId, OwnedServerName, RoomId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
-    append::NewEvent,
+    append::{NewEvent, Transaction},
     create::CreateRoom,
     ephemeral::{Typing, RECEIPT_TYPES},
     members::{Membership, RoomMembers},

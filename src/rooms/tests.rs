@@ -120,7 +120,11 @@ async fn transaction_ids_are_idempotent() {
         .await
         .unwrap();
     let mut ev = NewEvent::message("m.room.message", json!({"body": "x", "msgtype": "m.text"}));
-    ev.txn = Some(("DEV".into(), "t1".into()));
+    ev.txn = Some(Transaction::new(
+        "DEV".into(),
+        "PUT /rooms/r/send/m.room.message",
+        "t1",
+    ));
     let guard = s.rooms.lock(&room).await;
     let (a, _) = s.rooms.send(guard, &alice, ev.clone()).await.unwrap();
     let guard = s.rooms.lock(&room).await;

@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 
 use crate::{
     api::ruma::{raw, RouterExt, RouterJsonExt, Ruma},
-    rooms::{CreateRoom, Direction, EventFilter, MemberProfile, Membership, NewEvent, Token},
+    rooms::{
+        CreateRoom, Direction, EventFilter, MemberProfile, Membership, NewEvent, Token, Transaction,
+    },
     services::Services,
     Error, Result,
 };
@@ -137,7 +139,10 @@ async fn send_message_route(
         &kind,
         None,
         &content,
-        Some(body.txn_id.as_str()),
+        Some(&format!(
+            "PUT /rooms/{}/send/{}/{}",
+            body.room_id, body.event_type, body.txn_id
+        )),
     )
     .await?
     {
@@ -153,7 +158,11 @@ async fn send_message_route(
     };
     let mut event = NewEvent::message(kind, content);
     event.redacts = redacts;
-    event.txn = Some((session.device_id.clone(), body.txn_id.to_string()));
+    event.txn = Some(Transaction::new(
+        session.device_id.clone(),
+        format!("PUT /rooms/{}/send/{}", body.room_id, body.event_type),
+        body.txn_id.as_str(),
+    ));
     let guard = services.rooms.lock(&body.room_id).await;
     let (event_id, _) = services.rooms.send(guard, &session.user_id, event).await?;
     Ok(Json(json!({ "event_id": event_id })))
@@ -283,7 +292,11 @@ async fn redact_route(
     }
     let mut event = NewEvent::message("m.room.redaction", content);
     event.redacts = Some(body.event_id.clone());
-    event.txn = Some((session.device_id.clone(), format!("redact:{}", body.txn_id)));
+    event.txn = Some(Transaction::new(
+        session.device_id.clone(),
+        format!("PUT /rooms/{}/redact/{}", body.room_id, body.event_id),
+        body.txn_id.as_str(),
+    ));
     let guard = services.rooms.lock(&body.room_id).await;
     let (event_id, _) = services.rooms.send(guard, &session.user_id, event).await?;
     Ok(redact_event::v3::Response::new(event_id))
