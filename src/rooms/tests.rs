@@ -6,7 +6,10 @@ use ruma::{OwnedUserId, UserId};
 use serde_json::json;
 
 use super::*;
-use crate::{config::Config, services::Services};
+use crate::{
+    config::Config, events::keys::ServerKeys, services::Services, storage::Storage,
+    stream::Notifier,
+};
 
 fn services() -> Arc<Services> {
     Services::in_memory(Config::default()).expect("services")
@@ -334,4 +337,84 @@ async fn recent_window_answers_like_storage() {
     // Purging the room drops its window.
     s.rooms.purge_room(&room).unwrap();
     assert!(s.rooms.recent.lock().unwrap().get(&room).is_none());
+}
+
+/// Refuses topics: a stand-in for the room kinds' rules.
+struct NoTopics;
+
+impl RoomPolicy for NoTopics {
+    fn name(&self) -> &'static str {
+        "no_topics"
+    }
+
+    fn check(
+        &self,
+        _rooms: &RoomsService,
+        _guard: &RoomGuard,
+        _room: &RoomRecord,
+        event: &crate::events::Pdu,
+    ) -> Result<()> {
+        if event.kind.to_string() == "m.room.topic" {
+            return Err(Error::forbidden("Topics are not allowed here"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_policy_refusal_writes_nothing() {
+    let rooms = RoomsService::new(
+        Arc::new(Config::default()),
+        Arc::new(Storage::in_memory()),
+        Arc::new(ServerKeys::generate().unwrap()),
+        Arc::new(Notifier::new()),
+        vec![Arc::new(NoTopics)],
+    )
+    .unwrap();
+    let alice = user("alice");
+    let room = rooms
+        .create_room_held(&alice, CreateRoom::default())
+        .await
+        .unwrap();
+    let guard = rooms.lock(&room).await;
+    let before = rooms.applied_pos();
+    let events_before = rooms
+        .timeline_range_stored(&room, 0, u64::MAX - 1, Direction::Forward, 1000, None)
+        .unwrap()
+        .0
+        .len();
+
+    let refused = rooms
+        .append(
+            &guard,
+            &alice,
+            NewEvent::state("m.room.topic", "", json!({ "topic": "no" })),
+        )
+        .unwrap_err();
+    let (status, body) = refused.to_status_and_body();
+    assert_eq!(
+        (status.as_u16(), body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN"))
+    );
+    assert_eq!(rooms.applied_pos(), before, "a position was taken");
+    assert!(rooms
+        .state_content(&room, "m.room.topic", "")
+        .unwrap()
+        .is_none());
+    let events_after = rooms
+        .timeline_range_stored(&room, 0, u64::MAX - 1, Direction::Forward, 1000, None)
+        .unwrap()
+        .0
+        .len();
+    assert_eq!(events_after, events_before, "the refused event was stored");
+
+    // What the policy does not refuse goes through.
+    rooms
+        .append(
+            &guard,
+            &alice,
+            NewEvent::state("m.room.name", "", json!({ "name": "yes" })),
+        )
+        .unwrap();
+    assert_eq!(rooms.applied_pos(), before + 1);
 }
