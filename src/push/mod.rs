@@ -129,6 +129,24 @@ impl EventPush {
         }
     }
 
+    /// Adds recipients that share the same actions.
+    fn add_all(&mut self, users: &[&UserId], actions: &[Action]) {
+        let Some((first, rest)) = users.split_first() else {
+            return;
+        };
+        self.add(first, actions);
+        let key = |a: &[Action]| serde_json::to_string(a).unwrap_or_default();
+        let wanted = (!is_notify_only(actions)).then(|| key(actions));
+        if let Some(group) = self.groups.iter_mut().find(|g| match &wanted {
+            None => is_notify_only(&g.actions),
+            Some(k) => !is_notify_only(&g.actions) && key(&g.actions) == *k,
+        }) {
+            group
+                .users
+                .extend(rest.iter().map(|u| u.as_str().to_owned()));
+        }
+    }
+
     /// The notification of `user`, if the event notifies them.
     fn for_user(&self, user: &UserId) -> Option<PushRecord> {
         let group = self
@@ -181,8 +199,11 @@ pub struct PushService {
     storage: Arc<Storage>,
     rooms: Arc<RoomsService>,
     users: Arc<UsersService>,
-    /// Parsed rulesets of users with custom rules (absent: server default).
-    rules: Mutex<HashMap<OwnedUserId, Arc<Ruleset>>>,
+    /// Each user's own rules once read: `None` for the server default.
+    rules: Mutex<HashMap<OwnedUserId, Option<Arc<Ruleset>>>>,
+    /// A user id no event names (random per start): the default rules evaluated for it
+    /// give every member they do not single out the same actions.
+    nobody: OwnedUserId,
     /// Unread counts per (user, room) as of a read position: `(read_pos, notify,
     /// highlight)`. Kept up to date as records are written (under this lock, so a count
     /// being computed and a record being added cannot miss or double-count each other);
@@ -194,6 +215,15 @@ pub struct PushService {
     /// Display names per (room, member), dropped at the member's next membership event.
     names: Mutex<HashMap<OwnedRoomId, HashMap<OwnedUserId, String>>>,
     gateway: gateway::Gateway,
+}
+
+/// A user id of this server that no event names: random, and with a localpart users cannot
+/// register.
+fn nobody(server: &ruma::ServerName) -> OwnedUserId {
+    use rand::Rng;
+    let nonce: u64 = rand::thread_rng().gen();
+    UserId::parse(format!("@_myelin_push_nobody_{nonce:016x}:{server}"))
+        .unwrap_or_else(|_| UserId::parse("@_myelin_push_nobody:localhost").expect("a valid id"))
 }
 
 fn record_key(room: &RoomId, pos: u64) -> Vec<u8> {
@@ -208,11 +238,13 @@ impl PushService {
         users: Arc<UsersService>,
         gateway_policy: gateway::AddressPolicy,
     ) -> PushService {
+        let server = rooms.server_name().to_owned();
         PushService {
             storage,
             rooms,
             users,
             rules: Mutex::new(HashMap::new()),
+            nobody: nobody(&server),
             unread: Mutex::new(HashMap::new()),
             with_pushers: Mutex::new(HashSet::new()),
             names: Mutex::new(HashMap::new()),
@@ -294,6 +326,13 @@ impl PushService {
 
     /// A user's push rules.
     pub fn ruleset(&self, user: &UserId) -> Result<Arc<Ruleset>> {
+        Ok(self
+            .custom_ruleset(user)?
+            .unwrap_or_else(|| Arc::new(Ruleset::server_default(user))))
+    }
+
+    /// The user's own rules, `None` when they use the server default.
+    fn custom_ruleset(&self, user: &UserId) -> Result<Option<Arc<Ruleset>>> {
         if let Some(r) = self
             .rules
             .lock()
@@ -305,13 +344,13 @@ impl PushService {
         let stored = self
             .users
             .get_account_data(user, None, PUSH_RULES_TYPE)?
-            .and_then(|c| serde_json::from_value::<Ruleset>(c["global"].clone()).ok());
-        let ruleset = Arc::new(stored.unwrap_or_else(|| Ruleset::server_default(user)));
+            .and_then(|c| serde_json::from_value::<Ruleset>(c["global"].clone()).ok())
+            .map(Arc::new);
         self.rules
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned(), ruleset.clone());
-        Ok(ruleset)
+            .insert(user.to_owned(), stored.clone());
+        Ok(stored)
     }
 
     /// The `m.push_rules` account-data content of a user (for `/sync`).
@@ -328,7 +367,7 @@ impl PushService {
         self.rules
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned(), Arc::new(ruleset));
+            .insert(user.to_owned(), Some(Arc::new(ruleset)));
         Ok(())
     }
 
@@ -369,6 +408,25 @@ impl PushService {
         let power_levels = self.power_levels_ctx(room_id)?;
         let member_count =
             UInt::try_from(members.count(Membership::Join) as u64).unwrap_or(UInt::MAX);
+        let ctx_for = |user: &UserId, display_name: String| {
+            PushConditionRoomCtx::new(room_id.clone(), member_count, user.to_owned(), display_name)
+                .with_power_levels(power_levels.clone())
+        };
+        // Members on the server's default rules whom the event does not name get the same
+        // actions: evaluated once, for a user nobody names. The rest (own rules, or named
+        // by id, localpart or display name anywhere in the content, or the target of a
+        // membership change) are evaluated one by one. In a big room a message costs a
+        // substring search per member, not a rule evaluation.
+        let content = pdu.content.get();
+        let content_lower = content.to_lowercase();
+        let names = |user: &UserId, display_name: &str| {
+            content.contains(user.as_str())
+                || content_lower.contains(&user.localpart().to_lowercase())
+                || content_lower.contains(&display_name.to_lowercase())
+                || pdu.state_key.as_deref() == Some(user.as_str())
+        };
+        let mut generic: Option<Vec<Action>> = None;
+        let mut generic_users = Vec::new();
         let mut record = EventPush {
             event_id: pdu.event_id.to_string(),
             ts: crate::users::now_ms(),
@@ -376,15 +434,28 @@ impl PushService {
         };
         let mut pushes = Vec::new();
         for user in joined {
-            let ruleset = self.ruleset(user)?;
             let display_name = self.display_name(room_id, user)?;
-            let ctx = PushConditionRoomCtx::new(
-                room_id.clone(),
-                member_count,
-                user.to_owned(),
-                display_name,
-            )
-            .with_power_levels(power_levels.clone());
+            let custom = self.custom_ruleset(user)?;
+            if custom.is_none() && !names(user, &display_name) {
+                let actions = match &generic {
+                    Some(a) => a,
+                    None => {
+                        let ruleset = Ruleset::server_default(&self.nobody);
+                        let ctx = ctx_for(&self.nobody, self.nobody.localpart().to_owned());
+                        let actions = matching_actions(&ruleset, &flattened, &ctx)
+                            .map(<[Action]>::to_vec)
+                            .unwrap_or_default();
+                        generic.insert(actions)
+                    }
+                };
+                if actions.iter().any(Action::should_notify) {
+                    generic_users.push(user);
+                    pushes.push((user.to_owned(), actions.iter().any(Action::is_highlight)));
+                }
+                continue;
+            }
+            let ruleset = custom.unwrap_or_else(|| Arc::new(Ruleset::server_default(user)));
+            let ctx = ctx_for(user, display_name);
             let Some(actions) = matching_actions(&ruleset, &flattened, &ctx) else {
                 continue;
             };
@@ -393,6 +464,9 @@ impl PushService {
             }
             record.add(user, actions);
             pushes.push((user.to_owned(), actions.iter().any(Action::is_highlight)));
+        }
+        if let Some(actions) = &generic {
+            record.add_all(&generic_users, actions);
         }
         if pushes.is_empty() {
             return Ok(None);
@@ -746,6 +820,126 @@ mod tests {
 
     fn uid(name: &str) -> OwnedUserId {
         UserId::parse(format!("@{name}:x")).unwrap()
+    }
+
+    /// What full evaluation gives each member: the reference the shortcut must match.
+    fn evaluated_one_by_one(push: &PushService, pdu: &Pdu) -> BTreeMap<String, Value> {
+        let members = push.rooms.members(&pdu.room_id).unwrap();
+        let raw: Raw<Value> =
+            Raw::from_json(serde_json::value::to_raw_value(&pdu.to_client_event()).unwrap());
+        let flattened = FlattenedJson::from_raw(&raw);
+        let count = UInt::try_from(members.count(Membership::Join) as u64).unwrap();
+        let mut out = BTreeMap::new();
+        for user in members.joined().filter(|u| *u != pdu.sender) {
+            let ctx = PushConditionRoomCtx::new(
+                pdu.room_id.clone(),
+                count,
+                user.to_owned(),
+                push.display_name(&pdu.room_id, user).unwrap(),
+            )
+            .with_power_levels(push.power_levels_ctx(&pdu.room_id).unwrap());
+            let ruleset = push.ruleset(user).unwrap();
+            let actions = matching_actions(&ruleset, &flattened, &ctx)
+                .unwrap()
+                .to_vec();
+            if actions.iter().any(Action::should_notify) {
+                out.insert(user.to_string(), json!(actions));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
+        use crate::rooms::{CreateRoom, MemberProfile, NewEvent};
+        let s = crate::services::Services::in_memory(crate::config::Config::default()).unwrap();
+        let user = |n: &str| UserId::parse(format!("@{n}:localhost")).unwrap();
+        let (alice, bob, carol, dave, erin) = (
+            user("alice"),
+            user("bob"),
+            user("carol"),
+            user("dave"),
+            user("erin"),
+        );
+        let room = s
+            .rooms
+            .create_room(
+                &alice,
+                CreateRoom {
+                    preset: Some("public_chat".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        for (u, name) in [
+            (&bob, "Bobby Tables"),
+            (&carol, "carol"),
+            (&dave, "D"),
+            (&erin, "Erin"),
+        ] {
+            let profile = MemberProfile {
+                displayname: Some(name.into()),
+                avatar_url: None,
+            };
+            s.rooms.join(&room, u, &profile, None).await.unwrap();
+        }
+        // Erin has rules of her own: everything from alice highlights.
+        let mut custom = Ruleset::server_default(&erin);
+        custom
+            .insert(
+                ruma::push::NewPushRule::Override(ruma::push::NewConditionalPushRule::new(
+                    "from_alice".into(),
+                    vec![ruma::push::PushCondition::EventMatch(
+                        ruma::push::EventMatchConditionData::new(
+                            "sender".into(),
+                            alice.to_string(),
+                        ),
+                    )],
+                    vec![
+                        Action::Notify,
+                        Action::SetTweak(ruma::push::Tweak::Highlight(
+                            ruma::push::HighlightTweakValue::Yes,
+                        )),
+                    ],
+                )),
+                None,
+                None,
+            )
+            .unwrap();
+        s.push.save_ruleset(&erin, custom).await.unwrap();
+
+        let contents = [
+            json!({"msgtype": "m.text", "body": "plain words"}),
+            json!({"msgtype": "m.text", "body": "hey Bobby Tables!"}),
+            json!({"msgtype": "m.text", "body": "hi", "m.mentions": {"user_ids": [carol.as_str()]}}),
+            json!({"msgtype": "m.notice", "body": "a notice for dave"}),
+            json!({"msgtype": "m.text", "body": "@room", "m.mentions": {"room": true}}),
+        ];
+        for content in contents {
+            let guard = s.rooms.lock(&room).await;
+            let (id, pos) = s
+                .rooms
+                .send(
+                    guard,
+                    &alice,
+                    NewEvent::message("m.room.message", content.clone()),
+                )
+                .await
+                .unwrap();
+            let pdu = s.rooms.get_pdu(&id).unwrap().unwrap();
+            let expected = evaluated_one_by_one(&s.push, &pdu);
+            let got: BTreeMap<String, Value> = match s.push.evaluate(&pdu, pos).unwrap() {
+                Some(e) => e
+                    .record
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.users.iter().map(|u| (u.clone(), json!(g.actions))))
+                    .collect(),
+                None => BTreeMap::new(),
+            };
+            assert_eq!(got, expected, "for {content}");
+        }
     }
 
     #[test]
