@@ -77,7 +77,9 @@ enum Scenario {
         #[arg(long)]
         state: Option<String>,
     },
-    /// S users long-poll /sync in one room while one user sends M messages at a rate.
+    /// S users long-poll /sync in one room while one user sends M messages at a rate:
+    /// delivery and send latency; with `--late-joiners J`, J more users then join the full
+    /// room at once (joins/s into a big room).
     Fanout {
         #[arg(long, default_value_t = 20)]
         syncers: usize,
@@ -86,6 +88,9 @@ enum Scenario {
         /// Messages per second.
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
+        /// Users who join the room at once after the messages.
+        #[arg(long, default_value_t = 0)]
+        late_joiners: usize,
     },
     /// A user in R rooms with K messages each: initial /sync time.
     InitialSync {
@@ -470,19 +475,45 @@ async fn scenario_send(
     }))
 }
 
+/// Users join a room, `concurrency` at a time: joins per second.
+async fn join_all(hs: &Arc<Hs>, users: &[User], room: &str, concurrency: usize) -> Result<f64> {
+    let next = Arc::new(AtomicU64::new(0));
+    let users = Arc::new(users.to_vec());
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (hs, next, users, room) = (hs.clone(), next.clone(), users.clone(), room.to_owned());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(u) = users.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                hs.join(u, &room).await?;
+                if (i + 1).is_multiple_of(100) {
+                    progress(&format!("joined {}/{}", i + 1, users.len()));
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(users.len() as f64 / start.elapsed().as_secs_f64())
+}
+
 async fn scenario_fanout(
     hs: &Arc<Hs>,
     syncers: usize,
     messages: usize,
     rate: f64,
+    late_joiners: usize,
 ) -> Result<Value> {
-    let mut users = register_many(hs, syncers + 1, "fan").await?;
+    let mut users = register_many(hs, syncers + late_joiners + 1, "fan").await?;
     let sender = users.remove(0);
+    let late = users.split_off(syncers);
     let room = hs.create_room(&sender, true).await?;
-    for (i, u) in users.iter().enumerate() {
-        hs.join(u, &room).await?;
-        progress(&format!("joined {}/{syncers}", i + 1));
-    }
+    let setup_joins_per_sec = join_all(hs, &users, &room, hs.common.setup_concurrency).await?;
     let filter = enc(&json!({"room": {"rooms": [room], "timeline": {"limit": 100}, "state": {"lazy_load_members": true}},
                              "presence": {"types": []}, "account_data": {"types": []}}).to_string());
     // Initial syncs, so every syncer starts from "now".
@@ -500,6 +531,7 @@ async fn scenario_fanout(
     }
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let hist = Arc::new(Mutex::new(histogram()));
+    let mut send_hist = histogram();
     let duplicates = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -568,7 +600,8 @@ async fn scenario_fanout(
     for seq in 0..messages as u64 {
         let due = start + interval.mul_f64(seq as f64);
         tokio::time::sleep_until(due.into()).await;
-        sent_at.lock().expect("lock").insert(seq, Instant::now());
+        let t0 = Instant::now();
+        sent_at.lock().expect("lock").insert(seq, t0);
         let content = json!({"msgtype": "m.text", "body": format!("fanout {seq}"), "seq": seq});
         hs.send(
             &sender,
@@ -577,6 +610,9 @@ async fn scenario_fanout(
             &content,
         )
         .await?;
+        send_hist
+            .record((t0.elapsed().as_micros() as u64).max(1))
+            .ok();
         progress(&format!("fanout: sent {}/{messages}", seq + 1));
     }
     finished.store(true, Ordering::Relaxed);
@@ -586,6 +622,13 @@ async fn scenario_fanout(
     }
     let expected = (messages * syncers) as u64;
     let h = hist.lock().expect("lock").clone();
+    // Joins into the room now that it is big (every member has been online).
+    let late_joins_per_sec = if late.is_empty() {
+        None
+    } else {
+        Some(join_all(hs, &late, &room, late.len().min(200)).await?)
+    };
+    let round = |x: f64| (x * 10.0).round() / 10.0;
     Ok(json!({
         "syncers": syncers,
         "messages": messages,
@@ -594,6 +637,10 @@ async fn scenario_fanout(
         "lost": expected.saturating_sub(received),
         "duplicated": duplicates.load(Ordering::Relaxed),
         "delivery_latency": latency_json(&h),
+        "send_latency": latency_json(&send_hist),
+        "setup_joins_per_sec": round(setup_joins_per_sec),
+        "late_joiners": late.len(),
+        "late_joins_per_sec": late_joins_per_sec.map(round),
     }))
 }
 
@@ -758,9 +805,10 @@ async fn main() -> Result<()> {
             syncers,
             messages,
             rate,
+            late_joiners,
         } => (
             "fanout",
-            scenario_fanout(&hs, syncers, messages, rate).await?,
+            scenario_fanout(&hs, syncers, messages, rate, late_joiners).await?,
         ),
         Scenario::InitialSync {
             rooms,
