@@ -2,13 +2,18 @@
 //! long-polling syncs of the users they concern (the room's joined members, and the target
 //! of a membership change).
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use ruma::{OwnedUserId, UserId};
+use ruma::{RoomId, UserId};
 
 use super::{Appended, Checkpoint, EventConsumer};
-use crate::{rooms::RoomsService, storage::Storage, stream::Notifier, Result};
+use crate::{
+    rooms::{RoomMembers, RoomsService},
+    storage::Storage,
+    stream::Notifier,
+    Result,
+};
 
 /// Wakes syncs for each handled event.
 pub struct SyncNotifier {
@@ -32,22 +37,22 @@ impl SyncNotifier {
     }
 
     fn wake(&self, events: &[Appended], checkpoint: Checkpoint) -> Result<()> {
-        let mut users: HashSet<OwnedUserId> = HashSet::new();
+        // Each room's member list once per batch, borrowed rather than copied: a message in
+        // a room of thousands wakes thousands without cloning their ids.
+        let mut rooms: Vec<(&RoomId, Arc<RoomMembers>)> = Vec::new();
+        let mut targets: Vec<&UserId> = Vec::new();
         for event in events {
             let pdu = &event.pdu;
-            users.extend(
-                self.rooms
-                    .members(&pdu.room_id)?
-                    .joined()
-                    .map(ToOwned::to_owned),
-            );
+            if !rooms.iter().any(|(id, _)| *id == pdu.room_id) {
+                rooms.push((&pdu.room_id, self.rooms.members(&pdu.room_id)?));
+            }
             if pdu.kind.to_string() == "m.room.member" {
                 if let Some(target) = pdu
                     .state_key
                     .as_deref()
                     .and_then(|k| <&UserId>::try_from(k).ok())
                 {
-                    users.insert(target.to_owned());
+                    targets.push(target);
                 }
             }
         }
@@ -55,7 +60,12 @@ impl SyncNotifier {
         self.storage.commit(checkpoint.into_batch())?;
         // Visible first: a woken sync must find the events.
         self.rooms.mark_visible(end);
-        self.notifier.notify(users.iter().map(|u| u.as_ref()));
+        self.notifier.notify(
+            rooms
+                .iter()
+                .flat_map(|(_, members)| members.joined())
+                .chain(targets),
+        );
         Ok(())
     }
 }
