@@ -153,7 +153,7 @@ async fn registration_modes() -> anyhow::Result<()> {
         .expect_error(403, "M_FORBIDDEN")?;
     // the admin CLI still creates accounts (server stopped: the database is locked)
     let mut closed = closed;
-    closed.stop()?;
+    closed.stop().await?;
     let out = closed.run_cli(&[
         "user",
         "create",
