@@ -4,6 +4,8 @@
 //!
 //! - `GET /_myelin/test/parked/{userId}` → `{"parked": n}`: long-polls of the user waiting
 //!   for a wake-up right now.
+//! - `GET /_myelin/test/media_waiting/{mediaId}` → `{"waiting": n}`: downloads waiting
+//!   (`timeout_ms`) for the asynchronous upload of a local media id right now.
 //! - `PUT /_myelin/test/failpoints/{name}` with `{"actions": "pause"}` (the `fail` crate's
 //!   action syntax) configures a failpoint; `DELETE` removes it (a paused thread resumes).
 
@@ -22,6 +24,7 @@ use crate::{services::Services, Error, Result};
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router
         .route("/_myelin/test/parked/{user_id}", get(parked))
+        .route("/_myelin/test/media_waiting/{media_id}", get(media_waiting))
         .route(
             "/_myelin/test/failpoints/{name}",
             put(set_failpoint).delete(remove_failpoint),
@@ -36,6 +39,14 @@ async fn parked(
     let user = ruma::UserId::parse(user_id.as_str())
         .map_err(|e| Error::invalid_param(format!("user id: {e}")))?;
     Ok(Json(json!({ "parked": services.notifier.parked(&user) })))
+}
+
+/// `GET /_myelin/test/media_waiting/{mediaId}`
+async fn media_waiting(
+    State(services): State<Arc<Services>>,
+    Path(media_id): Path<String>,
+) -> Json<Value> {
+    Json(json!({ "waiting": services.media.waiting_downloads(&media_id) }))
 }
 
 #[derive(Deserialize)]
