@@ -27,9 +27,9 @@ pub use self::{
     to_device::ToDeviceBatch,
 };
 use crate::{
+    pipeline::Notifier,
     rooms::{Direction, EventFilter, Membership, RoomsService},
     storage::{keys as skeys, Batch, Storage},
-    pipeline::Notifier,
     users::{DeviceChange, UsersService},
     Error, Result,
 };

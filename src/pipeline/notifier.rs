@@ -29,7 +29,11 @@ pub struct Parked<'a> {
 
 impl Drop for Parked<'_> {
     fn drop(&mut self) {
-        let mut parked = self.notifier.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let mut parked = self
+            .notifier
+            .parked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = parked.get_mut(&self.user) {
             *n -= 1;
             if *n == 0 {

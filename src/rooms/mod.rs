@@ -30,8 +30,7 @@ pub use self::{
     state::{PowerLevels, StateMap},
 };
 use crate::{
-    config::Config, events::keys::ServerKeys, storage::Storage, pipeline::Notifier, Error,
-    Result,
+    config::Config, events::keys::ServerKeys, pipeline::Notifier, storage::Storage, Error, Result,
 };
 
 /// What Myelin records about a room besides its events.

@@ -60,9 +60,9 @@ impl GroupCommit {
                         fail::fail_point!("storage.flush");
                         engine.flush()
                     })
-                        .await
-                        .map_err(|e| Error::internal(e.to_string()))
-                        .and_then(|r| r);
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))
+                    .and_then(|r| r);
                     let failure = result.err().map(|e| {
                         tracing::error!(error = %e, "storage flush failed");
                         e.to_string()
