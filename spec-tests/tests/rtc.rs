@@ -200,14 +200,7 @@ async fn openid_token_service_and_embedded_sfu() -> anyhow::Result<()> {
     );
 
     // Mute for all: moderators only; with nobody in the call nobody is muted.
-    alice
-        .post(
-            &format!("/rooms/{}/invite", enc(&room)),
-            json!({"user_id": bob.user_id}),
-        )
-        .await?
-        .ok()?;
-    bob.join(&room).await?;
+    invite_and_join(&alice, &bob, &room).await?;
     let mute_path = format!(
         "/_matrix/client/unstable/io.myelin/rooms/{}/rtc/mute_all",
         enc(&room)
