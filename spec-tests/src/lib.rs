@@ -334,6 +334,71 @@ impl Drop for TestServer {
     }
 }
 
+/// What a helper program printed and how it ended.
+#[derive(Debug)]
+pub struct ProgramOutput {
+    /// The exit status.
+    pub status: std::process::ExitStatus,
+    /// Its stdout, lossily decoded.
+    pub stdout: String,
+    /// Its stderr, lossily decoded.
+    pub stderr: String,
+}
+
+/// Runs a helper program (an interop client, the browser driver) with null stdin in a
+/// process group of its own and waits for it. Past `limit` it kills the whole group (so
+/// that no browser it started survives) and fails with what it printed so far.
+pub async fn run_program(mut cmd: Command, limit: Duration) -> Result<ProgramOutput> {
+    use std::{io::Read, os::unix::process::CommandExt};
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let Some(status) = status else {
+        // Not reaped yet, so the group id is still its own: the group's other members
+        // (e.g. a browser) go too.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", child.id())])
+            .status();
+        let _ = child.wait();
+        let join = |t: std::thread::JoinHandle<String>| t.join().unwrap_or_default();
+        let (stdout, stderr) = (join(stdout), join(stderr));
+        bail!(
+            "{what} did not finish within {limit:?}; killed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    };
+    let join = |t: std::thread::JoinHandle<String>| t.join().unwrap_or_default();
+    let (stdout, stderr) = (join(stdout), join(stderr));
+    Ok(ProgramOutput {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
 /// A response: status and JSON body (`Null` when the body is not JSON).
 #[derive(Debug, Clone)]
 pub struct Response {
