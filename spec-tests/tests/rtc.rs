@@ -350,7 +350,7 @@ async fn a_delayed_event_due_while_the_server_is_down_fires_after_restart() -> a
     )
     .await?;
     // Still pending just before the kill...
-    assert_eq!(pending(&alice).await?, [id.clone()]);
+    assert_eq!(pending(&alice).await?, [id]);
     call_member(&alice, &room, &key)
         .await?
         .expect_error(404, "M_NOT_FOUND")?;
