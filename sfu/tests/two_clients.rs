@@ -371,7 +371,12 @@ async fn dropped_socket_is_removed_and_empty_room_closes() {
             && p.state == proto::participant_info::State::Disconnected as i32))
     })
     .await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // On the dropped socket, not at the 15 s ping timeout (with slack for a busy machine).
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "removed only after {:?}",
+        started.elapsed()
+    );
     let (_, rooms) = http(addr, "GET", "/internal/rooms", Some(ADMIN), "").await;
     assert!(
         rooms.contains("room3") && !rooms.contains("@yuri"),
@@ -483,15 +488,28 @@ async fn join_response_mute_and_duplicate_identity() {
         matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted)))
     })
     .await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for event in hugo.drain() {
-        if let Event::Rtp { seq, .. } = event {
-            last_seq = seq;
+    // Packets in flight at the mute may still arrive: wait (bounded) for a quiet stretch
+    // of 500 ms, 25 packets of the still-running writer.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut quiet_since = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut media = false;
+        for event in hugo.drain() {
+            if let Event::Rtp { seq, .. } = event {
+                last_seq = seq;
+                media = true;
+            }
         }
-    }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    for event in hugo.drain() {
-        assert!(!matches!(event, Event::Rtp { .. }), "media while muted");
+        if media {
+            quiet_since = std::time::Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "media kept flowing while muted"
+        );
     }
 
     // Unmute: media resumes, numbered right after the last packet before the mute.
@@ -509,7 +527,13 @@ async fn join_response_mute_and_duplicate_identity() {
         Event::Rtp { seq, .. } => seq,
         _ => unreachable!(),
     };
-    assert_eq!(seq, last_seq.wrapping_add(1), "gap after unmute");
+    // Loopback on a busy machine may lose the odd packet: a gap of a few is tolerated; not
+    // rewriting the numbers would leave a gap of the ~25+ packets dropped while muted.
+    let gap = seq.wrapping_sub(last_seq);
+    assert!(
+        (1..=3).contains(&gap),
+        "sequence {last_seq} → {seq} after unmute"
+    );
 
     // A second connection with Gina's identity replaces the first.
     let gina2 = connect(addr, "@gina:localhost:G", "room6").await;

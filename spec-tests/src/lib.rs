@@ -12,6 +12,7 @@ use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -39,10 +40,28 @@ pub fn workspace_binary(env_var: &str, name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// A loopback TCP port that was free a moment ago.
+/// A loopback TCP port that was free a moment ago. Another test may take it before the
+/// server binds it: [`TestServer::start_with`] retries with a fresh port when that happens.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// How often a server start is tried with fresh ports when a port was taken meanwhile.
+const START_ATTEMPTS: usize = 5;
+
+/// Whether a failed start was a port taken by someone else between [`free_port`] and the bind.
+fn port_taken(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("Address already in use")
+}
+
+/// An HTTP client for talking to servers and helpers outside [`Client`]: every request
+/// fails after `timeout` instead of hanging the test.
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("a reqwest client with rustls builds")
 }
 
 /// A running server with its own data dir; killed when dropped.
@@ -84,12 +103,43 @@ impl TestServer {
             env,
             base: format!("http://{addr}"),
             server_name,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()?,
+            http: http_client(Duration::from_secs(60)),
         };
-        server.spawn().await?;
-        Ok(server)
+        let mut attempt = 1;
+        loop {
+            match server.spawn().await {
+                Ok(()) => return Ok(server),
+                Err(e) if attempt < START_ATTEMPTS && port_taken(&e) => {
+                    attempt += 1;
+                    server.addr = format!("127.0.0.1:{}", free_port()?).parse()?;
+                    server.base = format!("http://{}", server.addr);
+                    // The next attempt's log starts afresh.
+                    std::fs::remove_file(server.log_path())?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts a server with open registration and the embedded SFU on a port of its own
+    /// (plus `extra` environment); returns it and the SFU's `ws://` URL.
+    pub async fn start_with_sfu(extra: &[(&str, &str)]) -> Result<(TestServer, String)> {
+        let mut attempt = 1;
+        loop {
+            let sfu = format!("ws://127.0.0.1:{}", free_port()?);
+            let mut env = vec![
+                ("MYELIN_REGISTRATION_MODE", "open"),
+                ("MYELIN_RTC_EMBEDDED_SFU", "true"),
+                ("MYELIN_RTC_LIVEKIT_URL", sfu.as_str()),
+                ("MYELIN_SFU_BIND_IP", "127.0.0.1"),
+            ];
+            env.extend_from_slice(extra);
+            match TestServer::start_with(&env).await {
+                Ok(server) => return Ok((server, sfu)),
+                Err(e) if attempt < START_ATTEMPTS && port_taken(&e) => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The data directory.
@@ -114,6 +164,8 @@ impl TestServer {
                 bin.display()
             );
         }
+        // Where this run's part of the (appended) log starts.
+        let log_start = std::fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,10 +196,18 @@ impl TestServer {
                     bail!("server exited with {status} during start:\n{}", self.log());
                 }
             }
-            let url = format!("{}/_matrix/client/versions", self.base);
-            if let Ok(resp) = self.http.get(&url).send().await {
-                if resp.status().is_success() {
-                    return Ok(());
+            // Only our own child logs that it listens: a server of another test that took
+            // the port meanwhile would answer the request too.
+            if self
+                .log()
+                .get(log_start..)
+                .is_some_and(|run| run.contains("myelin listening"))
+            {
+                let url = format!("{}/_matrix/client/versions", self.base);
+                if let Ok(resp) = self.http.get(&url).send().await {
+                    if resp.status().is_success() {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() > deadline {
@@ -167,7 +227,7 @@ impl TestServer {
     }
 
     /// Stops the server gracefully (SIGTERM), waiting up to 10 s, then SIGKILL.
-    pub fn stop(&mut self) -> Result<()> {
+    pub async fn stop(&mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
             let pid = child.id().to_string();
             let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -176,7 +236,7 @@ impl TestServer {
                 if child.try_wait()?.is_some() {
                     return Ok(());
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             child.kill()?;
             child.wait()?;
@@ -186,8 +246,41 @@ impl TestServer {
 
     /// Starts the server again on the same port and data dir.
     pub async fn restart(&mut self) -> Result<()> {
-        self.stop()?;
+        self.stop().await?;
         self.spawn().await
+    }
+
+    /// How many long-polls (`/sync`, sliding sync) of `user_id` are parked right now,
+    /// waiting for something to happen (the test-hooks endpoint).
+    pub async fn parked(&self, user_id: &str) -> Result<u64> {
+        let body = self
+            .client()
+            .request(
+                Method::GET,
+                &format!("/_myelin/test/parked/{}", enc(user_id)),
+                None,
+            )
+            .await?
+            .ok()?;
+        body["parked"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("no parked count: {body}"))
+    }
+
+    /// Waits (up to 10 s) until at least `n` long-polls of `user_id` are parked, so that
+    /// what the test does next happens while they wait, not before they started.
+    pub async fn wait_parked(&self, user_id: &str, n: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let parked = self.parked(user_id).await?;
+            if parked >= n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{parked} long-polls of {user_id} parked after 10 s, expected {n}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Starts the server again after a crash.
@@ -239,6 +332,71 @@ impl Drop for TestServer {
             let _ = child.wait();
         }
     }
+}
+
+/// What a helper program printed and how it ended.
+#[derive(Debug)]
+pub struct ProgramOutput {
+    /// The exit status.
+    pub status: std::process::ExitStatus,
+    /// Its stdout, lossily decoded.
+    pub stdout: String,
+    /// Its stderr, lossily decoded.
+    pub stderr: String,
+}
+
+/// Runs a helper program (an interop client, the browser driver) with null stdin in a
+/// process group of its own and waits for it. Past `limit` it kills the whole group (so
+/// that no browser it started survives) and fails with what it printed so far.
+pub async fn run_program(mut cmd: Command, limit: Duration) -> Result<ProgramOutput> {
+    use std::{io::Read, os::unix::process::CommandExt};
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let Some(status) = status else {
+        // Not reaped yet, so the group id is still its own: the group's other members
+        // (e.g. a browser) go too.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", child.id())])
+            .status();
+        let _ = child.wait();
+        let join = |t: std::thread::JoinHandle<String>| t.join().unwrap_or_default();
+        let (stdout, stderr) = (join(stdout), join(stderr));
+        bail!(
+            "{what} did not finish within {limit:?}; killed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    };
+    let join = |t: std::thread::JoinHandle<String>| t.join().unwrap_or_default();
+    let (stdout, stderr) = (join(stdout), join(stderr));
+    Ok(ProgramOutput {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 /// A response: status and JSON body (`Null` when the body is not JSON).
@@ -440,9 +598,54 @@ impl Client {
                 .ok_or_else(|| anyhow!("no access_token: {body}"))?
                 .to_string(),
         );
-        self.user_id = body["user_id"].as_str().unwrap_or_default().to_string();
-        self.device_id = body["device_id"].as_str().unwrap_or_default().to_string();
+        self.user_id = body["user_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no user_id: {body}"))?
+            .to_string();
+        self.device_id = body["device_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no device_id: {body}"))?
+            .to_string();
         Ok(())
+    }
+
+    /// `POST /login` with a password, returning the raw response (for refusals).
+    pub async fn login_response(&self, name: &str, password: &str) -> Result<Response> {
+        self.post(
+            "/login",
+            json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": name},
+                "password": password,
+            }),
+        )
+        .await
+    }
+
+    /// Invites `user_id` to a room.
+    pub async fn invite(&self, room: &str, user_id: &str) -> Result<()> {
+        self.post(
+            &format!("/rooms/{}/invite", enc(room)),
+            json!({ "user_id": user_id }),
+        )
+        .await?
+        .ok()?;
+        Ok(())
+    }
+
+    /// An OpenID token of this user (`/user/{userId}/openid/request_token`).
+    pub async fn openid_token(&self) -> Result<Value> {
+        let token = self
+            .post(
+                &format!("/user/{}/openid/request_token", enc(&self.user_id)),
+                json!({}),
+            )
+            .await?
+            .ok()?;
+        if !token["access_token"].is_string() {
+            bail!("no access_token in the OpenID token: {token}");
+        }
+        Ok(token)
     }
 
     /// Creates a room; returns its id.
@@ -460,18 +663,15 @@ impl Client {
             .post(&format!("/join/{}", enc(room)), json!({}))
             .await?
             .ok()?;
-        Ok(body["room_id"].as_str().unwrap_or_default().to_string())
+        Ok(body["room_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no room_id: {body}"))?
+            .to_string())
     }
 
     /// Sends an event with a fresh transaction id; returns the event id.
     pub async fn send(&self, room: &str, kind: &str, content: Value) -> Result<String> {
-        let txn = format!(
-            "t{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-        );
-        self.send_txn(room, kind, &txn, content).await
+        self.send_txn(room, kind, &fresh_txn(), content).await
     }
 
     /// Sends an event with the given transaction id.
@@ -526,12 +726,49 @@ impl Client {
     }
 }
 
-/// The timeline events of a joined room in a sync response.
+/// A transaction id no other request of this test process uses (concurrent sends must
+/// not collide: the server would take the second for a retry of the first).
+pub fn fresh_txn() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The `next_batch` of a sync response; panics with the body when there is none.
+#[track_caller]
+pub fn next_batch(sync: &Value) -> String {
+    match sync["next_batch"].as_str() {
+        Some(token) => token.to_owned(),
+        None => panic!("sync response without next_batch: {sync}"),
+    }
+}
+
+/// The timeline events of a joined room in a sync response; panics with the body when the
+/// room is not among the joined rooms or has no timeline events array.
+#[track_caller]
 pub fn timeline<'a>(sync: &'a Value, room: &str) -> Vec<&'a Value> {
-    sync["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
+    match sync["rooms"]["join"][room]["timeline"]["events"].as_array() {
+        Some(events) => events.iter().collect(),
+        None => panic!("no timeline of joined room {room} in: {sync}"),
+    }
+}
+
+/// The ephemeral event of type `kind` of a joined room in a sync response, if any.
+pub fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == kind)
+}
+
+/// `inviter` invites `invitee` to a room and `invitee` joins it.
+pub async fn invite_and_join(inviter: &Client, invitee: &Client, room: &str) -> Result<()> {
+    inviter.invite(room, &invitee.user_id).await?;
+    invitee.join(room).await?;
+    Ok(())
 }
 
 /// The bodies of the `m.room.message` events of a list.

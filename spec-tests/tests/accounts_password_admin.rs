@@ -132,7 +132,7 @@ async fn the_admin_flag_is_bound_by_the_shared_secret_and_set_by_the_cli() -> an
     assert_eq!(ok["user_id"], "@ops:localhost");
 
     // the CLI says which accounts it made administrators
-    server.stop()?;
+    server.stop().await?;
     let out = server.run_cli(&[
         "user",
         "create",

@@ -12,12 +12,12 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use spec_tests::{enc, free_port, Client, TestServer};
+use spec_tests::{run_program, Client, TestServer};
 
 /// What runs the driver: the Node.js `spec-tests/run` installs for the js-sdk test when
 /// present, else `node` from `PATH` (livekit-client and playwright-core need Node 18+).
@@ -69,13 +69,7 @@ async fn join_call(client: &Client, room: &str, service_url: &str) -> anyhow::Re
 
 /// The driver's view of one user.
 async fn participant(client: &Client) -> anyhow::Result<Value> {
-    let openid = client
-        .post(
-            &format!("/user/{}/openid/request_token", enc(&client.user_id)),
-            json!({}),
-        )
-        .await?
-        .ok()?;
+    let openid = client.openid_token().await?;
     Ok(json!({
         "userId": client.user_id,
         "deviceId": client.device_id,
@@ -98,13 +92,7 @@ async fn two_browsers_call_through_the_embedded_sfu() -> anyhow::Result<()> {
     }
     let chromium = chromium()?;
 
-    let sfu_port = free_port()?;
-    let sfu_url = format!("ws://127.0.0.1:{sfu_port}");
-    let server = TestServer::start_with(&[
-        ("MYELIN_REGISTRATION_MODE", "open"),
-        ("MYELIN_RTC_EMBEDDED_SFU", "true"),
-        ("MYELIN_RTC_LIVEKIT_URL", &sfu_url),
-        ("MYELIN_SFU_BIND_IP", "127.0.0.1"),
+    let (server, _) = TestServer::start_with_sfu(&[
         // The SFU's own decisions in detail; webrtc-rs only when something is wrong.
         (
             "RUST_LOG",
@@ -144,17 +132,19 @@ async fn two_browsers_call_through_the_embedded_sfu() -> anyhow::Result<()> {
         "bob": participant(&bob).await?,
     });
     let script = call_dir.join("call.mjs");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(node())
-            .arg(script)
-            .env("MYELIN_CALL_CONFIG", config.to_string())
-            .stdin(std::process::Stdio::null())
-            .output()
-    })
-    .await?
-    .context("running the call driver with Node.js (MYELIN_JS_NODE or node)")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut driver = std::process::Command::new(node());
+    driver
+        .arg(script)
+        .env("MYELIN_CALL_CONFIG", config.to_string());
+    let out = run_program(driver, Duration::from_secs(300))
+        .await
+        .with_context(|| {
+            format!(
+                "running the call driver with Node.js (MYELIN_JS_NODE or node)\nserver log:\n{}",
+                server.log()
+            )
+        })?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     let failure = || {
         format!(
             "browser call failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",

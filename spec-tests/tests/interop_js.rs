@@ -5,9 +5,9 @@
 //! `spec-tests/js/node_modules` and sets `MYELIN_JS_NODE`; without it this test fails
 //! rather than skipping.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
-use spec_tests::TestServer;
+use spec_tests::{run_program, TestServer};
 
 #[tokio::test]
 async fn matrix_js_sdk_with_rust_crypto_works() -> anyhow::Result<()> {
@@ -19,16 +19,10 @@ async fn matrix_js_sdk_with_rust_crypto_works() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("js/interop.mjs");
     let base = server.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(node)
-            .arg(script)
-            .arg(base)
-            .stdin(std::process::Stdio::null())
-            .output()
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = std::process::Command::new(node);
+    cmd.arg(script).arg(base);
+    let out = run_program(cmd, Duration::from_secs(300)).await?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
         out.status.success(),
         "matrix-js-sdk interop failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",

@@ -2,9 +2,9 @@
 //! paginate. `spec-tests/run` installs nio into `spec-tests/.venv` and sets
 //! `MYELIN_NIO_PYTHON`; without it this test fails rather than skipping.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
-use spec_tests::TestServer;
+use spec_tests::{run_program, TestServer};
 
 #[tokio::test]
 async fn matrix_nio_client_works() -> anyhow::Result<()> {
@@ -14,15 +14,10 @@ async fn matrix_nio_client_works() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/nio_interop.py");
     let base = server.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(base)
-            .output()
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(script).arg(base);
+    let out = run_program(cmd, Duration::from_secs(180)).await?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
         out.status.success(),
         "nio interop failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",

@@ -4,7 +4,9 @@
 //! program in `spec-tests/sdk-interop` (its own workspace); `spec-tests/run` builds it and
 //! sets `MYELIN_SDK_INTEROP_BIN`. Without it this test fails rather than skipping.
 
-use spec_tests::TestServer;
+use std::time::Duration;
+
+use spec_tests::{run_program, TestServer};
 
 #[tokio::test]
 async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
@@ -15,16 +17,12 @@ async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
     })?;
     let server = TestServer::start().await?;
     let base = server.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(bin)
-            .arg(base)
-            .arg("--media")
-            .env("RUST_LOG", "warn,matrix_sdk_crypto::backups=error")
-            .output()
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(base)
+        .arg("--media")
+        .env("RUST_LOG", "warn,matrix_sdk_crypto::backups=error");
+    let out = run_program(cmd, Duration::from_secs(300)).await?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
         out.status.success(),
         "matrix-sdk interop failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",

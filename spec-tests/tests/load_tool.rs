@@ -2,7 +2,7 @@
 //! figures (no timing assertions: those belong to the benchmark).
 
 use serde_json::Value;
-use spec_tests::TestServer;
+use spec_tests::{enc, TestServer};
 
 /// Runs `myelin-load` against `base` and parses its JSON line.
 fn run(base: &str, args: &[&str]) -> anyhow::Result<Value> {
@@ -25,7 +25,8 @@ async fn every_scenario_runs() -> anyhow::Result<()> {
     let server =
         TestServer::start_with(&[("MYELIN_REGISTRATION_SHARED_SECRET", "load-secret")]).await?;
     let dir = tempfile::tempdir()?;
-    let state = dir.path().join("state.json").to_str().unwrap().to_owned();
+    let state_path = dir.path().join("state.json");
+    let state = state_path.to_str().unwrap().to_owned();
     let base = server.base.clone();
     let [setup, send, fanout, initial, join]: [Value; 5] =
         tokio::task::spawn_blocking(move || -> anyhow::Result<[Value; 5]> {
@@ -78,14 +79,79 @@ async fn every_scenario_runs() -> anyhow::Result<()> {
             ])
         })
         .await??;
-    assert_eq!(setup["users"], 3);
-    assert!(send["messages"].as_u64().unwrap() > 0, "{send}");
-    assert_eq!(send["errors"], 0);
+    // What setup saved is what the server has: three users, each in both rooms.
+    let saved: Value = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+    let rooms: Vec<&str> = saved["rooms"]
+        .as_array()
+        .expect("rooms")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(rooms.len(), 2, "{setup} {saved}");
+    let users = saved["users"].as_array().expect("users");
+    assert_eq!(users.len(), 3, "{saved}");
+    let mut first = None;
+    for user in users {
+        let mut client = server.client();
+        client.token = Some(user["token"].as_str().expect("token").to_owned());
+        let who = client.get("/account/whoami").await?.ok()?;
+        assert_eq!(who["user_id"], user["user_id"], "{who}");
+        let mut joined: Vec<String> = client.get("/joined_rooms").await?.ok()?["joined_rooms"]
+            .as_array()
+            .expect("joined_rooms")
+            .iter()
+            .filter_map(|r| r.as_str().map(str::to_owned))
+            .collect();
+        joined.retain(|r| rooms.contains(&r.as_str()));
+        assert_eq!(joined.len(), 2, "{} is not in both rooms", user["user_id"]);
+        first.get_or_insert(client);
+    }
+    // Every message the tool counted as sent is in the rooms, and no other.
+    let counted = send["messages"].as_u64().expect("messages");
+    assert!(counted > 0, "{send}");
+    assert_eq!(send["errors"], 0, "{send}");
+    let reader = first.expect("a user");
+    let mut stored = 0;
+    for room in &rooms {
+        let mut from = String::new();
+        loop {
+            let page = reader
+                .get(&format!(
+                    "/rooms/{}/messages?dir=b&limit=100{from}",
+                    enc(room)
+                ))
+                .await?
+                .ok()?;
+            let chunk = page["chunk"].as_array().expect("chunk");
+            stored += chunk
+                .iter()
+                .filter(|e| {
+                    e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.starts_with("load "))
+                })
+                .count() as u64;
+            match page["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = format!("&from={}", enc(end)),
+                _ => break,
+            }
+        }
+    }
+    assert_eq!(
+        stored, counted,
+        "the tool's count differs from the rooms: {send}"
+    );
     assert!(send["latency"]["p50_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(fanout["deliveries"], 30, "{fanout}");
     assert_eq!(fanout["lost"], 0);
     assert_eq!(fanout["duplicated"], 0);
+    // two timed initial syncs, each of which took some time
     assert_eq!(initial["initial_sync"]["count"], 2, "{initial}");
+    assert!(
+        initial["initial_sync"]["p50_ms"].as_f64().unwrap_or(0.0) > 0.0,
+        "{initial}"
+    );
+    // the room's member list, read back from the server: its creator and the four joiners
     assert_eq!(join["members"], 5, "{join}");
     assert_eq!(join["errors"], 0);
     Ok(())

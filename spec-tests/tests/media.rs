@@ -15,8 +15,7 @@ async fn raw(
     body: Vec<u8>,
     auth: bool,
 ) -> anyhow::Result<reqwest::Response> {
-    let http = reqwest::Client::new();
-    let mut req = http
+    let mut req = spec_tests::http_client(std::time::Duration::from_secs(60))
         .request(method, format!("{}{}", c.base, path))
         .body(body);
     if let Some(t) = ctype {
@@ -279,7 +278,28 @@ async fn create_then_async_upload() -> anyhow::Result<()> {
         )
         .await
     });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // the download is waiting before anything is uploaded
+    let media_id = path.rsplit('/').next().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting = server
+            .client()
+            .request(
+                Method::GET,
+                &format!("/_myelin/test/media_waiting/{media_id}"),
+                None,
+            )
+            .await?
+            .ok()?;
+        if waiting["waiting"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && !waiter.is_finished(),
+            "the download never waited: {waiting}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // only the creator may upload, and only once
     let r = raw(
         &bob,

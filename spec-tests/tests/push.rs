@@ -1,13 +1,18 @@
 //! Push rules CRUD, notification counts and `/notifications`, and pushers delivering to an
-//! HTTP push gateway.
+//! HTTP push gateway: removed when the gateway rejects their pushkey, retried with backoff
+//! when it fails.
 
-use std::time::Duration;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use serde_json::{json, Value};
-use spec_tests::{enc, TestServer};
+use spec_tests::{enc, next_batch, Client, TestServer};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     sync::mpsc,
 };
 
@@ -28,7 +33,7 @@ async fn push_rules_crud() -> anyhow::Result<()> {
         .any(|r| r["rule_id"] == ".m.rule.message"));
     // the default ruleset arrives as m.push_rules account data in the initial sync
     let s = alice.sync("timeout=0").await?;
-    let since = s["next_batch"].as_str().unwrap().to_string();
+    let since = next_batch(&s);
     let rules = s["account_data"]["events"]
         .as_array()
         .unwrap()
@@ -265,48 +270,178 @@ async fn notification_counts_highlights_and_list() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A one-connection-at-a-time HTTP server that hands each request body to the test.
-async fn fake_gateway() -> anyhow::Result<(String, mpsc::UnboundedReceiver<Value>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr()?);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let body = loop {
-                let Ok(n) = sock.read(&mut chunk).await else {
-                    break None;
-                };
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break Some(buf[end + 4..end + 4 + len].to_vec());
-                    }
-                }
-            };
-            if let Some(body) = body {
-                let _ = tx.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+/// How the fake gateway answers one request.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    /// 200 with nothing rejected.
+    Accept,
+    /// 200 rejecting the pushkeys of the request (the server must remove those pushers).
+    Reject,
+    /// 500 (the server must retry).
+    Fail,
+}
+
+/// One request the gateway received: its JSON body and when it arrived.
+struct Push {
+    body: Value,
+    at: Instant,
+}
+
+/// A strict push gateway on a loopback port: each request must carry a complete JSON body
+/// with a content-length (else it answers 400 and the test fails on the next `recv`);
+/// requests are answered concurrently, in the order of `script`, then with `Accept`.
+struct Gateway {
+    url: String,
+    pushes: mpsc::UnboundedReceiver<Result<Push, String>>,
+}
+
+impl Gateway {
+    async fn start(script: &[Reply]) -> anyhow::Result<Gateway> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/_matrix/push/v1/notify", listener.local_addr()?);
+        let (tx, pushes) = mpsc::unbounded_channel();
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (tx, script) = (tx.clone(), script.clone());
+                tokio::spawn(async move {
+                    let _ = answer(sock, &tx, &script).await;
+                });
             }
-            let reply = b"{\"rejected\":[]}";
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", reply.len());
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(reply).await;
+        });
+        Ok(Gateway { url, pushes })
+    }
+
+    /// The next request, failing the test on a timeout or an unreadable request.
+    async fn recv(&mut self) -> Push {
+        match tokio::time::timeout(Duration::from_secs(20), self.pushes.recv()).await {
+            Ok(Some(Ok(push))) => push,
+            Ok(Some(Err(e))) => panic!("the gateway got a bad request: {e}"),
+            Ok(None) => panic!("the gateway stopped"),
+            Err(_) => panic!("no push within 20 s"),
         }
-    });
-    Ok((url, rx))
+    }
+
+    /// Requests until one notifies of `event_id` (deliveries are concurrent: others, e.g.
+    /// of an invite, may come before or after it); returns it and those that came first.
+    async fn recv_event(&mut self, event_id: &str) -> (Push, Vec<Push>) {
+        let mut before = Vec::new();
+        loop {
+            let push = self.recv().await;
+            if push.body["notification"]["event_id"] == event_id {
+                return (push, before);
+            }
+            before.push(push);
+        }
+    }
+}
+
+/// Reads one request from `sock`, reports it and answers as the script says.
+async fn answer(
+    mut sock: TcpStream,
+    tx: &mpsc::UnboundedSender<Result<Push, String>>,
+    script: &Mutex<VecDeque<Reply>>,
+) -> std::io::Result<()> {
+    let body = match read_request(&mut sock).await {
+        Ok(body) => body,
+        Err(e) => {
+            let _ = tx.send(Err(e));
+            return respond(&mut sock, "400 Bad Request", "{}").await;
+        }
+    };
+    let at = Instant::now();
+    let reply = script.lock().unwrap().pop_front().unwrap_or(Reply::Accept);
+    let keys: Vec<Value> = body["notification"]["devices"]
+        .as_array()
+        .map(|d| d.iter().map(|d| d["pushkey"].clone()).collect())
+        .unwrap_or_default();
+    let _ = tx.send(Ok(Push { body, at }));
+    match reply {
+        Reply::Accept => respond(&mut sock, "200 OK", r#"{"rejected":[]}"#).await,
+        Reply::Reject => {
+            let rejected = json!({ "rejected": keys }).to_string();
+            respond(&mut sock, "200 OK", &rejected).await
+        }
+        Reply::Fail => respond(&mut sock, "500 Internal Server Error", "{}").await,
+    }
+}
+
+/// The JSON body of a `POST` with a content-length, or why it is unreadable.
+async fn read_request(sock: &mut TcpStream) -> Result<Value, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = sock.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "connection closed mid-request: {}",
+                String::from_utf8_lossy(&buf)
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        if !head.starts_with("POST /_matrix/push/v1/notify ") {
+            return Err(format!("not a notify POST: {head}"));
+        }
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>())
+            })
+            .ok_or_else(|| format!("no content-length: {head}"))?
+            .map_err(|e| format!("bad content-length: {e}: {head}"))?;
+        if buf.len() >= end + 4 + len {
+            return serde_json::from_slice(&buf[end + 4..end + 4 + len])
+                .map_err(|e| format!("body is not JSON: {e}"));
+        }
+    }
+}
+
+async fn respond(sock: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(body.as_bytes()).await
+}
+
+/// `POST /pushers/set` for an http pusher of `org.example.app` delivering to `url`.
+async fn set_pusher(client: &Client, pushkey: &str, url: &str) -> anyhow::Result<()> {
+    client
+        .post(
+            "/pushers/set",
+            json!({"kind": "http", "app_id": "org.example.app", "pushkey": pushkey,
+                   "app_display_name": "App", "device_display_name": "Phone", "lang": "en",
+                   "data": {"url": url, "format": "event_id_only"}, "append": true}),
+        )
+        .await?
+        .ok()?;
+    Ok(())
+}
+
+/// The pushkeys a push is for.
+fn pushkeys(push: &Push) -> Vec<&str> {
+    push.body["notification"]["devices"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|d| d["pushkey"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// Alice's DM with Bob, Bob joined.
+async fn dm(alice: &Client, bob: &Client) -> anyhow::Result<String> {
+    let room = alice
+        .create_room(
+            json!({"preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true}),
+        )
+        .await?;
+    bob.join(&room).await?;
+    Ok(room)
 }
 
 #[tokio::test]
@@ -319,7 +454,7 @@ async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
     .await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
-    let (url, mut pushes) = fake_gateway().await?;
+    let mut gateway = Gateway::start(&[]).await?;
     // bad URLs are refused
     bob.post(
         "/pushers/set",
@@ -328,41 +463,26 @@ async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
     )
     .await?
     .expect_error(400, "M_INVALID_PARAM")?;
-    bob.post(
-        "/pushers/set",
-        json!({"kind": "http", "app_id": "org.example.app", "pushkey": "k1", "app_display_name": "App",
-               "device_display_name": "Phone", "lang": "en", "data": {"url": url, "format": "event_id_only"}}),
-    )
-    .await?
-    .ok()?;
+    set_pusher(&bob, "k1", &gateway.url).await?;
     let listed = bob.get("/pushers").await?.ok()?;
-    assert_eq!(listed["pushers"][0]["pushkey"], "k1");
-    assert_eq!(listed["pushers"][0]["data"]["url"], url.as_str());
+    assert_eq!(listed["pushers"][0]["pushkey"], "k1", "{listed}");
+    assert_eq!(listed["pushers"][0]["data"]["url"], gateway.url.as_str());
 
-    let room = alice
-        .create_room(
-            json!({"preset": "trusted_private_chat", "invite": [bob.user_id], "is_direct": true}),
-        )
-        .await?;
-    bob.join(&room).await?;
+    let room = dm(&alice, &bob).await?;
     let sent = alice.say(&room, "ping bob").await?;
-    let mut got = None;
-    // the invite notifies too; wait for the message's push
-    for _ in 0..5 {
-        let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
-            .await?
-            .expect("a push");
-        if push["notification"]["event_id"] == sent.as_str() {
-            got = Some(push);
-            break;
-        }
-    }
-    let push = got.expect("push for the message");
-    let n = &push["notification"];
+    // the invite notifies too
+    let (push, _) = gateway.recv_event(&sent).await;
+    let n = &push.body["notification"];
     assert_eq!(n["room_id"], room.as_str());
     assert_eq!(n["devices"][0]["pushkey"], "k1");
     assert_eq!(n["devices"][0]["app_id"], "org.example.app");
-    assert!(n["counts"]["unread"].as_u64().unwrap() >= 1);
+    // bob has read nothing: the invite and "ping bob" notified him, as his sync says
+    assert_eq!(n["counts"]["unread"], 2, "{n}");
+    let s = bob.sync("timeout=0").await?;
+    assert_eq!(
+        s["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 2,
+        "{s}"
+    );
     assert!(
         n.get("content").is_none(),
         "event_id_only must not carry content: {n}"
@@ -371,25 +491,108 @@ async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
     // the pusher outlives a restart
     server.restart().await?;
     let sent = alice.say(&room, "after restart").await?;
-    let push = tokio::time::timeout(Duration::from_secs(10), pushes.recv())
-        .await?
-        .expect("a push after the restart");
-    assert_eq!(push["notification"]["event_id"], sent.as_str());
+    let (push, _) = gateway.recv_event(&sent).await;
+    assert_eq!(pushkeys(&push), ["k1"]);
 
-    // deleting the pusher stops pushes
+    // deleting a pusher stops its pushes: k2 stays, and its push of a later event is the
+    // barrier after which k1 would have had its push of the earlier one
+    set_pusher(&bob, "k2", &gateway.url).await?;
     bob.post(
         "/pushers/set",
         json!({"kind": null, "app_id": "org.example.app", "pushkey": "k1"}),
     )
     .await?
     .ok()?;
-    assert_eq!(bob.get("/pushers").await?.ok()?["pushers"], json!([]));
-    alice.say(&room, "no push").await?;
+    let listed = bob.get("/pushers").await?.ok()?;
+    let keys: Vec<&str> = listed["pushers"]
+        .as_array()
+        .expect("pushers")
+        .iter()
+        .filter_map(|p| p["pushkey"].as_str())
+        .collect();
+    assert_eq!(keys, ["k2"], "{listed}");
+    let quiet = alice.say(&room, "no push for k1").await?;
+    let barrier = alice.say(&room, "barrier").await?;
+    let (_, before) = gateway.recv_event(&barrier).await;
+    for push in &before {
+        assert_eq!(
+            pushkeys(push),
+            ["k2"],
+            "a push for k1 after its deletion: {}",
+            push.body
+        );
+    }
     assert!(
-        tokio::time::timeout(Duration::from_millis(700), pushes.recv())
-            .await
-            .is_err()
+        before
+            .iter()
+            .any(|p| p.body["notification"]["event_id"] == quiet.as_str()),
+        "k2 had no push of the earlier event"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rejected_pushkey_removes_the_pusher() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = dm(&alice, &bob).await?;
+    let mut gateway = Gateway::start(&[Reply::Reject]).await?;
+    set_pusher(&bob, "gone", &gateway.url).await?;
+    let sent = alice.say(&room, "ping").await?;
+    let (push, before) = gateway.recv_event(&sent).await;
+    assert!(
+        before.is_empty(),
+        "pushes before the message: {}",
+        before.len()
+    );
+    assert_eq!(pushkeys(&push), ["gone"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = bob.get("/pushers").await?.ok()?;
+        if listed["pushers"] == json!([]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rejected pusher was kept: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn gateway_errors_are_retried_with_backoff() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = dm(&alice, &bob).await?;
+    let mut gateway = Gateway::start(&[Reply::Fail, Reply::Fail]).await?;
+    set_pusher(&bob, "k1", &gateway.url).await?;
+    let sent = alice.say(&room, "ping").await?;
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let (push, before) = gateway.recv_event(&sent).await;
+        assert!(before.is_empty(), "other pushes: {}", before.len());
+        attempts.push(push.at);
+    }
+    // backoff 1 s, then 2 s (a little slack for the clocks)
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] >= Duration::from_millis(900), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(1800), "{gaps:?}");
+    assert!(gaps[1] > gaps[0], "no backoff: {gaps:?}");
+    // the third attempt succeeded: a later event's push comes with no fourth attempt
+    let later = alice.say(&room, "later").await?;
+    let (_, before) = gateway.recv_event(&later).await;
+    assert!(
+        before.is_empty(),
+        "retried after success: {:?}",
+        before.iter().map(|p| &p.body).collect::<Vec<_>>()
+    );
+    // the pusher is still there
+    let listed = bob.get("/pushers").await?.ok()?;
+    assert_eq!(listed["pushers"][0]["pushkey"], "k1", "{listed}");
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Rooms: creation, membership, state, sending, redaction, history, aliases, directory.
 
 use serde_json::{json, Value};
-use spec_tests::{enc, TestServer};
+use spec_tests::{enc, invite_and_join, TestServer};
 
 fn state_of<'a>(state: &'a Value, kind: &str, key: &str) -> Option<&'a Value> {
     state
@@ -121,13 +121,7 @@ async fn membership_lifecycle() -> anyhow::Result<()> {
     bob.post(&format!("/join/{}", enc(&room)), json!({}))
         .await?
         .expect_error(403, "M_FORBIDDEN")?;
-    alice
-        .post(
-            &format!("/rooms/{}/invite", enc(&room)),
-            json!({"user_id": bob.user_id}),
-        )
-        .await?
-        .ok()?;
+    alice.invite(&room, &bob.user_id).await?;
     bob.post(&format!("/rooms/{}/join", enc(&room)), json!({}))
         .await?
         .ok()?;
@@ -186,14 +180,7 @@ async fn membership_lifecycle() -> anyhow::Result<()> {
         )
         .await?
         .ok()?;
-    alice
-        .post(
-            &format!("/rooms/{}/invite", enc(&room)),
-            json!({"user_id": bob.user_id}),
-        )
-        .await?
-        .ok()?;
-    bob.join(&room).await?;
+    invite_and_join(&alice, &bob, &room).await?;
 
     // members with filters and `at`
     let before_carol = bob
@@ -201,13 +188,7 @@ async fn membership_lifecycle() -> anyhow::Result<()> {
         .await?
         .ok()?;
     let at = before_carol["start"].as_str().unwrap().to_string();
-    alice
-        .post(
-            &format!("/rooms/{}/invite", enc(&room)),
-            json!({"user_id": carol.user_id}),
-        )
-        .await?
-        .ok()?;
+    alice.invite(&room, &carol.user_id).await?;
     let members = bob
         .get(&format!("/rooms/{}/members", enc(&room)))
         .await?
@@ -284,14 +265,7 @@ async fn knock_and_public_join() -> anyhow::Result<()> {
     .ok()?;
     let sync = bob.sync("timeout=0").await?;
     assert!(sync["rooms"]["knock"][&room].is_object(), "{sync}");
-    alice
-        .post(
-            &format!("/rooms/{}/invite", enc(&room)),
-            json!({"user_id": bob.user_id}),
-        )
-        .await?
-        .ok()?;
-    bob.join(&room).await?;
+    invite_and_join(&alice, &bob, &room).await?;
 
     let public = alice
         .create_room(json!({"preset": "public_chat", "room_alias_name": "pub"}))
@@ -302,51 +276,55 @@ async fn knock_and_public_join() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn send_state_redact_and_history() -> anyhow::Result<()> {
+async fn transaction_ids_deduplicate_per_device() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
     bob.join(&room).await?;
-
-    // idempotent per device + txn id
-    let first = alice
-        .send_txn(
-            &room,
-            "m.room.message",
-            "txn1",
-            json!({"msgtype": "m.text", "body": "hello"}),
-        )
-        .await?;
-    let again = alice
-        .send_txn(
-            &room,
-            "m.room.message",
-            "txn1",
-            json!({"msgtype": "m.text", "body": "hello"}),
-        )
-        .await?;
-    assert_eq!(first, again);
-    let other = bob
-        .send_txn(
-            &room,
-            "m.room.message",
-            "txn1",
-            json!({"msgtype": "m.text", "body": "hi"}),
-        )
-        .await?;
-    assert_ne!(first, other);
+    let send = |c: &spec_tests::Client, body: &'static str| {
+        let (c, room) = (c.clone(), room.clone());
+        async move {
+            c.send_txn(
+                &room,
+                "m.room.message",
+                "txn1",
+                json!({"msgtype": "m.text", "body": body}),
+            )
+            .await
+        }
+    };
+    let first = send(&alice, "hello").await?;
+    assert_eq!(
+        send(&alice, "hello").await?,
+        first,
+        "a retry is the same event"
+    );
+    assert_ne!(
+        send(&bob, "hi").await?,
+        first,
+        "another device's txn id is its own"
+    );
     let ev = bob
         .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&first)))
         .await?
         .ok()?;
     assert_eq!(ev["content"]["body"], "hello");
     assert_eq!(ev["sender"], alice.user_id.as_str());
-    assert!(ev["origin_server_ts"].as_u64().unwrap() > 0);
+    assert!(ev["origin_server_ts"].as_u64().unwrap() > 0, "{ev}");
     bob.get(&format!("/rooms/{}/event/{}", enc(&room), enc("$nope")))
         .await?
         .expect_error(404, "M_NOT_FOUND")?;
+    Ok(())
+}
 
+#[tokio::test]
+async fn state_changes_need_power() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
     // bob may not change the name (state_default 50)
     bob.set_state(&room, "m.room.name", "", json!({"name": "x"}))
         .await?
@@ -355,8 +333,33 @@ async fn send_state_redact_and_history() -> anyhow::Result<()> {
         .set_state(&room, "m.room.name", "", json!({"name": "Old"}))
         .await?
         .ok()?;
-    assert!(name_id["event_id"].is_string());
+    assert!(name_id["event_id"].is_string(), "{name_id}");
+    Ok(())
+}
 
+/// A public room with history: Alice's "hello" and Bob's "hi", the name "Old", Alice's
+/// messages m0..m29, the name "New", and Alice's redaction of m0.
+struct History {
+    /// Bind it (`_server`, not `..`): the server stops when it is dropped.
+    _server: TestServer,
+    bob: spec_tests::Client,
+    room: String,
+    /// The ids of m0..m29.
+    ids: Vec<String>,
+}
+
+async fn history() -> anyhow::Result<History> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    bob.join(&room).await?;
+    alice.say(&room, "hello").await?;
+    bob.say(&room, "hi").await?;
+    alice
+        .set_state(&room, "m.room.name", "", json!({"name": "Old"}))
+        .await?
+        .ok()?;
     let mut ids = vec![];
     for i in 0..30 {
         ids.push(alice.say(&room, &format!("m{i}")).await?);
@@ -365,14 +368,6 @@ async fn send_state_redact_and_history() -> anyhow::Result<()> {
         .set_state(&room, "m.room.name", "", json!({"name": "New"}))
         .await?
         .ok()?;
-
-    // redaction: bob cannot redact alice's message; alice can; content is stripped
-    bob.put(
-        &format!("/rooms/{}/redact/{}/r1", enc(&room), enc(&ids[0])),
-        json!({"reason": "no"}),
-    )
-    .await?
-    .expect_error(403, "M_FORBIDDEN")?;
     let red = alice
         .put(
             &format!("/rooms/{}/redact/{}/r1", enc(&room), enc(&ids[0])),
@@ -380,17 +375,52 @@ async fn send_state_redact_and_history() -> anyhow::Result<()> {
         )
         .await?
         .ok()?;
-    assert!(red["event_id"].is_string());
+    assert!(red["event_id"].is_string(), "{red}");
+    Ok(History {
+        _server: server,
+        bob,
+        room,
+        ids,
+    })
+}
+
+#[tokio::test]
+async fn redaction_needs_power_and_strips_content() -> anyhow::Result<()> {
+    let History {
+        _server,
+        bob,
+        room,
+        ids,
+        ..
+    } = history().await?;
+    bob.put(
+        &format!("/rooms/{}/redact/{}/r1", enc(&room), enc(&ids[1])),
+        json!({"reason": "no"}),
+    )
+    .await?
+    .expect_error(403, "M_FORBIDDEN")?;
+    let kept = bob
+        .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&ids[1])))
+        .await?
+        .ok()?;
+    assert_eq!(kept["content"]["body"], "m1", "{kept}");
     let redacted = bob
         .get(&format!("/rooms/{}/event/{}", enc(&room), enc(&ids[0])))
         .await?
         .ok()?;
-    assert_eq!(redacted["content"], json!({}));
+    assert_eq!(redacted["content"], json!({}), "{redacted}");
     assert!(
         redacted["unsigned"]["redacted_because"].is_object(),
         "{redacted}"
     );
+    Ok(())
+}
 
+#[tokio::test]
+async fn messages_paginate_both_ways_with_filters_and_bounds() -> anyhow::Result<()> {
+    let History {
+        _server, bob, room, ..
+    } = history().await?;
     // /messages backwards from the end, paginating
     let page = bob
         .get(&format!("/rooms/{}/messages?dir=b&limit=10", enc(&room)))
@@ -447,6 +477,18 @@ async fn send_state_redact_and_history() -> anyhow::Result<()> {
         .ok()?;
     assert_eq!(bounded["chunk"].as_array().unwrap().len(), 10);
 
+    Ok(())
+}
+
+#[tokio::test]
+async fn context_has_neighbours_and_the_state_at_the_event() -> anyhow::Result<()> {
+    let History {
+        _server,
+        bob,
+        room,
+        ids,
+        ..
+    } = history().await?;
     // /context: the event, before, after, and the state at the event
     let ctx = bob
         .get(&format!(
@@ -678,18 +720,16 @@ async fn room_summary_previews() -> anyhow::Result<()> {
     assert_eq!(s["room_version"], "11");
     assert!(s.get("membership").is_none());
     // without a token too
-    summary(server.client(), public.clone()).await?.ok()?;
+    let anon = summary(server.client(), public.clone()).await?.ok()?;
+    assert_eq!(anon["room_id"], public.as_str(), "{anon}");
+    assert_eq!(anon["name"], "Open house", "{anon}");
+    assert_eq!(anon["num_joined_members"], 1, "{anon}");
+    assert!(anon.get("membership").is_none(), "{anon}");
     // a private room is hidden from non-members, shown to members and invitees
     summary(bob.clone(), private.clone())
         .await?
         .expect_error(404, "M_NOT_FOUND")?;
-    alice
-        .post(
-            &format!("/rooms/{}/invite", enc(&private)),
-            json!({"user_id": bob.user_id}),
-        )
-        .await?
-        .ok()?;
+    alice.invite(&private, &bob.user_id).await?;
     let s = summary(bob.clone(), private.clone()).await?.ok()?;
     assert_eq!(s["membership"], "invite");
     assert_eq!(s["name"], "Secret");

@@ -115,7 +115,7 @@ async fn lists_rooms_and_incremental_updates() -> anyhow::Result<()> {
         let r = ss(&alice2, Some(&pos2), 20000, body2).await;
         (start.elapsed(), r)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.wait_parked(&alice.user_id, 1).await?;
     bob.say(&named, "fresh").await?;
     let (elapsed, r) = waiter.await?;
     let next = r?.ok()?;
@@ -146,10 +146,21 @@ async fn lists_rooms_and_incremental_updates() -> anyhow::Result<()> {
     .await?
     .ok()?;
     assert_eq!(after["lists"]["invites"]["count"], 0, "{after}");
-    assert!(
-        after["rooms"][&invited]["timeline"].is_array()
-            || after["rooms"][&invited]["required_state"].is_array()
-    );
+    // and into "all": with its newest event (my join) and my member event as required
+    let joined = &after["rooms"][&invited];
+    let my_join = |e: &Value| {
+        e["type"] == "m.room.member"
+            && e["state_key"] == alice.user_id.as_str()
+            && e["content"]["membership"] == "join"
+    };
+    let tl = joined["timeline"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no timeline: {after}"));
+    assert!(tl.last().is_some_and(my_join), "{after}");
+    let req_state = joined["required_state"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no required_state: {after}"));
+    assert!(req_state.iter().any(my_join), "{after}");
 
     // an unknown pos is refused with M_UNKNOWN_POS
     ss(&alice, Some("999999"), 0, body.clone())

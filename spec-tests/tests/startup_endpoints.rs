@@ -3,7 +3,7 @@
 
 use reqwest::Method;
 use serde_json::json;
-use spec_tests::TestServer;
+use spec_tests::{invite_and_join, TestServer};
 
 #[tokio::test]
 async fn versions_advertise_working_unstable_features() -> anyhow::Result<()> {
@@ -87,14 +87,7 @@ async fn user_directory_search() -> anyhow::Result<()> {
     .await?
     .ok()?;
     let shared = alice.create_room(json!({})).await?;
-    alice
-        .post(
-            &format!("/rooms/{}/invite", spec_tests::enc(&shared)),
-            json!({"user_id": bob.user_id}),
-        )
-        .await?
-        .ok()?;
-    bob.join(&shared).await?;
+    invite_and_join(&alice, &bob, &shared).await?;
     let public = dave
         .create_room(json!({"preset": "public_chat", "visibility": "public"}))
         .await?;

@@ -4,11 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use spec_tests::{bodies, enc, timeline, TestServer};
-
-fn next(sync: &Value) -> String {
-    sync["next_batch"].as_str().expect("next_batch").to_string()
-}
+use spec_tests::{bodies, enc, ephemeral, next_batch, timeline, Client, TestServer};
 
 #[tokio::test]
 async fn initial_and_incremental_sync() -> anyhow::Result<()> {
@@ -38,7 +34,7 @@ async fn initial_and_incremental_sync() -> anyhow::Result<()> {
         .iter()
         .any(|e| e["type"] == "m.room.create"));
     assert!(joined["unread_notifications"].is_object());
-    let since = next(&initial);
+    let since = next_batch(&initial);
 
     // nothing new: an empty incremental sync
     let empty = bob.sync(&format!("since={since}&timeout=0")).await?;
@@ -57,7 +53,10 @@ async fn initial_and_incremental_sync() -> anyhow::Result<()> {
 
     // full_state brings the whole state again
     let full = bob
-        .sync(&format!("since={}&timeout=0&full_state=true", next(&inc)))
+        .sync(&format!(
+            "since={}&timeout=0&full_state=true",
+            next_batch(&inc)
+        ))
         .await?;
     let st = full["rooms"]["join"][&room]["state"]["events"]
         .as_array()
@@ -74,8 +73,8 @@ async fn long_poll_wakes_only_the_affected_user() -> anyhow::Result<()> {
     let carol = server.register("carol").await?;
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
     bob.join(&room).await?;
-    let bob_since = next(&bob.sync("timeout=0").await?);
-    let carol_since = next(&carol.sync("timeout=0").await?);
+    let bob_since = next_batch(&bob.sync("timeout=0").await?);
+    let carol_since = next_batch(&carol.sync("timeout=0").await?);
 
     let bob2 = bob.clone();
     let waiter = tokio::spawn(async move {
@@ -87,11 +86,13 @@ async fn long_poll_wakes_only_the_affected_user() -> anyhow::Result<()> {
     let carol_waiter = tokio::spawn(async move {
         let start = Instant::now();
         let r = carol2
-            .sync(&format!("since={carol_since}&timeout=1500"))
+            .sync(&format!("since={carol_since}&timeout=3000"))
             .await;
         (start.elapsed(), r)
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // both long-polls wait before anything happens
+    server.wait_parked(&bob.user_id, 1).await?;
+    server.wait_parked(&carol.user_id, 1).await?;
     alice.say(&room, "wake up").await?;
     let (elapsed, r) = waiter.await?;
     let r = r?;
@@ -104,7 +105,7 @@ async fn long_poll_wakes_only_the_affected_user() -> anyhow::Result<()> {
     let (elapsed, r) = carol_waiter.await?;
     let r = r?;
     assert!(
-        elapsed >= Duration::from_millis(1400),
+        elapsed >= Duration::from_millis(2900),
         "carol woke early: {r}"
     );
     assert!(r["rooms"]["join"].as_object().is_none_or(|m| m.is_empty()));
@@ -194,14 +195,8 @@ async fn invite_leave_and_knock_sections() -> anyhow::Result<()> {
     let room = alice
         .create_room(json!({"preset": "private_chat", "name": "Secret"}))
         .await?;
-    let since = next(&bob.sync("timeout=0").await?);
-    alice
-        .post(
-            &format!("/rooms/{}/invite", enc(&room)),
-            json!({"user_id": bob.user_id}),
-        )
-        .await?
-        .ok()?;
+    let since = next_batch(&bob.sync("timeout=0").await?);
+    alice.invite(&room, &bob.user_id).await?;
     let s = bob.sync(&format!("since={since}&timeout=5000")).await?;
     let invite = &s["rooms"]["invite"][&room]["invite_state"]["events"];
     let arr = invite.as_array().expect("invite_state");
@@ -213,7 +208,7 @@ async fn invite_leave_and_knock_sections() -> anyhow::Result<()> {
     assert!(arr
         .iter()
         .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()));
-    let since = next(&s);
+    let since = next_batch(&s);
     bob.join(&room).await?;
     alice.say(&room, "welcome").await?;
     let s = bob.sync(&format!("since={since}&timeout=0")).await?;
@@ -221,7 +216,7 @@ async fn invite_leave_and_knock_sections() -> anyhow::Result<()> {
         bodies(&timeline(&s, &room)).contains(&"welcome".to_string()),
         "{s}"
     );
-    let since = next(&s);
+    let since = next_batch(&s);
     alice
         .post(
             &format!("/rooms/{}/kick", enc(&room)),
@@ -240,17 +235,42 @@ async fn invite_leave_and_knock_sections() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
+/// Alice's public room that Bob joined, with one message of Alice's in it.
+struct TwoInARoom {
+    /// Bind it (`_server`, not `..`): the server stops when it is dropped.
+    _server: TestServer,
+    alice: Client,
+    bob: Client,
+    room: String,
+    msg: String,
+}
+
+async fn two_in_a_room() -> anyhow::Result<TwoInARoom> {
     let server = TestServer::start().await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
     bob.join(&room).await?;
     let msg = alice.say(&room, "read me").await?;
-    let since = next(&bob.sync("timeout=0").await?);
+    Ok(TwoInARoom {
+        _server: server,
+        alice,
+        bob,
+        room,
+        msg,
+    })
+}
 
-    // typing
+#[tokio::test]
+async fn typing_reaches_members_and_only_for_oneself() -> anyhow::Result<()> {
+    let TwoInARoom {
+        _server,
+        alice,
+        bob,
+        room,
+        ..
+    } = two_in_a_room().await?;
+    let since = next_batch(&bob.sync("timeout=0").await?);
     alice
         .put(
             &format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
@@ -266,18 +286,22 @@ async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
         .await?
         .expect_error(403, "M_FORBIDDEN")?;
     let s = bob.sync(&format!("since={since}&timeout=5000")).await?;
-    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let typing = eph
-        .iter()
-        .find(|e| e["type"] == "m.typing")
-        .expect("typing event");
-    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]));
-    let since = next(&s);
+    let typing = ephemeral(&s, &room, "m.typing").unwrap_or_else(|| panic!("no m.typing: {s}"));
+    assert_eq!(typing["content"]["user_ids"], json!([alice.user_id]), "{s}");
+    Ok(())
+}
 
-    // receipts: public one is shared, private one only with its owner; threaded accepted
+#[tokio::test]
+async fn receipts_public_shared_private_only_with_owner() -> anyhow::Result<()> {
+    let TwoInARoom {
+        _server,
+        alice,
+        bob,
+        room,
+        msg,
+    } = two_in_a_room().await?;
+    let since = next_batch(&bob.sync("timeout=0").await?);
+    // a threaded public receipt is accepted too
     bob.post(
         &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&msg)),
         json!({"thread_id": "main"}),
@@ -291,14 +315,7 @@ async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
     .await?
     .ok()?;
     let s = alice.sync("timeout=0").await?;
-    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let receipt = eph
-        .iter()
-        .find(|e| e["type"] == "m.receipt")
-        .expect("receipt");
+    let receipt = ephemeral(&s, &room, "m.receipt").unwrap_or_else(|| panic!("no receipt: {s}"));
     assert!(
         receipt["content"][&msg]["m.read"][&bob.user_id]["ts"].is_u64(),
         "{receipt}"
@@ -308,25 +325,29 @@ async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
         "private receipt leaked: {receipt}"
     );
     let s = bob.sync(&format!("since={since}&timeout=0")).await?;
-    let eph = s["rooms"]["join"][&room]["ephemeral"]["events"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mine = eph
-        .iter()
-        .find(|e| e["type"] == "m.receipt")
-        .expect("own receipts");
+    let mine = ephemeral(&s, &room, "m.receipt").unwrap_or_else(|| panic!("no own receipts: {s}"));
     assert!(
         mine["content"][&msg]["m.read.private"][&bob.user_id].is_object(),
         "{mine}"
     );
     // having read it, bob's unread count is 0
     assert_eq!(
-        s["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
-        0
+        s["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 0,
+        "{s}"
     );
-    let since = next(&s);
+    Ok(())
+}
 
+#[tokio::test]
+async fn account_data_tags_and_read_markers_reach_sync() -> anyhow::Result<()> {
+    let TwoInARoom {
+        _server,
+        alice,
+        bob,
+        room,
+        msg,
+    } = two_in_a_room().await?;
+    let since = next_batch(&bob.sync("timeout=0").await?);
     // read markers set m.fully_read room account data
     bob.post(
         &format!("/rooms/{}/read_markers", enc(&room)),
@@ -335,15 +356,12 @@ async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
     .await?
     .ok()?;
     // account data, global and per room, and tags
-    bob.put(
-        &format!(
-            "/user/{}/account_data/org.example.settings",
-            enc(&bob.user_id)
-        ),
-        json!({"theme": "dark"}),
-    )
-    .await?
-    .ok()?;
+    let settings = format!(
+        "/user/{}/account_data/org.example.settings",
+        enc(&bob.user_id)
+    );
+    let tags = format!("/user/{}/rooms/{}/tags", enc(&bob.user_id), enc(&room));
+    bob.put(&settings, json!({"theme": "dark"})).await?.ok()?;
     bob.put(
         &format!(
             "/user/{}/rooms/{}/account_data/org.example.room",
@@ -354,42 +372,20 @@ async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
     )
     .await?
     .ok()?;
-    bob.put(
-        &format!(
-            "/user/{}/rooms/{}/tags/m.favourite",
-            enc(&bob.user_id),
-            enc(&room)
-        ),
-        json!({"order": 0.5}),
-    )
-    .await?
-    .ok()?;
-    let got = bob
-        .get(&format!(
-            "/user/{}/account_data/org.example.settings",
-            enc(&bob.user_id)
-        ))
+    bob.put(&format!("{tags}/m.favourite"), json!({"order": 0.5}))
         .await?
         .ok()?;
-    assert_eq!(got["theme"], "dark");
+    assert_eq!(bob.get(&settings).await?.ok()?["theme"], "dark");
     alice
-        .get(&format!(
-            "/user/{}/account_data/org.example.settings",
-            enc(&bob.user_id)
-        ))
+        .get(&settings)
         .await?
         .expect_error(403, "M_FORBIDDEN")?;
-    let tags = bob
-        .get(&format!(
-            "/user/{}/rooms/{}/tags",
-            enc(&bob.user_id),
-            enc(&room)
-        ))
-        .await?
-        .ok()?;
-    assert_eq!(tags["tags"]["m.favourite"]["order"], 0.5);
+    let got = bob.get(&tags).await?.ok()?;
+    assert_eq!(got["tags"]["m.favourite"]["order"], 0.5, "{got}");
     let s = bob.sync(&format!("since={since}&timeout=0")).await?;
-    let global = s["account_data"]["events"].as_array().unwrap();
+    let global = s["account_data"]["events"]
+        .as_array()
+        .expect("account_data");
     assert!(
         global
             .iter()
@@ -398,64 +394,90 @@ async fn typing_receipts_markers_account_data_presence() -> anyhow::Result<()> {
     );
     let room_ad = s["rooms"]["join"][&room]["account_data"]["events"]
         .as_array()
-        .unwrap();
-    assert!(room_ad.iter().any(|e| e["type"] == "org.example.room"));
-    assert!(room_ad.iter().any(|e| e["type"] == "m.tag"));
-    assert!(room_ad
-        .iter()
-        .any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == msg.as_str()));
-    bob.delete(
-        &format!(
-            "/user/{}/rooms/{}/tags/m.favourite",
-            enc(&bob.user_id),
-            enc(&room)
-        ),
-        None,
-    )
-    .await?
-    .ok()?;
-    let tags = bob
-        .get(&format!(
-            "/user/{}/rooms/{}/tags",
-            enc(&bob.user_id),
-            enc(&room)
-        ))
+        .unwrap_or_else(|| panic!("no room account data: {s}"));
+    assert!(
+        room_ad.iter().any(|e| e["type"] == "org.example.room"),
+        "{s}"
+    );
+    assert!(room_ad.iter().any(|e| e["type"] == "m.tag"), "{s}");
+    assert!(
+        room_ad
+            .iter()
+            .any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == msg.as_str()),
+        "{s}"
+    );
+    bob.delete(&format!("{tags}/m.favourite"), None)
         .await?
         .ok()?;
-    assert_eq!(tags["tags"], json!({}));
+    assert_eq!(bob.get(&tags).await?.ok()?["tags"], json!({}));
+    Ok(())
+}
 
-    // presence: set status, seen by room peers in sync
+#[tokio::test]
+async fn presence_status_reaches_room_peers() -> anyhow::Result<()> {
+    let TwoInARoom {
+        _server,
+        alice,
+        bob,
+        room,
+        ..
+    } = two_in_a_room().await?;
+    let status = |u: &str| format!("/presence/{}/status", enc(u));
     bob.put(
-        &format!("/presence/{}/status", enc(&bob.user_id)),
+        &status(&bob.user_id),
         json!({"presence": "online", "status_msg": "coding"}),
     )
     .await?
     .ok()?;
-    let p = alice
-        .get(&format!("/presence/{}/status", enc(&bob.user_id)))
-        .await?
-        .ok()?;
-    assert_eq!(p["presence"], "online");
-    assert_eq!(p["status_msg"], "coding");
+    let p = alice.get(&status(&bob.user_id)).await?.ok()?;
+    assert_eq!(p["presence"], "online", "{p}");
+    assert_eq!(p["status_msg"], "coding", "{p}");
     let s = alice.sync("timeout=0").await?;
-    let pres = s["presence"]["events"].as_array().unwrap();
+    let pres = s["presence"]["events"].as_array().expect("presence");
     assert!(
         pres.iter()
             .any(|e| e["sender"] == bob.user_id.as_str() && e["content"]["presence"] == "online"),
         "{s}"
     );
+    bob.put(&status(&alice.user_id), json!({"presence": "online"}))
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    // the one-time key counts are always there, signed_curve25519 included
+    assert_eq!(
+        s["device_one_time_keys_count"]["signed_curve25519"], 0,
+        "{s}"
+    );
+    assert!(s["rooms"]["join"][&room].is_object(), "{s}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sync_set_presence_offline_leaves_presence_and_unavailable_sets_it() -> anyhow::Result<()> {
+    let TwoInARoom {
+        _server,
+        alice,
+        bob,
+        ..
+    } = two_in_a_room().await?;
+    let status = format!("/presence/{}/status", enc(&bob.user_id));
     bob.put(
-        &format!("/presence/{}/status", enc(&alice.user_id)),
-        json!({"presence": "online"}),
+        &status,
+        json!({"presence": "online", "status_msg": "coding"}),
     )
     .await?
-    .expect_error(403, "M_FORBIDDEN")?;
-    // set_presence=offline on sync is accepted
-    bob.sync("timeout=0&set_presence=offline").await?;
-    // device lists and one-time key counts are present
-    assert!(
-        s["device_one_time_keys_count"].is_object() || s["device_one_time_keys_count"].is_null()
+    .ok()?;
+    let s = bob.sync("timeout=0&set_presence=offline").await?;
+    next_batch(&s);
+    let p = alice.get(&status).await?.ok()?;
+    assert_eq!(
+        p["presence"], "online",
+        "offline sync changed presence: {p}"
     );
+    assert_eq!(p["status_msg"], "coding", "{p}");
+    bob.sync("timeout=0&set_presence=unavailable").await?;
+    let p = alice.get(&status).await?.ok()?;
+    assert_eq!(p["presence"], "unavailable", "{p}");
+    assert_eq!(p["status_msg"], "coding", "{p}");
     Ok(())
 }
 
@@ -468,7 +490,7 @@ async fn incremental_presence_only_from_users_sharing_a_room() -> anyhow::Result
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
     bob.join(&room).await?;
     let status = |u: &str| format!("/presence/{}/status", enc(u));
-    let since = next(&alice.sync("timeout=0").await?);
+    let since = next_batch(&alice.sync("timeout=0").await?);
 
     // Carol shares no room with Alice: her change is not Alice's business.
     carol
@@ -493,7 +515,7 @@ async fn incremental_presence_only_from_users_sharing_a_room() -> anyhow::Result
 
     // Once Carol joins, her next change reaches Alice; nothing is repeated.
     carol.join(&room).await?;
-    let since = next(&s);
+    let since = next_batch(&s);
     carol
         .put(&status(&carol.user_id), json!({"presence": "online"}))
         .await?

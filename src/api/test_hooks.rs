@@ -6,6 +6,8 @@
 //!   for a wake-up right now.
 //! - `GET /_myelin/test/positions` → `{"applied", "durable", "visible", "consumers":
 //!   {name: position}}`: where the timeline stream and each pipeline consumer are.
+//! - `GET /_myelin/test/media_waiting/{mediaId}` → `{"waiting": n}`: downloads waiting
+//!   (`timeout_ms`) for the asynchronous upload of a local media id right now.
 //! - `PUT /_myelin/test/failpoints/{name}` with `{"actions": "pause"}` (the `fail` crate's
 //!   action syntax) configures a failpoint; `DELETE` removes it (a paused thread resumes).
 
@@ -25,6 +27,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router
         .route("/_myelin/test/parked/{user_id}", get(parked))
         .route("/_myelin/test/positions", get(positions))
+        .route("/_myelin/test/media_waiting/{media_id}", get(media_waiting))
         .route(
             "/_myelin/test/failpoints/{name}",
             put(set_failpoint).delete(remove_failpoint),
@@ -55,6 +58,14 @@ async fn positions(State(services): State<Arc<Services>>) -> Json<Value> {
         "visible": services.rooms.current_pos(),
         "consumers": consumers,
     }))
+}
+
+/// `GET /_myelin/test/media_waiting/{mediaId}`
+async fn media_waiting(
+    State(services): State<Arc<Services>>,
+    Path(media_id): Path<String>,
+) -> Json<Value> {
+    Json(json!({ "waiting": services.media.waiting_downloads(&media_id) }))
 }
 
 #[derive(Deserialize)]

@@ -523,7 +523,15 @@ async fn sync_delivers_to_device_device_lists_and_counts() {
             s.sync.sync(&session, req).await.unwrap()
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // It is parked, waiting for a wake-up, before the message is sent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.notifier.parked(&bob) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long-poll never parked"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let messages = BTreeMap::from([(
         bob.clone(),
         BTreeMap::from([(bdev.to_string(), json!({ "secret": 1 }))]),

@@ -388,6 +388,17 @@ impl MediaService {
         Ok(())
     }
 
+    /// How many downloads wait for the upload of `media_id` right now (each holds a clone
+    /// of the id's wake-up handle while it waits; the map holds the other one). For the
+    /// test hooks, which let a test know a download waits before it uploads.
+    pub fn waiting_downloads(&self, media_id: &str) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(media_id)
+            .map_or(0, |n| Arc::strong_count(n) - 1)
+    }
+
     /// The content of a local media id, waiting up to `wait` for a pending upload. Through
     /// [`Access::Unauthenticated`], media created after the cut-off is `M_NOT_FOUND`.
     pub async fn content(

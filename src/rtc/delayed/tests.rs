@@ -56,8 +56,10 @@ fn call_state(s: &Services, room: &RoomId) -> Option<Value> {
     s.rooms.state_content(room, CALL, KEY).unwrap()
 }
 
+/// Polls `f` for up to 10 s.
 async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         if f() {
             return true;
         }
@@ -66,22 +68,39 @@ async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+// Deadlines are wall-clock milliseconds (they survive restarts), so tokio's paused time
+// cannot drive them; instead of sleeping around the deadline, the test compares the
+// timestamps the server recorded: when the delay was restarted and when the event was sent.
 #[tokio::test]
 async fn fires_after_the_delay_and_restart_postpones() {
+    const DELAY_MS: u64 = 1_000;
     let s = Services::in_memory(Config::default()).unwrap();
     let alice = user("alice");
     let room = room_with(&s, &[]).await;
-    let id = schedule(&s, &alice, &room, 300, json!({})).await.unwrap();
+    let id = schedule(&s, &alice, &room, DELAY_MS, json!({}))
+        .await
+        .unwrap();
     assert_eq!(s.rtc.list_delayed(&alice).unwrap().len(), 1);
     assert!(call_state(&s, &room).is_none());
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let scheduled = s.rtc.delayed_event(&id).unwrap().unwrap().running_since;
+    // Restart once the clock moved on, so that the deadline moves too.
+    while now_ms() <= scheduled {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     s.rtc
         .update_delayed(&id, DelayedAction::Restart, Some(&alice))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(call_state(&s, &room).is_none(), "restart postponed it");
+    let restarted = s.rtc.delayed_event(&id).unwrap().unwrap().running_since;
+    assert!(restarted > scheduled, "{restarted} <= {scheduled}");
     assert!(wait_for(|| call_state(&s, &room).is_some()).await);
+    let sent = s.rooms.state_event_str(&room, CALL, KEY).unwrap().unwrap();
+    let sent_at = u64::from(sent.origin_server_ts.0);
+    assert!(
+        sent_at >= restarted + DELAY_MS,
+        "sent at {sent_at}, before the restarted deadline {}",
+        restarted + DELAY_MS
+    );
     // The record is dropped just after the event is sent.
     assert!(wait_for(|| s.rtc.list_delayed(&alice).unwrap().is_empty()).await);
     assert_eq!(
