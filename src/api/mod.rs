@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod client;
+pub mod client_ip;
 mod guest;
 mod rtc_service;
 pub mod ruma;
