@@ -7,6 +7,7 @@ pub mod client_ip;
 mod guest;
 mod rtc_service;
 pub mod ruma;
+pub mod serve;
 mod server_keys;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;
