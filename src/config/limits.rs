@@ -195,6 +195,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn documented_example_has_the_defaults() {
+        let c = super::super::Config::from_toml(include_str!("../../config/myelin.toml")).unwrap();
+        let d = RateLimitsConfig::default();
+        assert_eq!(c.rate_limits.named(), d.named());
+        assert_eq!(c.rate_limits.enabled, d.enabled);
+        assert_eq!(
+            c.limits.max_connections,
+            LimitsConfig::default().max_connections
+        );
+        assert_eq!(
+            c.limits.header_read_timeout_secs,
+            LimitsConfig::default().header_read_timeout_secs
+        );
+    }
+
+    #[test]
     fn env_sets_limits() {
         let mut c = RateLimitsConfig::default();
         c.apply_env(&|k: &str| match k {
