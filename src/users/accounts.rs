@@ -96,6 +96,19 @@ async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static
         .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))
 }
 
+/// Runs argon2 work from synchronous code called by a request (user-interactive auth): on
+/// the multi-threaded runtime the worker hands its other tasks to another thread while it
+/// hashes; elsewhere (unit tests, the admin CLI) the work runs inline.
+fn blocking_in_place<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// Refuses empty (`M_WEAK_PASSWORD`) and overlong passwords.
 pub fn check_password_policy(password: &str) -> Result<()> {
     if password.is_empty() {
@@ -325,7 +338,8 @@ impl UsersService {
     }
 
     /// Whether `password` is the password of `user` (false for unknown, deactivated or
-    /// password-less accounts).
+    /// password-less accounts). For synchronous callers (user-interactive auth); request
+    /// handlers that can await use [`UsersService::check_password_off_thread`].
     pub fn check_password(&self, user: &UserId, password: &str) -> Result<bool> {
         if password.len() > MAX_PASSWORD_LEN {
             return Ok(false);
@@ -335,7 +349,7 @@ impl UsersService {
                 password_hash: Some(hash),
                 deactivated: false,
                 ..
-            }) => verify_password(&hash, password),
+            }) => blocking_in_place(|| verify_password(&hash, password)),
             _ => false,
         })
     }
