@@ -5,6 +5,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod limits;
+
+pub use self::limits::{LimitsConfig, RateLimit, RateLimitsConfig};
+
 /// How new accounts may be created.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -191,6 +195,10 @@ pub struct Config {
     pub push: PushConfig,
     /// MatrixRTC settings.
     pub rtc: RtcConfig,
+    /// Rate limits per action.
+    pub rate_limits: RateLimitsConfig,
+    /// Connection limits.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -208,6 +216,8 @@ impl Default for Config {
             media: MediaConfig::default(),
             push: PushConfig::default(),
             rtc: RtcConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -277,6 +287,8 @@ impl Config {
         }
         self.apply_media_env(&lookup)?;
         self.apply_push_env(&lookup)?;
+        self.rate_limits.apply_env(&lookup)?;
+        self.limits.apply_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
             self.registration.allow_guests = match v.as_str() {
                 "true" | "1" | "yes" => true,
@@ -390,7 +402,8 @@ impl Config {
         if self.rtc.token_ttl_secs == 0 {
             anyhow::bail!("rtc.token_ttl_secs must be positive");
         }
-        Ok(())
+        self.rate_limits.validate()?;
+        self.limits.validate()
     }
 
     /// The public base URL of the SFU token service (`livekit_service_url`).
@@ -418,6 +431,15 @@ where
     T::Err: std::fmt::Display,
 {
     v.parse().map_err(|e| anyhow::anyhow!("{name}={v}: {e}"))
+}
+
+/// Parses the boolean value of environment variable `name`.
+fn boolean(name: &str, v: &str) -> anyhow::Result<bool> {
+    match v {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => anyhow::bail!("{name}={other}: expected true or false"),
+    }
 }
 
 #[cfg(test)]

@@ -148,6 +148,18 @@ impl Error {
     pub fn bad_json_method(message: impl Into<String>) -> Self {
         Self::matrix(StatusCode::METHOD_NOT_ALLOWED, "M_BAD_JSON", message)
     }
+    /// 429 `M_LIMIT_EXCEEDED`: try again after `retry_after` (also sent as `Retry-After`).
+    pub fn limit_exceeded(retry_after: std::time::Duration) -> Self {
+        let ms = u64::try_from(retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Self::matrix(
+            StatusCode::TOO_MANY_REQUESTS,
+            "M_LIMIT_EXCEEDED",
+            "Too many requests",
+        )
+        .with_field("retry_after_ms", Value::from(ms))
+    }
     /// 500 for our own faults; the message is logged, never shown.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())
@@ -198,7 +210,19 @@ impl From<sled::Error> for Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, body) = self.to_status_and_body();
-        (status, axum::Json(body)).into_response()
+        // Whole seconds, rounded up, as the header's grammar requires.
+        let retry_after = body
+            .get("retry_after_ms")
+            .and_then(Value::as_u64)
+            .filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
+            .map(|ms| ms.div_ceil(1000).to_string());
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after.and_then(|s| http::HeaderValue::from_str(&s).ok()) {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, secs);
+        }
+        response
     }
 }
 

@@ -8,6 +8,7 @@ pub mod events;
 pub mod media;
 pub mod pipeline;
 pub mod push;
+pub mod ratelimit;
 pub mod rooms;
 pub mod rtc;
 pub mod services;

@@ -172,11 +172,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, server_name = %services.config.server_name, "myelin listening");
-    // `into_make_service` shares the router between connections; serving the `Router`
-    // itself rebuilds (deep-copies) its route table for every connection.
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    myelin::api::serve::serve(listener, app, &services.config.limits, shutdown_signal()).await?;
     if let Some(sfu) = sfu {
         sfu.shutdown();
     }

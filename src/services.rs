@@ -9,6 +9,7 @@ use crate::{
     media::MediaService,
     pipeline::{Pipeline, SyncNotifier},
     push::{PushConsumer, PushService},
+    ratelimit::RateLimiter,
     rooms::RoomsService,
     rtc::{delayed::DelayedEventsConsumer, LiveKitKeys, RtcService},
     storage::Storage,
@@ -44,6 +45,8 @@ pub struct Services {
     pub rtc: Arc<RtcService>,
     /// The consumers that follow every durable event.
     pub pipeline: Arc<Pipeline>,
+    /// Per-address and per-user rate limits.
+    pub rate_limits: Arc<RateLimiter>,
 }
 
 impl Services {
@@ -133,6 +136,7 @@ impl Services {
             )?
             .build();
         pipeline.start();
+        let rate_limits = Arc::new(RateLimiter::new(&config.rate_limits));
         Ok(Arc::new(Services {
             config,
             storage,
@@ -146,6 +150,7 @@ impl Services {
             media,
             rtc,
             pipeline,
+            rate_limits,
         }))
     }
 

@@ -150,7 +150,9 @@ synapse_url="http://127.0.0.1:$syn_port"
 
 # ---- Myelin ----
 my_port=$(free_port)
+# The load comes from one address: rate limits off, as they are for Synapse above.
 MYELIN_LISTEN="127.0.0.1:$my_port" MYELIN_DATA_DIR="$work/myelin" MYELIN_REGISTRATION_MODE=open \
+    MYELIN_RATE_LIMITS_ENABLED=false \
     RUST_LOG=warn "$root/target/release/myelin" serve >"$work/myelin.log" 2>&1 &
 my_pid=$!
 pids+=("$my_pid")

@@ -50,7 +50,9 @@ async fn register(State(services): State<Arc<Services>>, body: Bytes) -> Result<
     )?;
     users.check_available(&req.username)?;
     check_password_policy(&req.password)?;
-    let user = users.create_user(&req.username, Some(&req.password), req.admin)?;
+    let user = users
+        .create_user_off_thread(&req.username, &req.password, req.admin)
+        .await?;
     let displayname = req
         .displayname
         .filter(|d| !d.is_empty())

@@ -3,9 +3,11 @@
 
 mod admin;
 pub mod client;
+pub mod client_ip;
 mod guest;
 mod rtc_service;
 pub mod ruma;
+pub mod serve;
 mod server_keys;
 #[cfg(feature = "test-hooks")]
 mod test_hooks;

@@ -34,6 +34,8 @@ pub struct Ruma<T> {
     pub json_body: Option<serde_json::Value>,
     /// The raw query string (for parameters ruma does not model, e.g. MSC4140's delay).
     pub query: Option<String>,
+    /// The client's address, for per-address rate limits.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 impl<T> Ruma<T> {
@@ -189,6 +191,8 @@ where
         };
 
         refuse_ruma_panics::<T>(&bytes)?;
+        let client_ip =
+            super::client_ip::ClientIp::of(&parts, services.rate_limits.trusted_proxies()).0;
         let query = parts.uri.query().map(str::to_owned);
         let http_req = http::Request::from_parts(parts, bytes.as_ref());
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
@@ -198,6 +202,7 @@ where
             session,
             json_body,
             query,
+            client_ip,
         })
     }
 }

@@ -506,6 +506,7 @@ async fn sync_delivers_to_device_device_lists_and_counts() {
         user_id: bob.clone(),
         device_id: bdev.clone(),
         is_guest: false,
+        rate_limit_exempt: false,
     };
     let first = s.sync.sync(&bob_session, sync_request(None)).await.unwrap();
     let token = first["next_batch"].as_str().unwrap().to_owned();

@@ -75,6 +75,40 @@ pub(crate) fn verify_password(hash: &str, password: &str) -> bool {
     }
 }
 
+/// A hash of no one's password, made with the same parameters as real ones: checking a
+/// password of an unknown account against it costs what checking a real one does, so the
+/// answer's timing does not tell whether the account exists.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(b"no account has this password", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// Runs argon2 work on the blocking pool, off the async workers.
+async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))
+}
+
+/// Runs argon2 work from synchronous code called by a request (user-interactive auth): on
+/// the multi-threaded runtime the worker hands its other tasks to another thread while it
+/// hashes; elsewhere (unit tests, the admin CLI) the work runs inline.
+fn blocking_in_place<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// Refuses empty (`M_WEAK_PASSWORD`) and overlong passwords.
 pub fn check_password_policy(password: &str) -> Result<()> {
     if password.is_empty() {
@@ -182,12 +216,6 @@ impl UsersService {
         admin: bool,
         guest: bool,
     ) -> Result<OwnedUserId> {
-        let localpart = match name.strip_prefix('@') {
-            Some(rest) => rest.split_once(':').map_or(rest, |(l, _)| l),
-            None => name,
-        };
-        validate_localpart(localpart, self.server_name())?;
-        let user = self.user_id_from(name)?;
         let password_hash = match password {
             Some(p) => {
                 check_password_policy(p)?;
@@ -195,6 +223,22 @@ impl UsersService {
             }
             None => None,
         };
+        self.create_account_hashed(name, password_hash, admin, guest)
+    }
+
+    fn create_account_hashed(
+        &self,
+        name: &str,
+        password_hash: Option<String>,
+        admin: bool,
+        guest: bool,
+    ) -> Result<OwnedUserId> {
+        let localpart = match name.strip_prefix('@') {
+            Some(rest) => rest.split_once(':').map_or(rest, |(l, _)| l),
+            None => name,
+        };
+        validate_localpart(localpart, self.server_name())?;
+        let user = self.user_id_from(name)?;
         let account = Account {
             password_hash,
             admin,
@@ -216,23 +260,86 @@ impl UsersService {
         Ok(user)
     }
 
+    /// [`UsersService::create_user`] with the password hashed on the blocking pool (for
+    /// request handlers).
+    pub async fn create_user_off_thread(
+        &self,
+        localpart: &str,
+        password: &str,
+        admin: bool,
+    ) -> Result<OwnedUserId> {
+        check_password_policy(password)?;
+        let password = password.to_owned();
+        let hash = off_thread(move || hash_password(&password)).await??;
+        self.create_account_hashed(localpart, Some(hash), admin, false)
+    }
+
     /// Replaces the password of an existing account. Not yet durable.
     pub fn set_password(&self, user: &UserId, password: &str) -> Result<()> {
         check_password_policy(password)?;
+        let hash = hash_password(password)?;
+        self.store_password_hash(user, hash)
+    }
+
+    /// [`UsersService::set_password`] with the password hashed on the blocking pool (for
+    /// request handlers). Not yet durable.
+    pub async fn set_password_off_thread(&self, user: &UserId, password: &str) -> Result<()> {
+        check_password_policy(password)?;
+        let password = password.to_owned();
+        let hash = off_thread(move || hash_password(&password)).await??;
+        self.store_password_hash(user, hash)
+    }
+
+    fn store_password_hash(&self, user: &UserId, hash: String) -> Result<()> {
         let mut account = self
             .account(user)?
             .ok_or_else(|| Error::not_found("Unknown user"))?;
         if account.deactivated {
             return Err(Error::user_deactivated());
         }
-        account.password_hash = Some(hash_password(password)?);
+        account.password_hash = Some(hash);
         let mut batch = Batch::new();
         batch.insert_json(&self.storage.trees.users, user.as_bytes(), &account)?;
         self.storage.commit(batch)
     }
 
+    /// Whether `password` is the password of `user`, checked on the blocking pool. An
+    /// unknown (`None`: the name was not even a valid user id), deactivated or
+    /// password-less account is checked against a dummy hash and answers false after
+    /// the same work, so a failed login does not reveal whether the account exists.
+    pub async fn check_password_off_thread(
+        &self,
+        user: Option<&UserId>,
+        password: &str,
+    ) -> Result<bool> {
+        if password.len() > MAX_PASSWORD_LEN {
+            return Ok(false);
+        }
+        let hash = match user {
+            Some(user) => match self.account(user)? {
+                Some(Account {
+                    password_hash: Some(hash),
+                    deactivated: false,
+                    ..
+                }) => Some(hash),
+                _ => None,
+            },
+            None => None,
+        };
+        let password = password.to_owned();
+        off_thread(move || match hash {
+            Some(hash) => verify_password(&hash, &password),
+            None => {
+                verify_password(dummy_hash(), &password);
+                false
+            }
+        })
+        .await
+    }
+
     /// Whether `password` is the password of `user` (false for unknown, deactivated or
-    /// password-less accounts).
+    /// password-less accounts). For synchronous callers (user-interactive auth); request
+    /// handlers that can await use [`UsersService::check_password_off_thread`].
     pub fn check_password(&self, user: &UserId, password: &str) -> Result<bool> {
         if password.len() > MAX_PASSWORD_LEN {
             return Ok(false);
@@ -242,7 +349,7 @@ impl UsersService {
                 password_hash: Some(hash),
                 deactivated: false,
                 ..
-            }) => verify_password(&hash, password),
+            }) => blocking_in_place(|| verify_password(&hash, password)),
             _ => false,
         })
     }

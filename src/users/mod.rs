@@ -50,6 +50,12 @@ pub struct Session {
     /// Whether the account is a guest.
     #[serde(default)]
     pub is_guest: bool,
+    /// Whether requests of this session skip per-user rate limits: the exemption point
+    /// for application services that ask for it (`rate_limited: false` in their
+    /// registration), set when such a session is built; never stored, so a user's token
+    /// cannot carry it.
+    #[serde(skip)]
+    pub rate_limit_exempt: bool,
 }
 
 /// A callback run after a user's account data or presence changed (wakes `/sync`).

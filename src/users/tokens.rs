@@ -88,6 +88,7 @@ impl UsersService {
             user_id: user.to_owned(),
             device_id: device_id.clone(),
             is_guest: account.guest,
+            rate_limit_exempt: false,
         };
         batch.insert_json(&trees.tokens, &hash, &session)?;
         batch.insert_json(&trees.devices, &key, &device)?;

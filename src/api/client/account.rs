@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use crate::{
     api::ruma::{RouterExt, RouterJsonExt, Ruma},
     config::RegistrationMode,
+    ratelimit::Action,
     services::Services,
     users::{check_password_policy, Stage, UiaFlows},
     Error, Result,
@@ -58,6 +59,9 @@ async fn register(
     State(services): State<Arc<Services>>,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response> {
+    services
+        .rate_limits
+        .check_ip(Action::Register, req.client_ip)?;
     let users = &services.users;
     let body = &req.body;
     let settings = &services.config.registration;
@@ -104,7 +108,9 @@ async fn register(
             .password
             .as_deref()
             .ok_or_else(|| Error::missing_param("password is required"))?;
-        let user = users.create_user(&localpart, Some(password), false)?;
+        let user = users
+            .create_user_off_thread(&localpart, password, false)
+            .await?;
         users.set_displayname(&user, Some(user.localpart().to_owned()))?;
         user
     };
@@ -170,7 +176,9 @@ async fn change_password(
         Some(&session.user_id),
         auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
-    users.set_password(&session.user_id, &req.body.new_password)?;
+    users
+        .set_password_off_thread(&session.user_id, &req.body.new_password)
+        .await?;
     if req.body.logout_devices {
         users.logout_others(&session.user_id, &session.device_id)?;
     }

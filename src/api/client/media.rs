@@ -17,7 +17,9 @@ use axum::{
 use serde_json::json;
 
 use crate::{
+    api::client_ip::ClientIp,
     media::{content_disposition, Access, Content, ThumbnailMethod, ThumbnailSpec},
+    ratelimit::Action,
     services::Services,
     users::Session,
     Error, Result,
@@ -126,6 +128,9 @@ async fn upload(
     let (parts, body) = req.into_parts();
     let session = authenticate(&services, &parts.headers, &query)?;
     no_guests(&session)?;
+    services
+        .rate_limits
+        .check_session(Action::Upload, &session)?;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -170,6 +175,9 @@ async fn upload_to(
     let (parts, body) = req.into_parts();
     let session = authenticate(&services, &parts.headers, &query)?;
     no_guests(&session)?;
+    services
+        .rate_limits
+        .check_session(Action::Upload, &session)?;
     services
         .media
         .upload_to(
@@ -344,7 +352,10 @@ async fn thumbnail_authed(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    authenticate(&services, &headers, &query)?;
+    let session = authenticate(&services, &headers, &query)?;
+    services
+        .rate_limits
+        .check_session(Action::Thumbnail, &session)?;
     thumbnail(
         &services,
         (&server, &media_id),
@@ -359,7 +370,9 @@ async fn thumbnail_legacy(
     State(services): State<Arc<Services>>,
     Path((server, media_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
+    ClientIp(ip): ClientIp,
 ) -> Result<Response> {
+    services.rate_limits.check_ip(Action::Thumbnail, ip)?;
     thumbnail(
         &services,
         (&server, &media_id),

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::{
     api::ruma::{raw, RouterExt, RouterJsonExt, Ruma},
+    ratelimit::Action,
     rooms::{
         CreateRoom, Direction, EventFilter, MemberProfile, Membership, NewEvent, Token, Transaction,
     },
@@ -70,6 +71,9 @@ async fn create_room_route(
     State(services): State<Arc<Services>>,
     req: Ruma<create_room::v3::Request>,
 ) -> Result<create_room::v3::Response> {
+    services
+        .rate_limits
+        .check_session(Action::CreateRoom, req.session()?)?;
     let creator = req.sender_user()?.clone();
     let body = &req.body;
     let mut initial_state = Vec::new();
@@ -129,6 +133,7 @@ async fn send_message_route(
     req: Ruma<send_message_event::v3::Request>,
 ) -> Result<Json<Value>> {
     let session = req.session()?.clone();
+    services.rate_limits.check_session(Action::Send, &session)?;
     let body = &req.body;
     let content: Value = serde_json::from_str(body.body.json().get())?;
     let kind = body.event_type.to_string();
@@ -175,6 +180,9 @@ async fn send_state_route(
     State(services): State<Arc<Services>>,
     req: Ruma<send_state_event::v3::Request>,
 ) -> Result<Json<Value>> {
+    services
+        .rate_limits
+        .check_session(Action::Send, req.session()?)?;
     let sender = req.sender_user()?.clone();
     let body = &req.body;
     let content: Value = serde_json::from_str(body.body.json().get())?;

@@ -20,6 +20,7 @@ use ruma::api::client::{
 
 use crate::{
     api::ruma::{RouterExt, Ruma},
+    ratelimit::{Action, RateKey},
     services::Services,
     Error, Result,
 };
@@ -66,14 +67,24 @@ async fn login(
     };
     let users = &services.users;
     let name = login_name(password)?;
-    let invalid = || Error::forbidden("Invalid username or password");
-    let user = users.user_id_from(name).map_err(|_| invalid())?;
-    if users.is_deactivated(&user)? {
-        return Err(Error::user_deactivated());
+    services
+        .rate_limits
+        .check_ip(Action::Login, req.client_ip)?;
+    let user = users.user_id_from(name).ok();
+    if let Some(user) = &user {
+        services
+            .rate_limits
+            .check(Action::LoginAccount, RateKey::User(user.clone()))?;
+        if users.is_deactivated(user)? {
+            return Err(Error::user_deactivated());
+        }
     }
-    if !users.check_password(&user, &password.password)? {
-        return Err(invalid());
-    }
+    let valid = users
+        .check_password_off_thread(user.as_deref(), &password.password)
+        .await?;
+    let (Some(user), true) = (user, valid) else {
+        return Err(Error::forbidden("Invalid username or password"));
+    };
     let (token, device) = users.create_session(
         &user,
         req.body.device_id.as_deref(),
