@@ -533,7 +533,12 @@ async fn pushers_deliver_to_the_gateway() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_rejected_pushkey_removes_the_pusher() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    // The fake gateway listens on loopback, which pushers may only reach when allowed.
+    let server = TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_PUSH_GATEWAY_ALLOW_CIDRS", "127.0.0.0/8"),
+    ])
+    .await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let room = dm(&alice, &bob).await?;
@@ -564,7 +569,12 @@ async fn a_rejected_pushkey_removes_the_pusher() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn gateway_errors_are_retried_with_backoff() -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    // The fake gateway listens on loopback, which pushers may only reach when allowed.
+    let server = TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_PUSH_GATEWAY_ALLOW_CIDRS", "127.0.0.0/8"),
+    ])
+    .await?;
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let room = dm(&alice, &bob).await?;
