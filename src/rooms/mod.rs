@@ -6,6 +6,7 @@ mod alias;
 mod append;
 mod create;
 mod ephemeral;
+mod kind;
 mod members;
 mod membership;
 mod policy;
@@ -28,6 +29,7 @@ pub use self::{
     append::{NewEvent, Transaction},
     create::CreateRoom,
     ephemeral::{Typing, RECEIPT_TYPES},
+    kind::{RoomKind, GROUP_TYPE, VIRTUAL_ROOM_TYPE},
     members::{Membership, RoomMembers},
     membership::MemberProfile,
     policy::RoomPolicy,
