@@ -5,9 +5,13 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod groups;
 mod limits;
 
-pub use self::limits::{LimitsConfig, RateLimit, RateLimitsConfig};
+pub use self::{
+    groups::GroupsConfig,
+    limits::{LimitsConfig, RateLimit, RateLimitsConfig},
+};
 
 /// How new accounts may be created.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -199,6 +203,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Connection limits.
     pub limits: LimitsConfig,
+    /// Group settings.
+    pub groups: GroupsConfig,
 }
 
 impl Default for Config {
@@ -218,6 +224,7 @@ impl Default for Config {
             rtc: RtcConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             limits: LimitsConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -289,6 +296,7 @@ impl Config {
         self.apply_push_env(&lookup)?;
         self.rate_limits.apply_env(&lookup)?;
         self.limits.apply_env(&lookup)?;
+        self.groups.apply_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
             self.registration.allow_guests = match v.as_str() {
                 "true" | "1" | "yes" => true,
@@ -403,6 +411,7 @@ impl Config {
             anyhow::bail!("rtc.token_ttl_secs must be positive");
         }
         self.rate_limits.validate()?;
+        self.groups.validate()?;
         self.limits.validate()
     }
 

@@ -69,8 +69,7 @@ impl Services {
         let keys = Arc::new(keys);
         let notifier = Arc::new(Notifier::new());
         let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
-        // Room policies (room kinds) join this list.
-        let policies = Vec::new();
+        let policies = crate::rooms::kind_policies(config.groups.max_members);
         let rooms = Arc::new(RoomsService::new(
             config.clone(),
             storage.clone(),

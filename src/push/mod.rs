@@ -11,6 +11,7 @@
 
 mod consumer;
 pub mod gateway;
+mod unread;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

@@ -75,6 +75,7 @@ impl RoomsService {
         creator: &UserId,
         req: CreateRoom,
     ) -> Result<OwnedRoomId> {
+        super::kinds::check_create(&req)?;
         let version = match req.room_version.as_deref() {
             None => RoomVersionId::V11,
             Some(v) => events::supported_room_version(v).ok_or_else(|| {
@@ -218,11 +219,14 @@ impl RoomsService {
             "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
             "notifications": { "room": 50 },
         });
+        // Groups and virtual rooms get the server's levels, whatever the request says.
+        let kind_levels = super::kinds::initial_power_levels(req, creator, &power);
         if let (Some(over), Value::Object(map)) = (&req.power_level_content_override, &mut power) {
             for (k, v) in over {
                 map.insert(k.clone(), v.clone());
             }
         }
+        let power = kind_levels.unwrap_or(power);
         self.append(
             guard,
             creator,

@@ -7,6 +7,7 @@ mod append;
 mod create;
 mod ephemeral;
 mod kind;
+mod kinds;
 mod members;
 mod membership;
 mod policy;
@@ -30,6 +31,7 @@ pub use self::{
     create::CreateRoom,
     ephemeral::{Typing, RECEIPT_TYPES},
     kind::{RoomKind, GROUP_TYPE, VIRTUAL_ROOM_TYPE},
+    kinds::{kind_policies, RoomRoles, MODERATOR_LEVEL, OWNER_LEVEL},
     members::{Membership, RoomMembers},
     membership::MemberProfile,
     policy::RoomPolicy,
@@ -54,6 +56,10 @@ pub struct RoomRecord {
 /// Proof that the caller holds a room's lock: state-changing calls take it.
 pub struct RoomGuard {
     room_id: OwnedRoomId,
+    /// A change the server makes itself under this lock, which the room policies let
+    /// through (see [`kinds::ServerAction`]). Only code inside `rooms` sets it: no
+    /// client request can carry it.
+    server_action: Option<kinds::ServerAction>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -148,6 +154,7 @@ impl RoomsService {
         };
         RoomGuard {
             room_id: room_id.to_owned(),
+            server_action: None,
             _guard: mutex.lock_owned().await,
         }
     }

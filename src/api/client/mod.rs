@@ -10,6 +10,7 @@ mod discovery;
 mod ephemeral;
 mod filter;
 mod keys;
+mod kinds;
 mod media;
 mod membership;
 mod presence;
@@ -54,6 +55,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = media::routes(router);
     let router = user_directory::routes(router);
     let router = rtc::routes(router);
+    let router = kinds::routes(router);
     let router = thirdparty::routes(router);
     sync::routes(router)
 }
