@@ -70,7 +70,8 @@ impl Services {
         let notifier = Arc::new(Notifier::new());
         let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
         // Room policies (room kinds) join this list.
-        let policies = Vec::new();
+        let policies: Vec<Arc<dyn crate::rooms::RoomPolicy>> =
+            vec![Arc::new(crate::rooms::BlockedRoomPolicy)];
         let rooms = Arc::new(RoomsService::new(
             config.clone(),
             storage.clone(),

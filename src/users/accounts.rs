@@ -28,6 +28,9 @@ pub struct Account {
     /// Deactivated: cannot log in, id cannot be reused.
     #[serde(default)]
     pub deactivated: bool,
+    /// Erased by an administrator when deactivated (admin API `erase`).
+    #[serde(default)]
+    pub erased: bool,
     /// Creation time, ms since the epoch.
     #[serde(default)]
     pub created_ts: u64,
@@ -244,6 +247,7 @@ impl UsersService {
             admin,
             guest,
             deactivated: false,
+            erased: false,
             created_ts: now_ms(),
         };
         let value = serde_json::to_vec(&account)?;

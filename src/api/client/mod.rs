@@ -15,6 +15,7 @@ mod membership;
 mod presence;
 mod profile;
 mod push_rules;
+mod report;
 mod room;
 mod rtc;
 mod session;
@@ -55,5 +56,6 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = user_directory::routes(router);
     let router = rtc::routes(router);
     let router = thirdparty::routes(router);
+    let router = report::routes(router);
     sync::routes(router)
 }

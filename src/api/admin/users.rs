@@ -1,0 +1,326 @@
+//! Admin API, users: list, get, create or modify, deactivate, reset password, whois and
+//! the admin flag (Synapse's `/_synapse/admin/v1|v2/users...` shapes), plus the
+//! client-server `GET /_matrix/client/v3/admin/whois/{userId}`.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+    Json, Router,
+};
+use ruma::{api::client::admin::get_user_info, UserId};
+use serde_json::{json, Value};
+
+use super::{AdminRequest, Caller};
+use crate::{
+    api::ruma::{RouterJsonExt, Ruma},
+    rooms::MemberProfile,
+    services::Services,
+    users::{check_password_policy, check_profile, AccountOrder, AccountQuery, AccountSummary},
+    Error, Result,
+};
+
+pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    router
+        .route("/_synapse/admin/v2/users", get(list_users))
+        .route(
+            "/_synapse/admin/v2/users/{user_id}",
+            get(get_user).put(put_user),
+        )
+        .route("/_synapse/admin/v1/deactivate/{user_id}", post(deactivate))
+        .route(
+            "/_synapse/admin/v1/reset_password/{user_id}",
+            post(reset_password),
+        )
+        .route("/_synapse/admin/v1/whois/{user_id}", get(whois))
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/admin",
+            get(get_admin).put(put_admin),
+        )
+        .ruma_json(client_whois)
+}
+
+fn user_json(s: &AccountSummary) -> Value {
+    json!({
+        "name": s.user_id,
+        "displayname": s.displayname,
+        "avatar_url": s.avatar_url,
+        "is_guest": s.account.guest,
+        "admin": s.account.admin,
+        "deactivated": s.account.deactivated,
+        "erased": s.account.erased,
+        "shadow_banned": false,
+        "locked": false,
+        "approved": true,
+        "user_type": null,
+        "appservice_id": null,
+        "creation_ts": s.account.created_ts,
+        "last_seen_ts": s.last_seen_ts,
+        "threepids": [],
+        "external_ids": [],
+    })
+}
+
+fn summary(services: &Services, user: &UserId) -> Result<AccountSummary> {
+    services
+        .users
+        .account_summary(user)?
+        .ok_or_else(|| Error::not_found("User not found"))
+}
+
+/// `GET /_synapse/admin/v2/users`
+async fn list_users(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let query = AccountQuery {
+        name: req
+            .query("name")
+            .or_else(|| req.query("user_id"))
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned),
+        guests: req.query_bool("guests", true)?,
+        deactivated: req.query_bool("deactivated", false)?,
+        order: req
+            .query("order_by")
+            .map(AccountOrder::parse)
+            .transpose()?
+            .unwrap_or_default(),
+        backwards: req.backwards()?,
+    };
+    let accounts = services.users.list_accounts(&query)?;
+    let total = accounts.len();
+    let (page, next) = req.page(accounts)?;
+    let mut body = json!({
+        "users": page.iter().map(user_json).collect::<Vec<_>>(),
+        "total": total,
+    });
+    if let Some(next) = next {
+        body["next_token"] = json!(next.to_string());
+    }
+    Ok(Json(body))
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}`
+async fn get_user(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    Ok(Json(user_json(&summary(&services, &user)?)))
+}
+
+/// Deactivates an account: it leaves every room, loses its devices, tokens, profile and
+/// pushers; with `erase` it is also marked erased. Durable on return.
+pub(crate) async fn deactivate_account(services: &Services, user: &UserId, erase: bool) -> Result<()> {
+    services.rooms.leave_all_rooms(user).await?;
+    services.users.deactivate(user)?;
+    if erase {
+        services.users.mark_erased(user)?;
+    }
+    services.push.delete_all_pushers(user)?;
+    services.storage.durable().await
+}
+
+/// Copies the stored profile into the user's member events.
+async fn propagate_profile(services: &Services, user: &UserId) -> Result<()> {
+    let (displayname, avatar_url) = services.users.profile(user)?;
+    services
+        .rooms
+        .update_profile_in_rooms(
+            user,
+            &MemberProfile {
+                displayname,
+                avatar_url,
+            },
+        )
+        .await
+}
+
+/// `PUT /_synapse/admin/v2/users/{userId}`: creates the account (201) or changes it
+/// (200). Every field is checked before anything is written.
+async fn put_user(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<(StatusCode, Json<Value>)> {
+    let user = req.local_user(&services, 0)?;
+    let users = &services.users;
+    let password = req.body_str("password")?;
+    let logout_devices = req.body_bool("logout_devices")?.unwrap_or(true);
+    let displayname = req.body_str("displayname")?;
+    let avatar_url = req.body_str("avatar_url")?;
+    let admin = req.body_bool("admin")?;
+    let deactivated = req.body_bool("deactivated")?;
+    if let Some(password) = password {
+        check_password_policy(password)?;
+    }
+    check_profile(displayname, avatar_url)?;
+    if admin == Some(false) && req.caller.user() == Some(&*user) {
+        return Err(Error::bad_request("You may not demote yourself"));
+    }
+
+    let status = match users.account(&user)? {
+        None => {
+            let admin = admin == Some(true);
+            let created = match password {
+                Some(p) => users.create_user_off_thread(user.as_str(), p, admin).await?,
+                None => users.create_user(user.as_str(), None, admin)?,
+            };
+            users.set_displayname(
+                &created,
+                Some(displayname.unwrap_or(created.localpart()).to_owned()),
+            )?;
+            if avatar_url.is_some() {
+                users.set_avatar_url(&created, avatar_url.map(str::to_owned))?;
+            }
+            if deactivated == Some(true) {
+                deactivate_account(&services, &created, false).await?;
+            }
+            StatusCode::CREATED
+        }
+        Some(account) => {
+            let reactivate = deactivated == Some(false) && account.deactivated;
+            if reactivate && password.is_none() {
+                return Err(Error::missing_param(
+                    "Must provide a password to re-activate an account",
+                ));
+            }
+            if account.deactivated && !reactivate && (password.is_some() || displayname.is_some() || avatar_url.is_some()) {
+                return Err(Error::user_deactivated());
+            }
+            if reactivate {
+                if let Some(password) = password {
+                    users.reactivate(&user, password)?;
+                }
+            } else if let Some(password) = password {
+                users.set_password_off_thread(&user, password).await?;
+                if logout_devices {
+                    users.logout_all(&user)?;
+                }
+            }
+            if let Some(admin) = admin {
+                users.set_admin(&user, admin)?;
+            }
+            if displayname.is_some() || avatar_url.is_some() {
+                if displayname.is_some() {
+                    users.set_displayname(&user, displayname.map(str::to_owned))?;
+                }
+                if avatar_url.is_some() {
+                    users.set_avatar_url(&user, avatar_url.map(str::to_owned))?;
+                }
+                propagate_profile(&services, &user).await?;
+            }
+            if deactivated == Some(true) && !account.deactivated {
+                deactivate_account(&services, &user, false).await?;
+            }
+            StatusCode::OK
+        }
+    };
+    services.storage.durable().await?;
+    Ok((status, Json(user_json(&summary(&services, &user)?))))
+}
+
+/// `POST /_synapse/admin/v1/deactivate/{userId}`
+async fn deactivate(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    let erase = req.body_bool("erase")?.unwrap_or(false);
+    if !services.users.exists(&user)? {
+        return Err(Error::not_found("User not found"));
+    }
+    deactivate_account(&services, &user, erase).await?;
+    Ok(Json(json!({ "id_server_unbind_result": "success" })))
+}
+
+/// `POST /_synapse/admin/v1/reset_password/{userId}`
+async fn reset_password(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    let password = req
+        .body_str("new_password")?
+        .ok_or_else(|| Error::missing_param("new_password is required"))?;
+    let logout_devices = req.body_bool("logout_devices")?.unwrap_or(true);
+    check_password_policy(password)?;
+    let users = &services.users;
+    users.set_password_off_thread(&user, password).await?;
+    if logout_devices {
+        users.logout_all(&user)?;
+    }
+    services.storage.durable().await?;
+    Ok(Json(json!({})))
+}
+
+/// The whois answer: every device with its last seen address and time.
+fn whois_json(services: &Services, user: &UserId) -> Result<Value> {
+    if !services.users.exists(user)? {
+        return Err(Error::not_found("User not found"));
+    }
+    let mut devices = serde_json::Map::new();
+    for device in services.users.list_devices(user)? {
+        let connection = json!({
+            "ip": device.last_seen_ip,
+            "last_seen": device.last_seen_ts,
+            "user_agent": null,
+        });
+        devices.insert(
+            device.device_id.to_string(),
+            json!({ "sessions": [{ "connections": [connection] }] }),
+        );
+    }
+    Ok(json!({ "user_id": user, "devices": devices }))
+}
+
+/// `GET /_synapse/admin/v1/whois/{userId}`
+async fn whois(State(services): State<Arc<Services>>, req: AdminRequest) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    Ok(Json(whois_json(&services, &user)?))
+}
+
+/// `GET /_matrix/client/v3/admin/whois/{userId}`: administrators may look anyone up,
+/// other users only themselves.
+async fn client_whois(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_user_info::v3::Request>,
+) -> Result<Json<Value>> {
+    let caller = req.sender_user()?;
+    let user = &req.body.user_id;
+    if caller != user && !services.users.is_admin(caller)? {
+        return Err(Error::forbidden("You are not a server admin"));
+    }
+    if user.server_name().as_str() != services.users.server_name() {
+        return Err(Error::invalid_param("Can only handle local users"));
+    }
+    Ok(Json(whois_json(&services, user)?))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/admin`
+async fn get_admin(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    Ok(Json(json!({ "admin": summary(&services, &user)?.account.admin })))
+}
+
+/// `PUT /_synapse/admin/v1/users/{userId}/admin`
+async fn put_admin(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    let admin = req
+        .body_bool("admin")?
+        .ok_or_else(|| Error::missing_param("admin is required"))?;
+    if !admin && matches!(&req.caller, Caller::Admin(me) if *me == user) {
+        return Err(Error::bad_request("You may not demote yourself"));
+    }
+    services.users.set_admin(&user, admin)?;
+    services.storage.durable().await?;
+    Ok(Json(json!({})))
+}

@@ -1,0 +1,82 @@
+//! Rooms an administrator blocked: nobody may join them (403 `M_FORBIDDEN`), whether by
+//! `/join` or by writing their own member event; a policy inside `append` enforces it,
+//! so every path that joins is covered. A room may be blocked before it exists here.
+
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{RoomGuard, RoomPolicy, RoomRecord, RoomsService};
+use crate::{events::Pdu, storage::Batch, Error, Result};
+
+/// Who blocked a room, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomBlock {
+    /// The administrator (absent when the operator token did it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<OwnedUserId>,
+    /// When, ms since the epoch.
+    pub ts: u64,
+}
+
+impl RoomsService {
+    /// The block on a room, if any.
+    pub fn room_block(&self, room_id: &RoomId) -> Result<Option<RoomBlock>> {
+        self.storage
+            .trees
+            .blocked_rooms
+            .get_json(room_id.as_bytes())
+    }
+
+    /// Blocks (`by` is the administrator) or unblocks a room. Not yet durable.
+    pub fn set_room_blocked(&self, room_id: &RoomId, blocked: bool, by: Option<&UserId>) -> Result<()> {
+        let tree = &self.storage.trees.blocked_rooms;
+        let mut batch = Batch::new();
+        if blocked {
+            if tree.contains(room_id.as_bytes())? {
+                return Ok(());
+            }
+            let block = RoomBlock {
+                user_id: by.map(ToOwned::to_owned),
+                ts: u64::from(ruma::MilliSecondsSinceUnixEpoch::now().0),
+            };
+            batch.insert_json(tree, room_id.as_bytes(), &block)?;
+        } else {
+            batch.remove(tree, room_id.as_bytes());
+        }
+        self.storage.commit(batch)?;
+        tracing::info!(room = %room_id, blocked, "room block changed");
+        Ok(())
+    }
+}
+
+/// The policy that refuses joins to blocked rooms.
+pub struct BlockedRoomPolicy;
+
+impl RoomPolicy for BlockedRoomPolicy {
+    fn name(&self) -> &'static str {
+        "blocked_rooms"
+    }
+
+    fn check(
+        &self,
+        rooms: &RoomsService,
+        guard: &RoomGuard,
+        _room: &RoomRecord,
+        event: &Pdu,
+    ) -> Result<()> {
+        if event.kind.to_string() != "m.room.member" {
+            return Ok(());
+        }
+        let content: Value = serde_json::from_str(event.content.get())?;
+        if content.get("membership").and_then(Value::as_str) != Some("join") {
+            return Ok(());
+        }
+        if rooms.room_block(guard.room_id())?.is_some() {
+            return Err(Error::forbidden(
+                "This room has been blocked on this server",
+            ));
+        }
+        Ok(())
+    }
+}
