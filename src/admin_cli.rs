@@ -88,10 +88,7 @@ impl AdminClient {
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
             req = req.json(&body);
         }

@@ -198,8 +198,7 @@ impl RoomsService {
         let mut out = Vec::new();
         for entry in self.storage.trees.rooms.scan_prefix(&[]) {
             let (key, _) = entry?;
-            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&key).as_ref())
-            else {
+            let Ok(room_id) = OwnedRoomId::try_from(String::from_utf8_lossy(&key).as_ref()) else {
                 continue;
             };
             let summary = self.room_summary(&room_id)?;

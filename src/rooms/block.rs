@@ -29,7 +29,12 @@ impl RoomsService {
     }
 
     /// Blocks (`by` is the administrator) or unblocks a room. Not yet durable.
-    pub fn set_room_blocked(&self, room_id: &RoomId, blocked: bool, by: Option<&UserId>) -> Result<()> {
+    pub fn set_room_blocked(
+        &self,
+        room_id: &RoomId,
+        blocked: bool,
+        by: Option<&UserId>,
+    ) -> Result<()> {
         let tree = &self.storage.trees.blocked_rooms;
         let mut batch = Batch::new();
         if blocked {

@@ -32,7 +32,6 @@ pub use self::{
     admin::{RoomOrder, RoomQuery, RoomSummary},
     append::{NewEvent, Transaction},
     block::{BlockedRoomPolicy, RoomBlock},
-    reports::{EventReport, ReportQuery},
     create::CreateRoom,
     ephemeral::{Typing, RECEIPT_TYPES},
     kind::{RoomKind, GROUP_TYPE, VIRTUAL_ROOM_TYPE},
@@ -41,6 +40,7 @@ pub use self::{
     policy::RoomPolicy,
     publish::PublicationHold,
     read::{ContextPage, Direction, EventFilter, MessagesPage, Token},
+    reports::{EventReport, ReportQuery},
     state::{PowerLevels, StateMap},
 };
 use crate::{

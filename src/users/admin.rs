@@ -251,7 +251,10 @@ mod tests {
         assert!(s.is_admin(&bob).unwrap());
         s.deactivate(&bob).unwrap();
         s.mark_erased(&bob).unwrap();
-        assert!(!s.is_admin(&bob).unwrap(), "deactivated accounts are not admins");
+        assert!(
+            !s.is_admin(&bob).unwrap(),
+            "deactivated accounts are not admins"
+        );
         s.reactivate(&bob, "new").unwrap();
         let account = s.account(&bob).unwrap().unwrap();
         assert!(!account.deactivated && !account.erased);

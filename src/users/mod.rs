@@ -8,8 +8,8 @@ mod accounts;
 mod admin;
 mod devices;
 mod filters;
-mod presence;
 mod operator;
+mod presence;
 mod profile;
 mod registration_tokens;
 mod shared_secret;
@@ -33,11 +33,11 @@ pub use self::{
     account_data::AccountDataChanges,
     accounts::{check_password_policy, validate_localpart, Account},
     admin::{AccountOrder, AccountQuery, AccountSummary},
-    operator::OPERATOR_TOKEN_FILE,
-    registration_tokens::{NewRegistrationToken, RegistrationToken},
     devices::{check_new_device, Device},
+    operator::OPERATOR_TOKEN_FILE,
     presence::PresenceRecord,
     profile::check_profile,
+    registration_tokens::{NewRegistrationToken, RegistrationToken},
     shared_secret::registration_mac,
     uia::{Stage, UiaFlows},
 };

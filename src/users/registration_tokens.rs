@@ -99,7 +99,9 @@ impl UsersService {
         let token = match new.token {
             Some(token) => {
                 if new.length.is_some() {
-                    return Err(Error::invalid_param("give either token or length, not both"));
+                    return Err(Error::invalid_param(
+                        "give either token or length, not both",
+                    ));
                 }
                 check_token_text(&token)?;
                 token
@@ -130,7 +132,9 @@ impl UsersService {
             Some(serde_json::to_vec(&record)?),
         )?;
         if !created {
-            return Err(Error::invalid_param(format!("Token already exists: {token}")));
+            return Err(Error::invalid_param(format!(
+                "Token already exists: {token}"
+            )));
         }
         Ok(record)
     }

@@ -168,10 +168,8 @@ impl UsersService {
                 Some(stage) => match self.verify_stage(stage, user, auth) {
                     Ok(()) => {
                         if stage == Stage::RegistrationToken {
-                            session.registration_token = auth
-                                .get("token")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned);
+                            session.registration_token =
+                                auth.get("token").and_then(Value::as_str).map(str::to_owned);
                         }
                         if !session.completed.iter().any(|c| c == kind) {
                             session.completed.push(kind.to_owned());

@@ -20,7 +20,10 @@ use crate::{
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     router
         .route("/_synapse/admin/v1/registration_tokens", get(list_tokens))
-        .route("/_synapse/admin/v1/registration_tokens/new", post(new_token))
+        .route(
+            "/_synapse/admin/v1/registration_tokens/new",
+            post(new_token),
+        )
         .route(
             "/_synapse/admin/v1/registration_tokens/{token}",
             get(get_token).put(update_token).delete(delete_token),
@@ -104,4 +107,3 @@ async fn delete_token(
     services.storage.durable().await?;
     Ok(Json(json!({})))
 }
-

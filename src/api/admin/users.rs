@@ -104,17 +104,18 @@ async fn list_users(
 }
 
 /// `GET /_synapse/admin/v2/users/{userId}`
-async fn get_user(
-    State(services): State<Arc<Services>>,
-    req: AdminRequest,
-) -> Result<Json<Value>> {
+async fn get_user(State(services): State<Arc<Services>>, req: AdminRequest) -> Result<Json<Value>> {
     let user = req.local_user(&services, 0)?;
     Ok(Json(user_json(&summary(&services, &user)?)))
 }
 
 /// Deactivates an account: it leaves every room, loses its devices, tokens, profile and
 /// pushers; with `erase` it is also marked erased. Durable on return.
-pub(crate) async fn deactivate_account(services: &Services, user: &UserId, erase: bool) -> Result<()> {
+pub(crate) async fn deactivate_account(
+    services: &Services,
+    user: &UserId,
+    erase: bool,
+) -> Result<()> {
     services.rooms.leave_all_rooms(user).await?;
     services.users.deactivate(user)?;
     if erase {
@@ -165,7 +166,11 @@ async fn put_user(
         None => {
             let admin = admin == Some(true);
             let created = match password {
-                Some(p) => users.create_user_off_thread(user.as_str(), p, admin).await?,
+                Some(p) => {
+                    users
+                        .create_user_off_thread(user.as_str(), p, admin)
+                        .await?
+                }
                 None => users.create_user(user.as_str(), None, admin)?,
             };
             users.set_displayname(
@@ -187,7 +192,10 @@ async fn put_user(
                     "Must provide a password to re-activate an account",
                 ));
             }
-            if account.deactivated && !reactivate && (password.is_some() || displayname.is_some() || avatar_url.is_some()) {
+            if account.deactivated
+                && !reactivate
+                && (password.is_some() || displayname.is_some() || avatar_url.is_some())
+            {
                 return Err(Error::user_deactivated());
             }
             if reactivate {
@@ -305,7 +313,9 @@ async fn get_admin(
     req: AdminRequest,
 ) -> Result<Json<Value>> {
     let user = req.local_user(&services, 0)?;
-    Ok(Json(json!({ "admin": summary(&services, &user)?.account.admin })))
+    Ok(Json(
+        json!({ "admin": summary(&services, &user)?.account.admin }),
+    ))
 }
 
 /// `PUT /_synapse/admin/v1/users/{userId}/admin`
