@@ -344,3 +344,33 @@ async fn the_admin_flag_is_read_set_and_not_self_revoked() -> anyhow::Result<()>
         .expect_error(403, "M_FORBIDDEN")?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_users_joined_rooms_and_devices_are_listed() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let admin = server.admin("admin").await?;
+    let alice = server.register("alice").await?;
+    let room = alice.create_room(json!({})).await?;
+    let left = alice.create_room(json!({})).await?;
+    alice
+        .post(&format!("/rooms/{}/leave", enc(&left)), json!({}))
+        .await?
+        .ok()?;
+    let user = enc(&alice.user_id);
+    let rooms = admin_get(&admin, &format!("/v1/users/{user}/joined_rooms"))
+        .await?
+        .ok()?;
+    assert_eq!(rooms, json!({"total": 1, "joined_rooms": [room]}));
+    let devices = admin_get(&admin, &format!("/v2/users/{user}/devices"))
+        .await?
+        .ok()?;
+    assert_eq!(devices["total"], 1);
+    assert_eq!(devices["devices"][0]["device_id"], alice.device_id);
+    assert_eq!(devices["devices"][0]["user_id"], alice.user_id);
+    for path in ["/v1/users/{}/joined_rooms", "/v2/users/{}/devices"] {
+        admin_get(&admin, &path.replace("{}", &enc("@nobody:localhost")))
+            .await?
+            .expect_error(404, "M_NOT_FOUND")?;
+    }
+    Ok(())
+}

@@ -93,7 +93,9 @@ fn dummy_hash() -> &'static str {
 }
 
 /// Runs argon2 work on the blocking pool, off the async workers.
-async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(super) async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))

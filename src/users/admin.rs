@@ -5,7 +5,10 @@ use std::cmp::Ordering;
 
 use ruma::{OwnedUserId, UserId};
 
-use super::{accounts::hash_password, Account, UsersService};
+use super::{
+    accounts::{hash_password, off_thread},
+    Account, UsersService,
+};
 use crate::{storage::Batch, Error, Result};
 
 /// One account as the admin API lists it.
@@ -174,10 +177,12 @@ impl UsersService {
         self.update_account(user, |a| a.erased = true)
     }
 
-    /// Reactivates a deactivated account with a new password. Not yet durable.
-    pub fn reactivate(&self, user: &UserId, password: &str) -> Result<()> {
+    /// Reactivates a deactivated account with a new password (hashed on the blocking
+    /// pool). Not yet durable.
+    pub async fn reactivate(&self, user: &UserId, password: &str) -> Result<()> {
         super::check_password_policy(password)?;
-        let hash = hash_password(password)?;
+        let password = password.to_owned();
+        let hash = off_thread(move || hash_password(&password)).await??;
         self.update_account(user, |a| {
             a.deactivated = false;
             a.erased = false;
@@ -243,8 +248,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn admin_flag_and_reactivation() {
+    #[tokio::test]
+    async fn admin_flag_and_reactivation() {
         let s = service();
         let bob = s.create_user("bob", Some("pw"), false).unwrap();
         s.set_admin(&bob, true).unwrap();
@@ -255,7 +260,7 @@ mod tests {
             !s.is_admin(&bob).unwrap(),
             "deactivated accounts are not admins"
         );
-        s.reactivate(&bob, "new").unwrap();
+        s.reactivate(&bob, "new").await.unwrap();
         let account = s.account(&bob).unwrap().unwrap();
         assert!(!account.deactivated && !account.erased);
         assert!(s.check_password(&bob, "new").unwrap());

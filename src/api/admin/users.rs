@@ -1,6 +1,6 @@
-//! Admin API, users: list, get, create or modify, deactivate, reset password, whois and
-//! the admin flag (Synapse's `/_synapse/admin/v1|v2/users...` shapes), plus the
-//! client-server `GET /_matrix/client/v3/admin/whois/{userId}`.
+//! Admin API, users: list, get, create or modify, deactivate, reset password, whois, the
+//! admin flag, joined rooms and devices (Synapse's `/_synapse/admin/v1|v2/users...`
+//! shapes), plus the client-server `GET /_matrix/client/v3/admin/whois/{userId}`.
 
 use std::sync::Arc;
 
@@ -18,7 +18,9 @@ use crate::{
     api::ruma::{RouterJsonExt, Ruma},
     rooms::MemberProfile,
     services::Services,
-    users::{check_password_policy, check_profile, AccountOrder, AccountQuery, AccountSummary},
+    users::{
+        check_password_policy, check_profile, Account, AccountOrder, AccountQuery, AccountSummary,
+    },
     Error, Result,
 };
 
@@ -39,6 +41,11 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
             "/_synapse/admin/v1/users/{user_id}/admin",
             get(get_admin).put(put_admin),
         )
+        .route(
+            "/_synapse/admin/v1/users/{user_id}/joined_rooms",
+            get(joined_rooms),
+        )
+        .route("/_synapse/admin/v2/users/{user_id}/devices", get(devices))
         .ruma_json(client_whois)
 }
 
@@ -140,6 +147,39 @@ async fn propagate_profile(services: &Services, user: &UserId) -> Result<()> {
         .await
 }
 
+/// The fields of `PUT /_synapse/admin/v2/users/{userId}`, type-checked.
+struct UserChanges<'a> {
+    password: Option<&'a str>,
+    logout_devices: bool,
+    displayname: Option<&'a str>,
+    avatar_url: Option<&'a str>,
+    admin: Option<bool>,
+    deactivated: Option<bool>,
+}
+
+impl<'a> UserChanges<'a> {
+    /// Reads and checks every field, so that a refusal comes before any write.
+    fn parse(req: &'a AdminRequest) -> Result<UserChanges<'a>> {
+        let changes = UserChanges {
+            password: req.body_str("password")?,
+            logout_devices: req.body_bool("logout_devices")?.unwrap_or(true),
+            displayname: req.body_str("displayname")?,
+            avatar_url: req.body_str("avatar_url")?,
+            admin: req.body_bool("admin")?,
+            deactivated: req.body_bool("deactivated")?,
+        };
+        if let Some(password) = changes.password {
+            check_password_policy(password)?;
+        }
+        check_profile(changes.displayname, changes.avatar_url)?;
+        Ok(changes)
+    }
+
+    fn changes_profile(&self) -> bool {
+        self.displayname.is_some() || self.avatar_url.is_some()
+    }
+}
+
 /// `PUT /_synapse/admin/v2/users/{userId}`: creates the account (201) or changes it
 /// (200). Every field is checked before anything is written.
 async fn put_user(
@@ -147,87 +187,97 @@ async fn put_user(
     req: AdminRequest,
 ) -> Result<(StatusCode, Json<Value>)> {
     let user = req.local_user(&services, 0)?;
-    let users = &services.users;
-    let password = req.body_str("password")?;
-    let logout_devices = req.body_bool("logout_devices")?.unwrap_or(true);
-    let displayname = req.body_str("displayname")?;
-    let avatar_url = req.body_str("avatar_url")?;
-    let admin = req.body_bool("admin")?;
-    let deactivated = req.body_bool("deactivated")?;
-    if let Some(password) = password {
-        check_password_policy(password)?;
-    }
-    check_profile(displayname, avatar_url)?;
-    if admin == Some(false) && req.caller.user() == Some(&*user) {
+    let changes = UserChanges::parse(&req)?;
+    if changes.admin == Some(false) && req.caller.user() == Some(&*user) {
         return Err(Error::bad_request("You may not demote yourself"));
     }
-
-    let status = match users.account(&user)? {
+    let status = match services.users.account(&user)? {
         None => {
-            let admin = admin == Some(true);
-            let created = match password {
-                Some(p) => {
-                    users
-                        .create_user_off_thread(user.as_str(), p, admin)
-                        .await?
-                }
-                None => users.create_user(user.as_str(), None, admin)?,
-            };
-            users.set_displayname(
-                &created,
-                Some(displayname.unwrap_or(created.localpart()).to_owned()),
-            )?;
-            if avatar_url.is_some() {
-                users.set_avatar_url(&created, avatar_url.map(str::to_owned))?;
-            }
-            if deactivated == Some(true) {
-                deactivate_account(&services, &created, false).await?;
-            }
+            create_account(&services, &user, &changes).await?;
             StatusCode::CREATED
         }
         Some(account) => {
-            let reactivate = deactivated == Some(false) && account.deactivated;
-            if reactivate && password.is_none() {
-                return Err(Error::missing_param(
-                    "Must provide a password to re-activate an account",
-                ));
-            }
-            if account.deactivated
-                && !reactivate
-                && (password.is_some() || displayname.is_some() || avatar_url.is_some())
-            {
-                return Err(Error::user_deactivated());
-            }
-            if reactivate {
-                if let Some(password) = password {
-                    users.reactivate(&user, password)?;
-                }
-            } else if let Some(password) = password {
-                users.set_password_off_thread(&user, password).await?;
-                if logout_devices {
-                    users.logout_all(&user)?;
-                }
-            }
-            if let Some(admin) = admin {
-                users.set_admin(&user, admin)?;
-            }
-            if displayname.is_some() || avatar_url.is_some() {
-                if displayname.is_some() {
-                    users.set_displayname(&user, displayname.map(str::to_owned))?;
-                }
-                if avatar_url.is_some() {
-                    users.set_avatar_url(&user, avatar_url.map(str::to_owned))?;
-                }
-                propagate_profile(&services, &user).await?;
-            }
-            if deactivated == Some(true) && !account.deactivated {
-                deactivate_account(&services, &user, false).await?;
-            }
+            change_account(&services, &user, &account, &changes).await?;
             StatusCode::OK
         }
     };
     services.storage.durable().await?;
     Ok((status, Json(user_json(&summary(&services, &user)?))))
+}
+
+/// Creates an account from `PUT /v2/users` (display name: the localpart by default).
+async fn create_account(
+    services: &Services,
+    user: &UserId,
+    changes: &UserChanges<'_>,
+) -> Result<()> {
+    let users = &services.users;
+    let admin = changes.admin == Some(true);
+    match changes.password {
+        Some(p) => {
+            users
+                .create_user_off_thread(user.as_str(), p, admin)
+                .await?
+        }
+        None => users.create_user(user.as_str(), None, admin)?,
+    };
+    let displayname = changes.displayname.unwrap_or(user.localpart());
+    users.set_displayname(user, Some(displayname.to_owned()))?;
+    if changes.avatar_url.is_some() {
+        users.set_avatar_url(user, changes.avatar_url.map(str::to_owned))?;
+    }
+    if changes.deactivated == Some(true) {
+        deactivate_account(services, user, false).await?;
+    }
+    Ok(())
+}
+
+/// Changes an existing account from `PUT /v2/users`.
+async fn change_account(
+    services: &Services,
+    user: &UserId,
+    account: &Account,
+    changes: &UserChanges<'_>,
+) -> Result<()> {
+    let users = &services.users;
+    let reactivate = changes.deactivated == Some(false) && account.deactivated;
+    if reactivate && changes.password.is_none() {
+        return Err(Error::missing_param(
+            "Must provide a password to re-activate an account",
+        ));
+    }
+    if account.deactivated
+        && !reactivate
+        && (changes.password.is_some() || changes.changes_profile())
+    {
+        return Err(Error::user_deactivated());
+    }
+    match changes.password {
+        Some(password) if reactivate => users.reactivate(user, password).await?,
+        Some(password) => {
+            users.set_password_off_thread(user, password).await?;
+            if changes.logout_devices {
+                users.logout_all(user)?;
+            }
+        }
+        None => {}
+    }
+    if let Some(admin) = changes.admin {
+        users.set_admin(user, admin)?;
+    }
+    if changes.changes_profile() {
+        if changes.displayname.is_some() {
+            users.set_displayname(user, changes.displayname.map(str::to_owned))?;
+        }
+        if changes.avatar_url.is_some() {
+            users.set_avatar_url(user, changes.avatar_url.map(str::to_owned))?;
+        }
+        propagate_profile(services, user).await?;
+    }
+    if changes.deactivated == Some(true) && !account.deactivated {
+        deactivate_account(services, user, false).await?;
+    }
+    Ok(())
 }
 
 /// `POST /_synapse/admin/v1/deactivate/{userId}`
@@ -333,4 +383,36 @@ async fn put_admin(
     services.users.set_admin(&user, admin)?;
     services.storage.durable().await?;
     Ok(Json(json!({})))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/joined_rooms`
+async fn joined_rooms(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    summary(&services, &user)?;
+    let rooms = services.rooms.joined_rooms(&user)?;
+    Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
+}
+
+/// `GET /_synapse/admin/v2/users/{userId}/devices`
+async fn devices(State(services): State<Arc<Services>>, req: AdminRequest) -> Result<Json<Value>> {
+    let user = req.local_user(&services, 0)?;
+    summary(&services, &user)?;
+    let devices: Vec<Value> = services
+        .users
+        .list_devices(&user)?
+        .into_iter()
+        .map(|d| {
+            json!({
+                "user_id": user,
+                "device_id": d.device_id,
+                "display_name": d.display_name,
+                "last_seen_ip": d.last_seen_ip,
+                "last_seen_ts": d.last_seen_ts,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "total": devices.len(), "devices": devices })))
 }
