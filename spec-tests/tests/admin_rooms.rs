@@ -150,7 +150,7 @@ async fn room_details_members_and_state_are_shown() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_blocked_room_refuses_every_join_until_unblocked() -> anyhow::Result<()> {
+async fn a_blocked_room_refuses_joins_and_invites_until_unblocked() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let admin = server.admin("admin").await?;
     let alice = server.register("alice").await?;
@@ -186,7 +186,14 @@ async fn a_blocked_room_refuses_every_join_until_unblocked() -> anyhow::Result<(
     )
     .await?
     .expect_error(403, "M_FORBIDDEN")?;
-    // Members already in stay and may talk; only joins are refused.
+    alice
+        .post(
+            &format!("/rooms/{}/invite", enc(&room)),
+            json!({"user_id": bob.user_id}),
+        )
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
+    // Members already in stay and may talk; only joins (and invites, knocks) are refused.
     carol.say(&room, "still here").await?;
     assert_eq!(
         alice

@@ -1,8 +1,9 @@
-//! Rooms an administrator blocked: nobody may join them (403 `M_FORBIDDEN`), whether by
-//! `/join` or by writing their own member event; a policy inside `append` enforces it,
-//! so every path that joins is covered. A room may be blocked before it exists here.
+//! Rooms an administrator blocked: nobody may join, be invited or knock (403
+//! `M_FORBIDDEN`), whether by `/join`, `/invite` or a member event written directly; a
+//! policy inside `append` enforces it, so every path is covered. Leaving, kicks and bans
+//! still work. A room may be blocked before it exists here.
 
-use ruma::{OwnedUserId, RoomId, UserId};
+use ruma::{events::TimelineEventType, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -55,7 +56,7 @@ impl RoomsService {
     }
 }
 
-/// The policy that refuses joins to blocked rooms.
+/// The policy that refuses every membership but `leave` and `ban` in blocked rooms.
 pub struct BlockedRoomPolicy;
 
 impl RoomPolicy for BlockedRoomPolicy {
@@ -70,11 +71,14 @@ impl RoomPolicy for BlockedRoomPolicy {
         _room: &RoomRecord,
         event: &Pdu,
     ) -> Result<()> {
-        if event.kind.to_string() != "m.room.member" {
+        if event.kind != TimelineEventType::RoomMember {
             return Ok(());
         }
         let content: Value = serde_json::from_str(event.content.get())?;
-        if content.get("membership").and_then(Value::as_str) != Some("join") {
+        if matches!(
+            content.get("membership").and_then(Value::as_str),
+            Some("leave" | "ban")
+        ) {
             return Ok(());
         }
         if rooms.room_block(guard.room_id())?.is_some() {
