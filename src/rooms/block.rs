@@ -89,3 +89,43 @@ impl RoomPolicy for BlockedRoomPolicy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::UserId;
+
+    use crate::{
+        config::Config,
+        rooms::{CreateRoom, MemberProfile},
+        services::Services,
+    };
+
+    #[tokio::test]
+    async fn a_blocked_room_refuses_joins_but_lets_members_leave() {
+        let s = Services::in_memory(Config::default()).unwrap();
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let bob = UserId::parse("@bob:localhost").unwrap();
+        let req = CreateRoom {
+            preset: Some("public_chat".into()),
+            ..CreateRoom::default()
+        };
+        let room = s.rooms.create_room(&alice, req).await.unwrap();
+        s.rooms.set_room_blocked(&room, true, Some(&alice)).unwrap();
+        assert_eq!(
+            s.rooms.room_block(&room).unwrap().unwrap().user_id,
+            Some(alice.clone())
+        );
+        let profile = MemberProfile::default();
+        let refused = s.rooms.join(&room, &bob, &profile, None).await.unwrap_err();
+        assert_eq!(refused.errcode(), "M_FORBIDDEN");
+        assert_eq!(
+            s.rooms.membership(&room, &bob).unwrap(),
+            None,
+            "nothing written"
+        );
+        s.rooms.leave(&room, &alice, None).await.unwrap();
+        s.rooms.set_room_blocked(&room, false, None).unwrap();
+        assert!(s.rooms.room_block(&room).unwrap().is_none());
+        s.rooms.join(&room, &bob, &profile, None).await.unwrap();
+    }
+}

@@ -143,3 +143,71 @@ impl RoomsService {
         tree.remove(&report_key(id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::UserId;
+    use serde_json::json;
+
+    use crate::{
+        config::Config,
+        rooms::{CreateRoom, NewEvent, ReportQuery},
+        services::Services,
+    };
+
+    #[tokio::test]
+    async fn reports_get_increasing_ids_and_are_filtered() {
+        let s = Services::in_memory(Config::default()).unwrap();
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = s
+            .rooms
+            .create_room(&alice, CreateRoom::default())
+            .await
+            .unwrap();
+        let guard = s.rooms.lock(&room).await;
+        let content = json!({"msgtype": "m.text", "body": "x"});
+        let (event, _) = s
+            .rooms
+            .send(guard, &alice, NewEvent::message("m.room.message", content))
+            .await
+            .unwrap();
+        let first = s
+            .rooms
+            .report_event(&room, &event, &alice, None, Some(-5))
+            .unwrap();
+        let second = s
+            .rooms
+            .report_event(&room, &event, &alice, Some("again".into()), None)
+            .unwrap();
+        assert_eq!((first, second), (1, 2));
+        let newest_first: Vec<u64> = s
+            .rooms
+            .list_event_reports(&ReportQuery::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(newest_first, [2, 1]);
+        let by_bob = ReportQuery {
+            user_id: Some(UserId::parse("@bob:localhost").unwrap()),
+            ..ReportQuery::default()
+        };
+        assert!(s.rooms.list_event_reports(&by_bob).unwrap().is_empty());
+        assert_eq!(
+            s.rooms.event_report(2).unwrap().reason.as_deref(),
+            Some("again")
+        );
+        s.rooms.delete_event_report(1).unwrap();
+        assert_eq!(
+            s.rooms.event_report(1).unwrap_err().errcode(),
+            "M_NOT_FOUND"
+        );
+        assert_eq!(
+            s.rooms
+                .report_event(&room, &event, &alice, None, Some(1))
+                .unwrap_err()
+                .errcode(),
+            "M_INVALID_PARAM"
+        );
+    }
+}
