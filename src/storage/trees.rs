@@ -158,3 +158,15 @@ trees! {
     /// event; unread counts are the records after the user's receipt that name the user.
     event_push = 0x73,
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_tree_has_its_own_prefix() {
+        let mut prefixes: Vec<u8> = super::Trees::all().iter().map(|(_, p)| *p).collect();
+        let count = prefixes.len();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        assert_eq!(prefixes.len(), count, "two trees share a prefix byte");
+    }
+}
