@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use myelin::{config::Config, services::Services};
+use tracing_subscriber::EnvFilter;
 
 mod admin_cli;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
