@@ -168,6 +168,10 @@ async fn put_refuses_bad_fields_and_creates_nothing() -> anyhow::Result<()> {
             "M_INVALID_PARAM",
         ),
         (json!({"password": ""}), "M_WEAK_PASSWORD"),
+        (
+            json!({"password": "pw", "threepids": [{"medium": "email", "address": "e@x"}]}),
+            "M_INVALID_PARAM",
+        ),
     ] {
         admin_call(&admin, Method::PUT, &path, body)
             .await?

@@ -293,6 +293,24 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_registrations_use_a_token_once() {
+        let s = std::sync::Arc::new(service());
+        s.create_registration_token(named("race", Some(1), None))
+            .unwrap();
+        let wins: usize = (0..8)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || s.use_registration_token("race").is_ok())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(wins, 1);
+        assert_eq!(s.registration_token("race").unwrap().completed, 1);
+    }
+
+    #[test]
     fn creation_checks_its_input_and_writes_nothing_when_refused() {
         let s = service();
         for bad in [

@@ -172,6 +172,19 @@ impl<'a> UserChanges<'a> {
             check_password_policy(password)?;
         }
         check_profile(changes.displayname, changes.avatar_url)?;
+        // Myelin binds no third-party or external ids: asking for some is refused rather
+        // than silently dropped (synapse-admin sends empty lists).
+        for field in ["threepids", "external_ids"] {
+            match req.body.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Array(list)) if list.is_empty() => {}
+                Some(_) => {
+                    return Err(Error::invalid_param(format!(
+                        "{field} are not supported by this server"
+                    )))
+                }
+            }
+        }
         Ok(changes)
     }
 
