@@ -53,6 +53,11 @@ async fn users_are_listed_in_pages_filtered_and_ordered() -> anyhow::Result<()> 
 
     let search = admin_get(&admin, "/v2/users?name=AR").await?.ok()?;
     assert_eq!(names(&search), ["@carol:localhost"]);
+    // synapse-admin sends every filter, empty ones too.
+    let search = admin_get(&admin, "/v2/users?name=&user_id=bo&guests=false")
+        .await?
+        .ok()?;
+    assert_eq!(names(&search), ["@bob:localhost"]);
     let reversed = admin_get(&admin, "/v2/users?order_by=name&dir=b")
         .await?
         .ok()?;

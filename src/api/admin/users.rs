@@ -83,10 +83,10 @@ async fn list_users(
     req: AdminRequest,
 ) -> Result<Json<Value>> {
     let query = AccountQuery {
-        name: req
-            .query("name")
-            .or_else(|| req.query("user_id"))
-            .filter(|n| !n.is_empty())
+        name: [req.query("name"), req.query("user_id")]
+            .into_iter()
+            .flatten()
+            .find(|n| !n.is_empty())
             .map(str::to_owned),
         guests: req.query_bool("guests", true)?,
         deactivated: req.query_bool("deactivated", false)?,
