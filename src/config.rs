@@ -22,7 +22,8 @@ pub enum RegistrationMode {
     Closed,
     /// Anyone may register (user-interactive auth with `m.login.dummy`).
     Open,
-    /// Registration needs one of the configured registration tokens.
+    /// Registration needs a registration token: one of `registration.tokens`, or one an
+    /// administrator made with the admin API.
     Token,
 }
 
@@ -34,7 +35,8 @@ pub struct RegistrationConfig {
     pub mode: RegistrationMode,
     /// Secret for the shared-secret registration admin API; empty disables it.
     pub shared_secret: String,
-    /// Registration tokens accepted in `token` mode.
+    /// Registration tokens accepted in `token` mode, without limit (the admin API makes
+    /// tokens with uses and expiry).
     pub tokens: Vec<String>,
     /// Whether guests may register with `kind=guest`.
     pub allow_guests: bool,
@@ -381,12 +383,6 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         ruma::ServerName::parse(&self.server_name)
             .map_err(|e| anyhow::anyhow!("server_name {:?} is invalid: {e}", self.server_name))?;
-        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty()
-        {
-            anyhow::bail!(
-                "registration.mode = \"token\" needs at least one registration.tokens entry"
-            );
-        }
         if self.rtc.livekit_api_key.is_empty() != self.rtc.livekit_api_secret.is_empty() {
             anyhow::bail!(
                 "rtc.livekit_api_key and rtc.livekit_api_secret must be set together (or both left empty)"

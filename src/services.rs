@@ -69,7 +69,10 @@ impl Services {
         let keys = Arc::new(keys);
         let notifier = Arc::new(Notifier::new());
         let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
-        let policies = crate::rooms::kind_policies(config.groups.max_members);
+        // Room policies: rooms an administrator blocked, then the room kinds' rules.
+        let mut policies: Vec<Arc<dyn crate::rooms::RoomPolicy>> =
+            vec![Arc::new(crate::rooms::BlockedRoomPolicy)];
+        policies.extend(crate::rooms::kind_policies(config.groups.max_members));
         let rooms = Arc::new(RoomsService::new(
             config.clone(),
             storage.clone(),

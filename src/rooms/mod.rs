@@ -2,8 +2,10 @@
 //! directory and ephemeral data (typing, receipts). Every event is built, signed and
 //! checked against the spec's authorization rules here before it is stored.
 
+mod admin;
 mod alias;
 mod append;
+mod block;
 mod create;
 mod ephemeral;
 mod kind;
@@ -13,6 +15,7 @@ mod membership;
 mod policy;
 mod publish;
 mod read;
+mod reports;
 mod restricted;
 mod state;
 mod upgrade;
@@ -27,7 +30,9 @@ use ruma::{OwnedRoomId, OwnedServerName, RoomId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    admin::{RoomOrder, RoomQuery, RoomSummary},
     append::{NewEvent, Transaction},
+    block::{BlockedRoomPolicy, RoomBlock},
     create::CreateRoom,
     ephemeral::{Typing, RECEIPT_TYPES},
     kind::{RoomKind, GROUP_TYPE, VIRTUAL_ROOM_TYPE},
@@ -37,6 +42,7 @@ pub use self::{
     policy::RoomPolicy,
     publish::PublicationHold,
     read::{ContextPage, Direction, EventFilter, MessagesPage, Token},
+    reports::{EventReport, ReportQuery},
     state::{PowerLevels, StateMap},
 };
 use crate::{

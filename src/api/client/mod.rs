@@ -16,6 +16,7 @@ mod membership;
 mod presence;
 mod profile;
 mod push_rules;
+mod report;
 mod room;
 mod rtc;
 mod session;
@@ -57,5 +58,6 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = rtc::routes(router);
     let router = kinds::routes(router);
     let router = thirdparty::routes(router);
+    let router = report::routes(router);
     sync::routes(router)
 }
