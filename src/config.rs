@@ -207,6 +207,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Group settings.
     pub groups: GroupsConfig,
+    /// Application-service registration files (YAML), loaded and validated at start.
+    pub appservices: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -227,6 +229,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            appservices: Vec::new(),
         }
     }
 }
@@ -373,6 +376,14 @@ impl Config {
         }
         if let Some(v) = lookup("MYELIN_RTC_MAX_DELAY_MS") {
             rtc.max_delay_ms = number("MYELIN_RTC_MAX_DELAY_MS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_APPSERVICES") {
+            self.appservices = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
         }
         if let Some(v) = lookup("MYELIN_RTC_MAX_DELAYED_PER_USER") {
             rtc.max_delayed_per_user = number("MYELIN_RTC_MAX_DELAYED_PER_USER", &v)?;

@@ -28,6 +28,11 @@ struct Cli {
 enum Command {
     /// Run the homeserver.
     Serve,
+    /// Application-service registrations.
+    Appservice {
+        #[command(subcommand)]
+        action: AppserviceCommand,
+    },
     /// Administer accounts of the running server through its admin API.
     User {
         /// Base URL of the server (default: the configured `listen` address on loopback).
@@ -35,6 +40,16 @@ enum Command {
         url: Option<String>,
         #[command(subcommand)]
         action: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AppserviceCommand {
+    /// Validate registration files (each alone, then together) without starting the server.
+    Check {
+        /// Registration YAML files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -101,9 +116,20 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref())?;
+    if let Command::Appservice {
+        action: AppserviceCommand::Check { files },
+    } = &cli.command
+    {
+        let regs = myelin::appservice::load_registrations(files, &config.server_name)?;
+        for reg in regs {
+            println!("{}: ok (id {:?})", reg.file, reg.id);
+        }
+        return Ok(());
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve => runtime.block_on(serve(config)),
+        Command::Appservice { .. } => Ok(()),
         Command::User { url, action } => runtime.block_on(admin_cli::run(&config, url, action)),
     }
 }
@@ -115,6 +141,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("built with test hooks (failpoints, /_myelin/test): not for production");
         fail::FailScenario::setup()
     };
+    // Refused here, before the data dir is opened, with the file and field at fault.
+    myelin::appservice::load_registrations(&config.appservices, &config.server_name)
+        .context("appservice registrations")?;
     let listen = config.listen;
     let data_dir = config.data_dir.clone();
     let services = Services::open(config).context("opening the data dir")?;

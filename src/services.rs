@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::{
+    appservice::{AppserviceConsumer, AppserviceService},
     config::Config,
     e2ee::E2eeService,
     events::keys::ServerKeys,
@@ -47,6 +48,8 @@ pub struct Services {
     pub pipeline: Arc<Pipeline>,
     /// Per-address and per-user rate limits.
     pub rate_limits: Arc<RateLimiter>,
+    /// Registered application services.
+    pub appservices: Arc<AppserviceService>,
 }
 
 impl Services {
@@ -120,6 +123,16 @@ impl Services {
             users.clone(),
             livekit,
         )?);
+        let registrations =
+            crate::appservice::load_registrations(&config.appservices, &config.server_name)
+                .map_err(|e| crate::Error::internal(e.to_string()))?;
+        let appservices = Arc::new(AppserviceService::new(
+            registrations,
+            &config.server_name,
+            storage.clone(),
+            users.clone(),
+            rooms.clone(),
+        )?);
         // The consumers, in order. Readers see an event once the sync notifier has handled
         // it, so a woken sync finds its unread counts and cancellations done.
         let pipeline = Pipeline::builder(storage.clone(), rooms.clone())
@@ -135,8 +148,13 @@ impl Services {
                     notifier.clone(),
                 )),
                 Some("delayed_events"),
-            )?
-            .build();
+            )?;
+        // One consumer per appservice, waiting for nobody and waited for by nobody.
+        let mut pipeline = pipeline;
+        for consumer in AppserviceConsumer::all(&appservices) {
+            pipeline = pipeline.consumer(consumer, None)?;
+        }
+        let pipeline = pipeline.build();
         pipeline.start();
         let rate_limits = Arc::new(RateLimiter::new(&config.rate_limits));
         Ok(Arc::new(Services {
@@ -153,6 +171,7 @@ impl Services {
             rtc,
             pipeline,
             rate_limits,
+            appservices,
         }))
     }
 

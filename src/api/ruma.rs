@@ -103,6 +103,29 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
     })
 }
 
+/// The session of an access token: an application service's `as_token` (acting as its
+/// own user, or as `?user_id=` inside its namespace, on `?device_id=` when given) or a
+/// user's access token.
+pub fn authenticate(
+    services: &Services,
+    parts: &http::request::Parts,
+    token: &str,
+) -> Result<Session> {
+    if let Some(reg) = services.appservices.by_as_token(token) {
+        let query = parts.uri.query().unwrap_or("");
+        let param = |name: &str| {
+            form_urlencoded::parse(query.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        let device = param("org.matrix.msc3202.device_id").or_else(|| param("device_id"));
+        return services
+            .appservices
+            .session(reg, param("user_id").as_deref(), device.as_deref());
+    }
+    services.users.authenticate(token)
+}
+
 /// Maps a ruma parse failure to the Matrix error a client should see.
 fn parse_error(e: FromHttpRequestError) -> Error {
     match e {
@@ -163,10 +186,10 @@ where
             AuthNeed::Optional
                 if TypeId::of::<T::Authentication>() == TypeId::of::<AppserviceTokenOptional>() =>
             {
-                access_token(&parts).and_then(|token| services.users.authenticate(&token).ok())
+                access_token(&parts).and_then(|token| authenticate(services, &parts, &token).ok())
             }
             need => match access_token(&parts) {
-                Some(token) => Some(services.users.authenticate(&token)?),
+                Some(token) => Some(authenticate(services, &parts, &token)?),
                 None if need == AuthNeed::Required => return Err(Error::missing_token()),
                 None => None,
             },
@@ -395,7 +418,7 @@ impl FromRequest<Arc<Services>> for RawJson {
         .map_err(|e| Error::invalid_param(format!("invalid query string: {e}")))?;
         query.remove("access_token");
         let token = access_token(&parts).ok_or_else(Error::missing_token)?;
-        let session = services.users.authenticate(&token)?;
+        let session = authenticate(services, &parts, &token)?;
         if session.is_guest && !super::guest::guest_may_call(&parts.method, parts.uri.path()) {
             return Err(Error::guest_access_forbidden(
                 "Guest accounts may not use this endpoint",

@@ -507,6 +507,7 @@ async fn sync_delivers_to_device_device_lists_and_counts() {
         device_id: bdev.clone(),
         is_guest: false,
         rate_limit_exempt: false,
+        appservice: None,
     };
     let first = s.sync.sync(&bob_session, sync_request(None)).await.unwrap();
     let token = first["next_batch"].as_str().unwrap().to_owned();

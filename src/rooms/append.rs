@@ -30,6 +30,8 @@ pub struct NewEvent {
     pub redacts: Option<OwnedEventId>,
     /// The client transaction, for idempotent sends.
     pub txn: Option<Transaction>,
+    /// `origin_server_ts` chosen by an application service (`?ts=`); now when `None`.
+    pub origin_server_ts: Option<u64>,
 }
 
 /// A client's transaction id and where it was used: the spec scopes idempotency to the
@@ -78,6 +80,7 @@ impl NewEvent {
             content,
             redacts: None,
             txn: None,
+            origin_server_ts: None,
         }
     }
 
@@ -93,6 +96,7 @@ impl NewEvent {
             content,
             redacts: None,
             txn: None,
+            origin_server_ts: None,
         }
     }
 }
@@ -376,10 +380,11 @@ impl RoomsService {
             CanonicalJsonValue::String(event.kind.clone()),
         );
         object.insert("content".into(), canon(&event.content)?);
-        object.insert(
-            "origin_server_ts".into(),
-            canon(&MilliSecondsSinceUnixEpoch::now())?,
-        );
+        let ts = match event.origin_server_ts {
+            Some(ts) => canon(&ts)?,
+            None => canon(&MilliSecondsSinceUnixEpoch::now())?,
+        };
+        object.insert("origin_server_ts".into(), ts);
         object.insert("prev_events".into(), canon(&prev_events)?);
         object.insert("auth_events".into(), canon(&auth_events)?);
         object.insert("depth".into(), canon(&depth)?);

@@ -157,6 +157,12 @@ trees! {
     /// who a notifying event notifies, grouped by the actions that applied. One record per
     /// event; unread counts are the records after the user's receipt that name the user.
     event_push = 0x73,
+
+    // ---- application services (0x80-0x8F) ----
+    /// `appservice_id` → JSON `{next_txn, acked_through, pending: {txn_id, end, body}}`:
+    /// the delivery state of one appservice; `pending` is the transaction sent and not yet
+    /// acknowledged, re-sent as it is (same id, same body) after a restart.
+    appservice_delivery = 0x80,
 }
 
 #[cfg(test)]

@@ -63,6 +63,10 @@ pub struct Session {
     /// cannot carry it.
     #[serde(skip)]
     pub rate_limit_exempt: bool,
+    /// The id of the application service acting through this session (its `as_token`);
+    /// never stored.
+    #[serde(skip)]
+    pub appservice: Option<String>,
 }
 
 /// A callback run after a user's account data or presence changed (wakes `/sync`).

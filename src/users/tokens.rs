@@ -89,6 +89,7 @@ impl UsersService {
             device_id: device_id.clone(),
             is_guest: account.guest,
             rate_limit_exempt: false,
+            appservice: None,
         };
         batch.insert_json(&trees.tokens, &hash, &session)?;
         batch.insert_json(&trees.devices, &key, &device)?;

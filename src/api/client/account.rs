@@ -59,9 +59,11 @@ async fn register(
     State(services): State<Arc<Services>>,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response> {
-    services
-        .rate_limits
-        .check_ip(Action::Register, req.client_ip)?;
+    if !req.session.as_ref().is_some_and(|s| s.rate_limit_exempt) {
+        services
+            .rate_limits
+            .check_ip(Action::Register, req.client_ip)?;
+    }
     let users = &services.users;
     let body = &req.body;
     let settings = &services.config.registration;
@@ -75,7 +77,45 @@ async fn register(
         body.device_id.as_deref(),
         body.initial_device_display_name.as_deref(),
     )?;
-    let user = if guest {
+    let appservice = req.session.as_ref().and_then(|s| s.appservice.as_deref());
+    let user = if body.login_type == Some(register::LoginType::ApplicationService) {
+        // An appservice registers a user of its namespace: no UIA, no password.
+        let Some(id) = appservice else {
+            return Err(Error::missing_token());
+        };
+        let reg = services
+            .appservices
+            .by_id(id)
+            .ok_or_else(Error::unknown_token)?;
+        let localpart = body
+            .username
+            .as_deref()
+            .ok_or_else(|| Error::missing_param("username is required"))?;
+        crate::users::validate_localpart(localpart, &services.config.server_name)?;
+        let user = users.user_id_from(localpart)?;
+        if !reg.owns_user(user.as_str(), &services.config.server_name) {
+            return Err(Error::matrix(
+                http::StatusCode::BAD_REQUEST,
+                "M_EXCLUSIVE",
+                "The user id is not in the application service's namespace",
+            ));
+        }
+        services.appservices.check_exclusive(
+            myelin_appservice::NamespaceKind::Users,
+            user.as_str(),
+            Some(id),
+        )?;
+        if users.exists(&user)? {
+            return Err(Error::user_in_use());
+        }
+        let user = users.create_user(user.localpart(), None, false)?;
+        users.set_displayname(&user, Some(user.localpart().to_owned()))?;
+        user
+    } else if appservice.is_some() {
+        return Err(Error::bad_request(
+            "An application service registers with type m.login.application_service",
+        ));
+    } else if guest {
         if !settings.allow_guests {
             return Err(Error::guest_access_forbidden(
                 "Guest registration is disabled",
@@ -95,7 +135,12 @@ async fn register(
             Some(name) => name.clone(),
             None => generated_localpart(),
         };
-        users.check_available(&localpart)?;
+        let wanted = users.check_available(&localpart)?;
+        services.appservices.check_exclusive(
+            myelin_appservice::NamespaceKind::Users,
+            wanted.as_str(),
+            None,
+        )?;
         if let Some(password) = &body.password {
             check_password_policy(password)?;
         }

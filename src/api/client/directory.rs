@@ -43,6 +43,11 @@ async fn create_alias_route(
 ) -> Result<create_alias::v3::Response> {
     let user = req.sender_user()?;
     let b = &req.body;
+    services.appservices.check_exclusive(
+        myelin_appservice::NamespaceKind::Aliases,
+        b.room_alias.as_str(),
+        req.session()?.appservice.as_deref(),
+    )?;
     if services.rooms.membership(&b.room_id, user)? != Some(Membership::Join) {
         return Err(Error::forbidden("You are not joined to this room"));
     }

@@ -2,6 +2,7 @@
 
 mod account;
 mod account_data;
+mod appservice;
 mod backup;
 mod capabilities;
 mod device;
@@ -59,5 +60,6 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = kinds::routes(router);
     let router = thirdparty::routes(router);
     let router = report::routes(router);
+    let router = appservice::routes(router);
     sync::routes(router)
 }

@@ -76,6 +76,13 @@ async fn create_room_route(
         .check_session(Action::CreateRoom, req.session()?)?;
     let creator = req.sender_user()?.clone();
     let body = &req.body;
+    if let Some(name) = &body.room_alias_name {
+        services.appservices.check_exclusive(
+            myelin_appservice::NamespaceKind::Aliases,
+            &format!("#{name}:{}", services.config.server_name),
+            req.session()?.appservice.as_deref(),
+        )?;
+    }
     let mut initial_state = Vec::new();
     for event in &body.initial_state {
         let v: Value = serde_json::from_str(event.json().get())?;
@@ -125,6 +132,26 @@ async fn create_room_route(
     Ok(create_room::v3::Response::new(room_id))
 }
 
+/// The largest integer canonical JSON carries.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// The `ts` query parameter (timestamp massaging): honoured for application services
+/// only, ignored for everyone else.
+fn appservice_ts<T>(req: &Ruma<T>) -> Result<Option<u64>> {
+    if req.session()?.appservice.is_none() {
+        return Ok(None);
+    }
+    match req.query_param("ts") {
+        Some(ts) => ts
+            .parse::<u64>()
+            .ok()
+            .filter(|ts| *ts <= MAX_SAFE_INTEGER)
+            .map(Some)
+            .ok_or_else(|| Error::invalid_param("ts must be a timestamp in milliseconds")),
+        None => Ok(None),
+    }
+}
+
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 ///
 /// With `?org.matrix.msc4140.delay=MS` the event is scheduled instead (`{"delay_id"}`).
@@ -163,6 +190,7 @@ async fn send_message_route(
     };
     let mut event = NewEvent::message(kind, content);
     event.redacts = redacts;
+    event.origin_server_ts = appservice_ts(&req)?;
     event.txn = Some(Transaction::new(
         session.device_id.clone(),
         format!("PUT /rooms/{}/send/{}", body.room_id, body.event_type),
@@ -219,15 +247,10 @@ async fn send_state_route(
             }
         }
     }
+    let mut event = NewEvent::state(kind, body.state_key.clone(), content);
+    event.origin_server_ts = appservice_ts(&req)?;
     let guard = services.rooms.lock(&body.room_id).await;
-    let (event_id, _) = services
-        .rooms
-        .send(
-            guard,
-            &sender,
-            NewEvent::state(kind, body.state_key.clone(), content),
-        )
-        .await?;
+    let (event_id, _) = services.rooms.send(guard, &sender, event).await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 

@@ -7,7 +7,7 @@ use ruma::api::client::{
     session::{
         get_login_types::{
             self,
-            v3::{LoginType, PasswordLoginType},
+            v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType},
         },
         login::{
             self,
@@ -40,6 +40,7 @@ async fn get_login_types(
 ) -> Result<get_login_types::v3::Response> {
     Ok(get_login_types::v3::Response::new(vec![
         LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
     ]))
 }
 
@@ -62,8 +63,12 @@ async fn login(
     State(services): State<Arc<Services>>,
     req: Ruma<login::v3::Request>,
 ) -> Result<login::v3::Response> {
-    let LoginInfo::Password(password) = &req.body.login_info else {
-        return Err(Error::bad_request("Unsupported login type"));
+    let password = match &req.body.login_info {
+        LoginInfo::Password(password) => password,
+        LoginInfo::ApplicationService(login) => {
+            return appservice_login(&services, &req, login).await
+        }
+        _ => return Err(Error::bad_request("Unsupported login type")),
     };
     let users = &services.users;
     let name = login_name(password)?;
@@ -92,6 +97,48 @@ async fn login(
     )?;
     services.storage.durable().await?;
     tracing::info!(user = %user, device = %device, "login");
+    Ok(login::v3::Response::new(user, token, device))
+}
+
+/// `POST /_matrix/client/v3/login` with `m.login.application_service`: an appservice (its
+/// `as_token`) logs in one of its users, without a password.
+#[allow(deprecated)]
+async fn appservice_login(
+    services: &Services,
+    req: &Ruma<login::v3::Request>,
+    login: &login::v3::ApplicationService,
+) -> Result<login::v3::Response> {
+    let reg = req
+        .session
+        .as_ref()
+        .and_then(|s| s.appservice.as_deref())
+        .and_then(|id| services.appservices.by_id(id))
+        .ok_or_else(Error::missing_token)?;
+    let name = match &login.identifier {
+        Some(UserIdentifier::Matrix(id)) => id.user.as_str(),
+        Some(_) => return Err(Error::bad_request("Unsupported identifier type")),
+        None => login
+            .user
+            .as_deref()
+            .ok_or_else(|| Error::missing_param("Missing user identifier"))?,
+    };
+    let users = &services.users;
+    let user = users.user_id_from(name)?;
+    if !reg.owns_user(user.as_str(), &services.config.server_name) {
+        return Err(Error::forbidden(
+            "The user is not in the application service's namespace",
+        ));
+    }
+    if !users.exists(&user)? {
+        return Err(Error::forbidden("Unknown user"));
+    }
+    let (token, device) = users.create_session(
+        &user,
+        req.body.device_id.as_deref(),
+        req.body.initial_device_display_name.clone(),
+    )?;
+    services.storage.durable().await?;
+    tracing::info!(user = %user, device = %device, appservice = %reg.id, "appservice login");
     Ok(login::v3::Response::new(user, token, device))
 }
 

@@ -1,0 +1,266 @@
+//! Application services: the registrations loaded at start (`appservices` in the config),
+//! `as_token` sessions with `?user_id=` masquerading, exclusive namespaces, which events an
+//! appservice is interested in, and the homeserver's requests to an appservice (pings;
+//! transactions are in [`delivery`]).
+
+pub mod delivery;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use myelin_appservice::{validate_set, NamespaceKind, PingRequest, Registration};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+
+use crate::{
+    events::Pdu,
+    rooms::RoomsService,
+    storage::Storage,
+    users::{Session, UsersService},
+    Error, Result,
+};
+
+pub use delivery::AppserviceConsumer;
+
+/// Longest wait for an appservice's answer to a transaction or a ping.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads and validates the registration files; the error names the file and field.
+pub fn load_registrations(
+    paths: &[PathBuf],
+    server_name: &str,
+) -> anyhow::Result<Vec<Registration>> {
+    let mut regs = Vec::with_capacity(paths.len());
+    for path in paths {
+        regs.push(Registration::from_file(path)?);
+    }
+    validate_set(&regs, server_name)?;
+    Ok(regs)
+}
+
+/// The registered appservices and what the server does for and with them.
+pub struct AppserviceService {
+    registrations: Vec<Arc<Registration>>,
+    server_name: String,
+    storage: Arc<Storage>,
+    users: Arc<UsersService>,
+    rooms: Arc<RoomsService>,
+    http: reqwest::Client,
+}
+
+/// Why a ping failed (the spec's errcodes).
+fn ping_error(status: http::StatusCode, errcode: &'static str, message: String) -> Error {
+    Error::matrix(status, errcode, message)
+}
+
+impl AppserviceService {
+    /// The service over already validated registrations; creates each appservice's own
+    /// user when missing and refuses an `as_token` that is also a user's access token.
+    pub fn new(
+        registrations: Vec<Registration>,
+        server_name: &str,
+        storage: Arc<Storage>,
+        users: Arc<UsersService>,
+        rooms: Arc<RoomsService>,
+    ) -> Result<AppserviceService> {
+        for reg in &registrations {
+            if users.authenticate(&reg.as_token).is_ok() {
+                return Err(Error::internal(format!(
+                    "{}: as_token: is also a user's access token",
+                    reg.file
+                )));
+            }
+            let sender = UserId::parse(reg.sender(server_name))
+                .map_err(|e| Error::internal(format!("{}: sender_localpart: {e}", reg.file)))?;
+            if !users.exists(&sender)? {
+                users.create_user(sender.localpart(), None, false)?;
+            }
+        }
+        // No proxy and no redirects: the appservice is where its registration says.
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::internal(format!("appservice HTTP client: {e}")))?;
+        Ok(AppserviceService {
+            registrations: registrations.into_iter().map(Arc::new).collect(),
+            server_name: server_name.to_owned(),
+            storage,
+            users,
+            rooms,
+            http,
+        })
+    }
+
+    /// Every registration.
+    pub fn registrations(&self) -> &[Arc<Registration>] {
+        &self.registrations
+    }
+
+    /// The registration with this id.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Registration>> {
+        self.registrations.iter().find(|r| r.id == id)
+    }
+
+    /// The registration whose `as_token` this is.
+    pub fn by_as_token(&self, token: &str) -> Option<&Arc<Registration>> {
+        self.registrations.iter().find(|r| r.as_token == token)
+    }
+
+    /// The session of a request made with an `as_token`: as the appservice's own user, or
+    /// as `user_id` (`?user_id=`) when that user is inside its namespace and exists
+    /// (403 `M_FORBIDDEN` otherwise). `device_id` selects one of that user's devices.
+    pub fn session(
+        &self,
+        reg: &Registration,
+        user_id: Option<&str>,
+        device_id: Option<&str>,
+    ) -> Result<Session> {
+        let sender = reg.sender(&self.server_name);
+        let user = user_id.unwrap_or(&sender);
+        let user_id = UserId::parse(user)
+            .map_err(|_| Error::invalid_param(format!("user_id {user:?} is not a user id")))?;
+        if user_id.server_name() != self.server_name.as_str()
+            || !reg.owns_user(user_id.as_str(), &self.server_name)
+        {
+            return Err(Error::forbidden(
+                "The user is not in the application service's namespace",
+            ));
+        }
+        if !self.users.exists(&user_id)? {
+            return Err(Error::forbidden(
+                "The application service has not registered this user",
+            ));
+        }
+        let device_id = match device_id {
+            Some(d) => {
+                let d = OwnedDeviceId::from(d);
+                if self.users.device(&user_id, &d)?.is_none() {
+                    return Err(Error::forbidden("Unknown device for this user"));
+                }
+                d
+            }
+            None => OwnedDeviceId::from("APPSERVICE"),
+        };
+        Ok(Session {
+            user_id,
+            device_id,
+            is_guest: false,
+            rate_limit_exempt: !reg.rate_limited,
+            appservice: Some(reg.id.clone()),
+        })
+    }
+
+    /// Refuses (400 `M_EXCLUSIVE`) a value inside an exclusive namespace of an appservice
+    /// other than `acting` (the appservice making the request, if any).
+    pub fn check_exclusive(
+        &self,
+        kind: NamespaceKind,
+        value: &str,
+        acting: Option<&str>,
+    ) -> Result<()> {
+        let owner = self
+            .registrations
+            .iter()
+            .find(|r| Some(r.id.as_str()) != acting && r.matches_exclusive(kind, value));
+        match owner {
+            Some(_) => Err(Error::matrix(
+                http::StatusCode::BAD_REQUEST,
+                "M_EXCLUSIVE",
+                format!("{value} is reserved by an application service"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a registration's appservice wants this event: sent by or about one of its
+    /// users, in a room in its namespaces (by id or alias) or with one of its users joined.
+    pub fn is_interested(&self, reg: &Registration, pdu: &Pdu) -> Result<bool> {
+        let owns = |user: &str| reg.owns_user(user, &self.server_name);
+        if owns(pdu.sender.as_str()) {
+            return Ok(true);
+        }
+        if pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && pdu.state_key.as_deref().is_some_and(&owns)
+        {
+            return Ok(true);
+        }
+        if reg.matches(NamespaceKind::Rooms, pdu.room_id.as_str()) {
+            return Ok(true);
+        }
+        if !reg.namespaces.aliases.is_empty() {
+            for alias in self.rooms.room_aliases(&pdu.room_id)? {
+                if reg.matches(NamespaceKind::Aliases, alias.as_str()) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(self
+            .rooms
+            .members(&pdu.room_id)?
+            .joined()
+            .any(|u| owns(u.as_str())))
+    }
+
+    /// `POST {url}/_matrix/app/v1/ping` with the appservice's `hs_token`; the time it took
+    /// in milliseconds, or the spec's errors (`M_URL_NOT_SET`, `M_CONNECTION_TIMEOUT`,
+    /// `M_CONNECTION_FAILED`, `M_BAD_STATUS`).
+    pub async fn ping(&self, reg: &Registration, transaction_id: Option<String>) -> Result<u64> {
+        let Some(url) = &reg.url else {
+            return Err(ping_error(
+                http::StatusCode::BAD_REQUEST,
+                "M_URL_NOT_SET",
+                "The application service has no URL".to_owned(),
+            ));
+        };
+        let started = std::time::Instant::now();
+        let sent = self
+            .http
+            .post(format!("{url}/_matrix/app/v1/ping"))
+            .bearer_auth(&reg.hs_token)
+            .json(&PingRequest { transaction_id })
+            .send()
+            .await;
+        let elapsed = started.elapsed().as_millis() as u64;
+        match sent {
+            Ok(resp) if resp.status().is_success() => Ok(elapsed),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.text().await.unwrap_or_default();
+                Err(ping_error(
+                    http::StatusCode::BAD_GATEWAY,
+                    "M_BAD_STATUS",
+                    "The application service answered with an error".to_owned(),
+                )
+                .with_field("status", serde_json::json!(status))
+                .with_field("body", serde_json::json!(body)))
+            }
+            Err(e) if e.is_timeout() => Err(ping_error(
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "M_CONNECTION_TIMEOUT",
+                "The application service did not answer in time".to_owned(),
+            )),
+            Err(e) => Err(ping_error(
+                http::StatusCode::BAD_GATEWAY,
+                "M_CONNECTION_FAILED",
+                format!("Cannot reach the application service: {}", e.without_url()),
+            )),
+        }
+    }
+
+    /// Whether `user` belongs to an appservice's namespace (or is its own user).
+    pub fn owner_of_user(&self, user: &UserId) -> Option<&Arc<Registration>> {
+        self.registrations
+            .iter()
+            .find(|r| r.owns_user(user.as_str(), &self.server_name))
+    }
+
+    /// The server name user ids are checked against.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// A user id of this server from an appservice's localpart request.
+    pub fn user_id(&self, localpart: &str) -> Result<OwnedUserId> {
+        self.users.user_id_from(localpart)
+    }
+}
