@@ -498,6 +498,18 @@ mod tests {
     }
 
     #[test]
+    fn appservices_from_env() {
+        let mut c = Config::from_toml("appservices = [\"/a.yaml\"]").unwrap();
+        assert_eq!(c.appservices, vec![PathBuf::from("/a.yaml")]);
+        c.apply_env(|k| (k == "MYELIN_APPSERVICES").then(|| " /b.yaml, ,/c.yaml".into()))
+            .unwrap();
+        assert_eq!(
+            c.appservices,
+            vec![PathBuf::from("/b.yaml"), PathBuf::from("/c.yaml")]
+        );
+    }
+
+    #[test]
     fn rtc_defaults_and_env() {
         let text = include_str!("../config/myelin.toml");
         let c = Config::from_toml(text).unwrap();

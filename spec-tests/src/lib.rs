@@ -812,4 +812,5 @@ pub fn bodies(events: &[&Value]) -> Vec<String> {
 // Helpers for the behaviour tests of issue 20 (push delivery, presence, durability, ...).
 // ---------------------------------------------------------------------------------------
 
+pub mod fake_appservice;
 pub mod gateway;

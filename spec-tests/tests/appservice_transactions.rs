@@ -1,0 +1,172 @@
+//! Homeserver → appservice transactions: the events of rooms its users are in, in stream
+//! order, with its `hs_token`; retried (same id, same events) while it fails, and after a
+//! `kill -9` of the server; every event delivered once.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use serde_json::json;
+use spec_tests::{
+    enc,
+    fake_appservice::{write_registration, AsRequest, AsScript, FakeAppservice},
+    Client, TestServer,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A server with the appservice `br` at `fake`, alice's room and the puppet `@br_alice`
+/// joined to it (registered and joined by the appservice).
+async fn setup(dir: &std::path::Path, fake: &FakeAppservice) -> (TestServer, Client, String) {
+    let reg = write_registration(dir, "br", Some(&fake.url)).unwrap();
+    let server = TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_APPSERVICES", reg.to_str().unwrap()),
+    ])
+    .await
+    .unwrap();
+    let alice = server.register("alice").await.unwrap();
+    let room = alice.create_room(json!({})).await.unwrap();
+    let mut bridge = server.client();
+    bridge.token = Some("br_as".into());
+    bridge
+        .post(
+            "/register",
+            json!({"type": "m.login.application_service", "username": "br_alice"}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let puppet = server.user_id("br_alice");
+    alice.invite(&room, &puppet).await.unwrap();
+    bridge
+        .post(
+            &format!("/join/{}?user_id={}", enc(&room), enc(&puppet)),
+            json!({}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    (server, alice, room)
+}
+
+/// The message bodies of the acknowledged transactions, in order.
+fn acknowledged(reqs: &[AsRequest]) -> Vec<String> {
+    reqs.iter()
+        .filter(|r| r.status == 200)
+        .flat_map(AsRequest::bodies)
+        .collect()
+}
+
+fn has(r: &AsRequest, body: &str) -> bool {
+    r.bodies().iter().any(|b| b == body)
+}
+
+#[tokio::test]
+async fn transactions_carry_the_hs_token_and_keep_stream_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fake = FakeAppservice::start(Box::new(|_| 200)).await.unwrap();
+    let (_server, alice, room) = setup(dir.path(), &fake).await;
+    for i in 1..=5 {
+        alice.say(&room, &format!("m{i}")).await.unwrap();
+    }
+    let got = fake.collect_until(WAIT, |r| has(r, "m5")).await.unwrap();
+    for r in &got {
+        assert_eq!(r.method, "PUT", "{r:?}");
+        assert!(r.txn_id().is_some(), "{r:?}");
+        assert_eq!(r.authorization.as_deref(), Some("Bearer br_hs"), "{r:?}");
+    }
+    assert_eq!(acknowledged(&got), ["m1", "m2", "m3", "m4", "m5"]);
+    // The puppet's join reached the appservice before the messages, with the room id.
+    let first = &got[0].body["events"][0];
+    assert_eq!(first["room_id"], room.as_str());
+    let ids: Vec<&str> = got.iter().filter_map(AsRequest::txn_id).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids, unique, "a transaction id was used twice");
+    // Nothing more comes: no event is sent twice.
+    assert!(fake.drain(Duration::from_millis(500)).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_appservice_gets_each_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let failures = Arc::new(AtomicU32::new(0));
+    let f = failures.clone();
+    // The first three transactions carrying a message are answered 500.
+    let script: AsScript = Box::new(move |r| {
+        if !r.bodies().is_empty() && f.fetch_add(1, Ordering::SeqCst) < 3 {
+            500
+        } else {
+            200
+        }
+    });
+    let mut fake = FakeAppservice::start(script).await.unwrap();
+    let (_server, alice, room) = setup(dir.path(), &fake).await;
+    for i in 1..=3 {
+        alice.say(&room, &format!("m{i}")).await.unwrap();
+    }
+    let got = fake
+        .collect_until(WAIT, |r| r.status == 200 && has(r, "m3"))
+        .await
+        .unwrap();
+    assert_eq!(acknowledged(&got), ["m1", "m2", "m3"]);
+    // Every refused transaction came again, unchanged, with the same id.
+    for pair in got.windows(2) {
+        if pair[0].status == 500 {
+            assert_eq!(pair[0].txn_id(), pair[1].txn_id(), "{pair:?}");
+            assert_eq!(pair[0].body, pair[1].body, "{pair:?}");
+        }
+    }
+    assert_eq!(got.iter().filter(|r| r.status == 500).count(), 3);
+    assert!(fake.drain(Duration::from_millis(500)).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_unacknowledged_transaction_survives_kill_9_with_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Arc::new(AtomicBool::new(false));
+    let u = up.clone();
+    let script: AsScript = Box::new(move |r| {
+        if r.bodies().is_empty() || u.load(Ordering::SeqCst) {
+            200
+        } else {
+            503
+        }
+    });
+    let mut fake = FakeAppservice::start(script).await.unwrap();
+    let (mut server, alice, room) = setup(dir.path(), &fake).await;
+    alice.say(&room, "m1").await.unwrap();
+    let before = fake.collect_until(WAIT, |r| has(r, "m1")).await.unwrap();
+    let txn = before.last().unwrap().txn_id().unwrap().to_owned();
+    assert_eq!(before.last().unwrap().status, 503);
+
+    server.kill9().unwrap();
+    fake.drain(Duration::from_millis(300)).await;
+    server.start_again().await.unwrap();
+    let again = fake.collect_until(WAIT, |r| has(r, "m1")).await.unwrap();
+    assert_eq!(again.last().unwrap().txn_id(), Some(txn.as_str()));
+
+    up.store(true, Ordering::SeqCst);
+    let done = fake
+        .collect_until(WAIT, |r| r.status == 200 && has(r, "m1"))
+        .await
+        .unwrap();
+    let last = done.last().unwrap();
+    assert_eq!(last.txn_id(), Some(txn.as_str()));
+    assert_eq!(last.bodies(), ["m1"]);
+
+    // The next event goes in a new transaction, without m1.
+    alice.say(&room, "m2").await.unwrap();
+    let next = fake.collect_until(WAIT, |r| has(r, "m2")).await.unwrap();
+    let last = next.last().unwrap();
+    assert_eq!(last.bodies(), ["m2"]);
+    assert_ne!(last.txn_id(), Some(txn.as_str()));
+    assert!(next.iter().all(|r| !has(r, "m1")), "{next:?}");
+}
