@@ -131,6 +131,9 @@ impl AppserviceService {
                 "The application service has not registered this user",
             ));
         }
+        if self.users.is_deactivated(&user_id)? {
+            return Err(Error::user_deactivated());
+        }
         let device_id = match device_id {
             Some(d) => {
                 let d = OwnedDeviceId::from(d);
@@ -262,5 +265,109 @@ impl AppserviceService {
     /// A user id of this server from an appservice's localpart request.
     pub fn user_id(&self, localpart: &str) -> Result<OwnedUserId> {
         self.users.user_id_from(localpart)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{config::Config, services::Services};
+
+    use myelin_appservice::NamespaceKind;
+
+    fn services(dir: &std::path::Path) -> std::sync::Arc<Services> {
+        let reg = dir.join("br.yaml");
+        std::fs::write(
+            &reg,
+            "id: br\nurl: null\nas_token: br_as\nhs_token: br_hs\nsender_localpart: br_bot\n\
+             rate_limited: false\nnamespaces:\n  users: [{exclusive: true, regex: \"@br_.*\"}]\n\
+             \x20 aliases: [{exclusive: true, regex: \"#br_.*\"}]\n",
+        )
+        .unwrap();
+        let config = Config {
+            appservices: vec![reg],
+            ..Config::default()
+        };
+        Services::in_memory(config).unwrap()
+    }
+
+    #[test]
+    fn sessions_masquerade_only_inside_the_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = services(dir.path());
+        let a = &s.appservices;
+        let reg = a.by_as_token("br_as").unwrap().clone();
+        assert!(a.by_as_token("br_hs").is_none());
+        // The sender exists from the start and is the default identity.
+        let own = a.session(&reg, None, None).unwrap();
+        assert_eq!(own.user_id.as_str(), "@br_bot:localhost");
+        assert_eq!(own.appservice.as_deref(), Some("br"));
+        assert!(own.rate_limit_exempt);
+        // A namespace user must be registered first.
+        let e = a.session(&reg, Some("@br_x:localhost"), None).unwrap_err();
+        assert_eq!(e.errcode(), "M_FORBIDDEN");
+        s.users.create_user("br_x", None, false).unwrap();
+        let puppet = a.session(&reg, Some("@br_x:localhost"), None).unwrap();
+        assert_eq!(puppet.user_id.as_str(), "@br_x:localhost");
+        // Outside the namespace, another server, an unknown device: refused.
+        s.users.create_user("alice", None, false).unwrap();
+        for user in ["@alice:localhost", "@br_x:elsewhere"] {
+            let e = a.session(&reg, Some(user), None).unwrap_err();
+            assert_eq!(e.errcode(), "M_FORBIDDEN", "{user}");
+        }
+        let e = a
+            .session(&reg, Some("@br_x:localhost"), Some("NOPE"))
+            .unwrap_err();
+        assert_eq!(e.errcode(), "M_FORBIDDEN");
+        let e = a.session(&reg, Some("not a user"), None).unwrap_err();
+        assert_eq!(e.errcode(), "M_INVALID_PARAM");
+    }
+
+    #[test]
+    fn exclusive_namespaces_refuse_everyone_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = services(dir.path());
+        let a = &s.appservices;
+        let e = a
+            .check_exclusive(NamespaceKind::Users, "@br_y:localhost", None)
+            .unwrap_err();
+        assert_eq!(e.errcode(), "M_EXCLUSIVE");
+        let e = a
+            .check_exclusive(NamespaceKind::Aliases, "#br_room:localhost", Some("other"))
+            .unwrap_err();
+        assert_eq!(e.errcode(), "M_EXCLUSIVE");
+        a.check_exclusive(NamespaceKind::Aliases, "#br_room:localhost", Some("br"))
+            .unwrap();
+        a.check_exclusive(NamespaceKind::Users, "@alice:localhost", None)
+            .unwrap();
+    }
+
+    #[test]
+    fn an_as_token_that_is_a_user_token_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = dir.path().join("a.yaml");
+        std::fs::write(
+            &reg,
+            "id: a\nas_token: a_as\nhs_token: a_hs\nsender_localpart: a_bot\n",
+        )
+        .unwrap();
+        let regs = super::load_registrations(std::slice::from_ref(&reg), "localhost").unwrap();
+        let storage = std::sync::Arc::new(crate::storage::Storage::in_memory());
+        let config = std::sync::Arc::new(Config::default());
+        let users = std::sync::Arc::new(
+            crate::users::UsersService::new(config.clone(), storage.clone()).unwrap(),
+        );
+        let s = Services::in_memory(Config::default()).unwrap();
+        let alice = users.create_user("alice", None, false).unwrap();
+        let (token, _) = users.create_session(&alice, None, None).unwrap();
+        let mut regs = regs;
+        regs[0].as_token = token;
+        let refused =
+            super::AppserviceService::new(regs, "localhost", storage, users, s.rooms.clone());
+        let e = refused.err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("as_token: is also a user's access token"),
+            "{e}"
+        );
     }
 }
