@@ -184,7 +184,13 @@ async fn serve(
             body,
             status: 0,
         };
-        req.status = (script.lock().unwrap_or_else(|e| e.into_inner()))(&req);
+        let answer = || (script.lock().unwrap_or_else(|e| e.into_inner()))(&req);
+        // A script may block (waiting for the test): on a multi-threaded runtime it then
+        // hands this worker's queue to another thread instead of starving its tasks.
+        req.status = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(answer),
+            _ => answer(),
+        };
         let head = format!(
             "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
             req.status

@@ -293,3 +293,103 @@ async fn ping_reaches_the_appservice_or_says_why_not() {
         .unwrap();
     r.expect_error(403, "M_FORBIDDEN").unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_alias_queries_let_the_appservice_create_them_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fake appservice reports each query, then waits until the test has created the
+    // puppet or room (as a bridge would) before answering 200; other paths get 404.
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<String>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let mut fake = FakeAppservice::start(Box::new(move |r| {
+        if r.method == "GET" && r.path.starts_with("/_matrix/app/v1/") {
+            let _ = seen_tx.send(r.path.clone());
+            let waited = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(10));
+            return if waited.is_ok() { 200 } else { 404 };
+        }
+        200
+    }))
+    .await
+    .unwrap();
+    let server = start(&[write_registration(dir.path(), "br", Some(&fake.url)).unwrap()]).await;
+    let alice = server.register("alice").await.unwrap();
+    let br = bridge(&server, "br_as");
+    let seen_rx = std::sync::Arc::new(std::sync::Mutex::new(seen_rx));
+    let next_query = || {
+        let rx = seen_rx.clone();
+        tokio::task::spawn_blocking(move || {
+            rx.lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap()
+        })
+    };
+
+    // Unknown user inside the namespace: the appservice is asked and creates it.
+    let puppet = server.user_id("br_new");
+    let seen = next_query();
+    let lookup = {
+        let alice = alice.clone();
+        let path = format!("/profile/{}", enc(&puppet));
+        tokio::spawn(async move { alice.get(&path).await.unwrap() })
+    };
+    assert_eq!(
+        seen.await.unwrap(),
+        format!("/_matrix/app/v1/users/{puppet}")
+    );
+    register_puppet(&br, "br_new").await.ok().unwrap();
+    go_tx.send(()).unwrap();
+    let profile = lookup.await.unwrap().ok().unwrap();
+    assert_eq!(profile["displayname"], "br_new");
+    let query = fake
+        .collect_until(Duration::from_secs(5), |r| r.method == "GET")
+        .await
+        .unwrap();
+    assert_eq!(
+        query.last().unwrap().authorization.as_deref(),
+        Some("Bearer br_hs")
+    );
+
+    // Unknown alias inside the namespace: the appservice creates the room with it.
+    let alias = format!("#br_chan:{}", server.server_name);
+    let seen = next_query();
+    let lookup = {
+        let alice = alice.clone();
+        let path = format!("/directory/room/{}", enc(&alias));
+        tokio::spawn(async move { alice.get(&path).await.unwrap() })
+    };
+    assert_eq!(
+        seen.await.unwrap(),
+        format!("/_matrix/app/v1/rooms/%23br_chan:{}", server.server_name)
+    );
+    let room = br
+        .create_room(json!({"room_alias_name": "br_chan"}))
+        .await
+        .unwrap();
+    go_tx.send(()).unwrap();
+    let resolved = lookup.await.unwrap().ok().unwrap();
+    assert_eq!(resolved["room_id"], room.as_str());
+
+    // Outside every namespace nobody is asked.
+    alice
+        .get(&format!("/profile/{}", enc(&server.user_id("nobody"))))
+        .await
+        .unwrap()
+        .expect_error(404, "M_NOT_FOUND")
+        .unwrap();
+    let later: Vec<String> = fake
+        .drain(Duration::from_millis(300))
+        .await
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .map(|r| format!("{} {}", r.path, r.status))
+        .collect();
+    assert_eq!(
+        later,
+        [format!(
+            "/_matrix/app/v1/rooms/%23br_chan:{} 200",
+            server.server_name
+        )]
+    );
+}

@@ -250,6 +250,47 @@ impl AppserviceService {
         }
     }
 
+    /// Asks the appservices whose user namespace holds `user` (a user of this server)
+    /// whether it exists: `GET {url}/_matrix/app/v1/users/{userId}`. True when one
+    /// answered 2xx, i.e. it has created the user by now.
+    pub async fn query_user(&self, user: &UserId) -> bool {
+        user.server_name() == self.server_name.as_str()
+            && self
+                .query(NamespaceKind::Users, "users", user.as_str())
+                .await
+    }
+
+    /// The same for a room alias of this server: `GET {url}/_matrix/app/v1/rooms/{alias}`.
+    pub async fn query_alias(&self, alias: &ruma::RoomAliasId) -> bool {
+        alias.server_name() == self.server_name.as_str()
+            && self
+                .query(NamespaceKind::Aliases, "rooms", alias.as_str())
+                .await
+    }
+
+    async fn query(&self, kind: NamespaceKind, endpoint: &str, value: &str) -> bool {
+        for reg in self.registrations.iter().filter(|r| r.matches(kind, value)) {
+            let Some(base) = &reg.url else {
+                continue;
+            };
+            let Ok(mut url) = reqwest::Url::parse(&format!("{base}/_matrix/app/v1/{endpoint}"))
+            else {
+                continue;
+            };
+            if let Ok(mut segments) = url.path_segments_mut() {
+                segments.push(value);
+            }
+            match self.http.get(url).bearer_auth(&reg.hs_token).send().await {
+                Ok(resp) if resp.status().is_success() => return true,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    appservice = %reg.id, error = %e.without_url(), "appservice query failed"
+                ),
+            }
+        }
+        false
+    }
+
     /// Whether `user` belongs to an appservice's namespace (or is its own user).
     pub fn owner_of_user(&self, user: &UserId) -> Option<&Arc<Registration>> {
         self.registrations

@@ -60,10 +60,13 @@ async fn get_alias_route(
     State(services): State<Arc<Services>>,
     req: Ruma<get_alias::v3::Request>,
 ) -> Result<get_alias::v3::Response> {
-    let room_id = services
-        .rooms
-        .resolve_alias(&req.body.room_alias)?
-        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let alias = &req.body.room_alias;
+    let mut room_id = services.rooms.resolve_alias(alias)?;
+    // An alias inside an appservice's namespace: it may create the room now.
+    if room_id.is_none() && services.appservices.query_alias(alias).await {
+        room_id = services.rooms.resolve_alias(alias)?;
+    }
+    let room_id = room_id.ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(get_alias::v3::Response::new(
         room_id,
         vec![services.rooms.server_name().to_owned()],

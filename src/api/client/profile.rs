@@ -26,6 +26,14 @@ pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Se
         .ruma(set_avatar_url)
 }
 
+/// Gives an appservice whose namespace holds an unknown `user` the chance to create it.
+async fn ask_appservices(services: &Services, user: &UserId) -> Result<()> {
+    if !services.users.exists(user)? {
+        services.appservices.query_user(user).await;
+    }
+    Ok(())
+}
+
 /// The profile of a known user as JSON, unset fields omitted; `M_NOT_FOUND` otherwise.
 fn profile_json(services: &Services, user: &UserId) -> Result<Value> {
     if !services.users.exists(user)? {
@@ -54,6 +62,7 @@ async fn get_profile(
     State(services): State<Arc<Services>>,
     req: Ruma<get_profile::v3::Request>,
 ) -> Result<Json<Value>> {
+    ask_appservices(&services, &req.body.user_id).await?;
     Ok(Json(profile_json(&services, &req.body.user_id)?))
 }
 
@@ -62,6 +71,7 @@ async fn get_display_name(
     State(services): State<Arc<Services>>,
     req: Ruma<get_display_name::v3::Request>,
 ) -> Result<Json<Value>> {
+    ask_appservices(&services, &req.body.user_id).await?;
     let profile = profile_json(&services, &req.body.user_id)?;
     Ok(Json(profile.get("displayname").map_or_else(
         || json!({}),
@@ -74,6 +84,7 @@ async fn get_avatar_url(
     State(services): State<Arc<Services>>,
     req: Ruma<get_avatar_url::v3::Request>,
 ) -> Result<Json<Value>> {
+    ask_appservices(&services, &req.body.user_id).await?;
     let profile = profile_json(&services, &req.body.user_id)?;
     Ok(Json(
         profile
