@@ -170,3 +170,26 @@ async fn an_unacknowledged_transaction_survives_kill_9_with_its_id() {
     assert_ne!(last.txn_id(), Some(txn.as_str()));
     assert!(next.iter().all(|r| !has(r, "m1")), "{next:?}");
 }
+
+#[tokio::test]
+async fn a_down_appservice_slows_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fake = FakeAppservice::start(Box::new(|_| 503)).await.unwrap();
+    let (_server, alice, room) = setup(dir.path(), &fake).await;
+    let start = std::time::Instant::now();
+    for i in 1..=5 {
+        alice.say(&room, &format!("m{i}")).await.unwrap();
+    }
+    // Sends return while the appservice refuses every transaction, and readers see them.
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let sync = alice.sync("timeout=0").await.unwrap();
+    let bodies = spec_tests::bodies(&spec_tests::timeline(&sync, &room));
+    assert_eq!(bodies, ["m1", "m2", "m3", "m4", "m5"]);
+    // The appservice is still being retried.
+    let refused = fake.next(WAIT).await.unwrap();
+    assert_eq!(refused.status, 503);
+}

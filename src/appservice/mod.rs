@@ -46,6 +46,11 @@ pub struct AppserviceService {
     http: reqwest::Client,
 }
 
+/// Compares two secrets without an early exit on the first differing byte.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Why a ping failed (the spec's errcodes).
 fn ping_error(status: http::StatusCode, errcode: &'static str, message: String) -> Error {
     Error::matrix(status, errcode, message)
@@ -101,9 +106,11 @@ impl AppserviceService {
         self.registrations.iter().find(|r| r.id == id)
     }
 
-    /// The registration whose `as_token` this is.
+    /// The registration whose `as_token` this is (compared in constant time).
     pub fn by_as_token(&self, token: &str) -> Option<&Arc<Registration>> {
-        self.registrations.iter().find(|r| r.as_token == token)
+        self.registrations
+            .iter()
+            .find(|r| same_secret(r.as_token.as_bytes(), token.as_bytes()))
     }
 
     /// The session of a request made with an `as_token`: as the appservice's own user, or
