@@ -8,7 +8,7 @@ pub mod delivery;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use myelin_appservice::{validate_set, NamespaceKind, PingRequest, Registration};
-use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{OwnedDeviceId, UserId};
 
 use crate::{
     events::Pdu,
@@ -296,23 +296,6 @@ impl AppserviceService {
             }
         }
         false
-    }
-
-    /// Whether `user` belongs to an appservice's namespace (or is its own user).
-    pub fn owner_of_user(&self, user: &UserId) -> Option<&Arc<Registration>> {
-        self.registrations
-            .iter()
-            .find(|r| r.owns_user(user.as_str(), &self.server_name))
-    }
-
-    /// The server name user ids are checked against.
-    pub fn server_name(&self) -> &str {
-        &self.server_name
-    }
-
-    /// A user id of this server from an appservice's localpart request.
-    pub fn user_id(&self, localpart: &str) -> Result<OwnedUserId> {
-        self.users.user_id_from(localpart)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Third-party networks: `GET /thirdparty/protocols`, `/thirdparty/protocol/{protocol}`,
 //! `/thirdparty/location[/{protocol}]`, `/thirdparty/user[/{protocol}]`.
 //!
-//! Protocols are what application services (bridges) declare; this server hosts no
-//! application service yet, so it knows no protocol: the list is empty, a named protocol is
-//! unknown (404), and a lookup by alias or user id finds nothing. Element asks for the list
-//! at startup and does without bridges when it is empty.
+//! Protocols are what application services (bridges) declare; asking the registered
+//! bridges for their protocol metadata and lookups is not implemented yet, so the server
+//! knows no protocol: the list is empty, a named protocol is unknown (404), and a lookup by
+//! alias or user id finds nothing. Element asks for the list at startup and does without
+//! bridges when it is empty.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -33,7 +34,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(get_user_for_user_id_route)
 }
 
-/// The protocols bridged by this server's application services: none yet.
+/// The protocols bridged by this server's application services: none yet (not asked).
 fn protocols() -> BTreeMap<String, Protocol> {
     BTreeMap::new()
 }
