@@ -89,7 +89,9 @@ mod tests {
                 )
                 .unwrap();
         }
-        s.push.purge_room(&room, &[alice.clone()]).unwrap();
+        s.push
+            .purge_room(&room, std::slice::from_ref(&alice))
+            .unwrap();
         let count = |tree: &crate::storage::Tree, r: &ruma::RoomId| {
             tree.scan_prefix(&[])
                 .filter(|kv| {

@@ -294,7 +294,8 @@ mod tests {
         s.set_account_data(&alice, None, "m.direct", json!({}))
             .await
             .unwrap();
-        s.purge_room_account_data(gone, &[alice.clone()]).unwrap();
+        s.purge_room_account_data(gone, std::slice::from_ref(&alice))
+            .unwrap();
         assert_eq!(
             s.get_account_data(&alice, Some(gone), "m.tag").unwrap(),
             None
