@@ -13,6 +13,7 @@ mod keys;
 mod kinds;
 mod media;
 mod membership;
+mod myelin_rooms;
 mod presence;
 mod profile;
 mod push_rules;
@@ -57,6 +58,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = user_directory::routes(router);
     let router = rtc::routes(router);
     let router = kinds::routes(router);
+    let router = myelin_rooms::routes(router);
     let router = thirdparty::routes(router);
     let router = report::routes(router);
     sync::routes(router)
