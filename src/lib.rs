@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod media;
 pub mod pipeline;
+pub mod purge;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;

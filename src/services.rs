@@ -9,6 +9,7 @@ use crate::{
     events::keys::ServerKeys,
     media::MediaService,
     pipeline::{Pipeline, SyncNotifier},
+    purge::{GroupDissolution, PurgeService},
     push::{PushConsumer, PushService},
     ratelimit::RateLimiter,
     rooms::RoomsService,
@@ -44,6 +45,8 @@ pub struct Services {
     pub media: Arc<MediaService>,
     /// MatrixRTC: OpenID, SFU tokens, delayed events.
     pub rtc: Arc<RtcService>,
+    /// Room purges: dissolved groups, deleted rooms.
+    pub purge: Arc<PurgeService>,
     /// The consumers that follow every durable event.
     pub pipeline: Arc<Pipeline>,
     /// Per-address and per-user rate limits.
@@ -123,6 +126,13 @@ impl Services {
             users.clone(),
             livekit,
         )?);
+        let purge = Arc::new(PurgeService::new(
+            storage.clone(),
+            rooms.clone(),
+            push.clone(),
+            users.clone(),
+            rtc.clone(),
+        ));
         let registrations =
             crate::appservice::load_registrations(&config.appservices, &config.server_name)
                 .map_err(|e| crate::Error::internal(e.to_string()))?;
@@ -148,6 +158,11 @@ impl Services {
                     notifier.clone(),
                 )),
                 Some("delayed_events"),
+            )?
+            // Groups dissolve once their last leave is visible to the members.
+            .consumer(
+                Arc::new(GroupDissolution::new(storage.clone(), purge.clone())),
+                Some("sync_notifier"),
             )?;
         // One consumer per appservice, waiting for nobody and waited for by nobody.
         let mut pipeline = pipeline;
@@ -169,6 +184,7 @@ impl Services {
             push,
             media,
             rtc,
+            purge,
             pipeline,
             rate_limits,
             appservices,
@@ -181,6 +197,12 @@ impl Services {
         self.pipeline.start();
         self.push.start_delivery();
         self.rtc.start_delayed_events();
+        let purge = self.purge.clone();
+        tokio::spawn(async move {
+            if let Err(e) = purge.resume().await {
+                tracing::error!(error = %e, "could not finish an interrupted room purge");
+            }
+        });
     }
 
     /// Opens the on-disk database and key named by the config and builds the services.

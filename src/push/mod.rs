@@ -11,6 +11,7 @@
 
 mod consumer;
 pub mod gateway;
+mod purge;
 mod unread;
 
 use std::{

@@ -14,6 +14,7 @@ mod members;
 mod membership;
 mod policy;
 mod publish;
+mod purge;
 mod read;
 mod reports;
 mod restricted;
@@ -126,7 +127,8 @@ impl RoomsService {
             .stream
             .last()?
             .and_then(|(k, _)| crate::storage::keys::leading_u64(&k))
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(purge::stream_floor(&storage)?);
         let eph = storage
             .trees
             .meta

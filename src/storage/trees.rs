@@ -17,6 +17,11 @@ macro_rules! trees {
                 Trees { $( $name: Tree::new(engine.clone(), $prefix), )* }
             }
 
+            /// Every tree with its name, for checks and tools.
+            pub fn each(&self) -> Vec<(&'static str, &Tree)> {
+                vec![ $( (stringify!($name), &self.$name), )* ]
+            }
+
             /// (name, prefix) of every tree, for checks and tools.
             pub fn all() -> &'static [(&'static str, u8)] {
                 &[ $( (stringify!($name), $prefix), )* ]

@@ -7,6 +7,7 @@
 
 mod register;
 mod reports;
+mod room_delete;
 mod rooms;
 mod tokens;
 mod users;
@@ -27,6 +28,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
     let router = register::routes(router);
     let router = users::routes(router);
     let router = rooms::routes(router);
+    let router = room_delete::routes(router);
     let router = tokens::routes(router);
     let router = reports::routes(router);
     router.route("/_synapse/admin/v1/server_version", get(server_version))

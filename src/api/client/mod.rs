@@ -14,6 +14,7 @@ mod keys;
 mod kinds;
 mod media;
 mod membership;
+mod myelin_rooms;
 mod presence;
 mod profile;
 mod push_rules;
@@ -58,6 +59,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = user_directory::routes(router);
     let router = rtc::routes(router);
     let router = kinds::routes(router);
+    let router = myelin_rooms::routes(router);
     let router = thirdparty::routes(router);
     let router = report::routes(router);
     let router = appservice::routes(router);
