@@ -6,6 +6,7 @@ pub mod e2ee;
 pub mod error;
 pub mod events;
 pub mod media;
+pub mod metrics;
 pub mod pipeline;
 pub mod push;
 pub mod ratelimit;

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use myelin::{config::Config, services::Services};
+use myelin::{
+    config::{Config, LogFormat},
+    services::Services,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -30,6 +33,19 @@ enum Command {
         #[command(subcommand)]
         action: UserCommand,
     },
+    /// Write or check configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration as commented TOML.
+    Generate,
+    /// Validate the configuration (file and environment); exit status 1 on an error.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -69,19 +85,63 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if let Command::Config { action } = &cli.command {
+        return config_command(cli.config.as_deref(), action);
+    }
     let config = Config::load(cli.config.as_deref())?;
+    init_logging(config.log.format);
     let runtime = tokio::runtime::Runtime::new()?;
-    match cli.command {
+    let result = match cli.command {
         Command::Serve => runtime.block_on(serve(config)),
         Command::User { action } => runtime.block_on(async { user_command(config, action) }),
+        Command::Config { .. } => Ok(()),
+    };
+    // Tasks still running (a connection cut at the end of the grace period, a blocking
+    // job) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, as text or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// `myelin config generate` prints the documented defaults; `myelin config check` loads
+/// the file and environment as `serve` would and reports.
+fn config_command(path: Option<&std::path::Path>, action: &ConfigCommand) -> anyhow::Result<()> {
+    match action {
+        ConfigCommand::Generate => {
+            print!("{}", myelin::config::DEFAULT_TOML);
+            Ok(())
+        }
+        ConfigCommand::Check => match Config::load(path) {
+            Ok(config) => {
+                for warning in config.warnings() {
+                    eprintln!("warning: {warning}");
+                }
+                println!(
+                    "configuration OK: server_name {}, listening on {}, data in {}",
+                    config.server_name,
+                    config.listen,
+                    config.data_dir.display()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("configuration error: {e:#}");
+                std::process::exit(1);
+            }
+        },
     }
 }
 
@@ -152,7 +212,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("built with test hooks (failpoints, /_myelin/test): not for production");
         fail::FailScenario::setup()
     };
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let listen = config.listen;
+    // The recorder before anything records (the SFU binds its counters when built).
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some((addr, myelin::metrics::install()?)),
+        None => None,
+    };
     let services = Services::open(config).context("opening the data dir")?;
     services.start_background();
     let sfu = if services.config.rtc.embedded_sfu {
@@ -167,18 +235,60 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let metrics_task = match metrics {
+        Some((addr, handle)) => Some(serve_metrics(addr, handle, &services, sfu.as_ref()).await?),
+        None => None,
+    };
     let app = myelin::api::router(services.clone());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, server_name = %services.config.server_name, "myelin listening");
-    myelin::api::serve::serve(listener, app, &services.config.limits, shutdown_signal()).await?;
+    let notifier = services.notifier.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections, answering waiting syncs");
+        // Parked long-polls answer now, so their connections can close.
+        notifier.close();
+    };
+    myelin::api::serve::serve(listener, app, &services.config.limits, shutdown).await?;
     if let Some(sfu) = sfu {
         sfu.shutdown();
+    }
+    if let Some(task) = metrics_task {
+        task.abort();
     }
     services.storage.flush()?;
     tracing::info!("myelin stopped");
     Ok(())
+}
+
+/// Starts the metrics listener (`GET /metrics`); the gauges read at scrape time are the
+/// parked syncs and the embedded SFU's rooms.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    services: &std::sync::Arc<Services>,
+    sfu: Option<&myelin::rtc::embedded::EmbeddedSfu>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics.listen {addr}"))?;
+    let notifier = services.notifier.clone();
+    let sfu = sfu.map(|s| s.sfu.clone());
+    let refresh = std::sync::Arc::new(move || {
+        metrics::gauge!(myelin::metrics::SYNCS_PARKED).set(notifier.parked_total() as f64);
+        if let Some(sfu) = &sfu {
+            sfu.gauges().publish();
+        }
+    });
+    let app = myelin::api::metrics::exporter(handle, refresh);
+    tracing::info!(%addr, "metrics listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    }))
 }
 
 async fn shutdown_signal() {

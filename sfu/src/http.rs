@@ -14,8 +14,10 @@
 //! * `POST /internal/mute_all_audio` `{"room", "except"?: [identity…]}` mutes the audio of
 //!   every participant not listed. Answers `{"muted": [identity…]}`; 404 for no such room.
 //! * `GET /internal/rooms` answers `{"rooms": [{"name", "participants": [identity…]}]}`.
-//! * `GET /internal/metrics` answers Prometheus text (rooms, participants, tracks, RTP
-//!   packets/bytes in and out, relayed data packets).
+//!
+//! Metrics (rooms, participants, tracks, RTP packets/bytes in and out, relayed data
+//! packets) go to the process's Prometheus recorder: `myelin serve`'s `/metrics` for the
+//! embedded SFU, [`metrics_app`] on `metrics_listen` for the standalone one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,7 +61,6 @@ pub fn app(sfu: Arc<Sfu>) -> Router {
         .route("/internal/mute", post(mute))
         .route("/internal/mute_all_audio", post(mute_all_audio))
         .route("/internal/rooms", get(rooms))
-        .route("/internal/metrics", get(metrics))
         .route("/", get(|| async { "OK" }))
         .with_state(sfu)
 }
@@ -258,21 +259,6 @@ async fn mute_all_audio(
     Json(json!({"muted": muted})).into_response()
 }
 
-/// `GET /internal/metrics` — Prometheus text format.
-async fn metrics(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&sfu, &headers) {
-        return r;
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        sfu.metrics.render(sfu.gauges()),
-    )
-        .into_response()
-}
-
 /// `GET /internal/rooms`
 async fn rooms(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
     if let Some(r) = refusal(&sfu, &headers) {
@@ -285,4 +271,30 @@ async fn rooms(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
         .map(|room| json!({"name": room.name, "participants": room.identities()}))
         .collect();
     Json(json!({"rooms": rooms})).into_response()
+}
+
+/// The standalone SFU's metrics listener: `GET /metrics` in Prometheus text, with the
+/// room gauges taken at scrape time.
+pub fn metrics_app(
+    sfu: Arc<Sfu>,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let (sfu, handle) = (sfu.clone(), handle.clone());
+            async move {
+                sfu.gauges().publish();
+                handle.run_upkeep();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    handle.render(),
+                )
+                    .into_response()
+            }
+        }),
+    )
 }
