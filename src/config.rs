@@ -261,7 +261,11 @@ impl Config {
             providers::{Format, Serialized, Toml},
             Figment,
         };
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let defaults = Config::default();
+        // Which keys hold strings: there a value is taken as written (a secret of digits
+        // stays a string); elsewhere it is parsed (numbers, booleans, `[a,b]` lists).
+        let shape = serde_json::to_value(&defaults)?;
+        let mut figment = Figment::from(Serialized::defaults(defaults));
         if let Some(text) = file {
             figment = figment.merge(Toml::string(text));
         }
@@ -270,7 +274,11 @@ impl Config {
                 continue;
             };
             let key = path.to_ascii_lowercase().replace("__", ".");
-            let value: figment::value::Value = value.parse().unwrap_or_else(|e| match e {});
+            let pointer = format!("/{}", key.replace('.', "/"));
+            let value: figment::value::Value = match shape.pointer(&pointer) {
+                Some(serde_json::Value::String(_)) => value.clone().into(),
+                _ => value.parse().unwrap_or_else(|e| match e {}),
+            };
             figment = figment.merge(Serialized::default(&key, value));
         }
         let mut config: Config = figment.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
