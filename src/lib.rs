@@ -1,6 +1,7 @@
 //! Myelin: a fast, single-binary Matrix homeserver.
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod e2ee;
 pub mod error;

@@ -38,6 +38,25 @@ enum Command {
         #[command(subcommand)]
         action: ConfigCommand,
     },
+    /// Ask the running server for a consistent backup (database and keys) into DIR.
+    Backup {
+        /// An empty or new directory.
+        dir: PathBuf,
+        /// The server's URL; default: its `listen` address.
+        #[arg(long)]
+        url: Option<String>,
+        /// An access token of a server admin.
+        #[arg(long, env = "MYELIN_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Build a new data dir from a backup (offline; media is copied separately).
+    Restore {
+        /// The backup directory written by `myelin backup`.
+        dir: PathBuf,
+        /// The new data dir: absent or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +114,10 @@ fn main() -> anyhow::Result<()> {
     let result = match cli.command {
         Command::Serve => runtime.block_on(serve(config)),
         Command::User { action } => runtime.block_on(async { user_command(config, action) }),
+        Command::Backup { dir, url, token } => {
+            runtime.block_on(backup_command(&config, &dir, url, &token))
+        }
+        Command::Restore { dir, data_dir } => restore_command(&dir, &data_dir),
         Command::Config { .. } => Ok(()),
     };
     // Tasks still running (a connection cut at the end of the grace period, a blocking
@@ -202,6 +225,78 @@ fn user_command(config: Config, action: UserCommand) -> anyhow::Result<()> {
             println!("password of {user} changed");
         }
     }
+    Ok(())
+}
+
+/// `myelin backup DIR`: streams the running server's backup into `DIR`, then writes the
+/// manifest that marks it complete.
+async fn backup_command(
+    config: &Config,
+    dir: &std::path::Path,
+    url: Option<String>,
+    token: &str,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!("{} is not empty", dir.display());
+    }
+    std::fs::create_dir_all(dir)?;
+    let base = url.unwrap_or_else(|| {
+        let mut addr = config.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    });
+    let url = format!("{}/_myelin/admin/backup", base.trim_end_matches('/'));
+    let mut resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .with_context(|| format!("asking {url} for a backup"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        anyhow::bail!("the server refused the backup ({status}): {body}");
+    }
+    let download = dir.join(".download");
+    let mut file = tokio::fs::File::create(&download).await?;
+    while let Some(chunk) = resp.chunk().await? {
+        file.write_all(&chunk).await?;
+    }
+    file.flush().await?;
+    drop(file);
+    let files = myelin::backup::unpack(
+        &mut std::io::BufReader::new(std::fs::File::open(&download)?),
+        dir,
+    )?;
+    std::fs::remove_file(&download)?;
+    let created_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let manifest = serde_json::json!({
+        "format": 1,
+        "server_name": config.server_name,
+        "created_ms": created_ms,
+        "files": files.iter().map(|(name, len)| serde_json::json!({"name": name, "bytes": len})).collect::<Vec<_>>(),
+    });
+    let manifest_path = dir.join(myelin::backup::MANIFEST_FILE);
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::File::open(&manifest_path)?.sync_all()?;
+    myelin::backup::sync_dir(dir)?;
+    println!("backup written to {} ({} files)", dir.display(), files.len() + 1);
+    Ok(())
+}
+
+/// `myelin restore DIR --data-dir NEW`.
+fn restore_command(dir: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let pairs = myelin::backup::restore(dir, data_dir)?;
+    println!(
+        "restored {pairs} records into {}; copy the media directory (<data_dir>/media) too",
+        data_dir.display()
+    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod client_ip;
 mod guest;
 mod health;
 pub mod metrics;
+mod ops_backup;
 mod rtc_service;
 pub mod ruma;
 pub mod serve;
@@ -36,7 +37,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_methods(Any)
         .allow_headers(Any);
     let routes = admin::routes(rtc_service::routes(server_keys::routes(client::routes())));
-    let routes = health::routes(routes);
+    let routes = ops_backup::routes(health::routes(routes));
     #[cfg(feature = "test-hooks")]
     let routes = test_hooks::routes(routes);
     let routes = routes

@@ -7,6 +7,7 @@ mod engine;
 pub mod keys;
 mod memory;
 mod sled_engine;
+mod snapshot;
 mod trees;
 
 use std::{ops::Bound, path::Path, sync::Arc};
