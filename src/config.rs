@@ -84,6 +84,9 @@ pub struct MediaConfig {
     /// media only through authenticated media. 0 = the time this data directory was first
     /// served by a version that knows the setting (recorded on first start).
     pub unauthenticated_media_before_ms: u64,
+    /// Local media older than this many days is deleted (checked hourly); 0 keeps media
+    /// forever (the default).
+    pub retention_days: u64,
 }
 
 impl Default for MediaConfig {
@@ -93,6 +96,7 @@ impl Default for MediaConfig {
             max_thumbnail_pixels: 32_000_000,
             max_concurrent_thumbnails: 2,
             unauthenticated_media_before_ms: 0,
+            retention_days: 0,
         }
     }
 }
@@ -382,6 +386,9 @@ impl Config {
         }
         if let Some(v) = lookup("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS") {
             media.max_concurrent_thumbnails = number("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_RETENTION_DAYS") {
+            media.retention_days = number("MYELIN_MEDIA_RETENTION_DAYS", &v)?;
         }
         if let Some(v) = lookup("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS") {
             media.unauthenticated_media_before_ms =

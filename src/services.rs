@@ -160,6 +160,7 @@ impl Services {
         self.pipeline.start();
         self.push.start_delivery();
         self.rtc.start_delayed_events();
+        self.media.start_retention();
     }
 
     /// Opens the on-disk database and key named by the config and builds the services.

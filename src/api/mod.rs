@@ -6,6 +6,7 @@ pub mod client;
 pub mod client_ip;
 mod guest;
 mod health;
+mod media_admin;
 pub mod metrics;
 mod ops_backup;
 mod rtc_service;
@@ -37,7 +38,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_methods(Any)
         .allow_headers(Any);
     let routes = admin::routes(rtc_service::routes(server_keys::routes(client::routes())));
-    let routes = ops_backup::routes(health::routes(routes));
+    let routes = media_admin::routes(ops_backup::routes(health::routes(routes)));
     #[cfg(feature = "test-hooks")]
     let routes = test_hooks::routes(routes);
     let routes = routes
