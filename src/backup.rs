@@ -192,7 +192,10 @@ mod tests {
             files,
             vec![(DATABASE_FILE.to_owned(), 3), ("signing.key".to_owned(), 2)]
         );
-        assert_eq!(std::fs::read(dir.path().join(DATABASE_FILE)).unwrap(), b"abc");
+        assert_eq!(
+            std::fs::read(dir.path().join(DATABASE_FILE)).unwrap(),
+            b"abc"
+        );
 
         let mut evil = frame_header("../escape", 1);
         evil.push(b'x');

@@ -286,11 +286,7 @@ impl Config {
             figment = figment.merge(Serialized::default(&key, value));
         }
         let mut config: Config = figment.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
-        config.apply_env(|name| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        })?;
+        config.apply_env(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))?;
         config.validate()?;
         Ok(config)
     }
@@ -621,7 +617,10 @@ mod tests {
         assert_eq!(c.rtc.livekit_url, "wss://nested.example", "env over file");
         assert_eq!(c.rtc.token_ttl_secs, 60, "file kept where env is silent");
         assert_eq!(c.rate_limits.send.burst, 7);
-        assert_eq!(c.rate_limits.send.per_second, 5.0, "sibling keys keep defaults");
+        assert_eq!(
+            c.rate_limits.send.per_second, 5.0,
+            "sibling keys keep defaults"
+        );
         assert_eq!(c.metrics.listen, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.rtc.livekit_api_key, "12345", "digits stay a string");
         assert_eq!(c.rtc.livekit_api_secret, "true");
@@ -641,11 +640,10 @@ mod tests {
 
     #[test]
     fn layering_rejects_unknown_keys_and_bad_values() {
-        let err = Config::layered(None, &vars(&[("MYELIN_RTC__LIVEKIT_URLL", "ws://x:1")]))
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("livekit_urll"), "{err:#}");
         let err =
-            Config::layered(Some("[registration]\nmode = \"sometimes\"\n"), &[]).unwrap_err();
+            Config::layered(None, &vars(&[("MYELIN_RTC__LIVEKIT_URLL", "ws://x:1")])).unwrap_err();
+        assert!(format!("{err:#}").contains("livekit_urll"), "{err:#}");
+        let err = Config::layered(Some("[registration]\nmode = \"sometimes\"\n"), &[]).unwrap_err();
         assert!(format!("{err:#}").contains("sometimes"), "{err:#}");
         let err = Config::layered(None, &vars(&[("MYELIN_LISTEN__", "x")])).unwrap_err();
         assert!(!format!("{err:#}").is_empty());

@@ -286,7 +286,11 @@ async fn backup_command(
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
     std::fs::File::open(&manifest_path)?.sync_all()?;
     myelin::backup::sync_dir(dir)?;
-    println!("backup written to {} ({} files)", dir.display(), files.len() + 1);
+    println!(
+        "backup written to {} ({} files)",
+        dir.display(),
+        files.len() + 1
+    );
     Ok(())
 }
 

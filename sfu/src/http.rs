@@ -275,10 +275,7 @@ async fn rooms(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
 
 /// The standalone SFU's metrics listener: `GET /metrics` in Prometheus text, with the
 /// room gauges taken at scrape time.
-pub fn metrics_app(
-    sfu: Arc<Sfu>,
-    handle: metrics_exporter_prometheus::PrometheusHandle,
-) -> Router {
+pub fn metrics_app(sfu: Arc<Sfu>, handle: metrics_exporter_prometheus::PrometheusHandle) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {

@@ -37,9 +37,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let metrics_listen = config.metrics_listen;
     // The recorder first: the SFU's counters bind to it when it is built.
     let metrics = match metrics_listen {
-        Some(_) => Some(
-            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?,
-        ),
+        Some(_) => Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?),
         None => None,
     };
     let sfu = myelin_sfu::Sfu::new(config)?;

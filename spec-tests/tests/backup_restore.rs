@@ -36,7 +36,8 @@ async fn backup_during_sends_restores_every_acknowledged_event() -> Result<()> {
     let mut server = TestServer::start().await?;
     // The admin who takes the backup (the CLI needs the database, so the server pauses).
     server.stop().await?;
-    let created = server.run_cli(&["user", "create", "root", "--admin", "--password", "root-pw"])?;
+    let created =
+        server.run_cli(&["user", "create", "root", "--admin", "--password", "root-pw"])?;
     anyhow::ensure!(created.status.success(), "{created:?}");
     server.start_again().await?;
     let mut root = server.client();
@@ -60,7 +61,10 @@ async fn backup_during_sends_restores_every_acknowledged_event() -> Result<()> {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while acked.lock().unwrap().len() < 20 {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the sends are stuck");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the sends are stuck"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -69,7 +73,15 @@ async fn backup_during_sends_restores_every_acknowledged_event() -> Result<()> {
     let backup_dir = backups.path().join("backup");
     let token = root.token.clone().context("root has a token")?;
     let backup_path = backup_dir.to_str().context("utf-8 path")?.to_owned();
-    myelin(&["backup", &backup_path, "--url", &server.base, "--token", &token]).await?;
+    myelin(&[
+        "backup",
+        &backup_path,
+        "--url",
+        &server.base,
+        "--token",
+        &token,
+    ])
+    .await?;
     let sent_during = acked.lock().unwrap().len() - before_backup.len();
     sender.abort();
     server.kill9()?;
@@ -118,12 +130,20 @@ async fn backup_is_refused_to_non_admins() -> Result<()> {
     let server = TestServer::start().await?;
     let alice = server.register("alice").await?;
     alice
-        .request(reqwest::Method::POST, "/_myelin/admin/backup", Some(&json!({})))
+        .request(
+            reqwest::Method::POST,
+            "/_myelin/admin/backup",
+            Some(&json!({})),
+        )
         .await?
         .expect_error(403, "M_FORBIDDEN")?;
     server
         .client()
-        .request(reqwest::Method::POST, "/_myelin/admin/backup", Some(&json!({})))
+        .request(
+            reqwest::Method::POST,
+            "/_myelin/admin/backup",
+            Some(&json!({})),
+        )
         .await?
         .expect_error(401, "M_MISSING_TOKEN")?;
     Ok(())

@@ -25,7 +25,10 @@ async fn upload(client: &Client, body: &[u8]) -> Result<String> {
 
 async fn download_status(client: &Client, path: &str) -> Result<u16> {
     let resp = http_client(Duration::from_secs(30))
-        .get(format!("{}/_matrix/client/v1/media/download/{path}", client.base))
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{path}",
+            client.base
+        ))
         .bearer_auth(client.token.as_deref().unwrap_or_default())
         .send()
         .await?;
@@ -38,7 +41,8 @@ async fn download_status(client: &Client, path: &str) -> Result<u16> {
 async fn admin_deletes_media_created_before_a_time() -> Result<()> {
     let mut server = TestServer::start().await?;
     server.stop().await?;
-    let created = server.run_cli(&["user", "create", "root", "--admin", "--password", "root-pw"])?;
+    let created =
+        server.run_cli(&["user", "create", "root", "--admin", "--password", "root-pw"])?;
     anyhow::ensure!(created.status.success(), "{created:?}");
     server.start_again().await?;
     let mut root = server.client();
@@ -56,9 +60,13 @@ async fn admin_deletes_media_created_before_a_time() -> Result<()> {
         )
         .await?
         .expect_error(403, "M_FORBIDDEN")?;
-    root.request(Method::POST, "/_synapse/admin/v1/media/delete", Some(&json!({})))
-        .await?
-        .expect_error(400, "M_MISSING_PARAM")?;
+    root.request(
+        Method::POST,
+        "/_synapse/admin/v1/media/delete",
+        Some(&json!({})),
+    )
+    .await?
+    .expect_error(400, "M_MISSING_PARAM")?;
 
     // Before the upload: nothing goes.
     let none = root

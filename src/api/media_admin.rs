@@ -23,8 +23,9 @@ async fn delete_media(State(services): State<Arc<Services>>, req: RawJson) -> Re
         req.query
             .get(name)
             .map(|v| {
-                v.parse::<u64>()
-                    .map_err(|_| Error::invalid_param(format!("{name} must be a non-negative integer")))
+                v.parse::<u64>().map_err(|_| {
+                    Error::invalid_param(format!("{name} must be a non-negative integer"))
+                })
             })
             .transpose()
     };
@@ -32,5 +33,7 @@ async fn delete_media(State(services): State<Arc<Services>>, req: RawJson) -> Re
         .ok_or_else(|| Error::missing_param("Missing integer query parameter 'before_ts'"))?;
     let size_gt = number("size_gt")?.unwrap_or(0);
     let deleted = services.media.delete_before(before_ts, size_gt).await?;
-    Ok(Json(json!({ "total": deleted.len(), "deleted_media": deleted })))
+    Ok(Json(
+        json!({ "total": deleted.len(), "deleted_media": deleted }),
+    ))
 }

@@ -261,9 +261,11 @@ impl Storage {
 
     /// Checks that the database answers a read (health checks).
     pub fn check_readable(&self) -> Result<()> {
-        self.trees.meta.get(b"format_version")?.map(|_| ()).ok_or_else(|| {
-            crate::Error::Storage("the format version record is missing".into())
-        })
+        self.trees
+            .meta
+            .get(b"format_version")?
+            .map(|_| ())
+            .ok_or_else(|| crate::Error::Storage("the format version record is missing".into()))
     }
 
     /// Flushes synchronously (shutdown, CLI).
