@@ -103,3 +103,94 @@ impl MediaService {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use futures_util::Stream;
+    use ruma::UserId;
+    use sha2::Digest;
+
+    use super::*;
+    use crate::{config::Config, storage::Storage};
+
+    fn body(
+        data: &'static [u8],
+    ) -> impl Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>> + Unpin {
+        futures_util::stream::iter(vec![Ok(bytes::Bytes::from_static(data))])
+    }
+
+    /// Makes every content file look an hour old (past the fresh-file grace).
+    fn age_files(root: &Path) {
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for dir in std::fs::read_dir(root).unwrap() {
+            let dir = dir.unwrap().path();
+            if dir.ends_with("tmp") || !dir.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(&dir).unwrap() {
+                let file = std::fs::File::options()
+                    .write(true)
+                    .open(file.unwrap().path())
+                    .unwrap();
+                file.set_modified(old).unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn deletes_old_records_and_only_unshared_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Default::default()
+        };
+        let media = MediaService::new(Arc::new(config), Arc::new(Storage::in_memory())).unwrap();
+        let alice = <&UserId>::try_from("@alice:localhost").unwrap();
+        let id = |uri: String| uri.rsplit('/').next().unwrap().to_owned();
+        let shared_old = id(media
+            .upload(alice, None, None, body(b"shared"))
+            .await
+            .unwrap());
+        let alone = id(media
+            .upload(alice, None, None, body(b"alone"))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let cutoff = super::super::now_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let shared_new = id(media
+            .upload(alice, None, None, body(b"shared"))
+            .await
+            .unwrap());
+        let shared_file = media.blob_path(&hex::encode(sha2::Sha256::digest(b"shared")));
+        let alone_file = media.blob_path(&hex::encode(sha2::Sha256::digest(b"alone")));
+        age_files(media.root());
+
+        let mut deleted = media.delete_before(cutoff, 0).await.unwrap();
+        deleted.sort();
+        let mut expected = vec![shared_old.clone(), alone];
+        expected.sort();
+        assert_eq!(deleted, expected);
+        assert!(!alone_file.exists(), "an unshared file goes");
+        assert!(shared_file.exists(), "a file another upload names stays");
+        assert!(media.get_record(&shared_old).unwrap().is_none());
+        assert!(media.get_record(&shared_new).unwrap().is_some());
+
+        let deleted = media.delete_before(u64::MAX, 0).await.unwrap();
+        assert_eq!(deleted, vec![shared_new]);
+        assert!(!shared_file.exists(), "its last user gone, the file goes");
+
+        let fresh = id(media
+            .upload(alice, None, None, body(b"fresh"))
+            .await
+            .unwrap());
+        assert_eq!(media.delete_before(u64::MAX, 0).await.unwrap(), vec![fresh]);
+        let fresh_file = media.blob_path(&hex::encode(sha2::Sha256::digest(b"fresh")));
+        assert!(
+            fresh_file.exists(),
+            "a fresh file is kept for a racing upload"
+        );
+    }
+}
