@@ -5,11 +5,15 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod groups;
 mod limits;
 mod ops;
 
-pub use self::limits::{LimitsConfig, RateLimit, RateLimitsConfig};
-pub use self::ops::{LogConfig, LogFormat, MetricsConfig};
+pub use self::{
+    groups::GroupsConfig,
+    limits::{LimitsConfig, RateLimit, RateLimitsConfig},
+    ops::{LogConfig, LogFormat, MetricsConfig},
+};
 
 /// The documented default configuration (`config/myelin.toml`), printed by
 /// `myelin config generate`.
@@ -24,7 +28,8 @@ pub enum RegistrationMode {
     Closed,
     /// Anyone may register (user-interactive auth with `m.login.dummy`).
     Open,
-    /// Registration needs one of the configured registration tokens.
+    /// Registration needs a registration token: one of `registration.tokens`, or one an
+    /// administrator made with the admin API.
     Token,
 }
 
@@ -36,7 +41,8 @@ pub struct RegistrationConfig {
     pub mode: RegistrationMode,
     /// Secret for the shared-secret registration admin API; empty disables it.
     pub shared_secret: String,
-    /// Registration tokens accepted in `token` mode.
+    /// Registration tokens accepted in `token` mode, without limit (the admin API makes
+    /// tokens with uses and expiry).
     pub tokens: Vec<String>,
     /// Whether guests may register with `kind=guest`.
     pub allow_guests: bool,
@@ -209,6 +215,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Connection limits.
     pub limits: LimitsConfig,
+    /// Group settings.
+    pub groups: GroupsConfig,
     /// The Prometheus metrics listener.
     pub metrics: MetricsConfig,
     /// Log output.
@@ -232,6 +240,7 @@ impl Default for Config {
             rtc: RtcConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             limits: LimitsConfig::default(),
+            groups: GroupsConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
@@ -358,6 +367,7 @@ impl Config {
         self.apply_push_env(&lookup)?;
         self.rate_limits.apply_env(&lookup)?;
         self.limits.apply_env(&lookup)?;
+        self.groups.apply_env(&lookup)?;
         self.metrics.apply_env(&lookup)?;
         self.log.apply_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
@@ -448,12 +458,6 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         ruma::ServerName::parse(&self.server_name)
             .map_err(|e| anyhow::anyhow!("server_name {:?} is invalid: {e}", self.server_name))?;
-        if self.registration.mode == RegistrationMode::Token && self.registration.tokens.is_empty()
-        {
-            anyhow::bail!(
-                "registration.mode = \"token\" needs at least one registration.tokens entry"
-            );
-        }
         if self.rtc.livekit_api_key.is_empty() != self.rtc.livekit_api_secret.is_empty() {
             anyhow::bail!(
                 "rtc.livekit_api_key and rtc.livekit_api_secret must be set together (or both left empty)"
@@ -478,6 +482,7 @@ impl Config {
             anyhow::bail!("rtc.token_ttl_secs must be positive");
         }
         self.rate_limits.validate()?;
+        self.groups.validate()?;
         self.limits.validate()
     }
 

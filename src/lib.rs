@@ -9,6 +9,7 @@ pub mod events;
 pub mod media;
 pub mod metrics;
 pub mod pipeline;
+pub mod purge;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;

@@ -1,4 +1,5 @@
-//! The `myelin` command: `serve` runs the homeserver; `user` administers accounts.
+//! The `myelin` command: `serve` runs the homeserver; `user` administers the accounts of
+//! the running server through its admin API.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,8 @@ use myelin::{
     services::Services,
 };
 use tracing_subscriber::EnvFilter;
+
+mod admin_cli;
 
 #[derive(Parser)]
 #[command(
@@ -28,8 +31,11 @@ struct Cli {
 enum Command {
     /// Run the homeserver.
     Serve,
-    /// Administer accounts (the server must not be running: the database is locked).
+    /// Administer accounts of the running server through its admin API.
     User {
+        /// Base URL of the server (default: the configured `listen` address on loopback).
+        #[arg(long, env = "MYELIN_ADMIN_URL")]
+        url: Option<String>,
         #[command(subcommand)]
         action: UserCommand,
     },
@@ -80,13 +86,30 @@ enum UserCommand {
         #[arg(long)]
         password: Option<String>,
     },
-    /// Set an account's password.
+    /// Set an account's password (and log out its sessions).
     Passwd {
         /// Localpart (`alice`) or full user id (`@alice:server`).
         name: String,
         /// The new password; prompted for when omitted and stdin is a terminal.
         #[arg(long)]
         password: Option<String>,
+        /// Keep the account's sessions logged in.
+        #[arg(long)]
+        keep_sessions: bool,
+    },
+    /// List accounts.
+    List {
+        /// Include deactivated accounts.
+        #[arg(long)]
+        deactivated: bool,
+    },
+    /// Deactivate an account: it leaves its rooms and loses its sessions and profile.
+    Deactivate {
+        /// Localpart (`alice`) or full user id (`@alice:server`).
+        name: String,
+        /// Also mark the account as erased.
+        #[arg(long)]
+        erase: bool,
     },
 }
 
@@ -113,7 +136,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let result = match cli.command {
         Command::Serve => runtime.block_on(serve(config)),
-        Command::User { action } => runtime.block_on(async { user_command(config, action) }),
+        Command::User { url, action } => runtime.block_on(admin_cli::run(&config, url, action)),
         Command::Backup { dir, url, token } => {
             runtime.block_on(backup_command(&config, &dir, url, &token))
         }
@@ -166,66 +189,6 @@ fn config_command(path: Option<&std::path::Path>, action: &ConfigCommand) -> any
             }
         },
     }
-}
-
-/// Opens the data dir for an admin command, explaining the usual failure.
-fn open_for_admin(config: Config) -> anyhow::Result<std::sync::Arc<Services>> {
-    let data_dir = config.data_dir.clone();
-    Services::open(config).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the database in {}: {e}\n\
-             If myelin is running on this data dir, stop it first: the database is locked while the server runs.",
-            data_dir.display()
-        )
-    })
-}
-
-/// The password from the command line, or prompted for (twice) on a terminal.
-fn password_arg(password: Option<String>) -> anyhow::Result<String> {
-    use std::io::IsTerminal;
-    if let Some(p) = password {
-        return Ok(p);
-    }
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("no --password given and stdin is not a terminal to prompt on");
-    }
-    let first = rpassword::prompt_password("Password: ")?;
-    let second = rpassword::prompt_password("Repeat password: ")?;
-    if first != second {
-        anyhow::bail!("passwords do not match");
-    }
-    Ok(first)
-}
-
-fn user_command(config: Config, action: UserCommand) -> anyhow::Result<()> {
-    match action {
-        UserCommand::Create {
-            name,
-            admin,
-            password,
-        } => {
-            let password = password_arg(password)?;
-            let services = open_for_admin(config)?;
-            let user = services.users.create_user(&name, Some(&password), admin)?;
-            services
-                .users
-                .set_displayname(&user, Some(user.localpart().to_owned()))?;
-            services.storage.flush()?;
-            println!("created {user}{}", if admin { " (admin)" } else { "" });
-        }
-        UserCommand::Passwd { name, password } => {
-            let services = open_for_admin(config)?;
-            let user = services.users.user_id_from(&name)?;
-            if !services.users.exists(&user)? {
-                anyhow::bail!("no such user: {user}");
-            }
-            let password = password_arg(password)?;
-            services.users.set_password(&user, &password)?;
-            services.storage.flush()?;
-            println!("password of {user} changed");
-        }
-    }
-    Ok(())
 }
 
 /// `myelin backup DIR`: streams the running server's backup into `DIR`, then writes the
@@ -315,12 +278,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let listen = config.listen;
+    let data_dir = config.data_dir.clone();
     // The recorder before anything records (the SFU binds its counters when built).
     let metrics = match config.metrics.listen {
         Some(addr) => Some((addr, myelin::metrics::install()?)),
         None => None,
     };
     let services = Services::open(config).context("opening the data dir")?;
+    services
+        .users
+        .install_operator_token(&data_dir)
+        .context("writing the operator token")?;
     services.start_background();
     let sfu = if services.config.rtc.embedded_sfu {
         let config = myelin::rtc::embedded::sfu_config(

@@ -8,6 +8,7 @@ use crate::{
     events::keys::ServerKeys,
     media::MediaService,
     pipeline::{Pipeline, SyncNotifier},
+    purge::{GroupDissolution, PurgeService},
     push::{PushConsumer, PushService},
     ratelimit::RateLimiter,
     rooms::RoomsService,
@@ -43,6 +44,8 @@ pub struct Services {
     pub media: Arc<MediaService>,
     /// MatrixRTC: OpenID, SFU tokens, delayed events.
     pub rtc: Arc<RtcService>,
+    /// Room purges: dissolved groups, deleted rooms.
+    pub purge: Arc<PurgeService>,
     /// The consumers that follow every durable event.
     pub pipeline: Arc<Pipeline>,
     /// Per-address and per-user rate limits.
@@ -69,8 +72,10 @@ impl Services {
         let keys = Arc::new(keys);
         let notifier = Arc::new(Notifier::new());
         let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
-        // Room policies (room kinds) join this list.
-        let policies = Vec::new();
+        // Room policies: rooms an administrator blocked, then the room kinds' rules.
+        let mut policies: Vec<Arc<dyn crate::rooms::RoomPolicy>> =
+            vec![Arc::new(crate::rooms::BlockedRoomPolicy)];
+        policies.extend(crate::rooms::kind_policies(config.groups.max_members));
         let rooms = Arc::new(RoomsService::new(
             config.clone(),
             storage.clone(),
@@ -118,6 +123,13 @@ impl Services {
             users.clone(),
             livekit,
         )?);
+        let purge = Arc::new(PurgeService::new(
+            storage.clone(),
+            rooms.clone(),
+            push.clone(),
+            users.clone(),
+            rtc.clone(),
+        ));
         // The consumers, in order. Readers see an event once the sync notifier has handled
         // it, so a woken sync finds its unread counts and cancellations done.
         let pipeline = Pipeline::builder(storage.clone(), rooms.clone())
@@ -134,6 +146,11 @@ impl Services {
                 )),
                 Some("delayed_events"),
             )?
+            // Groups dissolve once their last leave is visible to the members.
+            .consumer(
+                Arc::new(GroupDissolution::new(storage.clone(), purge.clone())),
+                Some("sync_notifier"),
+            )?
             .build();
         pipeline.start();
         let rate_limits = Arc::new(RateLimiter::new(&config.rate_limits));
@@ -149,6 +166,7 @@ impl Services {
             push,
             media,
             rtc,
+            purge,
             pipeline,
             rate_limits,
         }))
@@ -161,6 +179,12 @@ impl Services {
         self.push.start_delivery();
         self.rtc.start_delayed_events();
         self.media.start_retention();
+        let purge = self.purge.clone();
+        tokio::spawn(async move {
+            if let Err(e) = purge.resume().await {
+                tracing::error!(error = %e, "could not finish an interrupted room purge");
+            }
+        });
     }
 
     /// Opens the on-disk database and key named by the config and builds the services.

@@ -13,6 +13,9 @@
 //!   Answers `{"tracks": n}`; 404 when the room or identity is not there.
 //! * `POST /internal/mute_all_audio` `{"room", "except"?: [identity…]}` mutes the audio of
 //!   every participant not listed. Answers `{"muted": [identity…]}`; 404 for no such room.
+//! * `POST /internal/close_room` `{"room"}` tells every participant to leave without
+//!   reconnecting (reason `ROOM_DELETED`) and closes the room. Answers
+//!   `{"disconnected": [identity…]}`; 404 for no such room.
 //! * `GET /internal/rooms` answers `{"rooms": [{"name", "participants": [identity…]}]}`.
 //!
 //! Metrics (rooms, participants, tracks, RTP packets/bytes in and out, relayed data
@@ -60,6 +63,7 @@ pub fn app(sfu: Arc<Sfu>) -> Router {
         .merge(signalling)
         .route("/internal/mute", post(mute))
         .route("/internal/mute_all_audio", post(mute_all_audio))
+        .route("/internal/close_room", post(close_room))
         .route("/internal/rooms", get(rooms))
         .route("/", get(|| async { "OK" }))
         .with_state(sfu)
@@ -257,6 +261,39 @@ async fn mute_all_audio(
         }
     }
     Json(json!({"muted": muted})).into_response()
+}
+
+#[derive(Deserialize)]
+struct CloseRoomBody {
+    room: String,
+}
+
+/// `POST /internal/close_room`
+async fn close_room(
+    State(sfu): State<Arc<Sfu>>,
+    headers: HeaderMap,
+    body: Result<Json<CloseRoomBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(r) = refusal(&sfu, &headers) {
+        return r;
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.body_text()})),
+            )
+                .into_response()
+        }
+    };
+    match sfu
+        .close_room(&body.room, proto::DisconnectReason::RoomDeleted)
+        .await
+    {
+        Some(disconnected) => Json(json!({"disconnected": disconnected})).into_response(),
+        None => not_found_json(),
+    }
 }
 
 /// `GET /internal/rooms`

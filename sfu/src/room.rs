@@ -86,6 +86,29 @@ impl Sfu {
         }
     }
 
+    /// Closes the room named `name` at once (its Matrix room was deleted): every
+    /// participant is told to leave without reconnecting, with `reason`, and removed.
+    /// Returns their identities; `None` when no such room is open.
+    pub async fn close_room(
+        &self,
+        name: &str,
+        reason: proto::DisconnectReason,
+    ) -> Option<Vec<String>> {
+        let room = self.rooms().remove(name)?;
+        let identities = room.identities();
+        room.disconnect_all(reason);
+        let sids: Vec<String> = {
+            let mut inner = room.lock();
+            inner.closed = true;
+            inner.participants.keys().cloned().collect()
+        };
+        for sid in sids {
+            room.leave(&sid).await;
+        }
+        tracing::info!(room = %name, participants = identities.len(), "room closed");
+        Some(identities)
+    }
+
     /// Current room, participant and track counts.
     pub fn gauges(&self) -> Gauges {
         let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();

@@ -549,3 +549,61 @@ async fn join_response_mute_and_duplicate_identity() {
     .await.unwrap();
     writer.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_room_disconnects_everyone_and_closes_only_that_room() {
+    let addr = start_sfu().await;
+    let mut uma = connect(addr, "@uma:localhost:U", "room6").await;
+    let mut vic = connect(addr, "@vic:localhost:V", "room6").await;
+    let mut walt = connect(addr, "@walt:localhost:W", "room7").await;
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/internal/close_room",
+        None,
+        r#"{"room":"room6"}"#,
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/internal/close_room",
+        Some(ADMIN),
+        r#"{"room":"room6"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("@uma:localhost:U") && body.contains("@vic:localhost:V"),
+        "{body}"
+    );
+    for client in [&mut uma, &mut vic] {
+        client
+            .wait_for("the room-deleted leave", |e| {
+                matches!(e, Event::Signal(Resp::Leave(l))
+                    if l.reason == proto::DisconnectReason::RoomDeleted as i32 && !l.can_reconnect)
+            })
+            .await
+            .unwrap();
+    }
+    let (_, rooms) = http(addr, "GET", "/internal/rooms", Some(ADMIN), "").await;
+    assert!(
+        !rooms.contains("@uma") && !rooms.contains("@vic"),
+        "{rooms}"
+    );
+    assert!(rooms.contains("@walt:localhost:W"), "{rooms}");
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/internal/close_room",
+        Some(ADMIN),
+        r#"{"room":"room6"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(!walt
+        .drain()
+        .iter()
+        .any(|e| matches!(e, Event::Signal(Resp::Leave(_)))));
+}

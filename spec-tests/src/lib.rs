@@ -349,6 +349,31 @@ impl TestServer {
     pub fn user_id(&self, name: &str) -> String {
         format!("@{name}:{}", self.server_name)
     }
+
+    /// The operator token the running server wrote to `<data_dir>/admin_token`.
+    pub fn operator_token(&self) -> Result<String> {
+        let path = self.data.path().join("data").join("admin_token");
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| path.display().to_string())?
+            .trim()
+            .to_owned())
+    }
+
+    /// Creates `name` (password `name-password`) as a server administrator through the
+    /// admin API with the operator token, and logs in as them.
+    pub async fn admin(&self, name: &str) -> Result<Client> {
+        let mut operator = self.client();
+        operator.token = Some(self.operator_token()?);
+        let path = format!("/_synapse/admin/v2/users/{}", enc(&self.user_id(name)));
+        let body = json!({"password": format!("{name}-password"), "admin": true});
+        let created = operator.request(Method::PUT, &path, Some(&body)).await?;
+        if created.status != 201 {
+            bail!("creating admin {name}: expected 201, got {}", created.text);
+        }
+        let mut admin = self.client();
+        admin.login(name, &format!("{name}-password")).await?;
+        Ok(admin)
+    }
 }
 
 impl Drop for TestServer {

@@ -34,14 +34,8 @@ async fn myelin(args: &[&str]) -> Result<std::process::Output> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_during_sends_restores_every_acknowledged_event() -> Result<()> {
     let mut server = TestServer::start().await?;
-    // The admin who takes the backup (the CLI needs the database, so the server pauses).
-    server.stop().await?;
-    let created =
-        server.run_cli(&["user", "create", "root", "--admin", "--password", "root-pw"])?;
-    anyhow::ensure!(created.status.success(), "{created:?}");
-    server.start_again().await?;
-    let mut root = server.client();
-    root.login("root", "root-pw").await?;
+    // The admin who takes the backup / deletes media.
+    let root = server.admin("root").await?;
     let alice = server.register("alice").await?;
     let room = alice.create_room(json!({})).await?;
 

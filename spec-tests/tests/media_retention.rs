@@ -39,14 +39,9 @@ async fn download_status(client: &Client, path: &str) -> Result<u16> {
 /// admins may ask.
 #[tokio::test]
 async fn admin_deletes_media_created_before_a_time() -> Result<()> {
-    let mut server = TestServer::start().await?;
-    server.stop().await?;
-    let created =
-        server.run_cli(&["user", "create", "root", "--admin", "--password", "root-pw"])?;
-    anyhow::ensure!(created.status.success(), "{created:?}");
-    server.start_again().await?;
-    let mut root = server.client();
-    root.login("root", "root-pw").await?;
+    let server = TestServer::start().await?;
+    // The admin who takes the backup / deletes media.
+    let root = server.admin("root").await?;
     let alice = server.register("alice").await?;
     let path = upload(&alice, b"retained for now").await?;
     let media_id = path.rsplit('/').next().context("media id")?.to_owned();

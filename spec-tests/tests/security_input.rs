@@ -348,6 +348,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/_matrix/client/v3/voip/turnServer"),
     ("GET", "/_matrix/client/v3/thirdparty/protocols"),
     ("GET", "/_matrix/client/v3/admin/whois/{user}"),
+    ("POST", "/_matrix/client/v3/rooms/{room}/report/{event}"),
     ("POST", "/_matrix/media/v3/upload?filename=x"),
     ("POST", "/_matrix/media/v1/create"),
     ("GET", "/_matrix/client/v1/media/config"),

@@ -8,6 +8,8 @@
 //!   {name: position}}`: where the timeline stream and each pipeline consumer are.
 //! - `GET /_myelin/test/media_waiting/{mediaId}` → `{"waiting": n}`: downloads waiting
 //!   (`timeout_ms`) for the asynchronous upload of a local media id right now.
+//! - `GET /_myelin/test/room_keys/{roomId}` → `{"total": n, "trees": {name: n}}`: the
+//!   entries of every tree whose key or value mentions the room id (a purge leaves 0).
 //! - `PUT /_myelin/test/failpoints/{name}` with `{"actions": "pause"}` (the `fail` crate's
 //!   action syntax) configures a failpoint; `DELETE` removes it (a paused thread resumes).
 
@@ -28,6 +30,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .route("/_myelin/test/parked/{user_id}", get(parked))
         .route("/_myelin/test/positions", get(positions))
         .route("/_myelin/test/media_waiting/{media_id}", get(media_waiting))
+        .route("/_myelin/test/room_keys/{room_id}", get(room_keys))
         .route(
             "/_myelin/test/failpoints/{name}",
             put(set_failpoint).delete(remove_failpoint),
@@ -66,6 +69,18 @@ async fn media_waiting(
     Path(media_id): Path<String>,
 ) -> Json<Value> {
     Json(json!({ "waiting": services.media.waiting_downloads(&media_id) }))
+}
+
+/// `GET /_myelin/test/room_keys/{roomId}`
+async fn room_keys(
+    State(services): State<Arc<Services>>,
+    Path(room_id): Path<String>,
+) -> Result<Json<Value>> {
+    let room = ruma::RoomId::parse(room_id.as_str())
+        .map_err(|e| Error::invalid_param(format!("room id: {e}")))?;
+    let trees = services.storage.entries_mentioning(room.as_bytes())?;
+    let total: usize = trees.values().sum();
+    Ok(Json(json!({ "total": total, "trees": trees })))
 }
 
 #[derive(Deserialize)]

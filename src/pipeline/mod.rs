@@ -11,7 +11,9 @@
 //! 2. `delayed_events` — cancels other users' pending delayed state events that a new
 //!    state event supersedes;
 //! 3. `sync_notifier` — marks the events visible to readers and wakes the long-polling
-//!    syncs of the users they concern.
+//!    syncs of the users they concern;
+//! 4. `group_dissolution` (`crate::purge`) — after `sync_notifier`: purges a group whose
+//!    last member left, once that leave is visible.
 //!
 //! A consumer may wait for another (`after`): the sync notifier runs after push and
 //! delayed events, so a woken sync already sees the new unread counts. Writers

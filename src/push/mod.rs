@@ -11,6 +11,8 @@
 
 mod consumer;
 pub mod gateway;
+mod purge;
+mod unread;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

@@ -189,13 +189,15 @@ impl RoomsService {
         let event = self.restricted_join_policy(room_id, sender, event)?;
         let (event_id, object, pdu) = self.build(room_id, &version, sender, &event)?;
 
+        // The room policies first: where both refuse, theirs is the more precise reason
+        // ("only the owner may lower a moderator" rather than "not enough power").
+        self.check_policies(guard, &record, &pdu)?;
         events::auth::check_auth(
             &version,
             &pdu,
             |id| self.get_pdu(id).ok().flatten(),
             |kind, key| self.state_event(room_id, kind, key).ok().flatten(),
         )?;
-        self.check_policies(guard, &record, &pdu)?;
 
         let mut batch = Batch::new();
         let trees = &self.storage.trees;

@@ -2,16 +2,12 @@
 //! initial state, name, topic, alias and invites, in the order the spec gives.
 
 use rand::{distributions::Alphanumeric, Rng};
-use ruma::{OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value};
 
 use super::membership::MemberProfile;
 use super::{append::NewEvent, RoomRecord, RoomsService};
-use crate::{
-    events,
-    storage::{keys, Batch},
-    Error, Result,
-};
+use crate::{events, storage::Batch, Error, Result};
 
 /// A `createRoom` request after parsing.
 #[derive(Clone, Debug, Default)]
@@ -75,6 +71,7 @@ impl RoomsService {
         creator: &UserId,
         req: CreateRoom,
     ) -> Result<OwnedRoomId> {
+        super::kinds::check_create(&req)?;
         let version = match req.room_version.as_deref() {
             None => RoomVersionId::V11,
             Some(v) => events::supported_room_version(v).ok_or_else(|| {
@@ -138,7 +135,8 @@ impl RoomsService {
             self.create_room_events(&guard, creator, &req, &version, &preset, alias.as_ref());
         if let Err(e) = result {
             // Leave nothing half-made behind.
-            self.purge_room(&room_id)?;
+            let users = self.purge_subjects(&room_id)?;
+            self.purge_locked(&guard, &users)?;
             return Err(e);
         }
         if req.visibility_public {
@@ -218,11 +216,14 @@ impl RoomsService {
             "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 50,
             "notifications": { "room": 50 },
         });
+        // Groups and virtual rooms get the server's levels, whatever the request says.
+        let kind_levels = super::kinds::initial_power_levels(req, creator, &power);
         if let (Some(over), Value::Object(map)) = (&req.power_level_content_override, &mut power) {
             for (k, v) in over {
                 map.insert(k.clone(), v.clone());
             }
         }
+        let power = kind_levels.unwrap_or(power);
         self.append(
             guard,
             creator,
@@ -300,62 +301,6 @@ impl RoomsService {
                 NewEvent::state("m.room.member", user.as_str(), content),
             )?;
         }
-        Ok(())
-    }
-
-    /// Removes every trace of a room from storage.
-    pub fn purge_room(&self, room_id: &RoomId) -> Result<()> {
-        let trees = &self.storage.trees;
-        let prefix = keys::strs(&[room_id.as_str()]);
-        let mut batch = Batch::new();
-        for kv in trees.room_timeline.scan_prefix(&prefix) {
-            let (k, v) = kv?;
-            batch.remove(&trees.room_timeline, &k);
-            batch.remove(&trees.pdus, &v);
-            batch.remove(&trees.event_txns, &v);
-            if let Some(pos) = keys::trailing_u64(&k) {
-                batch.remove(&trees.stream, &pos.to_be_bytes());
-            }
-            if let Ok(id) = super::append::parse_event_id(&v) {
-                self.invalidate_pdu(&id);
-            }
-        }
-        for tree in [
-            &trees.room_state,
-            &trees.room_state_history,
-            &trees.receipts,
-            &trees.receipts_log,
-            &trees.room_aliases,
-            &trees.event_push,
-        ] {
-            for kv in tree.scan_prefix(&prefix) {
-                batch.remove(tree, &kv?.0);
-            }
-        }
-        for (user, _) in self.members(room_id)?.all() {
-            batch.remove(
-                &trees.user_rooms,
-                &keys::strs(&[user.as_str(), room_id.as_str()]),
-            );
-        }
-        for alias in self.room_aliases(room_id)? {
-            batch.remove(&trees.aliases, alias.as_bytes());
-        }
-        batch.remove(&trees.public_rooms, room_id.as_bytes());
-        batch.remove(&trees.rooms, room_id.as_bytes());
-        let members = self.members(room_id)?;
-        self.storage.commit(batch)?;
-        self.members
-            .forget_user_rooms(members.all().map(|(user, _)| user));
-        self.members.forget(room_id);
-        self.tips
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(room_id);
-        self.recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(room_id);
         Ok(())
     }
 }

@@ -24,6 +24,16 @@ pub(super) struct TypingState {
     rooms: Mutex<HashMap<OwnedRoomId, (u64, HashMap<OwnedUserId, Instant>)>>,
 }
 
+impl TypingState {
+    /// Drops a room's typing users (room purged).
+    pub(super) fn forget(&self, room_id: &RoomId) {
+        self.rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(room_id);
+    }
+}
+
 /// Receipt types a client may set.
 pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private"];
 

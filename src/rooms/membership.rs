@@ -289,10 +289,7 @@ impl RoomsService {
     pub async fn leave_all_rooms(&self, user: &UserId) -> Result<()> {
         for (room_id, m, _) in self.user_rooms(user)? {
             if matches!(m, Membership::Join | Membership::Invite | Membership::Knock) {
-                if let Err(e) = self
-                    .leave(&room_id, user, Some("Account deactivated"))
-                    .await
-                {
+                if let Err(e) = self.leave_on_deactivation(&room_id, user).await {
                     tracing::warn!(room = %room_id, error = %e, "could not leave room on deactivation");
                 }
             }

@@ -2,16 +2,21 @@
 //! directory and ephemeral data (typing, receipts). Every event is built, signed and
 //! checked against the spec's authorization rules here before it is stored.
 
+mod admin;
 mod alias;
 mod append;
+mod block;
 mod create;
 mod ephemeral;
 mod kind;
+mod kinds;
 mod members;
 mod membership;
 mod policy;
 mod publish;
+mod purge;
 mod read;
+mod reports;
 mod restricted;
 mod state;
 mod upgrade;
@@ -26,15 +31,19 @@ use ruma::{OwnedRoomId, OwnedServerName, RoomId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    admin::{RoomOrder, RoomQuery, RoomSummary},
     append::{NewEvent, Transaction},
+    block::{BlockedRoomPolicy, RoomBlock},
     create::CreateRoom,
     ephemeral::{Typing, RECEIPT_TYPES},
     kind::{RoomKind, GROUP_TYPE, VIRTUAL_ROOM_TYPE},
+    kinds::{kind_policies, RoomRoles, MODERATOR_LEVEL, OWNER_LEVEL},
     members::{Membership, RoomMembers},
     membership::MemberProfile,
     policy::RoomPolicy,
     publish::PublicationHold,
     read::{ContextPage, Direction, EventFilter, MessagesPage, Token},
+    reports::{EventReport, ReportQuery},
     state::{PowerLevels, StateMap},
 };
 use crate::{
@@ -54,6 +63,10 @@ pub struct RoomRecord {
 /// Proof that the caller holds a room's lock: state-changing calls take it.
 pub struct RoomGuard {
     room_id: OwnedRoomId,
+    /// A change the server makes itself under this lock, which the room policies let
+    /// through (see [`kinds::ServerAction`]). Only code inside `rooms` sets it: no
+    /// client request can carry it.
+    server_action: Option<kinds::ServerAction>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -114,7 +127,8 @@ impl RoomsService {
             .stream
             .last()?
             .and_then(|(k, _)| crate::storage::keys::leading_u64(&k))
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(purge::stream_floor(&storage)?);
         let eph = storage
             .trees
             .meta
@@ -148,6 +162,7 @@ impl RoomsService {
         };
         RoomGuard {
             room_id: room_id.to_owned(),
+            server_action: None,
             _guard: mutex.lock_owned().await,
         }
     }

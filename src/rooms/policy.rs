@@ -1,7 +1,9 @@
 //! The policy seam inside `append`: rules a room kind adds on top of the spec's
 //! authorization rules (member caps, owner protection, the last-moderator rule). Each
-//! policy sees the built event under the room lock, after the auth rules accepted it and
-//! before anything is written; a refusal is a Matrix error and writes nothing.
+//! policy sees the built event under the room lock before anything is written; a refusal
+//! is a Matrix error and writes nothing. Policies run just before the auth rules, so an
+//! event both refuse gets the policy's more precise reason; accepting an event never
+//! spares it the auth rules.
 
 use super::{RoomGuard, RoomRecord, RoomsService};
 use crate::{events::Pdu, Result};

@@ -264,10 +264,11 @@ impl RoomsService {
     }
 
     /// Fails with 403 unless the user can see the room's current state (a member, or
-    /// the room is world readable).
+    /// the room is world readable); 404 for a room not known here (never created, or
+    /// purged), as `/messages` answers.
     pub fn check_can_see_state(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
         if !self.exists(room_id)? {
-            return Err(Error::forbidden("You are not in this room"));
+            return Err(Error::not_found("No known room with that id"));
         }
         if self.members(room_id)?.get(user) == Some(super::Membership::Join) {
             return Ok(());

@@ -267,7 +267,8 @@ async fn cached_room_lists_follow_membership_changes() {
             (first.clone(), Membership::Leave)
         ]
     );
-    s.rooms.purge_room(&second).unwrap();
+    let users = s.rooms.purge_subjects(&second).unwrap();
+    s.rooms.purge_room(&second, &users).await.unwrap();
     let rooms = s.rooms.user_rooms(&bob).unwrap();
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0].0, first);
@@ -335,7 +336,8 @@ async fn recent_window_answers_like_storage() {
     }
     assert!(from_memory > 10, "the window answered {from_memory} ranges");
     // Purging the room drops its window.
-    s.rooms.purge_room(&room).unwrap();
+    let users = s.rooms.purge_subjects(&room).unwrap();
+    s.rooms.purge_room(&room, &users).await.unwrap();
     assert!(s.rooms.recent.lock().unwrap().get(&room).is_none());
 }
 

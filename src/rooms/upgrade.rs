@@ -37,6 +37,7 @@ impl RoomsService {
         if self.membership(old, user)? != Some(Membership::Join) {
             return Err(Error::forbidden("You are not joined to this room"));
         }
+        self.check_kind_allows_upgrade(old)?;
         if crate::events::supported_room_version(version).is_none() {
             return Err(Error::matrix(
                 http::StatusCode::BAD_REQUEST,

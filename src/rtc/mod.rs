@@ -208,6 +208,16 @@ impl RtcService {
     }
 }
 
+impl RtcService {
+    /// Ends the room's call for a deleted room: the SFU closes its LiveKit room and
+    /// disconnects everyone in it. Returns the identities disconnected.
+    #[tracing::instrument(skip(self), fields(room = %room_id))]
+    pub async fn end_call(&self, room_id: &RoomId) -> Result<Vec<String>> {
+        let room = token::livekit_room_name(room_id.as_str(), token::ROOM_CALL_SLOT);
+        self.sfu.close_room(&room).await
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::sync::Arc;

@@ -8,6 +8,8 @@
 //!
 //! - `POST /internal/mute_all_audio` `{"room", "except": [identity…]}` →
 //!   `{"muted": [identity…]}`; 404 when the SFU has no such room (nobody is in the call).
+//! - `POST /internal/close_room` `{"room"}` → `{"disconnected": [identity…]}`: everyone
+//!   is told to leave without reconnecting and the room is closed; 404 for no such room.
 
 use std::time::Duration;
 
@@ -93,6 +95,41 @@ impl SfuAdmin {
             .await
             .map_err(|e| sfu_unavailable(format!("mute_all_audio: bad response: {e}")))?;
         Ok(parsed.muted)
+    }
+}
+
+#[derive(Deserialize)]
+struct CloseRoomResponse {
+    #[serde(default)]
+    disconnected: Vec<String>,
+}
+
+impl SfuAdmin {
+    /// Closes the LiveKit room `room`, disconnecting its participants; returns their
+    /// identities. A room the SFU does not know has nobody to disconnect.
+    pub async fn close_room(&self, room: &str) -> Result<Vec<String>> {
+        let url = format!("{}/internal/close_room", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .json(&json!({ "room": room }))
+            .send()
+            .await
+            .map_err(|e| sfu_unavailable(format!("close_room: {e}")))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(sfu_unavailable(format!("close_room: {status}: {body}")));
+        }
+        let parsed: CloseRoomResponse = response
+            .json()
+            .await
+            .map_err(|e| sfu_unavailable(format!("close_room: bad response: {e}")))?;
+        Ok(parsed.disconnected)
     }
 }
 

@@ -268,6 +268,30 @@ impl Storage {
             .ok_or_else(|| crate::Error::Storage("the format version record is missing".into()))
     }
 
+    /// How many entries of each tree hold `needle` in their key or value (trees without
+    /// any are left out). Reads the whole database: for tests and diagnostics.
+    pub fn entries_mentioning(
+        &self,
+        needle: &[u8],
+    ) -> Result<std::collections::BTreeMap<&'static str, usize>> {
+        let contains =
+            |bytes: &[u8]| !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle);
+        let mut out = std::collections::BTreeMap::new();
+        for (name, tree) in self.trees.each() {
+            let mut count = 0;
+            for kv in tree.scan_prefix(&[]) {
+                let (k, v) = kv?;
+                if contains(&k) || contains(&v) {
+                    count += 1;
+                }
+            }
+            if count > 0 {
+                out.insert(name, count);
+            }
+        }
+        Ok(out)
+    }
+
     /// Flushes synchronously (shutdown, CLI).
     pub fn flush(&self) -> Result<()> {
         self.engine.flush()

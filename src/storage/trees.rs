@@ -17,6 +17,11 @@ macro_rules! trees {
                 Trees { $( $name: Tree::new(engine.clone(), $prefix), )* }
             }
 
+            /// Every tree with its name, for checks and tools.
+            pub fn each(&self) -> Vec<(&'static str, &Tree)> {
+                vec![ $( (stringify!($name), &self.$name), )* ]
+            }
+
             /// (name, prefix) of every tree, for checks and tools.
             pub fn all() -> &'static [(&'static str, u8)] {
                 &[ $( (stringify!($name), $prefix), )* ]
@@ -49,6 +54,8 @@ trees! {
     uia_sessions = 0x17,
     /// `user_id` → JSON presence record `{presence, status_msg, last_active_ts, pos}`.
     presence = 0x18,
+    /// `token` → JSON registration token `{uses_allowed, completed, expiry_time}` (admin API).
+    registration_tokens = 0x19,
 
     // ---- rooms and events ----
     /// `event_id` → JSON `{pos, pdu}`: the signed event and its stream position.
@@ -78,6 +85,11 @@ trees! {
     /// `event_id` → `device_id, txn_id`: which device sent a local event under which
     /// transaction id (for `unsigned.transaction_id`).
     event_txns = 0x2C,
+    /// `room_id` → JSON `{user_id, ts}`: rooms an administrator blocked (joins refused).
+    blocked_rooms = 0x2D,
+    /// `report id(u64)` → JSON event report `{room_id, event_id, user_id, reason, score,
+    /// received_ts}`.
+    event_reports = 0x2E,
 
     // ---- ephemeral ----
     /// `room_id, receipt_type, user_id, thread` → JSON `{event_id, ts, pos}`.
@@ -150,4 +162,16 @@ trees! {
     /// who a notifying event notifies, grouped by the actions that applied. One record per
     /// event; unread counts are the records after the user's receipt that name the user.
     event_push = 0x73,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_tree_has_its_own_prefix() {
+        let mut prefixes: Vec<u8> = super::Trees::all().iter().map(|(_, p)| *p).collect();
+        let count = prefixes.len();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        assert_eq!(prefixes.len(), count, "two trees share a prefix byte");
+    }
 }

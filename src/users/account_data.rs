@@ -187,6 +187,31 @@ impl UsersService {
     }
 }
 
+impl UsersService {
+    /// Drops the room account data `users` hold for a purged room (and its sync log
+    /// entries). Idempotent.
+    pub fn purge_room_account_data(
+        &self,
+        room_id: &RoomId,
+        users: &[ruma::OwnedUserId],
+    ) -> Result<()> {
+        let trees = &self.storage.trees;
+        for user in users {
+            let mut batch = crate::storage::Batch::new();
+            let prefix = keys::strs(&[user.as_str(), room_id.as_str()]);
+            for kv in trees.account_data.scan_prefix(&prefix) {
+                let (k, v) = kv?;
+                if let Ok(stored) = serde_json::from_slice::<Stored>(&v) {
+                    batch.remove(&trees.account_data_log, &log_key(user, stored.pos));
+                }
+                batch.remove(&trees.account_data, &k);
+            }
+            self.storage.commit(batch)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{
@@ -255,6 +280,34 @@ mod tests {
             s.get_account_data(&alice, Some(room), "m.direct").unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn purge_drops_one_rooms_account_data() {
+        let s = service();
+        let alice = s.create_user("alice", None, false).unwrap();
+        let (gone, kept) = (room_id!("!gone:localhost"), room_id!("!kept:localhost"));
+        s.set_room_account_data(&alice, gone, "m.tag", json!({"tags": {}}))
+            .unwrap();
+        s.set_room_account_data(&alice, kept, "m.tag", json!({"tags": {}}))
+            .unwrap();
+        s.set_account_data(&alice, None, "m.direct", json!({}))
+            .await
+            .unwrap();
+        s.purge_room_account_data(gone, std::slice::from_ref(&alice))
+            .unwrap();
+        assert_eq!(
+            s.get_account_data(&alice, Some(gone), "m.tag").unwrap(),
+            None
+        );
+        assert!(s
+            .get_account_data(&alice, Some(kept), "m.tag")
+            .unwrap()
+            .is_some());
+        let (global, rooms) = s.account_data_since(&alice, 0).unwrap();
+        assert_eq!(global.len(), 1);
+        assert_eq!(rooms.keys().collect::<Vec<_>>(), vec![kept]);
+        assert_eq!(s.storage.trees.account_data_log.scan_prefix(&[]).count(), 2);
     }
 
     #[tokio::test]

@@ -28,6 +28,9 @@ pub struct Account {
     /// Deactivated: cannot log in, id cannot be reused.
     #[serde(default)]
     pub deactivated: bool,
+    /// Erased by an administrator when deactivated (admin API `erase`).
+    #[serde(default)]
+    pub erased: bool,
     /// Creation time, ms since the epoch.
     #[serde(default)]
     pub created_ts: u64,
@@ -90,7 +93,9 @@ fn dummy_hash() -> &'static str {
 }
 
 /// Runs argon2 work on the blocking pool, off the async workers.
-async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+pub(super) async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::internal(format!("password hashing task failed: {e}")))
@@ -244,6 +249,7 @@ impl UsersService {
             admin,
             guest,
             deactivated: false,
+            erased: false,
             created_ts: now_ms(),
         };
         let value = serde_json::to_vec(&account)?;

@@ -5,10 +5,13 @@
 
 mod account_data;
 mod accounts;
+mod admin;
 mod devices;
 mod filters;
+mod operator;
 mod presence;
 mod profile;
+mod registration_tokens;
 mod shared_secret;
 mod tokens;
 mod uia;
@@ -29,8 +32,12 @@ use sha2::{Digest, Sha256};
 pub use self::{
     account_data::AccountDataChanges,
     accounts::{check_password_policy, validate_localpart, Account},
+    admin::{AccountOrder, AccountQuery, AccountSummary},
     devices::{check_new_device, Device},
+    operator::OPERATOR_TOKEN_FILE,
     presence::PresenceRecord,
+    profile::check_profile,
+    registration_tokens::{NewRegistrationToken, RegistrationToken},
     shared_secret::registration_mac,
     uia::{Stage, UiaFlows},
 };
@@ -98,6 +105,8 @@ pub struct UsersService {
     /// Position of each user's newest account-data change since the start, so a sync of
     /// a user whose account data did not change reads nothing.
     account_data_changes: Mutex<HashMap<OwnedUserId, u64>>,
+    /// Hash of this run's operator token (see [`operator`]), once installed.
+    operator_token: OnceLock<Vec<u8>>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -133,6 +142,7 @@ impl UsersService {
             presence_changes: Mutex::default(),
             started_pos: pos,
             account_data_changes: Mutex::default(),
+            operator_token: OnceLock::new(),
         };
         service.purge_expired_uia()?;
         service.load_presence_changes()?;

@@ -20,6 +20,22 @@ struct Profile {
     avatar_url: Option<String>,
 }
 
+/// Checks a display name (at most 256 bytes) and an avatar URL (an `mxc://` URI) before
+/// they are stored: 400 `M_INVALID_PARAM` otherwise. Empty values clear and pass.
+pub fn check_profile(displayname: Option<&str>, avatar_url: Option<&str>) -> Result<()> {
+    if displayname.is_some_and(|d| d.len() > MAX_DISPLAYNAME_LEN) {
+        return Err(Error::invalid_param(format!(
+            "displayname is longer than {MAX_DISPLAYNAME_LEN} bytes"
+        )));
+    }
+    if let Some(url) = avatar_url.filter(|a| !a.is_empty()) {
+        if !url.starts_with("mxc://") || url.len() > MAX_AVATAR_URL_LEN {
+            return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
+        }
+    }
+    Ok(())
+}
+
 impl UsersService {
     /// `(displayname, avatar_url)` of `user`; both `None` when unset or unknown.
     pub fn profile(&self, user: &UserId) -> Result<(Option<String>, Option<String>)> {
@@ -35,14 +51,7 @@ impl UsersService {
     /// Sets (or with `None`/empty clears) the display name. Not yet durable.
     pub fn set_displayname(&self, user: &UserId, displayname: Option<String>) -> Result<()> {
         let displayname = displayname.filter(|d| !d.is_empty());
-        if displayname
-            .as_ref()
-            .is_some_and(|d| d.len() > MAX_DISPLAYNAME_LEN)
-        {
-            return Err(Error::invalid_param(format!(
-                "displayname is longer than {MAX_DISPLAYNAME_LEN} bytes"
-            )));
-        }
+        check_profile(displayname.as_deref(), None)?;
         self.update_profile(user, |p| p.displayname = displayname)
     }
 
@@ -50,11 +59,7 @@ impl UsersService {
     /// Not yet durable.
     pub fn set_avatar_url(&self, user: &UserId, avatar_url: Option<String>) -> Result<()> {
         let avatar_url = avatar_url.filter(|a| !a.is_empty());
-        if let Some(url) = &avatar_url {
-            if !url.starts_with("mxc://") || url.len() > MAX_AVATAR_URL_LEN {
-                return Err(Error::invalid_param("avatar_url must be an mxc:// URI"));
-            }
-        }
+        check_profile(None, avatar_url.as_deref())?;
         self.update_profile(user, |p| p.avatar_url = avatar_url)
     }
 

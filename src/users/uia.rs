@@ -72,6 +72,9 @@ struct UiaSession {
     completed: Vec<String>,
     user_id: Option<OwnedUserId>,
     created_ts: u64,
+    /// The registration token the `m.login.registration_token` stage accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registration_token: Option<String>,
 }
 
 fn new_session_id() -> String {
@@ -92,6 +95,27 @@ impl UsersService {
         user: Option<&UserId>,
         auth: Option<&Value>,
     ) -> Result<()> {
+        self.run_uia(flows, user, auth).map(|_| ())
+    }
+
+    /// [`UsersService::check_uia`] for registration: once a flow is complete, answers the
+    /// registration token its `m.login.registration_token` stage accepted, if any (the
+    /// caller counts its use with [`UsersService::use_registration_token`]).
+    pub fn check_registration_uia(
+        &self,
+        flows: &UiaFlows,
+        auth: Option<&Value>,
+    ) -> Result<Option<String>> {
+        self.run_uia(flows, None, auth)
+            .map(|session| session.registration_token)
+    }
+
+    fn run_uia(
+        &self,
+        flows: &UiaFlows,
+        user: Option<&UserId>,
+        auth: Option<&Value>,
+    ) -> Result<UiaSession> {
         let auth = auth.filter(|a| !a.is_null());
         let Some(auth) = auth else {
             if rand::thread_rng().gen_ratio(1, 64) {
@@ -102,6 +126,7 @@ impl UsersService {
                 completed: vec![],
                 user_id: user.map(ToOwned::to_owned),
                 created_ts: now_ms(),
+                registration_token: None,
             };
             self.store_uia(&id, &session)?;
             return Err(uia_error(flows, &id, &session, None));
@@ -129,6 +154,7 @@ impl UsersService {
                     completed: vec![],
                     user_id: user.map(ToOwned::to_owned),
                     created_ts: now_ms(),
+                    registration_token: None,
                 },
             ),
             Some(_) => return Err(Error::bad_json("auth.session must be a string")),
@@ -141,6 +167,10 @@ impl UsersService {
                 None => Some(("M_UNRECOGNIZED", format!("Unsupported auth stage {kind}"))),
                 Some(stage) => match self.verify_stage(stage, user, auth) {
                     Ok(()) => {
+                        if stage == Stage::RegistrationToken {
+                            session.registration_token =
+                                auth.get("token").and_then(Value::as_str).map(str::to_owned);
+                        }
                         if !session.completed.iter().any(|c| c == kind) {
                             session.completed.push(kind.to_owned());
                         }
@@ -165,7 +195,7 @@ impl UsersService {
 
         if failure.is_none() && flows.complete(&session.completed) {
             self.storage.trees.uia_sessions.remove(id.as_bytes())?;
-            return Ok(());
+            return Ok(session);
         }
         self.store_uia(&id, &session)?;
         Err(uia_error(flows, &id, &session, failure))
@@ -210,7 +240,7 @@ impl UsersService {
                     .get("token")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if self.registration_token_valid(token) {
+                if self.registration_token_valid(token)? {
                     Ok(())
                 } else {
                     Err(Error::forbidden("Invalid registration token"))
@@ -243,11 +273,6 @@ impl UsersService {
                 }
             }
         }
-    }
-
-    /// Whether `token` is one of the configured registration tokens.
-    pub fn registration_token_valid(&self, token: &str) -> bool {
-        !token.is_empty() && self.config.registration.tokens.iter().any(|t| t == token)
     }
 }
 
@@ -365,7 +390,7 @@ mod tests {
             Some(&json!({ "type": "m.login.dummy", "session": session })),
         )
         .unwrap();
-        assert!(!s.registration_token_valid(""));
+        assert!(!s.registration_token_valid("").unwrap());
     }
 
     #[test]
@@ -375,12 +400,14 @@ mod tests {
             completed: vec![],
             user_id: None,
             created_ts: 0,
+            registration_token: None,
         };
         s.store_uia("old", &old).unwrap();
         let fresh = UiaSession {
             completed: vec![],
             user_id: None,
             created_ts: now_ms(),
+            registration_token: None,
         };
         s.store_uia("fresh", &fresh).unwrap();
         let auth = json!({ "type": "m.login.dummy", "session": "old" });

@@ -275,10 +275,19 @@ async fn run(base: &str, media: bool) -> Result<()> {
     // Encrypted DM (matrix-sdk's create_dm turns encryption on).
     let dm = alice.create_dm(&bob_id).await.context("create_dm")?;
     let dm_id = dm.room_id().to_owned();
-    ensure!(
-        dm.latest_encryption_state().await?.is_encrypted(),
-        "DM is not encrypted"
-    );
+    // The SDK learns the encryption state from sync (or asks the server when it has
+    // none yet): wait for it, bounded, rather than reading its cache once.
+    wait_for("the DM to be encrypted for alice's SDK", || {
+        let dm = dm.clone();
+        async move {
+            Ok(dm
+                .latest_encryption_state()
+                .await?
+                .is_encrypted()
+                .then_some(()))
+        }
+    })
+    .await?;
 
     let invited = wait_for("bob to see the invite", || {
         let bob = bob.clone();

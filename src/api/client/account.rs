@@ -99,18 +99,30 @@ async fn register(
         if let Some(password) = &body.password {
             check_password_policy(password)?;
         }
-        users.check_uia(
+        let token = users.check_registration_uia(
             &flows,
-            None,
             auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
         )?;
         let password = body
             .password
             .as_deref()
             .ok_or_else(|| Error::missing_param("password is required"))?;
-        let user = users
+        // The token's use is counted before the account is written and given back if
+        // that fails, so a token allowed once makes one account.
+        if let Some(token) = &token {
+            users.use_registration_token(token)?;
+        }
+        let created = users
             .create_user_off_thread(&localpart, password, false)
-            .await?;
+            .await;
+        let user = match (created, &token) {
+            (Ok(user), _) => user,
+            (Err(e), Some(token)) => {
+                users.release_registration_token(token)?;
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
         users.set_displayname(&user, Some(user.localpart().to_owned()))?;
         user
     };
@@ -148,7 +160,7 @@ async fn check_registration_token_validity(
             "Registration tokens are not used on this server",
         ));
     }
-    let valid = services.users.registration_token_valid(&req.body.token);
+    let valid = services.users.registration_token_valid(&req.body.token)?;
     Ok(check_registration_token_validity::v1::Response::new(valid))
 }
 

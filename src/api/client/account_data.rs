@@ -214,7 +214,7 @@ mod tests {
     use crate::api::client::account::tests::{app, call, register_user};
 
     #[tokio::test]
-    async fn account_data_tags_and_forbidden_types() {
+    async fn global_account_data_round_trips() {
         let app = app();
         let token = register_user(&app, "alice").await;
         let base = "/_matrix/client/v3/user/@alice:localhost";
@@ -248,7 +248,13 @@ mod tests {
         )
         .await;
         assert_eq!(body, json!({"@b:x": ["!r:x"]}));
+    }
 
+    #[tokio::test]
+    async fn server_managed_and_foreign_account_data_are_refused() {
+        let app = app();
+        let token = register_user(&app, "alice").await;
+        let base = "/_matrix/client/v3/user/@alice:localhost";
         let (status, body) = call(
             &app,
             "PUT",
@@ -279,7 +285,13 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
+    }
 
+    #[tokio::test]
+    async fn room_tags_put_list_and_delete() {
+        let app = app();
+        let token = register_user(&app, "alice").await;
+        let base = "/_matrix/client/v3/user/@alice:localhost";
         let tags = format!("{base}/rooms/!r:localhost/tags");
         assert_eq!(
             call(
@@ -334,7 +346,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn profile_presence_filters_devices() {
+    async fn profiles_are_public_and_owner_written() {
         let app = app();
         let token = register_user(&app, "alice").await;
         let bob = register_user(&app, "bob").await;
@@ -405,7 +417,13 @@ mod tests {
             call(&app, "GET", avatar, None, None).await.1,
             json!({"avatar_url": "mxc://localhost/a"})
         );
+    }
 
+    #[tokio::test]
+    async fn presence_is_set_by_its_owner_and_read_by_others() {
+        let app = app();
+        let token = register_user(&app, "alice").await;
+        let bob = register_user(&app, "bob").await;
         let presence = "/_matrix/client/v3/presence/@alice:localhost/status";
         assert_eq!(
             call(&app, "GET", presence, Some(&bob), None).await.1["presence"],
@@ -440,7 +458,13 @@ mod tests {
             (body["presence"].as_str(), body["status_msg"].as_str()),
             (Some("online"), Some("hi"))
         );
+    }
 
+    #[tokio::test]
+    async fn filters_are_stored_per_user() {
+        let app = app();
+        let token = register_user(&app, "alice").await;
+        let bob = register_user(&app, "bob").await;
         let filter = json!({"room": {"timeline": {"limit": 5}}});
         let (status, body) = call(
             &app,
@@ -470,7 +494,12 @@ mod tests {
             .0,
             StatusCode::NOT_FOUND
         );
+    }
 
+    #[tokio::test]
+    async fn devices_rename_and_delete_with_uia() {
+        let app = app();
+        let token = register_user(&app, "alice").await;
         let (_, body) = call(
             &app,
             "GET",
@@ -536,7 +565,12 @@ mod tests {
             .0,
             StatusCode::UNAUTHORIZED
         );
+    }
 
+    #[tokio::test]
+    async fn push_rules_are_served() {
+        let app = app();
+        let bob = register_user(&app, "bob").await;
         let (status, body) = call(
             &app,
             "GET",

@@ -10,11 +10,14 @@ mod discovery;
 mod ephemeral;
 mod filter;
 mod keys;
+mod kinds;
 mod media;
 mod membership;
+mod myelin_rooms;
 mod presence;
 mod profile;
 mod push_rules;
+mod report;
 mod room;
 mod rtc;
 mod session;
@@ -54,6 +57,9 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = media::routes(router);
     let router = user_directory::routes(router);
     let router = rtc::routes(router);
+    let router = kinds::routes(router);
+    let router = myelin_rooms::routes(router);
     let router = thirdparty::routes(router);
+    let router = report::routes(router);
     sync::routes(router)
 }

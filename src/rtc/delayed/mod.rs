@@ -429,6 +429,28 @@ impl RtcService {
         Ok(out)
     }
 
+    /// Drops every scheduled event of a purged room with its indexes. Idempotent.
+    pub fn purge_room_delayed(&self, room_id: &RoomId) -> Result<()> {
+        let mut batch = Batch::new();
+        for kv in self.storage.trees.delayed_events.scan_prefix(&[]) {
+            let (_, v) = kv?;
+            match serde_json::from_slice::<DelayedEvent>(&v) {
+                Ok(event) if event.room_id == room_id => {
+                    self.remove_delayed_into(&event, &mut batch)
+                }
+                _ => {}
+            }
+        }
+        // Index entries left behind by an interrupted removal.
+        let prefix = keys::strs(&[room_id.as_str()]);
+        for kv in self.storage.trees.delayed_by_state.scan_prefix(&prefix) {
+            batch.remove(&self.storage.trees.delayed_by_state, &kv?.0);
+        }
+        self.storage.commit(batch)?;
+        self.delayed.wake.notify_one();
+        Ok(())
+    }
+
     /// After `sender` wrote state `(kind, state_key)` in `room_id`: other users'
     /// scheduled events for that state are cancelled (Synapse's rule: the newer state wins
     /// over someone else's pending change; the writer's own pending ones stay). The

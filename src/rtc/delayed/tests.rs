@@ -292,3 +292,37 @@ async fn survives_a_restart_and_fires_then() {
     // The record is dropped just after the event is sent.
     assert!(wait_for(|| s.rtc.delayed_event(&id).unwrap().is_none()).await);
 }
+
+#[tokio::test]
+async fn purge_drops_the_rooms_scheduled_events_only() {
+    let s = Services::in_memory(Config::default()).unwrap();
+    let alice = user("alice");
+    let gone = room_with(&s, &[]).await;
+    let kept = room_with(&s, &[]).await;
+    let id = schedule(&s, &alice, &gone, 60_000, json!({}))
+        .await
+        .unwrap();
+    let other = schedule(&s, &alice, &kept, 60_000, json!({}))
+        .await
+        .unwrap();
+    s.rtc.purge_room_delayed(&gone).unwrap();
+    assert_eq!(s.rtc.delayed_event(&id).unwrap(), None);
+    assert!(s.rtc.delayed_event(&other).unwrap().is_some());
+    let listed: Vec<String> = s
+        .rtc
+        .list_delayed(&alice)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.delay_id)
+        .collect();
+    assert_eq!(listed, vec![other]);
+    let t = &s.storage.trees;
+    let needle = gone.as_str().as_bytes();
+    for tree in [&t.delayed_by_state, &t.delayed_events] {
+        assert!(tree.scan_prefix(&[]).all(|kv| {
+            let (k, v) = kv.unwrap();
+            !k.windows(needle.len()).any(|w| w == needle)
+                && !v.windows(needle.len()).any(|w| w == needle)
+        }));
+    }
+}

@@ -1,0 +1,213 @@
+//! Event reports: users report an event they can see (`POST /rooms/{roomId}/report/
+//! {eventId}`); administrators list, read and delete the reports. Kept in the
+//! `event_reports` tree under increasing ids.
+
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+
+use super::RoomsService;
+use crate::{storage::keys, Error, Result};
+
+/// One stored report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventReport {
+    /// The report's id (the tree key; filled in when read).
+    #[serde(skip)]
+    pub id: u64,
+    /// The room of the reported event.
+    pub room_id: OwnedRoomId,
+    /// The reported event.
+    pub event_id: OwnedEventId,
+    /// Who reported it.
+    pub user_id: OwnedUserId,
+    /// The reporter's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The reporter's score (-100 most offensive to 0), if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<i64>,
+    /// When it was received, ms since the epoch.
+    pub received_ts: u64,
+}
+
+/// Longest accepted reason, in bytes.
+const MAX_REASON_LEN: usize = 4096;
+
+/// Which reports a listing returns.
+#[derive(Clone, Debug, Default)]
+pub struct ReportQuery {
+    /// Only reports about this room.
+    pub room_id: Option<OwnedRoomId>,
+    /// Only reports by this user.
+    pub user_id: Option<OwnedUserId>,
+    /// Oldest first (`dir=f`); newest first by default.
+    pub forwards: bool,
+}
+
+fn report_key(id: u64) -> Vec<u8> {
+    keys::KeyBuilder::new().u64(id).build()
+}
+
+impl RoomsService {
+    /// Records `user`'s report of an event they can see; 404 `M_NOT_FOUND` when the
+    /// event is not in the room or hidden from them (whether it exists is not revealed).
+    pub fn report_event(
+        &self,
+        room_id: &RoomId,
+        event_id: &EventId,
+        user: &UserId,
+        reason: Option<String>,
+        score: Option<i64>,
+    ) -> Result<u64> {
+        if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_LEN) {
+            return Err(Error::invalid_param(format!(
+                "reason is longer than {MAX_REASON_LEN} bytes"
+            )));
+        }
+        if score.is_some_and(|s| !(-100..=0).contains(&s)) {
+            return Err(Error::invalid_param("score must be between -100 and 0"));
+        }
+        if !self.exists(room_id)? {
+            return Err(Error::not_found("Event not found"));
+        }
+        match self.visible_event(room_id, user, event_id) {
+            Ok(_) => {}
+            Err(Error::Matrix { errcode, .. }) if errcode != "M_UNKNOWN" => {
+                return Err(Error::not_found("Event not found"))
+            }
+            Err(other) => return Err(other),
+        }
+        let mut report = EventReport {
+            id: 0,
+            room_id: room_id.to_owned(),
+            event_id: event_id.to_owned(),
+            user_id: user.to_owned(),
+            reason,
+            score,
+            received_ts: u64::from(ruma::MilliSecondsSinceUnixEpoch::now().0),
+        };
+        let tree = &self.storage.trees.event_reports;
+        let value = serde_json::to_vec(&report)?;
+        // Ids are the last one plus one; a concurrent report that took it makes us retry.
+        loop {
+            let next = tree
+                .last()?
+                .and_then(|(k, _)| keys::leading_u64(&k))
+                .unwrap_or(0)
+                + 1;
+            if tree.compare_and_swap(&report_key(next), None, Some(value.clone()))? {
+                report.id = next;
+                tracing::info!(report = next, room = %room_id, event = %event_id, "event reported");
+                return Ok(next);
+            }
+        }
+    }
+
+    /// Every report matching `query`.
+    pub fn list_event_reports(&self, query: &ReportQuery) -> Result<Vec<EventReport>> {
+        let mut out = Vec::new();
+        for entry in self
+            .storage
+            .trees
+            .event_reports
+            .scan_prefix_dir(&[], !query.forwards)
+        {
+            let (key, value) = entry?;
+            let mut report: EventReport = serde_json::from_slice(&value)?;
+            report.id = keys::leading_u64(&key).unwrap_or(0);
+            if query.room_id.as_ref().is_some_and(|r| *r != report.room_id)
+                || query.user_id.as_ref().is_some_and(|u| *u != report.user_id)
+            {
+                continue;
+            }
+            out.push(report);
+        }
+        Ok(out)
+    }
+
+    /// One report (404 `M_NOT_FOUND`).
+    pub fn event_report(&self, id: u64) -> Result<EventReport> {
+        let report: Option<EventReport> =
+            self.storage.trees.event_reports.get_json(&report_key(id))?;
+        report
+            .map(|r| EventReport { id, ..r })
+            .ok_or_else(|| Error::not_found("Event report not found"))
+    }
+
+    /// Deletes a report (404 `M_NOT_FOUND` when there is none). Not yet durable.
+    pub fn delete_event_report(&self, id: u64) -> Result<()> {
+        let tree = &self.storage.trees.event_reports;
+        if !tree.contains(&report_key(id))? {
+            return Err(Error::not_found("Event report not found"));
+        }
+        tree.remove(&report_key(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::UserId;
+    use serde_json::json;
+
+    use crate::{
+        config::Config,
+        rooms::{CreateRoom, NewEvent, ReportQuery},
+        services::Services,
+    };
+
+    #[tokio::test]
+    async fn reports_get_increasing_ids_and_are_filtered() {
+        let s = Services::in_memory(Config::default()).unwrap();
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = s
+            .rooms
+            .create_room(&alice, CreateRoom::default())
+            .await
+            .unwrap();
+        let guard = s.rooms.lock(&room).await;
+        let content = json!({"msgtype": "m.text", "body": "x"});
+        let (event, _) = s
+            .rooms
+            .send(guard, &alice, NewEvent::message("m.room.message", content))
+            .await
+            .unwrap();
+        let first = s
+            .rooms
+            .report_event(&room, &event, &alice, None, Some(-5))
+            .unwrap();
+        let second = s
+            .rooms
+            .report_event(&room, &event, &alice, Some("again".into()), None)
+            .unwrap();
+        assert_eq!((first, second), (1, 2));
+        let newest_first: Vec<u64> = s
+            .rooms
+            .list_event_reports(&ReportQuery::default())
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(newest_first, [2, 1]);
+        let by_bob = ReportQuery {
+            user_id: Some(UserId::parse("@bob:localhost").unwrap()),
+            ..ReportQuery::default()
+        };
+        assert!(s.rooms.list_event_reports(&by_bob).unwrap().is_empty());
+        assert_eq!(
+            s.rooms.event_report(2).unwrap().reason.as_deref(),
+            Some("again")
+        );
+        s.rooms.delete_event_report(1).unwrap();
+        assert_eq!(
+            s.rooms.event_report(1).unwrap_err().errcode(),
+            "M_NOT_FOUND"
+        );
+        assert_eq!(
+            s.rooms
+                .report_event(&room, &event, &alice, None, Some(1))
+                .unwrap_err()
+                .errcode(),
+            "M_INVALID_PARAM"
+        );
+    }
+}
