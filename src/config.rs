@@ -7,11 +7,17 @@ use serde::{Deserialize, Serialize};
 
 mod groups;
 mod limits;
+mod ops;
 
 pub use self::{
     groups::GroupsConfig,
     limits::{LimitsConfig, RateLimit, RateLimitsConfig},
+    ops::{LogConfig, LogFormat, MetricsConfig},
 };
+
+/// The documented default configuration (`config/myelin.toml`), printed by
+/// `myelin config generate`.
+pub const DEFAULT_TOML: &str = include_str!("../config/myelin.toml");
 
 /// How new accounts may be created.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -84,6 +90,9 @@ pub struct MediaConfig {
     /// media only through authenticated media. 0 = the time this data directory was first
     /// served by a version that knows the setting (recorded on first start).
     pub unauthenticated_media_before_ms: u64,
+    /// Local media older than this many days is deleted (checked hourly); 0 keeps media
+    /// forever (the default).
+    pub retention_days: u64,
 }
 
 impl Default for MediaConfig {
@@ -93,6 +102,7 @@ impl Default for MediaConfig {
             max_thumbnail_pixels: 32_000_000,
             max_concurrent_thumbnails: 2,
             unauthenticated_media_before_ms: 0,
+            retention_days: 0,
         }
     }
 }
@@ -209,6 +219,10 @@ pub struct Config {
     pub groups: GroupsConfig,
     /// Application-service registration files (YAML), loaded and validated at start.
     pub appservices: Vec<PathBuf>,
+    /// The Prometheus metrics listener.
+    pub metrics: MetricsConfig,
+    /// Log output.
+    pub log: LogConfig,
 }
 
 impl Default for Config {
@@ -230,24 +244,79 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
             appservices: Vec::new(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
         }
     }
 }
 
 impl Config {
-    /// Reads the TOML file (if any), then applies `MYELIN_*` overrides from the environment.
+    /// Reads the TOML file (if any), then applies the environment (see [`Config::layered`]).
     pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-        let mut config = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                Self::from_toml(&text)?
-            }
-            None => Config::default(),
+        let text = match path {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+            ),
+            None => None,
         };
-        config.apply_env(|name| std::env::var(name).ok())?;
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Config::layered(text.as_deref(), &vars).map_err(|e| match path {
+            Some(path) => anyhow::anyhow!("{}: {e:#}", path.display()),
+            None => e,
+        })
+    }
+
+    /// The configuration in layers, each overriding the one before: the defaults, the TOML
+    /// document `file`, then among `vars` (the environment) every `MYELIN_SECTION__KEY`
+    /// variable (any key; `__` separates the levels: `MYELIN_RTC__LIVEKIT_URL`,
+    /// `MYELIN_RATE_LIMITS__SEND__BURST`), then the historical single-underscore names
+    /// (`MYELIN_REGISTRATION_MODE`, … see [`Config::apply_env`]). Then validates.
+    pub fn layered(file: Option<&str>, vars: &[(String, String)]) -> anyhow::Result<Config> {
+        use figment::{
+            providers::{Format, Serialized, Toml},
+            Figment,
+        };
+        let defaults = Config::default();
+        // Which keys hold strings: there a value is taken as written (a secret of digits
+        // stays a string); elsewhere it is parsed (numbers, booleans, `[a,b]` lists).
+        let shape = serde_json::to_value(&defaults)?;
+        let mut figment = Figment::from(Serialized::defaults(defaults));
+        if let Some(text) = file {
+            figment = figment.merge(Toml::string(text));
+        }
+        for (name, value) in vars {
+            let Some(path) = name.strip_prefix("MYELIN_").filter(|p| p.contains("__")) else {
+                continue;
+            };
+            let key = path.to_ascii_lowercase().replace("__", ".");
+            let pointer = format!("/{}", key.replace('.', "/"));
+            let value: figment::value::Value = match shape.pointer(&pointer) {
+                Some(serde_json::Value::String(_)) => value.clone().into(),
+                _ => value.parse().unwrap_or_else(|e| match e {}),
+            };
+            figment = figment.merge(Serialized::default(&key, value));
+        }
+        let mut config: Config = figment.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.apply_env(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// What an operator should know about this configuration (logged at start, printed
+    /// by `myelin config check`).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.public_base_url.is_empty() && !self.listen.ip().is_loopback() {
+            warnings.push(format!(
+                "public_base_url is not set while listening on {}: clients are told to use \
+                 {}; set public_base_url (MYELIN_PUBLIC_BASE_URL) to the URL clients reach, \
+                 e.g. https://matrix.example.org",
+                self.listen,
+                self.base_url()
+            ));
+        }
+        warnings
     }
 
     /// Parses a TOML document.
@@ -302,6 +371,8 @@ impl Config {
         self.rate_limits.apply_env(&lookup)?;
         self.limits.apply_env(&lookup)?;
         self.groups.apply_env(&lookup)?;
+        self.metrics.apply_env(&lookup)?;
+        self.log.apply_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
             self.registration.allow_guests = match v.as_str() {
                 "true" | "1" | "yes" => true,
@@ -324,6 +395,9 @@ impl Config {
         }
         if let Some(v) = lookup("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS") {
             media.max_concurrent_thumbnails = number("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_RETENTION_DAYS") {
+            media.retention_days = number("MYELIN_MEDIA_RETENTION_DAYS", &v)?;
         }
         if let Some(v) = lookup("MYELIN_MEDIA_UNAUTHENTICATED_MEDIA_BEFORE_MS") {
             media.unauthenticated_media_before_ms =
@@ -391,7 +465,8 @@ impl Config {
         Ok(())
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Checks values no type can: names, URLs, ranges, keys that go together.
+    pub fn validate(&self) -> anyhow::Result<()> {
         ruma::ServerName::parse(&self.server_name)
             .map_err(|e| anyhow::anyhow!("server_name {:?} is invalid: {e}", self.server_name))?;
         if self.rtc.livekit_api_key.is_empty() != self.rtc.livekit_api_secret.is_empty() {
@@ -539,6 +614,88 @@ mod tests {
             .is_err());
         c.rtc.livekit_api_key = "key".into();
         assert!(c.validate().is_err(), "key without secret");
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_defaults_file_nested_env_then_historical_env() {
+        let file = "server_name = \"file.example\"\n[rtc]\nlivekit_url = \"ws://file:1\"\ntoken_ttl_secs = 60\n";
+        let c = Config::layered(
+            Some(file),
+            &vars(&[
+                ("MYELIN_RTC__LIVEKIT_URL", "wss://nested.example"),
+                ("MYELIN_RATE_LIMITS__SEND__BURST", "7"),
+                ("MYELIN_METRICS__LISTEN", "127.0.0.1:9090"),
+                ("MYELIN_RTC__LIVEKIT_API_KEY", "12345"),
+                ("MYELIN_RTC__LIVEKIT_API_SECRET", "true"),
+                ("MYELIN_LOG__FORMAT", "json"),
+                ("MYELIN_REGISTRATION_MODE", "open"),
+                ("MYELIN_SFU_LISTEN", "127.0.0.1:1"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server_name, "file.example", "file over defaults");
+        assert_eq!(c.rtc.livekit_url, "wss://nested.example", "env over file");
+        assert_eq!(c.rtc.token_ttl_secs, 60, "file kept where env is silent");
+        assert_eq!(c.rate_limits.send.burst, 7);
+        assert_eq!(
+            c.rate_limits.send.per_second, 5.0,
+            "sibling keys keep defaults"
+        );
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.rtc.livekit_api_key, "12345", "digits stay a string");
+        assert_eq!(c.rtc.livekit_api_secret, "true");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.registration.mode, RegistrationMode::Open);
+        // The historical names win over the nested ones (they are applied last).
+        let c = Config::layered(
+            None,
+            &vars(&[
+                ("MYELIN_RTC__LIVEKIT_URL", "ws://nested:1"),
+                ("MYELIN_RTC_LIVEKIT_URL", "ws://historical:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.rtc.livekit_url, "ws://historical:1");
+    }
+
+    #[test]
+    fn layering_rejects_unknown_keys_and_bad_values() {
+        let err =
+            Config::layered(None, &vars(&[("MYELIN_RTC__LIVEKIT_URLL", "ws://x:1")])).unwrap_err();
+        assert!(format!("{err:#}").contains("livekit_urll"), "{err:#}");
+        let err = Config::layered(Some("[registration]\nmode = \"sometimes\"\n"), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("sometimes"), "{err:#}");
+        let err = Config::layered(None, &vars(&[("MYELIN_LISTEN__", "x")])).unwrap_err();
+        assert!(!format!("{err:#}").is_empty());
+        assert!(Config::layered(None, &vars(&[("MYELIN_METRICS_LISTEN", "nowhere")])).is_err());
+    }
+
+    #[test]
+    fn generated_default_parses_back_to_the_defaults() {
+        let c = Config::layered(Some(DEFAULT_TOML), &[]).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::to_value(&d).unwrap()
+        );
+    }
+
+    #[test]
+    fn warns_when_public_base_url_is_unset_on_a_public_listen() {
+        let mut c = Config::default();
+        assert!(c.warnings().is_empty(), "loopback needs no base URL");
+        c.listen = "0.0.0.0:8008".parse().unwrap();
+        assert!(c.warnings()[0].contains("public_base_url"));
+        c.public_base_url = "https://matrix.example.org".into();
+        assert!(c.warnings().is_empty());
     }
 
     #[test]

@@ -2,11 +2,13 @@
 
 pub mod api;
 pub mod appservice;
+pub mod backup;
 pub mod config;
 pub mod e2ee;
 pub mod error;
 pub mod events;
 pub mod media;
+pub mod metrics;
 pub mod pipeline;
 pub mod purge;
 pub mod push;

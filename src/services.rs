@@ -197,6 +197,7 @@ impl Services {
         self.pipeline.start();
         self.push.start_delivery();
         self.rtc.start_delayed_events();
+        self.media.start_retention();
         let purge = self.purge.clone();
         tokio::spawn(async move {
             if let Err(e) = purge.resume().await {

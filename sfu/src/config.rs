@@ -23,6 +23,9 @@ pub struct Config {
     pub room: RoomConfig,
     /// The internal admin API (server-side mute).
     pub internal: InternalConfig,
+    /// Where the standalone `myelin-sfu` answers `GET /metrics` (Prometheus); unset = no
+    /// metrics listener. The embedded SFU reports through `myelin serve`'s metrics.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Media transport settings.
@@ -68,6 +71,7 @@ impl Default for Config {
             rtc: RtcConfig::default(),
             room: RoomConfig::default(),
             internal: InternalConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -175,6 +179,13 @@ impl Config {
         }
         if let Some(v) = lookup("MYELIN_SFU_EMPTY_TIMEOUT_SECS") {
             self.room.empty_timeout_secs = parse("MYELIN_SFU_EMPTY_TIMEOUT_SECS", v)?;
+        }
+        if let Some(v) = lookup("MYELIN_SFU_METRICS_LISTEN") {
+            self.metrics_listen = if v.trim().is_empty() {
+                None
+            } else {
+                Some(parse("MYELIN_SFU_METRICS_LISTEN", v)?)
+            };
         }
         if let Some(v) = lookup("MYELIN_SFU_INTERNAL_SECRET") {
             self.internal.secret = Some(v).filter(|s| !s.is_empty());

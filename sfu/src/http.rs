@@ -17,8 +17,10 @@
 //!   reconnecting (reason `ROOM_DELETED`) and closes the room. Answers
 //!   `{"disconnected": [identity…]}`; 404 for no such room.
 //! * `GET /internal/rooms` answers `{"rooms": [{"name", "participants": [identity…]}]}`.
-//! * `GET /internal/metrics` answers Prometheus text (rooms, participants, tracks, RTP
-//!   packets/bytes in and out, relayed data packets).
+//!
+//! Metrics (rooms, participants, tracks, RTP packets/bytes in and out, relayed data
+//! packets) go to the process's Prometheus recorder: `myelin serve`'s `/metrics` for the
+//! embedded SFU, [`metrics_app`] on `metrics_listen` for the standalone one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,7 +65,6 @@ pub fn app(sfu: Arc<Sfu>) -> Router {
         .route("/internal/mute_all_audio", post(mute_all_audio))
         .route("/internal/close_room", post(close_room))
         .route("/internal/rooms", get(rooms))
-        .route("/internal/metrics", get(metrics))
         .route("/", get(|| async { "OK" }))
         .with_state(sfu)
 }
@@ -295,21 +296,6 @@ async fn close_room(
     }
 }
 
-/// `GET /internal/metrics` — Prometheus text format.
-async fn metrics(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
-    if let Some(r) = refusal(&sfu, &headers) {
-        return r;
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        sfu.metrics.render(sfu.gauges()),
-    )
-        .into_response()
-}
-
 /// `GET /internal/rooms`
 async fn rooms(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
     if let Some(r) = refusal(&sfu, &headers) {
@@ -322,4 +308,27 @@ async fn rooms(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
         .map(|room| json!({"name": room.name, "participants": room.identities()}))
         .collect();
     Json(json!({"rooms": rooms})).into_response()
+}
+
+/// The standalone SFU's metrics listener: `GET /metrics` in Prometheus text, with the
+/// room gauges taken at scrape time.
+pub fn metrics_app(sfu: Arc<Sfu>, handle: metrics_exporter_prometheus::PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let (sfu, handle) = (sfu.clone(), handle.clone());
+            async move {
+                sfu.gauges().publish();
+                handle.run_upkeep();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    handle.render(),
+                )
+                    .into_response()
+            }
+        }),
+    )
 }

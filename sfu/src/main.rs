@@ -34,7 +34,23 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = myelin_sfu::Config::load(cli.config.as_deref())?;
     let listen = config.listen;
+    let metrics_listen = config.metrics_listen;
+    // The recorder first: the SFU's counters bind to it when it is built.
+    let metrics = match metrics_listen {
+        Some(_) => Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?),
+        None => None,
+    };
     let sfu = myelin_sfu::Sfu::new(config)?;
+    if let (Some(addr), Some(handle)) = (metrics_listen, metrics) {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "myelin-sfu metrics listening");
+        let app = myelin_sfu::http::metrics_app(sfu.clone(), handle);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics listener stopped");
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, "myelin-sfu listening");
     tokio::select! {

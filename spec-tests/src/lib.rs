@@ -247,6 +247,29 @@ impl TestServer {
         Ok(())
     }
 
+    /// Sends SIGTERM and waits (up to 30 s, then SIGKILL and an error) for the server to
+    /// exit; returns its exit status and how long it took after the signal.
+    pub async fn terminate(&mut self) -> Result<(std::process::ExitStatus, Duration)> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the server is not running");
+        };
+        let pid = child.id().to_string();
+        let signalled = Instant::now();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = signalled + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok((status, signalled.elapsed()));
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("server still running 30 s after SIGTERM:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts the server again on the same port and data dir.
     pub async fn restart(&mut self) -> Result<()> {
         self.stop().await?;

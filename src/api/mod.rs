@@ -5,6 +5,10 @@ mod admin;
 pub mod client;
 pub mod client_ip;
 mod guest;
+mod health;
+mod media_admin;
+pub mod metrics;
+mod ops_backup;
 mod rtc_service;
 pub mod ruma;
 pub mod serve;
@@ -34,11 +38,19 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_methods(Any)
         .allow_headers(Any);
     let routes = admin::routes(rtc_service::routes(server_keys::routes(client::routes())));
+    let routes = media_admin::routes(ops_backup::routes(health::routes(routes)));
     #[cfg(feature = "test-hooks")]
     let routes = test_hooks::routes(routes);
-    routes
+    let routes = routes
         .fallback(unrecognized)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    // Counted per matched route only when metrics are on (the recorder is installed).
+    let routes = if services.config.metrics.listen.is_some() {
+        routes.layer(axum::middleware::from_fn(metrics::track_requests))
+    } else {
+        routes
+    };
+    routes
         .layer(cors)
         // A panic is our bug: the client still gets a Matrix error, not a dropped
         // connection (the panic itself is logged by the panic hook and here).

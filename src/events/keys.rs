@@ -18,7 +18,7 @@ const PKCS8_ED25519_PREFIX: [u8; 16] = [
 ];
 
 /// Name of the key file inside the data dir.
-const KEY_FILE: &str = "signing.key";
+pub const KEY_FILE: &str = "signing.key";
 
 /// The server's signing key pair.
 pub struct ServerKeys {

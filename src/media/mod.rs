@@ -9,6 +9,7 @@
 //! says they are within `media.max_thumbnail_pixels`. Media created after the
 //! `media.unauthenticated_media_before_ms` cut-off is served only as authenticated media.
 
+mod retention;
 mod thumbnail;
 
 use std::{

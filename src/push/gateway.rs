@@ -166,7 +166,9 @@ impl Gateway {
         if job.url.is_empty() {
             return;
         }
-        let _ = self.tx.send(job);
+        if self.tx.send(job).is_ok() {
+            metrics::gauge!(crate::metrics::PUSH_QUEUE).increment(1.0);
+        }
     }
 
     /// Starts the delivery task (once; later calls do nothing).
@@ -197,11 +199,15 @@ impl Gateway {
                 // not resolved, so the resolver alone would not see them).
                 if let Err(e) = check_url(&job.url, &policy) {
                     tracing::warn!(app_id = %job.app_id, error = %e, "push gateway address refused");
+                    metrics::gauge!(crate::metrics::PUSH_QUEUE).decrement(1.0);
                     continue;
                 }
                 let client = client.clone();
                 let on_rejected = on_rejected.clone();
-                tokio::spawn(async move { deliver(&client, job, &**on_rejected).await });
+                tokio::spawn(async move {
+                    deliver(&client, job, &**on_rejected).await;
+                    metrics::gauge!(crate::metrics::PUSH_QUEUE).decrement(1.0);
+                });
             }
         });
     }

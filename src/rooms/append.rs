@@ -280,6 +280,7 @@ impl RoomsService {
                 }
             }
             self.storage.commit(batch)?;
+            metrics::counter!(crate::metrics::EVENTS_APPENDED).increment(1);
             if let Some((user, m)) = &membership {
                 self.members.set_user_room(user, room_id, *m, pos);
             }

@@ -54,6 +54,7 @@ impl GroupCommit {
                     let Some(engine) = engine.upgrade() else {
                         return;
                     };
+                    let started = std::time::Instant::now();
                     let result = tokio::task::spawn_blocking(move || {
                         // Tests hold every flush here (`pause`) to see what readers see
                         // of writes that are not yet durable.
@@ -63,6 +64,8 @@ impl GroupCommit {
                     .await
                     .map_err(|e| Error::internal(e.to_string()))
                     .and_then(|r| r);
+                    metrics::histogram!(crate::metrics::STORAGE_FLUSH_DURATION)
+                        .record(started.elapsed().as_secs_f64());
                     let failure = result.err().map(|e| {
                         tracing::error!(error = %e, "storage flush failed");
                         e.to_string()

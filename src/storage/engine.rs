@@ -40,6 +40,9 @@ pub trait Engine: Send + Sync + 'static {
     fn apply(&self, batch: RawBatch) -> Result<()>;
     /// Makes everything applied so far durable (fsync).
     fn flush(&self) -> Result<()>;
+    /// Calls `visit` with every pair in key order while no batch is applied: a consistent
+    /// point-in-time view (online backup). Writers wait until it returns.
+    fn snapshot(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
     /// Atomically replaces `key`'s value if it is `old`; returns whether it did.
     fn compare_and_swap(
         &self,

@@ -58,6 +58,14 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    fn snapshot(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let map = self.map.read().map_err(poisoned)?;
+        for (k, v) in map.iter() {
+            visit(k, v)?;
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         Ok(())
     }

@@ -7,6 +7,7 @@ mod engine;
 pub mod keys;
 mod memory;
 mod sled_engine;
+mod snapshot;
 mod trees;
 
 use std::{ops::Bound, path::Path, sync::Arc};
@@ -256,6 +257,15 @@ impl Storage {
     pub async fn commit_durable(&self, batch: Batch) -> Result<()> {
         self.commit(batch)?;
         self.durable().await
+    }
+
+    /// Checks that the database answers a read (health checks).
+    pub fn check_readable(&self) -> Result<()> {
+        self.trees
+            .meta
+            .get(b"format_version")?
+            .map(|_| ())
+            .ok_or_else(|| crate::Error::Storage("the format version record is missing".into()))
     }
 
     /// How many entries of each tree hold `needle` in their key or value (trees without

@@ -1,7 +1,7 @@
 //! The sled implementation of [`Engine`]: one sled tree holds every logical tree, each
 //! under its own prefix byte, so a batch over several logical trees is one atomic sled batch.
 
-use std::{ops::Bound, path::Path};
+use std::{ops::Bound, path::Path, sync::RwLock};
 
 use super::engine::{Engine, KvIter, RawBatch};
 use crate::{Error, Result};
@@ -10,6 +10,9 @@ use crate::{Error, Result};
 pub struct SledEngine {
     db: sled::Db,
     tree: sled::Tree,
+    /// Writes share it; a snapshot takes it alone, so it sees no batch half-applied (sled
+    /// iterators are not snapshots).
+    gate: RwLock<()>,
 }
 
 impl SledEngine {
@@ -22,7 +25,11 @@ impl SledEngine {
             .flush_every_ms(None)
             .open()?;
         let tree = db.open_tree("myelin")?;
-        Ok(SledEngine { db, tree })
+        Ok(SledEngine {
+            db,
+            tree,
+            gate: RwLock::new(()),
+        })
     }
 }
 
@@ -57,7 +64,17 @@ impl Engine for SledEngine {
                 None => b.remove(k),
             }
         }
+        let _writing = self.gate.read().unwrap_or_else(|e| e.into_inner());
         self.tree.apply_batch(b)?;
+        Ok(())
+    }
+
+    fn snapshot(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        let _alone = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        for pair in self.tree.iter() {
+            let (k, v) = pair?;
+            visit(&k, &v)?;
+        }
         Ok(())
     }
 
@@ -72,6 +89,7 @@ impl Engine for SledEngine {
         old: Option<&[u8]>,
         new: Option<Vec<u8>>,
     ) -> Result<bool> {
+        let _writing = self.gate.read().unwrap_or_else(|e| e.into_inner());
         Ok(self.tree.compare_and_swap(key, old, new)?.is_ok())
     }
 }

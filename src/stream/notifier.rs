@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
     },
 };
@@ -19,6 +19,8 @@ pub struct Notifier {
     /// Long-polls parked right now, per user (for tests and metrics).
     parked: Mutex<HashMap<OwnedUserId, usize>>,
     parked_total: AtomicUsize,
+    /// Set at shutdown: long-polls answer at once instead of waiting.
+    closing: AtomicBool,
 }
 
 /// Counts a parked long-poll while it lives (see [`Notifier::park`]).
@@ -70,6 +72,20 @@ impl Notifier {
     /// Wakes one user.
     pub fn notify_user(&self, user: &UserId) {
         self.notify(std::iter::once(user));
+    }
+
+    /// Shutdown: wakes every waiting sync and makes later ones answer without waiting.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for n in map.values() {
+            n.notify_waiters();
+        }
+    }
+
+    /// Whether the server is shutting down (long-polls must not wait).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Marks a long-poll of `user` as parked (waiting for a wake-up, nothing to send yet)

@@ -198,7 +198,10 @@ impl SyncService {
             notified.as_mut().enable();
             // A client that is up to date on every stream has nothing new: wait without
             // building (the common case of a long-poll right after a delivery).
-            if since.is_some_and(|s| s == self.current_token()) && !req.full_state {
+            // At shutdown nothing waits: the client gets what there is and syncs again
+            // against the restarted server.
+            let closing = self.notifier.is_closing();
+            if since.is_some_and(|s| s == self.current_token()) && !req.full_state && !closing {
                 let _parked = self.notifier.park(user);
                 tokio::select! {
                     _ = &mut notified => continue,
@@ -206,7 +209,7 @@ impl SyncService {
                 }
             }
             let (response, changed) = self.build(session, since, &filter, req.full_state)?;
-            if changed || since.is_none() || req.full_state {
+            if changed || since.is_none() || req.full_state || closing {
                 return Ok(response);
             }
             let _parked = self.notifier.park(user);

@@ -35,11 +35,26 @@ pub async fn start_sfu_with_handle() -> (SocketAddr, Arc<Sfu>) {
     config.room.empty_timeout_secs = 1;
     config.internal.secret = Some(ADMIN.to_owned());
     config.validate().unwrap();
+    // The recorder before the SFU: its counters bind to the recorder when built.
+    metrics_handle();
     let sfu = Sfu::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(myelin_sfu::serve(sfu.clone(), listener));
     (addr, sfu)
+}
+
+/// The test process's Prometheus recorder, installed once (the SFU records into it).
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("the only recorder of this test process")
+        })
+        .clone()
 }
 
 pub fn token(identity: &str, room: &str) -> String {
