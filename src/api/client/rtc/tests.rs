@@ -240,20 +240,31 @@ async fn token_endpoints_answer_cors_preflight() {
     }
 }
 
-#[tokio::test]
-async fn delayed_state_over_http() {
-    let app = app();
-    let token = register_user(&app, "alice").await;
-    let room = create_room(&app, &token).await;
-    let key = "_@alice:localhost_D_m.call";
-    let path = format!(
-        "/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{key}?org.matrix.msc4140.delay=60000"
-    );
-    let (status, body) = call(&app, "PUT", &path, Some(&token), Some(json!({}))).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let delay_id = body["delay_id"].as_str().unwrap().to_owned();
-    assert!(body.get("event_id").is_none());
+const CALL_MEMBER_KEY: &str = "_@alice:localhost_D_m.call";
 
+/// Registers alice, creates a room and schedules her call membership in 60 s; returns
+/// `(token, room, delay_id)`.
+async fn scheduled_call_member(app: &Router) -> (String, String, String) {
+    let token = register_user(app, "alice").await;
+    let room = create_room(app, &token).await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{CALL_MEMBER_KEY}?org.matrix.msc4140.delay=60000"
+    );
+    let (status, body) = call(app, "PUT", &path, Some(&token), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("event_id").is_none(), "{body}");
+    let delay_id = body["delay_id"].as_str().unwrap().to_owned();
+    (token, room, delay_id)
+}
+
+fn update_path(delay_id: &str) -> String {
+    format!("/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{delay_id}")
+}
+
+#[tokio::test]
+async fn delayed_state_is_scheduled_and_listed() {
+    let app = app();
+    let (token, _, delay_id) = scheduled_call_member(&app).await;
     let (status, body) = call(
         &app,
         "GET",
@@ -267,9 +278,14 @@ async fn delayed_state_over_http() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["delay_id"], delay_id.as_str());
     assert_eq!(list[0]["delay"], 60000);
-    assert_eq!(list[0]["state_key"], key);
+    assert_eq!(list[0]["state_key"], CALL_MEMBER_KEY);
+}
 
-    let update = format!("/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{delay_id}");
+#[tokio::test]
+async fn delayed_event_restarts_and_refuses_unknown_actions() {
+    let app = app();
+    let (token, _, delay_id) = scheduled_call_member(&app).await;
+    let update = update_path(&delay_id);
     let (status, body) = call(
         &app,
         "POST",
@@ -288,6 +304,13 @@ async fn delayed_state_over_http() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn delayed_event_sent_by_its_id_without_a_token_is_then_gone() {
+    let app = app();
+    let (token, room, delay_id) = scheduled_call_member(&app).await;
+    let update = update_path(&delay_id);
     let (status, _) = call(
         &app,
         "POST",
@@ -309,7 +332,9 @@ async fn delayed_state_over_http() {
     let (status, body) = call(
         &app,
         "GET",
-        &format!("/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{key}"),
+        &format!(
+            "/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{CALL_MEMBER_KEY}"
+        ),
         Some(&token),
         None,
     )
@@ -327,8 +352,13 @@ async fn delayed_state_over_http() {
         (status, body["errcode"].as_str()),
         (StatusCode::NOT_FOUND, Some("M_NOT_FOUND"))
     );
+}
 
-    // A delayed message, and a bad delay.
+#[tokio::test]
+async fn delayed_message_is_scheduled_and_a_negative_delay_refused() {
+    let app = app();
+    let token = register_user(&app, "alice").await;
+    let room = create_room(&app, &token).await;
     let (status, body) = call(
         &app,
         "PUT",
