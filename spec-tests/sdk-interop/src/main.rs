@@ -275,10 +275,20 @@ async fn run(base: &str, media: bool) -> Result<()> {
     // Encrypted DM (matrix-sdk's create_dm turns encryption on).
     let dm = alice.create_dm(&bob_id).await.context("create_dm")?;
     let dm_id = dm.room_id().to_owned();
-    ensure!(
-        dm.latest_encryption_state().await?.is_encrypted(),
-        "DM is not encrypted"
-    );
+    // The SDK learns the encryption state from a sync that may still be running: wait for
+    // it (bounded) instead of reading the cached state once.
+    wait_for("the DM to be known as encrypted", || {
+        let dm = dm.clone();
+        async move {
+            Ok(dm
+                .latest_encryption_state()
+                .await?
+                .is_encrypted()
+                .then_some(()))
+        }
+    })
+    .await
+    .context("DM is not encrypted")?;
 
     let invited = wait_for("bob to see the invite", || {
         let bob = bob.clone();
