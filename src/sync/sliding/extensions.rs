@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::RoomConfig;
 use crate::{
-    e2ee::{DeviceListChanges, StreamPoint},
+    e2ee::StreamPoint,
     push::PUSH_RULES_TYPE,
     sync::{SyncService, SyncToken},
     users::Session,
@@ -68,33 +68,20 @@ impl SyncService {
             );
         }
         if enabled("e2ee") {
-            let counts = self.e2ee.key_counts(user, device)?;
-            let (lists, counts_changed) = match since {
-                Some(s) => {
-                    let from = StreamPoint {
-                        timeline: s.timeline,
-                        e2ee: s.e2ee,
-                    };
-                    let to = StreamPoint {
-                        timeline: now.timeline,
-                        e2ee: now.e2ee,
-                    };
-                    (
-                        self.e2ee.device_list_changes(user, from, to)?,
-                        counts.changed_at > s.e2ee,
-                    )
-                }
-                None => (DeviceListChanges::default(), false),
-            };
-            changed |= !lists.is_empty() || counts_changed;
-            out.insert(
-                "e2ee".into(),
-                json!({
-                    "device_lists": { "changed": lists.changed, "left": lists.left },
-                    "device_one_time_keys_count": counts.one_time,
-                    "device_unused_fallback_key_types": counts.unused_fallback,
-                }),
-            );
+            let between = since.map(|s| {
+                let from = StreamPoint {
+                    timeline: s.timeline,
+                    e2ee: s.e2ee,
+                };
+                let to = StreamPoint {
+                    timeline: now.timeline,
+                    e2ee: now.e2ee,
+                };
+                (from, to)
+            });
+            let keys = self.device_keys(user, device, between)?;
+            changed |= keys.changed;
+            out.insert("e2ee".into(), Value::Object(keys.fields(false)));
         }
 
         if enabled("account_data") {
