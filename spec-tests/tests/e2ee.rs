@@ -3,7 +3,7 @@
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use spec_tests::{enc, Client, TestServer};
+use spec_tests::{enc, next_batch, Client, TestServer};
 
 fn device_keys(c: &Client) -> Value {
     json!({
@@ -90,7 +90,7 @@ async fn keys_claim_query_and_counts() -> anyhow::Result<()> {
     );
     assert_eq!(s["device_unused_fallback_key_types"], json!([]));
     // 4-part sync tokens
-    assert_eq!(s["next_batch"].as_str().unwrap().split('_').count(), 4);
+    assert_eq!(next_batch(&s).split('_').count(), 4);
     Ok(())
 }
 
@@ -100,10 +100,7 @@ async fn to_device_and_device_lists() -> anyhow::Result<()> {
     let alice = server.register("alice").await?;
     let bob = server.register("bob").await?;
     let room = alice.create_room(json!({"preset": "public_chat"})).await?;
-    let since = alice.sync("timeout=0").await?["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let since = next_batch(&alice.sync("timeout=0").await?);
     bob.join(&room).await?;
     bob.post("/keys/upload", json!({"device_keys": device_keys(&bob)}))
         .await?
@@ -121,7 +118,7 @@ async fn to_device_and_device_lists() -> anyhow::Result<()> {
         .get(&format!(
             "/keys/changes?from={}&to={}",
             enc(&since),
-            enc(s["next_batch"].as_str().unwrap())
+            enc(&next_batch(&s))
         ))
         .await?
         .ok()?;
@@ -132,10 +129,7 @@ async fn to_device_and_device_lists() -> anyhow::Result<()> {
         .any(|u| u == bob.user_id.as_str()));
 
     // to-device: idempotent per txn, delivered once, acknowledged by the next since
-    let bob_since = bob.sync("timeout=0").await?["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let bob_since = next_batch(&bob.sync("timeout=0").await?);
     let msg =
         json!({"messages": {(bob.user_id.clone()): {(bob.device_id.clone()): {"hello": "bob"}}}});
     alice
@@ -160,7 +154,7 @@ async fn to_device_and_device_lists() -> anyhow::Result<()> {
         1,
         "redelivered until acknowledged"
     );
-    let next = s["next_batch"].as_str().unwrap();
+    let next = next_batch(&s);
     let after = bob.sync(&format!("since={next}&timeout=0")).await?;
     assert!(after["to_device"]["events"].as_array().unwrap().is_empty());
 
