@@ -214,7 +214,7 @@ mod tests {
     use crate::api::client::account::tests::{app, call, register_user};
 
     #[tokio::test]
-    async fn account_data_tags_and_forbidden_types() {
+    async fn global_account_data_is_missing_then_stored() {
         let app = app();
         let token = register_user(&app, "alice").await;
         let base = "/_matrix/client/v3/user/@alice:localhost";
@@ -248,7 +248,13 @@ mod tests {
         )
         .await;
         assert_eq!(body, json!({"@b:x": ["!r:x"]}));
+    }
 
+    #[tokio::test]
+    async fn server_managed_types_and_other_users_data_are_refused() {
+        let app = app();
+        let token = register_user(&app, "alice").await;
+        let base = "/_matrix/client/v3/user/@alice:localhost";
         let (status, body) = call(
             &app,
             "PUT",
@@ -279,7 +285,13 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::FORBIDDEN);
+    }
 
+    #[tokio::test]
+    async fn tags_are_set_listed_and_deleted() {
+        let app = app();
+        let token = register_user(&app, "alice").await;
+        let base = "/_matrix/client/v3/user/@alice:localhost";
         let tags = format!("{base}/rooms/!r:localhost/tags");
         assert_eq!(
             call(
