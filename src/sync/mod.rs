@@ -2,6 +2,7 @@
 //! is `s{timeline}_{ephemeral}_{userdata}_{e2ee}`: one position per stream (tokens with
 //! fewer parts, from older servers, read the missing ones as 0).
 
+mod e2ee;
 mod lazy;
 pub mod sliding;
 
@@ -15,7 +16,7 @@ use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
-    e2ee::{DeviceListChanges, E2eeService, StreamPoint},
+    e2ee::{E2eeService, StreamPoint},
     events::Pdu,
     push::{PushService, PUSH_RULES_TYPE},
     rooms::{Direction, EventFilter, Membership, RoomsService, Token},
@@ -70,9 +71,7 @@ struct E2eeSections {
     /// Whether any of them is news for the client.
     changed: bool,
     to_device: Vec<Value>,
-    device_lists: DeviceListChanges,
-    one_time_key_counts: BTreeMap<String, u64>,
-    unused_fallback_key_types: Vec<String>,
+    device_keys: e2ee::DeviceKeys,
     /// The token to hand out (stops early when to-device messages are left over).
     next: SyncToken,
 }
@@ -355,17 +354,16 @@ impl SyncService {
             || !presence.is_empty()
             || !account_data.is_empty()
             || e2ee.changed;
-        let response = json!({
+        let mut response = json!({
             "next_batch": e2ee.next.to_string(),
             "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
             "presence": { "events": presence },
             "account_data": { "events": account_data },
             "to_device": { "events": e2ee.to_device },
-            "device_lists": { "changed": e2ee.device_lists.changed, "left": e2ee.device_lists.left },
-            "device_one_time_keys_count": e2ee.one_time_key_counts,
-            "device_unused_fallback_key_types": e2ee.unused_fallback_key_types,
-            "org.matrix.msc2732.device_unused_fallback_key_types": e2ee.unused_fallback_key_types,
         });
+        if let Some(fields) = response.as_object_mut() {
+            fields.extend(e2ee.device_keys.fields(true));
+        }
         Ok((response, changed))
     }
 
@@ -396,30 +394,22 @@ impl SyncService {
         if let Some(pos) = to_device.limited_at {
             next.e2ee = pos;
         }
-        let counts = self.e2ee.key_counts(user, device)?;
-        let (device_lists, counts_changed) = match since {
-            Some(s) => {
-                let from = StreamPoint {
-                    timeline: s.timeline,
-                    e2ee: since_e2ee.unwrap_or(0),
-                };
-                let to = StreamPoint {
-                    timeline: now.timeline,
-                    e2ee: next.e2ee,
-                };
-                (
-                    self.e2ee.device_list_changes(user, from, to)?,
-                    counts.changed_at > from.e2ee,
-                )
-            }
-            None => (DeviceListChanges::default(), false),
-        };
+        let between = since.map(|s| {
+            let from = StreamPoint {
+                timeline: s.timeline,
+                e2ee: since_e2ee.unwrap_or(0),
+            };
+            let to = StreamPoint {
+                timeline: now.timeline,
+                e2ee: next.e2ee,
+            };
+            (from, to)
+        });
+        let device_keys = self.device_keys(user, device, between)?;
         Ok(E2eeSections {
-            changed: !to_device.events.is_empty() || !device_lists.is_empty() || counts_changed,
+            changed: !to_device.events.is_empty() || device_keys.changed,
             to_device: to_device.events,
-            device_lists,
-            one_time_key_counts: counts.one_time,
-            unused_fallback_key_types: counts.unused_fallback,
+            device_keys,
             next,
         })
     }

@@ -1,0 +1,158 @@
+//! The extensions of a sliding sync response: to-device, e2ee, account data, receipts and
+//! typing.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ruma::OwnedRoomId;
+use serde_json::{json, Map, Value};
+
+use super::RoomConfig;
+use crate::{
+    e2ee::StreamPoint,
+    push::PUSH_RULES_TYPE,
+    sync::{SyncService, SyncToken},
+    users::Session,
+    Error, Result,
+};
+
+impl SyncService {
+    /// Rooms an extension applies to: the `rooms`/`lists` it names, else every room of
+    /// the response's lists and subscriptions.
+    pub(super) fn extension_rooms<'a>(
+        ext: &Value,
+        configs: &'a BTreeMap<OwnedRoomId, RoomConfig>,
+    ) -> Vec<&'a OwnedRoomId> {
+        match ext["rooms"].as_array() {
+            Some(rooms) if !rooms.iter().any(|r| r == "*") => configs
+                .keys()
+                .filter(|id| rooms.iter().any(|r| r == id.as_str()))
+                .collect(),
+            _ => configs.keys().collect(),
+        }
+    }
+
+    /// The extensions of a response, and whether any carries news.
+    pub(super) fn sliding_extensions(
+        &self,
+        session: &Session,
+        body: &Value,
+        since: Option<SyncToken>,
+        now: SyncToken,
+        configs: &BTreeMap<OwnedRoomId, RoomConfig>,
+    ) -> Result<(Value, bool)> {
+        let (user, device) = (&session.user_id, &session.device_id);
+        let ext = &body["extensions"];
+        let mut out = Map::new();
+        let mut changed = false;
+        let enabled = |name: &str| ext[name]["enabled"] == true;
+
+        if enabled("to_device") {
+            // The extension has its own token: the client acknowledges messages by
+            // sending back the previous `next_batch` as `since`.
+            let since_td = match ext["to_device"]["since"].as_str() {
+                Some(t) => Some(
+                    t.parse::<u64>()
+                        .map_err(|_| Error::invalid_param("invalid to_device since"))?,
+                ),
+                None => None,
+            }
+            .filter(|&t| t <= now.e2ee);
+            let batch = self
+                .e2ee
+                .to_device_for_sync(user, device, since_td, now.e2ee)?;
+            let next = batch.limited_at.unwrap_or(now.e2ee);
+            changed |= !batch.events.is_empty();
+            out.insert(
+                "to_device".into(),
+                json!({ "next_batch": next.to_string(), "events": batch.events }),
+            );
+        }
+        if enabled("e2ee") {
+            let between = since.map(|s| {
+                let from = StreamPoint {
+                    timeline: s.timeline,
+                    e2ee: s.e2ee,
+                };
+                let to = StreamPoint {
+                    timeline: now.timeline,
+                    e2ee: now.e2ee,
+                };
+                (from, to)
+            });
+            let keys = self.device_keys(user, device, between)?;
+            changed |= keys.changed;
+            out.insert("e2ee".into(), Value::Object(keys.fields(false)));
+        }
+
+        if enabled("account_data") {
+            let (global, rooms) = self
+                .users
+                .account_data_since(user, since.map_or(0, |s| s.userdata))?;
+            let mut global: Vec<Value> = global
+                .into_iter()
+                .map(|(kind, content)| json!({ "type": kind, "content": content }))
+                .collect();
+            if since.is_none() && !global.iter().any(|e| e["type"] == PUSH_RULES_TYPE) {
+                global.push(
+                    json!({ "type": PUSH_RULES_TYPE, "content": self.push.rules_content(user)? }),
+                );
+            }
+            let wanted: HashSet<&str> = Self::extension_rooms(&ext["account_data"], configs)
+                .into_iter()
+                .map(|r| r.as_str())
+                .collect();
+            let mut per_room = Map::new();
+            for (room, data) in rooms {
+                if !wanted.contains(room.as_str()) {
+                    continue;
+                }
+                per_room.insert(
+                    room.to_string(),
+                    json!(data
+                        .iter()
+                        .map(|(k, c)| json!({ "type": k, "content": c }))
+                        .collect::<Vec<_>>()),
+                );
+            }
+            if !global.is_empty() || !per_room.is_empty() {
+                out.insert(
+                    "account_data".into(),
+                    json!({ "global": global, "rooms": per_room }),
+                );
+            }
+        }
+
+        let since_eph = since.map_or(0, |s| s.ephemeral);
+        if enabled("receipts") {
+            let mut rooms = Map::new();
+            for room_id in Self::extension_rooms(&ext["receipts"], configs) {
+                if let Some(content) = self.rooms.receipts_since(room_id, since_eph, user)? {
+                    rooms.insert(
+                        room_id.to_string(),
+                        json!({ "type": "m.receipt", "content": content }),
+                    );
+                }
+            }
+            if !rooms.is_empty() {
+                changed = true;
+                out.insert("receipts".into(), json!({ "rooms": rooms }));
+            }
+        }
+        if enabled("typing") {
+            let mut rooms = Map::new();
+            for room_id in Self::extension_rooms(&ext["typing"], configs) {
+                if let Some(typing) = self.rooms.typing_since(room_id, since_eph) {
+                    rooms.insert(
+                        room_id.to_string(),
+                        json!({ "type": "m.typing", "content": { "user_ids": typing } }),
+                    );
+                }
+            }
+            if !rooms.is_empty() {
+                changed = true;
+                out.insert("typing".into(), json!({ "rooms": rooms }));
+            }
+        }
+        Ok((Value::Object(out), changed))
+    }
+}
