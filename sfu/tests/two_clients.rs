@@ -1,6 +1,6 @@
 //! Two webrtc-rs clients in one room: one publishes a synthetic audio track and sends a
 //! data packet, the other must receive RTP and the relayed packet; then a server-side
-//! mute, room isolation, leave and a dropped socket.
+//! mute, room isolation, leave and a dropped socket — one behaviour per test.
 
 #![allow(deprecated)] // UserPacket identity fields: still sent by the SFU for older clients.
 
@@ -117,59 +117,32 @@ async fn http_endpoints() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audio_and_data_flow_between_two_clients() {
-    let (addr, sfu) = start_sfu_with_handle().await;
-    let mut alice = connect(addr, "@alice:localhost:A", "room1").await;
-    let server_info = alice.join.server_info.clone().unwrap();
-    assert!(!server_info.version.is_empty());
-    assert!(alice
-        .join
-        .participant
-        .as_ref()
-        .unwrap()
-        .sid
-        .starts_with("PA_"));
-    assert!(alice.join.other_participants.is_empty());
-    let alice_sid = alice.join.participant.as_ref().unwrap().sid.clone();
+/// Alice and Bob in `room1`; Alice publishes a synthetic Opus track (loud speech, a
+/// packet every 20 ms) and opens her data channel.
+struct Call {
+    alice: Client,
+    bob: Client,
+    alice_sid: String,
+    track_sid: String,
+    data: Arc<webrtc::data_channel::RTCDataChannel>,
+    data_open: mpsc::UnboundedReceiver<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
 
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+async fn call_in_room1(addr: std::net::SocketAddr) -> Call {
+    let mut alice = connect(addr, "@alice:localhost:A", "room1").await;
+    let alice_sid = alice.join.participant.as_ref().unwrap().sid.clone();
     let mut bob = connect(addr, "@bob:localhost:B", "room1").await;
-    assert_eq!(bob.join.other_participants.len(), 1);
-    assert_eq!(
-        bob.join.other_participants[0].identity,
-        "@alice:localhost:A"
-    );
-    // Alice learns of Bob.
     alice
         .wait_for("bob's join", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@bob:localhost:B")))
         .await.unwrap();
 
-    // Someone in another room never hears of either.
-    let mut carol = connect(addr, "@carol:localhost:C", "room2").await;
-    assert!(carol.join.other_participants.is_empty());
-
-    // Pings, old and new style.
-    alice.send.send(Req::Ping(42)).unwrap();
-    alice
-        .wait_for("pong", |e| matches!(e, Event::Signal(Resp::Pong(_))))
-        .await
-        .unwrap();
-    alice
-        .send
-        .send(Req::PingReq(proto::Ping {
-            timestamp: 7,
-            rtt: 0,
-        }))
-        .unwrap();
-    alice
-        .wait_for(
-            "pong_resp",
-            |e| matches!(e, Event::Signal(Resp::PongResp(p)) if p.last_ping_timestamp == 7),
-        )
-        .await
-        .unwrap();
-
-    // Alice publishes audio and opens her data channel.
     let track = Arc::new(TrackLocalStaticRTP::new(
         RTCRtpCodecCapability {
             mime_type: "audio/opus".into(),
@@ -181,7 +154,7 @@ async fn audio_and_data_flow_between_two_clients() {
         "stream-a".into(),
     ));
     alice.publisher.add_track(track.clone()).await.unwrap();
-    let dc = alice
+    let data = alice
         .publisher
         .create_data_channel("_reliable", None)
         .await
@@ -210,12 +183,11 @@ async fn audio_and_data_flow_between_two_clients() {
     assert!(track_sid.starts_with("TR_"));
     alice.negotiate_publisher().await.unwrap();
 
-    let (open_tx, mut open_rx) = mpsc::unbounded_channel::<()>();
-    dc.on_open(Box::new(move || {
+    let (open_tx, data_open) = mpsc::unbounded_channel::<()>();
+    data.on_open(Box::new(move || {
         let _ = open_tx.send(());
         Box::pin(async {})
     }));
-    // Synthetic Opus packets every 20 ms.
     let writer = tokio::spawn(async move {
         let mut packet = webrtc::rtp::packet::Packet::default();
         packet.header.version = 2;
@@ -235,11 +207,117 @@ async fn audio_and_data_flow_between_two_clients() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+    Call {
+        alice,
+        bob,
+        alice_sid,
+        track_sid,
+        data,
+        data_open,
+        writer,
+    }
+}
 
-    // Bob learns of the track, then receives its media.
-    bob.wait_for("alice's track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid))))
+impl Call {
+    /// Bob learns of the track and receives `packets` RTP packets of it.
+    async fn bob_receives_media(&mut self, packets: usize) {
+        let track_sid = self.track_sid.clone();
+        self.bob
+            .wait_for("alice's track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid))))
+            .await
+            .unwrap();
+        self.bob_rtp(packets).await;
+    }
+
+    /// Bob receives `packets` more RTP packets.
+    async fn bob_rtp(&mut self, packets: usize) {
+        for _ in 0..packets {
+            self.bob
+                .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Alice sends "hello" on her data channel once it is open.
+    async fn alice_sends_data(&mut self) {
+        tokio::time::timeout(WAIT, self.data_open.recv())
+            .await
+            .unwrap();
+        let packet = proto::DataPacket {
+            kind: proto::data_packet::Kind::Reliable as i32,
+            value: Some(proto::data_packet::Value::User(proto::UserPacket {
+                payload: b"hello".to_vec(),
+                topic: Some("chat".into()),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        self.data
+            .send(&Bytes::from(packet.encode_to_vec()))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_announces_participants_to_each_other() {
+    let addr = start_sfu().await;
+    let mut alice = connect(addr, "@alice:localhost:A", "room1").await;
+    let server_info = alice.join.server_info.clone().unwrap();
+    assert!(!server_info.version.is_empty());
+    assert!(alice
+        .join
+        .participant
+        .as_ref()
+        .unwrap()
+        .sid
+        .starts_with("PA_"));
+    assert!(alice.join.other_participants.is_empty());
+
+    let bob = connect(addr, "@bob:localhost:B", "room1").await;
+    assert_eq!(bob.join.other_participants.len(), 1);
+    assert_eq!(
+        bob.join.other_participants[0].identity,
+        "@alice:localhost:A"
+    );
+    alice
+        .wait_for("bob's join", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@bob:localhost:B")))
         .await.unwrap();
-    let first = bob
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_answered_old_and_new_style() {
+    let addr = start_sfu().await;
+    let mut alice = connect(addr, "@alice:localhost:A", "room1").await;
+    alice.send.send(Req::Ping(42)).unwrap();
+    alice
+        .wait_for("pong", |e| matches!(e, Event::Signal(Resp::Pong(_))))
+        .await
+        .unwrap();
+    alice
+        .send
+        .send(Req::PingReq(proto::Ping {
+            timestamp: 7,
+            rtt: 0,
+        }))
+        .unwrap();
+    alice
+        .wait_for(
+            "pong_resp",
+            |e| matches!(e, Event::Signal(Resp::PongResp(p)) if p.last_ping_timestamp == 7),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_audio_reaches_the_subscriber_and_the_publisher_is_told() {
+    let addr = start_sfu().await;
+    let mut call = call_in_room1(addr).await;
+    call.bob_receives_media(0).await;
+    let first = call
+        .bob
         .wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
         .await
         .unwrap();
@@ -252,44 +330,44 @@ async fn audio_and_data_flow_between_two_clients() {
     else {
         unreachable!()
     };
-    assert_eq!(track_id, track_sid);
-    assert_eq!(stream_id, format!("{alice_sid}|{track_sid}"));
+    assert_eq!(track_id, call.track_sid);
+    assert_eq!(stream_id, format!("{}|{}", call.alice_sid, call.track_sid));
     assert_eq!(payload.as_ref(), &[0xf8, 0xff, 0xfe]);
-    // Alice is told that somebody subscribed to her track.
-    alice
+    let track_sid = call.track_sid.clone();
+    call.alice
         .wait_for(
             "track subscribed",
             |e| matches!(e, Event::Signal(Resp::TrackSubscribed(t)) if t.track_sid == track_sid),
         )
         .await
         .unwrap();
-    for _ in 0..10 {
-        bob.wait_for("rtp", |e| matches!(e, Event::Rtp { .. }))
-            .await
-            .unwrap();
-    }
+    call.bob_rtp(10).await;
+}
 
-    // Alice is speaking: Bob is told.
-    bob.wait_for("alice speaking", |e| {
-        matches!(e, Event::Signal(Resp::SpeakersChanged(c))
-            if c.speakers.iter().any(|s| s.sid == alice_sid && s.active && s.level > 0.2))
-    })
-    .await
-    .unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loud_publisher_is_announced_as_speaking() {
+    let addr = start_sfu().await;
+    let mut call = call_in_room1(addr).await;
+    call.bob_receives_media(1).await;
+    let alice_sid = call.alice_sid.clone();
+    call.bob
+        .wait_for("alice speaking", |e| {
+            matches!(e, Event::Signal(Resp::SpeakersChanged(c))
+                if c.speakers.iter().any(|s| s.sid == alice_sid && s.active && s.level > 0.2))
+        })
+        .await
+        .unwrap();
+}
 
-    // A data packet from Alice reaches Bob, stamped with her identity.
-    tokio::time::timeout(WAIT, open_rx.recv()).await.unwrap();
-    let packet = proto::DataPacket {
-        kind: proto::data_packet::Kind::Reliable as i32,
-        value: Some(proto::data_packet::Value::User(proto::UserPacket {
-            payload: b"hello".to_vec(),
-            topic: Some("chat".into()),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
-    dc.send(&Bytes::from(packet.encode_to_vec())).await.unwrap();
-    let got = bob
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_packets_are_relayed_stamped_with_the_sender() {
+    let addr = start_sfu().await;
+    let mut call = call_in_room1(addr).await;
+    // Bob's subscriber connection (which carries the data channels) is up once media flows.
+    call.bob_receives_media(1).await;
+    call.alice_sends_data().await;
+    let got = call
+        .bob
         .wait_for("data packet", |e| matches!(e, Event::Data(_)))
         .await
         .unwrap();
@@ -297,7 +375,7 @@ async fn audio_and_data_flow_between_two_clients() {
         unreachable!()
     };
     assert_eq!(got.participant_identity, "@alice:localhost:A");
-    assert_eq!(got.participant_sid, alice_sid);
+    assert_eq!(got.participant_sid, call.alice_sid);
     match got.value {
         Some(proto::data_packet::Value::User(user)) => {
             assert_eq!(user.payload, b"hello");
@@ -305,8 +383,18 @@ async fn audio_and_data_flow_between_two_clients() {
         }
         other => panic!("unexpected data value {other:?}"),
     }
+}
 
-    // Metrics show the forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_forwarded_media_and_data() {
+    let (addr, sfu) = start_sfu_with_handle().await;
+    let mut call = call_in_room1(addr).await;
+    call.bob_receives_media(10).await;
+    call.alice_sends_data().await;
+    call.bob
+        .wait_for("data packet", |e| matches!(e, Event::Data(_)))
+        .await
+        .unwrap();
     sfu.gauges().publish();
     let metrics = metrics_handle().render();
     let value = |name: &str| -> u64 {
@@ -319,23 +407,42 @@ async fn audio_and_data_flow_between_two_clients() {
     assert!(value("myelin_sfu_rtp_out_packets_total") >= 10);
     assert!(value("myelin_sfu_data_out_packets_total") >= 1);
     assert!(value("myelin_sfu_participants") >= 2);
+}
 
-    // Server-side mute: Alice is told, Bob sees the track muted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_mute_is_told_to_the_publisher_and_the_subscriber() {
+    let addr = start_sfu().await;
+    let mut call = call_in_room1(addr).await;
+    call.bob_receives_media(1).await;
     let body = r#"{"room":"room1","except":["@bob:localhost:B"]}"#;
     let (status, body) = http(addr, "POST", "/internal/mute_all_audio", Some(ADMIN), body).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("@alice:localhost:A"));
-    alice
+    let track_sid = call.track_sid.clone();
+    call.alice
         .wait_for(
             "server mute",
             |e| matches!(e, Event::Signal(Resp::Mute(m)) if m.sid == track_sid && m.muted),
         )
         .await
         .unwrap();
-    bob.wait_for("muted track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted))))
+    call.bob
+        .wait_for("muted track", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.tracks.iter().any(|t| t.sid == track_sid && t.muted))))
         .await.unwrap();
+}
 
-    // Carol (other room) heard nothing of room1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_room_hears_nothing_of_a_call() {
+    let addr = start_sfu().await;
+    let mut carol = connect(addr, "@carol:localhost:C", "room2").await;
+    assert!(carol.join.other_participants.is_empty());
+    let mut call = call_in_room1(addr).await;
+    call.bob_receives_media(10).await;
+    call.alice_sends_data().await;
+    call.bob
+        .wait_for("data packet", |e| matches!(e, Event::Data(_)))
+        .await
+        .unwrap();
     for event in carol.drain() {
         if let Event::Signal(Resp::Update(u)) = &event {
             assert!(
@@ -347,15 +454,20 @@ async fn audio_and_data_flow_between_two_clients() {
         }
         assert!(!matches!(event, Event::Rtp { .. } | Event::Data(_)));
     }
+}
 
-    // Alice leaves: Bob is told promptly.
-    alice
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_is_announced_promptly() {
+    let addr = start_sfu().await;
+    let mut call = call_in_room1(addr).await;
+    call.bob_receives_media(1).await;
+    call.alice
         .send
         .send(Req::Leave(proto::LeaveRequest::default()))
         .unwrap();
-    bob.wait_for("alice's leave", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@alice:localhost:A" && p.state == proto::participant_info::State::Disconnected as i32)))
+    call.bob
+        .wait_for("alice's leave", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@alice:localhost:A" && p.state == proto::participant_info::State::Disconnected as i32)))
         .await.unwrap();
-    writer.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
