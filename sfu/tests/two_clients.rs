@@ -138,7 +138,7 @@ impl Drop for Call {
 async fn call_in_room1(addr: std::net::SocketAddr) -> Call {
     let mut alice = connect(addr, "@alice:localhost:A", "room1").await;
     let alice_sid = alice.join.participant.as_ref().unwrap().sid.clone();
-    let mut bob = connect(addr, "@bob:localhost:B", "room1").await;
+    let bob = connect(addr, "@bob:localhost:B", "room1").await;
     alice
         .wait_for("bob's join", |e| matches!(e, Event::Signal(Resp::Update(u)) if u.participants.iter().any(|p| p.identity == "@bob:localhost:B")))
         .await.unwrap();
