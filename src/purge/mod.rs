@@ -262,7 +262,7 @@ impl PurgeService {
             return Err(Error::not_found("Unknown room"));
         }
         if block {
-            self.rooms.set_room_blocked(room_id, true, admin)?;
+            self.rooms.set_room_blocked(room_id, true, admin).await?;
             self.storage.durable().await?;
         }
         Ok(outcome)

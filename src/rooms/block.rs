@@ -29,8 +29,8 @@ impl RoomsService {
             .get_json(room_id.as_bytes())
     }
 
-    /// Blocks (`by` is the administrator) or unblocks a room. Not yet durable.
-    pub fn set_room_blocked(
+    /// Blocks (`by` is the administrator) or unblocks a room; durable on return.
+    pub async fn set_room_blocked(
         &self,
         room_id: &RoomId,
         blocked: bool,
@@ -51,6 +51,7 @@ impl RoomsService {
             batch.remove(tree, room_id.as_bytes());
         }
         self.storage.commit(batch)?;
+        self.storage.durable().await?;
         tracing::info!(room = %room_id, blocked, "room block changed");
         Ok(())
     }
@@ -110,7 +111,10 @@ mod tests {
             ..CreateRoom::default()
         };
         let room = s.rooms.create_room(&alice, req).await.unwrap();
-        s.rooms.set_room_blocked(&room, true, Some(&alice)).unwrap();
+        s.rooms
+            .set_room_blocked(&room, true, Some(&alice))
+            .await
+            .unwrap();
         assert_eq!(
             s.rooms.room_block(&room).unwrap().unwrap().user_id,
             Some(alice.clone())
@@ -124,7 +128,7 @@ mod tests {
             "nothing written"
         );
         s.rooms.leave(&room, &alice, None).await.unwrap();
-        s.rooms.set_room_blocked(&room, false, None).unwrap();
+        s.rooms.set_room_blocked(&room, false, None).await.unwrap();
         assert!(s.rooms.room_block(&room).unwrap().is_none());
         s.rooms.join(&room, &bob, &profile, None).await.unwrap();
     }

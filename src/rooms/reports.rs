@@ -134,13 +134,14 @@ impl RoomsService {
             .ok_or_else(|| Error::not_found("Event report not found"))
     }
 
-    /// Deletes a report (404 `M_NOT_FOUND` when there is none). Not yet durable.
-    pub fn delete_event_report(&self, id: u64) -> Result<()> {
+    /// Deletes a report (404 `M_NOT_FOUND` when there is none); durable on return.
+    pub async fn delete_event_report(&self, id: u64) -> Result<()> {
         let tree = &self.storage.trees.event_reports;
         if !tree.contains(&report_key(id))? {
             return Err(Error::not_found("Event report not found"));
         }
-        tree.remove(&report_key(id))
+        tree.remove(&report_key(id))?;
+        self.storage.durable().await
     }
 }
 
@@ -197,7 +198,7 @@ mod tests {
             s.rooms.event_report(2).unwrap().reason.as_deref(),
             Some("again")
         );
-        s.rooms.delete_event_report(1).unwrap();
+        s.rooms.delete_event_report(1).await.unwrap();
         assert_eq!(
             s.rooms.event_report(1).unwrap_err().errcode(),
             "M_NOT_FOUND"

@@ -90,8 +90,8 @@ impl UsersService {
         }))
     }
 
-    /// Creates a token (400 `M_INVALID_PARAM` for a bad or taken one). Not yet durable.
-    pub fn create_registration_token(
+    /// Creates a token (400 `M_INVALID_PARAM` for a bad or taken one); durable on return.
+    pub async fn create_registration_token(
         &self,
         new: NewRegistrationToken,
     ) -> Result<RegistrationToken> {
@@ -136,6 +136,7 @@ impl UsersService {
                 "Token already exists: {token}"
             )));
         }
+        self.storage.durable().await?;
         Ok(record)
     }
 
@@ -160,8 +161,9 @@ impl UsersService {
             .ok_or_else(|| Error::not_found(format!("No such registration token: {token}")))
     }
 
-    /// Changes a token's limits: `Some(None)` clears one, `None` keeps it. Not yet durable.
-    pub fn update_registration_token(
+    /// Changes a token's limits: `Some(None)` clears one, `None` keeps it; durable on
+    /// return.
+    pub async fn update_registration_token(
         &self,
         token: &str,
         uses_allowed: Option<Option<u64>>,
@@ -180,20 +182,22 @@ impl UsersService {
                 new.expiry_time = expiry;
             }
             if self.swap_registration_token(&old, &new)? {
+                self.storage.durable().await?;
                 return Ok(new);
             }
         }
     }
 
-    /// Deletes a token (404 `M_NOT_FOUND` when there is none). Not yet durable.
-    pub fn delete_registration_token(&self, token: &str) -> Result<()> {
+    /// Deletes a token (404 `M_NOT_FOUND` when there is none); durable on return.
+    pub async fn delete_registration_token(&self, token: &str) -> Result<()> {
         let tree = &self.storage.trees.registration_tokens;
         if !tree.contains(token.as_bytes())? {
             return Err(Error::not_found(format!(
                 "No such registration token: {token}"
             )));
         }
-        tree.remove(token.as_bytes())
+        tree.remove(token.as_bytes())?;
+        self.storage.durable().await
     }
 
     /// Whether `token` lets a registration through now: a token of the config, or a
@@ -275,10 +279,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_token_is_used_up_after_its_allowed_uses() {
+    #[tokio::test]
+    async fn a_token_is_used_up_after_its_allowed_uses() {
         let s = service();
         s.create_registration_token(named("once", Some(1), None))
+            .await
             .unwrap();
         assert!(s.registration_token_valid("once").unwrap());
         s.use_registration_token("once").unwrap();
@@ -292,10 +297,11 @@ mod tests {
         assert_eq!(s.registration_token("once").unwrap().completed, 0);
     }
 
-    #[test]
-    fn concurrent_registrations_use_a_token_once() {
+    #[tokio::test]
+    async fn concurrent_registrations_use_a_token_once() {
         let s = std::sync::Arc::new(service());
         s.create_registration_token(named("race", Some(1), None))
+            .await
             .unwrap();
         let wins: usize = (0..8)
             .map(|_| {
@@ -310,8 +316,8 @@ mod tests {
         assert_eq!(s.registration_token("race").unwrap().completed, 1);
     }
 
-    #[test]
-    fn creation_checks_its_input_and_writes_nothing_when_refused() {
+    #[tokio::test]
+    async fn creation_checks_its_input_and_writes_nothing_when_refused() {
         let s = service();
         for bad in [
             named("has space", None, None),
@@ -324,7 +330,10 @@ mod tests {
             },
         ] {
             assert_eq!(
-                s.create_registration_token(bad).unwrap_err().errcode(),
+                s.create_registration_token(bad)
+                    .await
+                    .unwrap_err()
+                    .errcode(),
                 "M_INVALID_PARAM"
             );
         }
@@ -334,22 +343,26 @@ mod tests {
                 length: Some(20),
                 ..Default::default()
             })
+            .await
             .unwrap();
         assert_eq!(generated.token.len(), 20);
         assert_eq!(
             s.create_registration_token(named(&generated.token, None, None))
+                .await
                 .unwrap_err()
                 .errcode(),
             "M_INVALID_PARAM"
         );
     }
 
-    #[test]
-    fn expired_tokens_are_invalid_and_listed_as_such() {
+    #[tokio::test]
+    async fn expired_tokens_are_invalid_and_listed_as_such() {
         let s = service_with(|c| c.registration.tokens = vec!["config".into()]);
         s.create_registration_token(named("later", None, Some(now_ms() + 60_000)))
+            .await
             .unwrap();
         s.create_registration_token(named("soon", None, Some(now_ms() + 60_000)))
+            .await
             .unwrap();
         // Expire one by rewriting its record (creation refuses a past expiry).
         let soon = s.registration_token("soon").unwrap();
@@ -372,12 +385,16 @@ mod tests {
         assert_eq!(names(Some(false)), ["soon"]);
         let updated = s
             .update_registration_token("soon", Some(Some(3)), Some(None))
+            .await
             .unwrap();
         assert_eq!((updated.uses_allowed, updated.expiry_time), (Some(3), None));
         assert!(s.registration_token_valid("soon").unwrap());
-        s.delete_registration_token("soon").unwrap();
+        s.delete_registration_token("soon").await.unwrap();
         assert_eq!(
-            s.delete_registration_token("soon").unwrap_err().errcode(),
+            s.delete_registration_token("soon")
+                .await
+                .unwrap_err()
+                .errcode(),
             "M_NOT_FOUND"
         );
     }

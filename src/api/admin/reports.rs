@@ -114,7 +114,6 @@ async fn delete_report(
     State(services): State<Arc<Services>>,
     req: AdminRequest,
 ) -> Result<Json<Value>> {
-    services.rooms.delete_event_report(report_id(&req)?)?;
-    services.storage.durable().await?;
+    services.rooms.delete_event_report(report_id(&req)?).await?;
     Ok(Json(json!({})))
 }

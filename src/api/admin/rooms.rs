@@ -130,7 +130,7 @@ async fn put_block(
         .ok_or_else(|| Error::missing_param("block is required"))?;
     services
         .rooms
-        .set_room_blocked(&room_id, block, req.caller.user())?;
-    services.storage.durable().await?;
+        .set_room_blocked(&room_id, block, req.caller.user())
+        .await?;
     Ok(Json(json!({ "block": block })))
 }

@@ -66,8 +66,7 @@ async fn new_token(
         uses_allowed: req.body_u64("uses_allowed")?.flatten(),
         expiry_time: req.body_u64("expiry_time")?.flatten(),
     };
-    let token = services.users.create_registration_token(new)?;
-    services.storage.durable().await?;
+    let token = services.users.create_registration_token(new).await?;
     Ok(Json(token_json(&token)))
 }
 
@@ -88,11 +87,10 @@ async fn update_token(
 ) -> Result<Json<Value>> {
     let uses_allowed = req.body_u64("uses_allowed")?;
     let expiry_time = req.body_u64("expiry_time")?;
-    let token =
-        services
-            .users
-            .update_registration_token(req.text_param(0)?, uses_allowed, expiry_time)?;
-    services.storage.durable().await?;
+    let token = services
+        .users
+        .update_registration_token(req.text_param(0)?, uses_allowed, expiry_time)
+        .await?;
     Ok(Json(token_json(&token)))
 }
 
@@ -103,7 +101,7 @@ async fn delete_token(
 ) -> Result<Json<Value>> {
     services
         .users
-        .delete_registration_token(req.text_param(0)?)?;
-    services.storage.durable().await?;
+        .delete_registration_token(req.text_param(0)?)
+        .await?;
     Ok(Json(json!({})))
 }
