@@ -12,10 +12,7 @@ mod to_device;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
@@ -28,7 +25,7 @@ pub use self::{
 };
 use crate::{
     rooms::{Direction, EventFilter, Membership, RoomsService},
-    storage::{keys as skeys, Batch, Storage},
+    storage::{keys as skeys, Batch, Storage, StreamPosition},
     stream::Notifier,
     users::{DeviceChange, UsersService},
     Error, Result,
@@ -72,10 +69,8 @@ pub struct E2eeService {
     users: Arc<UsersService>,
     rooms: Arc<RoomsService>,
     notifier: Arc<Notifier>,
-    /// Last allocated e2ee stream position (committed).
-    pos: AtomicU64,
-    /// Serialises "allocate a position, commit the batch" so positions become visible in order.
-    pos_lock: Mutex<()>,
+    /// The e2ee stream position.
+    pos: StreamPosition,
     /// Serialises read-modify-write of key backups (counts and etags stay exact).
     backup_lock: Mutex<()>,
     /// Key counts per device as of its last key-count change position (see
@@ -103,19 +98,13 @@ impl E2eeService {
         rooms: Arc<RoomsService>,
         notifier: Arc<Notifier>,
     ) -> Result<E2eeService> {
-        let pos = storage
-            .trees
-            .meta
-            .get(E2EE_POS_KEY)?
-            .and_then(|v| skeys::leading_u64(&v))
-            .unwrap_or(0);
+        let pos = StreamPosition::load(&storage, E2EE_POS_KEY)?;
         Ok(E2eeService {
             storage,
             users,
             rooms,
             notifier,
-            pos: AtomicU64::new(pos),
-            pos_lock: Mutex::new(()),
+            pos,
             backup_lock: Mutex::new(()),
             key_counts: Mutex::default(),
         })
@@ -123,24 +112,14 @@ impl E2eeService {
 
     /// The newest e2ee stream position.
     pub fn current_pos(&self) -> u64 {
-        self.pos.load(Ordering::Acquire)
+        self.pos.current()
     }
 
     /// Allocates the next stream position, lets `fill` add writes that use it, and commits
     /// them together with the new position. Positions become visible in order. Not yet
     /// durable.
     fn commit_with_pos(&self, fill: impl FnOnce(u64, &mut Batch) -> Result<()>) -> Result<u64> {
-        let _guard = self
-            .pos_lock
-            .lock()
-            .map_err(|_| Error::internal("e2ee: position lock poisoned"))?;
-        let next = self.pos.load(Ordering::Acquire) + 1;
-        let mut batch = Batch::new();
-        fill(next, &mut batch)?;
-        batch.insert(&self.storage.trees.meta, E2EE_POS_KEY, &next.to_be_bytes());
-        self.storage.commit(batch)?;
-        self.pos.store(next, Ordering::Release);
-        Ok(next)
+        self.pos.commit_next(&self.storage, fill, |_| {})
     }
 
     /// Adds to `batch` a device-list change of `user` at `pos` (replacing the older entry).

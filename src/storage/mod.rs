@@ -8,6 +8,7 @@ pub mod keys;
 mod memory;
 mod sled_engine;
 mod snapshot;
+mod stream_pos;
 mod trees;
 
 use std::{ops::Bound, path::Path, sync::Arc};
@@ -18,6 +19,7 @@ pub use self::{
     engine::{Engine, KeyValue, RawBatch},
     memory::MemoryEngine,
     sled_engine::SledEngine,
+    stream_pos::StreamPosition,
     trees::Trees,
 };
 use crate::Result;

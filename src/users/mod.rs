@@ -18,10 +18,7 @@ mod uia;
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, OnceLock,
-    },
+    sync::{Arc, Mutex, OnceLock},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -43,7 +40,7 @@ pub use self::{
 };
 use crate::{
     config::Config,
-    storage::{keys, Batch, Storage},
+    storage::{Batch, Storage, StreamPosition},
     Error, Result,
 };
 
@@ -92,10 +89,8 @@ const USERDATA_POS_KEY: &[u8] = b"userdata_pos";
 pub struct UsersService {
     config: Arc<Config>,
     storage: Arc<Storage>,
-    /// Last allocated user-data stream position (committed).
-    pos: AtomicU64,
-    /// Serialises "allocate a position, commit the batch" so positions become visible in order.
-    pos_lock: Mutex<()>,
+    /// The user-data stream position.
+    pos: StreamPosition,
     on_change: OnceLock<OnChange>,
     /// Outstanding shared-secret registration nonces (in memory: they live 60 s).
     nonces: Mutex<shared_secret::Nonces>,
@@ -129,22 +124,17 @@ pub(crate) fn now_ms() -> u64 {
 impl UsersService {
     /// Builds the service, reading the persisted stream position.
     pub fn new(config: Arc<Config>, storage: Arc<Storage>) -> Result<UsersService> {
-        let pos = storage
-            .trees
-            .meta
-            .get(USERDATA_POS_KEY)?
-            .and_then(|v| keys::leading_u64(&v))
-            .unwrap_or(0);
+        let pos = StreamPosition::load(&storage, USERDATA_POS_KEY)?;
+        let started_pos = pos.current();
         let service = UsersService {
             config,
             storage,
-            pos: AtomicU64::new(pos),
-            pos_lock: Mutex::new(()),
+            pos,
             on_change: OnceLock::new(),
             nonces: Mutex::default(),
             on_devices_changed: OnceLock::new(),
             presence_changes: Mutex::default(),
-            started_pos: pos,
+            started_pos,
             account_data_changes: Mutex::default(),
             operator_token: OnceLock::new(),
         };
@@ -199,7 +189,7 @@ impl UsersService {
 
     /// The newest user-data stream position (account data and presence changes).
     pub fn current_userdata_pos(&self) -> u64 {
-        self.pos.load(Ordering::Acquire)
+        self.pos.current()
     }
 
     /// Allocates the next stream position, lets `fill` add writes that use it, and commits
@@ -211,22 +201,7 @@ impl UsersService {
         fill: impl FnOnce(u64, &mut Batch) -> Result<()>,
         committed: impl FnOnce(u64),
     ) -> Result<u64> {
-        let _guard = self
-            .pos_lock
-            .lock()
-            .map_err(|_| Error::internal("users: position lock poisoned"))?;
-        let next = self.pos.load(Ordering::Acquire) + 1;
-        let mut batch = Batch::new();
-        fill(next, &mut batch)?;
-        batch.insert(
-            &self.storage.trees.meta,
-            USERDATA_POS_KEY,
-            &next.to_be_bytes(),
-        );
-        self.storage.commit(batch)?;
-        committed(next);
-        self.pos.store(next, Ordering::Release);
-        Ok(next)
+        self.pos.commit_next(&self.storage, fill, committed)
     }
 
     /// Resolves an access token to its session, or `M_UNKNOWN_TOKEN`.
