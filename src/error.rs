@@ -201,12 +201,6 @@ impl Error {
     }
 }
 
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error::Storage(e.to_string())
-    }
-}
-
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, body) = self.to_status_and_body();

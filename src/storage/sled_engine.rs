@@ -93,3 +93,11 @@ impl Engine for SledEngine {
         Ok(self.tree.compare_and_swap(key, old, new)?.is_ok())
     }
 }
+
+/// The engine's failures reach the rest of the server as [`crate::Error::Storage`]: only
+/// this module names sled.
+impl From<sled::Error> for crate::Error {
+    fn from(e: sled::Error) -> Self {
+        crate::Error::Storage(e.to_string())
+    }
+}
