@@ -29,6 +29,18 @@ FAN_SYNCERS=20; FAN_MESSAGES=200; FAN_RATE=20
 INIT_ROOMS=50; INIT_MESSAGES=100; INIT_REPEATS=10
 JOIN_USERS=100
 SCALE_SYNCERS=1000; SCALE_MESSAGES=100; SCALE_RATE=10
+# Big rooms (each run on a fresh Myelin): one room of BIG_MEMBERS long-polling members at
+# 1 msg/s (then BIG_LATE more join the full room at once) and at 10 msg/s, one room of
+# HUGE_MEMBERS at 1 msg/s; the scale curve runs CURVE_MESSAGES at 1 msg/s for each size in
+# SCALE_POINTS (Synapse too, until a size does not finish within CURVE_TIMEOUT seconds).
+BIG_MEMBERS=3000; HUGE_MEMBERS=10000; BIG_LATE=1000
+BIG_SLOW_MESSAGES=60; BIG_FAST_MESSAGES=300
+SCALE_POINTS="100 300 1000 3000 10000"; CURVE_MESSAGES=30; CURVE_TIMEOUT=900
+if [ "$quick" = 1 ]; then
+    BIG_MEMBERS=60; HUGE_MEMBERS=120; BIG_LATE=20
+    BIG_SLOW_MESSAGES=5; BIG_FAST_MESSAGES=20
+    SCALE_POINTS="20 50"; CURVE_MESSAGES=5; CURVE_TIMEOUT=120
+fi
 if [ "$quick" = 1 ]; then
     SEND_CLIENTS=5; SEND_SECONDS=3
     FAN_SYNCERS=5; FAN_MESSAGES=20; FAN_RATE=20
@@ -39,6 +51,8 @@ fi
 
 rm -rf "$work"
 mkdir -p "$work"
+# 10,000 long polls need as many sockets on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -149,14 +163,21 @@ pids+=("$syn_pid")
 synapse_url="http://127.0.0.1:$syn_port"
 
 # ---- Myelin ----
-my_port=$(free_port)
-# The load comes from one address: rate limits off, as they are for Synapse above.
-MYELIN_LISTEN="127.0.0.1:$my_port" MYELIN_DATA_DIR="$work/myelin" MYELIN_REGISTRATION_MODE=open \
-    MYELIN_RATE_LIMITS_ENABLED=false \
-    RUST_LOG=warn "$root/target/release/myelin" serve >"$work/myelin.log" 2>&1 &
-my_pid=$!
-pids+=("$my_pid")
-myelin_url="http://127.0.0.1:$my_port"
+# start_myelin NAME: a Myelin on a fresh data dir and port; sets started_pid, started_url.
+start_myelin() {
+    local port
+    port=$(free_port)
+    # The load comes from one address: rate limits off, as they are for Synapse above.
+    MYELIN_LISTEN="127.0.0.1:$port" MYELIN_DATA_DIR="$work/$1" MYELIN_REGISTRATION_MODE=open \
+        MYELIN_RATE_LIMITS_ENABLED=false MYELIN_LIMITS_MAX_CONNECTIONS=30000 \
+        RUST_LOG=warn "$root/target/release/myelin" serve >"$work/$1.log" 2>&1 &
+    started_pid=$!
+    pids+=("$started_pid")
+    started_url="http://127.0.0.1:$port"
+}
+start_myelin myelin
+my_pid=$started_pid
+myelin_url=$started_url
 
 wait_up "$synapse_url"
 wait_up "$myelin_url"
@@ -185,13 +206,47 @@ if ! timeout 900 "$load" --url "$synapse_url" --server-pid "$syn_pid" --prefix s
     echo '{"failed": true}' >"$work/synapse-scale.json"
 fi
 syn_peak=$(awk '/VmHWM/ {print $2}' "/proc/$syn_pid/status"); my_peak=$(awk '/VmHWM/ {print $2}' "/proc/$my_pid/status")
+kill "$my_pid" 2>/dev/null || true
+
+# ---- Big rooms and the scale curve: every Myelin run from a fresh server ----
+fresh() { # name args...: one load run against a fresh Myelin (its peak RSS is the run's)
+    local name=$1; shift
+    start_myelin "$name-data"
+    wait_up "$started_url"
+    run "$name" "$started_url" "$started_pid" "$@"
+    kill "$started_pid" 2>/dev/null || true
+    wait "$started_pid" 2>/dev/null || true
+}
+fresh myelin-big1 fanout --syncers "$BIG_MEMBERS" --messages "$BIG_SLOW_MESSAGES" --rate 1 --late-joiners "$BIG_LATE"
+fresh myelin-big10 fanout --syncers "$BIG_MEMBERS" --messages "$BIG_FAST_MESSAGES" --rate 10
+fresh myelin-huge fanout --syncers "$HUGE_MEMBERS" --messages "$BIG_SLOW_MESSAGES" --rate 1
+synapse_curve=1
+for n in $SCALE_POINTS; do
+    fresh "myelin-curve-$n" fanout --syncers "$n" --messages "$CURVE_MESSAGES" --rate 1
+    if [ "$synapse_curve" = 1 ]; then
+        # Synapse keeps its one instance (a fresh one per size would add its start-up and
+        # registration of every user again); it stops at the first size it cannot finish.
+        if ! timeout "$CURVE_TIMEOUT" "$load" --url "$synapse_url" --server-pid "$syn_pid" --prefix "synapse-curve-$n" \
+            fanout --syncers "$n" --messages "$CURVE_MESSAGES" --rate 1 >"$work/synapse-curve-$n.json"; then
+            echo '{"failed": true}' >"$work/synapse-curve-$n.json"
+            synapse_curve=0
+        fi
+    fi
+done
+
+# The scale curve as an SVG (matplotlib, from PyPI, in the benchmark's own venv).
+if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'matplotlib==3.11.2' >&2
+fi
+"$venv/bin/python" "$bench/scale_chart.py" "$work" "$bench/scale.svg" $SCALE_POINTS
 
 python3 - "$work" "$bench/RESULTS.md" "$db" "$SYNAPSE_VERSION" "$syn_idle" "$my_idle" "$syn_after" "$my_after" "$syn_peak" "$my_peak" \
-    "send $SEND_CLIENTS clients x ${SEND_SECONDS}s; fanout $FAN_SYNCERS syncers, $FAN_MESSAGES msgs at $FAN_RATE/s; initial sync $INIT_ROOMS rooms x $INIT_MESSAGES msgs ($INIT_REPEATS repeats); join storm $JOIN_USERS users; scale $SCALE_SYNCERS syncers, $SCALE_MESSAGES msgs at $SCALE_RATE/s" <<'EOF'
+    "send $SEND_CLIENTS clients x ${SEND_SECONDS}s; fanout $FAN_SYNCERS syncers, $FAN_MESSAGES msgs at $FAN_RATE/s; initial sync $INIT_ROOMS rooms x $INIT_MESSAGES msgs ($INIT_REPEATS repeats); join storm $JOIN_USERS users; scale $SCALE_SYNCERS syncers, $SCALE_MESSAGES msgs at $SCALE_RATE/s" "$SCALE_POINTS" <<'EOF'
 import json, os, platform, subprocess, sys, datetime
 work, out, db, syn_version = sys.argv[1:5]
 syn_idle, my_idle, syn_after, my_after, syn_peak, my_peak = (int(x) / 1024 for x in sys.argv[5:11])
 params = sys.argv[11]
+curve_sizes = [int(n) for n in sys.argv[12].split()]
 r = lambda name: json.load(open(os.path.join(work, name + ".json")))
 S = {k: r("synapse-" + k) for k in ["send", "fanout", "initial", "join"]}
 M = {k: r("myelin-" + k) for k in ["send", "fanout", "initial", "join"]}
@@ -243,6 +298,61 @@ lines = [
     (f"- Synapse: delivery p50 {syn_scale['delivery_latency']['p50_ms']} ms, p99 {syn_scale['delivery_latency']['p99_ms']} ms, "
      f"lost {syn_scale['lost']}, duplicated {syn_scale['duplicated']}."
      if not syn_scale.get("failed") else "- Synapse: did not complete the run within 15 minutes."),
+    "",
+]
+big = {k: r("myelin-" + k) for k in ["big1", "big10", "huge"]}
+def verdict(ok):
+    return "met" if ok else "missed"
+b1, b10, hg = big["big1"], big["big10"], big["huge"]
+peak = lambda v: v["server_memory"]["after"]["peak_rss_mib"]
+lines += [
+    "## Big rooms",
+    "",
+    "One room, every member long-polling `/sync`, one sender; each run on a fresh Myelin.",
+    "",
+    "| run | send p50 ms | delivery p50 ms | delivery p99 ms | lost / duplicated | peak RSS MiB |",
+    "|---|---|---|---|---|---|",
+]
+for v in (b1, b10, hg):
+    lines.append(f"| {v['syncers']} members, {v['messages']} msgs at {v['rate_per_sec']}/s | {v['send_latency']['p50_ms']} | "
+                 f"{v['delivery_latency']['p50_ms']} | {v['delivery_latency']['p99_ms']} | {v['lost']} / {v['duplicated']} | {peak(v)} |")
+lines += [
+    "",
+    f"Joins into the {b1['syncers']}-member room afterwards ({b1['late_joiners']} users at once): {b1['late_joins_per_sec']} joins/s.",
+    "",
+    "| target (issue #10) | this run | verdict |",
+    "|---|---|---|",
+    f"| send into a {b1['syncers']}-member room p50 < 20 ms | {b1['send_latency']['p50_ms']} ms | {verdict(b1['send_latency']['p50_ms'] < 20)} |",
+    f"| {b1['syncers']} syncers at 1 msg/s: delivery p99 < 100 ms | {b1['delivery_latency']['p99_ms']} ms | {verdict(b1['delivery_latency']['p99_ms'] < 100)} |",
+    f"| {hg['syncers']} syncers at 1 msg/s: delivery p99 < 250 ms, RSS < 500 MiB | {hg['delivery_latency']['p99_ms']} ms, {peak(hg)} MiB | "
+    f"{verdict(hg['delivery_latency']['p99_ms'] < 250 and peak(hg) < 500)} |",
+    f"| {b10['syncers']} syncers at 10 msg/s: 0 lost, p99 < 1 s | {b10['lost']} lost, {b10['delivery_latency']['p99_ms']} ms | "
+    f"{verdict(b10['lost'] == 0 and b10['delivery_latency']['p99_ms'] < 1000)} |",
+    f"| joins into a {b1['syncers']}-member room ≥ 1,000/s | {b1['late_joins_per_sec']}/s | {verdict((b1['late_joins_per_sec'] or 0) >= 1000)} |",
+    "",
+    "## Scale curve",
+    "",
+    "Members long-polling in one room, one message a second; Myelin from a fresh server at each size,",
+    "Synapse on its one instance until a size does not finish in time.",
+    "",
+    "![scale curve](scale.svg)",
+    "",
+    "| members | Myelin delivery p50 / p99 ms | Myelin send p50 ms | Myelin peak RSS MiB | Synapse delivery p50 / p99 ms | Synapse send p50 ms |",
+    "|---|---|---|---|---|---|",
+]
+for n in curve_sizes:
+    m = r(f"myelin-curve-{n}")
+    sp = os.path.join(work, f"synapse-curve-{n}.json")
+    sv = json.load(open(sp)) if os.path.exists(sp) else {"failed": None}
+    if sv.get("failed"):
+        syn = ("did not finish", "—")
+    elif sv.get("failed", 0) is None:
+        syn = ("not run", "—")
+    else:
+        syn = (f"{sv['delivery_latency']['p50_ms']} / {sv['delivery_latency']['p99_ms']}", sv["send_latency"]["p50_ms"])
+    lines.append(f"| {n} | {m['delivery_latency']['p50_ms']} / {m['delivery_latency']['p99_ms']} | {m['send_latency']['p50_ms']} | "
+                 f"{peak(m)} | {syn[0]} | {syn[1]} |")
+lines += [
     "",
     "Raw JSON of every run is in `spec-tests/bench/run/` after a run.",
 ]
