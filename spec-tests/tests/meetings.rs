@@ -638,7 +638,7 @@ print(json.dumps({
 }
 
 #[tokio::test]
-async fn the_personal_room_is_created_once() -> anyhow::Result<()> {
+async fn the_personal_room_is_created_once_and_in_the_profile() -> anyhow::Result<()> {
     let server = server().await?;
     let alice = server.register("alice").await?;
     let first = alice
@@ -661,5 +661,28 @@ async fn the_personal_room_is_created_once() -> anyhow::Result<()> {
     let lobby_view = lobby(&server, token).await?.ok()?;
     assert_eq!(lobby_view["room_id"], room);
     assert_eq!(lobby_view["name"], "alice's meeting room");
+
+    // The link is in Alice's profile, for her contacts to copy.
+    let bob = server.register("bob").await?;
+    bob.get(&format!(
+        "/profile/{}/io.myelin.meeting_link",
+        enc(&bob.user_id)
+    ))
+    .await?
+    .expect_error(404, "M_NOT_FOUND")?;
+    let profile = bob
+        .get(&format!("/profile/{}", enc(&alice.user_id)))
+        .await?
+        .ok()?;
+    assert_eq!(profile["io.myelin.meeting_link"], first["url"], "{profile}");
+    assert_eq!(profile["displayname"], "alice");
+    let field = bob
+        .get(&format!(
+            "/profile/{}/io.myelin.meeting_link",
+            enc(&alice.user_id)
+        ))
+        .await?
+        .ok()?;
+    assert_eq!(field, json!({"io.myelin.meeting_link": first["url"]}));
     Ok(())
 }

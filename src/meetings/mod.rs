@@ -29,6 +29,7 @@ pub use self::{
     consumer::MeetingsConsumer,
     links::JoinLink,
     list::{MeetingItem, MeetingsList},
+    personal::MEETING_LINK_FIELD,
     schedule::{Schedule, SchedulePolicy, SCHEDULE_EVENT},
     store::{LinkRecord, MeetingsStore, TemporaryRecord},
 };

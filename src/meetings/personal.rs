@@ -1,5 +1,7 @@
 //! Personal meeting rooms: each user's own virtual room, created on first request and
-//! the same one afterwards, with a join link.
+//! the same one afterwards, with a join link. Its URL is published in the user's profile
+//! as the custom field [`MEETING_LINK_FIELD`] (extended profiles), so a contact's link
+//! can be copied.
 
 use ruma::{OwnedRoomId, UserId};
 use serde_json::{json, Map};
@@ -10,7 +12,18 @@ use crate::{
     Result,
 };
 
+/// The profile field holding a user's personal meeting link.
+pub const MEETING_LINK_FIELD: &str = "io.myelin.meeting_link";
+
 impl MeetingsService {
+    /// The join link URL of `user`'s personal meeting room, if they have one.
+    pub fn personal_link(&self, user: &UserId) -> Result<Option<String>> {
+        match self.store.personal_room(user)? {
+            Some(room_id) if self.rooms.exists(&room_id)? => self.room_link_url(&room_id),
+            _ => Ok(None),
+        }
+    }
+
     /// `POST …/personal_room`: the caller's personal meeting room and its link.
     pub async fn personal_room(&self, user: &UserId) -> Result<(OwnedRoomId, JoinLink)> {
         let _serial = self.personal_lock.lock().await;

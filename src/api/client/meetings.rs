@@ -27,7 +27,18 @@ const MEETINGS_PATH: &str = "/_matrix/client/unstable/io.myelin/meetings";
 const ICS_PATH: &str = "/_matrix/client/unstable/io.myelin/rooms/{room_id}/meeting.ics";
 const PERSONAL_ROOM_PATH: &str = "/_matrix/client/unstable/io.myelin/personal_room";
 
+/// The profile field of a personal meeting link, under every profile prefix (extended
+/// profiles: stable, r0 and MSC4133's unstable one).
+const MEETING_LINK_PATHS: &[&str] = &[
+    "/_matrix/client/v3/profile/{user_id}/io.myelin.meeting_link",
+    "/_matrix/client/r0/profile/{user_id}/io.myelin.meeting_link",
+    "/_matrix/client/unstable/uk.tcpip.msc4133/profile/{user_id}/io.myelin.meeting_link",
+];
+
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
+    let router = MEETING_LINK_PATHS.iter().fold(router, |router, path| {
+        router.route(path, get(meeting_link_field_route))
+    });
     router
         .route(
             JOIN_LINK_PATH,
@@ -138,6 +149,22 @@ async fn ics_route(
         ],
         text,
     ))
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}/io.myelin.meeting_link` (no authentication,
+/// like the rest of a profile): `{"io.myelin.meeting_link": url}`, 404 when the user has
+/// no personal meeting room.
+async fn meeting_link_field_route(
+    State(services): State<Arc<Services>>,
+    Path(user): Path<String>,
+) -> Result<Json<Value>> {
+    let user = ruma::UserId::parse(user)
+        .map_err(|e| Error::invalid_param(format!("invalid user id: {e}")))?;
+    let link = services
+        .meetings
+        .personal_link(&user)?
+        .ok_or_else(|| Error::not_found("This user has no personal meeting room"))?;
+    Ok(Json(json!({ crate::meetings::MEETING_LINK_FIELD: link })))
 }
 
 /// `POST /_matrix/client/unstable/io.myelin/personal_room`: the caller's personal meeting
