@@ -6,6 +6,8 @@
 //! - `temporary_participants`: `room_id, user_id` → JSON [`TemporaryRecord`];
 //!   `temporary_by_user`: `user_id, room_id` → `""` (the same set, by user);
 //! - `personal_rooms`: `user_id` → `room_id`.
+//!
+//! A room's purge drops its entries ([`MeetingsStore::purge_room`]).
 
 use std::sync::Arc;
 
@@ -202,6 +204,37 @@ impl MeetingsStore {
             .trees
             .personal_rooms
             .insert(user.as_bytes(), room_id.as_bytes())
+    }
+
+    /// Drops every meetings entry of a purged room: its join link, its temporary
+    /// participants, and the personal-room record pointing at it. Not yet durable.
+    pub fn purge_room(&self, room_id: &RoomId) -> Result<()> {
+        let trees = &self.storage.trees;
+        let mut batch = Batch::new();
+        if let Some(token) = self.room_token(room_id)? {
+            batch.remove(&trees.join_links, token.as_bytes());
+        }
+        batch.remove(&trees.room_join_links, room_id.as_bytes());
+        for entry in trees
+            .temporary_participants
+            .scan_prefix(&keys::strs(&[room_id.as_str()]))
+        {
+            let (key, _) = entry?;
+            if let Some(user) = keys::split_strs(&key).get(1) {
+                batch.remove(
+                    &trees.temporary_by_user,
+                    &keys::strs(&[user, room_id.as_str()]),
+                );
+            }
+            batch.remove(&trees.temporary_participants, &key);
+        }
+        for entry in trees.personal_rooms.scan_prefix(&[]) {
+            let (user, room) = entry?;
+            if room == room_id.as_bytes() {
+                batch.remove(&trees.personal_rooms, &user);
+            }
+        }
+        self.storage.commit(batch)
     }
 
     /// Waits until every write so far is durable.
