@@ -285,6 +285,30 @@ async fn a_guest_joins_by_link_takes_part_and_is_refused_elsewhere() -> anyhow::
         "{claims}"
     );
     assert_eq!(claims["video"]["roomJoin"], true);
+    // The newer token endpoints too: lk-jwt-service's /get_token and MSC4195's.
+    let openid = guest.openid_token().await?;
+    let resp = http_client(Duration::from_secs(30))
+        .post(format!("{}/get_token", guest.base))
+        .json(
+            &json!({"room_id": room, "slot_id": "m.call#ROOM", "openid_token": openid,
+            "member": {"id": "m1", "claimed_user_id": guest.user_id,
+                "claimed_device_id": guest.device_id}}),
+        )
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 200, "/get_token");
+    let msc4195 = guest
+        .request(
+            Method::POST,
+            "/_matrix/client/v1/rtc/livekit/get_token",
+            Some(
+                &json!({"room_id": room, "slot_id": "m.call#ROOM", "member_id": "m1",
+                "url": "ws://127.0.0.1:7880"}),
+            ),
+        )
+        .await?
+        .ok()?;
+    assert!(msc4195["jwt"].is_string(), "{msc4195}");
     guest
         .get(&format!("/profile/{}", enc(&guest.user_id)))
         .await?
