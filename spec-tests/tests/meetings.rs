@@ -267,7 +267,8 @@ async fn a_guest_joins_by_link_takes_part_and_is_refused_elsewhere() -> anyhow::
     assert_eq!(member["displayname"], "Gina Guest", "{member}");
 
     // What the guest may do in the meeting.
-    join_call(&guest, &room, 5_000).await?;
+    // Ten seconds in the call: time enough for the checks below, then it expires.
+    join_call(&guest, &room, 10_000).await?;
     guest.say(&room, "hello from the guest").await?;
     guest
         .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
