@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 
 mod groups;
 mod limits;
+mod meetings;
 mod ops;
 
 pub use self::{
     groups::GroupsConfig,
     limits::{LimitsConfig, RateLimit, RateLimitsConfig},
+    meetings::MeetingsConfig,
     ops::{LogConfig, LogFormat, MetricsConfig},
 };
 
@@ -217,6 +219,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Group settings.
     pub groups: GroupsConfig,
+    /// Meeting settings: join links, temporary participants, external guests.
+    pub meetings: MeetingsConfig,
     /// Application-service registration files (YAML), loaded and validated at start.
     pub appservices: Vec<PathBuf>,
     /// The Prometheus metrics listener.
@@ -243,6 +247,7 @@ impl Default for Config {
             rate_limits: RateLimitsConfig::default(),
             limits: LimitsConfig::default(),
             groups: GroupsConfig::default(),
+            meetings: MeetingsConfig::default(),
             appservices: Vec::new(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
@@ -371,6 +376,7 @@ impl Config {
         self.rate_limits.apply_env(&lookup)?;
         self.limits.apply_env(&lookup)?;
         self.groups.apply_env(&lookup)?;
+        self.meetings.apply_env(&lookup)?;
         self.metrics.apply_env(&lookup)?;
         self.log.apply_env(&lookup)?;
         if let Some(v) = lookup("MYELIN_REGISTRATION_ALLOW_GUESTS") {
@@ -494,6 +500,7 @@ impl Config {
         }
         self.rate_limits.validate()?;
         self.groups.validate()?;
+        self.meetings.validate()?;
         self.limits.validate()
     }
 

@@ -8,6 +8,7 @@ pub mod e2ee;
 pub mod error;
 pub mod events;
 pub mod media;
+pub mod meetings;
 pub mod metrics;
 pub mod pipeline;
 pub mod purge;

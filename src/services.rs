@@ -8,6 +8,7 @@ use crate::{
     e2ee::E2eeService,
     events::keys::ServerKeys,
     media::MediaService,
+    meetings::{MeetingsConsumer, MeetingsService, SchedulePolicy},
     pipeline::{Pipeline, SyncNotifier},
     purge::{GroupDissolution, PurgeService},
     push::{PushConsumer, PushService},
@@ -53,6 +54,8 @@ pub struct Services {
     pub rate_limits: Arc<RateLimiter>,
     /// Registered application services.
     pub appservices: Arc<AppserviceService>,
+    /// Meetings: join links, temporary participants, schedules.
+    pub meetings: Arc<MeetingsService>,
 }
 
 impl Services {
@@ -79,6 +82,7 @@ impl Services {
         let mut policies: Vec<Arc<dyn crate::rooms::RoomPolicy>> =
             vec![Arc::new(crate::rooms::BlockedRoomPolicy)];
         policies.extend(crate::rooms::kind_policies(config.groups.max_members));
+        policies.push(Arc::new(SchedulePolicy));
         let rooms = Arc::new(RoomsService::new(
             config.clone(),
             storage.clone(),
@@ -126,6 +130,13 @@ impl Services {
             users.clone(),
             livekit,
         )?);
+        let meetings = Arc::new(MeetingsService::new(
+            config.clone(),
+            storage.clone(),
+            rooms.clone(),
+            users.clone(),
+            rtc.clone(),
+        ));
         let purge = Arc::new(PurgeService::new(
             storage.clone(),
             rooms.clone(),
@@ -163,6 +174,11 @@ impl Services {
             .consumer(
                 Arc::new(GroupDissolution::new(storage.clone(), purge.clone())),
                 Some("sync_notifier"),
+            )?
+            // New virtual rooms get their join link.
+            .consumer(
+                Arc::new(MeetingsConsumer::new(storage.clone(), meetings.clone())),
+                Some("sync_notifier"),
             )?;
         // One consumer per appservice, waiting for nobody and waited for by nobody.
         let mut pipeline = pipeline;
@@ -188,6 +204,7 @@ impl Services {
             pipeline,
             rate_limits,
             appservices,
+            meetings,
         }))
     }
 
@@ -198,6 +215,7 @@ impl Services {
         self.push.start_delivery();
         self.rtc.start_delayed_events();
         self.media.start_retention();
+        self.meetings.start_sweeper();
         let purge = self.purge.clone();
         tokio::spawn(async move {
             if let Err(e) = purge.resume().await {

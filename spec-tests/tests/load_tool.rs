@@ -28,8 +28,8 @@ async fn every_scenario_runs() -> anyhow::Result<()> {
     let state_path = dir.path().join("state.json");
     let state = state_path.to_str().unwrap().to_owned();
     let base = server.base.clone();
-    let [setup, send, fanout, initial, join]: [Value; 5] =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<[Value; 5]> {
+    let [setup, send, fanout, initial, join, meetings]: [Value; 6] =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<[Value; 6]> {
             Ok([
                 run(
                     &base,
@@ -76,6 +76,22 @@ async fn every_scenario_runs() -> anyhow::Result<()> {
                     ],
                 )?,
                 run(&base, &["--prefix", "j", "join-storm", "--users", "4"])?,
+                run(
+                    &base,
+                    &[
+                        "--prefix",
+                        "m",
+                        "meetings",
+                        "--rooms",
+                        "6",
+                        "--call-every",
+                        "3",
+                        "--schedule-every",
+                        "2",
+                        "--requests",
+                        "3",
+                    ],
+                )?,
             ])
         })
         .await??;
@@ -154,5 +170,9 @@ async fn every_scenario_runs() -> anyhow::Result<()> {
     // the room's member list, read back from the server: its creator and the four joiners
     assert_eq!(join["members"], 5, "{join}");
     assert_eq!(join["errors"], 0);
+    // six rooms: calls in rooms 0 and 3, schedules in 0, 2 and 4; three timed lists
+    assert_eq!(meetings["ongoing"], 2, "{meetings}");
+    assert_eq!(meetings["scheduled"], 3, "{meetings}");
+    assert_eq!(meetings["meetings_list"]["count"], 3, "{meetings}");
     Ok(())
 }

@@ -22,6 +22,10 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .route("/sfu/get", post(sfu_get).options(preflight))
         .route("/get_token", post(get_token).options(preflight))
         .route(
+            "/delegate_delayed_leave",
+            post(delegate_delayed_leave).options(preflight),
+        )
+        .route(
             "/_matrix/federation/v1/openid/userinfo",
             get(openid_userinfo),
         )
@@ -135,6 +139,83 @@ async fn get_token(State(services): State<Arc<Services>>, body: Bytes) -> Result
         Some(&req.member.claimed_user_id),
     )?;
     Ok(Json(json!({ "url": grant.url, "jwt": grant.jwt })))
+}
+
+/// `member` of a `/delegate_delayed_leave` body.
+#[derive(Deserialize, Default)]
+struct DelegatedMember {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    claimed_user_id: String,
+    #[serde(default)]
+    claimed_device_id: String,
+}
+
+/// `POST /delegate_delayed_leave` body (lk-jwt-service's).
+#[derive(Deserialize)]
+struct DelegateRequest {
+    #[serde(default)]
+    room_id: String,
+    #[serde(default)]
+    slot_id: String,
+    openid_token: OpenIdToken,
+    #[serde(default)]
+    member: DelegatedMember,
+    #[serde(default)]
+    delay_id: String,
+}
+
+/// `POST /delegate_delayed_leave` (lk-jwt-service): `{room_id, slot_id, openid_token,
+/// member, delay_id, delay_timeout, delay_cs_api_url}`: the homeserver (which is this
+/// token service) takes over the member's delayed leave, as with MSC4195's endpoint.
+/// `delay_cs_api_url` is not called: the delayed event must be one of this server's.
+async fn delegate_delayed_leave(
+    State(services): State<Arc<Services>>,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let req: DelegateRequest = parse_body(&services, &body)?;
+    check_openid(&req.openid_token)?;
+    let room = room_id(&req.room_id)?;
+    if req.slot_id.is_empty() || req.member.id.is_empty() || req.delay_id.is_empty() {
+        return Err(Error::bad_json(
+            "the request needs slot_id, member.id and delay_id",
+        ));
+    }
+    if req.openid_token.matrix_server_name != services.rooms.server_name().as_str() {
+        return Err(Error::forbidden(format!(
+            "This token service only serves users of {}",
+            services.rooms.server_name()
+        )));
+    }
+    let grant = services.rtc.openid_grant(&req.openid_token.access_token)?;
+    if !req.member.claimed_user_id.is_empty()
+        && req.member.claimed_user_id != grant.user_id.as_str()
+    {
+        return Err(Error::matrix(
+            StatusCode::UNAUTHORIZED,
+            "M_UNAUTHORIZED",
+            "member.claimed_user_id does not match the OpenID token",
+        ));
+    }
+    let device = if req.member.claimed_device_id.is_empty() {
+        grant.device_id.to_string()
+    } else {
+        req.member.claimed_device_id.clone()
+    };
+    let url = services.rtc.livekit_url().to_owned();
+    services.rtc.delegate_delayed_leave(
+        &grant.user_id,
+        &device,
+        crate::rtc::delegation::DelegationRequest {
+            url: &url,
+            room_id: room,
+            slot_id: &req.slot_id,
+            member_id: &req.member.id,
+            delay_id: &req.delay_id,
+        },
+    )?;
+    Ok(Json(json!({})))
 }
 
 #[derive(Deserialize)]

@@ -180,7 +180,21 @@ where
         };
 
         let session = match auth_need::<T>() {
-            AuthNeed::None => None,
+            AuthNeed::None => {
+                // Public endpoints: a meeting guest's token still may not browse the
+                // directory or other users' profiles with them.
+                if let Some(session) = access_token(&parts)
+                    .and_then(|token| authenticate(services, &parts, &token).ok())
+                {
+                    super::guest::authorize_public(
+                        services,
+                        &session,
+                        &parts.method,
+                        parts.uri.path(),
+                    )?;
+                }
+                None
+            }
             // `/login` takes an optional appservice token; a client's stale access token
             // must not stop it from logging in again.
             AuthNeed::Optional
@@ -194,12 +208,8 @@ where
                 None => None,
             },
         };
-        if session.as_ref().is_some_and(|s| s.is_guest)
-            && !super::guest::guest_may_call(&parts.method, parts.uri.path())
-        {
-            return Err(Error::guest_access_forbidden(
-                "Guest accounts may not use this endpoint",
-            ));
+        if let Some(session) = &session {
+            super::guest::authorize(services, session, &parts.method, parts.uri.path())?;
         }
 
         let json_body = if bytes.is_empty() || !expects_json(&parts) {
@@ -419,11 +429,7 @@ impl FromRequest<Arc<Services>> for RawJson {
         query.remove("access_token");
         let token = access_token(&parts).ok_or_else(Error::missing_token)?;
         let session = authenticate(services, &parts, &token)?;
-        if session.is_guest && !super::guest::guest_may_call(&parts.method, parts.uri.path()) {
-            return Err(Error::guest_access_forbidden(
-                "Guest accounts may not use this endpoint",
-            ));
-        }
+        super::guest::authorize(services, &session, &parts.method, parts.uri.path())?;
         let body = if bytes.is_empty() {
             serde_json::Value::Object(Default::default())
         } else {

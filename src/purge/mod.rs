@@ -7,7 +7,8 @@
 //!    with their stream and timeline entries, state, receipts, caches;
 //! 2. `push` (`src/push/purge.rs`): notification records and cached unread counts;
 //! 3. `users`: room account data;
-//! 4. `rtc`: scheduled delayed events.
+//! 4. `rtc`: scheduled delayed events;
+//! 5. `meetings`: the join link, temporary participants and personal-room record.
 //!
 //! **Crash safety.** Before the first deletion a marker `purging/<room_id>` in the `meta`
 //! tree records the room and the users whose per-user records may mention it (read from
@@ -131,6 +132,7 @@ impl PurgeService {
         self.push.purge_room(room_id, &users)?;
         self.users.purge_room_account_data(room_id, &users)?;
         self.rtc.purge_room_delayed(room_id)?;
+        crate::meetings::MeetingsStore::new(self.storage.clone()).purge_room(room_id)?;
         self.storage.durable().await?;
         let mut batch = Batch::new();
         batch.remove(meta, &marker_key(room_id));

@@ -187,6 +187,20 @@ impl RoomsService {
         Ok(map)
     }
 
+    /// The current state events of one type (every state key), read by a prefix scan of
+    /// that type only: cheap when a room has many members.
+    pub fn state_events_of_type(&self, room_id: &RoomId, kind: &str) -> Result<Vec<Arc<Pdu>>> {
+        let prefix = keys::strs(&[room_id.as_str(), kind]);
+        let mut out = Vec::new();
+        for kv in self.storage.trees.room_state.scan_prefix(&prefix) {
+            let (_, v) = kv?;
+            if let Some(pdu) = self.get_pdu(&parse_event_id(&v)?)? {
+                out.push(pdu);
+            }
+        }
+        Ok(out)
+    }
+
     /// The state as it was right after stream position `pos` (historical state).
     pub fn state_at(&self, room_id: &RoomId, pos: u64) -> Result<StateMap> {
         let prefix = keys::strs(&[room_id.as_str()]);

@@ -89,14 +89,11 @@ impl RtcService {
         let now = now_ms();
         let joined = self.rooms.members(room_id)?;
         let mut out = Vec::new();
-        for pdu in self
+        let mut events = self
             .rooms
-            .state_events(&self.rooms.current_state(room_id)?)?
-        {
-            let kind = pdu.kind.to_string();
-            if kind != CALL_MEMBER_EVENT && kind != RTC_MEMBER_EVENT {
-                continue;
-            }
+            .state_events_of_type(room_id, CALL_MEMBER_EVENT)?;
+        events.extend(self.rooms.state_events_of_type(room_id, RTC_MEMBER_EVENT)?);
+        for pdu in events {
             if joined.get(&pdu.sender) != Some(crate::rooms::Membership::Join) {
                 continue;
             }

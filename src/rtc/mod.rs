@@ -4,6 +4,7 @@
 
 pub mod calls;
 pub mod delayed;
+pub mod delegation;
 pub mod embedded;
 pub mod keys;
 pub mod openid;
@@ -46,6 +47,7 @@ pub struct RtcService {
     keys: LiveKitKeys,
     delayed: delayed::Scheduler,
     sfu: sfu_admin::SfuAdmin,
+    delegations: delegation::Delegations,
 }
 
 impl RtcService {
@@ -67,6 +69,7 @@ impl RtcService {
             keys,
             delayed: delayed::Scheduler::default(),
             sfu,
+            delegations: delegation::Delegations::default(),
         };
         service.purge_expired_openid_tokens()?;
         Ok(service)

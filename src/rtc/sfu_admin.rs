@@ -8,6 +8,8 @@
 //!
 //! - `POST /internal/mute_all_audio` `{"room", "except": [identity…]}` →
 //!   `{"muted": [identity…]}`; 404 when the SFU has no such room (nobody is in the call).
+//! - `GET /internal/rooms` → `{"rooms": [{"name", "participants": [identity…]}]}`: who
+//!   is connected (delegated delayed leaves watch it);
 //! - `POST /internal/close_room` `{"room"}` → `{"disconnected": [identity…]}`: everyone
 //!   is told to leave without reconnecting and the room is closed; 404 for no such room.
 
@@ -130,6 +132,47 @@ impl SfuAdmin {
             .await
             .map_err(|e| sfu_unavailable(format!("close_room: bad response: {e}")))?;
         Ok(parsed.disconnected)
+    }
+}
+
+#[derive(Deserialize)]
+struct RoomsResponse {
+    #[serde(default)]
+    rooms: Vec<RoomEntry>,
+}
+
+#[derive(Deserialize)]
+struct RoomEntry {
+    name: String,
+    #[serde(default)]
+    participants: Vec<String>,
+}
+
+impl SfuAdmin {
+    /// The identities connected to the LiveKit room `room` (`GET /internal/rooms`);
+    /// empty when the SFU does not know the room.
+    pub async fn participants(&self, room: &str) -> Result<Vec<String>> {
+        let url = format!("{}/internal/rooms", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .map_err(|e| Error::internal(format!("SFU rooms: {e}")))?;
+        if !response.status().is_success() {
+            return Err(Error::internal(format!("SFU rooms: {}", response.status())));
+        }
+        let parsed: RoomsResponse = response
+            .json()
+            .await
+            .map_err(|e| Error::internal(format!("SFU rooms: bad response: {e}")))?;
+        Ok(parsed
+            .rooms
+            .into_iter()
+            .find(|r| r.name == room)
+            .map(|r| r.participants)
+            .unwrap_or_default())
     }
 }
 

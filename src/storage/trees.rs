@@ -168,6 +168,19 @@ trees! {
     /// the delivery state of one appservice; `pending` is the transaction sent and not yet
     /// acknowledged, re-sent as it is (same id, same body) after a restart.
     appservice_delivery = 0x80,
+
+    // ---- meetings (0x90-0x9F) ----
+    /// `token` → JSON `{room_id, created_by, created_ts}`: a room's current join link.
+    join_links = 0x90,
+    /// `room_id` → `token`: the current join link of each room.
+    room_join_links = 0x91,
+    /// `room_id, user_id` → JSON `{since_ms, in_call, guest}`: temporary participants
+    /// (joined by link), watched until the server removes them.
+    temporary_participants = 0x92,
+    /// `user_id, room_id` → `""`: the rooms each user is a temporary participant of.
+    temporary_by_user = 0x93,
+    /// `user_id` → `room_id`: each user's personal meeting room.
+    personal_rooms = 0x94,
 }
 
 #[cfg(test)]

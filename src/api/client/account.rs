@@ -116,7 +116,8 @@ async fn register(
             "An application service registers with type m.login.application_service",
         ));
     } else if guest {
-        if !settings.allow_guests {
+        // External guests (meetings.allow_external_guests) register to join by link.
+        if !settings.allow_guests && !services.config.meetings.allow_external_guests {
             return Err(Error::guest_access_forbidden(
                 "Guest registration is disabled",
             ));
@@ -440,7 +441,9 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn closed_registration_and_guests() {
-        let closed = crate::api::router(Services::in_memory(Config::default()).unwrap());
+        let mut config = Config::default();
+        config.meetings.allow_external_guests = false;
+        let closed = crate::api::router(Services::in_memory(config).unwrap());
         let (status, body) = call(
             &closed,
             "POST",

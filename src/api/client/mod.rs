@@ -13,6 +13,7 @@ mod filter;
 mod keys;
 mod kinds;
 mod media;
+mod meetings;
 mod membership;
 mod myelin_rooms;
 mod presence;
@@ -60,6 +61,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = rtc::routes(router);
     let router = kinds::routes(router);
     let router = myelin_rooms::routes(router);
+    let router = meetings::routes(router);
     let router = thirdparty::routes(router);
     let router = report::routes(router);
     let router = appservice::routes(router);

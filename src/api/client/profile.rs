@@ -47,6 +47,10 @@ fn profile_json(services: &Services, user: &UserId) -> Result<Value> {
     if let Some(a) = avatar_url {
         body["avatar_url"] = json!(a);
     }
+    // Extended profiles: the personal meeting room's link (see `meetings`).
+    if let Some(link) = services.meetings.personal_link(user)? {
+        body[crate::meetings::MEETING_LINK_FIELD] = json!(link);
+    }
     Ok(body)
 }
 

@@ -3,6 +3,7 @@
 //! events (MSC4140, [`delayed`]) and Myelin's call-wide mute ([`mute`]).
 
 mod delayed;
+mod delegation;
 mod mute;
 mod openid;
 #[cfg(test)]
@@ -49,6 +50,14 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(update_delayed_v1_route)
         .ruma(update_delayed_v2_route);
     let router = router.route(MUTE_ALL_PATH, axum::routing::post(mute_all_route));
+    let router = delegation::DELEGATE_PATHS
+        .iter()
+        .fold(router, |router, path| {
+            router.route(
+                path,
+                axum::routing::post(delegation::delegate_delayed_leave_route),
+            )
+        });
     route_json_at(router, GET_TOKEN_V1_PATH, get_token_route)
 }
 

@@ -124,7 +124,8 @@ async fn discovery_advertises_rtc() {
         Some(json!({})),
     )
     .await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Delegation is offered: a request without its fields is a bad request.
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]

@@ -1,0 +1,205 @@
+//! Delegated delayed leave (MSC4195 "optional delegated delayed leave events", and
+//! lk-jwt-service's `/delegate_delayed_leave`): a client that scheduled its call
+//! membership's delayed leave (MSC4140) hands it to the server, which restarts it while
+//! the participant is connected to the SFU and sends it as soon as the participant
+//! disconnects — so a crashed browser's call membership ends within seconds instead of
+//! at the end of the delay.
+//!
+//! The SFU's connection state is polled through its internal API (`GET /internal/rooms`)
+//! every [`POLL`]; one delegation is kept per (user, room, slot, member id), a newer one
+//! replacing it. Delegations live in memory: after a restart the client's own delayed
+//! event still ends the membership when its delay runs out.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
+};
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+
+use super::{token, DelayedAction, RtcService};
+use crate::{Error, Result};
+
+/// How often a delegation looks at the SFU.
+const POLL: Duration = Duration::from_millis(500);
+/// How long a delegation waits for the participant to connect before giving up.
+const CONNECT_WAIT: Duration = Duration::from_secs(120);
+/// Shortest interval between two restarts of the delegated event.
+const MIN_RESTART: Duration = Duration::from_secs(1);
+
+/// What a delegation is keyed by.
+type Key = (OwnedUserId, OwnedRoomId, String, String);
+
+/// The current delegations: key → (delay id, generation).
+#[derive(Default)]
+pub struct Delegations {
+    current: Mutex<HashMap<Key, (String, u64)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Delegations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (String, u64)>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_current(&self, key: &Key, generation: u64) -> bool {
+        self.lock().get(key).is_some_and(|(_, g)| *g == generation)
+    }
+
+    fn finish(&self, key: &Key, generation: u64) {
+        let mut map = self.lock();
+        if map.get(key).is_some_and(|(_, g)| *g == generation) {
+            map.remove(key);
+        }
+    }
+
+    /// How many delegations are being watched.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One delegation request.
+pub struct DelegationRequest<'a> {
+    /// The SFU the participant connected to (must be this server's).
+    pub url: &'a str,
+    /// The room of the call.
+    pub room_id: &'a RoomId,
+    /// The MatrixRTC slot (`m.call#ROOM` for Element Call's room call).
+    pub slot_id: &'a str,
+    /// The membership's member id.
+    pub member_id: &'a str,
+    /// The delayed leave to manage.
+    pub delay_id: &'a str,
+}
+
+impl RtcService {
+    /// Takes over `req.delay_id` for `user` on `device`: checks it (400
+    /// `M_INVALID_PARAM` for another SFU, an unknown delayed event or one of another user
+    /// or room), then watches the participant on the SFU until they disconnect.
+    #[tracing::instrument(skip(self, req), fields(user = %user, room = %req.room_id))]
+    pub fn delegate_delayed_leave(
+        self: &Arc<Self>,
+        user: &UserId,
+        device: &str,
+        req: DelegationRequest<'_>,
+    ) -> Result<()> {
+        if req.slot_id.is_empty() || req.member_id.is_empty() || req.delay_id.is_empty() {
+            return Err(Error::invalid_param(
+                "slot_id, member_id and delay_id must not be empty",
+            ));
+        }
+        if req.url.trim_end_matches('/') != self.config.rtc.livekit_url.trim_end_matches('/') {
+            return Err(Error::invalid_param(format!(
+                "This server manages delayed leaves on its own SFU only ({})",
+                self.config.rtc.livekit_url
+            )));
+        }
+        let event = self
+            .delayed_event(req.delay_id)?
+            .filter(|e| e.user_id == user && e.room_id == req.room_id)
+            .ok_or_else(|| {
+                Error::invalid_param("No delayed event of yours in this room has that delay_id")
+            })?;
+        let key: Key = (
+            user.to_owned(),
+            req.room_id.to_owned(),
+            req.slot_id.to_owned(),
+            req.member_id.to_owned(),
+        );
+        let generation = self
+            .delegations
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.delegations
+            .lock()
+            .insert(key.clone(), (event.delay_id.clone(), generation));
+        let watch = Watch {
+            rtc: Arc::downgrade(self),
+            key,
+            generation,
+            delay_id: event.delay_id,
+            identity: token::identity(user.as_str(), device),
+            room: token::livekit_room_name(req.room_id.as_str(), req.slot_id),
+            restart_every: Duration::from_millis(event.delay_ms / 3).max(MIN_RESTART),
+        };
+        tokio::spawn(watch.run());
+        Ok(())
+    }
+
+    /// The delegations being watched.
+    pub fn delegations(&self) -> &Delegations {
+        &self.delegations
+    }
+}
+
+/// The task behind one delegation.
+struct Watch {
+    rtc: Weak<RtcService>,
+    key: Key,
+    generation: u64,
+    delay_id: String,
+    identity: String,
+    room: String,
+    restart_every: Duration,
+}
+
+impl Watch {
+    async fn run(self) {
+        let started = Instant::now();
+        let mut last_restart = Instant::now();
+        let mut seen = false;
+        loop {
+            tokio::time::sleep(POLL).await;
+            let Some(rtc) = self.rtc.upgrade() else {
+                return;
+            };
+            if !rtc.delegations.is_current(&self.key, self.generation) {
+                return;
+            }
+            match rtc.delayed_event(&self.delay_id) {
+                Ok(Some(_)) => {}
+                // Sent, cancelled or unreadable: nothing left to manage.
+                _ => break,
+            }
+            match rtc.sfu_admin().participants(&self.room).await {
+                Ok(present) if present.contains(&self.identity) => seen = true,
+                Ok(_) if seen => {
+                    tracing::info!(identity = %self.identity, "participant left the SFU: sending the delegated leave");
+                    if let Err(e) = rtc
+                        .update_delayed(&self.delay_id, DelayedAction::Send, None)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not send a delegated delayed leave");
+                    }
+                    break;
+                }
+                Ok(_) if started.elapsed() > CONNECT_WAIT => {
+                    tracing::info!(identity = %self.identity, "participant never connected: delegation dropped");
+                    break;
+                }
+                // Not connected yet, or the SFU did not answer: keep the event alive.
+                Ok(_) | Err(_) => {}
+            }
+            if last_restart.elapsed() >= self.restart_every {
+                if let Err(e) = rtc
+                    .update_delayed(&self.delay_id, DelayedAction::Restart, None)
+                    .await
+                {
+                    tracing::debug!(error = %e, "delegated delayed leave no longer restartable");
+                    break;
+                }
+                last_restart = Instant::now();
+            }
+        }
+        if let Some(rtc) = self.rtc.upgrade() {
+            rtc.delegations.finish(&self.key, self.generation);
+        }
+    }
+}
