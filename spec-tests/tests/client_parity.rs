@@ -431,3 +431,133 @@ async fn push_rule_changes_echo_through_sliding_sync_and_counts_follow() -> anyh
     assert_eq!(next["rooms"][&muted]["notification_count"], 1, "{next}");
     Ok(())
 }
+
+async fn relations(c: &Client, room: &str, path: &str) -> anyhow::Result<Value> {
+    c.request(
+        Method::GET,
+        &format!("/_matrix/client/v1/rooms/{}/relations/{path}", enc(room)),
+        None,
+    )
+    .await?
+    .ok()
+}
+
+fn chunk_bodies(page: &Value) -> Vec<String> {
+    page["chunk"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            body_of(e)
+                .or(e["content"]["m.relates_to"]["key"].as_str())
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn relations_page_threads_edits_and_reactions_as_the_reader_may_see_them(
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "Threads"}))
+        .await?;
+    let root = alice.say(&room, "root").await?;
+    let thread = |body: &str| {
+        json!({"msgtype": "m.text", "body": body,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    };
+    alice.send(&room, "m.room.message", thread("t1")).await?;
+    invite_and_join(&alice, &bob, &room).await?;
+    alice.send(&room, "m.room.message", thread("t2")).await?;
+    alice.say(&room, "unrelated").await?;
+    alice
+        .send(
+            &room,
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "👍"}}),
+        )
+        .await?;
+    // An encrypted reply: its relation stays in the clear.
+    alice
+        .send(
+            &room,
+            "m.room.encrypted",
+            json!({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AAAA", "body": "t3-encrypted",
+                "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await?;
+    alice.send(&room, "m.room.message", thread("t4")).await?;
+    let root_enc = enc(&root);
+
+    let all = relations(&bob, &room, &format!("{root_enc}?limit=50")).await?;
+    assert_eq!(
+        chunk_bodies(&all),
+        ["t4", "t3-encrypted", "👍", "t2", "t1"],
+        "{all}"
+    );
+    assert!(all.get("next_batch").is_none(), "{all}");
+    // unsigned.membership: Bob was not in the room for the first reply.
+    let chunk = all["chunk"].as_array().unwrap();
+    assert_eq!(membership_of(chunk, "t1"), "leave");
+    assert_eq!(membership_of(chunk, "t4"), "join");
+
+    let threads = relations(&bob, &room, &format!("{root_enc}/m.thread?limit=50")).await?;
+    assert_eq!(chunk_bodies(&threads), ["t4", "t3-encrypted", "t2", "t1"]);
+    let messages = relations(
+        &bob,
+        &room,
+        &format!("{root_enc}/m.thread/m.room.message?limit=50"),
+    )
+    .await?;
+    assert_eq!(chunk_bodies(&messages), ["t4", "t2", "t1"]);
+    let forwards = relations(&bob, &room, &format!("{root_enc}/m.thread?dir=f&limit=50")).await?;
+    assert_eq!(chunk_bodies(&forwards), ["t1", "t2", "t3-encrypted", "t4"]);
+
+    // Pages of two follow one another without gaps or repeats.
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..5 {
+        let mut path = format!("{root_enc}/m.thread?limit=2");
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", enc(f)));
+        }
+        let page = relations(&bob, &room, &path).await?;
+        seen.extend(chunk_bodies(&page));
+        match page["next_batch"].as_str() {
+            Some(next) => from = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["t4", "t3-encrypted", "t2", "t1"]);
+
+    // Not for someone outside the room; an unknown event is 404.
+    let r = carol
+        .request(
+            Method::GET,
+            &format!(
+                "/_matrix/client/v1/rooms/{}/relations/{root_enc}",
+                enc(&room)
+            ),
+            None,
+        )
+        .await?;
+    r.expect_error(403, "M_FORBIDDEN")?;
+    bob.request(
+        Method::GET,
+        &format!(
+            "/_matrix/client/v1/rooms/{}/relations/{}",
+            enc(&room),
+            enc("$nope")
+        ),
+        None,
+    )
+    .await?
+    .expect_error(404, "M_NOT_FOUND")?;
+    Ok(())
+}

@@ -18,6 +18,7 @@ mod myelin_rooms;
 mod presence;
 mod profile;
 mod push_rules;
+mod relations;
 mod report;
 mod room;
 mod rtc;
@@ -62,6 +63,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = myelin_rooms::routes(router);
     let router = thirdparty::routes(router);
     let router = report::routes(router);
+    let router = relations::routes(router);
     let router = appservice::routes(router);
     sync::routes(router)
 }
