@@ -303,12 +303,12 @@ impl E2eeService {
             for (key_id, uploaded) in keys {
                 match self.check_signature_upload(signer, target, key_id, uploaded) {
                     Ok(new) => {
-                        if !new.is_empty() {
-                            // Others' signatures are visible only to the signer.
-                            let who: &UserId = if target == signer { target } else { signer };
-                            if !changed_users.iter().any(|u| u == who) {
-                                changed_users.push(who.to_owned());
-                            }
+                        if !new.is_empty() && !changed_users.contains(target) {
+                            // The signed user's keys changed: everyone sharing a room with
+                            // them hears of it and queries them again; that is how the
+                            // signer's other devices see a user-signing signature (visible
+                            // to the signer only), as Synapse tells them.
+                            changed_users.push(target.clone());
                         }
                         writes.extend(new);
                     }

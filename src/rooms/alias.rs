@@ -3,7 +3,7 @@
 use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, RoomId, UserId};
 use serde_json::{json, Value};
 
-use super::{members::Membership, RoomsService};
+use super::{members::Membership, NewEvent, RoomsService};
 use crate::{
     storage::{keys, Batch},
     Error, Result,
@@ -70,6 +70,42 @@ impl RoomsService {
             &keys::strs(&[room_id.as_str(), alias.as_str()]),
         );
         self.storage.commit(batch)
+    }
+
+    /// `DELETE /directory/room/{alias}`: removes the alias and, as Synapse does, takes it
+    /// out of the room's `m.room.canonical_alias` (`alias` and `alt_aliases`) in the name
+    /// of the user (who has the power to, or the removal is refused), so that the room's
+    /// directory entry and its search stop showing it at once.
+    pub async fn remove_alias(&self, alias: &RoomAliasId, user: &UserId) -> Result<()> {
+        let room_id = self
+            .resolve_alias(alias)?
+            .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        let guard = self.lock(&room_id).await;
+        self.delete_alias(alias, user)?;
+        let Some(mut content) = self.state_content(&room_id, "m.room.canonical_alias", "")? else {
+            return Ok(());
+        };
+        let Some(fields) = content.as_object_mut() else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if fields.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+            fields.remove("alias");
+            changed = true;
+        }
+        if let Some(alt) = fields.get_mut("alt_aliases").and_then(Value::as_array_mut) {
+            let before = alt.len();
+            alt.retain(|a| a.as_str() != Some(alias.as_str()));
+            changed |= alt.len() != before;
+        }
+        if changed {
+            let event = NewEvent::state("m.room.canonical_alias", "", content);
+            if let Err(e) = self.send(guard, user, event).await {
+                // The alias is gone either way; the state names a dead alias until changed.
+                tracing::warn!(%room_id, %alias, "canonical alias not updated: {e}");
+            }
+        }
+        Ok(())
     }
 
     /// The local aliases of a room.

@@ -16,6 +16,7 @@ mod policy;
 mod publish;
 mod purge;
 mod read;
+mod relations;
 mod reports;
 mod restricted;
 mod state;
@@ -43,6 +44,7 @@ pub use self::{
     policy::RoomPolicy,
     publish::PublicationHold,
     read::{ContextPage, Direction, EventFilter, MessagesPage, Token},
+    relations::{RelationsPage, RelationsQuery},
     reports::{EventReport, ReportQuery},
     state::{PowerLevels, StateMap},
 };

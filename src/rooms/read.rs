@@ -348,8 +348,9 @@ impl RoomsService {
         if event.room_id != room_id || pos > cap || !self.can_see_event(room_id, user, pos)? {
             return Err(Error::not_found("Event not found"));
         }
-        let half = limit.min(100) / 2;
-        let before_n = limit.min(100) - half;
+        // As Synapse: the smaller half before the event, the larger after it.
+        let before_n = limit.min(100) / 2;
+        let after_n = limit.min(100) - before_n;
         let (before, _) = self.visible_timeline(
             room_id,
             user,
@@ -365,11 +366,11 @@ impl RoomsService {
             pos,
             cap,
             Direction::Forward,
-            half.max(1),
+            after_n.max(1),
             Some(filter),
         )?;
         let before: Vec<_> = if before_n == 0 { Vec::new() } else { before };
-        let after: Vec<_> = if half == 0 { Vec::new() } else { after };
+        let after: Vec<_> = if after_n == 0 { Vec::new() } else { after };
         let start = Token(before.last().map_or(pos, |(p, _)| *p) - 1);
         let end_pos = after.last().map_or(pos, |(p, _)| *p);
         let state_map = self.state_at(room_id, end_pos)?;

@@ -16,7 +16,8 @@
 //! Both inputs only change at a handful of positions (the room's history visibility events
 //! and the user's membership events), so visibility is worked out as ranges of positions
 //! once per read, never per event; a joined user reading events since their join takes no
-//! extra lookups at all.
+//! extra lookups at all. The same membership history gives each served event its
+//! `unsigned.membership` ([`RoomsService::add_memberships`]).
 
 use std::sync::Arc;
 
@@ -243,6 +244,55 @@ impl RoomsService {
         Ok((out, false))
     }
 
+    /// Adds `unsigned.membership` (MSC4115, spec v1.11) to client-format events of
+    /// `room_id` served to `user`: the user's membership right after each event (its own
+    /// change included), `leave` before they ever had one. Clients read it to tell
+    /// messages sent before they joined. Every read path calls it on what it serves.
+    pub fn add_memberships(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        events: &mut [Value],
+    ) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let history = self.membership_history(room_id, user)?;
+        for event in events {
+            let Some(pos) = event["event_id"]
+                .as_str()
+                .and_then(|id| ruma::EventId::parse(id).ok())
+                .map(|id| self.event_pos(&id))
+                .transpose()?
+                .flatten()
+            else {
+                continue;
+            };
+            let membership = value_at(&history, pos).unwrap_or(Membership::Leave);
+            if !event["unsigned"].is_object() {
+                event["unsigned"] = serde_json::json!({});
+            }
+            event["unsigned"]["membership"] = Value::from(membership.as_str());
+        }
+        Ok(())
+    }
+
+    /// The user's membership changes in the room, `(position, membership)` ascending.
+    fn membership_history(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<Vec<(u64, Membership)>> {
+        let mut out = Vec::new();
+        for (pos, id) in self.state_history(room_id, "m.room.member", user.as_str())? {
+            if let Some(pdu) = self.get_pdu(&id)? {
+                let content: Value = serde_json::from_str(pdu.content.get())?;
+                out.push((pos, Membership::from_content(&content)));
+            }
+        }
+        Ok(out)
+    }
+
     /// The visible positions of `from..=to` for `user`, as inclusive ascending ranges.
     fn visible_ranges(
         &self,
@@ -263,14 +313,7 @@ impl RoomsService {
                     .push((pos, HistoryVisibility::from_content(&content)));
             }
         }
-        for (pos, id) in self.state_history(room_id, "m.room.member", user.as_str())? {
-            if let Some(pdu) = self.get_pdu(&id)? {
-                let content: Value = serde_json::from_str(pdu.content.get())?;
-                inputs
-                    .membership
-                    .push((pos, Membership::from_content(&content)));
-            }
-        }
+        inputs.membership = self.membership_history(room_id, user)?;
         Ok(inputs.visible_ranges(from, to))
     }
 

@@ -286,6 +286,7 @@ impl SyncService {
                         {
                             self.rooms
                                 .add_transaction_ids(events, user, &session.device_id)?;
+                            self.rooms.add_memberships(&room_id, user, events)?;
                         }
                         join.insert(room_id.to_string(), entry);
                     }
@@ -300,10 +301,15 @@ impl SyncService {
                     if (since.is_some() && fresh || since.is_none() && filter.include_leave)
                         && !self.rooms.is_forgotten(&room_id, user)? =>
                 {
-                    leave.insert(
-                        room_id.to_string(),
-                        self.left_room(user, &room_id, since, mpos, filter)?,
-                    );
+                    let mut entry = self.left_room(user, &room_id, since, mpos, filter)?;
+                    if let Some(events) = entry
+                        .get_mut("timeline")
+                        .and_then(|t| t.get_mut("events"))
+                        .and_then(Value::as_array_mut)
+                    {
+                        self.rooms.add_memberships(&room_id, user, events)?;
+                    }
+                    leave.insert(room_id.to_string(), entry);
                 }
                 _ => {}
             }

@@ -1,14 +1,19 @@
 //! Interop check of Myelin with matrix-rust-sdk (the SDK under Element X).
 //!
-//! Usage: `myelin-sdk-interop BASE_URL [--media]`
+//! Usage: `myelin-sdk-interop BASE_URL [--media] [--verify] [--recover]`
 //!
 //! Two users (registered over plain HTTP) log in with matrix-sdk, which discovers native
 //! simplified sliding sync from `/versions`; each runs matrix-sdk-ui's `SyncService`
 //! (the `RoomListService` plus the encryption sync). Alice creates an encrypted DM with
 //! Bob, Bob joins, and messages go both ways and must decrypt on the other side, with the
 //! keys exchanged through the server. With `--media`, a file is uploaded, downloaded
-//! through authenticated media and a PNG thumbnail is fetched. Exits non-zero on any
-//! failure; every wait is bounded.
+//! through authenticated media and a PNG thumbnail is fetched. With `--verify`, both set
+//! up cross-signing and verify each other interactively (an in-room request in the DM,
+//! SAS with emoji, both confirm) until each sees the other's identity as verified. With
+//! `--recover`, Alice enables recovery (secret storage and key backup), then a new device
+//! of hers recovers with the recovery key and must decrypt the DM's earlier messages from
+//! the backup (as Element X: keys fetched after a decryption failure). Exits
+//! non-zero on any failure; every wait is bounded.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +31,7 @@ use matrix_sdk::{
 use matrix_sdk_ui::{
     room_list_service::RoomListLoadingState,
     sync_service::SyncService,
-    timeline::{RoomExt, Timeline},
+    timeline::{RoomExt, Timeline, TimelineEventFocusThreadMode, TimelineFocus},
 };
 use serde_json::{json, Value};
 
@@ -61,8 +66,17 @@ async fn register(base: &str, name: &str) -> Result<()> {
 }
 
 async fn login(base: &str, name: &str) -> Result<Client> {
+    login_with(base, name, Default::default()).await
+}
+
+async fn login_with(
+    base: &str,
+    name: &str,
+    settings: matrix_sdk::encryption::EncryptionSettings,
+) -> Result<Client> {
     let client = Client::builder()
         .homeserver_url(base)
+        .with_encryption_settings(settings)
         .sliding_sync_version_builder(VersionBuilder::DiscoverNative)
         .build()
         .await
@@ -145,6 +159,215 @@ async fn wait_decrypted(
         Ok(None)
     })
     .await
+}
+
+/// Cross-signing for both, then Alice verifies Bob with SAS emoji through their DM; both
+/// confirm, and each must then see the other's identity as verified.
+async fn check_verification(alice: &Client, bob: &Client) -> Result<()> {
+    let alice_id = alice.user_id().context("alice id")?.to_owned();
+    let bob_id = bob.user_id().context("bob id")?.to_owned();
+    for c in [alice, bob] {
+        c.encryption()
+            .bootstrap_cross_signing(None)
+            .await
+            .context("bootstrap cross-signing (first upload, no UIA)")?;
+    }
+    let bob_identity = wait_for("alice to fetch bob's identity", || async {
+        Ok(alice.encryption().request_user_identity(&bob_id).await?)
+    })
+    .await?;
+    wait_for("bob to fetch alice's identity", || async {
+        Ok(bob.encryption().request_user_identity(&alice_id).await?)
+    })
+    .await?;
+    let request = bob_identity
+        .request_verification()
+        .await
+        .context("alice requests verification")?;
+    let flow_id = request.flow_id().to_owned();
+    let bob_request = wait_for("bob to receive the verification request", || async {
+        Ok(bob
+            .encryption()
+            .get_verification_request(&alice_id, &flow_id)
+            .await)
+    })
+    .await?;
+    bob_request.accept().await.context("bob accepts")?;
+    wait_for("alice to see the request ready", || async {
+        ensure!(
+            !request.is_cancelled(),
+            "cancelled: {:?}",
+            request.cancel_info()
+        );
+        Ok(request.is_ready().then_some(()))
+    })
+    .await?;
+    let alice_sas = request
+        .start_sas()
+        .await
+        .context("alice starts SAS")?
+        .context("no SAS started")?;
+    let bob_sas = wait_for("bob to see the SAS start", || async {
+        Ok(bob
+            .encryption()
+            .get_verification(&alice_id, &flow_id)
+            .await
+            .and_then(|v| v.sas()))
+    })
+    .await?;
+    bob_sas.accept().await.context("bob accepts SAS")?;
+    for (sas, who) in [(&alice_sas, "alice"), (&bob_sas, "bob")] {
+        wait_for(&format!("{who} to have emoji to show"), || async {
+            ensure!(
+                !sas.is_cancelled(),
+                "{who}: cancelled: {:?}",
+                sas.cancel_info()
+            );
+            Ok(sas.can_be_presented().then_some(()))
+        })
+        .await?;
+    }
+    let symbols = |sas: &matrix_sdk::encryption::verification::SasVerification| {
+        sas.emoji()
+            .map(|e| e.iter().map(|e| e.symbol).collect::<Vec<_>>())
+    };
+    let shown = symbols(&alice_sas).context("alice's emoji")?;
+    ensure!(
+        Some(&shown) == symbols(&bob_sas).as_ref(),
+        "the two sides show different emoji"
+    );
+    alice_sas.confirm().await.context("alice confirms")?;
+    bob_sas.confirm().await.context("bob confirms")?;
+    for (sas, who) in [(&alice_sas, "alice"), (&bob_sas, "bob")] {
+        wait_for(&format!("{who}'s SAS to be done"), || async {
+            ensure!(
+                !sas.is_cancelled(),
+                "{who}: cancelled: {:?}",
+                sas.cancel_info()
+            );
+            Ok(sas.is_done().then_some(()))
+        })
+        .await?;
+    }
+    for (viewer, other, who) in [(alice, &bob_id, "alice"), (bob, &alice_id, "bob")] {
+        wait_for(&format!("{who} to see {other} verified"), || async {
+            Ok(viewer
+                .encryption()
+                .get_user_identity(other)
+                .await?
+                .filter(|i| i.is_verified())
+                .map(|_| ()))
+        })
+        .await?;
+    }
+    // What the server holds: the other's signature on each master key, as queried again.
+    for (viewer, other, who) in [(alice, &bob_id, "alice"), (bob, &alice_id, "bob")] {
+        let identity = viewer
+            .encryption()
+            .request_user_identity(other)
+            .await?
+            .with_context(|| format!("{who}: {other}'s identity from the server"))?;
+        ensure!(
+            identity.is_verified(),
+            "{who}: {other} is not verified after a fresh /keys/query"
+        );
+    }
+    Ok(())
+}
+
+/// Alice enables recovery; a new device of hers recovers with the key and decrypts the
+/// DM's earlier messages (hers and Bob's) from the server-side key backup.
+async fn check_recovery(
+    base: &str,
+    alice: &Client,
+    dm_id: &RoomId,
+    bob_id: &OwnedUserId,
+) -> Result<()> {
+    let alice_id = alice.user_id().context("alice id")?.to_owned();
+    let key = alice
+        .encryption()
+        .recovery()
+        .enable()
+        .wait_for_backups_to_upload()
+        .await
+        .context("enable recovery")?;
+    println!("alice enabled recovery; backups uploaded");
+    let settings = matrix_sdk::encryption::EncryptionSettings {
+        backup_download_strategy:
+            matrix_sdk::encryption::BackupDownloadStrategy::AfterDecryptionFailure,
+        auto_enable_backups: true,
+        ..Default::default()
+    };
+    let device = login_with(base, "alice", settings).await?;
+    let sync = SyncService::builder(device.clone()).build().await?;
+    sync.start().await;
+    device
+        .encryption()
+        .recovery()
+        .recover(&key)
+        .await
+        .context("recover with the recovery key")?;
+    println!("alice's new device recovered");
+    let room = wait_for("the DM on alice's new device", || {
+        let device = device.clone();
+        async move { Ok(device.get_room(dm_id)) }
+    })
+    .await?;
+    let timeline = room.timeline().await?;
+    timeline.paginate_backwards(50).await?;
+    wait_decrypted(
+        &timeline,
+        "hello bob, this is encrypted",
+        &alice_id,
+        "alice's new device",
+    )
+    .await?;
+    wait_decrypted(
+        &timeline,
+        "hi alice, decrypted fine",
+        bob_id,
+        "alice's new device",
+    )
+    .await?;
+    // A permalink to Bob's reply (a timeline focused on it, read with /context) shows
+    // it and the message before it decrypted as well.
+    let target = timeline
+        .items()
+        .await
+        .iter()
+        .filter_map(|i| i.as_event())
+        .find(|e| e.sender() == bob_id)
+        .and_then(|e| e.event_id().map(ToOwned::to_owned))
+        .context("bob's reply has an event id")?;
+    let focused = room
+        .timeline_builder()
+        .with_focus(TimelineFocus::Event {
+            target,
+            num_context_events: 10,
+            thread_mode: TimelineEventFocusThreadMode::Automatic {
+                hide_threaded_events: false,
+            },
+        })
+        .build()
+        .await
+        .context("a timeline focused on bob's reply")?;
+    wait_decrypted(
+        &focused,
+        "hi alice, decrypted fine",
+        bob_id,
+        "the permalink",
+    )
+    .await?;
+    wait_decrypted(
+        &focused,
+        "hello bob, this is encrypted",
+        &alice_id,
+        "the permalink",
+    )
+    .await?;
+    println!("a permalink timeline decrypts around its event");
+    sync.stop().await;
+    Ok(())
 }
 
 async fn check_media(alice: &Client, bob: &Client) -> Result<()> {
@@ -250,7 +473,7 @@ fn tiny_png(width: u32, height: u32) -> Vec<u8> {
     out
 }
 
-async fn run(base: &str, media: bool) -> Result<()> {
+async fn run(base: &str, media: bool, verify: bool, recover: bool) -> Result<()> {
     register(base, "alice").await?;
     register(base, "bob").await?;
     let alice = login(base, "alice").await?;
@@ -351,6 +574,14 @@ async fn run(base: &str, media: bool) -> Result<()> {
         check_media(&alice, &bob).await?;
         println!("media upload, authenticated download and thumbnail work");
     }
+    if verify {
+        check_verification(&alice, &bob).await?;
+        println!("SAS verification done: alice and bob see each other verified");
+    }
+    if recover {
+        check_recovery(base, &alice, &dm_id, &bob_id).await?;
+        println!("recovery re-decrypted the earlier messages from the key backup");
+    }
 
     alice_sync.stop().await;
     bob_sync.stop().await;
@@ -373,9 +604,12 @@ async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let base = args
         .next()
-        .context("usage: myelin-sdk-interop BASE_URL [--media]")?;
-    let media = args.any(|a| a == "--media");
-    tokio::time::timeout(Duration::from_secs(240), run(&base, media))
+        .context("usage: myelin-sdk-interop BASE_URL [--media] [--verify] [--recover]")?;
+    let flags: Vec<String> = args.collect();
+    let media = flags.iter().any(|a| a == "--media");
+    let verify = flags.iter().any(|a| a == "--verify");
+    let recover = flags.iter().any(|a| a == "--recover");
+    tokio::time::timeout(Duration::from_secs(240), run(&base, media, verify, recover))
         .await
         .map_err(|_| anyhow!("interop run timed out"))??;
     println!("matrix-sdk interop: ok");

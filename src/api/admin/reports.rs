@@ -1,5 +1,6 @@
-//! Admin API, event reports: list, get and delete what users reported (Synapse's
-//! `/_synapse/admin/v1/event_reports...` shapes).
+//! Admin API, reports: list, get and delete what users reported, events (Synapse's
+//! `/_synapse/admin/v1/event_reports...` shapes) and rooms (`.../room_reports...`, the
+//! same shapes without the event fields).
 
 use std::sync::Arc;
 
@@ -21,6 +22,11 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
             "/_synapse/admin/v1/event_reports/{report_id}",
             get(get_report).delete(delete_report),
         )
+        .route("/_synapse/admin/v1/room_reports", get(list_room_reports))
+        .route(
+            "/_synapse/admin/v1/room_reports/{report_id}",
+            get(get_room_report).delete(delete_room_report),
+        )
 }
 
 /// A report with what an administrator needs to judge it: the room's name and alias
@@ -32,19 +38,23 @@ fn report_json(services: &Services, r: &EventReport, with_event: bool) -> Result
             .state_content(&r.room_id, kind, "")?
             .and_then(|c| c.get(field).and_then(Value::as_str).map(str::to_owned)))
     };
-    let event = services.rooms.get_pdu(&r.event_id)?;
     let mut body = json!({
         "id": r.id,
         "received_ts": r.received_ts,
         "room_id": r.room_id,
         "name": text("m.room.name", "name")?,
         "canonical_alias": text("m.room.canonical_alias", "alias")?,
-        "event_id": r.event_id,
         "user_id": r.user_id,
         "reason": r.reason,
-        "score": r.score,
-        "sender": event.as_ref().map(|e| e.sender.to_string()),
     });
+    let Some(event_id) = &r.event_id else {
+        // A room report.
+        return Ok(body);
+    };
+    let event = services.rooms.get_pdu(event_id)?;
+    body["event_id"] = json!(event_id);
+    body["score"] = json!(r.score);
+    body["sender"] = json!(event.as_ref().map(|e| e.sender.to_string()));
     if with_event {
         body["event_json"] = event.map_or(Value::Null, |e| e.to_client_event());
     }
@@ -63,6 +73,18 @@ async fn list_reports(
     State(services): State<Arc<Services>>,
     req: AdminRequest,
 ) -> Result<Json<Value>> {
+    list(&services, &req, false)
+}
+
+/// `GET /_synapse/admin/v1/room_reports` (the same parameters)
+async fn list_room_reports(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    list(&services, &req, true)
+}
+
+fn list(services: &Services, req: &AdminRequest, rooms: bool) -> Result<Json<Value>> {
     let forwards = match req.query("dir") {
         None | Some("b") => false,
         Some("f") => true,
@@ -83,14 +105,15 @@ async fn list_reports(
             })
             .transpose()?,
         forwards,
+        rooms,
     };
     let reports = services.rooms.list_event_reports(&query)?;
     let total = reports.len();
     let (page, next) = req.page(reports)?;
     let mut body = json!({
-        "event_reports": page
+        (if rooms { "room_reports" } else { "event_reports" }): page
             .iter()
-            .map(|r| report_json(&services, r, false))
+            .map(|r| report_json(services, r, false))
             .collect::<Result<Vec<_>>>()?,
         "total": total,
     });
@@ -105,8 +128,29 @@ async fn get_report(
     State(services): State<Arc<Services>>,
     req: AdminRequest,
 ) -> Result<Json<Value>> {
-    let report = services.rooms.event_report(report_id(&req)?)?;
+    let report = services.rooms.event_report(report_id(&req)?, false)?;
     Ok(Json(report_json(&services, &report, true)?))
+}
+
+/// `GET /_synapse/admin/v1/room_reports/{reportId}`
+async fn get_room_report(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    let report = services.rooms.event_report(report_id(&req)?, true)?;
+    Ok(Json(report_json(&services, &report, true)?))
+}
+
+/// `DELETE /_synapse/admin/v1/room_reports/{reportId}`
+async fn delete_room_report(
+    State(services): State<Arc<Services>>,
+    req: AdminRequest,
+) -> Result<Json<Value>> {
+    services
+        .rooms
+        .delete_event_report(report_id(&req)?, true)
+        .await?;
+    Ok(Json(json!({})))
 }
 
 /// `DELETE /_synapse/admin/v1/event_reports/{reportId}`
@@ -114,6 +158,9 @@ async fn delete_report(
     State(services): State<Arc<Services>>,
     req: AdminRequest,
 ) -> Result<Json<Value>> {
-    services.rooms.delete_event_report(report_id(&req)?).await?;
+    services
+        .rooms
+        .delete_event_report(report_id(&req)?, false)
+        .await?;
     Ok(Json(json!({})))
 }

@@ -80,7 +80,8 @@ async fn delete_alias_route(
 ) -> Result<delete_alias::v3::Response> {
     services
         .rooms
-        .delete_alias(&req.body.room_alias, req.sender_user()?)?;
+        .remove_alias(&req.body.room_alias, req.sender_user()?)
+        .await?;
     Ok(delete_alias::v3::Response::new())
 }
 

@@ -19,6 +19,7 @@ mod myelin_rooms;
 mod presence;
 mod profile;
 mod push_rules;
+mod relations;
 mod report;
 mod room;
 mod rtc;
@@ -64,6 +65,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = meetings::routes(router);
     let router = thirdparty::routes(router);
     let router = report::routes(router);
+    let router = relations::routes(router);
     let router = appservice::routes(router);
     sync::routes(router)
 }

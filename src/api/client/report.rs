@@ -1,9 +1,10 @@
-//! Reporting content: `POST /rooms/{roomId}/report/{eventId}`.
+//! Reporting content: `POST /rooms/{roomId}/report/{eventId}` and
+//! `POST /rooms/{roomId}/report`.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use ruma::api::client::room::report_content;
+use ruma::api::client::room::{report_content, report_room};
 use serde_json::Value;
 
 use crate::{
@@ -13,7 +14,20 @@ use crate::{
 };
 
 pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Services>> {
-    router.ruma(report_event)
+    router.ruma(report_event).ruma(report_room_route)
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/report` (spec v1.13, MSC4151): `reason`.
+async fn report_room_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<report_room::v3::Request>,
+) -> Result<report_room::v3::Response> {
+    let user = req.sender_user()?;
+    services
+        .rooms
+        .report_room(&req.body.room_id, user, req.body.reason.clone())?;
+    services.storage.durable().await?;
+    Ok(report_room::v3::Response::new())
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/report/{eventId}`: `reason` and the optional

@@ -343,9 +343,11 @@ async fn get_event_route(
     let pdu = services
         .rooms
         .visible_event(&body.room_id, user, &body.event_id)?;
-    Ok(get_room_event::v3::Response::new(raw(
-        &pdu.to_client_event()
-    )?))
+    let mut event = [pdu.to_client_event()];
+    services
+        .rooms
+        .add_memberships(&body.room_id, user, &mut event)?;
+    Ok(get_room_event::v3::Response::new(raw(&event[0])?))
 }
 
 fn filter_json(filter: &impl serde::Serialize) -> Result<EventFilter> {
@@ -367,16 +369,24 @@ async fn context_route(
     let mut res = get_context::v3::Response::new();
     res.start = Some(page.start.to_string());
     res.end = Some(page.end.to_string());
-    res.event = Some(raw(&page.event.to_client_event())?);
-    res.events_before = page
-        .events_before
+    let served = |pdus: &[Arc<crate::events::Pdu>]| -> Result<Vec<Value>> {
+        let mut events: Vec<Value> = pdus.iter().map(|p| p.to_client_event()).collect();
+        services
+            .rooms
+            .add_memberships(&body.room_id, user, &mut events)?;
+        Ok(events)
+    };
+    res.event = served(std::slice::from_ref(&page.event))?
+        .first()
+        .map(raw)
+        .transpose()?;
+    res.events_before = served(&page.events_before)?
         .iter()
-        .map(|p| raw(&p.to_client_event()))
+        .map(raw)
         .collect::<Result<_>>()?;
-    res.events_after = page
-        .events_after
+    res.events_after = served(&page.events_after)?
         .iter()
-        .map(|p| raw(&p.to_client_event()))
+        .map(raw)
         .collect::<Result<_>>()?;
     res.state = page
         .state
@@ -412,6 +422,9 @@ async fn messages_route(
     services
         .rooms
         .add_transaction_ids(&mut chunk, user, req.sender_device()?)?;
+    services
+        .rooms
+        .add_memberships(&body.room_id, user, &mut chunk)?;
     res.chunk = chunk.iter().map(raw).collect::<Result<_>>()?;
     res.state = page
         .state

@@ -115,6 +115,9 @@ impl SyncService {
                 );
             }
             if !global.is_empty() || !per_room.is_empty() {
+                // News: a long-poll woken by an account-data change (push rules from a
+                // notification settings change included) answers with it at once.
+                changed = true;
                 out.insert(
                     "account_data".into(),
                     json!({ "global": global, "rooms": per_room }),
