@@ -1,5 +1,6 @@
 //! Myelin: a fast, single-binary Matrix homeserver.
 
+pub mod accounts;
 pub mod api;
 pub mod appservice;
 pub mod backup;

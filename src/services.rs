@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::{
+    accounts::AccountsService,
     appservice::{AppserviceConsumer, AppserviceService},
     config::Config,
     e2ee::E2eeService,
@@ -56,6 +57,8 @@ pub struct Services {
     pub appservices: Arc<AppserviceService>,
     /// Meetings: join links, temporary participants, schedules.
     pub meetings: Arc<MeetingsService>,
+    /// Account operations spanning users, rooms and push.
+    pub accounts: Arc<AccountsService>,
 }
 
 impl Services {
@@ -188,6 +191,12 @@ impl Services {
         let pipeline = pipeline.build();
         pipeline.start();
         let rate_limits = Arc::new(RateLimiter::new(&config.rate_limits));
+        let accounts = Arc::new(AccountsService::new(
+            storage.clone(),
+            users.clone(),
+            rooms.clone(),
+            push.clone(),
+        ));
         Ok(Arc::new(Services {
             config,
             storage,
@@ -205,6 +214,7 @@ impl Services {
             rate_limits,
             appservices,
             meetings,
+            accounts,
         }))
     }
 

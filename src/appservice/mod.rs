@@ -389,7 +389,7 @@ mod tests {
         );
         let s = Services::in_memory(Config::default()).unwrap();
         let alice = users.create_user("alice", None, false).unwrap();
-        let (token, _) = users.create_session(&alice, None, None).unwrap();
+        let (token, _) = users.create_session_now(&alice, None, None).unwrap();
         let mut regs = regs;
         regs[0].as_token = token;
         let refused =

@@ -176,9 +176,53 @@ impl E2eeService {
             .ok_or_else(no_backup)
     }
 
+    /// [`Self::create_backup_now`], durable on return.
+    pub async fn create_backup(&self, user: &UserId, body: &Value) -> Result<String> {
+        let version = self.create_backup_now(user, body)?;
+        self.storage.durable().await?;
+        Ok(version)
+    }
+
+    /// [`Self::update_backup_now`], durable on return.
+    pub async fn update_backup(&self, user: &UserId, version: &str, body: &Value) -> Result<()> {
+        self.update_backup_now(user, version, body)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::delete_backup_now`], durable on return.
+    pub async fn delete_backup(&self, user: &UserId, version: &str) -> Result<()> {
+        self.delete_backup_now(user, version)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::put_backup_keys_now`], durable on return.
+    pub async fn put_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        rooms: &BTreeMap<OwnedRoomId, BTreeMap<String, Value>>,
+    ) -> Result<BackupCounts> {
+        let counts = self.put_backup_keys_now(user, version, rooms)?;
+        self.storage.durable().await?;
+        Ok(counts)
+    }
+
+    /// [`Self::delete_backup_keys_now`], durable on return.
+    pub async fn delete_backup_keys(
+        &self,
+        user: &UserId,
+        version: &str,
+        room: Option<&RoomId>,
+        session: Option<&str>,
+    ) -> Result<BackupCounts> {
+        let counts = self.delete_backup_keys_now(user, version, room, session)?;
+        self.storage.durable().await?;
+        Ok(counts)
+    }
+
     /// `POST /room_keys/version`: creates a new backup version from `{algorithm,
-    /// auth_data}`; it becomes the current one. Not yet durable.
-    pub fn create_backup(&self, user: &UserId, body: &Value) -> Result<String> {
+    /// auth_data}`; it becomes the current one.
+    fn create_backup_now(&self, user: &UserId, body: &Value) -> Result<String> {
         let (algorithm, auth_data) = check_algorithm(body)?;
         let _guard = self.backup_guard()?;
         let version = self.last_version(user)?.map_or(1, |v| v.version + 1);
@@ -201,8 +245,8 @@ impl E2eeService {
     }
 
     /// `PUT /room_keys/version/{version}`: replaces `auth_data`; the algorithm cannot
-    /// change. Not yet durable.
-    pub fn update_backup(&self, user: &UserId, version: &str, body: &Value) -> Result<()> {
+    /// change.
+    fn update_backup_now(&self, user: &UserId, version: &str, body: &Value) -> Result<()> {
         let (algorithm, auth_data) = check_algorithm(body)?;
         if let Some(claimed) = body.get("version") {
             if claimed.as_str() != Some(version) {
@@ -228,9 +272,8 @@ impl E2eeService {
         self.storage.commit(batch)
     }
 
-    /// `DELETE /room_keys/version/{version}`: deletes a version and its keys. Not yet
-    /// durable.
-    pub fn delete_backup(&self, user: &UserId, version: &str) -> Result<()> {
+    /// `DELETE /room_keys/version/{version}`: deletes a version and its keys.
+    fn delete_backup_now(&self, user: &UserId, version: &str) -> Result<()> {
         let _guard = self.backup_guard()?;
         let mut record = self.backup(user, version)?;
         let trees = &self.storage.trees;
@@ -253,8 +296,8 @@ impl E2eeService {
 
     /// `PUT /room_keys/keys…`: stores room → session → key data in the current version,
     /// keeping the better of an old and a new key. `M_WRONG_ROOM_KEYS_VERSION` when
-    /// `version` is not the current one. Not yet durable.
-    pub fn put_backup_keys(
+    /// `version` is not the current one.
+    fn put_backup_keys_now(
         &self,
         user: &UserId,
         version: &str,
@@ -346,8 +389,8 @@ impl E2eeService {
     }
 
     /// `DELETE /room_keys/keys…`: removes keys of a version (all, one room or one
-    /// session). Not yet durable.
-    pub fn delete_backup_keys(
+    /// session).
+    fn delete_backup_keys_now(
         &self,
         user: &UserId,
         version: &str,
@@ -423,12 +466,12 @@ mod tests {
             "auth_data": { "public_key": "pk", "signatures": {} } });
         assert_eq!(
             s.e2ee
-                .put_backup_keys(&alice, "1", &BTreeMap::new())
+                .put_backup_keys_now(&alice, "1", &BTreeMap::new())
                 .unwrap_err()
                 .errcode(),
             "M_NOT_FOUND"
         );
-        let v1 = s.e2ee.create_backup(&alice, &algorithm).unwrap();
+        let v1 = s.e2ee.create_backup_now(&alice, &algorithm).unwrap();
         assert_eq!(v1, "1");
         let room: OwnedRoomId = "!r:localhost".try_into().unwrap();
         let key = |verified: bool, index: u64, forwarded: u64, tag: &str| {
@@ -437,7 +480,7 @@ mod tests {
         };
         let put = |data: Value| {
             let rooms = BTreeMap::from([(room.clone(), map(json!({ "s1": data })))]);
-            s.e2ee.put_backup_keys(&alice, &v1, &rooms).unwrap()
+            s.e2ee.put_backup_keys_now(&alice, &v1, &rooms).unwrap()
         };
         let stored = || {
             s.e2ee
@@ -469,17 +512,17 @@ mod tests {
         let rooms = BTreeMap::from([(room.clone(), map(json!({ "s2": { "is_verified": true } })))]);
         assert_eq!(
             s.e2ee
-                .put_backup_keys(&alice, &v1, &rooms)
+                .put_backup_keys_now(&alice, &v1, &rooms)
                 .unwrap_err()
                 .errcode(),
             "M_BAD_JSON"
         );
 
         // A new version makes the old one stale for writes.
-        let v2 = s.e2ee.create_backup(&alice, &algorithm).unwrap();
+        let v2 = s.e2ee.create_backup_now(&alice, &algorithm).unwrap();
         assert_eq!(v2, "2");
         let rooms = BTreeMap::from([(room.clone(), map(json!({ "s2": key(false, 0, 0, "x") })))]);
-        let err = s.e2ee.put_backup_keys(&alice, &v1, &rooms).unwrap_err();
+        let err = s.e2ee.put_backup_keys_now(&alice, &v1, &rooms).unwrap_err();
         assert_eq!(err.errcode(), "M_WRONG_ROOM_KEYS_VERSION");
         assert_eq!(err.to_status_and_body().1["current_version"], "2");
         assert_eq!(s.e2ee.current_backup(&alice).unwrap().unwrap().version, 2);
@@ -487,21 +530,21 @@ mod tests {
         // Deleting keys and versions.
         let c = s
             .e2ee
-            .delete_backup_keys(&alice, &v1, Some(&room), Some("s1"))
+            .delete_backup_keys_now(&alice, &v1, Some(&room), Some("s1"))
             .unwrap();
         assert_eq!(c.count, 0);
-        s.e2ee.delete_backup(&alice, &v2).unwrap();
+        s.e2ee.delete_backup_now(&alice, &v2).unwrap();
         assert_eq!(s.e2ee.current_backup(&alice).unwrap().unwrap().version, 1);
         assert_eq!(
             s.e2ee.backup(&alice, &v2).unwrap_err().errcode(),
             "M_NOT_FOUND"
         );
-        assert_eq!(s.e2ee.create_backup(&alice, &algorithm).unwrap(), "3");
+        assert_eq!(s.e2ee.create_backup_now(&alice, &algorithm).unwrap(), "3");
         // The algorithm of a version cannot change.
         let other = json!({ "algorithm": "other", "auth_data": {} });
         assert_eq!(
             s.e2ee
-                .update_backup(&alice, "3", &other)
+                .update_backup_now(&alice, "3", &other)
                 .unwrap_err()
                 .errcode(),
             "M_INVALID_PARAM"

@@ -24,7 +24,7 @@ pub(crate) fn login(s: &Services, name: &str) -> (OwnedUserId, OwnedDeviceId) {
         Ok(u) => u,
         Err(_) => s.users.user_id_from(name).unwrap(),
     };
-    let (_, device) = s.users.create_session(&user, None, None).unwrap();
+    let (_, device) = s.users.create_session_now(&user, None, None).unwrap();
     (user, device)
 }
 

@@ -54,8 +54,9 @@ fn report_key(id: u64) -> Vec<u8> {
 
 impl RoomsService {
     /// Records `user`'s report of an event they can see; 404 `M_NOT_FOUND` when the
-    /// event is not in the room or hidden from them (whether it exists is not revealed).
-    pub fn report_event(
+    /// event is not in the room or hidden from them (whether it exists is not revealed);
+    /// durable on return.
+    pub async fn report_event(
         &self,
         room_id: &RoomId,
         event_id: &EventId,
@@ -87,12 +88,18 @@ impl RoomsService {
             received_ts: u64::from(ruma::MilliSecondsSinceUnixEpoch::now().0),
         })?;
         tracing::info!(report = id, room = %room_id, event = %event_id, "event reported");
+        self.storage.durable().await?;
         Ok(id)
     }
 
     /// Records `user`'s report of a room (as Synapse: any existing room, member or not;
-    /// 404 `M_NOT_FOUND` for an unknown one).
-    pub fn report_room(&self, room_id: &RoomId, user: &UserId, reason: String) -> Result<u64> {
+    /// 404 `M_NOT_FOUND` for an unknown one); durable on return.
+    pub async fn report_room(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        reason: String,
+    ) -> Result<u64> {
         check_reason(Some(&reason))?;
         if !self.exists(room_id)? {
             return Err(Error::not_found("Room not found"));
@@ -107,6 +114,7 @@ impl RoomsService {
             received_ts: u64::from(ruma::MilliSecondsSinceUnixEpoch::now().0),
         })?;
         tracing::info!(report = id, room = %room_id, "room reported");
+        self.storage.durable().await?;
         Ok(id)
     }
 
@@ -208,10 +216,12 @@ mod tests {
         let first = s
             .rooms
             .report_event(&room, &event, &alice, None, Some(-5))
+            .await
             .unwrap();
         let second = s
             .rooms
             .report_event(&room, &event, &alice, Some("again".into()), None)
+            .await
             .unwrap();
         assert_eq!((first, second), (1, 2));
         let newest_first: Vec<u64> = s
@@ -239,12 +249,17 @@ mod tests {
         assert_eq!(
             s.rooms
                 .report_event(&room, &event, &alice, None, Some(1))
+                .await
                 .unwrap_err()
                 .errcode(),
             "M_INVALID_PARAM"
         );
         // A room report: listed apart from event reports, with its own id after theirs.
-        let room_report = s.rooms.report_room(&room, &alice, "spam".into()).unwrap();
+        let room_report = s
+            .rooms
+            .report_room(&room, &alice, "spam".into())
+            .await
+            .unwrap();
         assert_eq!(room_report, 3);
         let rooms = ReportQuery {
             rooms: true,

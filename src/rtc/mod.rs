@@ -242,7 +242,11 @@ pub(crate) mod tests {
             .create_room(&alice, Default::default())
             .await
             .unwrap();
-        let (token, _) = s.rtc.issue_openid_token(&alice, "ADEV".into()).unwrap();
+        let (token, _) = s
+            .rtc
+            .issue_openid_token(&alice, "ADEV".into())
+            .await
+            .unwrap();
         let grant = s
             .rtc
             .sfu_token_for_openid(
@@ -291,7 +295,7 @@ pub(crate) mod tests {
             )),
             "M_UNAUTHORIZED"
         );
-        let (bob_token, _) = s.rtc.issue_openid_token(&bob, "BDEV".into()).unwrap();
+        let (bob_token, _) = s.rtc.issue_openid_token(&bob, "BDEV".into()).await.unwrap();
         assert_eq!(
             s.rtc
                 .mute_call_for_all(&room, &bob)

@@ -37,9 +37,13 @@ pub fn unknown_openid_token() -> Error {
 }
 
 impl RtcService {
-    /// Issues an OpenID token for `user`; returns it and its lifetime in seconds. Not yet
-    /// durable.
-    pub fn issue_openid_token(&self, user: &UserId, device: &DeviceId) -> Result<(String, u64)> {
+    /// Issues an OpenID token for `user`; returns it and its lifetime in seconds. Durable
+    /// on return.
+    pub async fn issue_openid_token(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+    ) -> Result<(String, u64)> {
         let token: String = rand::thread_rng()
             .sample_iter(&Alphanumeric)
             .take(40)
@@ -57,6 +61,7 @@ impl RtcService {
             &grant,
         )?;
         self.storage.commit(batch)?;
+        self.storage.durable().await?;
         Ok((token, OPENID_TOKEN_TTL_SECS))
     }
 
@@ -108,7 +113,7 @@ mod tests {
         let s = services();
         let alice = UserId::parse("@alice:localhost").unwrap();
         let device: OwnedDeviceId = "DEV".into();
-        let (token, ttl) = s.rtc.issue_openid_token(&alice, &device).unwrap();
+        let (token, ttl) = s.rtc.issue_openid_token(&alice, &device).await.unwrap();
         assert_eq!(ttl, 3600);
         let grant = s.rtc.openid_grant(&token).unwrap();
         assert_eq!(grant.user_id, alice);
@@ -136,7 +141,7 @@ mod tests {
     async fn deactivation_voids_openid_tokens() {
         let s = services();
         let bob = s.users.create_user("bob", Some("pw"), false).unwrap();
-        let (token, _) = s.rtc.issue_openid_token(&bob, "D".into()).unwrap();
+        let (token, _) = s.rtc.issue_openid_token(&bob, "D".into()).await.unwrap();
         assert!(s.rtc.openid_grant(&token).is_ok());
         s.users.deactivate(&bob).unwrap();
         assert_eq!(

@@ -141,10 +141,10 @@ mod tests {
         let s = service();
         let alice = s.create_user("alice", Some("pw"), false).unwrap();
         let (t1, d1) = s
-            .create_session(&alice, Some(device_id!("AAA")), None)
+            .create_session_now(&alice, Some(device_id!("AAA")), None)
             .unwrap();
         let (_t2, _d2) = s
-            .create_session(&alice, Some(device_id!("BBB")), None)
+            .create_session_now(&alice, Some(device_id!("BBB")), None)
             .unwrap();
         s.set_device_display_name(&alice, &d1, Some("laptop".into()))
             .unwrap();

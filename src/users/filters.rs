@@ -12,8 +12,8 @@ use crate::{storage::keys, Error, Result};
 const MAX_FILTER_LEN: usize = 64 * 1024;
 
 impl UsersService {
-    /// Stores a filter and returns its id. Not yet durable.
-    pub fn create_filter(&self, user: &UserId, filter: Value) -> Result<String> {
+    /// Stores a filter and returns its id; durable on return.
+    pub async fn create_filter(&self, user: &UserId, filter: Value) -> Result<String> {
         if !filter.is_object() {
             return Err(Error::bad_json("A filter must be a JSON object"));
         }
@@ -28,6 +28,7 @@ impl UsersService {
             .trees
             .filters
             .insert(&keys::strs(&[user.as_str(), &id]), &bytes)?;
+        self.storage.durable().await?;
         Ok(id)
     }
 
@@ -49,24 +50,27 @@ mod tests {
 
     use crate::users::test_support::service;
 
-    #[test]
-    fn filters_round_trip_per_user() {
+    #[tokio::test]
+    async fn filters_round_trip_per_user() {
         let s = service();
         let alice = s.create_user("alice", None, false).unwrap();
         let bob = s.create_user("bob", None, false).unwrap();
         let f = json!({"room": {"timeline": {"limit": 10}}});
-        let id = s.create_filter(&alice, f.clone()).unwrap();
+        let id = s.create_filter(&alice, f.clone()).await.unwrap();
         assert_eq!(
-            s.create_filter(&alice, f.clone()).unwrap(),
+            s.create_filter(&alice, f.clone()).await.unwrap(),
             id,
             "same filter, same id"
         );
         assert_eq!(s.get_filter(&alice, &id).unwrap(), Some(f));
         assert_eq!(s.get_filter(&bob, &id).unwrap(), None);
         assert_eq!(s.get_filter(&alice, "nope").unwrap(), None);
-        assert_ne!(s.create_filter(&alice, json!({})).unwrap(), id);
+        assert_ne!(s.create_filter(&alice, json!({})).await.unwrap(), id);
         assert_eq!(
-            s.create_filter(&alice, json!(1)).unwrap_err().errcode(),
+            s.create_filter(&alice, json!(1))
+                .await
+                .unwrap_err()
+                .errcode(),
             "M_BAD_JSON"
         );
     }

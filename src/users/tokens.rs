@@ -46,8 +46,21 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 impl UsersService {
     /// Issues an access token on `device_id` (reusing that device, and dropping its old
     /// token, when it exists; a new random device otherwise). Returns the token and the
-    /// device id. Not yet durable.
-    pub fn create_session(
+    /// device id; durable on return.
+    pub async fn create_session(
+        &self,
+        user: &UserId,
+        device_id: Option<&DeviceId>,
+        display_name: Option<String>,
+    ) -> Result<(String, OwnedDeviceId)> {
+        let session = self.create_session_now(user, device_id, display_name)?;
+        self.storage.durable().await?;
+        Ok(session)
+    }
+
+    /// [`Self::create_session`] without waiting for durability (composed operations and
+    /// unit tests).
+    pub(crate) fn create_session_now(
         &self,
         user: &UserId,
         device_id: Option<&DeviceId>,
@@ -131,25 +144,33 @@ impl UsersService {
         Ok(removed)
     }
 
-    /// Logs out one session: its token and its device go. Not yet durable.
-    pub fn logout(&self, session: &Session) -> Result<()> {
-        self.remove_device(&session.user_id, &session.device_id)
+    /// Logs out one session: its token and its device go; durable on return.
+    pub async fn logout(&self, session: &Session) -> Result<()> {
+        self.remove_device(&session.user_id, &session.device_id)?;
+        self.storage.durable().await
     }
 
-    /// Logs out every session of `user`. Not yet durable.
-    pub fn logout_all(&self, user: &UserId) -> Result<()> {
+    /// Logs out every session of `user`; durable on return.
+    pub async fn logout_all(&self, user: &UserId) -> Result<()> {
+        self.logout_all_now(user)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::logout_all`] without waiting for durability.
+    pub(crate) fn logout_all_now(&self, user: &UserId) -> Result<()> {
         let mut batch = Batch::new();
         let removed = self.remove_all_devices_into(user, None, &mut batch)?;
         self.storage.commit(batch)?;
         self.devices_changed(user, &removed, DeviceChange::Removed)
     }
 
-    /// Logs out every session of `user` except `keep`'s device. Not yet durable.
-    pub fn logout_others(&self, user: &UserId, keep: &DeviceId) -> Result<()> {
+    /// Logs out every session of `user` except `keep`'s device; durable on return.
+    pub async fn logout_others(&self, user: &UserId, keep: &DeviceId) -> Result<()> {
         let mut batch = Batch::new();
         let removed = self.remove_all_devices_into(user, Some(keep), &mut batch)?;
         self.storage.commit(batch)?;
-        self.devices_changed(user, &removed, DeviceChange::Removed)
+        self.devices_changed(user, &removed, DeviceChange::Removed)?;
+        self.storage.durable().await
     }
 }
 
@@ -163,7 +184,7 @@ mod tests {
         let s = service();
         let alice = s.create_user("alice", Some("pw"), false).unwrap();
         let (token, device) = s
-            .create_session(&alice, None, Some("phone".into()))
+            .create_session_now(&alice, None, Some("phone".into()))
             .unwrap();
         let session = s.authenticate(&token).unwrap();
         assert_eq!(session.user_id, alice);
@@ -180,7 +201,7 @@ mod tests {
         );
 
         // Re-login on the same device replaces the token and keeps the device.
-        let (token2, device2) = s.create_session(&alice, Some(&device), None).unwrap();
+        let (token2, device2) = s.create_session_now(&alice, Some(&device), None).unwrap();
         assert_eq!(device2, device);
         assert_eq!(
             s.authenticate(&token).unwrap_err().errcode(),
@@ -191,11 +212,13 @@ mod tests {
             Some("phone")
         );
 
-        let (token3, _) = s.create_session(&alice, None, None).unwrap();
-        s.logout(&s.authenticate(&token2).unwrap()).unwrap();
+        let (token3, _) = s.create_session_now(&alice, None, None).unwrap();
+        let session2 = s.authenticate(&token2).unwrap();
+        s.remove_device(&session2.user_id, &session2.device_id)
+            .unwrap();
         assert!(s.authenticate(&token2).is_err());
         assert!(s.authenticate(&token3).is_ok());
-        s.logout_all(&alice).unwrap();
+        s.logout_all_now(&alice).unwrap();
         assert!(s.authenticate(&token3).is_err());
         assert!(s.list_devices(&alice).unwrap().is_empty());
     }
@@ -204,11 +227,13 @@ mod tests {
     fn deactivation_kills_tokens() {
         let s = service();
         let alice = s.create_user("alice", Some("pw"), false).unwrap();
-        let (token, _) = s.create_session(&alice, None, None).unwrap();
+        let (token, _) = s.create_session_now(&alice, None, None).unwrap();
         s.deactivate(&alice).unwrap();
         assert!(s.authenticate(&token).is_err());
         assert_eq!(
-            s.create_session(&alice, None, None).unwrap_err().errcode(),
+            s.create_session_now(&alice, None, None)
+                .unwrap_err()
+                .errcode(),
             "M_USER_DEACTIVATED"
         );
     }

@@ -50,16 +50,16 @@ async fn register(State(services): State<Arc<Services>>, body: Bytes) -> Result<
     )?;
     users.check_available(&req.username)?;
     check_password_policy(&req.password)?;
-    let user = users
-        .create_user_off_thread(&req.username, &req.password, req.admin)
+    let user = services
+        .accounts
+        .create(
+            &req.username,
+            Some(&req.password),
+            req.admin,
+            req.displayname,
+        )
         .await?;
-    let displayname = req
-        .displayname
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user.localpart().to_owned());
-    users.set_displayname(&user, Some(displayname))?;
-    let (token, device) = users.create_session(&user, None, None)?;
-    services.storage.durable().await?;
+    let (token, device) = users.create_session(&user, None, None).await?;
     Ok(Json(json!({
         "user_id": user,
         "access_token": token,

@@ -15,12 +15,10 @@ use serde_json::{json, Value};
 
 use super::{AdminRequest, Caller};
 use crate::{
+    accounts::{AccountChanges, KeepSessions, ProfileChange},
     api::ruma::{RouterJsonExt, Ruma},
-    rooms::MemberProfile,
     services::Services,
-    users::{
-        check_password_policy, check_profile, Account, AccountOrder, AccountQuery, AccountSummary,
-    },
+    users::{check_password_policy, check_profile, AccountOrder, AccountQuery, AccountSummary},
     Error, Result,
 };
 
@@ -116,37 +114,6 @@ async fn get_user(State(services): State<Arc<Services>>, req: AdminRequest) -> R
     Ok(Json(user_json(&summary(&services, &user)?)))
 }
 
-/// Deactivates an account: it leaves every room, loses its devices, tokens, profile and
-/// pushers; with `erase` it is also marked erased. Durable on return.
-pub(crate) async fn deactivate_account(
-    services: &Services,
-    user: &UserId,
-    erase: bool,
-) -> Result<()> {
-    services.rooms.leave_all_rooms(user).await?;
-    services.users.deactivate(user)?;
-    if erase {
-        services.users.mark_erased(user)?;
-    }
-    services.push.delete_all_pushers(user)?;
-    services.storage.durable().await
-}
-
-/// Copies the stored profile into the user's member events.
-async fn propagate_profile(services: &Services, user: &UserId) -> Result<()> {
-    let (displayname, avatar_url) = services.users.profile(user)?;
-    services
-        .rooms
-        .update_profile_in_rooms(
-            user,
-            &MemberProfile {
-                displayname,
-                avatar_url,
-            },
-        )
-        .await
-}
-
 /// The fields of `PUT /_synapse/admin/v2/users/{userId}`, type-checked.
 struct UserChanges<'a> {
     password: Option<&'a str>,
@@ -188,8 +155,18 @@ impl<'a> UserChanges<'a> {
         Ok(changes)
     }
 
-    fn changes_profile(&self) -> bool {
-        self.displayname.is_some() || self.avatar_url.is_some()
+    /// The checked changes, for the accounts service.
+    fn owned(&self) -> AccountChanges {
+        AccountChanges {
+            password: self.password.map(str::to_owned),
+            logout_devices: self.logout_devices,
+            profile: ProfileChange {
+                displayname: self.displayname.map(|d| Some(d.to_owned())),
+                avatar_url: self.avatar_url.map(|a| Some(a.to_owned())),
+            },
+            admin: self.admin,
+            deactivated: self.deactivated,
+        }
     }
 }
 
@@ -204,93 +181,20 @@ async fn put_user(
     if changes.admin == Some(false) && req.caller.user() == Some(&*user) {
         return Err(Error::bad_request("You may not demote yourself"));
     }
-    let status = match services.users.account(&user)? {
-        None => {
-            create_account(&services, &user, &changes).await?;
-            StatusCode::CREATED
-        }
-        Some(account) => {
-            change_account(&services, &user, &account, &changes).await?;
-            StatusCode::OK
-        }
+    let status = if services.users.account(&user)?.is_none() {
+        services
+            .accounts
+            .admin_create(&user, changes.owned())
+            .await?;
+        StatusCode::CREATED
+    } else {
+        services
+            .accounts
+            .admin_change(&user, changes.owned())
+            .await?;
+        StatusCode::OK
     };
-    services.storage.durable().await?;
     Ok((status, Json(user_json(&summary(&services, &user)?))))
-}
-
-/// Creates an account from `PUT /v2/users` (display name: the localpart by default).
-async fn create_account(
-    services: &Services,
-    user: &UserId,
-    changes: &UserChanges<'_>,
-) -> Result<()> {
-    let users = &services.users;
-    let admin = changes.admin == Some(true);
-    match changes.password {
-        Some(p) => {
-            users
-                .create_user_off_thread(user.as_str(), p, admin)
-                .await?
-        }
-        None => users.create_user(user.as_str(), None, admin)?,
-    };
-    let displayname = changes.displayname.unwrap_or(user.localpart());
-    users.set_displayname(user, Some(displayname.to_owned()))?;
-    if changes.avatar_url.is_some() {
-        users.set_avatar_url(user, changes.avatar_url.map(str::to_owned))?;
-    }
-    if changes.deactivated == Some(true) {
-        deactivate_account(services, user, false).await?;
-    }
-    Ok(())
-}
-
-/// Changes an existing account from `PUT /v2/users`.
-async fn change_account(
-    services: &Services,
-    user: &UserId,
-    account: &Account,
-    changes: &UserChanges<'_>,
-) -> Result<()> {
-    let users = &services.users;
-    let reactivate = changes.deactivated == Some(false) && account.deactivated;
-    if reactivate && changes.password.is_none() {
-        return Err(Error::missing_param(
-            "Must provide a password to re-activate an account",
-        ));
-    }
-    if account.deactivated
-        && !reactivate
-        && (changes.password.is_some() || changes.changes_profile())
-    {
-        return Err(Error::user_deactivated());
-    }
-    match changes.password {
-        Some(password) if reactivate => users.reactivate(user, password).await?,
-        Some(password) => {
-            users.set_password_off_thread(user, password).await?;
-            if changes.logout_devices {
-                users.logout_all(user)?;
-            }
-        }
-        None => {}
-    }
-    if let Some(admin) = changes.admin {
-        users.set_admin(user, admin)?;
-    }
-    if changes.changes_profile() {
-        if changes.displayname.is_some() {
-            users.set_displayname(user, changes.displayname.map(str::to_owned))?;
-        }
-        if changes.avatar_url.is_some() {
-            users.set_avatar_url(user, changes.avatar_url.map(str::to_owned))?;
-        }
-        propagate_profile(services, user).await?;
-    }
-    if changes.deactivated == Some(true) && !account.deactivated {
-        deactivate_account(services, user, false).await?;
-    }
-    Ok(())
 }
 
 /// `POST /_synapse/admin/v1/deactivate/{userId}`
@@ -303,7 +207,7 @@ async fn deactivate(
     if !services.users.exists(&user)? {
         return Err(Error::not_found("User not found"));
     }
-    deactivate_account(&services, &user, erase).await?;
+    services.accounts.deactivate(&user, erase).await?;
     Ok(Json(json!({ "id_server_unbind_result": "success" })))
 }
 
@@ -318,12 +222,15 @@ async fn reset_password(
         .ok_or_else(|| Error::missing_param("new_password is required"))?;
     let logout_devices = req.body_bool("logout_devices")?.unwrap_or(true);
     check_password_policy(password)?;
-    let users = &services.users;
-    users.set_password_off_thread(&user, password).await?;
-    if logout_devices {
-        users.logout_all(&user)?;
-    }
-    services.storage.durable().await?;
+    let keep = if logout_devices {
+        KeepSessions::None
+    } else {
+        KeepSessions::All
+    };
+    services
+        .accounts
+        .change_password(&user, password, keep)
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -393,8 +300,7 @@ async fn put_admin(
     if !admin && matches!(&req.caller, Caller::Admin(me) if *me == user) {
         return Err(Error::bad_request("You may not demote yourself"));
     }
-    services.users.set_admin(&user, admin)?;
-    services.storage.durable().await?;
+    services.accounts.set_admin(&user, admin).await?;
     Ok(Json(json!({})))
 }
 

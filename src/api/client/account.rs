@@ -17,6 +17,7 @@ use ruma::api::client::{
 use serde_json::{json, Value};
 
 use crate::{
+    accounts::KeepSessions,
     api::ruma::{RouterExt, RouterJsonExt, Ruma},
     config::RegistrationMode,
     ratelimit::Action,
@@ -108,9 +109,10 @@ async fn register(
         if users.exists(&user)? {
             return Err(Error::user_in_use());
         }
-        let user = users.create_user(user.localpart(), None, false)?;
-        users.set_displayname(&user, Some(user.localpart().to_owned()))?;
-        user
+        services
+            .accounts
+            .create(user.localpart(), None, false, None)
+            .await?
     } else if appservice.is_some() {
         return Err(Error::bad_request(
             "An application service registers with type m.login.application_service",
@@ -122,7 +124,7 @@ async fn register(
                 "Guest registration is disabled",
             ));
         }
-        users.create_guest()?
+        services.accounts.create_guest().await?
     } else {
         let flows = match settings.mode {
             RegistrationMode::Closed => {
@@ -158,32 +160,32 @@ async fn register(
         if let Some(token) = &token {
             users.use_registration_token(token)?;
         }
-        let created = users
-            .create_user_off_thread(&localpart, password, false)
+        let created = services
+            .accounts
+            .create(&localpart, Some(password), false, None)
             .await;
-        let user = match (created, &token) {
+        match (created, &token) {
             (Ok(user), _) => user,
             (Err(e), Some(token)) => {
                 users.release_registration_token(token)?;
                 return Err(e);
             }
             (Err(e), None) => return Err(e),
-        };
-        users.set_displayname(&user, Some(user.localpart().to_owned()))?;
-        user
+        }
     };
 
     let mut response = register::v3::Response::new(user.clone());
     if !body.inhibit_login {
-        let (token, device) = users.create_session(
-            &user,
-            body.device_id.as_deref(),
-            body.initial_device_display_name.clone(),
-        )?;
+        let (token, device) = users
+            .create_session(
+                &user,
+                body.device_id.as_deref(),
+                body.initial_device_display_name.clone(),
+            )
+            .await?;
         response.access_token = Some(token);
         response.device_id = Some(device);
     }
-    services.storage.durable().await?;
     Ok(response)
 }
 
@@ -234,13 +236,15 @@ async fn change_password(
         Some(&session.user_id),
         auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
-    users
-        .set_password_off_thread(&session.user_id, &req.body.new_password)
+    let keep = if req.body.logout_devices {
+        KeepSessions::Only(&session.device_id)
+    } else {
+        KeepSessions::All
+    };
+    services
+        .accounts
+        .change_password(&session.user_id, &req.body.new_password, keep)
         .await?;
-    if req.body.logout_devices {
-        users.logout_others(&session.user_id, &session.device_id)?;
-    }
-    services.storage.durable().await?;
     Ok(change_password::v3::Response::new())
 }
 
@@ -256,10 +260,7 @@ async fn deactivate(
         Some(user),
         auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
-    services.rooms.leave_all_rooms(user).await?;
-    services.users.deactivate(user)?;
-    services.push.delete_all_pushers(user)?;
-    services.storage.durable().await?;
+    services.accounts.deactivate(user, false).await?;
     Ok(deactivate::v3::Response::new(
         ThirdPartyIdRemovalStatus::Success,
     ))

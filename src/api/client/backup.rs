@@ -87,8 +87,8 @@ async fn create_version(
     let user = req.sender_user()?;
     let version = services
         .e2ee
-        .create_backup(user, &body(&req.body.algorithm)?)?;
-    services.storage.durable().await?;
+        .create_backup(user, &body(&req.body.algorithm)?)
+        .await?;
     Ok(create_backup_version::v3::Response::new(version))
 }
 
@@ -133,8 +133,8 @@ async fn update_version(
     let user = req.sender_user()?;
     services
         .e2ee
-        .update_backup(user, &req.body.version, &body(&req.body.algorithm)?)?;
-    services.storage.durable().await?;
+        .update_backup(user, &req.body.version, &body(&req.body.algorithm)?)
+        .await?;
     Ok(update_backup_version::v3::Response::new())
 }
 
@@ -145,8 +145,8 @@ async fn delete_version(
 ) -> Result<delete_backup_version::v3::Response> {
     services
         .e2ee
-        .delete_backup(req.sender_user()?, &req.body.version)?;
-    services.storage.durable().await?;
+        .delete_backup(req.sender_user()?, &req.body.version)
+        .await?;
     Ok(delete_backup_version::v3::Response::new())
 }
 
@@ -169,8 +169,8 @@ async fn put_keys(
     }
     let counts = services
         .e2ee
-        .put_backup_keys(user, &req.body.version, &rooms)?;
-    services.storage.durable().await?;
+        .put_backup_keys(user, &req.body.version, &rooms)
+        .await?;
     Ok(counts_response!(add_backup_keys, counts))
 }
 
@@ -183,8 +183,8 @@ async fn put_room_keys(
     let rooms = BTreeMap::from([(req.body.room_id.clone(), values(&req.body.sessions)?)]);
     let counts = services
         .e2ee
-        .put_backup_keys(user, &req.body.version, &rooms)?;
-    services.storage.durable().await?;
+        .put_backup_keys(user, &req.body.version, &rooms)
+        .await?;
     Ok(counts_response!(add_backup_keys_for_room, counts))
 }
 
@@ -205,8 +205,8 @@ async fn put_session_key(
     )]);
     let counts = services
         .e2ee
-        .put_backup_keys(user, &req.body.version, &rooms)?;
-    services.storage.durable().await?;
+        .put_backup_keys(user, &req.body.version, &rooms)
+        .await?;
     Ok(counts_response!(add_backup_keys_for_session, counts))
 }
 
@@ -261,11 +261,10 @@ async fn delete_keys(
     State(services): State<Arc<Services>>,
     req: Ruma<delete_backup_keys::v3::Request>,
 ) -> Result<delete_backup_keys::v3::Response> {
-    let counts =
-        services
-            .e2ee
-            .delete_backup_keys(req.sender_user()?, &req.body.version, None, None)?;
-    services.storage.durable().await?;
+    let counts = services
+        .e2ee
+        .delete_backup_keys(req.sender_user()?, &req.body.version, None, None)
+        .await?;
     Ok(counts_response!(delete_backup_keys, counts))
 }
 
@@ -274,13 +273,15 @@ async fn delete_room_keys(
     State(services): State<Arc<Services>>,
     req: Ruma<delete_backup_keys_for_room::v3::Request>,
 ) -> Result<delete_backup_keys_for_room::v3::Response> {
-    let counts = services.e2ee.delete_backup_keys(
-        req.sender_user()?,
-        &req.body.version,
-        Some(&req.body.room_id),
-        None,
-    )?;
-    services.storage.durable().await?;
+    let counts = services
+        .e2ee
+        .delete_backup_keys(
+            req.sender_user()?,
+            &req.body.version,
+            Some(&req.body.room_id),
+            None,
+        )
+        .await?;
     Ok(counts_response!(delete_backup_keys_for_room, counts))
 }
 
@@ -289,13 +290,15 @@ async fn delete_session_key(
     State(services): State<Arc<Services>>,
     req: Ruma<delete_backup_keys_for_session::v3::Request>,
 ) -> Result<delete_backup_keys_for_session::v3::Response> {
-    let counts = services.e2ee.delete_backup_keys(
-        req.sender_user()?,
-        &req.body.version,
-        Some(&req.body.room_id),
-        Some(&req.body.session_id),
-    )?;
-    services.storage.durable().await?;
+    let counts = services
+        .e2ee
+        .delete_backup_keys(
+            req.sender_user()?,
+            &req.body.version,
+            Some(&req.body.room_id),
+            Some(&req.body.session_id),
+        )
+        .await?;
     Ok(counts_response!(delete_backup_keys_for_session, counts))
 }
 

@@ -31,8 +31,10 @@ async fn create_filter(
         Some(body) => body.clone(),
         None => serde_json::to_value(&req.body.filter)?,
     };
-    let id = services.users.create_filter(&req.body.user_id, filter)?;
-    services.storage.durable().await?;
+    let id = services
+        .users
+        .create_filter(&req.body.user_id, filter)
+        .await?;
     Ok(create_filter::v3::Response::new(id))
 }
 

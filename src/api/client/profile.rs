@@ -12,6 +12,7 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{
+    accounts::ProfileChange,
     api::ruma::{RouterExt, RouterJsonExt, Ruma},
     services::Services,
     Error, Result,
@@ -104,21 +105,11 @@ async fn set_display_name(
 ) -> Result<set_display_name::v3::Response> {
     let user = &req.body.user_id;
     only_self(&req, user)?;
-    services
-        .users
-        .set_displayname(user, req.body.displayname.clone())?;
-    let (displayname, avatar_url) = services.users.profile(user)?;
-    services
-        .rooms
-        .update_profile_in_rooms(
-            user,
-            &crate::rooms::MemberProfile {
-                displayname,
-                avatar_url,
-            },
-        )
-        .await?;
-    services.storage.durable().await?;
+    let change = ProfileChange {
+        displayname: Some(req.body.displayname.clone()),
+        ..ProfileChange::default()
+    };
+    services.accounts.set_profile(user, change).await?;
     Ok(set_display_name::v3::Response::new())
 }
 
@@ -129,20 +120,10 @@ async fn set_avatar_url(
 ) -> Result<set_avatar_url::v3::Response> {
     let user = &req.body.user_id;
     only_self(&req, user)?;
-    services
-        .users
-        .set_avatar_url(user, req.body.avatar_url.as_ref().map(ToString::to_string))?;
-    let (displayname, avatar_url) = services.users.profile(user)?;
-    services
-        .rooms
-        .update_profile_in_rooms(
-            user,
-            &crate::rooms::MemberProfile {
-                displayname,
-                avatar_url,
-            },
-        )
-        .await?;
-    services.storage.durable().await?;
+    let change = ProfileChange {
+        avatar_url: Some(req.body.avatar_url.as_ref().map(ToString::to_string)),
+        ..ProfileChange::default()
+    };
+    services.accounts.set_profile(user, change).await?;
     Ok(set_avatar_url::v3::Response::new())
 }

@@ -25,8 +25,8 @@ async fn report_room_route(
     let user = req.sender_user()?;
     services
         .rooms
-        .report_room(&req.body.room_id, user, req.body.reason.clone())?;
-    services.storage.durable().await?;
+        .report_room(&req.body.room_id, user, req.body.reason.clone())
+        .await?;
     Ok(report_room::v3::Response::new())
 }
 
@@ -44,13 +44,15 @@ async fn report_event(
                 .ok_or_else(|| Error::invalid_param("score must be an integer"))?,
         ),
     };
-    services.rooms.report_event(
-        &req.body.room_id,
-        &req.body.event_id,
-        user,
-        req.body.reason.clone(),
-        score,
-    )?;
-    services.storage.durable().await?;
+    services
+        .rooms
+        .report_event(
+            &req.body.room_id,
+            &req.body.event_id,
+            user,
+            req.body.reason.clone(),
+            score,
+        )
+        .await?;
     Ok(report_content::v3::Response::new())
 }

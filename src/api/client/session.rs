@@ -90,12 +90,13 @@ async fn login(
     let (Some(user), true) = (user, valid) else {
         return Err(Error::forbidden("Invalid username or password"));
     };
-    let (token, device) = users.create_session(
-        &user,
-        req.body.device_id.as_deref(),
-        req.body.initial_device_display_name.clone(),
-    )?;
-    services.storage.durable().await?;
+    let (token, device) = users
+        .create_session(
+            &user,
+            req.body.device_id.as_deref(),
+            req.body.initial_device_display_name.clone(),
+        )
+        .await?;
     tracing::info!(user = %user, device = %device, "login");
     Ok(login::v3::Response::new(user, token, device))
 }
@@ -132,12 +133,13 @@ async fn appservice_login(
     if !users.exists(&user)? {
         return Err(Error::forbidden("Unknown user"));
     }
-    let (token, device) = users.create_session(
-        &user,
-        req.body.device_id.as_deref(),
-        req.body.initial_device_display_name.clone(),
-    )?;
-    services.storage.durable().await?;
+    let (token, device) = users
+        .create_session(
+            &user,
+            req.body.device_id.as_deref(),
+            req.body.initial_device_display_name.clone(),
+        )
+        .await?;
     tracing::info!(user = %user, device = %device, appservice = %reg.id, "appservice login");
     Ok(login::v3::Response::new(user, token, device))
 }
@@ -147,8 +149,7 @@ async fn logout(
     State(services): State<Arc<Services>>,
     req: Ruma<logout::v3::Request>,
 ) -> Result<logout::v3::Response> {
-    services.users.logout(req.session()?)?;
-    services.storage.durable().await?;
+    services.users.logout(req.session()?).await?;
     Ok(logout::v3::Response::new())
 }
 
@@ -157,8 +158,7 @@ async fn logout_all(
     State(services): State<Arc<Services>>,
     req: Ruma<logout_all::v3::Request>,
 ) -> Result<logout_all::v3::Response> {
-    services.users.logout_all(req.sender_user()?)?;
-    services.storage.durable().await?;
+    services.users.logout_all(req.sender_user()?).await?;
     Ok(logout_all::v3::Response::new())
 }
 

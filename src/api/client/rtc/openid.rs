@@ -22,8 +22,8 @@ pub(super) async fn request_openid_token_route(
     }
     let (token, ttl) = services
         .rtc
-        .issue_openid_token(&session.user_id, &session.device_id)?;
-    services.storage.durable().await?;
+        .issue_openid_token(&session.user_id, &session.device_id)
+        .await?;
     let server = OwnedServerName::try_from(services.config.server_name.as_str())
         .map_err(|e| Error::internal(format!("server name: {e}")))?;
     Ok(request_openid_token::v3::Response::new(
