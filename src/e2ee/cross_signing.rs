@@ -203,7 +203,20 @@ impl E2eeService {
     /// `/keys/device_signing/upload`: stores cross-signing keys after checking them (see
     /// [`E2eeService::check_signing_keys`]). Not yet durable.
     #[tracing::instrument(skip_all, fields(user = %user))]
-    pub fn upload_signing_keys(
+    /// Durable on return.
+    pub async fn upload_signing_keys(
+        &self,
+        user: &UserId,
+        master: Option<&Value>,
+        self_signing: Option<&Value>,
+        user_signing: Option<&Value>,
+    ) -> Result<()> {
+        self.upload_signing_keys_now(user, master, self_signing, user_signing)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::upload_signing_keys`] without waiting for durability.
+    pub(crate) fn upload_signing_keys_now(
         &self,
         user: &UserId,
         master: Option<&Value>,
@@ -291,7 +304,19 @@ impl E2eeService {
     /// and master keys. Returns failures per user and key id; valid signatures are stored
     /// even when others fail. Not yet durable.
     #[tracing::instrument(skip_all, fields(user = %signer))]
-    pub fn upload_signatures(
+    /// Durable on return.
+    pub async fn upload_signatures(
+        &self,
+        signer: &UserId,
+        signed: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+    ) -> Result<BTreeMap<OwnedUserId, BTreeMap<String, Value>>> {
+        let value = self.upload_signatures_now(signer, signed)?;
+        self.storage.durable().await?;
+        Ok(value)
+    }
+
+    /// [`Self::upload_signatures`] without waiting for durability.
+    pub(crate) fn upload_signatures_now(
         &self,
         signer: &UserId,
         signed: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
@@ -481,11 +506,11 @@ mod tests {
             .unwrap());
         let err = s
             .e2ee
-            .upload_signing_keys(&alice, Some(&master_key), Some(&forged), None)
+            .upload_signing_keys_now(&alice, Some(&master_key), Some(&forged), None)
             .unwrap_err();
         assert_eq!(err.errcode(), "M_INVALID_SIGNATURE");
         s.e2ee
-            .upload_signing_keys(&alice, Some(&master_key), Some(&ssk_key), Some(&usk_key))
+            .upload_signing_keys_now(&alice, Some(&master_key), Some(&ssk_key), Some(&usk_key))
             .unwrap();
         // Identical re-upload needs no auth; a new master key does.
         assert!(!s
@@ -515,7 +540,7 @@ mod tests {
         // Alice signs her device with the self-signing key.
         let keys = device_keys(&alice, &dev, "c");
         s.e2ee
-            .upload_keys(
+            .upload_keys_now(
                 &alice,
                 &dev,
                 Some(&keys),
@@ -527,7 +552,7 @@ mod tests {
         let bad = sign(&keys, &alice, &usk.pair);
         let failures = s
             .e2ee
-            .upload_signatures(
+            .upload_signatures_now(
                 &alice,
                 &BTreeMap::from([(alice.clone(), BTreeMap::from([(dev.to_string(), signed)]))]),
             )
@@ -542,7 +567,7 @@ mod tests {
         assert_eq!(sigs[format!("ed25519:{dev}")], "sig");
         let failures = s
             .e2ee
-            .upload_signatures(
+            .upload_signatures_now(
                 &alice,
                 &BTreeMap::from([(alice.clone(), BTreeMap::from([(dev.to_string(), bad)]))]),
             )
@@ -560,12 +585,12 @@ mod tests {
             &bob_master.pair,
         );
         s.e2ee
-            .upload_signing_keys(&bob, Some(&bob_master_key), None, None)
+            .upload_signing_keys_now(&bob, Some(&bob_master_key), None, None)
             .unwrap();
         let signed = sign(&bob_master_key, &alice, &usk.pair);
         let failures = s
             .e2ee
-            .upload_signatures(
+            .upload_signatures_now(
                 &alice,
                 &BTreeMap::from([(
                     bob.clone(),
@@ -583,7 +608,7 @@ mod tests {
         // Unknown keys are failures too.
         let failures = s
             .e2ee
-            .upload_signatures(
+            .upload_signatures_now(
                 &alice,
                 &BTreeMap::from([(
                     alice.clone(),

@@ -108,7 +108,23 @@ impl E2eeService {
     /// keys after checking all of them (nothing is written when any is bad). Returns the
     /// device's one-time-key counts. Not yet durable.
     #[tracing::instrument(skip_all, fields(user = %user, device = %device))]
-    pub fn upload_keys(
+    /// Durable on return.
+    pub async fn upload_keys(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        device_keys: Option<&Value>,
+        one_time_keys: &BTreeMap<String, Value>,
+        fallback_keys: &BTreeMap<String, Value>,
+    ) -> Result<BTreeMap<String, u64>> {
+        let value =
+            self.upload_keys_now(user, device, device_keys, one_time_keys, fallback_keys)?;
+        self.storage.durable().await?;
+        Ok(value)
+    }
+
+    /// [`Self::upload_keys`] without waiting for durability.
+    pub(crate) fn upload_keys_now(
         &self,
         user: &UserId,
         device: &DeviceId,
@@ -362,7 +378,18 @@ impl E2eeService {
     /// it; when none is left, hands out the fallback key (marking it used). Not yet
     /// durable.
     #[tracing::instrument(skip_all)]
-    pub fn claim_keys(
+    /// Durable on return.
+    pub async fn claim_keys(
+        &self,
+        request: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
+    ) -> Result<(ClaimedKeys, BTreeMap<String, Value>)> {
+        let value = self.claim_keys_now(request)?;
+        self.storage.durable().await?;
+        Ok(value)
+    }
+
+    /// [`Self::claim_keys`] without waiting for durability.
+    pub(crate) fn claim_keys_now(
         &self,
         request: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
     ) -> Result<(ClaimedKeys, BTreeMap<String, Value>)> {

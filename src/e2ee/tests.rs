@@ -75,7 +75,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
     let (alice, dev) = login(&s, "alice");
     let counts = s
         .e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &dev,
             Some(&device_keys(&alice, &dev, "c1")),
@@ -103,7 +103,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
     )]);
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let (claimed, failures) = s.e2ee.claim_keys(&request).unwrap();
+        let (claimed, failures) = s.e2ee.claim_keys_now(&request).unwrap();
         assert!(failures.is_empty());
         let keys = &claimed[&alice][&dev];
         assert_eq!(keys.len(), 1);
@@ -122,7 +122,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
 
     // No one-time key left: the fallback key, marked used, and again on the next claim.
     for _ in 0..2 {
-        let (claimed, _) = s.e2ee.claim_keys(&request).unwrap();
+        let (claimed, _) = s.e2ee.claim_keys_now(&request).unwrap();
         assert_eq!(claimed[&alice][&dev]["signed_curve25519:FFFF"]["key"], "fb");
     }
     assert!(s
@@ -134,7 +134,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
 
     // Re-uploading the same fallback key keeps it used; a new one is unused.
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &dev,
             None,
@@ -148,7 +148,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
         .unwrap()
         .is_empty());
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &dev,
             None,
@@ -167,7 +167,7 @@ fn one_time_keys_are_claimed_once_then_the_fallback_key() {
         alice.clone(),
         BTreeMap::from([(OwnedDeviceId::from("NOPE"), "signed_curve25519".to_owned())]),
     )]);
-    assert!(s.e2ee.claim_keys(&other).unwrap().0.is_empty());
+    assert!(s.e2ee.claim_keys_now(&other).unwrap().0.is_empty());
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn bad_uploads_are_refused_and_change_nothing() {
     // Keys of another user.
     let err = s
         .e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &dev,
             Some(&device_keys(&bob, &dev, "c")),
@@ -191,7 +191,7 @@ fn bad_uploads_are_refused_and_change_nothing() {
     // Valid device keys with one bad one-time key: nothing is stored.
     let err = s
         .e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &dev,
             Some(&device_keys(&alice, &dev, "c")),
@@ -212,7 +212,7 @@ fn bad_uploads_are_refused_and_change_nothing() {
     );
     // A one-time key id cannot be reused with different content.
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &dev,
             None,
@@ -222,7 +222,7 @@ fn bad_uploads_are_refused_and_change_nothing() {
         .unwrap();
     let err = s
         .e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &dev,
             None,
@@ -239,11 +239,11 @@ fn query_adds_display_names_and_drops_deleted_devices() {
     let (alice, d1) = login(&s, "alice");
     let (_, d2) = login(&s, "alice");
     s.users
-        .set_device_display_name(&alice, &d1, Some("laptop".into()))
+        .set_device_display_name_now(&alice, &d1, Some("laptop".into()))
         .unwrap();
     for d in [&d1, &d2] {
         s.e2ee
-            .upload_keys(
+            .upload_keys_now(
                 &alice,
                 d,
                 Some(&device_keys(&alice, d, "c")),
@@ -266,7 +266,7 @@ fn query_adds_display_names_and_drops_deleted_devices() {
     );
 
     // Deleting a device deletes its keys and one-time keys.
-    s.users.remove_device(&alice, &d1).unwrap();
+    s.users.remove_device_now(&alice, &d1).unwrap();
     let q = s.e2ee.query_keys(&alice, &all).unwrap();
     assert_eq!(q.device_keys[&alice].keys().collect::<Vec<_>>(), vec![&d2]);
     assert_eq!(
@@ -299,12 +299,12 @@ fn to_device_messages_are_idempotent_and_deleted_after_ack() {
         BTreeMap::from([("*".to_owned(), json!({ "body": "hi" }))]),
     )]);
     s.e2ee
-        .send_to_device(&alice, &adev, "m.test", "txn1", &messages)
+        .send_to_device_now(&alice, &adev, "m.test", "txn1", &messages)
         .unwrap();
     let pos = s.e2ee.current_pos();
     // The same transaction again does nothing.
     s.e2ee
-        .send_to_device(&alice, &adev, "m.test", "txn1", &messages)
+        .send_to_device_now(&alice, &adev, "m.test", "txn1", &messages)
         .unwrap();
     assert_eq!(s.e2ee.current_pos(), pos);
 
@@ -349,7 +349,7 @@ fn to_device_messages_are_idempotent_and_deleted_after_ack() {
     )]);
     assert_eq!(
         s.e2ee
-            .send_to_device(&alice, &adev, "m.test", "txn2", &bad)
+            .send_to_device_now(&alice, &adev, "m.test", "txn2", &bad)
             .unwrap_err()
             .errcode(),
         "M_BAD_JSON"
@@ -368,7 +368,7 @@ fn to_device_delivery_is_paged() {
             BTreeMap::from([(bdev.to_string(), json!({ "i": i }))]),
         )]);
         s.e2ee
-            .send_to_device(&alice, &adev, "m.test", &format!("t{i}"), &messages)
+            .send_to_device_now(&alice, &adev, "m.test", &format!("t{i}"), &messages)
             .unwrap();
     }
     let upto = s.e2ee.current_pos();
@@ -394,7 +394,7 @@ async fn device_list_changes_follow_shared_rooms() {
 
     let start = now(&s);
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &bob,
             &bdev,
             Some(&device_keys(&bob, &bdev, "c")),
@@ -403,7 +403,7 @@ async fn device_list_changes_follow_shared_rooms() {
         )
         .unwrap();
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &carol,
             &cdev,
             Some(&device_keys(&carol, &cdev, "c")),
@@ -417,7 +417,7 @@ async fn device_list_changes_follow_shared_rooms() {
     // Re-uploading identical keys is no change.
     let mid = now(&s);
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &bob,
             &bdev,
             Some(&device_keys(&bob, &bdev, "c")),
@@ -450,7 +450,7 @@ async fn device_list_changes_follow_shared_rooms() {
 
     // Bob deletes his device: alice and carol hear about it.
     let before_delete = now(&s);
-    s.users.remove_device(&bob, &bdev).unwrap();
+    s.users.remove_device_now(&bob, &bdev).unwrap();
     assert_eq!(
         s.e2ee
             .device_list_changes(&alice, before_delete, now(&s))
@@ -539,7 +539,7 @@ async fn sync_delivers_to_device_device_lists_and_counts() {
         BTreeMap::from([(bdev.to_string(), json!({ "secret": 1 }))]),
     )]);
     s.e2ee
-        .send_to_device(&alice, &adev, "m.room_key_request", "t1", &messages)
+        .send_to_device_now(&alice, &adev, "m.room_key_request", "t1", &messages)
         .unwrap();
     let woken = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
         .await
@@ -550,7 +550,7 @@ async fn sync_delivers_to_device_device_lists_and_counts() {
 
     // Alice uploads keys: bob hears about it; acknowledged messages are gone.
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &alice,
             &adev,
             Some(&device_keys(&alice, &adev, "c")),
@@ -568,7 +568,7 @@ async fn sync_delivers_to_device_device_lists_and_counts() {
 
     // Bob's own key counts and fallback types.
     s.e2ee
-        .upload_keys(
+        .upload_keys_now(
             &bob,
             &bdev,
             None,
@@ -605,7 +605,7 @@ fn concurrent_claims_never_hand_out_a_key_twice() {
         })
         .collect();
     s.e2ee
-        .upload_keys(&alice, &dev, None, &keys, &BTreeMap::new())
+        .upload_keys_now(&alice, &dev, None, &keys, &BTreeMap::new())
         .unwrap();
     let request = BTreeMap::from([(
         alice.clone(),
@@ -619,7 +619,7 @@ fn concurrent_claims_never_hand_out_a_key_twice() {
             std::thread::spawn(move || {
                 let mut got = Vec::new();
                 for _ in 0..10 {
-                    let (claimed, _) = s.e2ee.claim_keys(&request).unwrap();
+                    let (claimed, _) = s.e2ee.claim_keys_now(&request).unwrap();
                     got.extend(claimed[&alice][&dev].keys().cloned());
                 }
                 got
@@ -634,5 +634,5 @@ fn concurrent_claims_never_hand_out_a_key_twice() {
     let before = all.len();
     all.dedup();
     assert_eq!((before, all.len()), (40, 40));
-    assert!(s.e2ee.claim_keys(&request).unwrap().0.is_empty());
+    assert!(s.e2ee.claim_keys_now(&request).unwrap().0.is_empty());
 }

@@ -29,9 +29,22 @@ pub struct ToDeviceBatch {
 impl E2eeService {
     /// `PUT /sendToDevice/{type}/{txn}`: queues `messages` (user → device id or `*` →
     /// content) for local devices. Idempotent per sending device and transaction id.
-    /// Unknown users and devices are skipped. Not yet durable.
+    /// Unknown users and devices are skipped. Durable on return.
     #[tracing::instrument(skip_all, fields(user = %sender, kind = event_type))]
-    pub fn send_to_device(
+    pub async fn send_to_device(
+        &self,
+        sender: &UserId,
+        sender_device: &DeviceId,
+        event_type: &str,
+        txn_id: &str,
+        messages: &BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
+    ) -> Result<()> {
+        self.send_to_device_now(sender, sender_device, event_type, txn_id, messages)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::send_to_device`] without waiting for durability.
+    pub(crate) fn send_to_device_now(
         &self,
         sender: &UserId,
         sender_device: &DeviceId,

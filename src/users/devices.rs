@@ -84,8 +84,19 @@ impl UsersService {
     }
 
     /// Renames a device (`None` clears the name); `M_NOT_FOUND` for unknown devices.
-    /// Not yet durable.
-    pub fn set_device_display_name(
+    /// Durable on return.
+    pub async fn set_device_display_name(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+        name: Option<String>,
+    ) -> Result<()> {
+        self.set_device_display_name_now(user, device_id, name)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::set_device_display_name`] without waiting for durability.
+    pub(crate) fn set_device_display_name_now(
         &self,
         user: &UserId,
         device_id: &DeviceId,
@@ -110,13 +121,29 @@ impl UsersService {
         self.storage.commit(batch)
     }
 
-    /// Deletes a device and its token; unknown devices are ignored. Not yet durable.
-    pub fn remove_device(&self, user: &UserId, device_id: &DeviceId) -> Result<()> {
-        self.remove_devices(user, &[device_id.to_owned()])
+    /// Deletes a device and its token; unknown devices are ignored. Durable on return.
+    pub async fn remove_device(&self, user: &UserId, device_id: &DeviceId) -> Result<()> {
+        self.remove_device_now(user, device_id)?;
+        self.storage.durable().await
     }
 
-    /// Deletes several devices atomically; unknown ones are ignored. Not yet durable.
-    pub fn remove_devices(&self, user: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+    /// [`Self::remove_device`] without waiting for durability.
+    pub(crate) fn remove_device_now(&self, user: &UserId, device_id: &DeviceId) -> Result<()> {
+        self.remove_devices_now(user, &[device_id.to_owned()])
+    }
+
+    /// Deletes several devices atomically; unknown ones are ignored. Durable on return.
+    pub async fn remove_devices(&self, user: &UserId, device_ids: &[OwnedDeviceId]) -> Result<()> {
+        self.remove_devices_now(user, device_ids)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::remove_devices`] without waiting for durability.
+    pub(crate) fn remove_devices_now(
+        &self,
+        user: &UserId,
+        device_ids: &[OwnedDeviceId],
+    ) -> Result<()> {
         let mut batch = Batch::new();
         let mut removed = Vec::new();
         for id in device_ids {
@@ -146,7 +173,7 @@ mod tests {
         let (_t2, _d2) = s
             .create_session_now(&alice, Some(device_id!("BBB")), None)
             .unwrap();
-        s.set_device_display_name(&alice, &d1, Some("laptop".into()))
+        s.set_device_display_name_now(&alice, &d1, Some("laptop".into()))
             .unwrap();
         assert_eq!(
             s.device(&alice, &d1)
@@ -157,12 +184,12 @@ mod tests {
             Some("laptop")
         );
         assert_eq!(
-            s.set_device_display_name(&alice, device_id!("NOPE"), None)
+            s.set_device_display_name_now(&alice, device_id!("NOPE"), None)
                 .unwrap_err()
                 .errcode(),
             "M_NOT_FOUND"
         );
-        s.remove_devices(&alice, &[d1.clone(), device_id!("NOPE").to_owned()])
+        s.remove_devices_now(&alice, &[d1.clone(), device_id!("NOPE").to_owned()])
             .unwrap();
         assert!(s.authenticate(&t1).is_err());
         let left: Vec<_> = s

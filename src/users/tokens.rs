@@ -146,7 +146,7 @@ impl UsersService {
 
     /// Logs out one session: its token and its device go; durable on return.
     pub async fn logout(&self, session: &Session) -> Result<()> {
-        self.remove_device(&session.user_id, &session.device_id)?;
+        self.remove_device_now(&session.user_id, &session.device_id)?;
         self.storage.durable().await
     }
 
@@ -214,7 +214,7 @@ mod tests {
 
         let (token3, _) = s.create_session_now(&alice, None, None).unwrap();
         let session2 = s.authenticate(&token2).unwrap();
-        s.remove_device(&session2.user_id, &session2.device_id)
+        s.remove_device_now(&session2.user_id, &session2.device_id)
             .unwrap();
         assert!(s.authenticate(&token2).is_err());
         assert!(s.authenticate(&token3).is_ok());

@@ -71,14 +71,14 @@ async fn update_device(
         Some(name) => {
             services
                 .users
-                .set_device_display_name(user, &req.body.device_id, Some(name.clone()))?
+                .set_device_display_name(user, &req.body.device_id, Some(name.clone()))
+                .await?
         }
         None if services.users.device(user, &req.body.device_id)?.is_none() => {
             return Err(Error::not_found("Unknown device"))
         }
         None => {}
     }
-    services.storage.durable().await?;
     Ok(update_device::v3::Response::new())
 }
 
@@ -93,8 +93,10 @@ async fn delete_device(
         Some(user),
         auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
-    services.users.remove_device(user, &req.body.device_id)?;
-    services.storage.durable().await?;
+    services
+        .users
+        .remove_device(user, &req.body.device_id)
+        .await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -109,7 +111,9 @@ async fn delete_devices(
         Some(user),
         auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
     )?;
-    services.users.remove_devices(user, &req.body.devices)?;
-    services.storage.durable().await?;
+    services
+        .users
+        .remove_devices(user, &req.body.devices)
+        .await?;
     Ok(delete_devices::v3::Response::new())
 }

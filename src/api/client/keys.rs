@@ -90,14 +90,16 @@ async fn upload_keys(
                 .map_err(|e| Error::invalid_param(format!("invalid key id {id:?}: {e}")))?;
         }
     }
-    let counts = services.e2ee.upload_keys(
-        &session.user_id,
-        &session.device_id,
-        device_keys.as_ref(),
-        &one_time_keys,
-        &fallback_keys,
-    )?;
-    services.storage.durable().await?;
+    let counts = services
+        .e2ee
+        .upload_keys(
+            &session.user_id,
+            &session.device_id,
+            device_keys.as_ref(),
+            &one_time_keys,
+            &fallback_keys,
+        )
+        .await?;
     Ok(upload_keys::v3::Response::new(
         counts
             .into_iter()
@@ -152,8 +154,7 @@ async fn claim_keys(
             (user.clone(), devices)
         })
         .collect();
-    let (claimed, failures) = services.e2ee.claim_keys(&request)?;
-    services.storage.durable().await?;
+    let (claimed, failures) = services.e2ee.claim_keys(&request).await?;
     let mut one_time_keys = BTreeMap::new();
     for (user, devices) in claimed {
         let mut out_devices = BTreeMap::new();
@@ -223,8 +224,8 @@ async fn upload_signing_keys(
     }
     services
         .e2ee
-        .upload_signing_keys(user, master, self_signing, user_signing)?;
-    services.storage.durable().await?;
+        .upload_signing_keys(user, master, self_signing, user_signing)
+        .await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
@@ -241,8 +242,7 @@ async fn upload_signatures(
         };
         signed.insert(target.clone(), keys.into_iter().collect());
     }
-    let failures = services.e2ee.upload_signatures(user, &signed)?;
-    services.storage.durable().await?;
+    let failures = services.e2ee.upload_signatures(user, &signed).await?;
     let mut response = upload_signatures::v3::Response::new();
     for (target, keys) in failures {
         let mut out = BTreeMap::new();

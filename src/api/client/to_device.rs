@@ -32,14 +32,16 @@ async fn send_to_device(
             out.insert(device.to_string(), content);
         }
     }
-    services.e2ee.send_to_device(
-        &session.user_id,
-        &session.device_id,
-        &req.body.event_type.to_string(),
-        req.body.txn_id.as_str(),
-        &messages,
-    )?;
-    services.storage.durable().await?;
+    services
+        .e2ee
+        .send_to_device(
+            &session.user_id,
+            &session.device_id,
+            &req.body.event_type.to_string(),
+            req.body.txn_id.as_str(),
+            &messages,
+        )
+        .await?;
     Ok(send_event_to_device::v3::Response::new())
 }
 
