@@ -104,6 +104,51 @@ fn check_device_keys(user: &UserId, device: &DeviceId, keys: &Value) -> Result<V
 }
 
 impl E2eeService {
+    /// Stores `device_id` as `user`'s dehydrated device (MSC3814; replacing the previous
+    /// one) with its device, one-time and fallback keys, all checked before anything is
+    /// written. Durable on return.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_dehydrated_device(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+        device_data: Value,
+        device_keys: &Value,
+        one_time_keys: &BTreeMap<String, Value>,
+        fallback_keys: &BTreeMap<String, Value>,
+    ) -> Result<()> {
+        self.check_upload(user, device_id, device_keys, one_time_keys, fallback_keys)?;
+        self.users
+            .put_dehydrated_device_now(user, device_id, display_name, device_data)?;
+        self.upload_keys_now(
+            user,
+            device_id,
+            Some(device_keys),
+            one_time_keys,
+            fallback_keys,
+        )?;
+        self.storage.durable().await
+    }
+
+    /// Checks an upload of keys for `device` without storing anything: the same checks
+    /// as [`E2eeService::upload_keys`] makes (for uploads that write other records first).
+    fn check_upload(
+        &self,
+        user: &UserId,
+        device: &DeviceId,
+        device_keys: &Value,
+        one_time_keys: &BTreeMap<String, Value>,
+        fallback_keys: &BTreeMap<String, Value>,
+    ) -> Result<()> {
+        check_device_keys(user, device, device_keys)?;
+        for (id, value) in one_time_keys.iter().chain(fallback_keys) {
+            split_key_id(id)?;
+            check_key_value(id, value)?;
+        }
+        Ok(())
+    }
+
     /// `/keys/upload`: stores the device's identity keys, new one-time keys and fallback
     /// keys after checking all of them (nothing is written when any is bad). Returns the
     /// device's one-time-key counts. Not yet durable.

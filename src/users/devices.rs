@@ -26,6 +26,10 @@ pub struct Device {
     /// Hex SHA-256 of its current access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_hash: Option<String>,
+    /// For the user's dehydrated device (MSC3814, no token): its `device_data`, which
+    /// only the user's clients can open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dehydrated: Option<serde_json::Value>,
 }
 
 impl Device {
@@ -37,6 +41,7 @@ impl Device {
             last_seen_ip: None,
             last_seen_ts: None,
             token_hash: None,
+            dehydrated: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 mod account_data;
 mod accounts;
 mod admin;
+mod dehydrated;
 mod devices;
 mod filters;
 mod operator;

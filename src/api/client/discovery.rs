@@ -30,6 +30,8 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.simplified_msc3575",
     // Delayed events, used by MatrixRTC clients for their delayed leave.
     "org.matrix.msc4140",
+    // Dehydrated devices.
+    "org.matrix.msc3814",
 ];
 
 /// `GET /_matrix/client/versions`

@@ -58,12 +58,14 @@ fn body_map(body: Option<&Value>, key: &str) -> Result<BTreeMap<String, Value>> 
 
 /// A ruma `Raw` request field as plain JSON (the typed fields are parsed whatever the
 /// request's content type says; `json_body` only when it is JSON).
-fn raw_json<T>(raw: &Raw<T>) -> Result<Value> {
+pub(super) fn raw_json<T>(raw: &Raw<T>) -> Result<Value> {
     raw.deserialize_as_unchecked()
         .map_err(|e| Error::bad_json(format!("invalid key object: {e}")))
 }
 
-fn raw_map<K: ToString, T>(map: &BTreeMap<K, Raw<T>>) -> Result<BTreeMap<String, Value>> {
+pub(super) fn raw_map<K: ToString, T>(
+    map: &BTreeMap<K, Raw<T>>,
+) -> Result<BTreeMap<String, Value>> {
     map.iter()
         .map(|(k, v)| Ok((k.to_string(), raw_json(v)?)))
         .collect()

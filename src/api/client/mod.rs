@@ -5,6 +5,7 @@ mod account_data;
 mod appservice;
 mod backup;
 mod capabilities;
+mod dehydrated_device;
 mod device;
 mod directory;
 mod discovery;
@@ -48,6 +49,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = account::routes(router);
     let router = session::routes(router);
     let router = device::routes(router);
+    let router = dehydrated_device::routes(router);
     let router = profile::routes(router);
     let router = presence::routes(router);
     let router = account_data::routes(router);
