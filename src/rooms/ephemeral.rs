@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -11,10 +11,7 @@ use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedRoomId, OwnedUserId, RoomId
 use serde_json::{json, Map, Value};
 
 use super::RoomsService;
-use crate::{
-    storage::{keys, Batch},
-    Result,
-};
+use crate::{storage::keys, Result};
 
 /// Who is typing in a room, with a change position.
 pub type Typing = Vec<OwnedUserId>;
@@ -38,8 +35,12 @@ impl TypingState {
 pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private"];
 
 impl RoomsService {
-    fn next_ephemeral_pos(&self) -> u64 {
-        self.ephemeral_pos.fetch_add(1, Ordering::AcqRel) + 1
+    /// Takes the next ephemeral position for an in-memory change: `apply` makes the
+    /// change at that position before readers may see it. The position itself is
+    /// persisted, so positions keep growing across restarts.
+    fn advance_ephemeral(&self, apply: impl FnOnce(u64)) -> Result<u64> {
+        self.ephemeral_pos
+            .commit_next(&self.storage, |_, _| Ok(()), apply)
     }
 
     /// Sets or clears `user` typing in a room, for at most `timeout`.
@@ -50,9 +51,8 @@ impl RoomsService {
         typing: bool,
         timeout: Duration,
     ) -> Result<()> {
-        let pos = self.next_ephemeral_pos();
         let until = Instant::now() + timeout.min(Duration::from_secs(120));
-        {
+        self.advance_ephemeral(|pos| {
             let mut rooms = self.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
             let entry = rooms.entry(room_id.to_owned()).or_default();
             entry.0 = pos;
@@ -61,7 +61,7 @@ impl RoomsService {
             } else {
                 entry.1.remove(user);
             }
-        }
+        })?;
         if typing {
             self.expire_typing_at(room_id, user, until);
         }
@@ -80,17 +80,30 @@ impl RoomsService {
             let Some(this) = this.upgrade() else {
                 return;
             };
-            let expired = {
-                let mut rooms = this.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
-                match rooms.get_mut(&room_id) {
-                    Some(entry) if entry.1.get(&user) == Some(&until) => {
-                        entry.1.remove(&user);
-                        entry.0 = this.next_ephemeral_pos();
-                        true
-                    }
-                    _ => false,
-                }
+            let still_due = |rooms: &HashMap<OwnedRoomId, (u64, HashMap<OwnedUserId, Instant>)>| {
+                rooms
+                    .get(&room_id)
+                    .is_some_and(|entry| entry.1.get(&user) == Some(&until))
             };
+            if !still_due(&this.typing.rooms.lock().unwrap_or_else(|e| e.into_inner())) {
+                return;
+            }
+            // Checked again under the position: a renewal meanwhile keeps the user typing.
+            let mut expired = false;
+            let advanced = this.advance_ephemeral(|pos| {
+                let mut rooms = this.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                if still_due(&rooms) {
+                    if let Some(entry) = rooms.get_mut(&room_id) {
+                        entry.1.remove(&user);
+                        entry.0 = pos;
+                        expired = true;
+                    }
+                }
+            });
+            if let Err(e) = advanced {
+                tracing::warn!(error = %e, room = %room_id, "typing expiry");
+                return;
+            }
             if expired {
                 match this.members(&room_id) {
                     Ok(members) => this.notifier.notify(members.joined()),
@@ -130,27 +143,33 @@ impl RoomsService {
     ) -> Result<()> {
         let trees = &self.storage.trees;
         let thread = thread.unwrap_or("");
-        let _serial = self.receipts_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let pos = self.next_ephemeral_pos();
-        let mut batch = Batch::new();
-        let record =
-            json!({ "event_id": event_id, "ts": MilliSecondsSinceUnixEpoch::now(), "pos": pos });
-        batch.insert_json(
-            &trees.receipts,
-            &keys::strs(&[room_id.as_str(), kind, user.as_str(), thread]),
-            &record,
+        // The receipt and its log entry are applied before its position is visible, so
+        // a sync that reads the position finds the receipt.
+        self.ephemeral_pos.commit_next(
+            &self.storage,
+            |pos, batch| {
+                let record = json!({
+                    "event_id": event_id,
+                    "ts": MilliSecondsSinceUnixEpoch::now(),
+                    "pos": pos,
+                });
+                batch.insert_json(
+                    &trees.receipts,
+                    &keys::strs(&[room_id.as_str(), kind, user.as_str(), thread]),
+                    &record,
+                )?;
+                batch.insert(
+                    &trees.receipts_log,
+                    &keys::KeyBuilder::new()
+                        .str(room_id.as_str())
+                        .u64(pos)
+                        .build(),
+                    &keys::strs(&[kind, user.as_str(), thread]),
+                );
+                Ok(())
+            },
+            |_| {},
         )?;
-        batch.insert(
-            &trees.receipts_log,
-            &keys::KeyBuilder::new()
-                .str(room_id.as_str())
-                .u64(pos)
-                .build(),
-            &keys::strs(&[kind, user.as_str(), thread]),
-        );
-        batch.insert(&trees.meta, b"ephemeral_pos", &pos.to_be_bytes());
-        self.storage.commit(batch)?;
-        drop(_serial);
         if kind == "m.read.private" {
             self.notifier.notify_user(user);
         } else {
@@ -243,5 +262,66 @@ impl RoomsService {
             by_event[&kind][&user] = receipt;
         }
         Ok((!content.is_empty()).then_some(Value::Object(content)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ruma::UserId;
+    use serde_json::json;
+
+    use crate::{
+        config::Config,
+        rooms::{CreateRoom, NewEvent},
+        services::Services,
+        storage::keys,
+    };
+
+    #[tokio::test]
+    async fn typing_and_receipts_take_persisted_positions_in_order() {
+        let s = Services::in_memory(Config::default()).unwrap();
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = s
+            .rooms
+            .create_room(&alice, CreateRoom::default())
+            .await
+            .unwrap();
+        let guard = s.rooms.lock(&room).await;
+        let content = json!({"msgtype": "m.text", "body": "x"});
+        let (event, _) = s
+            .rooms
+            .send(guard, &alice, NewEvent::message("m.room.message", content))
+            .await
+            .unwrap();
+        let stored = || {
+            s.storage
+                .trees
+                .meta
+                .get(b"ephemeral_pos")
+                .unwrap()
+                .and_then(|v| keys::leading_u64(&v))
+        };
+        let start = s.rooms.current_ephemeral_pos();
+
+        s.rooms
+            .set_typing(&room, &alice, true, Duration::from_secs(30))
+            .unwrap();
+        let typed = s.rooms.current_ephemeral_pos();
+        assert_eq!(typed, start + 1);
+        assert_eq!(stored(), Some(typed), "a typing position is persisted");
+        assert_eq!(
+            s.rooms.typing_since(&room, start),
+            Some(vec![alice.clone()])
+        );
+        assert_eq!(s.rooms.typing_since(&room, typed), None);
+
+        s.rooms
+            .set_receipt(&room, &alice, "m.read", &event, None)
+            .unwrap();
+        let read = s.rooms.current_ephemeral_pos();
+        assert_eq!(read, typed + 1);
+        assert_eq!(stored(), Some(read));
     }
 }

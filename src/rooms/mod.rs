@@ -25,7 +25,7 @@ mod visibility;
 
 use std::{
     collections::HashMap,
-    sync::{atomic::AtomicU64, Arc, Mutex},
+    sync::{Arc, Mutex},
 };
 
 use ruma::{OwnedRoomId, OwnedServerName, RoomId, RoomVersionId};
@@ -49,7 +49,11 @@ pub use self::{
     state::{PowerLevels, StateMap},
 };
 use crate::{
-    config::Config, events::keys::ServerKeys, storage::Storage, stream::Notifier, Error, Result,
+    config::Config,
+    events::keys::ServerKeys,
+    storage::{Storage, StreamPosition},
+    stream::Notifier,
+    Error, Result,
 };
 
 /// What Myelin records about a room besides its events.
@@ -93,12 +97,12 @@ pub struct RoomsService {
     publication: Arc<publish::Publication>,
     /// Rules that may refuse an event inside `append` (see [`policy`]).
     policies: Vec<Arc<dyn RoomPolicy>>,
-    /// Ephemeral (receipts, typing) stream position.
-    ephemeral_pos: AtomicU64,
+    /// Ephemeral (receipts, typing) stream position: a receipt's position is visible once
+    /// its batch is applied; typing changes take positions too (persisted, so a restart
+    /// never hands out a position a client has already seen).
+    ephemeral_pos: StreamPosition,
     members: members::MembersCache,
     typing: ephemeral::TypingState,
-    /// Serialises receipt writes with their ephemeral position.
-    receipts_lock: Mutex<()>,
     /// The newest event of each room touched since start: id and depth (the next event's
     /// `prev_events` and depth), so sending does not scan storage backwards.
     tips: Mutex<HashMap<OwnedRoomId, (ruma::OwnedEventId, u64)>>,
@@ -131,12 +135,7 @@ impl RoomsService {
             .and_then(|(k, _)| crate::storage::keys::leading_u64(&k))
             .unwrap_or(0)
             .max(purge::stream_floor(&storage)?);
-        let eph = storage
-            .trees
-            .meta
-            .get(b"ephemeral_pos")?
-            .and_then(|v| crate::storage::keys::leading_u64(&v))
-            .unwrap_or(0);
+        let ephemeral_pos = StreamPosition::load(&storage, b"ephemeral_pos")?;
         Ok(RoomsService {
             storage,
             keys,
@@ -146,10 +145,9 @@ impl RoomsService {
             stream: Mutex::new(last),
             publication: publish::Publication::new(last),
             policies,
-            ephemeral_pos: AtomicU64::new(eph),
+            ephemeral_pos,
             members: members::MembersCache::default(),
             typing: ephemeral::TypingState::default(),
-            receipts_lock: Mutex::default(),
             tips: Mutex::default(),
             recent: Mutex::default(),
             pdu_cache: Mutex::default(),
@@ -195,8 +193,7 @@ impl RoomsService {
 
     /// The current ephemeral stream position.
     pub fn current_ephemeral_pos(&self) -> u64 {
-        self.ephemeral_pos
-            .load(std::sync::atomic::Ordering::Acquire)
+        self.ephemeral_pos.current()
     }
 
     fn pdu_cache_get(&self, event_id: &ruma::EventId) -> Option<(u64, Arc<crate::events::Pdu>)> {
