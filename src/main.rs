@@ -354,7 +354,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(task) = metrics_task {
         task.abort();
     }
-    services.storage.flush()?;
+    services.flush_storage()?;
     tracing::info!("myelin stopped");
     Ok(())
 }

@@ -27,8 +27,9 @@ use crate::{
 pub struct Services {
     /// The configuration.
     pub config: Arc<Config>,
-    /// The database.
-    pub storage: Arc<Storage>,
+    /// The database: only the services (each given its handle at build time) write to
+    /// it; handlers reach it through the methods below, never directly.
+    storage: Arc<Storage>,
     /// The server's signing key.
     pub keys: Arc<ServerKeys>,
     /// Wakes long-polling syncs.
@@ -62,6 +63,37 @@ pub struct Services {
 }
 
 impl Services {
+    /// `Ok` when the database answers a read (health checks).
+    pub fn check_storage_readable(&self) -> Result<()> {
+        self.storage.check_readable()
+    }
+
+    /// A consistent online backup of the database and media (see [`crate::backup`]).
+    pub async fn take_backup(&self) -> Result<Vec<crate::backup::BackupPart>> {
+        crate::backup::take(self.storage.clone(), self.config.data_dir.clone()).await
+    }
+
+    /// Makes everything written so far durable (at shutdown).
+    pub fn flush_storage(&self) -> Result<()> {
+        self.storage.flush()
+    }
+
+    /// How many entries of each tree mention `needle` (test hooks and unit tests: what a
+    /// purge left behind).
+    #[cfg(any(test, feature = "test-hooks"))]
+    pub fn storage_entries_mentioning(
+        &self,
+        needle: &[u8],
+    ) -> Result<std::collections::BTreeMap<&'static str, usize>> {
+        self.storage.entries_mentioning(needle)
+    }
+
+    /// The database, for unit tests that look under the services.
+    #[cfg(test)]
+    pub(crate) fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
     /// Builds every service on the given storage and signing key (LiveKit keys from the
     /// config, else random).
     pub fn build(config: Config, storage: Storage, keys: ServerKeys) -> Result<Arc<Services>> {

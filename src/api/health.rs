@@ -13,7 +13,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 /// `GET /health`: `200 OK` when the server can serve (its database answers a read),
 /// `503` otherwise.
 async fn health(State(services): State<Arc<Services>>) -> (StatusCode, &'static str) {
-    match services.storage.check_readable() {
+    match services.check_storage_readable() {
         Ok(()) => (StatusCode::OK, "OK"),
         Err(e) => {
             tracing::error!(error = %e, "health check: storage unreadable");

@@ -27,8 +27,7 @@ async fn backup(State(services): State<Arc<Services>>, req: RawJson) -> Result<R
     if !services.users.is_admin(&req.session.user_id)? {
         return Err(Error::forbidden("only server admins may take backups"));
     }
-    let parts =
-        crate::backup::take(services.storage.clone(), services.config.data_dir.clone()).await?;
+    let parts = services.take_backup().await?;
     tracing::info!(admin = %req.session.user_id, "backup streamed");
     let stream = futures_util::stream::iter(parts.into_iter().map(|part| {
         let header = Bytes::from(crate::backup::frame_header(part.name, part.len));

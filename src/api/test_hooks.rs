@@ -78,7 +78,7 @@ async fn room_keys(
 ) -> Result<Json<Value>> {
     let room = ruma::RoomId::parse(room_id.as_str())
         .map_err(|e| Error::invalid_param(format!("room id: {e}")))?;
-    let trees = services.storage.entries_mentioning(room.as_bytes())?;
+    let trees = services.storage_entries_mentioning(room.as_bytes())?;
     let total: usize = trees.values().sum();
     Ok(Json(json!({ "total": total, "trees": trees })))
 }

@@ -34,7 +34,7 @@ async fn room_of(s: &Services, creator: &UserId, kind: Option<&str>) -> OwnedRoo
 }
 
 fn mentions(s: &Services, room: &ruma::RoomId) -> usize {
-    s.storage
+    s.storage()
         .entries_mentioning(room.as_bytes())
         .unwrap()
         .values()
@@ -68,7 +68,7 @@ async fn purge_leaves_no_key_mentioning_the_room_and_finishes_after_a_marker() {
     assert!(mentions(&s, &room) > 0);
     s.purge.purge(&room).await.unwrap();
     assert_eq!(
-        s.storage.entries_mentioning(room.as_bytes()).unwrap(),
+        s.storage().entries_mentioning(room.as_bytes()).unwrap(),
         Default::default()
     );
     // A purge marker left by a crash is finished by `resume`.
@@ -77,7 +77,7 @@ async fn purge_leaves_no_key_mentioning_the_room_and_finishes_after_a_marker() {
         .join(&other, &bob, &MemberProfile::default(), None)
         .await
         .unwrap();
-    s.storage
+    s.storage()
         .trees
         .meta
         .insert(

@@ -70,7 +70,7 @@ mod tests {
             .create_room(&alice, CreateRoom::default())
             .await
             .unwrap();
-        let t = &s.storage.trees;
+        let t = &s.storage().trees;
         for r in [&room, &other] {
             t.event_push
                 .insert(

@@ -192,7 +192,7 @@ async fn per_recipient_records_of_earlier_versions_are_moved_at_start() -> Resul
                 .u64(pos)
                 .build()
         };
-        let t = &s.storage.trees.push_actions;
+        let t = &s.storage().trees.push_actions;
         batch.insert_json(t, &old("@alice:x", 3), &json!({"e": "$a", "t": 1}))?;
         batch.insert_json(t, &old("@bob:x", 3), &json!({"e": "$a", "t": 1}))?;
         batch.insert_json(
@@ -201,12 +201,12 @@ async fn per_recipient_records_of_earlier_versions_are_moved_at_start() -> Resul
             &json!({"event_id": "$b", "highlight": true, "ts": 2,
                     "actions": ["notify", {"set_tweak": "highlight"}]}),
         )?;
-        s.storage.commit(batch)?;
-        s.storage.flush()?;
+        s.storage().commit(batch)?;
+        s.storage().flush()?;
     }
     let s = crate::services::Services::open(config).unwrap();
     assert!(s
-        .storage
+        .storage()
         .trees
         .push_actions
         .scan_prefix(&[])

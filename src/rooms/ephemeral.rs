@@ -133,7 +133,21 @@ impl RoomsService {
     }
 
     /// Records a receipt.
-    pub fn set_receipt(
+    /// Durable on return.
+    pub async fn set_receipt(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        kind: &str,
+        event_id: &EventId,
+        thread: Option<&str>,
+    ) -> Result<()> {
+        self.set_receipt_now(room_id, user, kind, event_id, thread)?;
+        self.storage.durable().await
+    }
+
+    /// [`Self::set_receipt`] without waiting for durability.
+    pub(crate) fn set_receipt_now(
         &self,
         room_id: &RoomId,
         user: &UserId,
@@ -296,7 +310,7 @@ mod tests {
             .await
             .unwrap();
         let stored = || {
-            s.storage
+            s.storage()
                 .trees
                 .meta
                 .get(b"ephemeral_pos")
@@ -318,7 +332,7 @@ mod tests {
         assert_eq!(s.rooms.typing_since(&room, typed), None);
 
         s.rooms
-            .set_receipt(&room, &alice, "m.read", &event, None)
+            .set_receipt_now(&room, &alice, "m.read", &event, None)
             .unwrap();
         let read = s.rooms.current_ephemeral_pos();
         assert_eq!(read, typed + 1);

@@ -278,7 +278,7 @@ mod tests {
 
     /// Keys of the rooms' trees that mention `room` in their key or value.
     fn mentions(s: &Services, room: &RoomId) -> usize {
-        let t = &s.storage.trees;
+        let t = &s.storage().trees;
         let needle = room.as_str().as_bytes();
         [
             &t.pdus,
@@ -343,7 +343,7 @@ mod tests {
             s.rooms.joined_rooms(&bob).unwrap(),
             Vec::<ruma::OwnedRoomId>::new()
         );
-        assert_eq!(stream_floor(&s.storage).unwrap(), last);
+        assert_eq!(stream_floor(s.storage()).unwrap(), last);
         // Purging again is harmless.
         s.rooms.purge_room(&room, &users).await.unwrap();
     }

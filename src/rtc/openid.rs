@@ -129,9 +129,9 @@ mod tests {
         old.expires_ms = now_ms() - 1;
         let mut batch = Batch::new();
         batch
-            .insert_json(&s.storage.trees.openid_tokens, &token_key(&token), &old)
+            .insert_json(&s.storage().trees.openid_tokens, &token_key(&token), &old)
             .unwrap();
-        s.storage.commit(batch).unwrap();
+        s.storage().commit(batch).unwrap();
         assert!(s.rtc.openid_grant(&token).is_err());
         assert_eq!(s.rtc.purge_expired_openid_tokens().unwrap(), 1);
         assert_eq!(s.rtc.purge_expired_openid_tokens().unwrap(), 0);

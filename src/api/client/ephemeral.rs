@@ -56,19 +56,22 @@ fn check_event_in_room(services: &Services, room_id: &RoomId, event_id: &EventId
     }
 }
 
-fn set_fully_read(
+async fn set_fully_read(
     services: &Services,
     room_id: &RoomId,
     user: &UserId,
     event_id: &EventId,
 ) -> Result<()> {
     check_event_in_room(services, room_id, event_id)?;
-    services.users.set_room_account_data(
-        user,
-        room_id,
-        "m.fully_read",
-        json!({ "event_id": event_id }),
-    )
+    services
+        .users
+        .set_account_data(
+            user,
+            Some(room_id),
+            "m.fully_read",
+            json!({ "event_id": event_id }),
+        )
+        .await
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`
@@ -81,8 +84,7 @@ async fn receipt_route(
     services.rooms.check_joined(&b.room_id, user)?;
     let kind = b.receipt_type.to_string();
     if kind == "m.fully_read" {
-        set_fully_read(&services, &b.room_id, user, &b.event_id)?;
-        services.storage.durable().await?;
+        set_fully_read(&services, &b.room_id, user, &b.event_id).await?;
         return Ok(create_receipt::v3::Response::new());
     }
     if !crate::rooms::RECEIPT_TYPES.contains(&kind.as_str()) {
@@ -97,8 +99,8 @@ async fn receipt_route(
     };
     services
         .rooms
-        .set_receipt(&b.room_id, user, &kind, &b.event_id, thread.as_deref())?;
-    services.storage.durable().await?;
+        .set_receipt(&b.room_id, user, &kind, &b.event_id, thread.as_deref())
+        .await?;
     Ok(create_receipt::v3::Response::new())
 }
 
@@ -111,7 +113,7 @@ async fn read_markers_route(
     let b = &req.body;
     services.rooms.check_joined(&b.room_id, user)?;
     if let Some(id) = &b.fully_read {
-        set_fully_read(&services, &b.room_id, user, id)?;
+        set_fully_read(&services, &b.room_id, user, id).await?;
     }
     for (kind, id) in [
         ("m.read", &b.read_receipt),
@@ -121,9 +123,9 @@ async fn read_markers_route(
             check_event_in_room(&services, &b.room_id, id)?;
             services
                 .rooms
-                .set_receipt(&b.room_id, user, kind, id, None)?;
+                .set_receipt(&b.room_id, user, kind, id, None)
+                .await?;
         }
     }
-    services.storage.durable().await?;
     Ok(set_read_marker::v3::Response::new())
 }

@@ -147,7 +147,7 @@ async fn send_now_cancel_and_ownership() {
     assert!(s.rtc.delayed_event(&id).unwrap().is_none());
     assert!(s.rtc.list_delayed(&alice).unwrap().is_empty());
     assert!(s
-        .storage
+        .storage()
         .trees
         .delayed_by_deadline
         .scan_prefix(&[])
@@ -183,7 +183,7 @@ async fn bad_requests_change_nothing() {
         "M_BAD_JSON"
     );
     assert!(s
-        .storage
+        .storage()
         .trees
         .delayed_events
         .scan_prefix(&[])
@@ -316,7 +316,7 @@ async fn purge_drops_the_rooms_scheduled_events_only() {
         .map(|e| e.delay_id)
         .collect();
     assert_eq!(listed, vec![other]);
-    let t = &s.storage.trees;
+    let t = &s.storage().trees;
     let needle = gone.as_str().as_bytes();
     for tree in [&t.delayed_by_state, &t.delayed_events] {
         assert!(tree.scan_prefix(&[]).all(|kv| {
