@@ -109,6 +109,18 @@ pub(super) struct StoredPdu {
 }
 
 impl RoomsService {
+    /// [`RoomsService::send`] under the room's lock, taken here: for callers (request
+    /// handlers) that do not already hold it for a read-then-write.
+    pub async fn send_to(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        event: NewEvent,
+    ) -> Result<(OwnedEventId, u64)> {
+        let guard = self.lock(room_id).await;
+        self.send(guard, sender, event).await
+    }
+
     /// Builds, authorises and stores an event, then waits until it is durable and
     /// visible (handled by the pipeline's consumers that readers depend on).
     ///

@@ -196,8 +196,10 @@ async fn send_message_route(
         format!("PUT /rooms/{}/send/{}", body.room_id, body.event_type),
         body.txn_id.as_str(),
     ));
-    let guard = services.rooms.lock(&body.room_id).await;
-    let (event_id, _) = services.rooms.send(guard, &session.user_id, event).await?;
+    let (event_id, _) = services
+        .rooms
+        .send_to(&body.room_id, &session.user_id, event)
+        .await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
@@ -249,8 +251,10 @@ async fn send_state_route(
     }
     let mut event = NewEvent::state(kind, body.state_key.clone(), content);
     event.origin_server_ts = appservice_ts(&req)?;
-    let guard = services.rooms.lock(&body.room_id).await;
-    let (event_id, _) = services.rooms.send(guard, &sender, event).await?;
+    let (event_id, _) = services
+        .rooms
+        .send_to(&body.room_id, &sender, event)
+        .await?;
     Ok(Json(json!({ "event_id": event_id })))
 }
 
@@ -328,8 +332,10 @@ async fn redact_route(
         format!("PUT /rooms/{}/redact/{}", body.room_id, body.event_id),
         body.txn_id.as_str(),
     ));
-    let guard = services.rooms.lock(&body.room_id).await;
-    let (event_id, _) = services.rooms.send(guard, &session.user_id, event).await?;
+    let (event_id, _) = services
+        .rooms
+        .send_to(&body.room_id, &session.user_id, event)
+        .await?;
     Ok(redact_event::v3::Response::new(event_id))
 }
 
