@@ -393,3 +393,138 @@ async fn user_and_alias_queries_let_the_appservice_create_them_on_demand() {
         )]
     );
 }
+
+/// MSC4190: an appservice with `io.element.msc4190: true` creates its users' devices with
+/// `PUT /devices/{deviceId}` and deletes them without user-interactive auth; one without it
+/// (and any ordinary user) cannot create devices that way and must authenticate deletes.
+#[tokio::test]
+async fn device_management_for_appservices() {
+    let dir = tempfile::tempdir().unwrap();
+    let managed = write_registration(dir.path(), "dm", None).unwrap();
+    let text = std::fs::read_to_string(&managed).unwrap();
+    std::fs::write(&managed, format!("{text}io.element.msc4190: true\n")).unwrap();
+    let plain = write_registration(dir.path(), "pl", None).unwrap();
+    let server = start(&[managed, plain]).await;
+    let dm = bridge(&server, "dm_as");
+    let pl = bridge(&server, "pl_as");
+    register_puppet(&dm, "dm_bob").await.ok().unwrap();
+    register_puppet(&pl, "pl_bob").await.ok().unwrap();
+    let as_user = |user: &str| format!("user_id={}", enc(&server.user_id(user)));
+
+    // Created on demand, listed with its name, without an access token of its own.
+    let q = as_user("dm_bob");
+    dm.request(
+        Method::PUT,
+        &format!("/_matrix/client/v3/devices/BRIDGEDEV?{q}"),
+        Some(&json!({"display_name": "Bridge"})),
+    )
+    .await
+    .unwrap()
+    .ok()
+    .unwrap();
+    let devices = dm
+        .get(&format!("/devices?{q}"))
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let found = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == "BRIDGEDEV")
+        .cloned()
+        .expect("the new device is listed");
+    assert_eq!(found["display_name"], "Bridge");
+    // Putting it again renames it and creates nothing new.
+    dm.request(
+        Method::PUT,
+        &format!("/_matrix/client/v3/devices/BRIDGEDEV?{q}"),
+        Some(&json!({"display_name": "Renamed"})),
+    )
+    .await
+    .unwrap()
+    .ok()
+    .unwrap();
+    let devices = dm
+        .get(&format!("/devices?{q}"))
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let named: Vec<_> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["device_id"] == "BRIDGEDEV")
+        .map(|d| d["display_name"].clone())
+        .collect();
+    assert_eq!(named, vec![json!("Renamed")]);
+    // Deleted without user-interactive auth.
+    dm.request(
+        Method::DELETE,
+        &format!("/_matrix/client/v3/devices/BRIDGEDEV?{q}"),
+        Some(&json!({})),
+    )
+    .await
+    .unwrap()
+    .ok()
+    .unwrap();
+    dm.get(&format!("/devices/BRIDGEDEV?{q}"))
+        .await
+        .unwrap()
+        .expect_error(404, "M_NOT_FOUND")
+        .unwrap();
+
+    // Without device management: no creation, deletes need auth.
+    let q = as_user("pl_bob");
+    pl.request(
+        Method::PUT,
+        &format!("/_matrix/client/v3/devices/NEWDEV?{q}"),
+        Some(&json!({"display_name": "x"})),
+    )
+    .await
+    .unwrap()
+    .expect_error(404, "M_NOT_FOUND")
+    .unwrap();
+    let login = pl
+        .post(
+            "/login",
+            json!({
+                "type": "m.login.application_service",
+                "identifier": {"type": "m.id.user", "user": server.user_id("pl_bob")},
+            }),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    let device = login["device_id"].as_str().unwrap().to_owned();
+    let resp = pl
+        .request(
+            Method::DELETE,
+            &format!("/_matrix/client/v3/devices/{}?{q}", enc(&device)),
+            Some(&json!({})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 401, "a delete without auth asks for it");
+    pl.get(&format!("/devices/{}?{q}", enc(&device)))
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+
+    // An ordinary user cannot create a device this way either.
+    let alice = server.register("alice").await.unwrap();
+    alice
+        .request(
+            Method::PUT,
+            "/_matrix/client/v3/devices/MADEUP",
+            Some(&json!({"display_name": "x"})),
+        )
+        .await
+        .unwrap()
+        .expect_error(404, "M_NOT_FOUND")
+        .unwrap();
+}

@@ -88,6 +88,30 @@ impl UsersService {
             .get_json(&keys::strs(&[user.as_str(), device_id.as_str()]))
     }
 
+    /// Creates a device without an access token (an application service managing its
+    /// users' devices, MSC4190): the id is checked like a client's; an existing device is
+    /// left as it is. Returns whether it was created. Durable on return.
+    pub async fn create_device(
+        &self,
+        user: &UserId,
+        device_id: &DeviceId,
+        display_name: Option<String>,
+    ) -> Result<bool> {
+        check_new_device(Some(device_id), display_name.as_deref())?;
+        let mut device = Device::new(device_id.to_owned());
+        device.display_name = display_name;
+        let created = self.storage.trees.devices.compare_and_swap(
+            &keys::strs(&[user.as_str(), device_id.as_str()]),
+            None,
+            Some(serde_json::to_vec(&device)?),
+        )?;
+        if created {
+            self.devices_changed(user, &[device_id.to_owned()], DeviceChange::Added)?;
+        }
+        self.storage.durable().await?;
+        Ok(created)
+    }
+
     /// Renames a device (`None` clears the name); `M_NOT_FOUND` for unknown devices.
     /// Durable on return.
     pub async fn set_device_display_name(

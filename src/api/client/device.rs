@@ -27,6 +27,17 @@ pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Se
         .ruma(delete_devices)
 }
 
+/// Whether the caller is an application service with device management
+/// (`io.element.msc4190: true`): it creates its users' devices with `PUT /devices/{id}`
+/// and deletes them without user-interactive auth.
+fn manages_devices<T>(services: &Services, req: &Ruma<T>) -> bool {
+    req.session
+        .as_ref()
+        .and_then(|s| s.appservice.as_deref())
+        .and_then(|id| services.appservices.by_id(id))
+        .is_some_and(|reg| reg.device_management)
+}
+
 fn to_ruma(device: Device) -> ruma_device::Device {
     let mut out = ruma_device::Device::new(device.device_id);
     out.display_name = device.display_name;
@@ -67,6 +78,16 @@ async fn update_device(
     req: Ruma<update_device::v3::Request>,
 ) -> Result<update_device::v3::Response> {
     let user = req.sender_user()?;
+    if services.users.device(user, &req.body.device_id)?.is_none()
+        && manages_devices(&services, &req)
+    {
+        // MSC4190: the application service creates its user's device.
+        services
+            .users
+            .create_device(user, &req.body.device_id, req.body.display_name.clone())
+            .await?;
+        return Ok(update_device::v3::Response::new());
+    }
     match &req.body.display_name {
         Some(name) => {
             services
@@ -88,11 +109,13 @@ async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> Result<delete_device::v3::Response> {
     let user = req.sender_user()?;
-    services.users.check_uia(
-        &UiaFlows::single(Stage::Password),
-        Some(user),
-        auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
-    )?;
+    if !manages_devices(&services, &req) {
+        services.users.check_uia(
+            &UiaFlows::single(Stage::Password),
+            Some(user),
+            auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
+        )?;
+    }
     services
         .users
         .remove_device(user, &req.body.device_id)
@@ -106,11 +129,13 @@ async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response> {
     let user = req.sender_user()?;
-    services.users.check_uia(
-        &UiaFlows::single(Stage::Password),
-        Some(user),
-        auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
-    )?;
+    if !manages_devices(&services, &req) {
+        services.users.check_uia(
+            &UiaFlows::single(Stage::Password),
+            Some(user),
+            auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
+        )?;
+    }
     services
         .users
         .remove_devices(user, &req.body.devices)
