@@ -48,8 +48,11 @@ impl AsRequest {
     }
 }
 
-/// Chooses the status of the answer to a request.
+/// Chooses the status of the answer to a request (the body is `{}`).
 pub type AsScript = Box<dyn FnMut(&AsRequest) -> u16 + Send>;
+
+/// Chooses the status and the JSON body of the answer to a request.
+pub type AsReply = Box<dyn FnMut(&AsRequest) -> (u16, Value) + Send>;
 
 /// A running fake appservice.
 pub struct FakeAppservice {
@@ -65,8 +68,22 @@ impl FakeAppservice {
         FakeAppservice::serve_on(listener, script)
     }
 
-    /// The same, on a listener the test bound (to restart on the same port).
-    pub fn serve_on(listener: TcpListener, script: AsScript) -> Result<FakeAppservice> {
+    /// An appservice answering every request with the status and body `reply` picks.
+    pub async fn start_replying(reply: AsReply) -> Result<FakeAppservice> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        FakeAppservice::reply_on(listener, reply)
+    }
+
+    /// The same as [`FakeAppservice::start`], on a listener the test bound (to restart on
+    /// the same port).
+    pub fn serve_on(listener: TcpListener, mut script: AsScript) -> Result<FakeAppservice> {
+        FakeAppservice::reply_on(
+            listener,
+            Box::new(move |req| (script(req), Value::Object(Default::default()))),
+        )
+    }
+
+    fn reply_on(listener: TcpListener, script: AsReply) -> Result<FakeAppservice> {
         let url = format!("http://{}", listener.local_addr()?);
         let (tx, rx) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(script));
@@ -141,7 +158,7 @@ pub fn write_registration(dir: &Path, id: &str, url: Option<&str>) -> Result<Pat
 async fn serve(
     mut sock: TcpStream,
     tx: mpsc::UnboundedSender<AsRequest>,
-    script: Arc<Mutex<AsScript>>,
+    script: Arc<Mutex<AsReply>>,
 ) -> Result<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -187,13 +204,15 @@ async fn serve(
         let answer = || (script.lock().unwrap_or_else(|e| e.into_inner()))(&req);
         // A script may block (waiting for the test): on a multi-threaded runtime it then
         // hands this worker's queue to another thread instead of starving its tasks.
-        req.status = match tokio::runtime::Handle::current().runtime_flavor() {
+        let (status, reply) = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(answer),
             _ => answer(),
         };
+        req.status = status;
+        let reply = reply.to_string();
         let head = format!(
-            "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}",
-            req.status
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
+            reply.len()
         );
         sock.write_all(head.as_bytes()).await?;
         let _ = tx.send(req);

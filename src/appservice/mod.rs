@@ -4,6 +4,7 @@
 //! transactions are in [`delivery`]).
 
 pub mod delivery;
+pub mod thirdparty;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
