@@ -49,6 +49,17 @@ async fn masquerading_registration_and_login() {
     assert_eq!(me["user_id"], server.user_id("br_bot"));
 
     register_puppet(&br, "br_alice").await.ok().unwrap();
+    // As bridge frameworks send it (mautrix): `?user_id=` naming the user being
+    // registered, who does not exist yet.
+    let pending = server.user_id("br_carol");
+    br.post(
+        &format!("/register?user_id={}", enc(&pending)),
+        json!({"type": "m.login.application_service", "username": "br_carol"}),
+    )
+    .await
+    .unwrap()
+    .ok()
+    .unwrap();
     let puppet = server.user_id("br_alice");
     let me = br
         .get(&format!("/account/whoami?user_id={}", enc(&puppet)))

@@ -200,7 +200,15 @@ where
             AuthNeed::Optional
                 if TypeId::of::<T::Authentication>() == TypeId::of::<AppserviceTokenOptional>() =>
             {
-                access_token(&parts).and_then(|token| authenticate(services, &parts, &token).ok())
+                access_token(&parts).and_then(|token| {
+                    authenticate(services, &parts, &token).ok().or_else(|| {
+                        // `/register` and `/login` with an appservice's token act for the
+                        // appservice itself: a `?user_id=` naming the user about to be
+                        // registered (as mautrix sends it) does not exist yet.
+                        let reg = services.appservices.by_as_token(&token)?;
+                        services.appservices.session(reg, None, None).ok()
+                    })
+                })
             }
             need => match access_token(&parts) {
                 Some(token) => Some(authenticate(services, &parts, &token)?),
