@@ -258,6 +258,7 @@ impl Services {
         self.rtc.start_delayed_events();
         self.media.start_retention();
         self.meetings.start_sweeper();
+        self.appservices.start_ephemeral();
         let purge = self.purge.clone();
         tokio::spawn(async move {
             if let Err(e) = purge.resume().await {

@@ -193,3 +193,115 @@ async fn a_down_appservice_slows_nobody() {
     let refused = fake.next(WAIT).await.unwrap();
     assert_eq!(refused.status, 503);
 }
+
+/// MSC2409: with `receive_ephemeral: true`, typing and receipts of the rooms the
+/// appservice follows arrive in transactions (`ephemeral` and the unstable key); an
+/// appservice that did not ask gets none, and rooms it does not follow stay private.
+#[tokio::test]
+async fn ephemeral_events_reach_appservices_that_ask() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fake = FakeAppservice::start(Box::new(|_| 200)).await.unwrap();
+    let mut other = FakeAppservice::start(Box::new(|_| 200)).await.unwrap();
+    let reg = write_registration(dir.path(), "br", Some(&fake.url)).unwrap();
+    let text = std::fs::read_to_string(&reg).unwrap();
+    std::fs::write(&reg, format!("{text}receive_ephemeral: true\n")).unwrap();
+    let plain = write_registration(dir.path(), "pl", Some(&other.url)).unwrap();
+    let list = format!("{},{}", reg.display(), plain.display());
+    let server = TestServer::start_with(&[
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_APPSERVICES", list.as_str()),
+    ])
+    .await
+    .unwrap();
+    let alice = server.register("alice").await.unwrap();
+    let bridged = alice
+        .create_room(json!({"preset": "public_chat"}))
+        .await
+        .unwrap();
+    let private = alice.create_room(json!({})).await.unwrap();
+    for (token, user) in [("br_as", "br_bot"), ("pl_as", "pl_bot")] {
+        let mut bot = server.client();
+        bot.token = Some(token.into());
+        bot.post(&format!("/join/{}", enc(&bridged)), json!({}))
+            .await
+            .unwrap()
+            .ok()
+            .unwrap_or_else(|e| panic!("{user} joins: {e}"));
+    }
+    let event = alice
+        .send(
+            &bridged,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "read me"}),
+        )
+        .await
+        .unwrap();
+    // Typing and a receipt where the bridge's bot is joined; typing where it is not.
+    alice
+        .put(
+            &format!("/rooms/{}/typing/{}", enc(&private), enc(&alice.user_id)),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    alice
+        .put(
+            &format!("/rooms/{}/typing/{}", enc(&bridged), enc(&alice.user_id)),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+    alice
+        .post(
+            &format!("/rooms/{}/receipt/m.read/{}", enc(&bridged), enc(&event)),
+            json!({}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
+
+    let ephemeral = |r: &AsRequest| -> Vec<serde_json::Value> {
+        r.body["ephemeral"].as_array().cloned().unwrap_or_default()
+    };
+    let mut seen = Vec::new();
+    let got = fake
+        .collect_until(WAIT, |r| {
+            seen.extend(ephemeral(r));
+            let typed = seen.iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["room_id"] == bridged.as_str()
+                    && e["content"]["user_ids"] == json!([alice.user_id])
+            });
+            let read = seen.iter().any(|e| {
+                e["type"] == "m.receipt"
+                    && e["room_id"] == bridged.as_str()
+                    && e["content"][&event]["m.read"][&alice.user_id].is_object()
+            });
+            typed && read
+        })
+        .await
+        .unwrap();
+    assert!(
+        seen.iter().all(|e| e["room_id"] == bridged.as_str()),
+        "nothing of a room the bridge does not follow: {seen:#?}"
+    );
+    // Under the unstable key too, for bridges written against MSC2409.
+    for r in got.iter().filter(|r| !ephemeral(r).is_empty()) {
+        assert_eq!(r.body["de.sorunome.msc2409.ephemeral"], r.body["ephemeral"]);
+        assert_eq!(r.authorization.as_deref(), Some("Bearer br_hs"));
+    }
+    // The appservice that did not ask receives only timeline transactions.
+    let plain_reqs = other.drain(Duration::from_millis(1500)).await;
+    assert!(
+        plain_reqs
+            .iter()
+            .all(|r| ephemeral(r).is_empty()
+                && r.body.get("de.sorunome.msc2409.ephemeral").is_none()),
+        "{plain_reqs:#?}"
+    );
+}

@@ -4,6 +4,7 @@
 //! transactions are in [`delivery`]).
 
 pub mod delivery;
+pub mod ephemeral;
 pub mod thirdparty;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -195,11 +196,21 @@ impl AppserviceService {
         {
             return Ok(true);
         }
-        if reg.matches(NamespaceKind::Rooms, pdu.room_id.as_str()) {
+        self.is_interested_in_room(reg, &pdu.room_id)
+    }
+
+    /// Whether a registration's appservice follows a room: in its room namespace, with an
+    /// alias in its alias namespace, or with one of its users joined.
+    pub fn is_interested_in_room(
+        &self,
+        reg: &Registration,
+        room_id: &ruma::RoomId,
+    ) -> Result<bool> {
+        if reg.matches(NamespaceKind::Rooms, room_id.as_str()) {
             return Ok(true);
         }
         if !reg.namespaces.aliases.is_empty() {
-            for alias in self.rooms.room_aliases(&pdu.room_id)? {
+            for alias in self.rooms.room_aliases(room_id)? {
                 if reg.matches(NamespaceKind::Aliases, alias.as_str()) {
                     return Ok(true);
                 }
@@ -207,9 +218,9 @@ impl AppserviceService {
         }
         Ok(self
             .rooms
-            .members(&pdu.room_id)?
+            .members(room_id)?
             .joined()
-            .any(|u| owns(u.as_str())))
+            .any(|u| reg.owns_user(u.as_str(), &self.server_name)))
     }
 
     /// `POST {url}/_matrix/app/v1/ping` with the appservice's `hs_token`; the time it took

@@ -2,7 +2,7 @@
 //! on the ephemeral stream so `/sync` can ask "what changed since".
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -19,7 +19,13 @@ pub type Typing = Vec<OwnedUserId>;
 #[derive(Default)]
 pub(super) struct TypingState {
     rooms: Mutex<HashMap<OwnedRoomId, (u64, HashMap<OwnedUserId, Instant>)>>,
+    /// The rooms of the latest receipts, by position (at most [`RECENT_RECEIPTS`], since
+    /// the start): which rooms an ephemeral reader after a position must look at.
+    receipt_rooms: Mutex<VecDeque<(u64, OwnedRoomId)>>,
 }
+
+/// Receipt positions remembered for [`RoomsService::ephemeral_rooms_since`].
+const RECENT_RECEIPTS: usize = 10_000;
 
 impl TypingState {
     /// Drops a room's typing users (room purged).
@@ -113,6 +119,31 @@ impl RoomsService {
         });
     }
 
+    /// The rooms whose typing or receipts changed after ephemeral position `since` (since
+    /// this process started; receipts: among the latest 10,000).
+    pub fn ephemeral_rooms_since(&self, since: u64) -> Vec<OwnedRoomId> {
+        let mut rooms: Vec<OwnedRoomId> = self
+            .typing
+            .rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (pos, _))| *pos > since)
+            .map(|(room, _)| room.clone())
+            .collect();
+        let recent = self
+            .typing
+            .receipt_rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (_, room) in recent.iter().rev().take_while(|(pos, _)| *pos > since) {
+            if !rooms.contains(room) {
+                rooms.push(room.clone());
+            }
+        }
+        rooms
+    }
+
     /// The users typing in a room, if that changed after `since` (always for `since` 0).
     pub fn typing_since(&self, room_id: &RoomId, since: u64) -> Option<Typing> {
         let rooms = self.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
@@ -182,7 +213,17 @@ impl RoomsService {
                 );
                 Ok(())
             },
-            |_| {},
+            |pos| {
+                let mut recent = self
+                    .typing
+                    .receipt_rooms
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if recent.len() == RECENT_RECEIPTS {
+                    recent.pop_front();
+                }
+                recent.push_back((pos, room_id.to_owned()));
+            },
         )?;
         if kind == "m.read.private" {
             self.notifier.notify_user(user);
