@@ -324,32 +324,11 @@ impl RoomsService {
 mod tests {
     use std::time::Duration;
 
-    use ruma::UserId;
-    use serde_json::json;
-
-    use crate::{
-        config::Config,
-        rooms::{CreateRoom, NewEvent},
-        services::Services,
-        storage::keys,
-    };
+    use crate::{rooms::test_support::room_with_message, storage::keys};
 
     #[tokio::test]
     async fn typing_and_receipts_take_persisted_positions_in_order() {
-        let s = Services::in_memory(Config::default()).unwrap();
-        let alice = UserId::parse("@alice:localhost").unwrap();
-        let room = s
-            .rooms
-            .create_room(&alice, CreateRoom::default())
-            .await
-            .unwrap();
-        let guard = s.rooms.lock(&room).await;
-        let content = json!({"msgtype": "m.text", "body": "x"});
-        let (event, _) = s
-            .rooms
-            .send(guard, &alice, NewEvent::message("m.room.message", content))
-            .await
-            .unwrap();
+        let (s, alice, room, event) = room_with_message().await;
         let stored = || {
             s.storage()
                 .trees

@@ -20,6 +20,8 @@ mod relations;
 mod reports;
 mod restricted;
 mod state;
+#[cfg(test)]
+pub(crate) mod test_support;
 mod upgrade;
 mod visibility;
 

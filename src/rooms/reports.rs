@@ -189,30 +189,12 @@ fn check_reason(reason: Option<&str>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use ruma::UserId;
-    use serde_json::json;
 
-    use crate::{
-        config::Config,
-        rooms::{CreateRoom, NewEvent, ReportQuery},
-        services::Services,
-    };
+    use crate::rooms::{test_support::room_with_message, ReportQuery};
 
     #[tokio::test]
     async fn reports_get_increasing_ids_and_are_filtered() {
-        let s = Services::in_memory(Config::default()).unwrap();
-        let alice = UserId::parse("@alice:localhost").unwrap();
-        let room = s
-            .rooms
-            .create_room(&alice, CreateRoom::default())
-            .await
-            .unwrap();
-        let guard = s.rooms.lock(&room).await;
-        let content = json!({"msgtype": "m.text", "body": "x"});
-        let (event, _) = s
-            .rooms
-            .send(guard, &alice, NewEvent::message("m.room.message", content))
-            .await
-            .unwrap();
+        let (s, alice, room, event) = room_with_message().await;
         let first = s
             .rooms
             .report_event(&room, &event, &alice, None, Some(-5))

@@ -38,6 +38,24 @@ fn manages_devices<T>(services: &Services, req: &Ruma<T>) -> bool {
         .is_some_and(|reg| reg.device_management)
 }
 
+/// Deleting devices needs the password through user-interactive auth, except for an
+/// appservice that manages its users' devices.
+fn check_delete_auth<T>(
+    services: &Services,
+    req: &Ruma<T>,
+    auth: Option<&ruma::api::client::uiaa::AuthData>,
+) -> Result<()> {
+    if manages_devices(services, req) {
+        return Ok(());
+    }
+    services.users.check_uia(
+        &UiaFlows::single(Stage::Password),
+        Some(req.sender_user()?),
+        auth_json(req.json_body.as_ref(), auth).as_ref(),
+    )?;
+    Ok(())
+}
+
 fn to_ruma(device: Device) -> ruma_device::Device {
     let mut out = ruma_device::Device::new(device.device_id);
     out.display_name = device.display_name;
@@ -109,13 +127,7 @@ async fn delete_device(
     req: Ruma<delete_device::v3::Request>,
 ) -> Result<delete_device::v3::Response> {
     let user = req.sender_user()?;
-    if !manages_devices(&services, &req) {
-        services.users.check_uia(
-            &UiaFlows::single(Stage::Password),
-            Some(user),
-            auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
-        )?;
-    }
+    check_delete_auth(&services, &req, req.body.auth.as_ref())?;
     services
         .users
         .remove_device(user, &req.body.device_id)
@@ -129,13 +141,7 @@ async fn delete_devices(
     req: Ruma<delete_devices::v3::Request>,
 ) -> Result<delete_devices::v3::Response> {
     let user = req.sender_user()?;
-    if !manages_devices(&services, &req) {
-        services.users.check_uia(
-            &UiaFlows::single(Stage::Password),
-            Some(user),
-            auth_json(req.json_body.as_ref(), req.body.auth.as_ref()).as_ref(),
-        )?;
-    }
+    check_delete_auth(&services, &req, req.body.auth.as_ref())?;
     services
         .users
         .remove_devices(user, &req.body.devices)
