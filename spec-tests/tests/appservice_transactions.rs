@@ -195,7 +195,7 @@ async fn a_down_appservice_slows_nobody() {
 }
 
 /// MSC2409: with `receive_ephemeral: true`, typing and receipts of the rooms the
-/// appservice follows arrive in transactions (`ephemeral` and the unstable key); an
+/// appservice follows, and the presence of their members, arrive in transactions (`ephemeral` and the unstable key); an
 /// appservice that did not ask gets none, and rooms it does not follow stay private.
 #[tokio::test]
 async fn ephemeral_events_reach_appservices_that_ask() {
@@ -264,6 +264,15 @@ async fn ephemeral_events_reach_appservices_that_ask() {
         .unwrap()
         .ok()
         .unwrap();
+    alice
+        .put(
+            &format!("/presence/{}/status", enc(&alice.user_id)),
+            json!({"presence": "online", "status_msg": "bridging"}),
+        )
+        .await
+        .unwrap()
+        .ok()
+        .unwrap();
 
     let ephemeral = |r: &AsRequest| -> Vec<serde_json::Value> {
         r.body["ephemeral"].as_array().cloned().unwrap_or_default()
@@ -282,12 +291,19 @@ async fn ephemeral_events_reach_appservices_that_ask() {
                     && e["room_id"] == bridged.as_str()
                     && e["content"][&event]["m.read"][&alice.user_id].is_object()
             });
-            typed && read
+            let present = seen.iter().any(|e| {
+                e["type"] == "m.presence"
+                    && e["sender"] == alice.user_id.as_str()
+                    && e["content"]["status_msg"] == "bridging"
+            });
+            typed && read && present
         })
         .await
         .unwrap();
     assert!(
-        seen.iter().all(|e| e["room_id"] == bridged.as_str()),
+        seen.iter()
+            .filter(|e| e["type"] != "m.presence")
+            .all(|e| e["room_id"] == bridged.as_str()),
         "nothing of a room the bridge does not follow: {seen:#?}"
     );
     // Under the unstable key too, for bridges written against MSC2409.

@@ -1,11 +1,12 @@
 //! Ephemeral events for the appservices that ask for them (MSC2409, `receive_ephemeral`):
-//! typing notifications and receipts of the rooms an appservice follows, sent as their own
+//! typing notifications and receipts of the rooms an appservice follows, and the presence
+//! of the users joined to one of those rooms, sent as their own
 //! transactions (`ephemeral` and `de.sorunome.msc2409.ephemeral`, no timeline events) by
 //! one task per appservice that follows the ephemeral stream.
 //!
 //! Ephemeral data is best effort, as in other homeservers: a transaction is tried a few
 //! times and then dropped, the position is kept in memory (after a restart the stream
-//! continues from the current position), and presence is not sent.
+//! continues from the current positions).
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,7 +30,12 @@ impl AppserviceService {
             }
             let (service, reg) = (Arc::downgrade(self), reg.clone());
             tokio::spawn(async move {
-                let Some(start) = service.upgrade().map(|s| s.rooms.current_ephemeral_pos()) else {
+                let Some(start) = service.upgrade().map(|s| {
+                    (
+                        s.rooms.current_ephemeral_pos(),
+                        s.users.current_userdata_pos(),
+                    )
+                }) else {
                     return;
                 };
                 let mut since = start;
@@ -40,7 +46,10 @@ impl AppserviceService {
                     let Some(service) = service.upgrade() else {
                         return;
                     };
-                    let now = service.rooms.current_ephemeral_pos();
+                    let now = (
+                        service.rooms.current_ephemeral_pos(),
+                        service.users.current_userdata_pos(),
+                    );
                     if now == since {
                         continue;
                     }
@@ -63,10 +72,13 @@ impl AppserviceService {
         }
     }
 
-    /// The typing and receipt events after `since` in the rooms `reg` follows.
-    fn ephemeral_events(&self, reg: &Registration, since: u64) -> Result<Vec<Value>> {
+    /// The typing and receipt events after ephemeral position `since.0` in the rooms `reg`
+    /// follows, and the presence changes after user-data position `since.1` of the users
+    /// joined to one of them.
+    fn ephemeral_events(&self, reg: &Registration, since: (u64, u64)) -> Result<Vec<Value>> {
         let viewer = ruma::UserId::parse(reg.sender(&self.server_name))
             .map_err(|e| crate::Error::internal(format!("appservice sender: {e}")))?;
+        let (since, since_userdata) = since;
         let mut events = Vec::new();
         for room in self.rooms.ephemeral_rooms_since(since) {
             if !self.is_interested_in_room(reg, &room)? {
@@ -87,6 +99,22 @@ impl AppserviceService {
                 }));
             }
         }
+        let mut present = Vec::new();
+        for user in self.users.presence_changed_since(since_userdata) {
+            let mut follows = false;
+            for (room, membership, _) in self.rooms.user_rooms(&user)? {
+                if membership == crate::rooms::Membership::Join
+                    && self.is_interested_in_room(reg, &room)?
+                {
+                    follows = true;
+                    break;
+                }
+            }
+            if follows && !present.contains(&user) {
+                present.push(user);
+            }
+        }
+        events.extend(self.users.presence_since(&present, since_userdata)?);
         Ok(events)
     }
 
