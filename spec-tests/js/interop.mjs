@@ -272,8 +272,14 @@ async function main() {
     await bob.joinRoom(roomId);
     await waitFor("alice to see bob joined", () => alice.getRoom(roomId)?.getMember(bobId)?.membership === "join");
     await waitFor("bob's room state", () => bob.getRoom(roomId)?.hasEncryptionStateEvent());
-    check(await alice.getCrypto().isEncryptionEnabledInRoom(roomId), "alice: room not encrypted");
-    check(await bob.getCrypto().isEncryptionEnabledInRoom(roomId), "bob: room not encrypted");
+    // The Rust crypto learns the room's encryption from the state event asynchronously,
+    // after the room state shows it: wait for it (bounded) instead of asking once.
+    await waitFor("alice's crypto to see the room encrypted", () =>
+        alice.getCrypto().isEncryptionEnabledInRoom(roomId),
+    );
+    await waitFor("bob's crypto to see the room encrypted", () =>
+        bob.getCrypto().isEncryptionEnabledInRoom(roomId),
+    );
     step("bob joined the encrypted DM");
 
     const hello = `hello bob, secretly (${suffix})`;
