@@ -112,7 +112,11 @@ impl Services {
         let storage = Arc::new(storage);
         let keys = Arc::new(keys);
         let notifier = Arc::new(Notifier::new());
-        let users = Arc::new(UsersService::new(config.clone(), storage.clone())?);
+        let users = Arc::new(UsersService::new(
+            config.clone(),
+            storage.clone(),
+            notifier.clone(),
+        )?);
         // Room policies: rooms an administrator blocked, then the room kinds' rules.
         let mut policies: Vec<Arc<dyn crate::rooms::RoomPolicy>> =
             vec![Arc::new(crate::rooms::BlockedRoomPolicy)];
@@ -148,8 +152,6 @@ impl Services {
             push.clone(),
         ));
         let media = Arc::new(MediaService::new(config.clone(), storage.clone())?);
-        let wake = notifier.clone();
-        users.set_on_change(Box::new(move |user| wake.notify([user])));
         // Weak: the users service must not keep the e2ee service (which holds it) alive.
         let weak_e2ee = Arc::downgrade(&e2ee);
         users.set_on_devices_changed(Box::new(move |user, devices, change| {

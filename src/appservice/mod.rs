@@ -397,7 +397,12 @@ mod tests {
         let storage = std::sync::Arc::new(crate::storage::Storage::in_memory());
         let config = std::sync::Arc::new(Config::default());
         let users = std::sync::Arc::new(
-            crate::users::UsersService::new(config.clone(), storage.clone()).unwrap(),
+            crate::users::UsersService::new(
+                config.clone(),
+                storage.clone(),
+                std::sync::Arc::new(crate::stream::Notifier::new()),
+            )
+            .unwrap(),
         );
         let s = Services::in_memory(Config::default()).unwrap();
         let alice = users.create_user("alice", None, false).unwrap();

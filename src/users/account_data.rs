@@ -214,37 +214,55 @@ impl UsersService {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    };
+    use std::future::Future;
 
-    use ruma::room_id;
+    use futures_util::FutureExt;
+    use ruma::{room_id, UserId};
     use serde_json::json;
 
-    use crate::users::test_support::service;
+    use crate::users::{test_support::service, UsersService};
+
+    /// Whether `write` wakes `user`'s waiting syncs.
+    async fn wakes(s: &UsersService, user: &UserId, write: impl Future<Output = ()>) -> bool {
+        let handle = s.notifier.handle(user);
+        let notified = handle.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        write.await;
+        notified.now_or_never().is_some()
+    }
 
     #[tokio::test]
     async fn since_returns_only_later_changes() {
         let s = service();
         let alice = s.create_user("alice", None, false).unwrap();
         let bob = s.create_user("bob", None, false).unwrap();
-        let woken = Arc::new(AtomicUsize::new(0));
-        let w = woken.clone();
-        s.set_on_change(Box::new(move |_| {
-            w.fetch_add(1, Ordering::SeqCst);
-        }));
         let room = room_id!("!r:localhost");
 
-        s.set_account_data(&alice, None, "m.direct", json!({"a": 1}))
+        assert!(
+            wakes(&s, &alice, async {
+                s.set_account_data(&alice, None, "m.direct", json!({"a": 1}))
+                    .await
+                    .unwrap();
+            })
             .await
-            .unwrap();
-        s.set_room_account_data(&alice, room, "m.tag", json!({"tags": {}}))
-            .unwrap();
-        s.set_account_data(&bob, None, "m.direct", json!({"b": 1}))
+        );
+        assert!(
+            wakes(&s, &alice, async {
+                s.set_room_account_data(&alice, room, "m.tag", json!({"tags": {}}))
+                    .unwrap();
+            })
             .await
-            .unwrap();
-        assert_eq!(woken.load(Ordering::SeqCst), 3);
+        );
+        assert!(
+            !wakes(&s, &alice, async {
+                s.set_account_data(&bob, None, "m.direct", json!({"b": 1}))
+                    .await
+                    .unwrap();
+            })
+            .await,
+            "bob's change wakes only bob"
+        );
         let mark = s.current_userdata_pos();
         assert_eq!(mark, 3);
 
@@ -335,7 +353,12 @@ mod tests {
         s.set_account_data(&alice, None, "y", json!({"v": 2}))
             .await
             .unwrap();
-        let again = crate::users::UsersService::new(s.config.clone(), s.storage.clone()).unwrap();
+        let again = crate::users::UsersService::new(
+            s.config.clone(),
+            s.storage.clone(),
+            s.notifier.clone(),
+        )
+        .unwrap();
         assert_eq!(again.current_userdata_pos(), 2);
         // Changes from before the restart are found for older tokens (the in-memory
         // change index starts empty).

@@ -42,6 +42,7 @@ pub use self::{
 use crate::{
     config::Config,
     storage::{Batch, Storage, StreamPosition},
+    stream::Notifier,
     Error, Result,
 };
 
@@ -67,9 +68,6 @@ pub struct Session {
     pub appservice: Option<String>,
 }
 
-/// A callback run after a user's account data or presence changed (wakes `/sync`).
-pub type OnChange = Box<dyn Fn(&UserId) + Send + Sync>;
-
 /// What happened to a user's devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChange {
@@ -92,7 +90,8 @@ pub struct UsersService {
     storage: Arc<Storage>,
     /// The user-data stream position.
     pos: StreamPosition,
-    on_change: OnceLock<OnChange>,
+    /// Wakes a user's long-polling syncs after their account data or presence changed.
+    notifier: Arc<Notifier>,
     /// Outstanding shared-secret registration nonces (in memory: they live 60 s).
     nonces: Mutex<shared_secret::Nonces>,
     on_devices_changed: OnceLock<OnDevicesChanged>,
@@ -124,14 +123,18 @@ pub(crate) fn now_ms() -> u64 {
 
 impl UsersService {
     /// Builds the service, reading the persisted stream position.
-    pub fn new(config: Arc<Config>, storage: Arc<Storage>) -> Result<UsersService> {
+    pub fn new(
+        config: Arc<Config>,
+        storage: Arc<Storage>,
+        notifier: Arc<Notifier>,
+    ) -> Result<UsersService> {
         let pos = StreamPosition::load(&storage, USERDATA_POS_KEY)?;
         let started_pos = pos.current();
         let service = UsersService {
             config,
             storage,
             pos,
-            on_change: OnceLock::new(),
+            notifier,
             nonces: Mutex::default(),
             on_devices_changed: OnceLock::new(),
             presence_changes: Mutex::default(),
@@ -152,14 +155,6 @@ impl UsersService {
     /// The server name user ids of this server end in.
     pub fn server_name(&self) -> &str {
         &self.config.server_name
-    }
-
-    /// Installs the callback run after a user's account data or presence changed. Only
-    /// the first call takes effect.
-    pub fn set_on_change(&self, f: OnChange) {
-        if self.on_change.set(f).is_err() {
-            tracing::warn!("users: on_change callback already set");
-        }
     }
 
     /// Installs the callback run after devices were created or deleted. Only the first
@@ -183,9 +178,7 @@ impl UsersService {
     }
 
     fn changed(&self, user: &UserId) {
-        if let Some(f) = self.on_change.get() {
-            f(user);
-        }
+        self.notifier.notify_user(user);
     }
 
     /// The newest user-data stream position (account data and presence changes).
@@ -223,7 +216,12 @@ pub(crate) mod test_support {
     pub fn service_with(tweak: impl FnOnce(&mut Config)) -> UsersService {
         let mut config = Config::default();
         tweak(&mut config);
-        UsersService::new(Arc::new(config), Arc::new(Storage::in_memory())).unwrap()
+        UsersService::new(
+            Arc::new(config),
+            Arc::new(Storage::in_memory()),
+            Arc::new(Notifier::new()),
+        )
+        .unwrap()
     }
 
     /// A service on in-memory storage with the default config.

@@ -289,7 +289,12 @@ mod tests {
         use crate::{config::Config, storage::Storage, users::UsersService};
         use std::sync::Arc;
         let storage = Arc::new(Storage::in_memory());
-        let s = UsersService::new(Arc::new(Config::default()), storage.clone()).unwrap();
+        let s = UsersService::new(
+            Arc::new(Config::default()),
+            storage.clone(),
+            std::sync::Arc::new(crate::stream::Notifier::new()),
+        )
+        .unwrap();
         let alice = s.create_user("alice", None, false).unwrap();
         let bob = s.create_user("bob", None, false).unwrap();
         assert!(s.presence_changed_since(0).is_empty());
@@ -315,7 +320,12 @@ mod tests {
             .presence_changed_since(s.current_userdata_pos())
             .is_empty());
         // Rebuilt from storage.
-        let again = UsersService::new(Arc::new(Config::default()), storage).unwrap();
+        let again = UsersService::new(
+            Arc::new(Config::default()),
+            storage,
+            std::sync::Arc::new(crate::stream::Notifier::new()),
+        )
+        .unwrap();
         assert_eq!(again.presence_changed_since(0), vec![bob, alice]);
     }
 
