@@ -394,7 +394,19 @@ mod tests {
                 .unwrap();
             s.commit_durable(b).await.unwrap();
         }
-        let s = Storage::open_sled(dir.path(), 8 << 20).unwrap();
+        // The group-commit task lets go of the database (and sled of its file lock) on
+        // its own schedule after the drop: reopen as soon as it has, within a bound.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let s = loop {
+            match Storage::open_sled(dir.path(), 8 << 20) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(e.to_string().contains("lock"), "{e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let v: serde_json::Value = s.trees.rooms.get_json(b"!r:x").unwrap().unwrap();
         assert_eq!(v["v"], 1);
     }
