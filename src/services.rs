@@ -277,6 +277,24 @@ impl Services {
         Services::build_with(config, storage, keys, livekit)
     }
 
+    /// Opens the services on a data dir that an instance just dropped in this process
+    /// still holds (tests): its background tasks let go of the database, and sled of its
+    /// file lock, on their own schedule, so retry on the lock error within a bound.
+    #[cfg(test)]
+    pub async fn reopen(config: Config) -> Result<Arc<Services>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Services::open(config.clone()) {
+                Err(e)
+                    if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Services on the in-memory engine with a fresh key (tests).
     pub fn in_memory(config: Config) -> Result<Arc<Services>> {
         Services::build(config, Storage::in_memory(), ServerKeys::generate()?)

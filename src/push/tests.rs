@@ -204,7 +204,7 @@ async fn per_recipient_records_of_earlier_versions_are_moved_at_start() -> Resul
         s.storage().commit(batch)?;
         s.storage().flush()?;
     }
-    let s = crate::services::Services::open(config).unwrap();
+    let s = crate::services::Services::reopen(config).await.unwrap();
     assert!(s
         .storage()
         .trees

@@ -278,9 +278,7 @@ async fn survives_a_restart_and_fires_then() {
             .unwrap();
         (room, id)
     };
-    // Give the old instance's tasks a moment to notice they are orphaned.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let s = Services::open(config).unwrap();
+    let s = Services::reopen(config).await.unwrap();
     assert!(s.rtc.delayed_event(&id).unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
