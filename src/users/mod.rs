@@ -11,6 +11,7 @@ mod devices;
 mod filters;
 mod operator;
 mod presence;
+mod privacy;
 mod profile;
 mod registration_tokens;
 mod shared_secret;
@@ -34,6 +35,7 @@ pub use self::{
     devices::{check_new_device, Device},
     operator::OPERATOR_TOKEN_FILE,
     presence::PresenceRecord,
+    privacy::PRIVACY_ACCOUNT_DATA,
     profile::check_profile,
     registration_tokens::{NewRegistrationToken, RegistrationToken},
     shared_secret::registration_mac,

@@ -36,6 +36,10 @@ async fn typing_route(
         return Err(Error::forbidden("You may only set your own typing state"));
     }
     services.rooms.check_joined(&b.room_id, user)?;
+    // Privacy mode: the user's typing reaches nobody.
+    if !services.users.sends_acknowledgements(user)? {
+        return Ok(create_typing_event::v3::Response::new());
+    }
     match &b.state {
         create_typing_event::v3::Typing::Yes(info) => {
             services
@@ -91,6 +95,7 @@ async fn receipt_route(
         return Err(Error::invalid_param(format!("unknown receipt type {kind}")));
     }
     check_event_in_room(&services, &b.room_id, &b.event_id)?;
+    let kind = services.users.recorded_receipt_type(user, &kind)?;
     let thread = match &b.thread {
         ReceiptThread::Unthreaded => None,
         ReceiptThread::Main => Some("main".to_owned()),
@@ -99,7 +104,7 @@ async fn receipt_route(
     };
     services
         .rooms
-        .set_receipt(&b.room_id, user, &kind, &b.event_id, thread.as_deref())
+        .set_receipt(&b.room_id, user, kind, &b.event_id, thread.as_deref())
         .await?;
     Ok(create_receipt::v3::Response::new())
 }
@@ -121,6 +126,7 @@ async fn read_markers_route(
     ] {
         if let Some(id) = id {
             check_event_in_room(&services, &b.room_id, id)?;
+            let kind = services.users.recorded_receipt_type(user, kind)?;
             services
                 .rooms
                 .set_receipt(&b.room_id, user, kind, id, None)
