@@ -12,7 +12,12 @@ impl PushService {
     /// `(notification_count, highlight_count)` of a room: notifying events after the
     /// user's read receipt.
     pub fn unread_counts(&self, user: &UserId, room_id: &RoomId) -> Result<(u64, u64)> {
-        let read = self.rooms.own_read_pos(room_id, user)?.unwrap_or(0);
+        // Wiped history counts as read.
+        let read = self
+            .rooms
+            .own_read_pos(room_id, user)?
+            .unwrap_or(0)
+            .max(self.rooms.wiped_until(room_id, user)?);
         let key = (user.to_owned(), room_id.to_owned());
         let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(&(at, notify, highlight)) = unread.get(&key) {

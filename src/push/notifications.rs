@@ -31,7 +31,11 @@ impl PushService {
         let before = from.unwrap_or(u64::MAX);
         let mut found: Vec<(u64, OwnedRoomId, PushRecord)> = Vec::new();
         for (room_id, _, _) in self.rooms.user_rooms(user)? {
-            let lo = record_key(&room_id, 0);
+            // Nothing the user wiped is listed.
+            let lo = record_key(
+                &room_id,
+                self.rooms.wiped_until(&room_id, user)?.saturating_add(1),
+            );
             let hi = record_key(&room_id, before);
             let mut taken = 0;
             for kv in self.storage.trees.event_push.range(&lo, &hi, true) {

@@ -24,6 +24,7 @@ mod state;
 pub(crate) mod test_support;
 mod upgrade;
 mod visibility;
+mod wipe;
 
 use std::{
     collections::HashMap,

@@ -183,6 +183,7 @@ impl RoomsService {
             let key = keys::strs(&[user.as_str(), room_id.as_str()]);
             first.remove(&trees.user_rooms, &key);
             first.remove(&trees.forgotten, &key);
+            first.remove(&trees.history_wipes, &key);
         }
         let applied = *self.stream.lock().unwrap_or_else(|e| e.into_inner());
         if applied > stream_floor(&self.storage)? {

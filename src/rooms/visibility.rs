@@ -140,6 +140,8 @@ impl RoomsService {
         limit: usize,
         filter: Option<&EventFilter>,
     ) -> Result<(Vec<(u64, Arc<Pdu>)>, bool)> {
+        // What the user wiped is gone for them (`wipe.rs`).
+        let lo = lo.max(self.wiped_until(room_id, user)?);
         if lo >= hi {
             return Ok((Vec::new(), false));
         }
@@ -176,6 +178,9 @@ impl RoomsService {
 
     /// Whether `user` may see the event of `room_id` at timeline position `pos`.
     pub fn can_see_event(&self, room_id: &RoomId, user: &UserId, pos: u64) -> Result<bool> {
+        if pos <= self.wiped_until(room_id, user)? {
+            return Ok(false);
+        }
         if self.membership(room_id, user)? == Some(Membership::Join)
             && self
                 .member_event_pos(room_id, user)?

@@ -90,6 +90,9 @@ trees! {
     /// `report id(u64)` → JSON event report `{room_id, event_id, user_id, reason, score,
     /// received_ts}`.
     event_reports = 0x2E,
+    /// `user_id, room_id` → `pos(u64)`: the user wiped the room's history for themselves
+    /// up to and including this timeline position.
+    history_wipes = 0x2F,
 
     // ---- ephemeral ----
     /// `room_id, receipt_type, user_id, thread` → JSON `{event_id, ts, pos}`.

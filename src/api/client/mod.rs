@@ -30,6 +30,7 @@ mod thirdparty;
 mod to_device;
 mod user_directory;
 mod voip;
+mod wipe;
 
 use std::sync::Arc;
 
@@ -63,6 +64,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = user_directory::routes(router);
     let router = rtc::routes(router);
     let router = kinds::routes(router);
+    let router = wipe::routes(router);
     let router = myelin_rooms::routes(router);
     let router = meetings::routes(router);
     let router = thirdparty::routes(router);
