@@ -186,6 +186,24 @@ impl RoomsService {
         event_id: &EventId,
         thread: Option<&str>,
     ) -> Result<()> {
+        self.record_receipt(room_id, user, kind, event_id, thread)?;
+        if kind == "m.read.private" {
+            self.notifier.notify_user(user);
+        } else {
+            self.notifier.notify(self.members(room_id)?.joined());
+        }
+        Ok(())
+    }
+
+    /// Stores a receipt at the next ephemeral position, waking nobody.
+    pub(super) fn record_receipt(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        kind: &str,
+        event_id: &EventId,
+        thread: Option<&str>,
+    ) -> Result<()> {
         let trees = &self.storage.trees;
         let thread = thread.unwrap_or("");
         // The receipt and its log entry are applied before its position is visible, so
@@ -225,11 +243,6 @@ impl RoomsService {
                 recent.push_back((pos, room_id.to_owned()));
             },
         )?;
-        if kind == "m.read.private" {
-            self.notifier.notify_user(user);
-        } else {
-            self.notifier.notify(self.members(room_id)?.joined());
-        }
         Ok(())
     }
 

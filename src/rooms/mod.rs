@@ -7,6 +7,7 @@ mod alias;
 mod append;
 mod block;
 mod create;
+mod delivered;
 mod ephemeral;
 mod kind;
 mod kinds;
@@ -39,6 +40,7 @@ pub use self::{
     append::{NewEvent, Transaction},
     block::{BlockedRoomPolicy, RoomBlock},
     create::CreateRoom,
+    delivered::DELIVERED_RECEIPT,
     ephemeral::{Typing, RECEIPT_TYPES},
     kind::{RoomKind, GROUP_TYPE, VIRTUAL_ROOM_TYPE},
     kinds::{kind_policies, RoomRoles, MODERATOR_LEVEL, OWNER_LEVEL},
@@ -106,6 +108,8 @@ pub struct RoomsService {
     ephemeral_pos: StreamPosition,
     members: members::MembersCache,
     typing: ephemeral::TypingState,
+    /// Delivered receipts noted by syncs, written in the background (see [`delivered`]).
+    deliveries: delivered::Deliveries,
     /// The newest event of each room touched since start: id and depth (the next event's
     /// `prev_events` and depth), so sending does not scan storage backwards.
     tips: Mutex<HashMap<OwnedRoomId, (ruma::OwnedEventId, u64)>>,
@@ -151,6 +155,7 @@ impl RoomsService {
             ephemeral_pos,
             members: members::MembersCache::default(),
             typing: ephemeral::TypingState::default(),
+            deliveries: delivered::Deliveries::default(),
             tips: Mutex::default(),
             recent: Mutex::default(),
             pdu_cache: Mutex::default(),

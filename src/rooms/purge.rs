@@ -258,6 +258,7 @@ impl RoomsService {
             .unwrap_or_else(|e| e.into_inner())
             .remove(room_id);
         self.typing.forget(room_id);
+        self.deliveries.forget(room_id);
         self.members.forget(room_id);
         tracing::info!(room = %room_id, "room purged from the rooms' trees");
         Ok(())

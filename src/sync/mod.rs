@@ -160,6 +160,24 @@ const STRIPPED_TYPES: &[&str] = &[
 ];
 
 impl SyncService {
+    /// Notes the delivery of the newest of `events` sent by someone else to `user` (a
+    /// delivered receipt, see `rooms::delivered`), unless the user is in privacy mode.
+    fn note_delivered(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        events: &[(u64, Arc<crate::events::Pdu>)],
+    ) -> Result<()> {
+        let Some((pos, pdu)) = events.iter().rev().find(|(_, p)| p.sender != user) else {
+            return Ok(());
+        };
+        if !self.users.sends_acknowledgements(user)? {
+            return Ok(());
+        }
+        self.rooms
+            .note_delivered(room_id, user, *pos, &pdu.event_id)
+    }
+
     /// Builds the service.
     pub fn new(
         rooms: Arc<RoomsService>,
@@ -453,6 +471,7 @@ impl SyncService {
             Some(&filter.timeline),
         )?;
         events.reverse();
+        self.note_delivered(room_id, user, &events)?;
 
         let ephemeral = if filter.ephemeral_enabled {
             self.ephemeral(room_id, user, since)?

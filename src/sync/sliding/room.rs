@@ -91,6 +91,9 @@ impl SyncService {
             )?
         };
         events.reverse();
+        if live {
+            self.note_delivered(room_id, user, &events)?;
+        }
 
         // Required state: all matching visible state when initial; otherwise the matching
         // state that changed since the room was last sent.

@@ -1,0 +1,252 @@
+//! Delivered receipts (`io.myelin.delivered`): when a sync hands a recipient's device a
+//! room's newest events, the recipient is recorded as having received them, one latest
+//! position per user and room like `m.read`, and the other members see it in the room's
+//! `m.receipt`. A read receipt implies delivered.
+//!
+//! Delivery must not slow syncs down: the sync only notes the position in memory; a
+//! background task writes what was noted every [`COALESCE`] (receipts need not be durable
+//! before the sync answers) and wakes each touched room's members once per round, so a
+//! message to a big room costs one extra wake per member, not one per recipient.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, Once},
+    time::Duration,
+};
+
+use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use super::RoomsService;
+use crate::{storage::keys, Result};
+
+/// The receipt type of a delivery.
+pub const DELIVERED_RECEIPT: &str = "io.myelin.delivered";
+
+/// How long noted deliveries gather before they are written together.
+const COALESCE: Duration = Duration::from_millis(100);
+
+pub(super) struct Deliveries {
+    /// The latest delivered (or read) position known per room and user, written or
+    /// pending: a sync that delivers nothing newer notes nothing.
+    latest: Mutex<HashMap<(OwnedRoomId, OwnedUserId), u64>>,
+    /// Noted deliveries not written yet, the latest per room and user.
+    pending: Mutex<HashMap<(OwnedRoomId, OwnedUserId), OwnedEventId>>,
+    wake: Arc<Notify>,
+    started: Once,
+}
+
+impl Default for Deliveries {
+    fn default() -> Deliveries {
+        Deliveries {
+            latest: Mutex::default(),
+            pending: Mutex::default(),
+            wake: Arc::default(),
+            started: Once::new(),
+        }
+    }
+}
+
+impl Deliveries {
+    /// Forgets a room (purged).
+    pub(super) fn forget(&self, room_id: &RoomId) {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(room, _), _| room != room_id);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(room, _), _| room != room_id);
+    }
+}
+
+impl RoomsService {
+    /// Notes that a sync delivered the room's events up to `(pos, event_id)` to `user` (the
+    /// newest delivered event sent by someone else). Cheap: memory only, written shortly
+    /// after by the delivery task.
+    pub fn note_delivered(
+        self: &Arc<Self>,
+        room_id: &RoomId,
+        user: &UserId,
+        pos: u64,
+        event_id: &EventId,
+    ) -> Result<()> {
+        let key = (room_id.to_owned(), user.to_owned());
+        let known = self
+            .deliveries
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied();
+        let known = match known {
+            Some(p) => p,
+            None => self.stored_delivered_pos(room_id, user)?,
+        };
+        if pos <= known {
+            self.deliveries
+                .latest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_insert(known);
+            return Ok(());
+        }
+        {
+            let mut latest = self
+                .deliveries
+                .latest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let entry = latest.entry(key.clone()).or_insert(0);
+            if *entry >= pos {
+                return Ok(());
+            }
+            *entry = pos;
+        }
+        self.deliveries
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, event_id.to_owned());
+        self.start_delivery_task();
+        self.deliveries.wake.notify_one();
+        Ok(())
+    }
+
+    /// The stored delivered or read position of the user in the room (0: none).
+    fn stored_delivered_pos(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
+        let key = keys::strs(&[room_id.as_str(), DELIVERED_RECEIPT, user.as_str(), ""]);
+        let delivered = match self.storage.trees.receipts.get_json::<Value>(&key)? {
+            Some(record) => match record["event_id"]
+                .as_str()
+                .and_then(|s| EventId::parse(s).ok())
+            {
+                Some(id) => self.event_pos(&id)?.unwrap_or(0),
+                None => 0,
+            },
+            None => 0,
+        };
+        Ok(delivered.max(self.own_read_pos(room_id, user)?.unwrap_or(0)))
+    }
+
+    fn start_delivery_task(self: &Arc<Self>) {
+        self.deliveries.started.call_once(|| {
+            let this = Arc::downgrade(self);
+            let wake = self.deliveries.wake.clone();
+            tokio::spawn(async move {
+                loop {
+                    wake.notified().await;
+                    tokio::time::sleep(COALESCE).await;
+                    let Some(this) = this.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = this.write_deliveries() {
+                        tracing::warn!(error = %e, "writing delivered receipts");
+                    }
+                }
+            });
+        });
+    }
+
+    /// Writes the noted deliveries and wakes each touched room's members once.
+    fn write_deliveries(&self) -> Result<()> {
+        let pending = std::mem::take(
+            &mut *self
+                .deliveries
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut rooms: HashSet<OwnedRoomId> = HashSet::new();
+        for ((room_id, user), event_id) in pending {
+            self.record_receipt(&room_id, &user, DELIVERED_RECEIPT, &event_id, None)?;
+            rooms.insert(room_id);
+        }
+        for room_id in rooms {
+            self.notifier.notify(self.members(&room_id)?.joined());
+        }
+        Ok(())
+    }
+
+    /// The ticks of a message for its sender: who has it delivered and who has read it,
+    /// keeping only the users `shows` accepts (not in privacy mode). 404 when the caller
+    /// cannot see the event, 403 when they did not send it.
+    pub fn ticks(
+        &self,
+        room_id: &RoomId,
+        caller: &UserId,
+        event_id: &EventId,
+        shows: impl Fn(&UserId) -> Result<bool>,
+    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        let pdu = self.visible_event(room_id, caller, event_id)?;
+        if pdu.sender != caller {
+            return Err(crate::Error::forbidden(
+                "Only the sender of a message sees its ticks",
+            ));
+        }
+        let pos = self
+            .event_pos(event_id)?
+            .ok_or_else(|| crate::Error::not_found("Event not found"))?;
+        let (mut delivered, mut read) = self.receipt_holders(room_id, pos)?;
+        let mut hidden: HashMap<OwnedUserId, bool> = HashMap::new();
+        for user in delivered.iter().chain(&read) {
+            if !hidden.contains_key(user) {
+                let hide = user == caller || !shows(user)?;
+                hidden.insert(user.clone(), hide);
+            }
+        }
+        delivered.retain(|u| !hidden[u]);
+        read.retain(|u| !hidden[u]);
+        Ok((delivered, read))
+    }
+
+    /// Who has the event at `pos` of the room delivered and who has read it, as public
+    /// receipts say (a read implies delivered). `m.read.private` never counts.
+    fn receipt_holders(
+        &self,
+        room_id: &RoomId,
+        pos: u64,
+    ) -> Result<(Vec<OwnedUserId>, Vec<OwnedUserId>)> {
+        let mut delivered: HashSet<OwnedUserId> = HashSet::new();
+        let mut read: HashSet<OwnedUserId> = HashSet::new();
+        let prefix = keys::strs(&[room_id.as_str()]);
+        for kv in self.storage.trees.receipts.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let parts = keys::split_strs(&k);
+            let [_, kind, user, ..] = parts.as_slice() else {
+                continue;
+            };
+            let is_read = *kind == "m.read";
+            if !is_read && *kind != DELIVERED_RECEIPT {
+                continue;
+            }
+            let Ok(user) = UserId::parse(*user) else {
+                continue;
+            };
+            let record: Value = serde_json::from_slice(&v)?;
+            let Some(at) = record["event_id"]
+                .as_str()
+                .and_then(|s| EventId::parse(s).ok())
+                .map(|id| self.event_pos(&id))
+                .transpose()?
+                .flatten()
+            else {
+                continue;
+            };
+            if at >= pos {
+                delivered.insert(user.clone());
+                if is_read {
+                    read.insert(user);
+                }
+            }
+        }
+        let mut delivered: Vec<_> = delivered.into_iter().collect();
+        let mut read: Vec<_> = read.into_iter().collect();
+        delivered.sort();
+        read.sort();
+        Ok((delivered, read))
+    }
+}
