@@ -84,6 +84,18 @@ async fn delivered_then_read_and_never_for_private_users() -> anyhow::Result<()>
         .await?
         .expect_error(404, "M_NOT_FOUND")?;
 
+    // Alice long-polls: the delivered receipt wakes her, the sender.
+    let alice_since = spec_tests::next_batch(&alice.sync("timeout=0").await?);
+    let alice_poll = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            alice
+                .sync(&format!("since={alice_since}&timeout=20000"))
+                .await
+        })
+    };
+    server.wait_parked(&alice.user_id, 1).await?;
+
     // Carol (privacy) then Bob receive it through /sync.
     let s = carol.sync("timeout=0").await?;
     assert!(s["rooms"]["join"][&room]["timeline"]["events"]
@@ -96,8 +108,16 @@ async fn delivered_then_read_and_never_for_private_users() -> anyhow::Result<()>
     assert!(!lists(&t, "delivered", &carol.user_id), "{t}");
     assert!(!lists(&t, "read", &bob.user_id), "{t}");
 
-    // The others see Bob's delivered receipt in m.receipt, in the shape of m.read.
-    let s = alice.sync("timeout=0").await?;
+    // Alice's long-poll returns (woken by it, or by anything earlier; then she polls on)
+    // with Bob's delivered receipt in m.receipt, in the shape of m.read.
+    let mut s = alice_poll.await??;
+    for _ in 0..10 {
+        if ephemeral(&s, &room, "m.receipt").is_some() {
+            break;
+        }
+        let since = spec_tests::next_batch(&s);
+        s = alice.sync(&format!("since={since}&timeout=20000")).await?;
+    }
     let receipt = ephemeral(&s, &room, "m.receipt").unwrap_or_else(|| panic!("{s}"));
     assert!(
         receipt["content"][&msg]["io.myelin.delivered"][&bob.user_id]["ts"].is_u64(),

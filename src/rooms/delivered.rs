@@ -5,8 +5,13 @@
 //!
 //! Delivery must not slow syncs down: the sync only notes the position in memory; a
 //! background task writes what was noted every [`COALESCE`] (receipts need not be durable
-//! before the sync answers) and wakes each touched room's members once per round, so a
-//! message to a big room costs one extra wake per member, not one per recipient.
+//! before the sync answers) and wakes only the senders of the delivered events, once per
+//! round (they show the ticks); the other members get the receipts with their next sync.
+//!
+//! Every delivered receipt is one more entry every other member's sync reads, so a
+//! message to a room of N members costs N² receipt reads. Rooms with more than
+//! [`DELIVERED_MAX_MEMBERS`] joined members record no delivered receipts (read receipts
+//! still work there); 1,000-member rooms keep their fan-out speed.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,12 +32,16 @@ pub const DELIVERED_RECEIPT: &str = "io.myelin.delivered";
 /// How long noted deliveries gather before they are written together.
 const COALESCE: Duration = Duration::from_millis(100);
 
+/// The largest room (joined members) where deliveries are recorded.
+pub const DELIVERED_MAX_MEMBERS: usize = 100;
+
 pub(super) struct Deliveries {
     /// The latest delivered (or read) position known per room and user, written or
     /// pending: a sync that delivers nothing newer notes nothing.
     latest: Mutex<HashMap<(OwnedRoomId, OwnedUserId), u64>>,
-    /// Noted deliveries not written yet, the latest per room and user.
-    pending: Mutex<HashMap<(OwnedRoomId, OwnedUserId), OwnedEventId>>,
+    /// Noted deliveries not written yet, the latest per room and user: the event and
+    /// its sender.
+    pending: Mutex<HashMap<(OwnedRoomId, OwnedUserId), (OwnedEventId, OwnedUserId)>>,
     wake: Arc<Notify>,
     started: Once,
 }
@@ -72,7 +81,11 @@ impl RoomsService {
         user: &UserId,
         pos: u64,
         event_id: &EventId,
+        sender: &UserId,
     ) -> Result<()> {
+        if self.members(room_id)?.count(super::Membership::Join) > DELIVERED_MAX_MEMBERS {
+            return Ok(());
+        }
         let key = (room_id.to_owned(), user.to_owned());
         let known = self
             .deliveries
@@ -110,7 +123,7 @@ impl RoomsService {
             .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, event_id.to_owned());
+            .insert(key, (event_id.to_owned(), sender.to_owned()));
         self.start_delivery_task();
         self.deliveries.wake.notify_one();
         Ok(())
@@ -151,7 +164,7 @@ impl RoomsService {
         });
     }
 
-    /// Writes the noted deliveries and wakes each touched room's members once.
+    /// Writes the noted deliveries and wakes the senders of the delivered events once.
     fn write_deliveries(&self) -> Result<()> {
         let pending = std::mem::take(
             &mut *self
@@ -160,14 +173,12 @@ impl RoomsService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        let mut rooms: HashSet<OwnedRoomId> = HashSet::new();
-        for ((room_id, user), event_id) in pending {
+        let mut senders: HashSet<OwnedUserId> = HashSet::new();
+        for ((room_id, user), (event_id, sender)) in pending {
             self.record_receipt(&room_id, &user, DELIVERED_RECEIPT, &event_id, None)?;
-            rooms.insert(room_id);
+            senders.insert(sender);
         }
-        for room_id in rooms {
-            self.notifier.notify(self.members(&room_id)?.joined());
-        }
+        self.notifier.notify(senders.iter().map(|u| &**u));
         Ok(())
     }
 

@@ -175,7 +175,7 @@ impl SyncService {
             return Ok(());
         }
         self.rooms
-            .note_delivered(room_id, user, *pos, &pdu.event_id)
+            .note_delivered(room_id, user, *pos, &pdu.event_id, &pdu.sender)
     }
 
     /// Builds the service.
