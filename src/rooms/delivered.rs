@@ -261,3 +261,94 @@ impl RoomsService {
         Ok((delivered, read))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma::{OwnedUserId, UserId};
+
+    use super::*;
+    use crate::rooms::test_support::room_with_message;
+
+    fn user(name: &str) -> OwnedUserId {
+        UserId::parse(format!("@{name}:localhost")).unwrap()
+    }
+
+    async fn delivered_to(s: &crate::services::Services, room: &RoomId) -> Vec<OwnedUserId> {
+        s.rooms.write_deliveries().unwrap();
+        let prefix = keys::strs(&[room.as_str(), DELIVERED_RECEIPT]);
+        let mut out: Vec<OwnedUserId> = s
+            .storage()
+            .trees
+            .receipts
+            .scan_prefix(&prefix)
+            .filter_map(|kv| {
+                let (k, _) = kv.ok()?;
+                let parts = keys::split_strs(&k);
+                UserId::parse(*parts.get(2)?).ok()
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn noted_once_and_not_in_rooms_over_the_cap() {
+        let (s, alice, room, event) = room_with_message().await;
+        let bob = user("bob");
+        s.rooms
+            .invite(&room, &alice, &bob, None, false, None)
+            .await
+            .unwrap();
+        s.rooms
+            .join(&room, &bob, &Default::default(), None)
+            .await
+            .unwrap();
+        let pos = s.rooms.event_pos(&event).unwrap().unwrap();
+        s.rooms
+            .note_delivered(&room, &bob, pos, &event, &alice)
+            .unwrap();
+        assert_eq!(delivered_to(&s, &room).await, [bob.clone()]);
+        // Noting the same (or an older) delivery again writes nothing.
+        let before = s.rooms.current_ephemeral_pos();
+        s.rooms
+            .note_delivered(&room, &bob, pos, &event, &alice)
+            .unwrap();
+        s.rooms.write_deliveries().unwrap();
+        assert_eq!(s.rooms.current_ephemeral_pos(), before);
+        let (delivered, read) = s.rooms.receipt_holders(&room, pos).unwrap();
+        assert_eq!((delivered, read), (vec![bob.clone()], vec![]));
+
+        // A room with more joined members than the cap records nothing.
+        let big = s
+            .rooms
+            .create_room(&alice, Default::default())
+            .await
+            .unwrap();
+        for i in 0..DELIVERED_MAX_MEMBERS {
+            let member = user(&format!("m{i}"));
+            s.rooms
+                .invite(&big, &alice, &member, None, false, None)
+                .await
+                .unwrap();
+            s.rooms
+                .join(&big, &member, &Default::default(), None)
+                .await
+                .unwrap();
+        }
+        let content = serde_json::json!({"msgtype": "m.text", "body": "to many"});
+        let (msg, _) = s
+            .rooms
+            .send_to(
+                &big,
+                &alice,
+                super::super::NewEvent::message("m.room.message", content),
+            )
+            .await
+            .unwrap();
+        let pos = s.rooms.event_pos(&msg).unwrap().unwrap();
+        s.rooms
+            .note_delivered(&big, &user("m0"), pos, &msg, &alice)
+            .unwrap();
+        assert!(delivered_to(&s, &big).await.is_empty());
+    }
+}
