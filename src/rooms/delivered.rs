@@ -307,7 +307,7 @@ mod tests {
         s.rooms
             .note_delivered(&room, &bob, pos, &event, &alice)
             .unwrap();
-        assert_eq!(delivered_to(&s, &room).await, [bob.clone()]);
+        assert_eq!(delivered_to(&s, &room).await, vec![bob.clone()]);
         // Noting the same (or an older) delivery again writes nothing.
         let before = s.rooms.current_ephemeral_pos();
         s.rooms
