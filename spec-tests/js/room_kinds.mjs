@@ -8,99 +8,13 @@
 // Prints progress to stdout, `js-sdk room kinds: ok` at the end; exits non-zero with the
 // reason on any failure or when a step does not finish in time.
 
-import { ClientEvent, createClient, MatrixError, Method, MsgType, SyncState } from "matrix-js-sdk";
-import { logger } from "matrix-js-sdk/lib/logger.js";
+import { MatrixError, Method, MsgType } from "matrix-js-sdk";
 
-const base = process.argv[2];
-if (!base) {
-    console.error("usage: node room_kinds.mjs BASE_URL");
-    process.exit(2);
-}
+import { begin, check, finish, myelin, register, run, startClient, step, waitFor } from "./common.mjs";
 
-logger.setLevel(process.env.MYELIN_JS_DEBUG ? "debug" : "warn");
-
-/** Longest wait for any one step; the whole run has its own limit below. */
-const STEP_MS = 20_000;
-const overall = setTimeout(() => fail("the run did not finish within 90 s"), 90_000);
+begin("js-sdk room kinds");
 
 const VIRTUAL_ROOM = "io.myelin.virtual_room";
-const MYELIN_PREFIX = "/_matrix/client/unstable/io.myelin";
-
-const clients = [];
-
-function fail(message) {
-    console.error(`js-sdk room kinds: FAILED: ${message}`);
-    for (const client of clients) client.stopClient();
-    process.exit(1);
-}
-
-function step(message) {
-    console.log(`- ${message}`);
-}
-
-function check(condition, message) {
-    if (!condition) throw new Error(message);
-}
-
-/** Polls `probe` until it returns a truthy value, or fails with `what` after `ms`. */
-async function waitFor(what, probe, ms = STEP_MS) {
-    const deadline = Date.now() + ms;
-    for (;;) {
-        const value = await probe();
-        if (value) return value;
-        if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-        await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-}
-
-/** Registers `name` through the SDK with user-interactive auth (m.login.dummy). */
-async function register(name) {
-    const anonymous = createClient({ baseUrl: base });
-    const password = `${name}-password`;
-    let session;
-    try {
-        await anonymous.registerRequest({ username: name, password });
-        throw new Error("registration without auth succeeded: expected a UIA 401");
-    } catch (e) {
-        if (!(e instanceof MatrixError) || e.httpStatus !== 401) throw e;
-        session = e.data.session;
-    }
-    return anonymous.registerRequest({
-        username: name,
-        password,
-        auth: { type: "m.login.dummy", session },
-    });
-}
-
-/** A logged-in client, started and synced to PREPARED. */
-async function startClient(account) {
-    const client = createClient({
-        baseUrl: base,
-        userId: account.user_id,
-        deviceId: account.device_id,
-        accessToken: account.access_token,
-    });
-    clients.push(client);
-    const prepared = new Promise((resolve, reject) => {
-        client.on(ClientEvent.Sync, (state, _prev, data) => {
-            if (state === SyncState.Prepared) resolve();
-            if (state === SyncState.Error) reject(new Error(`sync error: ${data?.error}`));
-        });
-    });
-    await client.startClient({ initialSyncLimit: 20 });
-    await Promise.race([
-        prepared,
-        new Promise((_, reject) =>
-            setTimeout(() => reject(new Error("no PREPARED sync state")), STEP_MS).unref(),
-        ),
-    ]);
-    return client;
-}
-
-/** A request to Myelin's `io.myelin` endpoints with the client's own session. */
-function myelin(client, method, path, body) {
-    return client.http.authedRequest(method, path, undefined, body, { prefix: MYELIN_PREFIX });
-}
 
 /** Runs `action`, which must be refused with 403 M_FORBIDDEN saying `words`. */
 async function refused(what, action, words) {
@@ -197,12 +111,7 @@ async function main() {
     check(typeof unread.virtual_rooms?.notifications === "number", `unread: ${JSON.stringify(unread)}`);
     step("alice promoted bob to moderator; raising to 100 and touching the owner were refused");
 
-    for (const client of clients) client.stopClient();
-    clearTimeout(overall);
-    console.log("js-sdk room kinds: ok");
+    finish();
 }
 
-main().then(
-    () => process.exit(0),
-    (e) => fail(e?.stack ?? String(e)),
-);
+run(main);

@@ -400,6 +400,31 @@ pub struct ProgramOutput {
     pub stderr: String,
 }
 
+/// Runs one of the matrix-js-sdk scripts in `spec-tests/js` (`node SCRIPT BASE_URL`)
+/// against `server` and checks that it printed `LABEL: ok`. `spec-tests/run` installs the
+/// SDK and its Node.js and sets `MYELIN_JS_NODE`; without it this fails rather than
+/// skipping.
+pub async fn run_js_script(server: &TestServer, script: &str, label: &str) -> Result<()> {
+    let node = std::env::var("MYELIN_JS_NODE").map_err(|_| {
+        anyhow!("MYELIN_JS_NODE is not set: run the tests with spec-tests/run, which installs matrix-js-sdk")
+    })?;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("js")
+        .join(script);
+    let mut cmd = Command::new(node);
+    cmd.arg(path).arg(&server.base);
+    let out = run_program(cmd, Duration::from_secs(180)).await?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    if !out.status.success() || !stdout.contains(&format!("{label}: ok")) {
+        bail!(
+            "{script} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+            out.status,
+            server.log()
+        );
+    }
+    Ok(())
+}
+
 /// Runs a helper program (an interop client, the browser driver) with null stdin in a
 /// process group of its own and waits for it. Past `limit` it kills the whole group (so
 /// that no browser it started survives) and fails with what it printed so far.

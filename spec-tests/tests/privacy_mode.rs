@@ -90,7 +90,7 @@ async fn privacy_mode_hides_reads_and_typing_but_resets_own_counts() -> anyhow::
     );
     assert_eq!(
         public_readers(&alice, &room, &second).await?,
-        [carol.user_id.clone()]
+        vec![carol.user_id.clone()]
     );
 
     let mine = bob.sync(&format!("since={since}&timeout=0")).await?;
@@ -123,7 +123,7 @@ async fn privacy_mode_hides_reads_and_typing_but_resets_own_counts() -> anyhow::
         .await?
         .ok()?;
     let s = alice.sync("timeout=0").await?;
-    assert_eq!(typing_users(&s, &room), [carol.user_id.clone()], "{s}");
+    assert_eq!(typing_users(&s, &room), vec![carol.user_id.clone()], "{s}");
 
     // Switched off: later receipts are public, the earlier ones stay private.
     set_privacy(&bob, true).await?;
@@ -136,7 +136,7 @@ async fn privacy_mode_hides_reads_and_typing_but_resets_own_counts() -> anyhow::
     .ok()?;
     assert_eq!(
         public_readers(&alice, &room, &third).await?,
-        [bob.user_id.clone()]
+        vec![bob.user_id.clone()]
     );
     assert!(!public_readers(&alice, &room, &second)
         .await?
