@@ -171,7 +171,7 @@ async fn upload_download_thumbnail_and_headers() -> anyhow::Result<()> {
     .await?;
     assert_eq!(cfg["m.upload.size"], 200_000);
 
-    // thumbnails: scale keeps the aspect ratio, crop fills the box
+    // thumbnails (40 snaps up to 96): scale keeps the aspect ratio, crop fills the box
     let r = raw(
         &alice,
         Method::POST,
@@ -182,7 +182,7 @@ async fn upload_download_thumbnail_and_headers() -> anyhow::Result<()> {
     )
     .await?;
     let img = media_path(r.json::<Value>().await?["content_uri"].as_str().unwrap());
-    for (method, want) in [("scale", (40, 20)), ("crop", (40, 40))] {
+    for (method, want) in [("scale", (96, 48)), ("crop", (96, 96))] {
         let r = raw(
             &bob,
             Method::GET,

@@ -110,8 +110,8 @@ async fn jpeg_gif_and_webp_thumbnails() -> anyhow::Result<()> {
             encode(120, 60, 7, format),
         )
         .await?;
-        thumbnail(&bob, &media, "width=40&height=40&method=scale", (40, 20)).await?;
-        thumbnail(&bob, &media, "width=40&height=40&method=crop", (40, 40)).await?;
+        thumbnail(&bob, &media, "width=40&height=40&method=scale", (96, 48)).await?;
+        thumbnail(&bob, &media, "width=40&height=40&method=crop", (96, 96)).await?;
         // a box larger than the image: the original is served as it is
         let (status, got_type, bytes) = get(
             &bob,
@@ -181,7 +181,7 @@ async fn thumbnails_are_cached_per_size() -> anyhow::Result<()> {
     let again = thumbnail(&alice, &media, "width=32&height=32&method=crop", (32, 32)).await?;
     assert!(again == small, "the same size was generated again");
     // another size (or method) is a thumbnail of its own
-    let larger = thumbnail(&alice, &media, "width=48&height=48&method=crop", (48, 48)).await?;
+    let larger = thumbnail(&alice, &media, "width=48&height=48&method=crop", (96, 96)).await?;
     assert_ne!(larger, small);
     let scaled = thumbnail(&alice, &media, "width=32&height=32&method=scale", (32, 32)).await?;
     assert_ne!(scaled, small, "crop and scale share a cache entry");
@@ -239,9 +239,9 @@ async fn legacy_media_paths() -> anyhow::Result<()> {
         assert_eq!(status, 200, "{version} thumbnail");
         assert!(ctype.starts_with("image/"), "{ctype}");
         let img = image::load_from_memory(&bytes)?;
-        assert_eq!((img.width(), img.height()), (16, 8), "{version}");
+        assert_eq!((img.width(), img.height()), (32, 16), "{version}");
         // and it is the same thumbnail the authenticated endpoint serves
-        let authed = thumbnail(&alice, &media, "width=16&height=16&method=scale", (16, 8)).await?;
+        let authed = thumbnail(&alice, &media, "width=16&height=16&method=scale", (32, 16)).await?;
         assert_eq!(authed, bytes);
         // missing or bad parameters
         let (status, _, body) = get(

@@ -9,8 +9,10 @@ use image::{
 
 use crate::{Error, Result};
 
-/// Largest thumbnail edge a client may ask for.
-const MAX_EDGE: u32 = 1600;
+/// The thumbnail sizes served (edge of the bounding square), as other servers do: any
+/// request is snapped up to the next one (or the largest), so a client asking for 100
+/// sizes makes at most 5 thumbnails per method.
+pub const SIZES: [u32; 5] = [32, 96, 320, 640, 800];
 
 /// How to fit the image into the requested box.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,14 +35,22 @@ pub struct ThumbnailSpec {
 }
 
 impl ThumbnailSpec {
-    /// A checked spec (1..=1600 px per edge).
+    /// A checked spec, snapped to a square of one of [`SIZES`]: the smallest at least as
+    /// large as the requested box, else the largest. `scale` fits inside the square
+    /// (at least the requested size, as the spec asks); `crop` fills it.
     pub fn new(width: u32, height: u32, method: ThumbnailMethod) -> Result<ThumbnailSpec> {
         if width == 0 || height == 0 {
             return Err(Error::invalid_param("width and height must be positive"));
         }
+        let want = width.max(height);
+        let edge = SIZES
+            .iter()
+            .copied()
+            .find(|s| *s >= want)
+            .unwrap_or(SIZES[SIZES.len() - 1]);
         Ok(ThumbnailSpec {
-            width: width.min(MAX_EDGE),
-            height: height.min(MAX_EDGE),
+            width: edge,
+            height: edge,
             method,
         })
     }
@@ -169,15 +179,33 @@ mod tests {
     #[test]
     fn scale_keeps_aspect_and_crop_fills() {
         let src = png(200, 100);
+        // 50 snaps to 96.
         let spec = ThumbnailSpec::new(50, 50, ThumbnailMethod::Scale).unwrap();
         let (out, _) = generate(&src, "image/png", spec, MAX).unwrap().unwrap();
-        assert_eq!(dims(&out), (50, 25));
-        let spec = ThumbnailSpec::new(50, 50, ThumbnailMethod::Crop).unwrap();
+        assert_eq!(dims(&out), (96, 48));
+        let spec = ThumbnailSpec::new(50, 20, ThumbnailMethod::Crop).unwrap();
         let (out, _) = generate(&src, "image/png", spec, MAX).unwrap().unwrap();
-        assert_eq!(dims(&out), (50, 50));
+        assert_eq!(dims(&out), (96, 96));
         // already small enough: serve the original
-        let spec = ThumbnailSpec::new(400, 400, ThumbnailMethod::Scale).unwrap();
+        let spec = ThumbnailSpec::new(300, 300, ThumbnailMethod::Scale).unwrap();
         assert!(generate(&src, "image/png", spec, MAX).unwrap().is_none());
+    }
+
+    #[test]
+    fn requests_snap_to_five_sizes_per_method() {
+        for method in [ThumbnailMethod::Scale, ThumbnailMethod::Crop] {
+            let keys: std::collections::HashSet<String> = (1..=2000)
+                .flat_map(|w| [(w, 1), (1, w), (w, w / 2 + 1)])
+                .map(|(w, h)| ThumbnailSpec::new(w, h, method).unwrap().cache_key())
+                .collect();
+            assert_eq!(keys.len(), SIZES.len(), "{keys:?}");
+        }
+        let spec = ThumbnailSpec::new(33, 10, ThumbnailMethod::Scale).unwrap();
+        assert_eq!((spec.width, spec.height), (96, 96));
+        let spec = ThumbnailSpec::new(5000, 5000, ThumbnailMethod::Crop).unwrap();
+        assert_eq!((spec.width, spec.height), (800, 800));
+        let spec = ThumbnailSpec::new(32, 32, ThumbnailMethod::Crop).unwrap();
+        assert_eq!((spec.width, spec.height), (32, 32));
     }
 
     #[test]
