@@ -20,7 +20,6 @@ use std::{
 };
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
-use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::RoomsService;
@@ -87,33 +86,24 @@ impl RoomsService {
             return Ok(());
         }
         let key = (room_id.to_owned(), user.to_owned());
-        let known = self
+        let cached = self
             .deliveries
             .latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .copied();
-        let known = match known {
+        let known = match cached {
             Some(p) => p,
             None => self.stored_delivered_pos(room_id, user)?,
         };
-        if pos <= known {
-            self.deliveries
-                .latest
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key)
-                .or_insert(known);
-            return Ok(());
-        }
         {
             let mut latest = self
                 .deliveries
                 .latest
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            let entry = latest.entry(key.clone()).or_insert(0);
+            let entry = latest.entry(key.clone()).or_insert(known);
             if *entry >= pos {
                 return Ok(());
             }
@@ -131,17 +121,9 @@ impl RoomsService {
 
     /// The stored delivered or read position of the user in the room (0: none).
     fn stored_delivered_pos(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
-        let key = keys::strs(&[room_id.as_str(), DELIVERED_RECEIPT, user.as_str(), ""]);
-        let delivered = match self.storage.trees.receipts.get_json::<Value>(&key)? {
-            Some(record) => match record["event_id"]
-                .as_str()
-                .and_then(|s| EventId::parse(s).ok())
-            {
-                Some(id) => self.event_pos(&id)?.unwrap_or(0),
-                None => 0,
-            },
-            None => 0,
-        };
+        let delivered = self
+            .receipt_pos(room_id, DELIVERED_RECEIPT, user)?
+            .unwrap_or(0);
         Ok(delivered.max(self.own_read_pos(room_id, user)?.unwrap_or(0)))
     }
 
@@ -202,15 +184,15 @@ impl RoomsService {
             .event_pos(event_id)?
             .ok_or_else(|| crate::Error::not_found("Event not found"))?;
         let (mut delivered, mut read) = self.receipt_holders(room_id, pos)?;
-        let mut hidden: HashMap<OwnedUserId, bool> = HashMap::new();
-        for user in delivered.iter().chain(&read) {
-            if !hidden.contains_key(user) {
-                let hide = user == caller || !shows(user)?;
-                hidden.insert(user.clone(), hide);
+        // Every reader is also in `delivered` (a read implies delivered).
+        let mut shown: HashSet<OwnedUserId> = HashSet::new();
+        for user in &delivered {
+            if user != caller && shows(user)? {
+                shown.insert(user.clone());
             }
         }
-        delivered.retain(|u| !hidden[u]);
-        read.retain(|u| !hidden[u]);
+        delivered.retain(|u| shown.contains(u));
+        read.retain(|u| shown.contains(u));
         Ok((delivered, read))
     }
 
@@ -237,14 +219,7 @@ impl RoomsService {
             let Ok(user) = UserId::parse(*user) else {
                 continue;
             };
-            let record: Value = serde_json::from_slice(&v)?;
-            let Some(at) = record["event_id"]
-                .as_str()
-                .and_then(|s| EventId::parse(s).ok())
-                .map(|id| self.event_pos(&id))
-                .transpose()?
-                .flatten()
-            else {
+            let Some(at) = self.record_event_pos(&serde_json::from_slice(&v)?)? else {
                 continue;
             };
             if at >= pos {

@@ -250,19 +250,34 @@ impl RoomsService {
     pub fn own_read_pos(&self, room_id: &RoomId, user: &UserId) -> Result<Option<u64>> {
         let mut best = None;
         for kind in RECEIPT_TYPES {
-            let key = keys::strs(&[room_id.as_str(), kind, user.as_str(), ""]);
-            if let Some(record) = self.storage.trees.receipts.get_json::<Value>(&key)? {
-                if let Some(id) = record["event_id"]
-                    .as_str()
-                    .and_then(|s| EventId::parse(s).ok())
-                {
-                    if let Some(pos) = self.event_pos(&id)? {
-                        best = best.max(Some(pos));
-                    }
-                }
-            }
+            best = best.max(self.receipt_pos(room_id, kind, user)?);
         }
         Ok(best)
+    }
+
+    /// The timeline position of the user's unthreaded receipt of `kind` in a room.
+    pub(super) fn receipt_pos(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        user: &UserId,
+    ) -> Result<Option<u64>> {
+        let key = keys::strs(&[room_id.as_str(), kind, user.as_str(), ""]);
+        match self.storage.trees.receipts.get_json::<Value>(&key)? {
+            Some(record) => self.record_event_pos(&record),
+            None => Ok(None),
+        }
+    }
+
+    /// The timeline position of the event a stored receipt record names.
+    pub(super) fn record_event_pos(&self, record: &Value) -> Result<Option<u64>> {
+        match record["event_id"]
+            .as_str()
+            .and_then(|s| EventId::parse(s).ok())
+        {
+            Some(id) => self.event_pos(&id),
+            None => Ok(None),
+        }
     }
 
     /// The `m.receipt` content of receipts changed after `since` (all for 0), as `viewer`
