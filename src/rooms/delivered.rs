@@ -22,7 +22,7 @@ use std::{
 use ruma::{EventId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::sync::Notify;
 
-use super::RoomsService;
+use super::{ephemeral::NewReceipt, RoomsService};
 use crate::{storage::keys, Result};
 
 /// The receipt type of a delivery.
@@ -155,12 +155,19 @@ impl RoomsService {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        let mut senders: HashSet<OwnedUserId> = HashSet::new();
-        for ((room_id, user), (event_id, sender)) in pending {
-            self.record_receipt(&room_id, &user, DELIVERED_RECEIPT, &event_id, None)?;
-            senders.insert(sender);
-        }
-        self.notifier.notify(senders.iter().map(|u| &**u));
+        let receipts: Vec<NewReceipt<'_>> = pending
+            .iter()
+            .map(|((room_id, user), (event_id, _))| NewReceipt {
+                room_id,
+                user,
+                kind: DELIVERED_RECEIPT,
+                event_id,
+                thread: "",
+            })
+            .collect();
+        self.record_receipts(&receipts)?;
+        let senders: HashSet<&UserId> = pending.values().map(|(_, sender)| &**sender).collect();
+        self.notifier.notify(senders.into_iter());
         Ok(())
     }
 
@@ -292,6 +299,49 @@ mod tests {
         assert_eq!(s.rooms.current_ephemeral_pos(), before);
         let (delivered, read) = s.rooms.receipt_holders(&room, pos).unwrap();
         assert_eq!((delivered, read), (vec![bob.clone()], vec![]));
+
+        // Deliveries noted in one round are written at one ephemeral position, and a
+        // sync reading from before it gets all of them.
+        let carol = user("carol");
+        s.rooms
+            .invite(&room, &alice, &carol, None, false, None)
+            .await
+            .unwrap();
+        s.rooms
+            .join(&room, &carol, &Default::default(), None)
+            .await
+            .unwrap();
+        let content = serde_json::json!({"msgtype": "m.text", "body": "second"});
+        let (second, _) = s
+            .rooms
+            .send_to(
+                &room,
+                &alice,
+                super::super::NewEvent::message("m.room.message", content),
+            )
+            .await
+            .unwrap();
+        let second_pos = s.rooms.event_pos(&second).unwrap().unwrap();
+        let before = s.rooms.current_ephemeral_pos();
+        for member in [&bob, &carol] {
+            s.rooms
+                .note_delivered(&room, member, second_pos, &second, &alice)
+                .unwrap();
+        }
+        s.rooms.write_deliveries().unwrap();
+        assert_eq!(s.rooms.current_ephemeral_pos(), before + 1);
+        let receipts = s
+            .rooms
+            .receipts_since(&room, before, &alice)
+            .unwrap()
+            .unwrap();
+        let mut holders: Vec<&String> = receipts[second.as_str()][DELIVERED_RECEIPT]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        holders.sort();
+        assert_eq!(holders, vec![bob.as_str(), carol.as_str()]);
 
         // A room with more joined members than the cap records nothing.
         let big = s

@@ -37,6 +37,15 @@ impl TypingState {
     }
 }
 
+/// One receipt to store with [`RoomsService::record_receipts`] (`thread` empty: unthreaded).
+pub(super) struct NewReceipt<'a> {
+    pub room_id: &'a RoomId,
+    pub user: &'a UserId,
+    pub kind: &'a str,
+    pub event_id: &'a EventId,
+    pub thread: &'a str,
+}
+
 /// Receipt types a client may set.
 pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private"];
 
@@ -204,31 +213,46 @@ impl RoomsService {
         event_id: &EventId,
         thread: Option<&str>,
     ) -> Result<()> {
+        self.record_receipts(&[NewReceipt {
+            room_id,
+            user,
+            kind,
+            event_id,
+            thread: thread.unwrap_or(""),
+        }])
+    }
+
+    /// Stores several receipts in one commit, all at the next ephemeral position, waking
+    /// nobody: one lock, one batch and one position whatever their number.
+    pub(super) fn record_receipts(&self, receipts: &[NewReceipt<'_>]) -> Result<()> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
         let trees = &self.storage.trees;
-        let thread = thread.unwrap_or("");
-        // The receipt and its log entry are applied before its position is visible, so
-        // a sync that reads the position finds the receipt.
+        let ts = MilliSecondsSinceUnixEpoch::now();
+        // The receipts and their log entries are applied before their position is
+        // visible, so a sync that reads the position finds them.
         self.ephemeral_pos.commit_next(
             &self.storage,
             |pos, batch| {
-                let record = json!({
-                    "event_id": event_id,
-                    "ts": MilliSecondsSinceUnixEpoch::now(),
-                    "pos": pos,
-                });
-                batch.insert_json(
-                    &trees.receipts,
-                    &keys::strs(&[room_id.as_str(), kind, user.as_str(), thread]),
-                    &record,
-                )?;
-                batch.insert(
-                    &trees.receipts_log,
-                    &keys::KeyBuilder::new()
-                        .str(room_id.as_str())
-                        .u64(pos)
-                        .build(),
-                    &keys::strs(&[kind, user.as_str(), thread]),
-                );
+                for (i, r) in receipts.iter().enumerate() {
+                    let record = json!({ "event_id": r.event_id, "ts": ts, "pos": pos });
+                    batch.insert_json(
+                        &trees.receipts,
+                        &keys::strs(&[r.room_id.as_str(), r.kind, r.user.as_str(), r.thread]),
+                        &record,
+                    )?;
+                    // The index keeps log keys of one position apart.
+                    batch.insert(
+                        &trees.receipts_log,
+                        &keys::KeyBuilder::new()
+                            .str(r.room_id.as_str())
+                            .u64(pos)
+                            .u64(i as u64)
+                            .build(),
+                        &keys::strs(&[r.kind, r.user.as_str(), r.thread]),
+                    );
+                }
                 Ok(())
             },
             |pos| {
@@ -237,10 +261,15 @@ impl RoomsService {
                     .receipt_rooms
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                if recent.len() == RECENT_RECEIPTS {
-                    recent.pop_front();
+                let mut rooms: Vec<&RoomId> = receipts.iter().map(|r| r.room_id).collect();
+                rooms.sort();
+                rooms.dedup();
+                for room in rooms {
+                    if recent.len() == RECENT_RECEIPTS {
+                        recent.pop_front();
+                    }
+                    recent.push_back((pos, room.to_owned()));
                 }
-                recent.push_back((pos, room_id.to_owned()));
             },
         )?;
         Ok(())
