@@ -167,7 +167,7 @@ impl RoomsService {
             .collect();
         self.record_receipts(&receipts)?;
         let senders: HashSet<&UserId> = pending.values().map(|(_, sender)| &**sender).collect();
-        self.notifier.notify(senders.into_iter());
+        self.notifier.notify(senders);
         Ok(())
     }
 
