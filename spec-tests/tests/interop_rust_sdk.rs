@@ -70,7 +70,8 @@ async fn matrix_rust_sdk_sas_verification_completes() -> anyhow::Result<()> {
 /// Recovery with matrix-rust-sdk: Alice enables recovery (secret storage and key backup);
 /// a new device of hers recovers with the recovery key and decrypts the DM's earlier
 /// messages, fetching their keys from the backup after the first decryption failure, in
-/// the live timeline and in a permalink (event-focused) timeline.
+/// the live timeline, a permalink (event-focused) timeline, a thread timeline and the
+/// pinned-events timeline.
 #[tokio::test]
 async fn matrix_rust_sdk_recovery_redecrypts_history() -> anyhow::Result<()> {
     let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
@@ -94,9 +95,12 @@ async fn matrix_rust_sdk_recovery_redecrypts_history() -> anyhow::Result<()> {
         stdout.contains("recovery re-decrypted the earlier messages from the key backup"),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("a permalink timeline decrypts around its event"),
-        "{stdout}"
-    );
+    for line in [
+        "a permalink timeline decrypts around its event",
+        "a thread timeline decrypts its replies",
+        "the pinned events timeline decrypts bob's pinned reply",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
     Ok(())
 }

@@ -12,7 +12,8 @@
 //! SAS with emoji, both confirm) until each sees the other's identity as verified. With
 //! `--recover`, Alice enables recovery (secret storage and key backup), then a new device
 //! of hers recovers with the recovery key and must decrypt the DM's earlier messages from
-//! the backup (as Element X: keys fetched after a decryption failure). Exits
+//! the backup (as Element X: keys fetched after a decryption failure), in the live,
+//! permalink, thread and pinned-events timelines. Exits
 //! non-zero on any failure; every wait is bounded.
 
 use std::time::{Duration, Instant};
@@ -22,7 +23,12 @@ use matrix_sdk::{
     config::SyncSettings,
     media::{MediaFormat, MediaRequestParameters, MediaThumbnailSettings},
     ruma::{
-        events::room::{message::RoomMessageEventContent, MediaSource},
+        events::relation::Thread,
+        events::room::{
+            message::{Relation, RoomMessageEventContent},
+            pinned_events::RoomPinnedEventsEventContent,
+            MediaSource,
+        },
         OwnedRoomId, OwnedUserId, RoomId, UInt,
     },
     sliding_sync::VersionBuilder,
@@ -134,7 +140,7 @@ async fn wait_decrypted(
     sender: &OwnedUserId,
     who: &str,
 ) -> Result<()> {
-    wait_for(&format!("{who} to decrypt {body:?}"), || async {
+    let waited = wait_for(&format!("{who} to decrypt {body:?}"), || async {
         for item in timeline.items().await {
             let Some(event) = item.as_event() else {
                 continue;
@@ -158,7 +164,27 @@ async fn wait_decrypted(
         }
         Ok(None)
     })
-    .await
+    .await;
+    if waited.is_err() {
+        // Say what the timeline holds instead, to tell a missing event from a UTD.
+        let seen: Vec<String> = timeline
+            .items()
+            .await
+            .iter()
+            .filter_map(|i| i.as_event())
+            .map(|e| {
+                let content = e.content();
+                let what = match content.as_message() {
+                    Some(m) => format!("{:?}", m.body()),
+                    None if content.is_unable_to_decrypt() => "unable to decrypt".to_owned(),
+                    None => "other".to_owned(),
+                };
+                format!("{} {:?}: {what}", e.sender(), e.event_id())
+            })
+            .collect();
+        eprintln!("{who}'s timeline holds: {seen:#?}");
+    }
+    waited
 }
 
 /// Cross-signing for both, then Alice verifies Bob with SAS emoji through their DM; both
@@ -284,6 +310,30 @@ async fn check_recovery(
     bob_id: &OwnedUserId,
 ) -> Result<()> {
     let alice_id = alice.user_id().context("alice id")?.to_owned();
+    // Before recovery is enabled: a threaded reply to Alice's first message and Bob's
+    // reply pinned, so their keys go to the backup with the others.
+    let room = alice.get_room(dm_id).context("alice's DM")?;
+    let live = room.timeline().await?;
+    let find = |body: &'static str| {
+        let live = &live;
+        async move {
+            live.items()
+                .await
+                .iter()
+                .filter_map(|i| i.as_event())
+                .find(|e| e.content().as_message().is_some_and(|m| m.body() == body))
+                .and_then(|e| e.event_id().map(ToOwned::to_owned))
+                .with_context(|| format!("{body:?} has an event id"))
+        }
+    };
+    let root = find("hello bob, this is encrypted").await?;
+    let reply = find("hi alice, decrypted fine").await?;
+    let mut in_thread = RoomMessageEventContent::text_plain("a reply in the thread");
+    in_thread.relates_to = Some(Relation::Thread(Thread::plain(root.clone(), root.clone())));
+    room.send(in_thread).await.context("threaded reply")?;
+    room.send_state_event(RoomPinnedEventsEventContent::new(vec![reply.clone()]))
+        .await
+        .context("pin bob's reply")?;
     let key = alice
         .encryption()
         .recovery()
@@ -366,6 +416,43 @@ async fn check_recovery(
     )
     .await?;
     println!("a permalink timeline decrypts around its event");
+    // The thread (read with /relations) and the pinned events (read one by one with
+    // /event) decrypt as well.
+    let thread = room
+        .timeline_builder()
+        .with_focus(TimelineFocus::Thread {
+            root_event_id: root,
+        })
+        .build()
+        .await
+        .context("a thread timeline")?;
+    // A thread timeline starts from the SDK's cache; it reads the thread from the server
+    // when paginated, as Element X does when a thread is opened.
+    thread.paginate_backwards(20).await?;
+    wait_decrypted(&thread, "a reply in the thread", &alice_id, "the thread").await?;
+    println!("a thread timeline decrypts its replies");
+    // Opening the room subscribes to it, which brings its pinned events' ids (Element X
+    // does the same); the pinned timeline then fetches each event.
+    sync.room_list_service().subscribe_to_rooms(&[dm_id]).await;
+    wait_for("the pinned event ids on alice's new device", || {
+        let room = room.clone();
+        async move { Ok(room.pinned_event_ids().filter(|ids| !ids.is_empty())) }
+    })
+    .await?;
+    let pinned = room
+        .timeline_builder()
+        .with_focus(TimelineFocus::PinnedEvents)
+        .build()
+        .await
+        .context("the pinned events timeline")?;
+    wait_decrypted(
+        &pinned,
+        "hi alice, decrypted fine",
+        bob_id,
+        "the pinned events",
+    )
+    .await?;
+    println!("the pinned events timeline decrypts bob's pinned reply");
     sync.stop().await;
     Ok(())
 }
