@@ -102,9 +102,9 @@ impl AppserviceService {
         let mut present = Vec::new();
         for user in self.users.presence_changed_since(since_userdata) {
             let mut follows = false;
-            for (room, membership, _) in self.rooms.user_rooms(&user)? {
+            for &(ref room, membership, _) in self.rooms.user_rooms(&user)?.iter() {
                 if membership == crate::rooms::Membership::Join
-                    && self.is_interested_in_room(reg, &room)?
+                    && self.is_interested_in_room(reg, room)?
                 {
                     follows = true;
                     break;

@@ -257,13 +257,13 @@ impl E2eeService {
         if to.timeline > from.timeline {
             let member_filter =
                 EventFilter::from_json(&serde_json::json!({ "types": ["m.room.member"] }));
-            for (room, membership, mpos) in self.rooms.user_rooms(user)? {
+            for &(ref room, membership, mpos) in self.rooms.user_rooms(user)?.iter() {
                 let own_change = mpos > from.timeline && mpos <= to.timeline;
                 if !own_change && membership != Membership::Join {
                     // Left long ago: nothing to report, and no member list to load.
                     continue;
                 }
-                let members = self.rooms.members(&room)?;
+                let members = self.rooms.members(room)?;
                 if own_change {
                     // My own membership changed: everybody in the room is new or gone.
                     let set = if membership == Membership::Join {
@@ -275,7 +275,7 @@ impl E2eeService {
                     continue;
                 }
                 let (events, _) = self.rooms.timeline_range(
-                    &room,
+                    room,
                     from.timeline,
                     to.timeline,
                     Direction::Forward,

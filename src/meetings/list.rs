@@ -53,20 +53,20 @@ impl MeetingsService {
     pub fn meetings(&self, user: &UserId) -> Result<MeetingsList> {
         let now = now_ms();
         let mut list = MeetingsList::default();
-        for (room_id, membership, _) in self.rooms.user_rooms(user)? {
+        for &(ref room_id, membership, _) in self.rooms.user_rooms(user)?.iter() {
             if !matches!(membership, Membership::Join | Membership::Invite) {
                 continue;
             }
-            let participants = self.rtc.call_members(&room_id)?.len();
+            let participants = self.rtc.call_members(room_id)?.len();
             let occurrence = self
                 .rooms
-                .state_content(&room_id, SCHEDULE_EVENT, "")?
+                .state_content(room_id, SCHEDULE_EVENT, "")?
                 .and_then(|c| Schedule::parse(&c).ok().flatten())
                 .and_then(|s| s.next_occurrence(now).map(|o| (s.title, o)));
             if participants == 0 && occurrence.is_none() {
                 continue;
             }
-            let item = self.item(&room_id, user, participants, occurrence.clone())?;
+            let item = self.item(room_id, user, participants, occurrence.clone())?;
             let started = occurrence
                 .as_ref()
                 .is_some_and(|(_, (start, _))| *start <= now);

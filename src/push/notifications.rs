@@ -30,13 +30,13 @@ impl PushService {
     ) -> Result<NotificationsPage> {
         let before = from.unwrap_or(u64::MAX);
         let mut found: Vec<(u64, OwnedRoomId, PushRecord)> = Vec::new();
-        for (room_id, _, _) in self.rooms.user_rooms(user)? {
+        for (room_id, _, _) in self.rooms.user_rooms(user)?.iter() {
             // Nothing the user wiped is listed.
             let lo = record_key(
-                &room_id,
-                self.rooms.wiped_until(&room_id, user)?.saturating_add(1),
+                room_id,
+                self.rooms.wiped_until(room_id, user)?.saturating_add(1),
             );
-            let hi = record_key(&room_id, before);
+            let hi = record_key(room_id, before);
             let mut taken = 0;
             for kv in self.storage.trees.event_push.range(&lo, &hi, true) {
                 let (k, v) = kv?;

@@ -107,6 +107,9 @@ impl RoomMembers {
     }
 }
 
+/// A user's rooms: each with the user's membership and its event's stream position.
+pub type UserRooms = Arc<Vec<(OwnedRoomId, Membership, u64)>>;
+
 /// Per-room membership cache.
 #[derive(Default)]
 pub(super) struct MembersCache {
@@ -114,7 +117,7 @@ pub(super) struct MembersCache {
     /// The rooms of users read since start (`user_rooms`), kept current by every
     /// membership write. A miss reads storage while holding the lock, so a write that
     /// commits meanwhile updates the entry after it is inserted, never before.
-    user_rooms: Mutex<HashMap<OwnedUserId, Vec<(OwnedRoomId, Membership, u64)>>>,
+    user_rooms: Mutex<HashMap<OwnedUserId, UserRooms>>,
 }
 
 impl MembersCache {
@@ -130,6 +133,7 @@ impl MembersCache {
     pub(super) fn set_user_room(&self, user: &UserId, room_id: &RoomId, m: Membership, pos: u64) {
         let mut cache = self.user_rooms.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rooms) = cache.get_mut(user) {
+            let rooms = Arc::make_mut(rooms);
             match rooms.iter_mut().find(|(r, _, _)| r == room_id) {
                 Some(entry) => *entry = (room_id.to_owned(), m, pos),
                 None => rooms.push((room_id.to_owned(), m, pos)),
@@ -228,7 +232,8 @@ impl RoomsService {
 
     /// Every room the user has a membership record in, with that membership and the
     /// stream position of the membership event.
-    pub fn user_rooms(&self, user: &UserId) -> Result<Vec<(OwnedRoomId, Membership, u64)>> {
+    /// Shared, not copied: a sync reads it for every request.
+    pub fn user_rooms(&self, user: &UserId) -> Result<UserRooms> {
         let mut cache = self
             .members
             .user_rooms
@@ -251,17 +256,28 @@ impl RoomsService {
             let pos = record["pos"].as_u64().unwrap_or(0);
             out.push((room, m, pos));
         }
+        let out = Arc::new(out);
         cache.insert(user.to_owned(), out.clone());
         Ok(out)
+    }
+
+    /// The user's membership in a room and the stream position of its event, from the
+    /// same cache as [`Self::user_rooms`] (no storage read once the user's rooms are known).
+    pub fn user_room(&self, user: &UserId, room_id: &RoomId) -> Result<Option<(Membership, u64)>> {
+        Ok(self
+            .user_rooms(user)?
+            .iter()
+            .find(|(r, _, _)| r == room_id)
+            .map(|(_, m, pos)| (*m, *pos)))
     }
 
     /// Rooms the user is joined to.
     pub fn joined_rooms(&self, user: &UserId) -> Result<Vec<OwnedRoomId>> {
         Ok(self
             .user_rooms(user)?
-            .into_iter()
+            .iter()
             .filter(|(_, m, _)| *m == Membership::Join)
-            .map(|(r, _, _)| r)
+            .map(|(r, _, _)| r.clone())
             .collect())
     }
 }

@@ -287,9 +287,9 @@ impl RoomsService {
 
     /// Makes a deactivated user leave every room they are in.
     pub async fn leave_all_rooms(&self, user: &UserId) -> Result<()> {
-        for (room_id, m, _) in self.user_rooms(user)? {
+        for &(ref room_id, m, _) in self.user_rooms(user)?.iter() {
             if matches!(m, Membership::Join | Membership::Invite | Membership::Knock) {
-                if let Err(e) = self.leave_on_deactivation(&room_id, user).await {
+                if let Err(e) = self.leave_on_deactivation(room_id, user).await {
                     tracing::warn!(room = %room_id, error = %e, "could not leave room on deactivation");
                 }
             }

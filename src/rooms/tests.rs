@@ -257,7 +257,7 @@ async fn cached_room_lists_follow_membership_changes() {
         .await
         .unwrap();
     s.rooms.leave(&first, &bob, None).await.unwrap();
-    let mut rooms = s.rooms.user_rooms(&bob).unwrap();
+    let mut rooms = s.rooms.user_rooms(&bob).unwrap().to_vec();
     rooms.sort_by_key(|a| a.2);
     let memberships: Vec<_> = rooms.iter().map(|(r, m, _)| (r.clone(), *m)).collect();
     assert_eq!(

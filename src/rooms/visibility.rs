@@ -322,12 +322,10 @@ impl RoomsService {
         Ok(inputs.visible_ranges(from, to))
     }
 
-    /// The position of the user's current member event in the room.
+    /// The position of the user's current member event in the room (from the cached
+    /// room list of the user: every membership write keeps it current).
     fn member_event_pos(&self, room_id: &RoomId, user: &UserId) -> Result<Option<u64>> {
-        match self.state_event_id(room_id, "m.room.member", user.as_str())? {
-            Some(id) => self.event_pos(&id),
-            None => Ok(None),
-        }
+        Ok(self.user_room(user, room_id)?.map(|(_, pos)| pos))
     }
 }
 

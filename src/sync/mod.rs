@@ -277,25 +277,21 @@ impl SyncService {
         };
         let mut shared_users: BTreeSet<OwnedUserId> = BTreeSet::new();
         let mut joined_rooms = Vec::new();
-        for (room_id, membership, mpos) in self.rooms.user_rooms(user)? {
-            if !filter.rooms.allows_room(&room_id) || mpos > now.timeline {
+        for &(ref room_id, membership, mpos) in self.rooms.user_rooms(user)?.iter() {
+            if !filter.rooms.allows_room(room_id) || mpos > now.timeline {
                 continue;
             }
             let fresh = since_tl.is_none_or(|s| mpos > s);
             match membership {
                 Membership::Join => {
                     if filter.presence_enabled && since.is_none() {
-                        shared_users.extend(
-                            self.rooms
-                                .members(&room_id)?
-                                .joined()
-                                .map(ToOwned::to_owned),
-                        );
+                        shared_users
+                            .extend(self.rooms.members(room_id)?.joined().map(ToOwned::to_owned));
                     }
                     joined_rooms.push(room_id.clone());
                     let data = room_data.get(room_id.as_str());
                     if let Some(mut entry) = self.joined_room(
-                        session, &room_id, since, now, fresh, full_state, filter, data,
+                        session, room_id, since, now, fresh, full_state, filter, data,
                     )? {
                         if let Some(events) = entry
                             .get_mut("timeline")
@@ -304,28 +300,31 @@ impl SyncService {
                         {
                             self.rooms
                                 .add_transaction_ids(events, user, &session.device_id)?;
-                            self.rooms.add_memberships(&room_id, user, events)?;
+                            self.rooms.add_memberships(room_id, user, events)?;
                         }
                         join.insert(room_id.to_string(), entry);
                     }
                 }
                 Membership::Invite if fresh => {
-                    invite.insert(room_id.to_string(), json!({ "invite_state": { "events": self.stripped_state(&room_id, user)? } }));
+                    invite.insert(room_id.to_string(), json!({ "invite_state": { "events": self.stripped_state(room_id, user)? } }));
                 }
                 Membership::Knock if fresh => {
-                    knock.insert(room_id.to_string(), json!({ "knock_state": { "events": self.stripped_state(&room_id, user)? } }));
+                    knock.insert(
+                        room_id.to_string(),
+                        json!({ "knock_state": { "events": self.stripped_state(room_id, user)? } }),
+                    );
                 }
                 Membership::Leave | Membership::Ban
                     if (since.is_some() && fresh || since.is_none() && filter.include_leave)
-                        && !self.rooms.is_forgotten(&room_id, user)? =>
+                        && !self.rooms.is_forgotten(room_id, user)? =>
                 {
-                    let mut entry = self.left_room(user, &room_id, since, mpos, filter)?;
+                    let mut entry = self.left_room(user, room_id, since, mpos, filter)?;
                     if let Some(events) = entry
                         .get_mut("timeline")
                         .and_then(|t| t.get_mut("events"))
                         .and_then(Value::as_array_mut)
                     {
-                        self.rooms.add_memberships(&room_id, user, events)?;
+                        self.rooms.add_memberships(room_id, user, events)?;
                     }
                     leave.insert(room_id.to_string(), entry);
                 }

@@ -248,14 +248,14 @@ impl SyncService {
         // Rooms the user is in, invited to or knocking on; rooms left since the previous
         // position (and sent before) so the client sees the leave.
         let mut candidates = Vec::new();
-        for (room_id, membership, mpos) in self.rooms.user_rooms(user)? {
+        for &(ref room_id, membership, mpos) in self.rooms.user_rooms(user)?.iter() {
             if mpos > now.timeline {
                 continue;
             }
             let keep = match membership {
                 Membership::Join | Membership::Invite | Membership::Knock => true,
                 Membership::Leave | Membership::Ban => {
-                    prev.is_some_and(|p| mpos > p.token.timeline && p.rooms.contains_key(&room_id))
+                    prev.is_some_and(|p| mpos > p.token.timeline && p.rooms.contains_key(room_id))
                 }
             };
             if !keep {
@@ -266,9 +266,9 @@ impl SyncService {
             } else {
                 mpos
             };
-            let bump = self.bump_stamp(&room_id, cap, mpos)?;
+            let bump = self.bump_stamp(room_id, cap, mpos)?;
             candidates.push(Candidate {
-                room_id,
+                room_id: room_id.clone(),
                 membership,
                 membership_pos: mpos,
                 bump,
