@@ -40,11 +40,18 @@ impl PresenceRecord {
     }
 }
 
+/// A sync that finds the same state checked this recently reads nothing (at most a
+/// quarter of the idle time, so the activity refresh stays well ahead of going idle).
+const TOUCH_RECHECK_MS: u64 = 10_000;
+
 /// The newest presence change of every user, by user-data position.
 #[derive(Default)]
 pub(super) struct ChangeIndex {
     by_pos: BTreeMap<u64, OwnedUserId>,
     by_user: HashMap<OwnedUserId, u64>,
+    /// The last activity check of each user by a sync: the state it asked for, when,
+    /// and the user's change position then (a change since makes the check stale).
+    touched: HashMap<OwnedUserId, (&'static str, u64, Option<u64>)>,
 }
 
 impl ChangeIndex {
@@ -89,6 +96,30 @@ impl UsersService {
             Some("unavailable") => "unavailable",
             _ => "online",
         };
+        // Every sync of an active user comes here: skip the read when the same state was
+        // checked moments ago and nothing changed the record since.
+        let recheck_ms = TOUCH_RECHECK_MS.min(self.idle_ms() / 4);
+        let changed_at = {
+            let index = self.change_index();
+            let changed_at = index.by_user.get(user).copied();
+            if let Some((checked, at, seen)) = index.touched.get(user) {
+                if *checked == state && now.saturating_sub(*at) < recheck_ms && *seen == changed_at
+                {
+                    return Ok(());
+                }
+            }
+            changed_at
+        };
+        self.check_presence(user, state, now)?;
+        self.change_index()
+            .touched
+            .insert(user.to_owned(), (state, now, changed_at));
+        Ok(())
+    }
+
+    /// Writes presence when `state` is a visible change, or the activity time when it is
+    /// getting stale.
+    fn check_presence(&self, user: &UserId, state: &'static str, now: u64) -> Result<()> {
         let old = self.presence_record(user)?;
         let visible_change = old
             .as_ref()
@@ -282,6 +313,21 @@ mod tests {
         s.touch_presence_at(&alice, Some("offline"), late + 2)
             .unwrap();
         assert_eq!(s.current_userdata_pos(), pos);
+
+        // Moments after a check the same state reads nothing, but an explicit change in
+        // between is seen by the very next sync.
+        s.touch_presence_at(&alice, None, late + 3).unwrap();
+        assert_eq!(
+            s.presence_record(&alice).unwrap().unwrap().presence,
+            "online"
+        );
+        s.set_presence(&alice, "unavailable", None).unwrap();
+        s.touch_presence_at(&alice, None, late + 4).unwrap();
+        assert_eq!(
+            s.presence_record(&alice).unwrap().unwrap().presence,
+            "online",
+            "a sync right after an explicit change still marks the user online"
+        );
     }
 
     #[test]
