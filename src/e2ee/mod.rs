@@ -263,6 +263,10 @@ impl E2eeService {
                     // Left long ago: nothing to report, and no member list to load.
                     continue;
                 }
+                if !own_change && !self.rooms.members_changed_since(room, from.timeline) {
+                    // No member event in the room since `from`: nothing to read.
+                    continue;
+                }
                 let members = self.rooms.members(room)?;
                 if own_change {
                     // My own membership changed: everybody in the room is new or gone.

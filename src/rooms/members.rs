@@ -113,6 +113,11 @@ pub type UserRooms = Arc<Vec<(OwnedRoomId, Membership, u64)>>;
 /// Per-room membership cache.
 #[derive(Default)]
 pub(super) struct MembersCache {
+    /// The timeline position when the service started: every membership event before it
+    /// is at or below it.
+    started_at: u64,
+    /// The position of the newest membership event of each room changed since start.
+    changed_at: Mutex<HashMap<OwnedRoomId, u64>>,
     rooms: RwLock<HashMap<OwnedRoomId, Arc<RoomMembers>>>,
     /// The rooms of users read since start (`user_rooms`), kept current by every
     /// membership write. A miss reads storage while holding the lock, so a write that
@@ -121,6 +126,14 @@ pub(super) struct MembersCache {
 }
 
 impl MembersCache {
+    /// An empty cache for a service started at timeline position `started_at`.
+    pub(super) fn new(started_at: u64) -> MembersCache {
+        MembersCache {
+            started_at,
+            ..MembersCache::default()
+        }
+    }
+
     /// Records a membership change of a cached room (uncached rooms load on next use).
     pub(super) fn set(&self, room_id: &RoomId, user: &UserId, m: Membership) {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
@@ -129,8 +142,14 @@ impl MembersCache {
         }
     }
 
-    /// Records a committed membership of `user` in `room_id` at stream position `pos`.
+    /// Records a committed membership of `user` in `room_id` at stream position `pos`
+    /// (before the position is visible to readers).
     pub(super) fn set_user_room(&self, user: &UserId, room_id: &RoomId, m: Membership, pos: u64) {
+        {
+            let mut changed = self.changed_at.lock().unwrap_or_else(|e| e.into_inner());
+            let last = changed.entry(room_id.to_owned()).or_insert(pos);
+            *last = (*last).max(pos);
+        }
         let mut cache = self.user_rooms.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rooms) = cache.get_mut(user) {
             let rooms = Arc::make_mut(rooms);
@@ -269,6 +288,20 @@ impl RoomsService {
             .iter()
             .find(|(r, _, _)| r == room_id)
             .map(|(_, m, pos)| (*m, *pos)))
+    }
+
+    /// Whether a membership event of the room may lie after timeline position `since`
+    /// (false: none does, and a reader looking for member changes can skip the room).
+    pub fn members_changed_since(&self, room_id: &RoomId, since: u64) -> bool {
+        let last = self
+            .members
+            .changed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+            .copied()
+            .unwrap_or(self.members.started_at);
+        last > since
     }
 
     /// Rooms the user is joined to.

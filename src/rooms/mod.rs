@@ -153,7 +153,7 @@ impl RoomsService {
             publication: publish::Publication::new(last),
             policies,
             ephemeral_pos,
-            members: members::MembersCache::default(),
+            members: members::MembersCache::new(last),
             typing: ephemeral::TypingState::default(),
             deliveries: delivered::Deliveries::default(),
             tips: Mutex::default(),

@@ -275,6 +275,59 @@ async fn cached_room_lists_follow_membership_changes() {
 }
 
 #[tokio::test]
+async fn member_changes_are_known_per_room_by_position() {
+    let s = services();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let public = CreateRoom {
+        preset: Some("public_chat".into()),
+        ..Default::default()
+    };
+    let room = s.rooms.create_room(&alice, public).await.unwrap();
+    let (_, after_create) = send_text(&s, &room, &alice, "hello").await.unwrap();
+    // Messages only since `after_create`: no member change to read.
+    send_text(&s, &room, &alice, "again").await.unwrap();
+    assert!(!s.rooms.members_changed_since(&room, after_create));
+    assert!(s.rooms.members_changed_since(&room, 0));
+    s.rooms
+        .join(&room, &bob, &MemberProfile::default(), None)
+        .await
+        .unwrap();
+    assert!(s.rooms.members_changed_since(&room, after_create));
+    let (_, after_join) = send_text(&s, &room, &alice, "welcome").await.unwrap();
+    assert!(!s.rooms.members_changed_since(&room, after_join));
+}
+
+#[tokio::test]
+async fn after_a_restart_member_changes_count_up_to_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    let (alice, bob) = (user("alice"), user("bob"));
+    let (room, before_join, last) = {
+        let s = Services::open(config.clone()).unwrap();
+        let public = CreateRoom {
+            preset: Some("public_chat".into()),
+            ..Default::default()
+        };
+        let room = s.rooms.create_room(&alice, public).await.unwrap();
+        let (_, before_join) = send_text(&s, &room, &alice, "hello").await.unwrap();
+        s.rooms
+            .join(&room, &bob, &MemberProfile::default(), None)
+            .await
+            .unwrap();
+        let (_, last) = send_text(&s, &room, &alice, "welcome").await.unwrap();
+        s.storage().flush().unwrap();
+        (room, before_join, last)
+    };
+    let s = Services::reopen(config).await.unwrap();
+    // Bob's join happened before the start: a reader from before it must look.
+    assert!(s.rooms.members_changed_since(&room, before_join));
+    assert!(!s.rooms.members_changed_since(&room, last));
+}
+
+#[tokio::test]
 async fn recent_window_answers_like_storage() {
     let s = services();
     let alice = user("alice");
