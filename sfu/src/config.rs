@@ -32,9 +32,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RtcConfig {
-    /// Lowest UDP port used for ICE/media.
+    /// The one UDP port every peer connection's ICE and media share (UDP mux); 0 = a port
+    /// of `udp_port_min..=udp_port_max` per peer connection instead.
+    pub udp_port: u16,
+    /// Lowest UDP port used for ICE/media when `udp_port` is 0.
     pub udp_port_min: u16,
-    /// Highest UDP port used for ICE/media.
+    /// Highest UDP port used for ICE/media when `udp_port` is 0.
     pub udp_port_max: u16,
     /// Only gather ICE candidates on this local address (unset: every interface).
     pub bind_ip: Option<IpAddr>,
@@ -79,6 +82,7 @@ impl Default for Config {
 impl Default for RtcConfig {
     fn default() -> Self {
         RtcConfig {
+            udp_port: 7882,
             udp_port_min: 50000,
             udp_port_max: 60000,
             bind_ip: None,
@@ -165,6 +169,9 @@ impl Config {
             }
             self.keys = keys;
         }
+        if let Some(v) = lookup("MYELIN_SFU_UDP_PORT") {
+            self.rtc.udp_port = parse("MYELIN_SFU_UDP_PORT", v)?;
+        }
         if let Some(v) = lookup("MYELIN_SFU_UDP_PORT_MIN") {
             self.rtc.udp_port_min = parse("MYELIN_SFU_UDP_PORT_MIN", v)?;
         }
@@ -205,7 +212,9 @@ impl Config {
                 "the secret of API key {key:?} is shorter than 32 characters"
             )));
         }
-        if self.rtc.udp_port_min == 0 || self.rtc.udp_port_min > self.rtc.udp_port_max {
+        if self.rtc.udp_port == 0
+            && (self.rtc.udp_port_min == 0 || self.rtc.udp_port_min > self.rtc.udp_port_max)
+        {
             return Err(ConfigError::Invalid(
                 "rtc.udp_port_min must be non-zero and not above rtc.udp_port_max".into(),
             ));
@@ -232,6 +241,7 @@ mod tests {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.listen, "127.0.0.1:7880".parse().unwrap());
         assert_eq!(config.room.empty_timeout_secs, 300);
+        assert_eq!(config.rtc.udp_port, 7882, "one muxed UDP port by default");
         assert!(config.validate().is_err(), "no keys must be refused");
     }
 
@@ -247,6 +257,7 @@ mod tests {
                 "MYELIN_SFU_KEYS" => Some(format!("envkey:{SECRET}")),
                 "MYELIN_SFU_EXTERNAL_IP" => Some("203.0.113.7".into()),
                 "MYELIN_SFU_INTERNAL_SECRET" => Some("admin".into()),
+                "MYELIN_SFU_UDP_PORT" => Some("0".into()),
                 _ => None,
             })
             .unwrap();
@@ -254,6 +265,7 @@ mod tests {
         assert_eq!(config.keys["envkey"], SECRET);
         assert_eq!(config.rtc.external_ip, Some("203.0.113.7".parse().unwrap()));
         assert_eq!(config.internal.secret.as_deref(), Some("admin"));
+        assert_eq!(config.rtc.udp_port, 0, "0 selects the port range");
         config.validate().unwrap();
     }
 

@@ -168,6 +168,8 @@ async fn start_in_process(threads: usize) -> Result<RunningSfu> {
     let mut config = myelin_sfu::Config::default();
     config.keys.insert(key.clone(), secret.clone());
     config.rtc.bind_ip = Some(IpAddr::from([127, 0, 0, 1]));
+    // The port range: a port per peer connection (the figures' baseline).
+    config.rtc.udp_port = 0;
     (config.rtc.udp_port_min, config.rtc.udp_port_max) = udp_ports();
     config.room.empty_timeout_secs = 1;
     config.validate()?;
@@ -228,7 +230,7 @@ async fn spawn(bin: &Path) -> Result<RunningSfu> {
     let port = free_port()?;
     let (udp_min, udp_max) = udp_ports();
     let config = format!(
-        "listen = \"127.0.0.1:{port}\"\n\n[keys]\n{key} = \"{secret}\"\n\n[rtc]\nbind_ip = \"127.0.0.1\"\nudp_port_min = {udp_min}\nudp_port_max = {udp_max}\n\n[room]\nempty_timeout_secs = 1\n"
+        "listen = \"127.0.0.1:{port}\"\n\n[keys]\n{key} = \"{secret}\"\n\n[rtc]\nbind_ip = \"127.0.0.1\"\nudp_port = 0\nudp_port_min = {udp_min}\nudp_port_max = {udp_max}\n\n[room]\nempty_timeout_secs = 1\n"
     );
     let config_path = dir.path().join("sfu.toml");
     std::fs::write(&config_path, config)?;
