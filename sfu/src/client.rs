@@ -22,9 +22,11 @@ use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{
@@ -137,6 +139,9 @@ pub struct ConnectOptions {
     pub query: String,
     /// Receives subscriber RTP instead of the event queue.
     pub on_rtp: Option<RtpCallback>,
+    /// Only relayed candidates (ICE transport policy `relay`): media must go through a
+    /// TURN server of the join response.
+    pub relay_only: bool,
 }
 
 /// What the client observed.
@@ -205,8 +210,26 @@ impl Client {
         };
 
         let api = client_api()?;
-        let publisher = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
-        let subscriber = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+        // Like livekit-client: the join response's ICE servers.
+        let rtc_config = || RTCConfiguration {
+            ice_servers: join
+                .ice_servers
+                .iter()
+                .map(|s| RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone(),
+                    credential: s.credential.clone(),
+                })
+                .collect(),
+            ice_transport_policy: if options.relay_only {
+                RTCIceTransportPolicy::Relay
+            } else {
+                RTCIceTransportPolicy::All
+            },
+            ..Default::default()
+        };
+        let publisher = Arc::new(api.new_peer_connection(rtc_config()).await?);
+        let subscriber = Arc::new(api.new_peer_connection(rtc_config()).await?);
         let (send, mut outgoing) = mpsc::unbounded_channel::<Req>();
         let (events_tx, events) = mpsc::unbounded_channel::<Event>();
 

@@ -48,6 +48,45 @@ pub struct RtcConfig {
     pub ping_interval_secs: u32,
     /// Seconds without any message after which a participant is dropped.
     pub ping_timeout_secs: u32,
+    /// TURN servers handed to clients, and the embedded one.
+    pub turn: TurnConfig,
+}
+
+/// TURN: an external server (coturn with `use-auth-secret`) and/or the embedded one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// Run the embedded TURN server (UDP `udp_port`).
+    pub enabled: bool,
+    /// The embedded server's UDP port.
+    pub udp_port: u16,
+    /// TURN URLs handed to clients in the join response (e.g. an external coturn's
+    /// `turn:` / `turns:` URLs, or the embedded server behind a TLS proxy). Empty with
+    /// `enabled`: the embedded server at `external_ip` (else the relay address).
+    pub urls: Vec<String>,
+    /// The shared secret credentials are derived from (coturn's `static-auth-secret`).
+    pub secret: Option<String>,
+    /// Seconds a handed-out credential stays valid.
+    pub credential_ttl_secs: u64,
+    /// The embedded server's realm.
+    pub realm: String,
+    /// Address of the embedded server's relayed candidates and relay sockets (default
+    /// `rtc.bind_ip`): one the SFU's media socket reaches directly.
+    pub relay_ip: Option<IpAddr>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            enabled: false,
+            udp_port: 3478,
+            urls: Vec::new(),
+            secret: None,
+            credential_ttl_secs: 86400,
+            realm: "myelin".into(),
+            relay_ip: None,
+        }
+    }
 }
 
 /// Room lifecycle settings.
@@ -89,6 +128,7 @@ impl Default for RtcConfig {
             external_ip: None,
             ping_interval_secs: 5,
             ping_timeout_secs: 15,
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -184,6 +224,26 @@ impl Config {
         if let Some(v) = lookup("MYELIN_SFU_EXTERNAL_IP") {
             self.rtc.external_ip = Some(parse("MYELIN_SFU_EXTERNAL_IP", v)?);
         }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_ENABLED") {
+            self.rtc.turn.enabled = parse("MYELIN_SFU_TURN_ENABLED", v)?;
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_UDP_PORT") {
+            self.rtc.turn.udp_port = parse("MYELIN_SFU_TURN_UDP_PORT", v)?;
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_URLS") {
+            self.rtc.turn.urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_SECRET") {
+            self.rtc.turn.secret = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_RELAY_IP") {
+            self.rtc.turn.relay_ip = Some(parse("MYELIN_SFU_TURN_RELAY_IP", v)?);
+        }
         if let Some(v) = lookup("MYELIN_SFU_EMPTY_TIMEOUT_SECS") {
             self.room.empty_timeout_secs = parse("MYELIN_SFU_EMPTY_TIMEOUT_SECS", v)?;
         }
@@ -217,6 +277,18 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "rtc.udp_port_min must be non-zero and not above rtc.udp_port_max".into(),
+            ));
+        }
+        let turn = &self.rtc.turn;
+        if (turn.enabled || !turn.urls.is_empty()) && turn.secret.is_none() {
+            return Err(ConfigError::Invalid(
+                "rtc.turn needs rtc.turn.secret (the shared secret of its credentials)".into(),
+            ));
+        }
+        if turn.enabled && turn.relay_ip.or(self.rtc.bind_ip).is_none() {
+            return Err(ConfigError::Invalid(
+                "rtc.turn.enabled needs rtc.turn.relay_ip or rtc.bind_ip (the relay address)"
+                    .into(),
             ));
         }
         if self.rtc.ping_interval_secs == 0
@@ -278,6 +350,30 @@ mod tests {
             .is_err());
         config.keys.insert("k".into(), "short".into());
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn turn_settings() {
+        let mut config = Config::from_toml(&format!(
+            "[keys]\nk = \"{SECRET}\"\n[rtc.turn]\nenabled = true\nsecret = \"t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.rtc.turn.udp_port, 3478);
+        assert!(
+            config.validate().is_err(),
+            "the embedded server needs a relay address"
+        );
+        config
+            .apply_env(|name| match name {
+                "MYELIN_SFU_TURN_RELAY_IP" => Some("127.0.0.1".into()),
+                "MYELIN_SFU_TURN_URLS" => Some("turn:a:3478, turns:a:443?transport=tcp".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.rtc.turn.urls.len(), 2);
+        config.validate().unwrap();
+        config.rtc.turn.secret = None;
+        assert!(config.validate().is_err(), "URLs without a secret");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Sfu {
     pub api: API,
     /// The one media socket's mux (`rtc.udp_port`), closed on shutdown.
     mux: Option<Arc<UDPMuxDefault>>,
+    /// The embedded TURN server (`rtc.turn.enabled`).
+    turn: Option<crate::turn::EmbeddedTurn>,
     pub metrics: Arc<Metrics>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
@@ -46,10 +48,17 @@ pub struct Sfu {
 impl Sfu {
     pub fn new(config: Config) -> Result<Arc<Sfu>, webrtc::Error> {
         let (api, mux) = crate::media::build_api(&config.rtc)?;
+        let turn = match config.rtc.turn.enabled {
+            true => {
+                Some(crate::turn::EmbeddedTurn::start(&config.rtc).map_err(webrtc::Error::new)?)
+            }
+            false => None,
+        };
         Ok(Arc::new(Sfu {
             config,
             api,
             mux,
+            turn,
             metrics: Arc::new(Metrics::default()),
             rooms: Mutex::new(HashMap::new()),
         }))
@@ -87,6 +96,9 @@ impl Sfu {
         let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
         for room in rooms {
             room.disconnect_all(proto::DisconnectReason::ServerShutdown);
+        }
+        if let Some(turn) = &self.turn {
+            turn.close();
         }
         // The mux's reader holds the socket until told to close.
         if let (Some(mux), Ok(runtime)) = (self.mux.clone(), tokio::runtime::Handle::try_current())

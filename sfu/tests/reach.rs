@@ -107,3 +107,64 @@ async fn candidates_carry_the_external_address() {
         "candidates other than 203.0.113.7:{port}: {found:?}"
     );
 }
+
+const TURN_SECRET: &str = "turn-shared-secret";
+
+/// A client allowed only relayed candidates reaches the SFU through the embedded TURN
+/// server, with the time-limited credentials of its join response, and receives media.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_only_client_receives_media_through_the_embedded_turn_server() {
+    let (media_port, turn_port) = (free_udp_port(), free_udp_port());
+    let (addr, _sfu) = start_sfu_configured(|c| {
+        c.rtc.udp_port = media_port;
+        c.rtc.turn.enabled = true;
+        c.rtc.turn.udp_port = turn_port;
+        c.rtc.turn.secret = Some(TURN_SECRET.into());
+    })
+    .await;
+    let mut alice = connect(addr, "@alice:localhost:A", "room1").await;
+    let mut bob = Client::connect_with(
+        &format!("ws://{addr}"),
+        &token("@bob:localhost:B", "room1"),
+        ConnectOptions {
+            relay_only: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let servers = &bob.join.ice_servers;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(
+        servers[0].urls,
+        [format!("turn:127.0.0.1:{turn_port}?transport=udp")]
+    );
+    let (expiry, identity) = servers[0].username.split_once(':').unwrap();
+    assert_eq!(identity, "@bob:localhost:B");
+    assert!(expiry.parse::<u64>().unwrap() > myelin_sfu::auth::now_secs());
+    assert_eq!(
+        servers[0].credential,
+        myelin_sfu::turn::credential(TURN_SECRET, &servers[0].username)
+    );
+
+    let (track_sid, _writer) = alice.publish_audio("cid-a").await.unwrap();
+    for _ in 0..10 {
+        bob.wait_for(
+            "alice's audio through TURN",
+            |e| matches!(e, Event::Rtp { track_id, .. } if *track_id == track_sid),
+        )
+        .await
+        .unwrap();
+    }
+    let pair = bob
+        .subscriber
+        .sctp()
+        .transport()
+        .ice_transport()
+        .get_selected_candidate_pair()
+        .await
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let local = pair.split("<->").next().unwrap_or_default();
+    assert!(local.contains("relay"), "bob's pair is not relayed: {pair}");
+}
