@@ -97,6 +97,12 @@ pub fn mint_token(
 /// The webrtc-rs API for clients: default codecs, the MID/RID and audio-level header
 /// extensions, default interceptors (NACK, reports, TWCC), loopback candidates only.
 pub fn client_api() -> Result<API, ClientError> {
+    client_api_with(false)
+}
+
+/// [`client_api`], optionally without SRTP replay protection, so that packets received
+/// twice (an SFU's NACK answers) reach the application.
+fn client_api_with(keep_duplicates: bool) -> Result<API, ClientError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     for uri in [
@@ -122,6 +128,7 @@ pub fn client_api() -> Result<API, ClientError> {
     let mut settings = SettingEngine::default();
     settings.set_include_loopback_candidate(true);
     settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    settings.disable_srtp_replay_protection(keep_duplicates);
     Ok(APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
@@ -142,6 +149,9 @@ pub struct ConnectOptions {
     /// Only relayed candidates (ICE transport policy `relay`): media must go through a
     /// TURN server of the join response.
     pub relay_only: bool,
+    /// Deliver RTP packets received twice (no SRTP replay protection), e.g. to see
+    /// retransmissions.
+    pub keep_duplicates: bool,
 }
 
 /// What the client observed.
@@ -209,7 +219,7 @@ impl Client {
             }
         };
 
-        let api = client_api()?;
+        let api = client_api_with(options.keep_duplicates)?;
         // Like livekit-client: the join response's ICE servers.
         let rtc_config = || RTCConfiguration {
             ice_servers: join

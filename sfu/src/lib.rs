@@ -17,6 +17,7 @@ pub mod forward;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod nack_limit;
 pub mod out_track;
 pub mod participant;
 pub mod room;

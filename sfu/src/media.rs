@@ -67,7 +67,10 @@ pub fn build_api(config: &RtcConfig) -> Result<(API, Option<Arc<UDPMuxDefault>>)
             None,
         )?;
     }
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    // Before the default NACK responder, so it only sees the NACKs within budget.
+    let mut registry = Registry::new();
+    registry.add(Box::new(crate::nack_limit::NackLimitBuilder));
+    let registry = register_default_interceptors(registry, &mut media)?;
 
     let mut settings = SettingEngine::default();
     let mut mux = None;
