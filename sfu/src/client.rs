@@ -22,9 +22,11 @@ use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
 use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
+use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::policy::ice_transport_policy::RTCIceTransportPolicy;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{
@@ -95,6 +97,12 @@ pub fn mint_token(
 /// The webrtc-rs API for clients: default codecs, the MID/RID and audio-level header
 /// extensions, default interceptors (NACK, reports, TWCC), loopback candidates only.
 pub fn client_api() -> Result<API, ClientError> {
+    client_api_with(false)
+}
+
+/// [`client_api`], optionally without SRTP replay protection, so that packets received
+/// twice (an SFU's NACK answers) reach the application.
+fn client_api_with(keep_duplicates: bool) -> Result<API, ClientError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     for uri in [
@@ -120,6 +128,7 @@ pub fn client_api() -> Result<API, ClientError> {
     let mut settings = SettingEngine::default();
     settings.set_include_loopback_candidate(true);
     settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    settings.disable_srtp_replay_protection(keep_duplicates);
     Ok(APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
@@ -137,6 +146,12 @@ pub struct ConnectOptions {
     pub query: String,
     /// Receives subscriber RTP instead of the event queue.
     pub on_rtp: Option<RtpCallback>,
+    /// Only relayed candidates (ICE transport policy `relay`): media must go through a
+    /// TURN server of the join response.
+    pub relay_only: bool,
+    /// Deliver RTP packets received twice (no SRTP replay protection), e.g. to see
+    /// retransmissions.
+    pub keep_duplicates: bool,
 }
 
 /// What the client observed.
@@ -204,9 +219,27 @@ impl Client {
             }
         };
 
-        let api = client_api()?;
-        let publisher = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
-        let subscriber = Arc::new(api.new_peer_connection(RTCConfiguration::default()).await?);
+        let api = client_api_with(options.keep_duplicates)?;
+        // Like livekit-client: the join response's ICE servers.
+        let rtc_config = || RTCConfiguration {
+            ice_servers: join
+                .ice_servers
+                .iter()
+                .map(|s| RTCIceServer {
+                    urls: s.urls.clone(),
+                    username: s.username.clone(),
+                    credential: s.credential.clone(),
+                })
+                .collect(),
+            ice_transport_policy: if options.relay_only {
+                RTCIceTransportPolicy::Relay
+            } else {
+                RTCIceTransportPolicy::All
+            },
+            ..Default::default()
+        };
+        let publisher = Arc::new(api.new_peer_connection(rtc_config()).await?);
+        let subscriber = Arc::new(api.new_peer_connection(rtc_config()).await?);
         let (send, mut outgoing) = mpsc::unbounded_channel::<Req>();
         let (events_tx, events) = mpsc::unbounded_channel::<Event>();
 

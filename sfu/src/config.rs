@@ -32,9 +32,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RtcConfig {
-    /// Lowest UDP port used for ICE/media.
+    /// The one UDP port every peer connection's ICE and media share (UDP mux); 0 = a port
+    /// of `udp_port_min..=udp_port_max` per peer connection instead.
+    pub udp_port: u16,
+    /// Lowest UDP port used for ICE/media when `udp_port` is 0.
     pub udp_port_min: u16,
-    /// Highest UDP port used for ICE/media.
+    /// Highest UDP port used for ICE/media when `udp_port` is 0.
     pub udp_port_max: u16,
     /// Only gather ICE candidates on this local address (unset: every interface).
     pub bind_ip: Option<IpAddr>,
@@ -45,6 +48,45 @@ pub struct RtcConfig {
     pub ping_interval_secs: u32,
     /// Seconds without any message after which a participant is dropped.
     pub ping_timeout_secs: u32,
+    /// TURN servers handed to clients, and the embedded one.
+    pub turn: TurnConfig,
+}
+
+/// TURN: an external server (coturn with `use-auth-secret`) and/or the embedded one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// Run the embedded TURN server (UDP `udp_port`).
+    pub enabled: bool,
+    /// The embedded server's UDP port.
+    pub udp_port: u16,
+    /// TURN URLs handed to clients in the join response (e.g. an external coturn's
+    /// `turn:` / `turns:` URLs, or the embedded server behind a TLS proxy). Empty with
+    /// `enabled`: the embedded server at `external_ip` (else the relay address).
+    pub urls: Vec<String>,
+    /// The shared secret credentials are derived from (coturn's `static-auth-secret`).
+    pub secret: Option<String>,
+    /// Seconds a handed-out credential stays valid.
+    pub credential_ttl_secs: u64,
+    /// The embedded server's realm.
+    pub realm: String,
+    /// Address of the embedded server's relayed candidates and relay sockets (default
+    /// `rtc.bind_ip`): one the SFU's media socket reaches directly.
+    pub relay_ip: Option<IpAddr>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            enabled: false,
+            udp_port: 3478,
+            urls: Vec::new(),
+            secret: None,
+            credential_ttl_secs: 86400,
+            realm: "myelin".into(),
+            relay_ip: None,
+        }
+    }
 }
 
 /// Room lifecycle settings.
@@ -79,12 +121,14 @@ impl Default for Config {
 impl Default for RtcConfig {
     fn default() -> Self {
         RtcConfig {
+            udp_port: 7882,
             udp_port_min: 50000,
             udp_port_max: 60000,
             bind_ip: None,
             external_ip: None,
             ping_interval_secs: 5,
             ping_timeout_secs: 15,
+            turn: TurnConfig::default(),
         }
     }
 }
@@ -165,6 +209,9 @@ impl Config {
             }
             self.keys = keys;
         }
+        if let Some(v) = lookup("MYELIN_SFU_UDP_PORT") {
+            self.rtc.udp_port = parse("MYELIN_SFU_UDP_PORT", v)?;
+        }
         if let Some(v) = lookup("MYELIN_SFU_UDP_PORT_MIN") {
             self.rtc.udp_port_min = parse("MYELIN_SFU_UDP_PORT_MIN", v)?;
         }
@@ -176,6 +223,26 @@ impl Config {
         }
         if let Some(v) = lookup("MYELIN_SFU_EXTERNAL_IP") {
             self.rtc.external_ip = Some(parse("MYELIN_SFU_EXTERNAL_IP", v)?);
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_ENABLED") {
+            self.rtc.turn.enabled = parse("MYELIN_SFU_TURN_ENABLED", v)?;
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_UDP_PORT") {
+            self.rtc.turn.udp_port = parse("MYELIN_SFU_TURN_UDP_PORT", v)?;
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_URLS") {
+            self.rtc.turn.urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_SECRET") {
+            self.rtc.turn.secret = Some(v).filter(|s| !s.is_empty());
+        }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_RELAY_IP") {
+            self.rtc.turn.relay_ip = Some(parse("MYELIN_SFU_TURN_RELAY_IP", v)?);
         }
         if let Some(v) = lookup("MYELIN_SFU_EMPTY_TIMEOUT_SECS") {
             self.room.empty_timeout_secs = parse("MYELIN_SFU_EMPTY_TIMEOUT_SECS", v)?;
@@ -205,9 +272,23 @@ impl Config {
                 "the secret of API key {key:?} is shorter than 32 characters"
             )));
         }
-        if self.rtc.udp_port_min == 0 || self.rtc.udp_port_min > self.rtc.udp_port_max {
+        if self.rtc.udp_port == 0
+            && (self.rtc.udp_port_min == 0 || self.rtc.udp_port_min > self.rtc.udp_port_max)
+        {
             return Err(ConfigError::Invalid(
                 "rtc.udp_port_min must be non-zero and not above rtc.udp_port_max".into(),
+            ));
+        }
+        let turn = &self.rtc.turn;
+        if (turn.enabled || !turn.urls.is_empty()) && turn.secret.is_none() {
+            return Err(ConfigError::Invalid(
+                "rtc.turn needs rtc.turn.secret (the shared secret of its credentials)".into(),
+            ));
+        }
+        if turn.enabled && turn.relay_ip.or(self.rtc.bind_ip).is_none() {
+            return Err(ConfigError::Invalid(
+                "rtc.turn.enabled needs rtc.turn.relay_ip or rtc.bind_ip (the relay address)"
+                    .into(),
             ));
         }
         if self.rtc.ping_interval_secs == 0
@@ -232,6 +313,7 @@ mod tests {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config.listen, "127.0.0.1:7880".parse().unwrap());
         assert_eq!(config.room.empty_timeout_secs, 300);
+        assert_eq!(config.rtc.udp_port, 7882, "one muxed UDP port by default");
         assert!(config.validate().is_err(), "no keys must be refused");
     }
 
@@ -247,6 +329,7 @@ mod tests {
                 "MYELIN_SFU_KEYS" => Some(format!("envkey:{SECRET}")),
                 "MYELIN_SFU_EXTERNAL_IP" => Some("203.0.113.7".into()),
                 "MYELIN_SFU_INTERNAL_SECRET" => Some("admin".into()),
+                "MYELIN_SFU_UDP_PORT" => Some("0".into()),
                 _ => None,
             })
             .unwrap();
@@ -254,6 +337,7 @@ mod tests {
         assert_eq!(config.keys["envkey"], SECRET);
         assert_eq!(config.rtc.external_ip, Some("203.0.113.7".parse().unwrap()));
         assert_eq!(config.internal.secret.as_deref(), Some("admin"));
+        assert_eq!(config.rtc.udp_port, 0, "0 selects the port range");
         config.validate().unwrap();
     }
 
@@ -266,6 +350,30 @@ mod tests {
             .is_err());
         config.keys.insert("k".into(), "short".into());
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn turn_settings() {
+        let mut config = Config::from_toml(&format!(
+            "[keys]\nk = \"{SECRET}\"\n[rtc.turn]\nenabled = true\nsecret = \"t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.rtc.turn.udp_port, 3478);
+        assert!(
+            config.validate().is_err(),
+            "the embedded server needs a relay address"
+        );
+        config
+            .apply_env(|name| match name {
+                "MYELIN_SFU_TURN_RELAY_IP" => Some("127.0.0.1".into()),
+                "MYELIN_SFU_TURN_URLS" => Some("turn:a:3478, turns:a:443?transport=tcp".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.rtc.turn.urls.len(), 2);
+        config.validate().unwrap();
+        config.rtc.turn.secret = None;
+        assert!(config.validate().is_err(), "URLs without a secret");
     }
 
     #[test]

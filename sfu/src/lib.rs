@@ -5,7 +5,8 @@
 //! Layers, each importing only downwards: [`http`] and [`signal`] (service) → [`room`] and
 //! [`participant`] (rtc) → [`media`], [`out_track`] and [`forward`] (sfu); [`state`] is the pure
 //! signalling state machine, [`speakers`] active-speaker detection, [`auth`] the token
-//! check, [`config`] the settings. With the `client` feature, `client` is a webrtc-rs
+//! check, [`config`] the settings, [`turn`] the ICE servers handed to clients and the
+//! embedded TURN server. With the `client` feature, `client` is a webrtc-rs
 //! LiveKit client for tests and load generation.
 
 pub mod auth;
@@ -16,12 +17,14 @@ pub mod forward;
 pub mod http;
 pub mod media;
 pub mod metrics;
+pub mod nack_limit;
 pub mod out_track;
 pub mod participant;
 pub mod room;
 pub mod signal;
 pub mod speakers;
 pub mod state;
+pub mod turn;
 
 use std::sync::Arc;
 

@@ -2,6 +2,7 @@
 //! out to one down-track per subscriber, simulcast layer selection and keyframe requests.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -10,6 +11,8 @@ use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice::udp_mux::{UDPMuxDefault, UDPMuxParams};
 use webrtc::ice::udp_network::{EphemeralUDP, UDPNetwork};
 use webrtc::ice_transport::ice_candidate_type::RTCIceCandidateType;
 use webrtc::interceptor::registry::Registry;
@@ -33,8 +36,9 @@ const LAYER_IDLE: Duration = Duration::from_millis(1500);
 /// Minimum spacing of keyframe requests we generate for one down-track.
 const PLI_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Builds the webrtc-rs API object shared by every peer connection.
-pub fn build_api(config: &RtcConfig) -> Result<API, webrtc::Error> {
+/// Builds the webrtc-rs API object shared by every peer connection, and the UDP mux its
+/// peer connections share when `config.udp_port` is set (close it on shutdown).
+pub fn build_api(config: &RtcConfig) -> Result<(API, Option<Arc<UDPMuxDefault>>), webrtc::Error> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     // Simulcast needs the MID and RID header extensions to demultiplex layers.
@@ -63,12 +67,29 @@ pub fn build_api(config: &RtcConfig) -> Result<API, webrtc::Error> {
             None,
         )?;
     }
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    // Before the default NACK responder, so it only sees the NACKs within budget.
+    let mut registry = Registry::new();
+    registry.add(Box::new(crate::nack_limit::NackLimitBuilder));
+    let registry = register_default_interceptors(registry, &mut media)?;
 
     let mut settings = SettingEngine::default();
-    let udp = EphemeralUDP::new(config.udp_port_min, config.udp_port_max)
-        .map_err(|e| webrtc::Error::new(e.to_string()))?;
-    settings.set_udp_network(UDPNetwork::Ephemeral(udp));
+    let mut mux = None;
+    if config.udp_port == 0 {
+        let udp = EphemeralUDP::new(config.udp_port_min, config.udp_port_max)
+            .map_err(|e| webrtc::Error::new(e.to_string()))?;
+        settings.set_udp_network(UDPNetwork::Ephemeral(udp));
+    } else {
+        let socket = bind_mux_socket(config)?;
+        // The socket is of one address family: candidates of the other could not be reached.
+        settings.set_network_types(vec![if config.bind_ip.is_none_or(|ip| ip.is_ipv4()) {
+            NetworkType::Udp4
+        } else {
+            NetworkType::Udp6
+        }]);
+        let udp_mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
+        settings.set_udp_network(UDPNetwork::Muxed(udp_mux.clone()));
+        mux = Some(udp_mux);
+    }
     if let Some(bind) = config.bind_ip {
         settings.set_ip_filter(Box::new(move |ip| ip == bind));
         if bind.is_loopback() {
@@ -81,11 +102,31 @@ pub fn build_api(config: &RtcConfig) -> Result<API, webrtc::Error> {
     // mDNS candidates from browsers cannot be resolved by an SFU on another host.
     settings.set_ice_multicast_dns_mode(webrtc::ice::mdns::MulticastDnsMode::Disabled);
 
-    Ok(APIBuilder::new()
+    let api = APIBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .with_setting_engine(settings)
-        .build())
+        .build();
+    Ok((api, mux))
+}
+
+/// Binds the muxed media socket: `bind_ip` (or every IPv4 address) on `udp_port`. Needs a
+/// tokio runtime (the mux reads on a task of its own).
+fn bind_mux_socket(config: &RtcConfig) -> Result<tokio::net::UdpSocket, webrtc::Error> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(webrtc::Error::new(
+            "the UDP mux must be started inside a tokio runtime".into(),
+        ));
+    }
+    let ip = config
+        .bind_ip
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let addr = SocketAddr::new(ip, config.udp_port);
+    let socket = std::net::UdpSocket::bind(addr)
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .and_then(tokio::net::UdpSocket::from_std)
+        .map_err(|e| webrtc::Error::new(format!("binding the media port udp/{addr}: {e}")))?;
+    Ok(socket)
 }
 
 /// A new peer connection without ICE servers (the SFU is reachable directly).

@@ -453,12 +453,13 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn renegotiation_answer_waits_for_the_receivers() {
         let config = RtcConfig {
+            udp_port: 0,
             udp_port_min: 53000,
             udp_port_max: 53999,
             bind_ip: Some("127.0.0.1".parse().unwrap()),
             ..RtcConfig::default()
         };
-        let api = crate::media::build_api(&config).unwrap();
+        let (api, _) = crate::media::build_api(&config).unwrap();
         let (tx, mut from_sfu) = mpsc::unbounded_channel();
         let grant = Grant {
             identity: "alice".into(),

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use livekit_protocol as proto;
 use prost::Message as _;
 use webrtc::api::API;
+use webrtc::ice::udp_mux::{UDPMux as _, UDPMuxDefault};
 use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_receiver::RTCRtpReceiver;
 use webrtc::track::track_remote::TrackRemote;
@@ -36,16 +37,28 @@ pub fn now_ms() -> i64 {
 pub struct Sfu {
     pub config: Config,
     pub api: API,
+    /// The one media socket's mux (`rtc.udp_port`), closed on shutdown.
+    mux: Option<Arc<UDPMuxDefault>>,
+    /// The embedded TURN server (`rtc.turn.enabled`).
+    turn: Option<crate::turn::EmbeddedTurn>,
     pub metrics: Arc<Metrics>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
 }
 
 impl Sfu {
     pub fn new(config: Config) -> Result<Arc<Sfu>, webrtc::Error> {
-        let api = crate::media::build_api(&config.rtc)?;
+        let (api, mux) = crate::media::build_api(&config.rtc)?;
+        let turn = match config.rtc.turn.enabled {
+            true => {
+                Some(crate::turn::EmbeddedTurn::start(&config.rtc).map_err(webrtc::Error::new)?)
+            }
+            false => None,
+        };
         Ok(Arc::new(Sfu {
             config,
             api,
+            mux,
+            turn,
             metrics: Arc::new(Metrics::default()),
             rooms: Mutex::new(HashMap::new()),
         }))
@@ -83,6 +96,18 @@ impl Sfu {
         let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
         for room in rooms {
             room.disconnect_all(proto::DisconnectReason::ServerShutdown);
+        }
+        if let Some(turn) = &self.turn {
+            turn.close();
+        }
+        // The mux's reader holds the socket until told to close.
+        if let (Some(mux), Ok(runtime)) = (self.mux.clone(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(async move {
+                // Let the participants' leave messages go out first.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = mux.close().await;
+            });
         }
     }
 

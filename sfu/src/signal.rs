@@ -53,6 +53,7 @@ pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, socket: WebS
             subscriber_primary: false,
             ping_interval: rtc.ping_interval_secs as i32,
             ping_timeout: rtc.ping_timeout_secs as i32,
+            ice_servers: crate::turn::ice_servers(rtc, &grant.identity),
             server_info: Some(proto::ServerInfo {
                 edition: proto::server_info::Edition::Standard as i32,
                 version: env!("CARGO_PKG_VERSION").into(),

@@ -51,6 +51,13 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// A UDP port free on loopback right now (the embedded SFU's media port).
+pub fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// How often a server start is tried with fresh ports when a port was taken meanwhile.
 const START_ATTEMPTS: usize = 5;
 
@@ -131,11 +138,13 @@ impl TestServer {
         let mut attempt = 1;
         loop {
             let sfu = format!("ws://127.0.0.1:{}", free_port()?);
+            let media_port = free_udp_port()?.to_string();
             let mut env = vec![
                 ("MYELIN_REGISTRATION_MODE", "open"),
                 ("MYELIN_RTC_EMBEDDED_SFU", "true"),
                 ("MYELIN_RTC_LIVEKIT_URL", sfu.as_str()),
                 ("MYELIN_SFU_BIND_IP", "127.0.0.1"),
+                ("MYELIN_SFU_UDP_PORT", media_port.as_str()),
             ];
             env.extend_from_slice(extra);
             match TestServer::start_with(&env).await {

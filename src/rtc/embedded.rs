@@ -130,7 +130,20 @@ mod tests {
             livekit_url: "ws://127.0.0.1:0".into(),
             ..RtcConfig::default()
         };
-        let config = sfu_config(&rtc, &keys, "internal", |_| None).unwrap();
+        // Media on loopback, on a port of its own (tests run side by side).
+        let media_port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string();
+        let config = sfu_config(&rtc, &keys, "internal", |k| match k {
+            "MYELIN_SFU_BIND_IP" => Some("127.0.0.1".into()),
+            "MYELIN_SFU_UDP_PORT" => Some(media_port.clone()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.rtc.udp_port.to_string(), media_port);
         let embedded = start(config).await.unwrap();
         let body = reqwest::get(format!("http://{}/", embedded.addr))
             .await

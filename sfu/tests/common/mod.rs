@@ -21,6 +21,12 @@ pub async fn start_sfu() -> SocketAddr {
 
 /// Starts the SFU and also returns it, for tests that drive it directly.
 pub async fn start_sfu_with_handle() -> (SocketAddr, Arc<Sfu>) {
+    start_sfu_configured(|_| {}).await
+}
+
+/// Starts the SFU on the tests' settings (a port range: tests run side by side) changed by
+/// `adjust`.
+pub async fn start_sfu_configured(adjust: impl FnOnce(&mut Config)) -> (SocketAddr, Arc<Sfu>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -30,10 +36,12 @@ pub async fn start_sfu_with_handle() -> (SocketAddr, Arc<Sfu>) {
         ..Config::default()
     };
     config.rtc.bind_ip = Some("127.0.0.1".parse().unwrap());
+    config.rtc.udp_port = 0;
     config.rtc.udp_port_min = 52000;
     config.rtc.udp_port_max = 52999;
     config.room.empty_timeout_secs = 1;
     config.internal.secret = Some(ADMIN.to_owned());
+    adjust(&mut config);
     config.validate().unwrap();
     // The recorder before the SFU: its counters bind to the recorder when built.
     metrics_handle();
@@ -128,4 +136,13 @@ pub async fn connect_with(addr: SocketAddr, identity: &str, room: &str, query: &
     )
     .await
     .unwrap()
+}
+
+/// A UDP port free on loopback right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

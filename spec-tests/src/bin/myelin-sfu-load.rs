@@ -29,6 +29,10 @@ struct Cli {
     api_key: Option<String>,
     #[arg(long)]
     api_secret: Option<String>,
+    /// The spawned SFU takes all media on one UDP port (`rtc.udp_port`) instead of a
+    /// port per peer connection.
+    #[arg(long, requires = "sfu_bin")]
+    udp_mux: bool,
     /// PID of the external SFU, for its CPU figures.
     #[arg(long, requires = "url")]
     sfu_pid: Option<u32>,
@@ -104,7 +108,10 @@ fn options(cli: &Cli) -> anyhow::Result<Options> {
             api_secret: cli.api_secret.clone().unwrap_or_default(),
             pid: cli.sfu_pid,
         },
-        (None, Some(bin)) => Target::Spawn { bin: bin.clone() },
+        (None, Some(bin)) => Target::Spawn {
+            bin: bin.clone(),
+            udp_mux: cli.udp_mux,
+        },
         (None, None) => Target::InProcess {
             threads: cli
                 .sfu_threads

@@ -22,8 +22,9 @@ const THREAD_PREFIX: &str = "sfu-";
 pub enum Target {
     /// The SFU library on a runtime of its own in this process, with `threads` workers.
     InProcess { threads: usize },
-    /// The `myelin-sfu` binary at this path, started with a generated config.
-    Spawn { bin: PathBuf },
+    /// The `myelin-sfu` binary at this path, started with a generated config: media on one
+    /// UDP port (`udp_mux`, `rtc.udp_port`) or on a port range.
+    Spawn { bin: PathBuf, udp_mux: bool },
     /// An SFU already running at `url` (`ws://host:port`); `pid` for its CPU figures.
     External {
         url: String,
@@ -59,7 +60,7 @@ impl RunningSfu {
     pub async fn start(target: &Target) -> Result<RunningSfu> {
         match target {
             Target::InProcess { threads } => start_in_process(*threads).await,
-            Target::Spawn { bin } => spawn(bin).await,
+            Target::Spawn { bin, udp_mux } => spawn(bin, *udp_mux).await,
             Target::External {
                 url,
                 api_key,
@@ -168,6 +169,8 @@ async fn start_in_process(threads: usize) -> Result<RunningSfu> {
     let mut config = myelin_sfu::Config::default();
     config.keys.insert(key.clone(), secret.clone());
     config.rtc.bind_ip = Some(IpAddr::from([127, 0, 0, 1]));
+    // The port range: a port per peer connection (the figures' baseline).
+    config.rtc.udp_port = 0;
     (config.rtc.udp_port_min, config.rtc.udp_port_max) = udp_ports();
     config.room.empty_timeout_secs = 1;
     config.validate()?;
@@ -216,7 +219,7 @@ async fn start_in_process(threads: usize) -> Result<RunningSfu> {
     })
 }
 
-async fn spawn(bin: &Path) -> Result<RunningSfu> {
+async fn spawn(bin: &Path, udp_mux: bool) -> Result<RunningSfu> {
     if !bin.exists() {
         bail!(
             "SFU binary {} not found: build it with `cargo build -p myelin-sfu`",
@@ -227,8 +230,15 @@ async fn spawn(bin: &Path) -> Result<RunningSfu> {
     let (key, secret) = ("load".to_owned(), random_secret());
     let port = free_port()?;
     let (udp_min, udp_max) = udp_ports();
+    let udp_port = if udp_mux {
+        std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    } else {
+        0
+    };
     let config = format!(
-        "listen = \"127.0.0.1:{port}\"\n\n[keys]\n{key} = \"{secret}\"\n\n[rtc]\nbind_ip = \"127.0.0.1\"\nudp_port_min = {udp_min}\nudp_port_max = {udp_max}\n\n[room]\nempty_timeout_secs = 1\n"
+        "listen = \"127.0.0.1:{port}\"\n\n[keys]\n{key} = \"{secret}\"\n\n[rtc]\nbind_ip = \"127.0.0.1\"\nudp_port = {udp_port}\nudp_port_min = {udp_min}\nudp_port_max = {udp_max}\n\n[room]\nempty_timeout_secs = 1\n"
     );
     let config_path = dir.path().join("sfu.toml");
     std::fs::write(&config_path, config)?;
