@@ -319,6 +319,33 @@ mod tests {
     }
 
     #[test]
+    fn a_page_of_text_renders_in_milliseconds() {
+        // US Letter, 60 lines of 10 pt Helvetica: a typical page of a document
+        let mut content = b"BT /F1 10 Tf 12 TL 50 740 Td".to_vec();
+        for i in 0..60 {
+            content.extend_from_slice(
+                format!(" (Line {i}: the quick brown fox jumps over the lazy dog, 0123456789.) '")
+                    .as_bytes(),
+            );
+        }
+        content.extend_from_slice(b" ET");
+        let pdf = one_page_pdf(612, 792, &content);
+        for (edge, method) in [(320, ThumbnailMethod::Scale), (800, ThumbnailMethod::Crop)] {
+            let spec = ThumbnailSpec::new(edge, edge, method).unwrap();
+            let started = Instant::now();
+            let img = decode(&render_first_page(pdf.clone(), spec, MAX).unwrap());
+            println!(
+                "a page of text ({} KB PDF) to a {edge} px {method:?} PNG preview: {:?}",
+                pdf.len() / 1024,
+                started.elapsed()
+            );
+            assert_eq!(img.dimensions().1, edge);
+            let ink = img.pixels().filter(|p| p.0[0] < 128).count();
+            assert!(ink > 1000, "{ink} dark pixels");
+        }
+    }
+
+    #[test]
     fn renders_never_exceed_the_thumbnail() {
         for method in [ThumbnailMethod::Scale, ThumbnailMethod::Crop] {
             let spec = ThumbnailSpec::new(800, 800, method).unwrap();
