@@ -85,8 +85,15 @@ pub struct MediaConfig {
     /// Largest image (width × height) the server decodes to make a thumbnail; larger
     /// images get 413 `M_TOO_LARGE` from the thumbnail endpoints.
     pub max_thumbnail_pixels: u64,
-    /// Thumbnails generated at the same time; further requests wait their turn.
+    /// Thumbnails generated at the same time; further requests wait their turn. PDF
+    /// previews have as many permits of their own.
     pub max_concurrent_thumbnails: usize,
+    /// Largest PDF (bytes) the server renders a preview of; larger ones get 413
+    /// `M_TOO_LARGE` from the thumbnail endpoints.
+    pub max_pdf_preview_size: u64,
+    /// Longest a thumbnail or PDF preview may take (seconds) before the request gets
+    /// 400 `M_UNKNOWN`; the render keeps its permit until it really ends.
+    pub thumbnail_timeout_secs: u64,
     /// Media created before this time (ms since the Unix epoch) stays available on the
     /// legacy unauthenticated `/_matrix/media/v3/download` and `/thumbnail` paths; newer
     /// media only through authenticated media. 0 = the time this data directory was first
@@ -103,6 +110,8 @@ impl Default for MediaConfig {
             max_upload_size: 50 * 1024 * 1024,
             max_thumbnail_pixels: 32_000_000,
             max_concurrent_thumbnails: 2,
+            max_pdf_preview_size: 20 * 1024 * 1024,
+            thumbnail_timeout_secs: 10,
             unauthenticated_media_before_ms: 0,
             retention_days: 0,
         }
@@ -402,6 +411,12 @@ impl Config {
         if let Some(v) = lookup("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS") {
             media.max_concurrent_thumbnails = number("MYELIN_MEDIA_MAX_CONCURRENT_THUMBNAILS", &v)?;
         }
+        if let Some(v) = lookup("MYELIN_MEDIA_MAX_PDF_PREVIEW_SIZE") {
+            media.max_pdf_preview_size = number("MYELIN_MEDIA_MAX_PDF_PREVIEW_SIZE", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_MEDIA_THUMBNAIL_TIMEOUT_SECS") {
+            media.thumbnail_timeout_secs = number("MYELIN_MEDIA_THUMBNAIL_TIMEOUT_SECS", &v)?;
+        }
         if let Some(v) = lookup("MYELIN_MEDIA_RETENTION_DAYS") {
             media.retention_days = number("MYELIN_MEDIA_RETENTION_DAYS", &v)?;
         }
@@ -494,6 +509,9 @@ impl Config {
         }
         if self.media.max_concurrent_thumbnails == 0 {
             anyhow::bail!("media.max_concurrent_thumbnails must be positive");
+        }
+        if self.media.thumbnail_timeout_secs == 0 {
+            anyhow::bail!("media.thumbnail_timeout_secs must be positive");
         }
         if self.rtc.token_ttl_secs == 0 {
             anyhow::bail!("rtc.token_ttl_secs must be positive");

@@ -5,10 +5,13 @@
 //! Files are written to a temporary file, fsynced and renamed into place before the
 //! metadata commit, so an acknowledged upload survives a crash.
 //!
-//! Thumbnails are made on the blocking pool, a few at a time, from images whose header
-//! says they are within `media.max_thumbnail_pixels`. Media created after the
+//! Thumbnails are made on the blocking pool, a few at a time and with a time limit, from
+//! images whose header says they are within `media.max_thumbnail_pixels` and from the
+//! first page of PDFs (`pdf.rs`). Media created after the
 //! `media.unauthenticated_media_before_ms` cut-off is served only as authenticated media.
 
+mod jobs;
+mod pdf;
 mod retention;
 mod thumbnail;
 
@@ -103,7 +106,9 @@ pub struct MediaService {
     /// Wakes downloads waiting for an asynchronous upload, per media id.
     waiting: Mutex<HashMap<String, Arc<Notify>>>,
     /// Permits for thumbnail generation (`media.max_concurrent_thumbnails`).
-    thumbnail_jobs: Semaphore,
+    thumbnail_jobs: Arc<Semaphore>,
+    /// As many permits again for PDF previews, so slow documents never hold up images.
+    preview_jobs: Arc<Semaphore>,
     /// Media created before this (ms) is still served without authentication.
     unauthenticated_before: u64,
 }
@@ -129,8 +134,10 @@ impl MediaService {
             0 => Self::recorded_cutoff(&storage)?,
             configured => configured,
         };
+        let permits = config.media.max_concurrent_thumbnails.max(1);
         Ok(MediaService {
-            thumbnail_jobs: Semaphore::new(config.media.max_concurrent_thumbnails.max(1)),
+            thumbnail_jobs: Arc::new(Semaphore::new(permits)),
+            preview_jobs: Arc::new(Semaphore::new(permits)),
             config,
             storage,
             root,
@@ -478,10 +485,13 @@ impl MediaService {
         }
     }
 
-    /// A thumbnail of local media (generated on first request, then cached). Non-image
-    /// media, or images that cannot be decoded, get 400 `M_UNKNOWN`, images over
-    /// `media.max_thumbnail_pixels` 413 `M_TOO_LARGE`... unless the original is already
-    /// small enough, which is then served as it is.
+    /// A thumbnail of local media (generated on first request, then cached): of PNG, JPEG,
+    /// GIF and WebP images, and of the first page of PDFs (`application/pdf`, or
+    /// `application/octet-stream` starting like one). Other media, or files that cannot be
+    /// decoded in `media.thumbnail_timeout_secs`, get 400 `M_UNKNOWN`; images over
+    /// `media.max_thumbnail_pixels` and PDFs over `media.max_pdf_preview_size` 413
+    /// `M_TOO_LARGE`... unless an image is already small enough, which is then served as
+    /// it is.
     pub async fn thumbnail(
         &self,
         server: &str,
@@ -505,28 +515,36 @@ impl MediaService {
                 size: t.size,
             });
         }
-        if !thumbnail::can_thumbnail(&record.content_type) {
-            return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
-                "M_UNKNOWN",
-                "Cannot generate thumbnails for this content type",
-            ));
-        }
         let path = original.path.clone();
-        let content_type = record.content_type.clone();
         let max_pixels = self.config.media.max_thumbnail_pixels;
-        let _permit = self
-            .thumbnail_jobs
-            .acquire()
-            .await
-            .map_err(|e| Error::internal(format!("thumbnail permits: {e}")))?;
-        let generated =
-            tokio::task::spawn_blocking(move || -> Result<Option<(Vec<u8>, &'static str)>> {
+        let limit = Duration::from_secs(self.config.media.thumbnail_timeout_secs);
+        let generated = if thumbnail::can_thumbnail(&record.content_type) {
+            let content_type = record.content_type.clone();
+            jobs::run_limited(&self.thumbnail_jobs, limit, move || {
                 let data = std::fs::read(&path)?;
                 thumbnail::generate(&data, &content_type, spec, max_pixels)
             })
-            .await
-            .map_err(|e| Error::internal(e.to_string()))??;
+            .await?
+        } else if may_be_pdf(&record.content_type) {
+            let max_size = self.config.media.max_pdf_preview_size;
+            if record.size > max_size {
+                return Err(Error::too_large(format!(
+                    "The file is {} bytes; PDFs over {max_size} bytes are not previewed",
+                    record.size
+                )));
+            }
+            jobs::run_limited(&self.preview_jobs, limit, move || {
+                let data = std::fs::read(&path)?;
+                if !pdf::sniff(&data) {
+                    return Err(cannot_thumbnail());
+                }
+                let png = pdf::render_first_page(data, spec, max_pixels)?;
+                Ok(Some((png, "image/png")))
+            })
+            .await?
+        } else {
+            return Err(cannot_thumbnail());
+        };
         let Some((bytes, thumb_type)) = generated else {
             // Already no larger than asked: the original is the thumbnail.
             return Ok(original);
@@ -555,6 +573,27 @@ impl MediaService {
     pub fn root(&self) -> &Path {
         &self.root
     }
+}
+
+/// Whether media of this type may be a PDF to preview: declared so, or undeclared (the
+/// content then decides).
+fn may_be_pdf(content_type: &str) -> bool {
+    let base = content_type.split(';').next().unwrap_or("").trim();
+    [
+        "application/pdf",
+        "application/x-pdf",
+        "application/octet-stream",
+    ]
+    .iter()
+    .any(|t| base.eq_ignore_ascii_case(t))
+}
+
+fn cannot_thumbnail() -> Error {
+    Error::matrix(
+        http::StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+        "Cannot generate thumbnails for this content type",
+    )
 }
 
 /// Content types served inline; everything else is an attachment.
