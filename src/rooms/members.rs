@@ -107,7 +107,8 @@ impl RoomMembers {
     }
 }
 
-/// A user's rooms: each with the user's membership and its event's stream position.
+/// A user's rooms, sorted by room id: each with the user's membership and its event's
+/// stream position.
 pub type UserRooms = Arc<Vec<(OwnedRoomId, Membership, u64)>>;
 
 /// Per-room membership cache.
@@ -152,10 +153,11 @@ impl MembersCache {
         }
         let mut cache = self.user_rooms.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rooms) = cache.get_mut(user) {
+            // Kept sorted by room id (as storage lists them) for `user_room`'s search.
             let rooms = Arc::make_mut(rooms);
-            match rooms.iter_mut().find(|(r, _, _)| r == room_id) {
-                Some(entry) => *entry = (room_id.to_owned(), m, pos),
-                None => rooms.push((room_id.to_owned(), m, pos)),
+            match rooms.binary_search_by(|(r, _, _)| r.as_str().cmp(room_id.as_str())) {
+                Ok(i) => rooms[i] = (room_id.to_owned(), m, pos),
+                Err(i) => rooms.insert(i, (room_id.to_owned(), m, pos)),
             }
         }
     }
@@ -275,6 +277,8 @@ impl RoomsService {
             let pos = record["pos"].as_u64().unwrap_or(0);
             out.push((room, m, pos));
         }
+        // Storage orders keys by room id followed by the separator; sort by the id alone.
+        out.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         let out = Arc::new(out);
         cache.insert(user.to_owned(), out.clone());
         Ok(out)
@@ -283,11 +287,11 @@ impl RoomsService {
     /// The user's membership in a room and the stream position of its event, from the
     /// same cache as [`Self::user_rooms`] (no storage read once the user's rooms are known).
     pub fn user_room(&self, user: &UserId, room_id: &RoomId) -> Result<Option<(Membership, u64)>> {
-        Ok(self
-            .user_rooms(user)?
-            .iter()
-            .find(|(r, _, _)| r == room_id)
-            .map(|(_, m, pos)| (*m, *pos)))
+        let rooms = self.user_rooms(user)?;
+        Ok(rooms
+            .binary_search_by(|(r, _, _)| r.as_str().cmp(room_id.as_str()))
+            .ok()
+            .map(|i| (rooms[i].1, rooms[i].2)))
     }
 
     /// Whether a membership event of the room may lie after timeline position `since`

@@ -267,6 +267,12 @@ async fn cached_room_lists_follow_membership_changes() {
             (first.clone(), Membership::Leave)
         ]
     );
+    // The single-room lookup agrees with the list (found by search in the sorted list).
+    for (room, m, pos) in &rooms {
+        assert_eq!(s.rooms.user_room(&bob, room).unwrap(), Some((*m, *pos)));
+    }
+    let elsewhere: ruma::OwnedRoomId = "!elsewhere:localhost".try_into().unwrap();
+    assert_eq!(s.rooms.user_room(&bob, &elsewhere).unwrap(), None);
     let users = s.rooms.purge_subjects(&second).unwrap();
     s.rooms.purge_room(&second, &users).await.unwrap();
     let rooms = s.rooms.user_rooms(&bob).unwrap();
