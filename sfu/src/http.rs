@@ -73,7 +73,8 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found").into_response()
 }
 
-/// `GET /rtc?access_token=…` — upgrades to the signalling WebSocket.
+/// `GET /rtc?access_token=…` — upgrades to the signalling WebSocket (protobuf, or JSON
+/// with `format=json`, see [`crate::wire`]).
 async fn rtc(
     State(sfu): State<Arc<Sfu>>,
     Query(query): Query<HashMap<String, String>>,
@@ -95,19 +96,19 @@ async fn rtc(
     let resume = query
         .get("reconnect")
         .is_some_and(|v| v == "1" || v == "true");
+    let wire = crate::wire::Wire::from_query(query.get("format").map(String::as_str));
     upgrade
         .max_message_size(MAX_SIGNAL_MESSAGE)
         .on_upgrade(move |socket| async move {
             if resume {
-                refuse_resume(socket).await;
+                refuse_resume(socket, wire).await;
             } else {
-                crate::signal::run(sfu, grant, auto_subscribe, socket).await;
+                crate::signal::run(sfu, grant, auto_subscribe, wire, socket).await;
             }
         })
 }
 
-async fn refuse_resume(mut socket: axum::extract::ws::WebSocket) {
-    use prost::Message as _;
+async fn refuse_resume(mut socket: axum::extract::ws::WebSocket, wire: crate::wire::Wire) {
     let leave = proto::SignalResponse {
         message: Some(proto::signal_response::Message::Leave(
             proto::LeaveRequest {
@@ -118,11 +119,7 @@ async fn refuse_resume(mut socket: axum::extract::ws::WebSocket) {
             },
         )),
     };
-    let _ = socket
-        .send(axum::extract::ws::Message::Binary(
-            leave.encode_to_vec().into(),
-        ))
-        .await;
+    let _ = socket.send(wire.encode(&leave)).await;
     let _ = socket.send(axum::extract::ws::Message::Close(None)).await;
 }
 

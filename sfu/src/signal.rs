@@ -1,5 +1,6 @@
-//! One signalling session: a WebSocket carrying protobuf `SignalRequest`s from the client
-//! and `SignalResponse`s to it, from the join response until leave, timeout or failure.
+//! One signalling session: a WebSocket carrying `SignalRequest`s from the client and
+//! `SignalResponse`s to it (protobuf, or JSON: see [`crate::wire`]), from the join
+//! response until leave, timeout or failure.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,6 @@ use std::time::Duration;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use livekit_protocol as proto;
-use prost::Message as _;
 use proto::signal_request::Message as Request;
 use proto::signal_response::Message as Response;
 use tokio::sync::mpsc;
@@ -17,12 +17,13 @@ use crate::auth::Grant;
 use crate::participant::Participant;
 use crate::room::{now_ms, Room, Sfu};
 use crate::state::new_sid;
+use crate::wire::Wire;
 
 /// Protocol version announced in `ServerInfo` (what livekit-client 2.x speaks).
 const PROTOCOL_VERSION: i32 = 16;
 
 /// Runs a session for a validated token until the participant leaves or is dropped.
-pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, socket: WebSocket) {
+pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, wire: Wire, socket: WebSocket) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<proto::SignalResponse>();
     let participant =
@@ -64,11 +65,7 @@ pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, socket: WebS
             ..Default::default()
         })),
     };
-    if ws_tx
-        .send(WsMessage::Binary(join.encode_to_vec().into()))
-        .await
-        .is_err()
-    {
+    if ws_tx.send(wire.encode(&join)).await.is_err() {
         finish(&sfu, &room, &participant).await;
         return;
     }
@@ -81,14 +78,16 @@ pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, socket: WebS
             incoming = ws_rx.next() => {
                 let Some(Ok(message)) = incoming else { break };
                 deadline = Instant::now() + timeout;
-                let data = match message {
-                    WsMessage::Binary(data) => data,
-                    WsMessage::Close(_) => break,
-                    _ => continue,
-                };
-                let Ok(request) = proto::SignalRequest::decode(data.as_ref()) else {
-                    tracing::warn!(participant = %participant.sid, "undecodable signal request");
-                    continue;
+                if matches!(message, WsMessage::Close(_)) {
+                    break;
+                }
+                let request = match wire.decode(&message) {
+                    Some(Ok(request)) => request,
+                    Some(Err(e)) => {
+                        tracing::warn!(participant = %participant.sid, error = %e, "signal request refused");
+                        continue;
+                    }
+                    None => continue,
                 };
                 let Some(request) = request.message else { continue };
                 if !handle(&room, &participant, request).await {
@@ -98,7 +97,7 @@ pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, socket: WebS
             outgoing = rx.recv() => {
                 let Some(response) = outgoing else { break };
                 let leaving = matches!(response.message, Some(Response::Leave(_)));
-                if ws_tx.send(WsMessage::Binary(response.encode_to_vec().into())).await.is_err() || leaving {
+                if ws_tx.send(wire.encode(&response)).await.is_err() || leaving {
                     break;
                 }
             }
@@ -111,9 +110,7 @@ pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, socket: WebS
     }
     // Deliver whatever is queued (e.g. a leave) before closing.
     while let Ok(response) = rx.try_recv() {
-        let _ = ws_tx
-            .send(WsMessage::Binary(response.encode_to_vec().into()))
-            .await;
+        let _ = ws_tx.send(wire.encode(&response)).await;
     }
     let _ = ws_tx.send(WsMessage::Close(None)).await;
     finish(&sfu, &room, &participant).await;

@@ -1,7 +1,7 @@
 //! Test helpers: an in-process SFU on loopback, tokens, raw HTTP, and joining with the
 //! crate's webrtc-rs LiveKit client (`myelin_sfu::client`).
 
-#![allow(dead_code)] // each test crate uses a different part
+#![allow(dead_code, unused_imports)] // each test crate uses a different part
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
