@@ -91,6 +91,10 @@ impl AppserviceService {
             if reg.url.is_none() || !reg.msc3202 {
                 continue;
             }
+            // Device lists start here, before any request is served, when new.
+            if let Err(e) = self.init_e2ee(reg) {
+                tracing::warn!(appservice = %reg.id, error = %e, "encryption transactions");
+            }
             let (service, reg) = (Arc::downgrade(self), reg.clone());
             tokio::spawn(async move {
                 // Positions last seen with nothing left to send (none: look at once, a
@@ -175,6 +179,24 @@ impl AppserviceService {
         }
     }
 
+    /// Records the starting positions of a new appservice's device lists: now.
+    fn init_e2ee(&self, reg: &Registration) -> Result<()> {
+        if self.load_e2ee(reg)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        self.put_e2ee(reg, &self.fresh_e2ee(), &mut batch)?;
+        self.storage.commit(batch)
+    }
+
+    fn fresh_e2ee(&self) -> E2eeState {
+        E2eeState {
+            e2ee_through: self.e2ee.current_pos(),
+            timeline_through: self.rooms.current_pos(),
+            ..E2eeState::default()
+        }
+    }
+
     fn load_e2ee(&self, reg: &Registration) -> Result<Option<E2eeState>> {
         self.storage
             .trees
@@ -192,19 +214,15 @@ impl AppserviceService {
 
     /// The encryption transaction to send next: the pending one when there is one (same id
     /// and body), else a new one, recorded durably as pending before it is returned; `None`
-    /// when there is nothing to send. The first call starts the device lists at the
-    /// current positions.
+    /// when there is nothing to send. Without a stored state (the task records one at
+    /// start) the device lists start at the current positions.
     pub async fn next_e2ee_transaction(
         &self,
         reg: &Registration,
     ) -> Result<Option<E2eeTransaction>> {
         let mut state = match self.load_e2ee(reg)? {
             Some(state) => state,
-            None => E2eeState {
-                e2ee_through: self.e2ee.current_pos(),
-                timeline_through: self.rooms.current_pos(),
-                ..E2eeState::default()
-            },
+            None => self.fresh_e2ee(),
         };
         if let Some(p) = &state.pending {
             return Ok(Some(E2eeTransaction {
