@@ -230,18 +230,24 @@ impl AppserviceService {
                 body: p.body.clone(),
             }));
         }
-        let built = self.build_e2ee(reg, &state)?;
-        let mut batch = Batch::new();
-        let Some((txn, mut pending)) = built.transaction else {
+        let (txn, mut pending) = loop {
+            let built = self.build_e2ee(reg, &state)?;
+            if let Some(found) = built.transaction {
+                break found;
+            }
             // Nothing to say: move on (a loss here only means looking again), and forget
-            // markers of deleted devices.
+            // markers of deleted devices; with some forgotten, more may be waiting.
             state.e2ee_through = built.e2ee_to;
             state.timeline_through = built.timeline_to;
+            let mut batch = Batch::new();
             self.put_e2ee(reg, &state, &mut batch)?;
             self.storage.commit(batch)?;
+            if built.stale_markers.is_empty() {
+                return Ok(None);
+            }
             self.drop_key_count_markers(reg, &built.stale_markers)?;
-            return Ok(None);
         };
+        let mut batch = Batch::new();
         let txn_id = format!("e2ee-{}", state.next_txn);
         pending.txn_id = txn_id.clone();
         pending.body = serde_json::to_value(&txn)?;
@@ -689,6 +695,46 @@ mod tests {
         assert_eq!(count(&t), 0);
         ack(&s, &t).await;
         assert_eq!(next(&s).await, None);
+
+        // A deleted device's counts are not sent, and nothing of it is left waiting.
+        let (_, gone) = login(&s, "br_x");
+        flush(&s).await;
+        s.e2ee
+            .upload_keys_now(
+                &puppet,
+                &gone,
+                None,
+                &map(json!({ "signed_curve25519:AAAA": { "key": "k1", "signatures": {} } })),
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        s.users.remove_device(&puppet, &gone).await.unwrap();
+        let t = next(&s).await.expect("the device list changed");
+        assert!(
+            t.body
+                .get("org.matrix.msc3202.device_one_time_keys_count")
+                .is_none(),
+            "{t:?}"
+        );
+        ack(&s, &t).await;
+        let markers = || {
+            s.storage()
+                .trees
+                .appservice_key_counts
+                .scan_prefix(&[])
+                .count()
+        };
+        assert_eq!(markers(), 0);
+        // A marker left for a device that no longer exists (a change racing its deletion)
+        // is dropped without a transaction.
+        let stale = crate::storage::keys::strs(&["br", puppet.as_str(), "GONE"]);
+        s.storage()
+            .trees
+            .appservice_key_counts
+            .insert(&stale, &1u64.to_be_bytes())
+            .unwrap();
+        assert_eq!(next(&s).await, None);
+        assert_eq!(markers(), 0);
     }
 
     #[tokio::test]

@@ -238,10 +238,17 @@ impl E2eeService {
         let trees = &self.storage.trees;
         self.commit_with_pos(|pos, batch| {
             if change == DeviceChange::Removed {
+                let appservice = self.encrypted_appservice(user);
                 for device in devices {
                     let key = skeys::strs(&[user.as_str(), device.as_str()]);
                     batch.remove(&trees.device_keys, &key);
                     batch.remove(&trees.key_count_changes, &key);
+                    if let Some(reg) = appservice {
+                        batch.remove(
+                            &trees.appservice_key_counts,
+                            &skeys::strs(&[reg.id.as_str(), user.as_str(), device.as_str()]),
+                        );
+                    }
                     for tree in [
                         &trees.one_time_keys,
                         &trees.fallback_keys,
