@@ -129,11 +129,18 @@ impl Services {
             notifier.clone(),
             policies,
         )?);
+        let registrations: Vec<_> =
+            crate::appservice::load_registrations(&config.appservices, &config.server_name)
+                .map_err(|e| crate::Error::internal(e.to_string()))?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
         let e2ee = Arc::new(E2eeService::new(
             storage.clone(),
             users.clone(),
             rooms.clone(),
             notifier.clone(),
+            &registrations,
         )?);
         let push = Arc::new(PushService::new(
             storage.clone(),
@@ -181,15 +188,13 @@ impl Services {
             users.clone(),
             rtc.clone(),
         ));
-        let registrations =
-            crate::appservice::load_registrations(&config.appservices, &config.server_name)
-                .map_err(|e| crate::Error::internal(e.to_string()))?;
         let appservices = Arc::new(AppserviceService::new(
             registrations,
             &config.server_name,
             storage.clone(),
             users.clone(),
             rooms.clone(),
+            e2ee.clone(),
         )?);
         // The consumers, in order. Readers see an event once the sync notifier has handled
         // it, so a woken sync finds its unread counts and cancellations done.
@@ -261,6 +266,7 @@ impl Services {
         self.media.start_retention();
         self.meetings.start_sweeper();
         self.appservices.start_ephemeral();
+        self.appservices.start_e2ee();
         let purge = self.purge.clone();
         tokio::spawn(async move {
             if let Err(e) = purge.resume().await {

@@ -11,4 +11,6 @@ mod transaction;
 pub use registration::{
     validate_set, Namespace, NamespaceKind, Namespaces, Registration, RegistrationError,
 };
-pub use transaction::{PingRequest, PingResponse, Transaction};
+pub use transaction::{
+    DeviceLists, OneTimeKeyCounts, PingRequest, PingResponse, Transaction, UnusedFallbackKeyTypes,
+};

@@ -117,6 +117,10 @@ pub struct Registration {
     pub receive_ephemeral: bool,
     /// Whether it manages its users' devices itself (MSC4190).
     pub device_management: bool,
+    /// Whether it does end-to-end encryption for its users (MSC3202,
+    /// `org.matrix.msc3202`): to-device messages for them, device-list changes and key
+    /// counts come in its transactions.
+    pub msc3202: bool,
 }
 
 #[derive(Deserialize)]
@@ -152,6 +156,8 @@ struct RawRegistration {
     push_ephemeral: Option<bool>,
     #[serde(rename = "io.element.msc4190")]
     msc4190: Option<bool>,
+    #[serde(rename = "org.matrix.msc3202")]
+    msc3202: Option<bool>,
 }
 
 fn required(file: &str, field: &str, value: Option<String>) -> Result<String, RegistrationError> {
@@ -267,6 +273,7 @@ impl Registration {
                 .or(raw.push_ephemeral)
                 .unwrap_or(false),
             device_management: raw.msc4190.unwrap_or(false),
+            msc3202: raw.msc3202.unwrap_or(false),
         })
     }
 
@@ -286,6 +293,12 @@ impl Registration {
             .of(kind)
             .iter()
             .any(|ns| ns.exclusive && ns.is_match(value))
+    }
+
+    /// Whether `user_id` is the appservice's own user or inside one of its exclusive user
+    /// namespaces: the users whose to-device messages only it receives (MSC3202).
+    pub fn owns_exclusively(&self, user_id: &str, server_name: &str) -> bool {
+        user_id == self.sender(server_name) || self.matches_exclusive(NamespaceKind::Users, user_id)
     }
 
     /// Whether the appservice may act as `user_id`: its own user or one of its namespace.
@@ -386,6 +399,7 @@ rate_limited: false
 protocols: ["irc"]
 de.sorunome.msc2409.push_ephemeral: true
 io.element.msc4190: true
+org.matrix.msc3202: true
 "##;
 
     fn good() -> Registration {
@@ -408,8 +422,24 @@ io.element.msc4190: true
         assert_eq!(r.protocols, vec!["irc".to_owned()]);
         assert!(r.receive_ephemeral);
         assert!(r.device_management);
+        assert!(r.msc3202);
         assert!(r.namespaces.users[0].exclusive);
         assert!(!r.namespaces.aliases[0].exclusive);
+    }
+
+    #[test]
+    fn exclusive_ownership_covers_the_sender_and_exclusive_namespaces_only() {
+        let r = Registration::from_yaml(
+            "a.yaml",
+            "id: a\nas_token: x\nhs_token: y\nsender_localpart: bot\nnamespaces:\n  users:\n\
+             \x20   - {exclusive: true, regex: \"@a_.*\"}\n    - {exclusive: false, regex: \"@shared_.*\"}\n",
+        )
+        .unwrap();
+        assert!(r.owns_exclusively("@bot:hs", "hs"));
+        assert!(r.owns_exclusively("@a_x:hs", "hs"));
+        assert!(!r.owns_exclusively("@shared_x:hs", "hs"));
+        assert!(r.owns_user("@shared_x:hs", "hs"));
+        assert!(!r.owns_exclusively("@other:hs", "hs"));
     }
 
     #[test]
@@ -423,6 +453,7 @@ io.element.msc4190: true
         assert!(r.rate_limited);
         assert!(!r.receive_ephemeral);
         assert!(!r.device_management);
+        assert!(!r.msc3202);
         assert!(r.protocols.is_empty());
         let r = Registration::from_yaml(
             "a.yaml",

@@ -25,7 +25,7 @@ use crate::{
 /// Events in one transaction, at most.
 pub const MAX_EVENTS: usize = 100;
 /// First pause after a failed transaction; doubles on each failure.
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest pause between attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -164,7 +164,7 @@ impl EventConsumer for AppserviceConsumer {
                 }
                 let body = serde_json::to_value(Transaction {
                     events: chosen,
-                    ephemeral: Vec::new(),
+                    ..Transaction::default()
                 })?;
                 state.pending = Some(Pending {
                     txn_id: state.next_txn.to_string(),

@@ -4,6 +4,7 @@
 //! transactions are in [`delivery`]).
 
 pub mod delivery;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod thirdparty;
 
@@ -13,6 +14,7 @@ use myelin_appservice::{validate_set, NamespaceKind, PingRequest, Registration};
 use ruma::{OwnedDeviceId, UserId};
 
 use crate::{
+    e2ee::E2eeService,
     events::Pdu,
     rooms::RoomsService,
     storage::Storage,
@@ -45,6 +47,7 @@ pub struct AppserviceService {
     storage: Arc<Storage>,
     users: Arc<UsersService>,
     rooms: Arc<RoomsService>,
+    e2ee: Arc<E2eeService>,
     http: reqwest::Client,
 }
 
@@ -62,11 +65,12 @@ impl AppserviceService {
     /// The service over already validated registrations; creates each appservice's own
     /// user when missing and refuses an `as_token` that is also a user's access token.
     pub fn new(
-        registrations: Vec<Registration>,
+        registrations: Vec<Arc<Registration>>,
         server_name: &str,
         storage: Arc<Storage>,
         users: Arc<UsersService>,
         rooms: Arc<RoomsService>,
+        e2ee: Arc<E2eeService>,
     ) -> Result<AppserviceService> {
         for reg in &registrations {
             if users.authenticate(&reg.as_token).is_ok() {
@@ -89,11 +93,12 @@ impl AppserviceService {
             .build()
             .map_err(|e| Error::internal(format!("appservice HTTP client: {e}")))?;
         Ok(AppserviceService {
-            registrations: registrations.into_iter().map(Arc::new).collect(),
+            registrations,
             server_name: server_name.to_owned(),
             storage,
             users,
             rooms,
+            e2ee,
             http,
         })
     }
@@ -409,8 +414,15 @@ mod tests {
         let (token, _) = users.create_session_now(&alice, None, None).unwrap();
         let mut regs = regs;
         regs[0].as_token = token;
-        let refused =
-            super::AppserviceService::new(regs, "localhost", storage, users, s.rooms.clone());
+        let regs = regs.into_iter().map(std::sync::Arc::new).collect();
+        let refused = super::AppserviceService::new(
+            regs,
+            "localhost",
+            storage,
+            users,
+            s.rooms.clone(),
+            s.e2ee.clone(),
+        );
         let e = refused.err().unwrap();
         assert!(
             e.to_string()

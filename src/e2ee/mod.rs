@@ -15,6 +15,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use myelin_appservice::Registration;
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value;
 
@@ -76,6 +77,9 @@ pub struct E2eeService {
     /// Key counts per device as of its last key-count change position (see
     /// [`E2eeService::key_counts`]).
     key_counts: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), KeyCounts>>,
+    /// The appservices that do encryption for their users (MSC3202, with a URL): to-device
+    /// messages and key-count changes of the users they own exclusively go to them.
+    encrypted_appservices: Vec<Arc<Registration>>,
 }
 
 /// A device's one-time-key counts and unused fallback key types, as of the position of
@@ -91,12 +95,15 @@ pub struct KeyCounts {
 }
 
 impl E2eeService {
-    /// Builds the service, reading the persisted stream position.
+    /// Builds the service, reading the persisted stream position. `appservices` are the
+    /// registered appservices; those with a URL and `org.matrix.msc3202` receive their
+    /// users' to-device messages and key counts.
     pub fn new(
         storage: Arc<Storage>,
         users: Arc<UsersService>,
         rooms: Arc<RoomsService>,
         notifier: Arc<Notifier>,
+        appservices: &[Arc<Registration>],
     ) -> Result<E2eeService> {
         let pos = StreamPosition::load(&storage, E2EE_POS_KEY)?;
         Ok(E2eeService {
@@ -107,7 +114,21 @@ impl E2eeService {
             pos,
             backup_lock: Mutex::new(()),
             key_counts: Mutex::default(),
+            encrypted_appservices: appservices
+                .iter()
+                .filter(|r| r.msc3202 && r.url.is_some())
+                .cloned()
+                .collect(),
         })
+    }
+
+    /// The encrypted appservice (MSC3202) that owns `user` exclusively, if any: it, not
+    /// the device inboxes, receives the user's to-device messages.
+    fn encrypted_appservice(&self, user: &UserId) -> Option<&Registration> {
+        self.encrypted_appservices
+            .iter()
+            .find(|r| r.owns_exclusively(user.as_str(), self.users.server_name()))
+            .map(|r| r.as_ref())
     }
 
     /// The newest e2ee stream position.
@@ -138,12 +159,21 @@ impl E2eeService {
     }
 
     /// Adds to `batch` a change of the one-time/fallback keys of one device at `pos`.
+    /// For a user of an encrypted appservice, also marks the device for its next
+    /// transaction.
     fn mark_key_count_change(&self, user: &UserId, device: &DeviceId, pos: u64, batch: &mut Batch) {
         batch.insert(
             &self.storage.trees.key_count_changes,
             &skeys::strs(&[user.as_str(), device.as_str()]),
             &pos.to_be_bytes(),
         );
+        if let Some(reg) = self.encrypted_appservice(user) {
+            batch.insert(
+                &self.storage.trees.appservice_key_counts,
+                &skeys::strs(&[reg.id.as_str(), user.as_str(), device.as_str()]),
+                &pos.to_be_bytes(),
+            );
+        }
     }
 
     /// The key counts of a device for `/sync`. Every change of a device's keys records a
@@ -208,10 +238,17 @@ impl E2eeService {
         let trees = &self.storage.trees;
         self.commit_with_pos(|pos, batch| {
             if change == DeviceChange::Removed {
+                let appservice = self.encrypted_appservice(user);
                 for device in devices {
                     let key = skeys::strs(&[user.as_str(), device.as_str()]);
                     batch.remove(&trees.device_keys, &key);
                     batch.remove(&trees.key_count_changes, &key);
+                    if let Some(reg) = appservice {
+                        batch.remove(
+                            &trees.appservice_key_counts,
+                            &skeys::strs(&[reg.id.as_str(), user.as_str(), device.as_str()]),
+                        );
+                    }
                     for tree in [
                         &trees.one_time_keys,
                         &trees.fallback_keys,
@@ -229,6 +266,24 @@ impl E2eeService {
         self.notify_trackers(user)
     }
 
+    /// Users whose latest device-list change is after e2ee position `from` and not after
+    /// `to`, in the order of their changes.
+    pub fn device_lists_changed_between(&self, from: u64, to: u64) -> Result<Vec<OwnedUserId>> {
+        let mut out = Vec::new();
+        if to <= from {
+            return Ok(out);
+        }
+        let lo = from.saturating_add(1).to_be_bytes();
+        let hi = to.saturating_add(1).to_be_bytes();
+        for kv in self.storage.trees.device_list_log.range(&lo, &hi, false) {
+            let (_, v) = kv?;
+            if let Ok(u) = UserId::parse(String::from_utf8_lossy(&v).as_ref()) {
+                out.push(u);
+            }
+        }
+        Ok(out)
+    }
+
     /// The device-list changes `user` must hear about between `from` and `to`: users whose
     /// keys changed and who share a room with `user` now, users who started sharing a room
     /// (`changed`), and users who no longer share any (`left`).
@@ -243,16 +298,7 @@ impl E2eeService {
         let mut joined: BTreeSet<OwnedUserId> = BTreeSet::new();
         let mut gone: BTreeSet<OwnedUserId> = BTreeSet::new();
 
-        if to.e2ee > from.e2ee {
-            let lo = from.e2ee.saturating_add(1).to_be_bytes();
-            let hi = to.e2ee.saturating_add(1).to_be_bytes();
-            for kv in self.storage.trees.device_list_log.range(&lo, &hi, false) {
-                let (_, v) = kv?;
-                if let Ok(u) = UserId::parse(String::from_utf8_lossy(&v).as_ref()) {
-                    changed.insert(u);
-                }
-            }
-        }
+        changed.extend(self.device_lists_changed_between(from.e2ee, to.e2ee)?);
 
         if to.timeline > from.timeline {
             let member_filter =

@@ -1,5 +1,7 @@
 //! To-device messages: queued per recipient device at an e2ee stream position, delivered
-//! by `/sync`, and deleted once the device syncs with a token past them.
+//! by `/sync`, and deleted once the device syncs with a token past them. Messages for the
+//! users of an encrypted appservice (MSC3202) are queued for that appservice instead
+//! (see `crate::appservice::e2ee`).
 
 use std::collections::BTreeMap;
 
@@ -89,6 +91,21 @@ impl E2eeService {
         }
         self.commit_with_pos(|pos, batch| {
             for ((user, device), content) in &deliveries {
+                if let Some(reg) = self.encrypted_appservice(user) {
+                    // The appservice's transactions carry it (MSC3202), not a sync.
+                    let key = skeys::KeyBuilder::new()
+                        .str(&reg.id)
+                        .u64(pos)
+                        .str(user.as_str())
+                        .str(device.as_str())
+                        .build();
+                    let event = json!({
+                        "sender": sender, "type": event_type, "content": content,
+                        "to_user_id": user, "to_device_id": device,
+                    });
+                    batch.insert_json(&trees.appservice_to_device, &key, &event)?;
+                    continue;
+                }
                 let key = skeys::KeyBuilder::new()
                     .str(user.as_str())
                     .str(device.as_str())

@@ -171,6 +171,18 @@ trees! {
     /// the delivery state of one appservice; `pending` is the transaction sent and not yet
     /// acknowledged, re-sent as it is (same id, same body) after a restart.
     appservice_delivery = 0x80,
+    /// `appservice_id, e2ee pos(u64), user_id, device_id` → JSON `{sender, type, content,
+    /// to_user_id, to_device_id}`: to-device messages for the users of an encrypted
+    /// appservice (MSC3202), kept until a transaction holding them is acknowledged.
+    appservice_to_device = 0x81,
+    /// `appservice_id, user_id, device_id` → `pos(u64)`: devices of an encrypted
+    /// appservice's users whose key counts changed (at that e2ee position) and were not
+    /// yet sent in an acknowledged transaction.
+    appservice_key_counts = 0x82,
+    /// `appservice_id` → JSON `{next_txn, e2ee_through, timeline_through, pending}`: the
+    /// encryption transactions of one appservice (MSC3202); `pending` is the one sent and
+    /// not yet acknowledged, re-sent as it is after a restart.
+    appservice_e2ee = 0x83,
 
     // ---- meetings (0x90-0x9F) ----
     /// `token` → JSON `{room_id, created_by, created_ts}`: a room's current join link.
