@@ -22,5 +22,6 @@ pub mod storage;
 pub mod stream;
 pub mod sync;
 pub mod users;
+pub mod web;
 
 pub use error::{Error, Result};

@@ -39,6 +39,7 @@ pub fn router(services: Arc<Services>) -> Router {
         .allow_headers(Any);
     let routes = admin::routes(rtc_service::routes(server_keys::routes(client::routes())));
     let routes = media_admin::routes(ops_backup::routes(health::routes(routes)));
+    let routes = crate::web::routes(routes);
     #[cfg(feature = "test-hooks")]
     let routes = test_hooks::routes(routes);
     let routes = routes

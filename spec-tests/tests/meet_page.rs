@@ -1,0 +1,440 @@
+//! Myelin Meet, the page a join link opens (`GET /meet/{token}`): how it is served (cache
+//! headers, a strict Content-Security-Policy, 404 for an unknown or revoked link), and a
+//! meeting in three headless Chromium pages (`spec-tests/call/meet.mjs`, driven with
+//! playwright-core only through the page's `data-testid` hooks): two guests by link and a
+//! signed-in moderator see each other's video, chat both ways, see mute-all and text mute
+//! take effect, and the guests are gone from the room afterwards (one leaves, one is
+//! removed by the moderator); and a guest on the page in one call with a livekit-client
+//! member (Element Call's engine), who leaves by closing the tab.
+//!
+//! Screenshots of the lobby and the three-person grid land in a temporary directory, or in
+//! `MYELIN_MEET_SCREENSHOTS` when set (README: `docs/meet-lobby.png`, `docs/meet-grid.png`).
+
+mod kinds_common;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use kinds_common::{create_virtual_room, myelin};
+use reqwest::Method;
+use serde_json::{json, Value};
+use spec_tests::{enc, http_client, run_program, Client, TestServer};
+
+fn node() -> String {
+    std::env::var("MYELIN_JS_NODE").unwrap_or_else(|_| "node".into())
+}
+
+fn chromium() -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(
+        std::env::var("MYELIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    if !path.exists() {
+        bail!(
+            "Chromium not found at {}: run the tests with spec-tests/run, which installs it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A moderator's join link for `room`: (token, url).
+async fn join_link(c: &Client, room: &str) -> anyhow::Result<(String, String)> {
+    let link = c
+        .request(
+            Method::POST,
+            &myelin(&format!("/rooms/{}/join_link", enc(room))),
+            Some(&json!({})),
+        )
+        .await?
+        .ok()?;
+    Ok((
+        link["token"].as_str().context("token")?.to_owned(),
+        link["url"].as_str().context("url")?.to_owned(),
+    ))
+}
+
+/// A user's membership in `room`, as the room's state says.
+async fn membership(c: &Client, room: &str, user: &str) -> anyhow::Result<Option<String>> {
+    let member = c
+        .get(&format!(
+            "/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(user)
+        ))
+        .await?;
+    Ok(member.body["membership"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_a_strict_policy_and_404_for_unknown_links() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let room = create_virtual_room(&alice, "Weekly sync", json!({})).await?;
+    let (token, url) = join_link(&alice, &room).await?;
+    assert_eq!(url, format!("{}/meet/{token}", server.base));
+    let http = http_client(Duration::from_secs(30));
+
+    let page = http.get(&url).send().await?;
+    assert_eq!(page.status(), 200);
+    let header = |name: &str| {
+        page.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(header("content-type").starts_with("text/html"));
+    assert_eq!(header("cache-control"), "no-cache");
+    let policy = header("content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+        // The SFU's signalling WebSocket (the embedded SFU's default address).
+        "ws://127.0.0.1:7880",
+    ] {
+        assert!(policy.contains(directive), "{directive} not in {policy}");
+    }
+    assert!(!policy.contains("unsafe"), "{policy}");
+    let html = page.text().await?;
+    // Every hook a browser test drives is on the page.
+    for hook in [
+        "display-name",
+        "sign-in",
+        "camera-select",
+        "mic-select",
+        "speaker-select",
+        "preview",
+        "mic-level",
+        "join",
+        "mute",
+        "camera",
+        "screen-share",
+        "leave",
+        "chat-input",
+        "chat-send",
+        "mute-all",
+        "text-mute",
+        "copy-link",
+        "participant-list",
+        "recording-indicator",
+    ] {
+        assert!(
+            html.contains(&format!("data-testid=\"{hook}\"")),
+            "no {hook} hook"
+        );
+    }
+    // Tiles and chat messages are made by the scripts, with their hooks.
+    for (script, hook) in [("grid.js", "tile"), ("panel.js", "chat-message")] {
+        let text = http
+            .get(format!("{}/meet/assets/{script}", server.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        assert!(
+            text.contains(&format!("dataset.testid = '{hook}'")),
+            "{script} makes no {hook}"
+        );
+    }
+
+    // The stylesheet and the entry module, with the version the page names: cached for
+    // good, and the modules they import carry the same version.
+    let version = html
+        .split("/meet/assets/meet.js?v=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("no versioned meet.js in the page")?
+        .to_owned();
+    assert_eq!(version.len(), 16, "{version}");
+    for (asset, kind) in [("meet.js", "text/javascript"), ("meet.css", "text/css")] {
+        let response = http
+            .get(format!("{}/meet/assets/{asset}?v={version}", server.base))
+            .send()
+            .await?;
+        assert_eq!(response.status(), 200, "{asset}");
+        let headers = response.headers().clone();
+        assert!(headers["content-type"].to_str()?.starts_with(kind));
+        assert_eq!(
+            headers["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        let body = response.text().await?;
+        assert!(!body.contains("{{version}}"), "{asset}");
+        if asset == "meet.js" {
+            assert!(body.contains(&format!("./matrix.js?v={version}")));
+        }
+    }
+    // Without the version (or with an old one): revalidated every time.
+    let stale = http
+        .get(format!("{}/meet/assets/meet.js?v=0", server.base))
+        .send()
+        .await?;
+    assert_eq!(stale.headers()["cache-control"], "no-cache");
+    let missing = http
+        .get(format!("{}/meet/assets/nothing.js", server.base))
+        .send()
+        .await?;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.json::<Value>().await?["errcode"], "M_NOT_FOUND");
+
+    // An unknown link, and the real one once revoked: 404 with a page saying so.
+    let unknown = http
+        .get(format!("{}/meet/not-a-token", server.base))
+        .send()
+        .await?;
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.text().await?.contains("not valid"));
+    alice
+        .request(
+            Method::DELETE,
+            &myelin(&format!("/rooms/{}/join_link", enc(&room))),
+            None,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(http.get(&url).send().await?.status(), 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_guests_and_a_member_meet_on_the_page() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
+    if !call_dir
+        .join("node_modules")
+        .join("playwright-core")
+        .exists()
+    {
+        bail!(
+            "playwright-core is not installed in {}: run the tests with spec-tests/run (npm ci)",
+            call_dir.display()
+        );
+    }
+    let chromium = chromium()?;
+    let (server, _) = TestServer::start_with_sfu(&[
+        ("MYELIN_MEETINGS_TEMPORARY_IDLE_SECS", "60"),
+        (
+            "RUST_LOG",
+            "info,ruma_state_res=warn,myelin_sfu=debug,webrtc=warn,webrtc_ice=error,\
+             webrtc_srtp=warn,webrtc_sctp=warn,webrtc_data=warn,dtls=error",
+        ),
+    ])
+    .await?;
+    let mia = server.register("mia").await?;
+    let room = create_virtual_room(&mia, "Design review", json!({"topic": "Q1 mockups"})).await?;
+    let (_, url) = join_link(&mia, &room).await?;
+
+    let screenshots = match std::env::var_os("MYELIN_MEET_SCREENSHOTS") {
+        Some(dir) => PathBuf::from(dir),
+        None => server.data_dir().join("screenshots"),
+    };
+    let config = json!({
+        "chromium": chromium,
+        "joinUrl": url,
+        "roomName": "Design review",
+        "member": {"user": "mia", "password": "mia-password", "userId": mia.user_id},
+        "screenshots": screenshots,
+    });
+    let mut driver = std::process::Command::new(node());
+    driver
+        .arg(call_dir.join("meet.mjs"))
+        .env("MYELIN_MEET_CONFIG", config.to_string());
+    let out = run_program(driver, Duration::from_secs(300))
+        .await
+        .with_context(|| format!("running the meeting page driver\n{}", server.log()))?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    let failure = || {
+        format!(
+            "meeting page test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+            out.status,
+            server.log()
+        )
+    };
+    let summary: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .with_context(failure)?;
+    assert!(out.status.success(), "{}", failure());
+    assert_eq!(summary["ok"], true, "{}", failure());
+    let steps: Vec<&str> = summary["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for expected in [
+        "lobby shows the room, the preview and the microphone level",
+        "joining without a name asks for one",
+        "two guests and the member joined",
+        "grace sees the two others' video",
+        "gus sees the two others' video",
+        "member sees the two others' video",
+        "chat messages arrive both ways",
+        "the participant list marks the guests temporary",
+        "moderator controls show for the moderator only",
+        "text mute disables the guests' composer and back",
+        "mute-all shows both guests muted on every page, not the moderator",
+        "a guest leaves and his tile goes",
+        "the moderator removes a guest and her tile goes",
+        "the member leaves",
+    ] {
+        assert!(
+            steps.contains(&expected),
+            "missing step {expected}: {steps:?}"
+        );
+    }
+    for shot in ["meet-lobby.png", "meet-grid.png"] {
+        let bytes = std::fs::read(screenshots.join(shot)).with_context(|| shot.to_owned())?;
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{shot}"
+        );
+    }
+
+    // The guests are out of the room: one left (the page withdrew his call membership and
+    // the server let the temporary participant go), the other was removed by the
+    // moderator. The member joined the room for good.
+    let grace = summary["users"]["grace"].as_str().context("grace")?;
+    let gus = summary["users"]["gus"].as_str().context("gus")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = [
+            membership(&mia, &room, grace).await?,
+            membership(&mia, &room, gus).await?,
+        ];
+        if left.iter().all(|m| m.as_deref() == Some("leave")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the guests are still in the room: {left:?}\n{}",
+                server.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        membership(&mia, &room, &mia.user_id).await?.as_deref(),
+        Some("join")
+    );
+    for step in summary["steps"].as_array().into_iter().flatten() {
+        let at = step["atMs"].as_u64().unwrap_or(0);
+        eprintln!("{at:>6} ms  {}", step["name"].as_str().unwrap_or(""));
+    }
+    eprintln!(
+        "{} (driver {} ms); meeting page test passed in {:.1?}",
+        summary["browser"],
+        summary["durationMs"],
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Element Call's side: a guest on the page and a member running livekit-client (the
+/// library Element Call is built on, joining as Element Call does: call membership, OpenID
+/// token, `/sfu/get`) are in one call and see and hear each other.
+#[tokio::test]
+async fn a_guest_on_the_page_and_a_livekit_client_member_share_the_call() -> anyhow::Result<()> {
+    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
+    for package in ["livekit-client", "playwright-core"] {
+        if !call_dir.join("node_modules").join(package).exists() {
+            bail!(
+                "{package} is not installed in {}: run the tests with spec-tests/run (npm ci)",
+                call_dir.display()
+            );
+        }
+    }
+    let chromium = chromium()?;
+    let (server, _) = TestServer::start_with_sfu(&[(
+        "RUST_LOG",
+        "info,ruma_state_res=warn,myelin_sfu=debug,webrtc=warn,webrtc_ice=error,\
+         webrtc_srtp=warn,webrtc_sctp=warn,webrtc_data=warn,dtls=error",
+    )])
+    .await?;
+    let mia = server.register("mia").await?;
+    let leo = server.register("leo").await?;
+    let room = create_virtual_room(&mia, "Standup", json!({"invite": [leo.user_id]})).await?;
+    leo.join(&room).await?;
+    let (_, url) = join_link(&mia, &room).await?;
+    let service_url = server.base.clone();
+    let key = format!("_{}_{}_m.call", leo.user_id, leo.device_id);
+    leo.set_state(
+        &room,
+        "org.matrix.msc3401.call.member",
+        &key,
+        json!({
+            "application": "m.call", "call_id": "", "scope": "m.room",
+            "device_id": leo.device_id, "expires": 3_600_000,
+            "focus_active": {"type": "livekit", "focus_selection": "oldest_membership"},
+            "foci_preferred": [{"type": "livekit", "livekit_alias": room,
+                                "livekit_service_url": service_url}],
+        }),
+    )
+    .await?
+    .ok()?;
+    let config = json!({
+        "scenario": "livekit",
+        "chromium": chromium,
+        "joinUrl": url,
+        "roomId": room,
+        "serviceUrl": service_url,
+        "leo": {"userId": leo.user_id, "deviceId": leo.device_id,
+                "openidToken": leo.openid_token().await?},
+    });
+    let mut driver = std::process::Command::new(node());
+    driver
+        .arg(call_dir.join("meet.mjs"))
+        .env("MYELIN_MEET_CONFIG", config.to_string());
+    let out = run_program(driver, Duration::from_secs(300)).await?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    let failure = || {
+        format!(
+            "page + livekit-client test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+            out.status,
+            server.log()
+        )
+    };
+    let summary: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .with_context(failure)?;
+    assert!(out.status.success(), "{}", failure());
+    assert_eq!(summary["ok"], true, "{}", failure());
+    let steps: Vec<&str> = summary["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for expected in [
+        "a guest on the page and a livekit-client member joined",
+        "the page shows and plays the livekit-client member",
+        "the livekit-client member receives the guest's audio and video",
+        "a livekit-client mute shows on the page",
+        "the guest closes the tab and livekit-client sees her go",
+    ] {
+        assert!(
+            steps.contains(&expected),
+            "missing step {expected}: {steps:?}"
+        );
+    }
+    // The closed tab sent its scheduled withdrawal of the call membership (or, at the
+    // latest, it fired 20 s later): the server let the temporary participant go.
+    let gina = summary["users"]["gina"].as_str().context("gina")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while membership(&mia, &room, gina).await?.as_deref() != Some("leave") {
+        if Instant::now() > deadline {
+            bail!("the guest is still in the room\n{}", server.log());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
