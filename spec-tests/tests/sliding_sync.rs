@@ -314,3 +314,84 @@ async fn unread_counts_follow_receipts() -> anyhow::Result<()> {
     assert_eq!(bodies(&after["rooms"][&room]), Vec::<String>::new());
     Ok(())
 }
+
+/// matrix-rust-sdk syncs a device on two connections — the room list, and an encryption
+/// sync (`e2ee`/`to_device` extensions, no rooms) around which alone it sends its queued
+/// end-to-end requests. When the device's room-list connection makes its next request
+/// (it has taken the previous answer in), a waiting encryption connection of the same
+/// device answers; another device's requests do not wake it, nor does a request of its
+/// own kind.
+#[tokio::test]
+async fn a_devices_room_list_request_answers_its_waiting_encryption_sync() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let mut other_device = server.client();
+    other_device.login("alice", "alice-password").await?;
+    let room = alice.create_room(json!({"name": "r"})).await?;
+    let room_list = |conn: &str| json!({"conn_id": conn, "lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}});
+    let encryption = json!({"conn_id": "encryption",
+        "extensions": {"e2ee": {"enabled": true}, "to_device": {"enabled": true}}});
+    let pos = |r: &Value| r["pos"].as_str().map(str::to_owned).expect("pos");
+
+    let list_pos = pos(&ss(&alice, None, 0, room_list("room-list")).await?.ok()?);
+    let enc_pos = pos(&ss(&alice, None, 0, encryption.clone()).await?.ok()?);
+    let other_pos = pos(&ss(&other_device, None, 0, room_list("room-list"))
+        .await?
+        .ok()?);
+    // A quiet encryption connection waits its whole timeout.
+    let started = Instant::now();
+    let quiet = ss(&alice, Some(&enc_pos), 1_500, encryption.clone())
+        .await?
+        .ok()?;
+    assert!(started.elapsed() >= Duration::from_millis(1_400), "{quiet}");
+    let enc_pos = pos(&quiet);
+
+    let waiting = |pos: String| {
+        let alice = alice.clone();
+        let body = encryption.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = ss(&alice, Some(&pos), 20_000, body).await?.ok()?;
+            anyhow::Ok((r, started.elapsed()))
+        })
+    };
+    // Another device's room-list request does not answer it.
+    let first = waiting(enc_pos.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ss(&other_device, Some(&other_pos), 0, room_list("room-list"))
+        .await?
+        .ok()?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!first.is_finished(), "woken by another device");
+    // The same device's room-list request does, at once.
+    ss(&alice, Some(&list_pos), 0, room_list("room-list"))
+        .await?
+        .ok()?;
+    let (answer, waited) = first.await??;
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    let enc_pos = pos(&answer);
+
+    // A new event alone (the room list has not taken it in) does not; the following
+    // room-list request does.
+    let second = waiting(enc_pos);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice
+        .send(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "hi"}),
+        )
+        .await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !second.is_finished(),
+        "answered before the room list took the event"
+    );
+    let listed = ss(&alice, Some(&list_pos), 0, room_list("room-list"))
+        .await?
+        .ok()?;
+    assert!(listed["rooms"][&room].is_object(), "{listed}");
+    let (_, waited) = second.await??;
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    Ok(())
+}

@@ -139,6 +139,8 @@ pub struct SyncService {
     push: Arc<PushService>,
     /// Sliding sync connections.
     connections: sliding::Connections,
+    /// Room-list requests per device (see `sliding`).
+    nudges: sliding::Nudges,
     /// Lazy-loaded member events sent to each device.
     lazy_members: lazy::LazyMembers,
 }
@@ -193,6 +195,7 @@ impl SyncService {
             notifier,
             push,
             connections: Default::default(),
+            nudges: Default::default(),
             lazy_members: Default::default(),
         }
     }

@@ -192,7 +192,8 @@ export class SfuSession extends EventTarget {
 
   /** One publisher offer/answer at a time. */
   negotiate() {
-    this.negotiating = this.negotiating.then(async () => {
+    // A failed round must not stop the ones after it.
+    this.negotiating = this.negotiating.catch(() => {}).then(async () => {
       const offer = await this.publisher.createOffer();
       await this.publisher.setLocalDescription(offer);
       const done = new Promise((resolve) => {
