@@ -73,9 +73,7 @@ fn page(
     services
         .rooms
         .add_transaction_ids(&mut chunk, user, device)?;
-    services
-        .rooms
-        .add_memberships(p.room_id, user, &mut chunk)?;
+    services.rooms.add_unsigned(p.room_id, user, &mut chunk)?;
     Ok((
         chunk.iter().map(raw).collect::<Result<_>>()?,
         found.next_batch.map(|t| t.to_string()),
