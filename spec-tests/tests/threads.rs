@@ -1,6 +1,6 @@
 //! Threads: the `m.thread` summary (`unsigned.m.relations.m.thread`) on thread roots on
-//! every read path, per reader; `/relations` pages read from the relation index;
-//! redactions and restarts keep all of it right.
+//! every read path, per reader; `/relations` pages read from the relation index; the
+//! `/threads` list; redactions and restarts keep all of it right.
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -191,5 +191,78 @@ async fn thread_roots_carry_their_summary_for_each_reader_on_every_read_path() -
     )
     .await?;
     assert_eq!(bodies(&all), ["a1", "b1"], "{all}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn threads_list_newest_activity_first_with_pages_and_participation() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let alice = server.register("alice").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "name": "Threads"}))
+        .await?;
+    invite_and_join(&alice, &bob, &room).await?;
+    let first = alice.say(&room, "first").await?;
+    let second = bob.say(&room, "second").await?;
+    alice.say(&room, "no replies").await?;
+    bob.send(&room, "m.room.message", reply(&second, "s1"))
+        .await?;
+    bob.send(&room, "m.room.message", reply(&first, "f1"))
+        .await?;
+    let threads = |c: &Client, query: &str| {
+        let c = c.clone();
+        let path = format!("/rooms/{}/threads?{query}", enc(&room));
+        async move { v1(&c, &path).await }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no chunk in {page}"))
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap_or("?").to_owned())
+            .collect()
+    };
+
+    let all = threads(&alice, "").await?;
+    assert_eq!(ids(&all), [first.as_str(), second.as_str()], "{all}");
+    assert!(all.get("next_batch").is_none(), "{all}");
+    let chunk = all["chunk"].as_array().unwrap();
+    for (root, body, participated) in [(&chunk[0], "f1", true), (&chunk[1], "s1", false)] {
+        let thread = thread_of(root);
+        assert_eq!(thread["count"], 1, "{root}");
+        assert_eq!(thread["latest_event"]["content"]["body"], body, "{root}");
+        assert_eq!(thread["current_user_participated"], participated, "{root}");
+    }
+
+    let mine = threads(&alice, "include=participated").await?;
+    assert_eq!(ids(&mine), [first.as_str()], "{mine}");
+    let page = threads(&bob, "limit=1").await?;
+    assert_eq!(ids(&page), [first.as_str()], "{page}");
+    let next = page["next_batch"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let rest = threads(&bob, &format!("limit=1&from={}", enc(&next))).await?;
+    assert_eq!(ids(&rest), [second.as_str()], "{rest}");
+    assert!(rest.get("next_batch").is_none(), "{rest}");
+
+    // A new reply brings its thread to the front.
+    alice
+        .send(&room, "m.room.message", reply(&second, "s2"))
+        .await?;
+    let all = threads(&alice, "include=all").await?;
+    assert_eq!(ids(&all), [second.as_str(), first.as_str()], "{all}");
+
+    // Not for someone outside the room.
+    carol
+        .request(
+            Method::GET,
+            &format!("/_matrix/client/v1/rooms/{}/threads", enc(&room)),
+            None,
+        )
+        .await?
+        .expect_error(403, "M_FORBIDDEN")?;
     Ok(())
 }

@@ -54,6 +54,7 @@ pub use self::{
     relations::{RelationsPage, RelationsQuery},
     reports::{EventReport, ReportQuery},
     state::{PowerLevels, StateMap},
+    threads::ThreadsPage,
 };
 use crate::{
     config::Config,

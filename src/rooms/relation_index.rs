@@ -373,6 +373,32 @@ impl RoomsService {
             .contains(&participant_key(room, root, user))
     }
 
+    /// Threads of a room by newest reply, newest first, with that reply's position below
+    /// `before` (all when `None`): `(latest_pos, root)`.
+    pub(super) fn threads_by_activity<'a>(
+        &'a self,
+        room: &RoomId,
+        before: Option<u64>,
+    ) -> impl Iterator<Item = Result<(u64, OwnedEventId)>> + 'a {
+        let from = keys::KeyBuilder::new().str(room.as_str()).u64(0).build();
+        let to = keys::KeyBuilder::new()
+            .str(room.as_str())
+            .u64(before.unwrap_or(u64::MAX))
+            .build();
+        let prefix_len = keys::strs(&[room.as_str()]).len();
+        self.storage
+            .trees
+            .thread_activity
+            .range(&from, &to, true)
+            .map(move |kv| {
+                let (k, _) = kv?;
+                let pos = k.get(prefix_len..).and_then(keys::leading_u64).unwrap_or(0);
+                let root = k.get(prefix_len + 8..).unwrap_or_default();
+                let root = root.strip_suffix(&[keys::SEP]).unwrap_or(root);
+                Ok((pos, parse_event_id(root)?))
+            })
+    }
+
     /// Indexes every stored event once, when the index marker is missing (data written
     /// before the index existed, or a build cut short): clears the index, then reads the
     /// stream in order. Call at start, before serving.
@@ -488,6 +514,13 @@ mod tests {
             .collect()
     }
 
+    fn activity(s: &Services, room: &RoomId) -> Vec<(u64, OwnedEventId)> {
+        s.rooms
+            .threads_by_activity(room, None)
+            .map(Result::unwrap)
+            .collect()
+    }
+
     #[tokio::test]
     async fn relations_and_thread_records_follow_replies_and_redactions() {
         let s = Services::in_memory(Config::default()).unwrap();
@@ -530,6 +563,7 @@ mod tests {
         assert!(s.rooms.replied_in_thread(&room, &root, &alice).unwrap());
         assert!(s.rooms.replied_in_thread(&room, &root, &bob).unwrap());
         assert!(!s.rooms.replied_in_thread(&room, &root, &carol).unwrap());
+        assert_eq!(activity(&s, &room), [(p2, root.clone())]);
         assert_eq!(s.rooms.thread_summary(&room, &r1).unwrap(), None);
 
         // The newest reply redacted: the one before is the newest, Bob no longer took part.
@@ -544,10 +578,12 @@ mod tests {
             })
         );
         assert!(!s.rooms.replied_in_thread(&room, &root, &bob).unwrap());
+        assert_eq!(activity(&s, &room), [(p1, root.clone())]);
 
         // The last reply redacted: no thread left; the reaction goes the same way.
         redact(&s, &room, &alice, &r1).await;
         assert_eq!(s.rooms.thread_summary(&room, &root).unwrap(), None);
+        assert!(activity(&s, &room).is_empty());
         assert!(!s.rooms.replied_in_thread(&room, &root, &alice).unwrap());
         redact(&s, &room, &bob, &like).await;
         assert!(s.rooms.relation_types(&room, &root).unwrap().is_empty());
@@ -575,6 +611,7 @@ mod tests {
                 latest: id
             })
         );
+        assert_eq!(activity(&s, &room), [(pos, root)]);
     }
 
     #[tokio::test]

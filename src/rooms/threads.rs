@@ -1,8 +1,9 @@
 //! Threads (spec v1.4, "Threading"): the `m.thread` bundled aggregation on thread roots
 //! served to a user (`unsigned["m.relations"]["m.thread"]`: the newest reply the user may
-//! see, the number of replies, and whether the user sent the root or a reply).
+//! see, the number of replies, and whether the user sent the root or a reply), and the
+//! list of a room's threads, newest activity first (`/threads`).
 //!
-//! It reads the thread records kept with the relation index (`relation_index.rs`):
+//! Both read the thread records kept with the relation index (`relation_index.rs`):
 //! serving an event costs one point lookup; a thread root adds a participation lookup,
 //! and only when the user may not see the newest reply (they left, or wiped their
 //! history) a walk over the thread's replies for the newest they may see, counting those.
@@ -17,9 +18,17 @@ use super::{
     read::Direction,
     relation_index::{ThreadSummary, THREAD},
     visibility::Viewer,
-    RoomsService,
+    RoomsService, Token,
 };
 use crate::{events::Pdu, Result};
+
+/// One page of `/threads`.
+pub struct ThreadsPage {
+    /// Thread roots, newest activity first.
+    pub chunk: Vec<Arc<Pdu>>,
+    /// Where the next page starts, when there is one.
+    pub next_batch: Option<Token>,
+}
 
 /// A thread as one user sees it.
 struct UserThread {
@@ -144,6 +153,54 @@ impl RoomsService {
             participated,
         }))
     }
+
+    /// The room's threads that `user` may see (the root and at least one reply), newest
+    /// activity first; with `participated_only`, those the user sent the root of or
+    /// replied to. `from` is a `next_batch` of an earlier page. 403 when the user may not
+    /// read the room.
+    pub fn threads(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        participated_only: bool,
+        from: Option<Token>,
+        limit: usize,
+    ) -> Result<ThreadsPage> {
+        let until = self.visible_until(room_id, user)?.min(self.current_pos());
+        let viewer = self.viewer(room_id, user, until)?;
+        let limit = limit.clamp(1, 100);
+        let mut chunk = Vec::new();
+        let mut last = None;
+        let mut next_batch = None;
+        for entry in self.threads_by_activity(room_id, from.map(|t| t.0)) {
+            let (activity, root) = entry?;
+            let Some((root_pos, pdu)) = self.get_pdu_with_pos(&root)? else {
+                continue;
+            };
+            if pdu.room_id != room_id || !viewer.sees(root_pos) {
+                continue;
+            }
+            let Some(summary) = self.thread_summary(room_id, &root)? else {
+                continue;
+            };
+            let sent_root = pdu.sender == user;
+            let Some(thread) =
+                self.user_thread(room_id, user, &root, sent_root, &summary, &viewer)?
+            else {
+                continue;
+            };
+            if participated_only && !thread.participated {
+                continue;
+            }
+            if chunk.len() == limit {
+                next_batch = last.map(Token);
+                break;
+            }
+            chunk.push(pdu);
+            last = Some(activity);
+        }
+        Ok(ThreadsPage { chunk, next_batch })
+    }
 }
 
 #[cfg(test)]
@@ -244,5 +301,44 @@ mod tests {
         // A user who wiped the whole history sees no reply: no summary.
         s.rooms.wipe_history(&room, &bob).await.unwrap();
         assert_eq!(summary(&s, &room, &bob, &root), Value::Null);
+    }
+
+    #[tokio::test]
+    async fn threads_list_newest_activity_first_and_page() {
+        let s = Services::in_memory(Config::default()).unwrap();
+        let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+        let room = joined_room(&s, &alice, &[&bob]).await;
+        let first = say(&s, &room, &alice, "first", None).await;
+        let second = say(&s, &room, &bob, "second", None).await;
+        say(&s, &room, &alice, "no replies", None).await;
+        say(&s, &room, &bob, "s1", Some(&second)).await;
+        say(&s, &room, &bob, "f1", Some(&first)).await;
+        let ids = |page: &ThreadsPage| -> Vec<String> {
+            page.chunk.iter().map(|p| p.event_id.to_string()).collect()
+        };
+        let all = s.rooms.threads(&room, &alice, false, None, 10).unwrap();
+        assert_eq!(ids(&all), [first.as_str(), second.as_str()]);
+        assert!(all.next_batch.is_none());
+        let mine = s.rooms.threads(&room, &alice, true, None, 10).unwrap();
+        assert_eq!(ids(&mine), [first.as_str()]);
+        let page = s.rooms.threads(&room, &bob, false, None, 1).unwrap();
+        assert_eq!(ids(&page), [first.as_str()]);
+        let rest = s
+            .rooms
+            .threads(&room, &bob, false, page.next_batch, 1)
+            .unwrap();
+        assert_eq!(ids(&rest), [second.as_str()]);
+        assert!(rest.next_batch.is_none());
+        // A new reply moves its thread to the front.
+        say(&s, &room, &alice, "s2", Some(&second)).await;
+        let all = s.rooms.threads(&room, &alice, false, None, 10).unwrap();
+        assert_eq!(ids(&all), [second.as_str(), first.as_str()]);
+        assert_eq!(
+            s.rooms
+                .threads(&room, &carol, false, None, 10)
+                .err()
+                .map(|e| e.errcode()),
+            Some("M_FORBIDDEN")
+        );
     }
 }
