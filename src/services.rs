@@ -129,6 +129,7 @@ impl Services {
             notifier.clone(),
             policies,
         )?);
+        rooms.build_relation_index()?;
         let registrations: Vec<_> =
             crate::appservice::load_registrations(&config.appservices, &config.server_name)
                 .map_err(|e| crate::Error::internal(e.to_string()))?

@@ -280,6 +280,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/_matrix/client/v3/rooms/{room}/event/{event}"),
     ("GET", "/_matrix/client/v3/rooms/{room}/aliases"),
     ("GET", "/_matrix/client/v1/rooms/{room}/relations/{event}"),
+    ("GET", "/_matrix/client/v1/rooms/{room}/threads?include=nope&from=garbage&limit=-1"),
     ("GET", "/_matrix/client/v1/rooms/{room}/hierarchy"),
     ("PUT", "/_matrix/client/v3/rooms/{room}/redact/{event}/{txn}"),
     ("PUT", "/_matrix/client/v3/rooms/{room}/typing/{user}"),

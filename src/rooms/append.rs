@@ -10,7 +10,12 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{members::Membership, read::RecentEvents, RoomGuard, RoomsService};
+use super::{
+    members::Membership,
+    read::RecentEvents,
+    relation_index::{relation_in, IndexWrites, Relation},
+    RoomGuard, RoomsService,
+};
 use crate::{
     events::{self, Pdu},
     storage::{keys, Batch},
@@ -217,8 +222,11 @@ impl RoomsService {
 
         let mut batch = Batch::new();
         let trees = &self.storage.trees;
+        // The relation index changes with the event: a redaction takes its target's
+        // relation out before the new event's own relation goes in.
+        let mut index = IndexWrites::new(trees);
         if let Some(target) = &event.redacts {
-            self.add_redaction(&mut batch, &version, sender, target, &pdu)?;
+            self.add_redaction(&mut batch, &mut index, &version, sender, target, &pdu)?;
         }
         if let Some(txn) = &event.txn {
             batch.insert(&trees.txns, &txn.key(sender), event_id.as_bytes());
@@ -255,6 +263,18 @@ impl RoomsService {
                     .build(),
                 event_id.as_bytes(),
             );
+            if let Some((parent, rel_type)) = relation_in(&event.content) {
+                let relation = Relation {
+                    room: room_id,
+                    pos,
+                    event_id: &event_id,
+                    sender,
+                    parent: &parent,
+                    rel_type: &rel_type,
+                };
+                index.add(&mut batch, &relation)?;
+            }
+            index.write(&mut batch)?;
             if let Some(state_key) = &event.state_key {
                 let base = keys::KeyBuilder::new()
                     .str(room_id.as_str())
@@ -430,6 +450,7 @@ impl RoomsService {
     fn add_redaction(
         &self,
         batch: &mut Batch,
+        index: &mut IndexWrites<'_>,
         version: &RoomVersionId,
         sender: &UserId,
         target: &EventId,
@@ -452,6 +473,29 @@ impl RoomsService {
         let because = to_canonical_value(redaction.to_client_event())
             .map_err(|e| Error::internal(format!("redaction event: {e}")))?;
         let mut redacted = events::redaction::redact(&stored.pdu, version)?;
+        // Redacted content loses `m.relates_to` (unless a room version keeps it): the
+        // relation leaves the index with it.
+        let content_of = |object: &CanonicalJsonObject| {
+            object
+                .get("content")
+                .and_then(|c| serde_json::to_value(c).ok())
+                .unwrap_or(Value::Null)
+        };
+        if let Some((parent, rel_type)) = relation_in(&content_of(&stored.pdu)) {
+            if relation_in(&content_of(&redacted)).as_ref()
+                != Some(&(parent.clone(), rel_type.clone()))
+            {
+                let relation = Relation {
+                    room: &original.room_id,
+                    pos: stored.pos,
+                    event_id: target,
+                    sender: &original.sender,
+                    parent: &parent,
+                    rel_type: &rel_type,
+                };
+                index.remove(batch, &relation)?;
+            }
+        }
         let mut unsigned = CanonicalJsonObject::new();
         unsigned.insert("redacted_because".into(), because);
         redacted.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));

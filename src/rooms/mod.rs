@@ -17,12 +17,14 @@ mod policy;
 mod publish;
 mod purge;
 mod read;
+mod relation_index;
 mod relations;
 mod reports;
 mod restricted;
 mod state;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod threads;
 mod upgrade;
 mod visibility;
 mod wipe;
@@ -52,6 +54,7 @@ pub use self::{
     relations::{RelationsPage, RelationsQuery},
     reports::{EventReport, ReportQuery},
     state::{PowerLevels, StateMap},
+    threads::ThreadsPage,
 };
 use crate::{
     config::Config,

@@ -1,6 +1,6 @@
 //! Purging a room: the rooms domain's part (events, stream entries, timeline, state,
-//! memberships, aliases, the directory entry, receipts, typing, reports, transactions and
-//! the in-memory caches), and taking every member out of a room before it goes.
+//! memberships, aliases, the directory entry, receipts, typing, reports, transactions, the
+//! relation index and thread records, and the in-memory caches), and taking every member out of a room before it goes.
 //!
 //! The other domains drop their own parts (`push`, `users` account data, `rtc` delayed
 //! events); `crate::purge` asks each in turn. Deletion runs in batches of at most
@@ -235,13 +235,14 @@ impl RoomsService {
             }
             chunks.maybe_commit()?;
         }
-        for tree in [
+        let rooms_trees = [
             &trees.room_state,
             &trees.room_state_history,
             &trees.receipts,
             &trees.receipts_log,
             &trees.room_aliases,
-        ] {
+        ];
+        for tree in rooms_trees.into_iter().chain(self.relation_trees()) {
             for kv in tree.scan_prefix(&prefix) {
                 chunks.remove(tree, &kv?.0);
                 chunks.maybe_commit()?;
@@ -295,6 +296,10 @@ mod tests {
             &t.public_rooms,
             &t.receipts,
             &t.receipts_log,
+            &t.relations,
+            &t.thread_summaries,
+            &t.thread_participants,
+            &t.thread_activity,
         ]
         .iter()
         .map(|tree| {

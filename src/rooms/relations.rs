@@ -1,20 +1,15 @@
 //! Relations (`/rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]`, spec v1.3):
-//! the events whose `content.m.relates_to.event_id` names an event — thread replies,
-//! edits, reactions, references (also of encrypted events, whose `m.relates_to` stays in
-//! the clear). There is no relation index yet: a page reads the room's timeline as the
-//! user may see it, from the related event onwards (a relation always comes after the
-//! event it names), in batches, until it has `limit` relations.
+//! the events whose `content.m.relates_to` names an event with a `rel_type` — thread
+//! replies, edits, reactions, references (also of encrypted events, whose `m.relates_to`
+//! stays in the clear). A page reads the relation index (`relation_index.rs`): one range
+//! scan per relation type of the event, keeping what the user may see.
 
 use std::sync::Arc;
 
 use ruma::{EventId, RoomId, UserId};
-use serde_json::Value;
 
 use super::{Direction, RoomsService, Token};
 use crate::{events::Pdu, Result};
-
-/// Events read from the timeline per batch while looking for relations.
-const SCAN_BATCH: usize = 200;
 
 /// Which relations a page returns, and from where.
 #[derive(Clone, Debug)]
@@ -41,18 +36,6 @@ pub struct RelationsPage {
     pub next_batch: Option<Token>,
 }
 
-/// The event a client-format content relates to, and how.
-fn relation_of(pdu: &Pdu) -> Option<(String, Option<String>)> {
-    let content: Value = serde_json::from_str(pdu.content.get()).ok()?;
-    let relates = content.get("m.relates_to")?;
-    let target = relates.get("event_id")?.as_str()?.to_owned();
-    let rel_type = relates
-        .get("rel_type")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    Some((target, rel_type))
-}
-
 impl RoomsService {
     /// The relations of `event_id` that `user` may see (404 `M_NOT_FOUND` when the event
     /// itself is not in the room or hidden from them).
@@ -67,19 +50,8 @@ impl RoomsService {
         let parent = self.event_pos(event_id)?.unwrap_or(0);
         let cap = self.visible_until(room_id, user)?.min(self.current_pos());
         let limit = query.limit.clamp(1, 1000);
-        let wanted = |pdu: &Pdu| {
-            relation_of(pdu).is_some_and(|(target, rel_type)| {
-                target == event_id.as_str()
-                    && query
-                        .rel_type
-                        .is_none_or(|want| rel_type.as_deref() == Some(want))
-                    && query
-                        .event_type
-                        .is_none_or(|want| pdu.kind.to_string() == want)
-            })
-        };
-        // `lo < pos <= hi`, narrowed from the walking end as batches are read.
-        let (mut lo, mut hi) = match query.dir {
+        // `lo < pos <= hi`.
+        let (lo, hi) = match query.dir {
             Direction::Backward => (
                 query.to.map_or(parent, |t| t.0.max(parent)),
                 query.from.map_or(cap, |t| t.0.min(cap)),
@@ -89,44 +61,60 @@ impl RoomsService {
                 query.to.map_or(cap, |t| t.0.min(cap)),
             ),
         };
-        let mut chunk = Vec::new();
-        while lo < hi {
-            let (events, more) =
-                self.visible_timeline(room_id, user, lo, hi, query.dir, SCAN_BATCH, None)?;
-            let mut last = None;
-            for (pos, pdu) in events {
-                last = Some(pos);
-                if !wanted(&pdu) {
+        if lo >= hi {
+            return Ok(RelationsPage {
+                chunk: Vec::new(),
+                next_batch: None,
+            });
+        }
+        let viewer = self.viewer(room_id, user, cap)?;
+        let rel_types = match query.rel_type {
+            Some(rel_type) => vec![rel_type.to_owned()],
+            None => self.relation_types(room_id, event_id)?,
+        };
+        // Up to `limit + 1` of each type in the walking order, merged: one more than a
+        // page tells whether another page follows.
+        let mut found: Vec<(u64, Arc<Pdu>)> = Vec::new();
+        for rel_type in &rel_types {
+            let mut taken = 0;
+            for entry in self.relation_range(room_id, event_id, rel_type, lo, hi, query.dir) {
+                let (pos, id) = entry?;
+                if !viewer.sees(pos) {
                     continue;
                 }
-                chunk.push(pdu);
-                if chunk.len() >= limit {
-                    // The next page starts right after this relation.
-                    let next = match query.dir {
-                        Direction::Backward => Token(pos - 1),
-                        Direction::Forward => Token(pos),
-                    };
-                    let left = match query.dir {
-                        Direction::Backward => next.0 > lo,
-                        Direction::Forward => next.0 < hi,
-                    };
-                    return Ok(RelationsPage {
-                        chunk,
-                        next_batch: left.then_some(next),
-                    });
+                let Some(pdu) = self.get_pdu(&id)? else {
+                    continue;
+                };
+                if query
+                    .event_type
+                    .is_some_and(|want| pdu.kind.to_string() != want)
+                {
+                    continue;
+                }
+                found.push((pos, pdu));
+                taken += 1;
+                if taken > limit {
+                    break;
                 }
             }
-            match (last, more) {
-                (Some(pos), true) => match query.dir {
-                    Direction::Backward => hi = pos - 1,
-                    Direction::Forward => lo = pos,
-                },
-                _ => break,
-            }
         }
+        match query.dir {
+            Direction::Backward => found.sort_by_key(|(pos, _)| std::cmp::Reverse(*pos)),
+            Direction::Forward => found.sort_by_key(|(pos, _)| *pos),
+        }
+        let more = found.len() > limit;
+        found.truncate(limit);
+        // The next page starts right after the last relation of this one.
+        let next_batch = match (more, found.last()) {
+            (true, Some((pos, _))) => Some(match query.dir {
+                Direction::Backward => Token(pos - 1),
+                Direction::Forward => Token(*pos),
+            }),
+            _ => None,
+        };
         Ok(RelationsPage {
-            chunk,
-            next_batch: None,
+            chunk: found.into_iter().map(|(_, pdu)| pdu).collect(),
+            next_batch,
         })
     }
 }
@@ -134,7 +122,7 @@ impl RoomsService {
 #[cfg(test)]
 mod tests {
     use ruma::UserId;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
     use crate::{

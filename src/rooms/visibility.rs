@@ -124,7 +124,32 @@ impl Inputs {
     }
 }
 
+/// One user's view of one room, worked out once and then asked about any number of
+/// positions (the relation index and thread summaries check events one by one).
+pub(super) struct Viewer {
+    inputs: Inputs,
+    wiped: u64,
+    until: u64,
+}
+
+impl Viewer {
+    /// Whether the user may see the room's event at `pos`.
+    pub(super) fn sees(&self, pos: u64) -> bool {
+        pos > self.wiped && pos <= self.until && !self.inputs.visible_ranges(pos, pos).is_empty()
+    }
+}
+
 impl RoomsService {
+    /// `user`'s view of the room up to position `until` (what they may read at most;
+    /// [`RoomsService::visible_until`] capped by what is published).
+    pub(super) fn viewer(&self, room_id: &RoomId, user: &UserId, until: u64) -> Result<Viewer> {
+        Ok(Viewer {
+            inputs: self.visibility_inputs(room_id, user)?,
+            wiped: self.wiped_until(room_id, user)?,
+            until,
+        })
+    }
+
     /// Timeline events with `lo < pos <= hi` that `user` may see (see the module docs), in
     /// the given direction, up to `limit` matching `filter`; also whether more visible
     /// events are left in the range. Every client read of a timeline goes through here;
@@ -309,6 +334,13 @@ impl RoomsService {
         if from > to {
             return Ok(Vec::new());
         }
+        Ok(self
+            .visibility_inputs(room_id, user)?
+            .visible_ranges(from, to))
+    }
+
+    /// The history visibility and membership changes that decide what `user` sees.
+    fn visibility_inputs(&self, room_id: &RoomId, user: &UserId) -> Result<Inputs> {
         let mut inputs = Inputs::default();
         for (pos, id) in self.state_history(room_id, "m.room.history_visibility", "")? {
             if let Some(pdu) = self.get_pdu(&id)? {
@@ -319,7 +351,7 @@ impl RoomsService {
             }
         }
         inputs.membership = self.membership_history(room_id, user)?;
-        Ok(inputs.visible_ranges(from, to))
+        Ok(inputs)
     }
 
     /// The position of the user's current member event in the room (from the cached

@@ -94,6 +94,18 @@ trees! {
     /// up to and including this timeline position.
     history_wipes = 0x2F,
 
+    // ---- relations and threads (0xA0-0xAF; keys built in `rooms/relation_index.rs`) ----
+    /// `room_id, parent event_id, rel_type, pos(u64)` → `event_id`: every event with
+    /// `content.m.relates_to.{event_id, rel_type}`, written with the event.
+    relations = 0xA0,
+    /// `room_id, root event_id` → JSON `{count, latest_pos, latest}`: a thread's replies
+    /// and its newest one.
+    thread_summaries = 0xA1,
+    /// `room_id, root event_id, user_id` → `count(u64)`: each user's replies to a thread.
+    thread_participants = 0xA2,
+    /// `room_id, latest_pos(u64), root event_id` → `""`: threads by their newest reply.
+    thread_activity = 0xA3,
+
     // ---- ephemeral ----
     /// `room_id, receipt_type, user_id, thread` → JSON `{event_id, ts, pos}`.
     receipts = 0x30,

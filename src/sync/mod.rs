@@ -303,7 +303,7 @@ impl SyncService {
                         {
                             self.rooms
                                 .add_transaction_ids(events, user, &session.device_id)?;
-                            self.rooms.add_memberships(room_id, user, events)?;
+                            self.rooms.add_unsigned(room_id, user, events)?;
                         }
                         join.insert(room_id.to_string(), entry);
                     }
@@ -327,7 +327,7 @@ impl SyncService {
                         .and_then(|t| t.get_mut("events"))
                         .and_then(Value::as_array_mut)
                     {
-                        self.rooms.add_memberships(room_id, user, events)?;
+                        self.rooms.add_unsigned(room_id, user, events)?;
                     }
                     leave.insert(room_id.to_string(), entry);
                 }

@@ -1,14 +1,18 @@
 //! Relations: `GET /_matrix/client/v1/rooms/{roomId}/relations/{eventId}` and its
-//! `/{relType}` and `/{relType}/{eventType}` forms.
+//! `/{relType}` and `/{relType}/{eventType}` forms; threads:
+//! `GET /_matrix/client/v1/rooms/{roomId}/threads`.
 
 use std::sync::Arc;
 
 use axum::{extract::State, Router};
 use ruma::{
     api::{
-        client::relations::{
-            get_relating_events, get_relating_events_with_rel_type,
-            get_relating_events_with_rel_type_and_event_type,
+        client::{
+            relations::{
+                get_relating_events, get_relating_events_with_rel_type,
+                get_relating_events_with_rel_type_and_event_type,
+            },
+            threads::get_threads,
         },
         Direction as RumaDirection,
     },
@@ -30,10 +34,14 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(relations_route)
         .ruma(relations_by_type_route)
         .ruma(relations_by_type_and_event_type_route)
+        .ruma(threads_route)
 }
 
 /// Synapse's default page size for relations.
 const DEFAULT_LIMIT: usize = 5;
+
+/// Threads per page when the client names no limit.
+const DEFAULT_THREADS_LIMIT: usize = 10;
 
 /// What the three routes share.
 struct Params<'a> {
@@ -73,9 +81,7 @@ fn page(
     services
         .rooms
         .add_transaction_ids(&mut chunk, user, device)?;
-    services
-        .rooms
-        .add_memberships(p.room_id, user, &mut chunk)?;
+    services.rooms.add_unsigned(p.room_id, user, &mut chunk)?;
     Ok((
         chunk.iter().map(raw).collect::<Result<_>>()?,
         found.next_batch.map(|t| t.to_string()),
@@ -157,5 +163,40 @@ async fn relations_by_type_and_event_type_route(
     )?;
     let mut res = get_relating_events_with_rel_type_and_event_type::v1::Response::new(chunk);
     res.next_batch = next;
+    Ok(res)
+}
+
+/// `GET /_matrix/client/v1/rooms/{roomId}/threads`
+async fn threads_route(
+    State(services): State<Arc<Services>>,
+    req: Ruma<get_threads::v1::Request>,
+) -> Result<get_threads::v1::Response> {
+    let user = req.sender_user()?;
+    let b = &req.body;
+    let participated_only = match &b.include {
+        get_threads::v1::IncludeThreads::All => false,
+        get_threads::v1::IncludeThreads::Participated => true,
+        other => {
+            return Err(crate::Error::invalid_param(format!(
+                "include must be all or participated, not {}",
+                other.as_str()
+            )))
+        }
+    };
+    let page = services.rooms.threads(
+        &b.room_id,
+        user,
+        participated_only,
+        b.from.as_deref().map(Token::parse).transpose()?,
+        b.limit
+            .map_or(DEFAULT_THREADS_LIMIT, |l| u64::from(l) as usize),
+    )?;
+    let mut chunk: Vec<Value> = page.chunk.iter().map(|p| p.to_client_event()).collect();
+    services
+        .rooms
+        .add_transaction_ids(&mut chunk, user, req.sender_device()?)?;
+    services.rooms.add_unsigned(&b.room_id, user, &mut chunk)?;
+    let mut res = get_threads::v1::Response::new(chunk.iter().map(raw).collect::<Result<_>>()?);
+    res.next_batch = page.next_batch.map(|t| t.to_string());
     Ok(res)
 }

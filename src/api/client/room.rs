@@ -352,7 +352,7 @@ async fn get_event_route(
     let mut event = [pdu.to_client_event()];
     services
         .rooms
-        .add_memberships(&body.room_id, user, &mut event)?;
+        .add_unsigned(&body.room_id, user, &mut event)?;
     Ok(get_room_event::v3::Response::new(raw(&event[0])?))
 }
 
@@ -379,7 +379,7 @@ async fn context_route(
         let mut events: Vec<Value> = pdus.iter().map(|p| p.to_client_event()).collect();
         services
             .rooms
-            .add_memberships(&body.room_id, user, &mut events)?;
+            .add_unsigned(&body.room_id, user, &mut events)?;
         Ok(events)
     };
     res.event = served(std::slice::from_ref(&page.event))?
@@ -430,7 +430,7 @@ async fn messages_route(
         .add_transaction_ids(&mut chunk, user, req.sender_device()?)?;
     services
         .rooms
-        .add_memberships(&body.room_id, user, &mut chunk)?;
+        .add_unsigned(&body.room_id, user, &mut chunk)?;
     res.chunk = chunk.iter().map(raw).collect::<Result<_>>()?;
     res.state = page
         .state

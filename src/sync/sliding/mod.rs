@@ -397,7 +397,7 @@ impl SyncService {
                 if let Some(events) = entry.get_mut("timeline").and_then(Value::as_array_mut) {
                     self.rooms
                         .add_transaction_ids(events, user, &session.device_id)?;
-                    self.rooms.add_memberships(room_id, user, events)?;
+                    self.rooms.add_unsigned(room_id, user, events)?;
                 }
                 rooms.insert(room_id.to_string(), entry);
             }
