@@ -131,6 +131,8 @@ impl PurgeService {
         failpoint("purge.push")?;
         self.push.purge_room(room_id, &users)?;
         self.users.purge_room_account_data(room_id, &users)?;
+        self.users
+            .purge_room_thread_subscriptions(room_id, &users)?;
         self.rtc.purge_room_delayed(room_id)?;
         crate::meetings::MeetingsStore::new(self.storage.clone()).purge_room(room_id)?;
         self.storage.durable().await?;

@@ -56,6 +56,12 @@ trees! {
     presence = 0x18,
     /// `token` → JSON registration token `{uses_allowed, completed, expiry_time}` (admin API).
     registration_tokens = 0x19,
+    /// `user_id, room_id, thread root` → JSON `{state, pos, unsubscribed_at?}`: a user's
+    /// thread subscription (MSC4306) and the position of its last change.
+    thread_subscriptions = 0x1A,
+    /// `user_id, stream pos(u64)` → JSON `{room, root}`: the latest change of each thread
+    /// subscription (older entries are removed), for sync (MSC4308).
+    thread_subscription_log = 0x1B,
 
     // ---- rooms and events ----
     /// `event_id` → JSON `{pos, pdu}`: the signed event and its stream position.

@@ -15,6 +15,7 @@ mod privacy;
 mod profile;
 mod registration_tokens;
 mod shared_secret;
+mod thread_subscriptions;
 mod tokens;
 mod uia;
 
@@ -39,6 +40,9 @@ pub use self::{
     profile::check_profile,
     registration_tokens::{NewRegistrationToken, RegistrationToken},
     shared_secret::registration_mac,
+    thread_subscriptions::{
+        Subscription, ThreadChange, ThreadChanges, CONFLICTING_UNSUBSCRIPTION, DEFAULT_FEED_LIMIT,
+    },
     uia::{Stage, UiaFlows},
 };
 use crate::{

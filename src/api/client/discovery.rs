@@ -32,6 +32,9 @@ pub const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.msc4140",
     // Dehydrated devices.
     "org.matrix.msc3814",
+    // Thread subscriptions, and their sliding-sync extension.
+    "org.matrix.msc4306",
+    "org.matrix.msc4308",
 ];
 
 /// `GET /_matrix/client/versions`

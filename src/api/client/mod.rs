@@ -27,6 +27,7 @@ mod rtc;
 mod session;
 mod sync;
 mod thirdparty;
+mod thread_subscriptions;
 mod to_device;
 mod user_directory;
 mod voip;
@@ -70,6 +71,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = thirdparty::routes(router);
     let router = report::routes(router);
     let router = relations::routes(router);
+    let router = thread_subscriptions::routes(router);
     let router = appservice::routes(router);
     sync::routes(router)
 }

@@ -1,5 +1,5 @@
-//! The extensions of a sliding sync response: to-device, e2ee, account data, receipts and
-//! typing.
+//! The extensions of a sliding sync response: to-device, e2ee, account data, thread
+//! subscriptions, receipts and typing.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -11,9 +11,12 @@ use crate::{
     e2ee::StreamPoint,
     push::PUSH_RULES_TYPE,
     sync::{SyncService, SyncToken},
-    users::Session,
+    users::{Session, DEFAULT_FEED_LIMIT},
     Error, Result,
 };
+
+/// The thread-subscriptions extension (MSC4308, unstable name).
+const THREAD_SUBSCRIPTIONS: &str = "io.element.msc4308.thread_subscriptions";
 
 impl SyncService {
     /// Rooms an extension applies to: the `rooms`/`lists` it names, else every room of
@@ -122,6 +125,30 @@ impl SyncService {
                     "account_data".into(),
                     json!({ "global": global, "rooms": per_room }),
                 );
+            }
+        }
+
+        if enabled(THREAD_SUBSCRIPTIONS) {
+            // What changed since the last response, newest first; older changes cut by
+            // the limit are fetched from the companion endpoint, from `prev_batch`.
+            let limit = ext[THREAD_SUBSCRIPTIONS]["limit"]
+                .as_u64()
+                .map_or(DEFAULT_FEED_LIMIT, |l| {
+                    (l as usize).clamp(1, DEFAULT_FEED_LIMIT)
+                });
+            let changes = self.users.thread_subscription_changes(
+                user,
+                since.map_or(0, |s| s.userdata),
+                now.userdata,
+                limit,
+            )?;
+            let mut fields = changes.to_json();
+            if let Some(older) = changes.older_from {
+                fields.insert("prev_batch".into(), json!(older.to_string()));
+            }
+            if !fields.is_empty() {
+                changed = true;
+                out.insert(THREAD_SUBSCRIPTIONS.into(), Value::Object(fields));
             }
         }
 
