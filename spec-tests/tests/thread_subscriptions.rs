@@ -194,9 +194,8 @@ async fn the_sliding_sync_extension_and_the_feed_carry_the_changes() -> anyhow::
     // Initial sync with a limit of 2: the two newest changes, and `prev_batch`.
     let first = sliding(&alice, None, 0, 2).await?;
     let ext = &first["extensions"][EXT];
-    assert_eq!(
+    assert!(
         ext["unsubscribed"][&room][&roots[0]]["bump_stamp"].is_u64(),
-        true,
         "{ext}"
     );
     assert_eq!(
