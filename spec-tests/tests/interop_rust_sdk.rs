@@ -104,3 +104,34 @@ async fn matrix_rust_sdk_recovery_redecrypts_history() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Shared room history on invite (MSC4268) with matrix-rust-sdk: Alice (cross-signed)
+/// writes in an encrypted room with shared history and invites Charlie; her client
+/// uploads the room's keys as an encrypted bundle to the media repository and sends it
+/// to Charlie's device over to-device; Charlie joins, pages back and decrypts what was
+/// said before his invite.
+#[tokio::test]
+async fn matrix_rust_sdk_shares_history_on_invite() -> anyhow::Result<()> {
+    let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
+        anyhow::anyhow!(
+            "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
+        )
+    })?;
+    let server = TestServer::start().await?;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.arg(server.base.clone())
+        .arg("--share-history")
+        .env("RUST_LOG", "warn");
+    let out = run_program(cmd, Duration::from_secs(300)).await?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert!(
+        out.status.success(),
+        "matrix-sdk shared history failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(
+        stdout.contains("charlie decrypted the history shared on invite"),
+        "{stdout}"
+    );
+    Ok(())
+}

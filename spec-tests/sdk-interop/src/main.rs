@@ -1,6 +1,6 @@
 //! Interop check of Myelin with matrix-rust-sdk (the SDK under Element X).
 //!
-//! Usage: `myelin-sdk-interop BASE_URL [--media] [--verify] [--recover]`
+//! Usage: `myelin-sdk-interop BASE_URL [--media] [--verify] [--recover] [--share-history]`
 //!
 //! Two users (registered over plain HTTP) log in with matrix-sdk, which discovers native
 //! simplified sliding sync from `/versions`; each runs matrix-sdk-ui's `SyncService`
@@ -13,8 +13,12 @@
 //! `--recover`, Alice enables recovery (secret storage and key backup), then a new device
 //! of hers recovers with the recovery key and must decrypt the DM's earlier messages from
 //! the backup (as Element X: keys fetched after a decryption failure), in the live,
-//! permalink, thread and pinned-events timelines. Exits
-//! non-zero on any failure; every wait is bounded.
+//! permalink, thread and pinned-events timelines. With `--share-history` (MSC4268, the
+//! clients built with `share_history_on_invite`), Alice sets up cross-signing, writes in
+//! an encrypted room with shared history, invites Charlie — her client uploads a key
+//! bundle to the media repository and sends it to Charlie's device — and Charlie, once
+//! joined, must decrypt what was said before he came. Exits non-zero on any failure;
+//! every wait is bounded.
 
 use std::time::{Duration, Instant};
 
@@ -23,12 +27,14 @@ use matrix_sdk::{
     config::SyncSettings,
     media::{MediaFormat, MediaRequestParameters, MediaThumbnailSettings},
     ruma::{
+        api::client::room::create_room,
         events::relation::Thread,
         events::room::{
             message::{Relation, RoomMessageEventContent},
             pinned_events::RoomPinnedEventsEventContent,
             MediaSource,
         },
+        events::{room::encryption::RoomEncryptionEventContent, InitialStateEvent},
         OwnedRoomId, OwnedUserId, RoomId, UInt,
     },
     sliding_sync::VersionBuilder,
@@ -43,46 +49,66 @@ use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// POSTs `body`, waiting and trying again while registration's rate limit says so (as a
+/// client does); the answer's status and JSON.
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<(reqwest::StatusCode, Value)> {
+    let mut tries = 0;
+    loop {
+        let response = http.post(url).json(body).send().await?;
+        let status = response.status();
+        let json: Value = response.json().await.unwrap_or(Value::Null);
+        match json["retry_after_ms"].as_u64() {
+            Some(ms) if json["errcode"] == "M_LIMIT_EXCEEDED" && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(ms.min(10_000))).await;
+            }
+            _ => return Ok((status, json)),
+        }
+    }
+}
+
 async fn register(base: &str, name: &str) -> Result<()> {
     let http = reqwest::Client::new();
     let url = format!("{base}/_matrix/client/v3/register");
     let password = format!("{name}-password");
-    let first: Value = http
-        .post(&url)
-        .json(&json!({"username": name, "password": password}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let (_, first) = post_json(
+        &http,
+        &url,
+        &json!({"username": name, "password": password}),
+    )
+    .await?;
     let session = first["session"]
         .as_str()
         .ok_or_else(|| anyhow!("no UIA session: {first}"))?;
-    let done = http
-        .post(&url)
-        .json(&json!({"username": name, "password": password,
-                      "auth": {"type": "m.login.dummy", "session": session}}))
-        .send()
-        .await?;
-    ensure!(
-        done.status().is_success(),
-        "register {name}: {}",
-        done.text().await?
-    );
+    let (status, done) = post_json(
+        &http,
+        &url,
+        &json!({"username": name, "password": password,
+                "auth": {"type": "m.login.dummy", "session": session}}),
+    )
+    .await?;
+    ensure!(status.is_success(), "register {name}: {done}");
     Ok(())
 }
 
-async fn login(base: &str, name: &str) -> Result<Client> {
-    login_with(base, name, Default::default()).await
+async fn login(base: &str, name: &str, share_history: bool) -> Result<Client> {
+    login_with(base, name, Default::default(), share_history).await
 }
 
 async fn login_with(
     base: &str,
     name: &str,
     settings: matrix_sdk::encryption::EncryptionSettings,
+    share_history: bool,
 ) -> Result<Client> {
     let client = Client::builder()
         .homeserver_url(base)
         .with_encryption_settings(settings)
+        .with_enable_share_history_on_invite(share_history)
         .sliding_sync_version_builder(VersionBuilder::DiscoverNative)
         .build()
         .await
@@ -348,7 +374,7 @@ async fn check_recovery(
         auto_enable_backups: true,
         ..Default::default()
     };
-    let device = login_with(base, "alice", settings).await?;
+    let device = login_with(base, "alice", settings, false).await?;
     let sync = SyncService::builder(device.clone()).build().await?;
     sync.start().await;
     device
@@ -457,6 +483,96 @@ async fn check_recovery(
     Ok(())
 }
 
+/// MSC4268: Alice (cross-signed) writes in an encrypted room whose history is shared,
+/// then invites Charlie; her client shares the room's keys with him in a bundle (an
+/// encrypted file in the media repository, announced by a to-device message). Charlie
+/// joins and must decrypt the message from before his invite.
+async fn check_shared_history(base: &str, alice: &Client) -> Result<()> {
+    let alice_id = alice.user_id().context("alice id")?.to_owned();
+    alice
+        .encryption()
+        .bootstrap_cross_signing_if_needed(None)
+        .await
+        .context("alice's cross-signing")?;
+    register(base, "charlie").await?;
+    let charlie = login(base, "charlie", true).await?;
+    let charlie_id = charlie.user_id().context("charlie id")?.to_owned();
+    // History goes only to cross-signed devices (matrix-sdk refuses the all-devices
+    // strategy for it).
+    charlie
+        .encryption()
+        .bootstrap_cross_signing_if_needed(None)
+        .await
+        .context("charlie's cross-signing")?;
+    let charlie_sync = SyncService::builder(charlie.clone()).build().await?;
+    charlie_sync.start().await;
+
+    let mut request = create_room::v3::Request::new();
+    request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+    request.name = Some("History".to_owned());
+    request.initial_state = vec![InitialStateEvent::with_empty_state_key(
+        RoomEncryptionEventContent::with_recommended_defaults(),
+    )
+    .to_raw_any()];
+    let room = alice.create_room(request).await.context("create room")?;
+    let room_id = room.room_id().to_owned();
+    wait_for("the history room to be encrypted for alice's SDK", || {
+        let room = room.clone();
+        async move {
+            Ok(room
+                .latest_encryption_state()
+                .await?
+                .is_encrypted()
+                .then_some(()))
+        }
+    })
+    .await?;
+    let timeline = room.timeline().await?;
+    let before = "said before charlie was invited";
+    timeline
+        .send(RoomMessageEventContent::text_plain(before).into())
+        .await?;
+    wait_for("alice's message to reach the server", || {
+        let timeline = &timeline;
+        async move {
+            Ok(timeline
+                .items()
+                .await
+                .iter()
+                .filter_map(|i| i.as_event())
+                .any(|e| e.is_remote_event() && e.content().as_message().is_some())
+                .then_some(()))
+        }
+    })
+    .await?;
+
+    room.invite_user_by_id(&charlie_id)
+        .await
+        .context("alice invites charlie (sharing the history)")?;
+    let invited = wait_for("charlie to see the invite", || {
+        let charlie = charlie.clone();
+        let room_id = room_id.clone();
+        async move {
+            Ok(charlie
+                .get_room(&room_id)
+                .filter(|r| r.state() == RoomState::Invited))
+        }
+    })
+    .await?;
+    invited.join().await.context("charlie joins")?;
+    let charlie_room = charlie.get_room(&room_id).context("charlie's room")?;
+    let charlie_tl = charlie_room.timeline().await?;
+    // What was said before the join is history: the timeline pages back to it. The bundle
+    // may be imported at the join or, if it arrives later, in the background.
+    charlie_tl
+        .paginate_backwards(20)
+        .await
+        .context("charlie pages back")?;
+    let redecrypt = wait_decrypted(&charlie_tl, before, &alice_id, "charlie").await;
+    charlie_sync.stop().await;
+    redecrypt
+}
+
 async fn check_media(alice: &Client, bob: &Client) -> Result<()> {
     let data = b"Myelin media through matrix-sdk".to_vec();
     let uploaded = alice
@@ -560,11 +676,11 @@ fn tiny_png(width: u32, height: u32) -> Vec<u8> {
     out
 }
 
-async fn run(base: &str, media: bool, verify: bool, recover: bool) -> Result<()> {
+async fn run(base: &str, media: bool, verify: bool, recover: bool, share: bool) -> Result<()> {
     register(base, "alice").await?;
     register(base, "bob").await?;
-    let alice = login(base, "alice").await?;
-    let bob = login(base, "bob").await?;
+    let alice = login(base, "alice", share).await?;
+    let bob = login(base, "bob", share).await?;
     let alice_id = alice.user_id().context("alice id")?.to_owned();
     let bob_id = bob.user_id().context("bob id")?.to_owned();
 
@@ -669,6 +785,10 @@ async fn run(base: &str, media: bool, verify: bool, recover: bool) -> Result<()>
         check_recovery(base, &alice, &dm_id, &bob_id).await?;
         println!("recovery re-decrypted the earlier messages from the key backup");
     }
+    if share {
+        check_shared_history(base, &alice).await?;
+        println!("charlie decrypted the history shared on invite");
+    }
 
     alice_sync.stop().await;
     bob_sync.stop().await;
@@ -689,16 +809,20 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut args = std::env::args().skip(1);
-    let base = args
-        .next()
-        .context("usage: myelin-sdk-interop BASE_URL [--media] [--verify] [--recover]")?;
+    let base = args.next().context(
+        "usage: myelin-sdk-interop BASE_URL [--media] [--verify] [--recover] [--share-history]",
+    )?;
     let flags: Vec<String> = args.collect();
     let media = flags.iter().any(|a| a == "--media");
     let verify = flags.iter().any(|a| a == "--verify");
     let recover = flags.iter().any(|a| a == "--recover");
-    tokio::time::timeout(Duration::from_secs(240), run(&base, media, verify, recover))
-        .await
-        .map_err(|_| anyhow!("interop run timed out"))??;
+    let share = flags.iter().any(|a| a == "--share-history");
+    tokio::time::timeout(
+        Duration::from_secs(240),
+        run(&base, media, verify, recover, share),
+    )
+    .await
+    .map_err(|_| anyhow!("interop run timed out"))??;
     println!("matrix-sdk interop: ok");
     Ok(())
 }
