@@ -8,8 +8,15 @@ use std::time::Duration;
 
 use spec_tests::{run_program, TestServer};
 
+/// The SDK runs take turns. matrix-sdk sends the automatic steps of an SAS verification
+/// (its key, its "done") only around its encryption sync, whose long poll nothing on the
+/// server ends early, so each such step can wait up to 30 s; four runs at once on a
+/// 2-core machine can push a step past matrix-sdk's one-minute step timeout.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
         anyhow::anyhow!(
             "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
@@ -43,6 +50,7 @@ async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
 /// then sees the other's identity as verified, also after querying the server again.
 #[tokio::test]
 async fn matrix_rust_sdk_sas_verification_completes() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
         anyhow::anyhow!(
             "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
@@ -74,6 +82,7 @@ async fn matrix_rust_sdk_sas_verification_completes() -> anyhow::Result<()> {
 /// pinned-events timeline.
 #[tokio::test]
 async fn matrix_rust_sdk_recovery_redecrypts_history() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
         anyhow::anyhow!(
             "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
@@ -112,6 +121,7 @@ async fn matrix_rust_sdk_recovery_redecrypts_history() -> anyhow::Result<()> {
 /// said before his invite.
 #[tokio::test]
 async fn matrix_rust_sdk_shares_history_on_invite() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
         anyhow::anyhow!(
             "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"

@@ -139,8 +139,6 @@ pub struct SyncService {
     push: Arc<PushService>,
     /// Sliding sync connections.
     connections: sliding::Connections,
-    /// Room-list requests per device (see `sliding`).
-    nudges: sliding::Nudges,
     /// Lazy-loaded member events sent to each device.
     lazy_members: lazy::LazyMembers,
 }
@@ -195,7 +193,6 @@ impl SyncService {
             notifier,
             push,
             connections: Default::default(),
-            nudges: Default::default(),
             lazy_members: Default::default(),
         }
     }

@@ -47,7 +47,9 @@ use matrix_sdk_ui::{
 };
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(60);
+/// How long any one awaited state may take: an SAS step can wait for the encryption
+/// sync's 30 s long poll, and a wait can span two such steps.
+const WAIT: Duration = Duration::from_secs(90);
 
 /// POSTs `body`, waiting and trying again while registration's rate limit says so (as a
 /// client does); the answer's status and JSON.

@@ -76,12 +76,6 @@ pub(super) struct Connection {
 }
 
 /// Connections by `(user, device, conn_id)`.
-/// Room-list requests per `(user, device)`, which wake the device's e2ee connection.
-pub(super) type Nudges = std::sync::Mutex<HashMap<(OwnedUserId, String), u64>>;
-
-/// Devices whose room-list requests are counted before the counts start afresh.
-const MAX_NUDGED_DEVICES: usize = 100_000;
-
 pub(super) type Connections = std::sync::Mutex<HashMap<(OwnedUserId, String, String), Connection>>;
 
 /// A sliding sync request as the handler received it.
@@ -179,28 +173,12 @@ impl SyncService {
         }
         let deadline = tokio::time::Instant::now() + req.timeout.min(MAX_TIMEOUT);
         let handle = self.notifier.handle(user);
-        // matrix-rust-sdk syncs on two connections: the room list, and an "encryption
-        // sync" (to-device and e2ee extensions) around which alone it sends its queued
-        // end-to-end requests — a verification step, room keys. The room list answers
-        // with an event that queues such a request; the client's next room-list request
-        // says it has taken that answer in: the same device's e2ee connection then
-        // answers, so the queued request goes out now instead of at its timeout.
-        let device = session.device_id.to_string();
-        let e2ee_connection = req.body["extensions"]["e2ee"]["enabled"] == true;
-        if !e2ee_connection && prev.is_some() {
-            self.nudge_device(user, &device);
-        }
-        let nudged_at = self.device_nudges(user, &device);
-        let mut woken = false;
         loop {
             let notified = handle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (mut response, mut changed, state) =
+            let (mut response, changed, state) =
                 self.sliding_build(session, prev.as_ref(), &req.body)?;
-            if e2ee_connection && woken && self.device_nudges(user, &device) > nudged_at {
-                changed = true;
-            }
             let timed_out = tokio::time::Instant::now() >= deadline;
             if changed || prev.is_none() || timed_out {
                 let pos = self.store_position(key, state);
@@ -212,34 +190,10 @@ impl SyncService {
             }
             let _parked = self.notifier.park(user);
             tokio::select! {
-                _ = &mut notified => woken = true,
+                _ = &mut notified => continue,
                 _ = tokio::time::sleep_until(deadline) => continue,
             }
         }
-    }
-
-    /// Counts a room-list request of `device` and wakes the user's long polls (see
-    /// [`SyncService::sliding_sync`]).
-    fn nudge_device(&self, user: &OwnedUserId, device: &str) {
-        {
-            let mut nudges = self.nudges.lock().unwrap_or_else(|e| e.into_inner());
-            // Bounded like the connections: a device's entry goes with its last connection.
-            if nudges.len() > MAX_NUDGED_DEVICES {
-                nudges.clear();
-            }
-            *nudges.entry((user.clone(), device.to_owned())).or_default() += 1;
-        }
-        self.notifier.notify_user(user);
-    }
-
-    /// How many room-list requests `device` has made (since the entry was last dropped).
-    fn device_nudges(&self, user: &OwnedUserId, device: &str) -> u64 {
-        self.nudges
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(user.clone(), device.to_owned()))
-            .copied()
-            .unwrap_or(0)
     }
 
     fn store_position(&self, key: (OwnedUserId, String, String), state: ConnState) -> u64 {
