@@ -218,6 +218,14 @@ impl Services {
                 Arc::new(GroupDissolution::new(storage.clone(), purge.clone())),
                 Some("sync_notifier"),
             )?
+            // Whoever leaves a room (or is kicked or banned) leaves its call on the SFU.
+            .consumer(
+                Arc::new(crate::rtc::removal::CallRemovalConsumer::new(
+                    storage.clone(),
+                    rtc.clone(),
+                )),
+                Some("sync_notifier"),
+            )?
             // New virtual rooms get their join link.
             .consumer(
                 Arc::new(MeetingsConsumer::new(storage.clone(), meetings.clone())),

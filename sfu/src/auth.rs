@@ -51,6 +51,8 @@ pub struct VideoGrant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub identity: String,
+    /// When the token was issued (its `nbf`, seconds since the epoch; 0 when absent).
+    pub issued_at: u64,
     pub name: String,
     pub metadata: String,
     pub room: String,
@@ -125,6 +127,7 @@ pub fn validate_token(token: &str, keys: &BTreeMap<String, String>) -> Result<Gr
         can_publish: claims.video.can_publish.unwrap_or(true),
         can_subscribe: claims.video.can_subscribe.unwrap_or(true),
         can_publish_data: claims.video.can_publish_data.unwrap_or(true),
+        issued_at: claims.nbf.unwrap_or(0),
         identity: claims.sub,
     })
 }

@@ -63,6 +63,7 @@ pub fn app(sfu: Arc<Sfu>) -> Router {
         .merge(signalling)
         .route("/internal/mute", post(mute))
         .route("/internal/mute_all_audio", post(mute_all_audio))
+        .route("/internal/remove_participant", post(remove_participant))
         .route("/internal/close_room", post(close_room))
         .route("/internal/rooms", get(rooms))
         .route("/", get(|| async { "OK" }))
@@ -85,6 +86,15 @@ async fn rtc(
         Ok(grant) => grant,
         Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     };
+    // Someone the homeserver removed from the room's calls cannot come back with a token
+    // issued before; a new one (after they rejoin) works.
+    if sfu.was_removed(&grant.room, &grant.identity, grant.issued_at) {
+        return (
+            StatusCode::FORBIDDEN,
+            "removed from this room; ask for a new token",
+        )
+            .into_response();
+    }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
@@ -213,6 +223,37 @@ async fn mute(
         Some(n) => Json(json!({"tracks": n})).into_response(),
         None => not_found_json(),
     }
+}
+
+#[derive(Deserialize)]
+struct RemoveBody {
+    room: String,
+    user: String,
+}
+
+/// `POST /internal/remove_participant` `{room, user}`: disconnects `user`'s participants
+/// (identities `{user}:{device}`) from `room` and refuses the tokens issued to them until
+/// now; answers `{"disconnected": [identity…]}` (also for a room with nobody in it).
+async fn remove_participant(
+    State(sfu): State<Arc<Sfu>>,
+    headers: HeaderMap,
+    body: Result<Json<RemoveBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(r) = refusal(&sfu, &headers) {
+        return r;
+    }
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.body_text()})),
+            )
+                .into_response()
+        }
+    };
+    let disconnected = sfu.remove_user(&body.room, &body.user);
+    Json(json!({ "disconnected": disconnected })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -463,6 +463,7 @@ mod tests {
         let (tx, mut from_sfu) = mpsc::unbounded_channel();
         let grant = Grant {
             identity: "alice".into(),
+            issued_at: 0,
             name: String::new(),
             metadata: String::new(),
             room: "room".into(),

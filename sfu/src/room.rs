@@ -43,6 +43,23 @@ pub struct Sfu {
     turn: Option<crate::turn::EmbeddedTurn>,
     pub metrics: Arc<Metrics>,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
+    /// (room, user) → when the homeserver removed the user from the room's calls (seconds
+    /// since the epoch): their tokens issued until then are refused.
+    removed: Mutex<HashMap<(String, String), u64>>,
+}
+
+/// Removals kept before the oldest are forgotten (each outlives any token issued before
+/// it: tokens last hours, not days).
+const MAX_REMOVALS: usize = 100_000;
+/// How long a removal is kept.
+const REMOVAL_KEPT_SECS: u64 = 24 * 3600;
+
+/// The user part of a participant identity (`{userId}:{deviceId}` for MatrixRTC).
+fn user_of(identity: &str) -> &str {
+    match identity.rsplit_once(':') {
+        Some((user, _)) if user.contains(':') => user,
+        _ => identity,
+    }
 }
 
 impl Sfu {
@@ -61,7 +78,43 @@ impl Sfu {
             turn,
             metrics: Arc::new(Metrics::default()),
             rooms: Mutex::new(HashMap::new()),
+            removed: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Removes `user` from the calls of room `name` (they left the Matrix room, were kicked
+    /// or banned): their participants are disconnected, and tokens issued to them until
+    /// now are refused. Returns the identities disconnected.
+    pub fn remove_user(&self, name: &str, user: &str) -> Vec<String> {
+        let now = now_ms().max(0) as u64 / 1000;
+        {
+            let mut removed = self.removed.lock().unwrap_or_else(|e| e.into_inner());
+            removed.retain(|_, at| now.saturating_sub(*at) < REMOVAL_KEPT_SECS);
+            if removed.len() >= MAX_REMOVALS {
+                if let Some(oldest) = removed
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+                {
+                    removed.remove(&oldest);
+                }
+            }
+            removed.insert((name.to_owned(), user.to_owned()), now);
+        }
+        match self.find_room(name) {
+            Some(room) => room.disconnect_where(|identity| user_of(identity) == user),
+            None => Vec::new(),
+        }
+    }
+
+    /// Whether a token for `identity` in room `name`, issued at `issued_at`, predates the
+    /// removal of its user from that room.
+    pub fn was_removed(&self, name: &str, identity: &str, issued_at: u64) -> bool {
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(name.to_owned(), user_of(identity).to_owned()))
+            .is_some_and(|at| issued_at <= *at)
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {
@@ -220,6 +273,28 @@ impl Room {
     }
 
     /// Sends everyone a leave (no reconnect) with `reason`; their sessions then end.
+    /// Tells the participants whose identity matches to leave (removed by the server);
+    /// returns their identities.
+    pub fn disconnect_where(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for p in inner.participants.values() {
+            if !matches(&p.grant.identity) {
+                continue;
+            }
+            p.send(proto::signal_response::Message::Leave(
+                proto::LeaveRequest {
+                    can_reconnect: false,
+                    reason: proto::DisconnectReason::ParticipantRemoved as i32,
+                    action: proto::leave_request::Action::Disconnect as i32,
+                    regions: None,
+                },
+            ));
+            out.push(p.grant.identity.clone());
+        }
+        out
+    }
+
     pub fn disconnect_all(&self, reason: proto::DisconnectReason) {
         let inner = self.lock();
         for p in inner.participants.values() {
@@ -664,5 +739,21 @@ impl Room {
             p.send_data(lossy, &encoded).await;
             Metrics::add(&self.metrics.data_out, 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod removal_tests {
+    use super::user_of;
+
+    #[test]
+    fn the_user_of_an_identity() {
+        assert_eq!(user_of("@bob:example.org:DEVICE"), "@bob:example.org");
+        assert_eq!(
+            user_of("@bob:example.org:8448:DEV"),
+            "@bob:example.org:8448"
+        );
+        assert_eq!(user_of("plain-identity"), "plain-identity");
+        assert_eq!(user_of("@bob:example.org"), "@bob:example.org");
     }
 }

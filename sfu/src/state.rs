@@ -384,6 +384,7 @@ mod tests {
     fn grant(identity: &str) -> Grant {
         Grant {
             identity: identity.into(),
+            issued_at: 0,
             name: String::new(),
             metadata: String::new(),
             room: "r".into(),

@@ -4,6 +4,8 @@
 //! disconnected by the SFU, then the room is purged. Refused (writing nothing) to a
 //! moderator, a member and in conversations; 404 for an unknown room. Administrators
 //! delete any room with the Synapse admin API (v1 at once, v2 with a delete status).
+//! Someone kicked from a room (or leaving it) is disconnected from its call at once and
+//! cannot come back with the token they had; a new membership brings a new token.
 
 mod kinds_common;
 mod purge_common;
@@ -102,7 +104,10 @@ async fn the_owner_deletes_a_virtual_room_members_see_it_go_and_the_call_ends() 
     participant
         .wait_for("the SFU's leave", |e| {
             matches!(e, Event::Signal(proto::signal_response::Message::Leave(l))
-                if l.reason == proto::DisconnectReason::RoomDeleted as i32 && !l.can_reconnect)
+                // Removed when the deletion's kick is processed, or when the room closes.
+                if (l.reason == proto::DisconnectReason::RoomDeleted as i32
+                    || l.reason == proto::DisconnectReason::ParticipantRemoved as i32)
+                    && !l.can_reconnect)
         })
         .await?;
     remove_failpoint(&owner, "purge.rooms").await?;
@@ -282,5 +287,60 @@ async fn an_admin_deletes_any_room_with_the_synapse_admin_api() -> Result<()> {
         )
         .await?
         .expect_error(404, "M_NOT_FOUND")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_kicked_member_leaves_the_call_and_their_old_token_is_refused() -> Result<()> {
+    let (server, sfu_url) = TestServer::start_with_sfu(&[]).await?;
+    let owner = server.register("owner").await?;
+    let bob = server.register("bob").await?;
+    let carol = server.register("carol").await?;
+    let room = create_virtual_room(&owner, "Standup", json!({})).await?;
+    invite_and_join(&owner, &bob, &room).await?;
+    invite_and_join(&owner, &carol, &room).await?;
+    let bob_jwt = sfu_jwt(&bob, &room, "BDEV").await?;
+    let carol_jwt = sfu_jwt(&carol, &room, "CDEV").await?;
+    let mut bob_call = SfuClient::connect(&sfu_url, &bob_jwt).await?;
+    let mut carol_call = SfuClient::connect(&sfu_url, &carol_jwt).await?;
+
+    owner
+        .post(
+            &format!("/rooms/{}/kick", enc(&room)),
+            json!({"user_id": bob.user_id, "reason": "Off topic"}),
+        )
+        .await?
+        .ok()?;
+    bob_call
+        .wait_for("the SFU's leave for bob", |e| {
+            matches!(e, Event::Signal(proto::signal_response::Message::Leave(l))
+                if l.reason == proto::DisconnectReason::ParticipantRemoved as i32
+                    && !l.can_reconnect)
+        })
+        .await?;
+    // Carol stays, and sees bob go.
+    let bob_identity = format!("{}:BDEV", bob.user_id);
+    carol_call
+        .wait_for("carol to see bob leave", |e| {
+            matches!(e, Event::Signal(proto::signal_response::Message::Update(u))
+                if u.participants.iter().any(|p| p.identity == bob_identity
+                    && p.state == proto::participant_info::State::Disconnected as i32))
+        })
+        .await?;
+    // The token bob had is refused now; he cannot get a new one outside the room.
+    let again = SfuClient::connect(&sfu_url, &bob_jwt).await;
+    assert!(again.is_err(), "an old token still joins the call");
+    assert!(sfu_jwt(&bob, &room, "BDEV").await.is_err());
+    // Back in the room, a new token (issued after the removal) works.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    invite_and_join(&owner, &bob, &room).await?;
+    let fresh = sfu_jwt(&bob, &room, "BDEV").await?;
+    SfuClient::connect(&sfu_url, &fresh).await?.close().await;
+    // The others' calls go on.
+    SfuClient::connect(&sfu_url, &carol_jwt)
+        .await?
+        .close()
+        .await;
+    carol_call.close().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod delegation;
 pub mod embedded;
 pub mod keys;
 pub mod openid;
+pub mod removal;
 pub mod sfu_admin;
 pub mod token;
 
@@ -218,6 +219,17 @@ impl RtcService {
     pub async fn end_call(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let room = token::livekit_room_name(room_id.as_str(), token::ROOM_CALL_SLOT);
         self.sfu.close_room(&room).await
+    }
+}
+
+impl RtcService {
+    /// `user` left the room (or was kicked or banned): the SFU disconnects them from the
+    /// room's call and refuses the tokens they were given before. Returns the identities
+    /// disconnected.
+    #[tracing::instrument(skip(self), fields(room = %room_id, user = %user))]
+    pub async fn remove_from_call(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<String>> {
+        let room = token::livekit_room_name(room_id.as_str(), token::ROOM_CALL_SLOT);
+        self.sfu.remove_user(&room, user.as_str()).await
     }
 }
 

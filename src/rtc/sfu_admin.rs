@@ -100,6 +100,34 @@ impl SfuAdmin {
     }
 }
 
+impl SfuAdmin {
+    /// Disconnects `user`'s participants from the LiveKit room `room` and has the SFU refuse
+    /// the tokens issued to them until now; returns the identities disconnected.
+    pub async fn remove_user(&self, room: &str, user: &str) -> Result<Vec<String>> {
+        let url = format!("{}/internal/remove_participant", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.secret)
+            .json(&json!({ "room": room, "user": user }))
+            .send()
+            .await
+            .map_err(|e| sfu_unavailable(format!("remove_participant: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(sfu_unavailable(format!(
+                "remove_participant: {status}: {body}"
+            )));
+        }
+        let parsed: CloseRoomResponse = response
+            .json()
+            .await
+            .map_err(|e| sfu_unavailable(format!("remove_participant: bad response: {e}")))?;
+        Ok(parsed.disconnected)
+    }
+}
+
 #[derive(Deserialize)]
 struct CloseRoomResponse {
     #[serde(default)]

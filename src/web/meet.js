@@ -256,7 +256,11 @@ class Meeting {
     });
     sfu.addEventListener('closed', (e) => {
       if (meeting === this && !this.ending) {
-        this.end('The call ended', e.detail.reason);
+        if (e.detail.reason === 'removed') {
+          this.end('You were removed from the meeting');
+        } else {
+          this.end('The call ended', e.detail.reason);
+        }
       }
     });
     await sfu.connect(url, jwt);

@@ -8,7 +8,7 @@
 //   speakers      [{sid, level, active}] changes of who is speaking
 //   muted         {trackSid, muted} the SFU muted one of our tracks (a moderator's mute-all)
 //   room          Room info (name, activeRecording, …)
-//   closed        {reason} the session ended
+//   closed        {reason} the session ended ('removed': the server took us out)
 
 const JOIN_TIMEOUT_MS = 15_000;
 const PUBLISH_TIMEOUT_MS = 10_000;
@@ -91,7 +91,7 @@ export class SfuSession extends EventTarget {
     } else if (m.roomUpdate) {
       this.emit('room', m.roomUpdate.room || {});
     } else if (m.leave) {
-      this.close('the call ended');
+      this.close(m.leave.reason === 'PARTICIPANT_REMOVED' ? 'removed' : 'the call ended');
     }
   }
 
