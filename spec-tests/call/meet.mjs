@@ -13,13 +13,15 @@
 //
 // Checks: the lobby shows the room, the camera preview plays and the microphone meter
 // moves; the guests join with a name, the member signs in and joins; each page shows three
-// tiles and decoded video frames rising on the two remote ones; chat messages arrive both
+// tiles and decoded video frames rising on the two remote ones, the speakers highlighted
+// (the fake microphones play a steady tone); chat messages arrive both
 // ways; the participant list marks the guests temporary; the moderator's controls show
 // only for the moderator; text mute disables the guests' composer and back; mute-all
 // shows the guests muted on every page (not the moderator); a guest who leaves and one
 // the moderator removes disappear from the others' grids.
 
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -110,6 +112,38 @@ async function chatBodies(page) {
   return page.$$eval(byId('chat-message'), (items) => items.map((i) => i.querySelector('.body')?.textContent));
 }
 
+/**
+ * A WAV file of a steady 440 Hz tone (48 kHz, mono, 16-bit): the fake microphones play it
+ * in a loop, so every participant keeps "speaking" (Chromium's own fake microphone only
+ * beeps now and then, too rarely for speaker detection).
+ */
+async function toneFile() {
+  const rate = 48_000;
+  const samples = rate * 2;
+  const data = Buffer.alloc(samples * 2);
+  for (let i = 0; i < samples; i++) {
+    data.writeInt16LE(Math.round(Math.sin((2 * Math.PI * 440 * i) / rate) * 12_000), i * 2);
+  }
+  const header = Buffer.alloc(44);
+  header.write('RIFF', 0);
+  header.writeUInt32LE(36 + data.length, 4);
+  header.write('WAVE', 8);
+  header.write('fmt ', 12);
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20); // PCM
+  header.writeUInt16LE(1, 22); // mono
+  header.writeUInt32LE(rate, 24);
+  header.writeUInt32LE(rate * 2, 28);
+  header.writeUInt16LE(2, 32);
+  header.writeUInt16LE(16, 34);
+  header.write('data', 36);
+  header.writeUInt32LE(data.length, 40);
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'myelin-meet-'));
+  const file = path.join(dir, 'tone.wav');
+  await writeFile(file, Buffer.concat([header, data]));
+  return file;
+}
+
 async function main() {
   const config = JSON.parse(process.env.MYELIN_MEET_CONFIG ?? 'null');
   if (!config) {
@@ -128,6 +162,7 @@ async function main() {
       '--disable-sync',
       '--use-fake-ui-for-media-stream',
       '--use-fake-device-for-media-stream',
+      `--use-file-for-fake-audio-capture=${await toneFile()}`,
       '--allow-loopback-in-peer-connection',
       '--disable-features=WebRtcHideLocalIpsWithMdns',
       '--autoplay-policy=no-user-gesture-required',
@@ -225,6 +260,16 @@ async function meeting(browser, config) {
     step(`${name} sees the two others' video`);
   }
 
+  // --- Active speaker: the fake microphones beep; the SFU's speaker updates light the
+  // speaking tiles up ---
+  const speaking = await until('a speaking tile on the member\'s page', () =>
+    mia.$$eval(byId('tile'), (ts) => {
+      const on = ts.filter((t) => t.classList.contains('speaking')).map((t) => t.dataset.participant);
+      return on.length ? on : null;
+    }),
+  );
+  step('the active speaker is highlighted', { speaking });
+
   // --- Chat both ways ---
   await grace.fill(byId('chat-input'), 'Hello from Grace');
   await grace.click(byId('chat-send'));
@@ -271,6 +316,14 @@ async function meeting(browser, config) {
     });
   }
   step('mute-all shows both guests muted on every page, not the moderator');
+  // Muted microphones send silence: the guests stop being speakers.
+  await until('the muted guests to stop speaking on the member\'s page', async () =>
+    mia.$$eval(
+      byId('tile'),
+      (ts, guests) => !ts.some((t) => guests.includes(t.dataset.participant) && t.classList.contains('speaking')),
+      [users.grace, users.gus],
+    ));
+  step('muted guests stop being highlighted as speakers');
   await mia.screenshot({ path: path.join(config.screenshots, 'meet-grid.png') });
 
   // --- Leaving: the button, and a closed tab ---
