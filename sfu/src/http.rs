@@ -168,6 +168,25 @@ fn refusal(sfu: &Sfu, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// An internal-API request's JSON body, once the request carries the internal secret;
+/// else the response refusing it (401, or 400 for a body that does not parse).
+fn internal_request<T>(
+    sfu: &Sfu,
+    headers: &HeaderMap,
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, Response> {
+    if let Some(refused) = refusal(sfu, headers) {
+        return Err(refused);
+    }
+    body.map(|Json(body)| body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.body_text()})),
+        )
+            .into_response()
+    })
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -191,18 +210,9 @@ async fn mute(
     headers: HeaderMap,
     body: Result<Json<MuteBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&sfu, &headers) {
-        return r;
-    }
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": e.body_text()})),
-            )
-                .into_response()
-        }
+    let body = match internal_request(&sfu, &headers, body) {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let kind = match body.kind.as_deref() {
         None => None,
@@ -239,18 +249,9 @@ async fn remove_participant(
     headers: HeaderMap,
     body: Result<Json<RemoveBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&sfu, &headers) {
-        return r;
-    }
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": e.body_text()})),
-            )
-                .into_response()
-        }
+    let body = match internal_request(&sfu, &headers, body) {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let disconnected = sfu.remove_user(&body.room, &body.user);
     Json(json!({ "disconnected": disconnected })).into_response()
@@ -269,18 +270,9 @@ async fn mute_all_audio(
     headers: HeaderMap,
     body: Result<Json<MuteAllBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&sfu, &headers) {
-        return r;
-    }
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": e.body_text()})),
-            )
-                .into_response()
-        }
+    let body = match internal_request(&sfu, &headers, body) {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     let Some(room) = sfu.find_room(&body.room) else {
         return not_found_json();
@@ -312,18 +304,9 @@ async fn close_room(
     headers: HeaderMap,
     body: Result<Json<CloseRoomBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = refusal(&sfu, &headers) {
-        return r;
-    }
-    let Json(body) = match body {
-        Ok(b) => b,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(json!({"error": e.body_text()})),
-            )
-                .into_response()
-        }
+    let body = match internal_request(&sfu, &headers, body) {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
     match sfu
         .close_room(&body.room, proto::DisconnectReason::RoomDeleted)
