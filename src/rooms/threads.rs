@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::{
     read::Direction,
-    relation_index::{ThreadSummary, THREAD},
+    relation_index::{relation_in, ThreadSummary, THREAD},
     visibility::Viewer,
     RoomsService, Token,
 };
@@ -38,6 +38,31 @@ struct UserThread {
 }
 
 impl RoomsService {
+    /// The timeline position of `event` when it is the thread root `root` itself or a
+    /// reply in its thread, as `user` may see it; `None` otherwise (a thread
+    /// subscription's cause must be one of these).
+    pub fn thread_event_pos(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        root: &EventId,
+        event: &EventId,
+    ) -> Result<Option<u64>> {
+        let pdu = match self.visible_event(room_id, user, event) {
+            Ok(pdu) => pdu,
+            Err(e) if e.errcode() == "M_NOT_FOUND" => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if event != root {
+            let content: Value = serde_json::from_str(pdu.content.get())?;
+            match relation_in(&content) {
+                Some((parent, rel_type)) if parent == root && rel_type == THREAD => {}
+                _ => return Ok(None),
+            }
+        }
+        self.event_pos(event)
+    }
+
     /// Adds what `unsigned` carries for the reader to client-format events of `room_id`
     /// served to `user`: `membership` ([`RoomsService::add_memberships`]) and, on thread
     /// roots, the `m.thread` summary. Every read path calls it on what it serves.

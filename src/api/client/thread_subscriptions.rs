@@ -54,13 +54,6 @@ fn visible_root(services: &Services, room: &RoomId, user: &UserId, root: &EventI
     }
 }
 
-/// Whether `event` is the thread root itself or a reply in its thread.
-fn in_thread(content: &Value, event: &EventId, root: &EventId) -> bool {
-    event == root
-        || (content["m.relates_to"]["rel_type"] == "m.thread"
-            && content["m.relates_to"]["event_id"] == root.as_str())
-}
-
 /// `PUT …/thread/{threadRoot}/subscription` `{"automatic"?: cause event id}`.
 async fn subscribe_route(
     State(services): State<Arc<Services>>,
@@ -75,26 +68,16 @@ async fn subscribe_route(
         Some(Value::String(cause)) => {
             let cause = EventId::parse(cause)
                 .map_err(|e| Error::invalid_param(format!("invalid `automatic` event id: {e}")))?;
-            let not_in_thread = || {
-                Error::matrix(
-                    http::StatusCode::BAD_REQUEST,
-                    "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD",
-                    "The cause event is not in this thread",
-                )
-            };
-            let pdu = match services.rooms.visible_event(&room, user, &cause) {
-                Ok(pdu) => pdu,
-                Err(e) if e.errcode() == "M_NOT_FOUND" => return Err(not_in_thread()),
-                Err(e) => return Err(e),
-            };
-            let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or(Value::Null);
-            if !in_thread(&content, &cause, &root) {
-                return Err(not_in_thread());
-            }
             let cause_pos = services
                 .rooms
-                .event_pos(&cause)?
-                .ok_or_else(not_in_thread)?;
+                .thread_event_pos(&room, user, &root, &cause)?
+                .ok_or_else(|| {
+                    Error::matrix(
+                        http::StatusCode::BAD_REQUEST,
+                        "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD",
+                        "The cause event is not in this thread",
+                    )
+                })?;
             Subscription::Automatic { cause_pos }
         }
         Some(_) => return Err(Error::bad_json("`automatic` must be an event id")),
