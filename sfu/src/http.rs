@@ -174,16 +174,18 @@ fn internal_request<T>(
     sfu: &Sfu,
     headers: &HeaderMap,
     body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     if let Some(refused) = refusal(sfu, headers) {
-        return Err(refused);
+        return Err(Box::new(refused));
     }
     body.map(|Json(body)| body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": e.body_text()})),
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.body_text()})),
+            )
+                .into_response(),
         )
-            .into_response()
     })
 }
 
@@ -212,7 +214,7 @@ async fn mute(
 ) -> Response {
     let body = match internal_request(&sfu, &headers, body) {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let kind = match body.kind.as_deref() {
         None => None,
@@ -251,7 +253,7 @@ async fn remove_participant(
 ) -> Response {
     let body = match internal_request(&sfu, &headers, body) {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let disconnected = sfu.remove_user(&body.room, &body.user);
     Json(json!({ "disconnected": disconnected })).into_response()
@@ -272,7 +274,7 @@ async fn mute_all_audio(
 ) -> Response {
     let body = match internal_request(&sfu, &headers, body) {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let Some(room) = sfu.find_room(&body.room) else {
         return not_found_json();
@@ -306,7 +308,7 @@ async fn close_room(
 ) -> Response {
     let body = match internal_request(&sfu, &headers, body) {
         Ok(body) => body,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     match sfu
         .close_room(&body.room, proto::DisconnectReason::RoomDeleted)
