@@ -398,6 +398,27 @@ impl Drop for TestServer {
     }
 }
 
+/// The Node.js that runs the browser drivers: the one `spec-tests/run` installs for the
+/// js-sdk test (`MYELIN_JS_NODE`) when set, else `node` from `PATH`.
+pub fn js_node() -> String {
+    std::env::var("MYELIN_JS_NODE").unwrap_or_else(|_| "node".into())
+}
+
+/// Debian's Chromium that `spec-tests/run` installs (`MYELIN_CHROMIUM`); an error, not a
+/// skip, when it is missing.
+pub fn chromium() -> Result<PathBuf> {
+    let path = PathBuf::from(
+        std::env::var("MYELIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+    );
+    if !path.exists() {
+        bail!(
+            "Chromium not found at {}: run the tests with spec-tests/run, which installs it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// What a helper program printed and how it ended.
 #[derive(Debug)]
 pub struct ProgramOutput {

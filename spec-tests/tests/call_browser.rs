@@ -11,32 +11,13 @@
 //! `MYELIN_CHROMIUM`; without them this test fails rather than skipping.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use spec_tests::{run_program, Client, TestServer};
-
-/// What runs the driver: the Node.js `spec-tests/run` installs for the js-sdk test when
-/// present, else `node` from `PATH` (livekit-client and playwright-core need Node 18+).
-fn node() -> String {
-    std::env::var("MYELIN_JS_NODE").unwrap_or_else(|_| "node".into())
-}
-
-fn chromium() -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(
-        std::env::var("MYELIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-    );
-    if !path.exists() {
-        bail!(
-            "Chromium not found at {}: run the tests with spec-tests/run, which installs it",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+use spec_tests::{chromium, js_node, run_program, Client, TestServer};
 
 /// Announces `client`'s call membership in `room` (`org.matrix.msc3401.call.member`, as
 /// Element Call does before it joins the SFU): "mute for all" spares the moderator's own
@@ -132,7 +113,7 @@ async fn two_browsers_call_through_the_embedded_sfu() -> anyhow::Result<()> {
         "bob": participant(&bob).await?,
     });
     let script = call_dir.join("call.mjs");
-    let mut driver = std::process::Command::new(node());
+    let mut driver = std::process::Command::new(js_node());
     driver
         .arg(script)
         .env("MYELIN_CALL_CONFIG", config.to_string());

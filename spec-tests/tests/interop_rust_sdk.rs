@@ -14,8 +14,9 @@ use spec_tests::{run_program, TestServer};
 /// 2-core machine can push a step past matrix-sdk's one-minute step timeout.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test]
-async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
+/// Runs the interop program against a new server with `flag` (its turn taken); its
+/// stdout once it succeeds, else an error with its output and the server log.
+async fn run_sdk(flag: &str, rust_log: &str, what: &str) -> anyhow::Result<String> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
         anyhow::anyhow!(
@@ -23,18 +24,28 @@ async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
         )
     })?;
     let server = TestServer::start().await?;
-    let base = server.base.clone();
     let mut cmd = std::process::Command::new(bin);
-    cmd.arg(base)
-        .arg("--media")
-        .env("RUST_LOG", "warn,matrix_sdk_crypto::backups=error");
+    cmd.arg(server.base.clone())
+        .arg(flag)
+        .env("RUST_LOG", rust_log);
     let out = run_program(cmd, Duration::from_secs(300)).await?;
     let (stdout, stderr) = (&out.stdout, &out.stderr);
     assert!(
         out.status.success(),
-        "matrix-sdk interop failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+        "matrix-sdk {what} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
         server.log()
     );
+    Ok(out.stdout)
+}
+
+#[tokio::test]
+async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
+    let stdout = run_sdk(
+        "--media",
+        "warn,matrix_sdk_crypto::backups=error",
+        "interop",
+    )
+    .await?;
     assert!(stdout.contains("matrix-sdk interop: ok"), "{stdout}");
     assert!(stdout.contains("bob decrypted alice's message"), "{stdout}");
     assert!(stdout.contains("alice decrypted bob's reply"), "{stdout}");
@@ -50,24 +61,12 @@ async fn matrix_rust_sdk_client_works() -> anyhow::Result<()> {
 /// then sees the other's identity as verified, also after querying the server again.
 #[tokio::test]
 async fn matrix_rust_sdk_sas_verification_completes() -> anyhow::Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
-        anyhow::anyhow!(
-            "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
-        )
-    })?;
-    let server = TestServer::start().await?;
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg(server.base.clone())
-        .arg("--verify")
-        .env("RUST_LOG", "warn,matrix_sdk_crypto::backups=error");
-    let out = run_program(cmd, Duration::from_secs(300)).await?;
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.status.success(),
-        "matrix-sdk verification failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-        server.log()
-    );
+    let stdout = run_sdk(
+        "--verify",
+        "warn,matrix_sdk_crypto::backups=error",
+        "verification",
+    )
+    .await?;
     assert!(
         stdout.contains("SAS verification done: alice and bob see each other verified"),
         "{stdout}"
@@ -82,24 +81,7 @@ async fn matrix_rust_sdk_sas_verification_completes() -> anyhow::Result<()> {
 /// pinned-events timeline.
 #[tokio::test]
 async fn matrix_rust_sdk_recovery_redecrypts_history() -> anyhow::Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
-        anyhow::anyhow!(
-            "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
-        )
-    })?;
-    let server = TestServer::start().await?;
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg(server.base.clone())
-        .arg("--recover")
-        .env("RUST_LOG", "warn");
-    let out = run_program(cmd, Duration::from_secs(300)).await?;
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.status.success(),
-        "matrix-sdk recovery failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-        server.log()
-    );
+    let stdout = run_sdk("--recover", "warn", "recovery").await?;
     assert!(
         stdout.contains("recovery re-decrypted the earlier messages from the key backup"),
         "{stdout}"
@@ -121,24 +103,7 @@ async fn matrix_rust_sdk_recovery_redecrypts_history() -> anyhow::Result<()> {
 /// said before his invite.
 #[tokio::test]
 async fn matrix_rust_sdk_shares_history_on_invite() -> anyhow::Result<()> {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let bin = std::env::var("MYELIN_SDK_INTEROP_BIN").map_err(|_| {
-        anyhow::anyhow!(
-            "MYELIN_SDK_INTEROP_BIN is not set: run the tests with spec-tests/run, which builds spec-tests/sdk-interop"
-        )
-    })?;
-    let server = TestServer::start().await?;
-    let mut cmd = std::process::Command::new(bin);
-    cmd.arg(server.base.clone())
-        .arg("--share-history")
-        .env("RUST_LOG", "warn");
-    let out = run_program(cmd, Duration::from_secs(300)).await?;
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    assert!(
-        out.status.success(),
-        "matrix-sdk shared history failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-        server.log()
-    );
+    let stdout = run_sdk("--share-history", "warn", "shared history").await?;
     assert!(
         stdout.contains("charlie decrypted the history shared on invite"),
         "{stdout}"

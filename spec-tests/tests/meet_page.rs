@@ -21,24 +21,7 @@ use anyhow::{bail, Context};
 use kinds_common::{create_virtual_room, myelin};
 use reqwest::Method;
 use serde_json::{json, Value};
-use spec_tests::{enc, http_client, run_program, Client, TestServer};
-
-fn node() -> String {
-    std::env::var("MYELIN_JS_NODE").unwrap_or_else(|_| "node".into())
-}
-
-fn chromium() -> anyhow::Result<PathBuf> {
-    let path = PathBuf::from(
-        std::env::var("MYELIN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-    );
-    if !path.exists() {
-        bail!(
-            "Chromium not found at {}: run the tests with spec-tests/run, which installs it",
-            path.display()
-        );
-    }
-    Ok(path)
-}
+use spec_tests::{chromium, enc, http_client, js_node, run_program, Client, TestServer};
 
 /// A moderator's join link for `room`: (token, url).
 async fn join_link(c: &Client, room: &str) -> anyhow::Result<(String, String)> {
@@ -66,6 +49,49 @@ async fn membership(c: &Client, room: &str, user: &str) -> anyhow::Result<Option
         ))
         .await?;
     Ok(member.body["membership"].as_str().map(str::to_owned))
+}
+
+/// Runs `meet.mjs` with `config`; its summary (the last stdout line) once it says every
+/// check passed, else an error with the driver's output and the server log.
+async fn run_driver(
+    call_dir: &Path,
+    config: &Value,
+    server: &TestServer,
+    what: &str,
+) -> anyhow::Result<Value> {
+    let mut driver = std::process::Command::new(js_node());
+    driver
+        .arg(call_dir.join("meet.mjs"))
+        .env("MYELIN_MEET_CONFIG", config.to_string());
+    let out = run_program(driver, Duration::from_secs(300))
+        .await
+        .with_context(|| format!("running the {what} driver\n{}", server.log()))?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    let failure = || {
+        format!(
+            "{what} test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+            out.status,
+            server.log()
+        )
+    };
+    let summary: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .with_context(failure)?;
+    assert!(out.status.success(), "{}", failure());
+    assert_eq!(summary["ok"], true, "{}", failure());
+    Ok(summary)
+}
+
+/// The names of the steps a driver summary lists.
+fn step_names(summary: &Value) -> anyhow::Result<Vec<&str>> {
+    Ok(summary["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect())
 }
 
 #[tokio::test]
@@ -241,34 +267,8 @@ async fn two_guests_and_a_member_meet_on_the_page() -> anyhow::Result<()> {
         "member": {"user": "mia", "password": "mia-password", "userId": mia.user_id},
         "screenshots": screenshots,
     });
-    let mut driver = std::process::Command::new(node());
-    driver
-        .arg(call_dir.join("meet.mjs"))
-        .env("MYELIN_MEET_CONFIG", config.to_string());
-    let out = run_program(driver, Duration::from_secs(300))
-        .await
-        .with_context(|| format!("running the meeting page driver\n{}", server.log()))?;
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    let failure = || {
-        format!(
-            "meeting page test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-            out.status,
-            server.log()
-        )
-    };
-    let summary: Value = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .with_context(failure)?;
-    assert!(out.status.success(), "{}", failure());
-    assert_eq!(summary["ok"], true, "{}", failure());
-    let steps: Vec<&str> = summary["steps"]
-        .as_array()
-        .context("steps")?
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let summary = run_driver(&call_dir, &config, &server, "meeting page").await?;
+    let steps = step_names(&summary)?;
     for expected in [
         "lobby shows the room, the preview and the microphone level",
         "joining without a name asks for one",
@@ -390,32 +390,8 @@ async fn a_guest_on_the_page_and_a_livekit_client_member_share_the_call() -> any
         "leo": {"userId": leo.user_id, "deviceId": leo.device_id,
                 "openidToken": leo.openid_token().await?},
     });
-    let mut driver = std::process::Command::new(node());
-    driver
-        .arg(call_dir.join("meet.mjs"))
-        .env("MYELIN_MEET_CONFIG", config.to_string());
-    let out = run_program(driver, Duration::from_secs(300)).await?;
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    let failure = || {
-        format!(
-            "page + livekit-client test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-            out.status,
-            server.log()
-        )
-    };
-    let summary: Value = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .with_context(failure)?;
-    assert!(out.status.success(), "{}", failure());
-    assert_eq!(summary["ok"], true, "{}", failure());
-    let steps: Vec<&str> = summary["steps"]
-        .as_array()
-        .context("steps")?
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let summary = run_driver(&call_dir, &config, &server, "page + livekit-client").await?;
+    let steps = step_names(&summary)?;
     for expected in [
         "a guest on the page and a livekit-client member joined",
         "the page shows and plays the livekit-client member",
