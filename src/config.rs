@@ -175,6 +175,9 @@ pub struct RtcConfig {
     pub max_delay_ms: u64,
     /// Most delayed events one user may have scheduled at once.
     pub max_delayed_per_user: usize,
+    /// The `myelin-recorder` program that records meetings (an extra package, see the
+    /// README's "Recording"); empty = recording is off.
+    pub recorder: String,
 }
 
 impl Default for RtcConfig {
@@ -190,6 +193,7 @@ impl Default for RtcConfig {
             token_ttl_secs: 3600,
             max_delay_ms: 24 * 60 * 60 * 1000,
             max_delayed_per_user: 100,
+            recorder: String::new(),
         }
     }
 }
@@ -482,6 +486,9 @@ impl Config {
         }
         if let Some(v) = lookup("MYELIN_RTC_MAX_DELAYED_PER_USER") {
             rtc.max_delayed_per_user = number("MYELIN_RTC_MAX_DELAYED_PER_USER", &v)?;
+        }
+        if let Some(v) = lookup("MYELIN_RTC_RECORDER") {
+            rtc.recorder = v;
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use crate::{
     push::{PushConsumer, PushService},
     ratelimit::RateLimiter,
     rooms::RoomsService,
-    rtc::{delayed::DelayedEventsConsumer, LiveKitKeys, RtcService},
+    rtc::{delayed::DelayedEventsConsumer, recording::RecordingService, LiveKitKeys, RtcService},
     storage::Storage,
     stream::Notifier,
     sync::SyncService,
@@ -58,6 +58,8 @@ pub struct Services {
     pub appservices: Arc<AppserviceService>,
     /// Meetings: join links, temporary participants, schedules.
     pub meetings: Arc<MeetingsService>,
+    /// Meeting recording with the `myelin-recorder` extra package.
+    pub recording: Arc<RecordingService>,
     /// Account operations spanning users, rooms and push.
     pub accounts: Arc<AccountsService>,
 }
@@ -175,6 +177,12 @@ impl Services {
             users.clone(),
             livekit,
         )?);
+        let recording = Arc::new(RecordingService::new(
+            config.clone(),
+            rooms.clone(),
+            media.clone(),
+            rtc.clone(),
+        ));
         let meetings = Arc::new(MeetingsService::new(
             config.clone(),
             storage.clone(),
@@ -262,6 +270,7 @@ impl Services {
             rate_limits,
             appservices,
             meetings,
+            recording,
             accounts,
         }))
     }
@@ -276,6 +285,8 @@ impl Services {
         self.meetings.start_sweeper();
         self.appservices.start_ephemeral();
         self.appservices.start_e2ee();
+        let recording = self.recording.clone();
+        tokio::spawn(async move { recording.recover().await });
         let purge = self.purge.clone();
         tokio::spawn(async move {
             if let Err(e) = purge.resume().await {

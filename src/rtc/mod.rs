@@ -8,6 +8,7 @@ pub mod delegation;
 pub mod embedded;
 pub mod keys;
 pub mod openid;
+pub mod recording;
 pub mod removal;
 pub mod sfu_admin;
 pub mod token;

@@ -15,6 +15,9 @@ use crate::{Error, Result};
 /// The slot of Element Call's room-wide call (`/sfu/get` and legacy clients).
 pub const ROOM_CALL_SLOT: &str = "m.call#ROOM";
 
+/// The LiveKit identity of the meeting recorder (no Matrix user id starts like this).
+pub const RECORDER_IDENTITY: &str = "io.myelin.recorder";
+
 /// The video grant of a LiveKit token.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -37,6 +40,12 @@ pub struct VideoGrant {
     /// May administer the room (server-side APIs).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub room_admin: bool,
+    /// Not shown to the other participants (the meeting recorder).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
+    /// Records the room: the room is `activeRecording` while it is connected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorder: bool,
 }
 
 /// The claims of a LiveKit token.
@@ -166,6 +175,29 @@ pub fn participant_claims(
             can_subscribe: true,
             can_publish_data: true,
             room_admin: false,
+            hidden: false,
+            recorder: false,
+        },
+    }
+}
+
+/// The claims of the meeting recorder's token: a hidden participant of `room` that only
+/// subscribes.
+pub fn recorder_claims(keys: &LiveKitKeys, room: String, now_secs: u64, ttl_secs: u64) -> Claims {
+    Claims {
+        exp: now_secs + ttl_secs,
+        nbf: now_secs,
+        iss: keys.api_key.clone(),
+        sub: RECORDER_IDENTITY.to_owned(),
+        video: VideoGrant {
+            room_join: true,
+            room,
+            can_publish: false,
+            can_subscribe: true,
+            can_publish_data: false,
+            room_admin: false,
+            hidden: true,
+            recorder: true,
         },
     }
 }

@@ -1,11 +1,13 @@
 //! MatrixRTC client endpoints: OpenID tokens ([`openid`]), RTC transport discovery
 //! (MSC4143, [`transports`]), the MSC4195 LiveKit token endpoint ([`tokens`]), delayed
-//! events (MSC4140, [`delayed`]) and Myelin's call-wide mute ([`mute`]).
+//! events (MSC4140, [`delayed`]), Myelin's call-wide mute ([`mute`]) and meeting recording
+//! ([`recording`]).
 
 mod delayed;
 mod delegation;
 mod mute;
 mod openid;
+mod recording;
 #[cfg(test)]
 mod tests;
 mod tokens;
@@ -30,6 +32,7 @@ use self::{
     },
     mute::{mute_all_route, MUTE_ALL_PATH},
     openid::request_openid_token_route,
+    recording::{recording_route, RECORDING_PATH},
     tokens::{get_token_route, GET_TOKEN_V1_PATH},
     transports::transports_route,
 };
@@ -49,7 +52,9 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
         .ruma(get_delayed_route)
         .ruma(update_delayed_v1_route)
         .ruma(update_delayed_v2_route);
-    let router = router.route(MUTE_ALL_PATH, axum::routing::post(mute_all_route));
+    let router = router
+        .route(MUTE_ALL_PATH, axum::routing::post(mute_all_route))
+        .route(RECORDING_PATH, axum::routing::post(recording_route));
     let router = delegation::DELEGATE_PATHS
         .iter()
         .fold(router, |router, path| {
