@@ -148,6 +148,7 @@ async fn the_page_is_served_with_a_strict_policy_and_404_for_unknown_links() -> 
         "copy-link",
         "participant-list",
         "recording-indicator",
+        "record",
     ] {
         assert!(
             html.contains(&format!("data-testid=\"{hook}\"")),

@@ -202,6 +202,11 @@ export class Client {
     return this.request('POST', `${myelin}/rooms/${enc(roomId)}/rtc/mute_all`, {});
   }
 
+  /** Starts or stops the recording of the room's call (moderators). */
+  recording(roomId, action) {
+    return this.request('POST', `${myelin}/rooms/${enc(roomId)}/recording`, { action });
+  }
+
   textMute(roomId, muted) {
     return this.request('PUT', `${myelin}/rooms/${enc(roomId)}/text_mute`, { muted });
   }

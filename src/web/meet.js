@@ -214,6 +214,7 @@ class Meeting {
     this.remoteVideo = new Map();
     this.speaking = new Set();
     this.abort = new AbortController();
+    this.openedAt = Date.now();
     this.grid = new Grid($('grid'), $('audio'));
     this.grid.speakerId = options.speakerId;
     this.panel = new Panel(
@@ -252,7 +253,8 @@ class Meeting {
     sfu.addEventListener('speakers', (e) => this.speakers(e.detail));
     sfu.addEventListener('muted', (e) => this.mutedByServer(e.detail));
     sfu.addEventListener('room', (e) => {
-      $('recording').hidden = !e.detail.activeRecording;
+      this.sfuRecording = Boolean(e.detail.activeRecording);
+      this.render();
     });
     sfu.addEventListener('closed', (e) => {
       if (meeting === this && !this.ending) {
@@ -284,6 +286,12 @@ class Meeting {
     $('leave').onclick = () => this.end('You left the meeting');
     $('mute-all').onclick = () =>
       this.client.muteAll(this.roomId).catch((e) => say('meeting-message', `Mute everyone failed: ${e.message}`));
+    $('record').onclick = () => {
+      const action = this.panel.recordingActive() ? 'stop' : 'start';
+      this.client
+        .recording(this.roomId, action)
+        .catch((e) => say('meeting-message', `${action === 'start' ? 'Starting' : 'Stopping'} the recording failed: ${e.message}`));
+    };
     $('text-mute').onclick = () =>
       this.client
         .textMute(this.roomId, !this.panel.textMuted())
@@ -408,6 +416,11 @@ class Meeting {
     if (event.type === 'm.room.member' && event.state_key === this.client.userId) {
       this.lastOwnMember = event;
     }
+    // A recording that ended badly while we are here (not one from before we came).
+    const recent = (event.origin_server_ts || 0) > this.openedAt - 60_000;
+    if (event.type === 'io.myelin.recording' && recent && this.panel.recordingError()) {
+      say('meeting-message', `The recording ended without a video: ${this.panel.recordingError()}`);
+    }
     this.render();
   }
 
@@ -426,6 +439,12 @@ class Meeting {
     const me = this.client.userId;
     const moderator = this.panel.isModerator();
     $('mute-all').hidden = !moderator;
+    // The red dot: the room's recording state, or the SFU saying its recorder is in.
+    const recording = this.panel.recordingActive() || Boolean(this.sfuRecording);
+    $('recording').hidden = !recording;
+    $('record').hidden = !moderator;
+    $('record').textContent = this.panel.recordingActive() ? 'Stop recording' : 'Record';
+    $('record').setAttribute('aria-pressed', String(this.panel.recordingActive()));
     $('text-mute').hidden = !moderator;
     $('copy-link').hidden = !moderator;
     $('text-mute').textContent = this.panel.textMuted() ? 'Unmute chat' : 'Mute chat';

@@ -16,6 +16,7 @@ export class Panel {
     this.levels = {};
     this.seen = new Set();
     this.inCall = new Map();
+    this.recording = {};
     this.onChange = () => {};
     this.el.send.addEventListener('click', () => this.submit());
     this.el.input.addEventListener('keydown', (e) => {
@@ -44,6 +45,16 @@ export class Panel {
     return Number(this.levels.events_default ?? 0) >= MODERATOR;
   }
 
+  /** The room's `io.myelin.recording` state says a recording is running. */
+  recordingActive() {
+    return this.recording.active === true;
+  }
+
+  /** Why the last recording ended without a video, if it did. */
+  recordingError() {
+    return this.recording.active === false && typeof this.recording.error === 'string' ? this.recording.error : '';
+  }
+
   mayChat() {
     const needed = Number(this.levels.events?.['m.room.message'] ?? this.levels.events_default ?? 0);
     return this.level(this.me) >= needed;
@@ -70,6 +81,9 @@ export class Panel {
       this.levels = event.content || {};
       this.renderParticipants();
       this.renderComposer();
+      this.onChange(event);
+    } else if (event.type === 'io.myelin.recording' && event.state_key === '') {
+      this.recording = event.content || {};
       this.onChange(event);
     } else if (event.type === 'm.room.message' && event.state_key === undefined) {
       this.addMessage(event);
