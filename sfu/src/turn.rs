@@ -344,8 +344,10 @@ mod tests {
     async fn relays_over_tcp() {
         use webrtc::util::Conn as _;
         let wait = Duration::from_secs(10);
-        let mut rtc = RtcConfig::default();
-        rtc.bind_ip = Some("127.0.0.1".parse().unwrap());
+        let mut rtc = RtcConfig {
+            bind_ip: Some("127.0.0.1".parse().unwrap()),
+            ..RtcConfig::default()
+        };
         rtc.turn.enabled = true;
         rtc.turn.secret = Some("s3cret".into());
         rtc.turn.udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
