@@ -98,7 +98,10 @@ struct Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for ns in [&self.blocked, &self.open] {
+        for ns in [&self.blocked, &self.open]
+            .into_iter()
+            .filter(|ns| !ns.is_empty())
+        {
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
@@ -145,9 +148,34 @@ fn ipv6_off(ns: Option<&str>, link: &str) -> Result<()> {
     }
 }
 
+/// Removes what an earlier run of this test left behind when it was killed outright (no
+/// Drop): namespaces named after a process that no longer exists, and their veth pairs.
+fn remove_leftovers() -> Result<()> {
+    for line in run("ip", &["netns", "list"], None)?.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name
+            .strip_prefix("myelin-reach-")
+            .and_then(|rest| rest.split('-').next())
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            drop(Hosts {
+                blocked: name.to_owned(),
+                open: String::new(),
+                links: vec![format!("mr{pid}b"), format!("mr{pid}o")],
+                server: Ipv4Addr::UNSPECIFIED,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Hosts {
     fn create() -> Result<Hosts> {
         require_tools()?;
+        remove_leftovers()?;
         let pid = std::process::id();
         let x = free_subnet()?;
         let net = |host: u8| Ipv4Addr::new(10, 213, x, host);
