@@ -162,6 +162,24 @@ impl Deframer {
     }
 }
 
+/// How many connections, and how long a silent or stuck one is kept.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    connections: usize,
+    idle: Duration,
+    write: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: MAX_CONNECTIONS,
+            idle: IDLE_TIMEOUT,
+            write: WRITE_TIMEOUT,
+        }
+    }
+}
+
 /// Per remote address, the queue of the connection's writer.
 type Peers = Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>;
 
@@ -179,6 +197,15 @@ impl TcpTurnConn {
         listener: TcpListener,
         closed: watch::Receiver<bool>,
     ) -> std::io::Result<Arc<TcpTurnConn>> {
+        TcpTurnConn::serve_with(listener, closed, Limits::default())
+    }
+
+    /// [`TcpTurnConn::serve`] with other limits (tests).
+    fn serve_with(
+        listener: TcpListener,
+        closed: watch::Receiver<bool>,
+        limits: Limits,
+    ) -> std::io::Result<Arc<TcpTurnConn>> {
         let local = listener.local_addr()?;
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let peers: Arc<Peers> = Arc::new(Mutex::new(HashMap::new()));
@@ -187,6 +214,7 @@ impl TcpTurnConn {
             inbound_tx,
             Arc::clone(&peers),
             closed,
+            limits,
         ));
         Ok(Arc::new(TcpTurnConn {
             local,
@@ -210,6 +238,7 @@ async fn accept_loop(
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     peers: Arc<Peers>,
     mut closed: watch::Receiver<bool>,
+    limits: Limits,
 ) {
     loop {
         let (stream, peer) = tokio::select! {
@@ -227,8 +256,8 @@ async fn accept_loop(
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         {
             let mut peers = lock(&peers);
-            if peers.len() >= MAX_CONNECTIONS {
-                tracing::warn!(%peer, "TURN/TCP connection refused: {MAX_CONNECTIONS} open");
+            if peers.len() >= limits.connections {
+                tracing::debug!(%peer, "TURN/TCP connection refused: {} open", peers.len());
                 continue;
             }
             peers.insert(peer, tx);
@@ -239,7 +268,7 @@ async fn accept_loop(
         let peers = Arc::clone(&peers);
         let closed = closed.clone();
         tokio::spawn(async move {
-            let reason = connection(stream, peer, inbound, rx, closed).await;
+            let reason = connection(stream, peer, inbound, rx, closed, limits).await;
             lock(&peers).remove(&peer);
             tracing::debug!(%peer, reason, "TURN/TCP connection closed");
         });
@@ -258,12 +287,13 @@ async fn connection(
     inbound: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     mut outbound: mpsc::Receiver<Vec<u8>>,
     mut closed: watch::Receiver<bool>,
+    limits: Limits,
 ) -> &'static str {
     let (mut read, mut write) = stream.into_split();
     let mut deframer = Deframer::default();
     let mut chunk = vec![0u8; 4096];
     let mut messages = Vec::new();
-    let mut idle_until = Instant::now() + IDLE_TIMEOUT;
+    let mut idle_until = Instant::now() + limits.idle;
     loop {
         tokio::select! {
             n = read.read(&mut chunk) => {
@@ -272,7 +302,7 @@ async fn connection(
                     Ok(n) => n,
                     Err(_) => return "read error",
                 };
-                idle_until = Instant::now() + IDLE_TIMEOUT;
+                idle_until = Instant::now() + limits.idle;
                 if let Err(e) = deframer.push(&chunk[..n], &mut messages) {
                     tracing::debug!(%peer, error = %e, "TURN/TCP garbage");
                     return "not TURN";
@@ -285,7 +315,7 @@ async fn connection(
             }
             message = outbound.recv() => {
                 let Some(message) = message else { return "server closed" };
-                match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&message)).await {
+                match tokio::time::timeout(limits.write, write.write_all(&message)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return "write error",
                     Err(_) => return "client stopped reading",
@@ -571,6 +601,97 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(n, Ok(0) | Err(_)));
+    }
+
+    /// Reads until the server closes `stream` (or 10 s pass: a failure).
+    async fn closed_by_server(stream: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest));
+        matches!(read.await, Ok(Ok(_) | Err(_)))
+    }
+
+    async fn wait_connections(conn: &TcpTurnConn, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.connections() != n {
+            assert!(Instant::now() < deadline, "{n} connections expected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_count_and_idle_time_are_bounded() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_close, closed) = watch::channel(false);
+        let limits = Limits {
+            connections: 2,
+            idle: Duration::from_millis(500),
+            write: WRITE_TIMEOUT,
+        };
+        let conn = TcpTurnConn::serve_with(listener, closed, limits).unwrap();
+        let addr = conn.local_addr().unwrap();
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        wait_connections(&conn, 2).await;
+        // A third is closed at once.
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_by_server(&mut c).await,
+            "a connection over the limit is closed"
+        );
+        assert_eq!(conn.connections(), 2);
+
+        // b keeps talking, a stays silent: a goes after the idle time, b stays.
+        let b_addr = b.local_addr().unwrap();
+        let talking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let talk = tokio::spawn({
+            let talking = Arc::clone(&talking);
+            async move {
+                while talking.load(std::sync::atomic::Ordering::Relaxed) {
+                    b.write_all(&stun(0, 0)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        assert!(
+            closed_by_server(&mut a).await,
+            "an idle connection is closed"
+        );
+        wait_connections(&conn, 1).await;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        for _ in 0..3 {
+            let (_, from) = conn.recv_from(&mut buf).await.unwrap();
+            assert_eq!(from, b_addr, "the talking connection stays");
+        }
+        talking.store(false, std::sync::atomic::Ordering::Relaxed);
+        talk.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (_close, closed) = watch::channel(false);
+        let limits = Limits {
+            write: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let conn = TcpTurnConn::serve_with(listener, closed, limits).unwrap();
+        let mut client = TcpStream::connect(conn.local_addr().unwrap())
+            .await
+            .unwrap();
+        wait_connections(&conn, 1).await;
+        // The client never reads: once the socket buffers are full, writes stall and the
+        // connection is closed rather than held.
+        let to = client.local_addr().unwrap();
+        let big = channel_data(1200, 1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while conn.connections() == 1 {
+            assert!(Instant::now() < deadline, "a stuck reader is closed");
+            for _ in 0..64 {
+                conn.send_to(&big, to).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(closed_by_server(&mut client).await);
     }
 
     #[test]
