@@ -56,10 +56,13 @@ pub struct RtcConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TurnConfig {
-    /// Run the embedded TURN server (UDP `udp_port`).
+    /// Run the embedded TURN server (UDP `udp_port`, TCP `tcp_port`).
     pub enabled: bool,
     /// The embedded server's UDP port.
     pub udp_port: u16,
+    /// The embedded server's TCP port (TURN over TCP, RFC 8656 framing); 0 = no TCP
+    /// listener.
+    pub tcp_port: u16,
     /// TURN URLs handed to clients in the join response (e.g. an external coturn's
     /// `turn:` / `turns:` URLs, or the embedded server behind a TLS proxy). Empty with
     /// `enabled`: the embedded server at `external_ip` (else the relay address).
@@ -80,6 +83,7 @@ impl Default for TurnConfig {
         TurnConfig {
             enabled: false,
             udp_port: 3478,
+            tcp_port: 3478,
             urls: Vec::new(),
             secret: None,
             credential_ttl_secs: 86400,
@@ -230,6 +234,9 @@ impl Config {
         if let Some(v) = lookup("MYELIN_SFU_TURN_UDP_PORT") {
             self.rtc.turn.udp_port = parse("MYELIN_SFU_TURN_UDP_PORT", v)?;
         }
+        if let Some(v) = lookup("MYELIN_SFU_TURN_TCP_PORT") {
+            self.rtc.turn.tcp_port = parse("MYELIN_SFU_TURN_TCP_PORT", v)?;
+        }
         if let Some(v) = lookup("MYELIN_SFU_TURN_URLS") {
             self.rtc.turn.urls = v
                 .split(',')
@@ -359,6 +366,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(config.rtc.turn.udp_port, 3478);
+        assert_eq!(
+            config.rtc.turn.tcp_port, 3478,
+            "TURN over TCP on by default"
+        );
         assert!(
             config.validate().is_err(),
             "the embedded server needs a relay address"
@@ -367,10 +378,12 @@ mod tests {
             .apply_env(|name| match name {
                 "MYELIN_SFU_TURN_RELAY_IP" => Some("127.0.0.1".into()),
                 "MYELIN_SFU_TURN_URLS" => Some("turn:a:3478, turns:a:443?transport=tcp".into()),
+                "MYELIN_SFU_TURN_TCP_PORT" => Some("0".into()),
                 _ => None,
             })
             .unwrap();
         assert_eq!(config.rtc.turn.urls.len(), 2);
+        assert_eq!(config.rtc.turn.tcp_port, 0, "0 turns the TCP listener off");
         config.validate().unwrap();
         config.rtc.turn.secret = None;
         assert!(config.validate().is_err(), "URLs without a secret");

@@ -25,6 +25,7 @@ pub mod signal;
 pub mod speakers;
 pub mod state;
 pub mod turn;
+pub mod turn_tcp;
 pub mod wire;
 
 use std::sync::Arc;

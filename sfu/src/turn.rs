@@ -1,7 +1,7 @@
 //! TURN for clients that cannot reach the media port: the ICE servers handed out in the
 //! join response (coturn's shared-secret scheme: time-limited credentials) and, when
 //! `rtc.turn.enabled`, an embedded TURN server (webrtc-rs `turn`) checking the same
-//! credentials.
+//! credentials, on UDP and on TCP ([`crate::turn_tcp`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -55,19 +55,27 @@ pub fn valid(secret: &str, username: &str, password: &str, now: SystemTime) -> b
 }
 
 /// The URLs clients get for the TURN server: `rtc.turn.urls`, or for the embedded server
-/// `turn:<external_ip | relay address>:<udp_port>?transport=udp`.
+/// `turn:<external_ip | relay address>:<udp_port>?transport=udp` and, with a TCP listener,
+/// `turn:<same>:<tcp_port>?transport=tcp`.
 pub fn urls(rtc: &RtcConfig) -> Vec<String> {
     let turn = &rtc.turn;
     if !turn.urls.is_empty() || !turn.enabled {
         return turn.urls.clone();
     }
-    match rtc.external_ip.or(relay_ip(rtc)) {
-        Some(ip) => vec![format!(
-            "turn:{}?transport=udp",
-            SocketAddr::new(ip, turn.udp_port)
-        )],
-        None => Vec::new(),
+    let Some(ip) = rtc.external_ip.or(relay_ip(rtc)) else {
+        return Vec::new();
+    };
+    let mut urls = vec![format!(
+        "turn:{}?transport=udp",
+        SocketAddr::new(ip, turn.udp_port)
+    )];
+    if turn.tcp_port != 0 {
+        urls.push(format!(
+            "turn:{}?transport=tcp",
+            SocketAddr::new(ip, turn.tcp_port)
+        ));
     }
+    urls
 }
 
 /// The ICE servers of `identity`'s join response (none without a TURN secret and URL).
@@ -119,8 +127,8 @@ pub struct EmbeddedTurn {
 }
 
 impl EmbeddedTurn {
-    /// Binds `rtc.turn.udp_port` (on `rtc.bind_ip` or every IPv4 address) and serves TURN
-    /// on it. Needs a tokio runtime.
+    /// Binds `rtc.turn.udp_port` and `rtc.turn.tcp_port` (unless 0) on `rtc.bind_ip` or
+    /// every IPv4 address and serves TURN on them. Needs a tokio runtime.
     pub fn start(rtc: &RtcConfig) -> Result<EmbeddedTurn, String> {
         let turn_config: &TurnConfig = &rtc.turn;
         let secret = turn_config
@@ -138,19 +146,22 @@ impl EmbeddedTurn {
         let socket = std::net::UdpSocket::bind(addr)
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .map_err(|e| format!("binding the TURN port udp/{addr}: {e}"))?;
+        let tcp_addr = SocketAddr::new(ip, turn_config.tcp_port);
+        let tcp = match turn_config.tcp_port {
+            0 => None,
+            _ => Some(
+                std::net::TcpListener::bind(tcp_addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(|e| format!("binding the TURN port tcp/{tcp_addr}: {e}"))?,
+            ),
+        };
         let realm = turn_config.realm.clone();
         let (close, mut closed) = tokio::sync::watch::channel(false);
+        let tcp_closed = closed.clone();
         runtime.spawn(async move {
-            let socket = match tokio::net::UdpSocket::from_std(socket) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "TURN socket");
-                    return;
-                }
-            };
-            let server = turn::server::Server::new(turn::server::config::ServerConfig {
-                conn_configs: vec![turn::server::config::ConnConfig {
-                    conn: Arc::new(socket),
+            let relay_conf = |conn: Arc<dyn webrtc::util::Conn + Send + Sync>| {
+                turn::server::config::ConnConfig {
+                    conn,
                     relay_addr_generator: Box::new(
                         turn::relay::relay_static::RelayAddressGeneratorStatic {
                             relay_address: relay,
@@ -158,7 +169,29 @@ impl EmbeddedTurn {
                             net: Arc::new(webrtc::util::vnet::net::Net::new(None)),
                         },
                     ),
-                }],
+                }
+            };
+            let mut conn_configs = Vec::new();
+            match tokio::net::UdpSocket::from_std(socket) {
+                Ok(s) => conn_configs.push(relay_conf(Arc::new(s))),
+                Err(e) => {
+                    tracing::error!(error = %e, "TURN socket");
+                    return;
+                }
+            }
+            if let Some(tcp) = tcp {
+                let conn = tokio::net::TcpListener::from_std(tcp)
+                    .and_then(|l| crate::turn_tcp::TcpTurnConn::serve(l, tcp_closed));
+                match conn {
+                    Ok(conn) => conn_configs.push(relay_conf(conn)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TURN TCP listener");
+                        return;
+                    }
+                }
+            }
+            let server = turn::server::Server::new(turn::server::config::ServerConfig {
+                conn_configs,
                 realm,
                 auth_handler: Arc::new(SharedSecretAuth { secret }),
                 channel_bind_timeout: Duration::from_secs(0),
@@ -172,7 +205,10 @@ impl EmbeddedTurn {
                     return;
                 }
             };
-            tracing::info!(%addr, "embedded TURN server listening");
+            match tcp_addr.port() {
+                0 => tracing::info!(udp = %addr, "embedded TURN server listening"),
+                _ => tracing::info!(udp = %addr, tcp = %tcp_addr, "embedded TURN server listening"),
+            }
             let _ = closed.wait_for(|c| *c).await;
             let _ = server.close().await;
         });
@@ -232,6 +268,167 @@ mod tests {
         );
     }
 
+    /// The client side of TURN over TCP for the test: one connection to the server.
+    struct TcpClientConn {
+        server: SocketAddr,
+        write: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+        inbound: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    }
+
+    impl TcpClientConn {
+        async fn connect(server: SocketAddr) -> TcpClientConn {
+            use tokio::io::AsyncReadExt as _;
+            let stream = tokio::net::TcpStream::connect(server).await.unwrap();
+            let (mut read, write) = stream.into_split();
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(async move {
+                let mut deframer = crate::turn_tcp::Deframer::default();
+                let mut chunk = vec![0u8; 4096];
+                let mut messages = Vec::new();
+                while let Ok(n @ 1..) = read.read(&mut chunk).await {
+                    deframer.push(&chunk[..n], &mut messages).unwrap();
+                    for m in messages.drain(..) {
+                        let _ = tx.send(m).await;
+                    }
+                }
+            });
+            TcpClientConn {
+                server,
+                write: tokio::sync::Mutex::new(write),
+                inbound: tokio::sync::Mutex::new(rx),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl webrtc::util::Conn for TcpClientConn {
+        async fn connect(&self, _: SocketAddr) -> webrtc::util::Result<()> {
+            Ok(())
+        }
+        async fn recv(&self, buf: &mut [u8]) -> webrtc::util::Result<usize> {
+            Ok(self.recv_from(buf).await?.0)
+        }
+        async fn recv_from(&self, buf: &mut [u8]) -> webrtc::util::Result<(usize, SocketAddr)> {
+            let m = self.inbound.lock().await.recv().await;
+            let m = m.ok_or(webrtc::util::Error::ErrUseClosedNetworkConn)?;
+            buf[..m.len()].copy_from_slice(&m);
+            Ok((m.len(), self.server))
+        }
+        async fn send(&self, buf: &[u8]) -> webrtc::util::Result<usize> {
+            self.send_to(buf, self.server).await
+        }
+        async fn send_to(&self, buf: &[u8], _: SocketAddr) -> webrtc::util::Result<usize> {
+            use tokio::io::AsyncWriteExt as _;
+            let framed = crate::turn_tcp::framed(buf);
+            self.write.lock().await.write_all(&framed).await?;
+            Ok(buf.len())
+        }
+        fn local_addr(&self) -> webrtc::util::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        }
+        fn remote_addr(&self) -> Option<SocketAddr> {
+            Some(self.server)
+        }
+        async fn close(&self) -> webrtc::util::Result<()> {
+            Ok(())
+        }
+        fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+            self
+        }
+    }
+
+    /// A TURN client (the `turn` crate's) allocates over TCP and exchanges datagrams of
+    /// every length modulo 4 with a UDP peer through the relay, both ways: Send/Data
+    /// indications first, then ChannelData once the client has bound a channel.
+    #[tokio::test]
+    async fn relays_over_tcp() {
+        use webrtc::util::Conn as _;
+        let wait = Duration::from_secs(10);
+        let mut rtc = RtcConfig {
+            bind_ip: Some("127.0.0.1".parse().unwrap()),
+            ..RtcConfig::default()
+        };
+        rtc.turn.enabled = true;
+        rtc.turn.secret = Some("s3cret".into());
+        rtc.turn.udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        rtc.turn.tcp_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = EmbeddedTurn::start(&rtc).unwrap();
+        let tcp = SocketAddr::from(([127, 0, 0, 1], rtc.turn.tcp_port));
+        let conn = tokio::time::timeout(wait, async {
+            loop {
+                if tokio::net::TcpStream::connect(tcp).await.is_ok() {
+                    break TcpClientConn::connect(tcp).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the TURN TCP listener comes up");
+        let (username, password) = credentials(
+            "s3cret",
+            "tester",
+            SystemTime::now(),
+            Duration::from_secs(60),
+        );
+        let client = turn::client::Client::new(turn::client::ClientConfig {
+            stun_serv_addr: String::new(),
+            turn_serv_addr: tcp.to_string(),
+            username,
+            password,
+            realm: String::new(),
+            software: String::new(),
+            rto_in_ms: 0,
+            conn: Arc::new(conn),
+            vnet: None,
+        })
+        .await
+        .unwrap();
+        client.listen().await.unwrap();
+        let relay = tokio::time::timeout(wait, client.allocate())
+            .await
+            .expect("allocation within 10 s")
+            .expect("allocation over TCP");
+        let relay_addr = relay.local_addr().unwrap();
+        assert_eq!(relay_addr.ip(), rtc.bind_ip.unwrap());
+
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer_addr = peer.local_addr().unwrap();
+        let mut buf = vec![0u8; 1500];
+        for len in 1..=24usize {
+            let out = vec![len as u8; len];
+            tokio::time::timeout(wait, relay.send_to(&out, peer_addr))
+                .await
+                .unwrap()
+                .unwrap();
+            let (n, from) = tokio::time::timeout(wait, peer.recv_from(&mut buf))
+                .await
+                .expect("the peer gets the client's datagram")
+                .unwrap();
+            assert_eq!((from, &buf[..n]), (relay_addr, &out[..]));
+            let back = vec![!(len as u8); len + 1];
+            peer.send_to(&back, relay_addr).await.unwrap();
+            let (n, from) = tokio::time::timeout(wait, relay.recv_from(&mut buf))
+                .await
+                .expect("the client gets the peer's datagram")
+                .unwrap();
+            assert_eq!((from, &buf[..n]), (peer_addr, &back[..]));
+            // Give the client's channel binding time to complete midway.
+            if len == 8 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        client.close().await.unwrap();
+        server.close();
+    }
+
     #[test]
     fn join_response_servers() {
         let mut rtc = RtcConfig::default();
@@ -258,8 +455,23 @@ mod tests {
         rtc.turn.enabled = true;
         rtc.turn.secret = Some("s3cret".into());
         rtc.bind_ip = Some("10.0.0.5".parse().unwrap());
-        assert_eq!(urls(&rtc), ["turn:10.0.0.5:3478?transport=udp"]);
+        assert_eq!(
+            urls(&rtc),
+            [
+                "turn:10.0.0.5:3478?transport=udp",
+                "turn:10.0.0.5:3478?transport=tcp"
+            ]
+        );
         rtc.external_ip = Some("203.0.113.7".parse().unwrap());
+        rtc.turn.tcp_port = 443;
+        assert_eq!(
+            urls(&rtc),
+            [
+                "turn:203.0.113.7:3478?transport=udp",
+                "turn:203.0.113.7:443?transport=tcp"
+            ]
+        );
+        rtc.turn.tcp_port = 0;
         assert_eq!(urls(&rtc), ["turn:203.0.113.7:3478?transport=udp"]);
     }
 }

@@ -115,10 +115,16 @@ const TURN_SECRET: &str = "turn-shared-secret";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_only_client_receives_media_through_the_embedded_turn_server() {
     let (media_port, turn_port) = (free_udp_port(), free_udp_port());
+    let turn_tcp_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (addr, _sfu) = start_sfu_configured(|c| {
         c.rtc.udp_port = media_port;
         c.rtc.turn.enabled = true;
         c.rtc.turn.udp_port = turn_port;
+        c.rtc.turn.tcp_port = turn_tcp_port;
         c.rtc.turn.secret = Some(TURN_SECRET.into());
     })
     .await;
@@ -135,9 +141,14 @@ async fn relay_only_client_receives_media_through_the_embedded_turn_server() {
     .unwrap();
     let servers = &bob.join.ice_servers;
     assert_eq!(servers.len(), 1, "{servers:?}");
+    // Both of the embedded server's transports. (webrtc-rs' ICE agent only uses the UDP
+    // one: it has no TURN-over-TCP client; browsers use both, see spec-tests' sfu_reach.)
     assert_eq!(
         servers[0].urls,
-        [format!("turn:127.0.0.1:{turn_port}?transport=udp")]
+        [
+            format!("turn:127.0.0.1:{turn_port}?transport=udp"),
+            format!("turn:127.0.0.1:{turn_tcp_port}?transport=tcp")
+        ]
     );
     let (expiry, identity) = servers[0].username.split_once(':').unwrap();
     assert_eq!(identity, "@bob:localhost:B");

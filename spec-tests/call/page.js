@@ -144,6 +144,56 @@
     return out;
   }
 
+  // The ICE view of one peer connection's stats report: the selected candidate pair (its
+  // local and remote candidates) and, for failure reports, every candidate and pair.
+  function iceOf(report) {
+    const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
+    const candidate = (id) => {
+      const c = byId.get(id);
+      return c && {
+        candidateType: c.candidateType,
+        protocol: c.protocol,
+        relayProtocol: c.relayProtocol ?? null,
+        address: c.address ?? c.ip,
+        port: c.port,
+        url: c.url ?? null,
+      };
+    };
+    let selected = null;
+    for (const s of byId.values()) {
+      if (s.type === 'transport' && s.selectedCandidatePairId && byId.has(s.selectedCandidatePairId)) {
+        selected = byId.get(s.selectedCandidatePairId);
+      }
+    }
+    const pairs = [...byId.values()].filter((s) => s.type === 'candidate-pair');
+    selected ??= pairs.find((s) => s.nominated && s.state === 'succeeded') ?? null;
+    const pair = (s) => ({
+      state: s.state,
+      nominated: !!s.nominated,
+      local: candidate(s.localCandidateId),
+      remote: candidate(s.remoteCandidateId),
+      bytesSent: s.bytesSent ?? 0,
+      bytesReceived: s.bytesReceived ?? 0,
+    });
+    return {
+      selected: selected && pair(selected),
+      pairs: pairs.map(pair),
+      localCandidates: [...byId.values()].filter((s) => s.type === 'local-candidate').map((s) => candidate(s.id)),
+    };
+  }
+
+  // The ICE state of the publisher and subscriber peer connections (getStats).
+  async function transports() {
+    const pcs = room.engine?.pcManager;
+    const out = {};
+    for (const [name, transport] of [['publisher', pcs?.publisher], ['subscriber', pcs?.subscriber]]) {
+      const pc = transport?.pc;
+      out[name] = pc ? { connectionState: pc.connectionState, ...iceOf(await pc.getStats()) } : null;
+    }
+    return out;
+  }
+
   async function sendData(text) {
     await room.localParticipant.publishData(new TextEncoder().encode(text), {
       reliable: true,
@@ -167,5 +217,5 @@
     await room.disconnect();
   }
 
-  window.call = { join, state, stats, publisherStats, sendData, setMicMuted, leave };
+  window.call = { join, state, stats, publisherStats, transports, sendData, setMicMuted, leave };
 })();

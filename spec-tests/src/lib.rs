@@ -51,6 +51,12 @@ pub fn free_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// A TCP port free on `ip` a moment ago (see [`free_port`]).
+pub fn free_port_on(ip: std::net::IpAddr) -> Result<u16> {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
+    Ok(listener.local_addr()?.port())
+}
+
 /// A UDP port free on loopback right now (the embedded SFU's media port).
 pub fn free_udp_port() -> Result<u16> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
@@ -96,6 +102,12 @@ impl TestServer {
 
     /// Starts a server with the given extra environment (e.g. registration mode).
     pub async fn start_with(env: &[(&str, &str)]) -> Result<TestServer> {
+        TestServer::start_on(std::net::Ipv4Addr::LOCALHOST.into(), env).await
+    }
+
+    /// Starts a server listening on `ip` (loopback, or an address on an interface the test
+    /// created) with the given extra environment.
+    pub async fn start_on(ip: std::net::IpAddr, env: &[(&str, &str)]) -> Result<TestServer> {
         let data = tempfile::tempdir()?;
         let env: Vec<(String, String)> = env
             .iter()
@@ -106,7 +118,7 @@ impl TestServer {
             .find(|(k, _)| k == "MYELIN_SERVER_NAME")
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| "localhost".into());
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let addr = SocketAddr::new(ip, free_port_on(ip)?);
         let mut server = TestServer {
             child: None,
             data,
@@ -122,7 +134,7 @@ impl TestServer {
                 Ok(()) => return Ok(server),
                 Err(e) if attempt < START_ATTEMPTS && port_taken(&e) => {
                     attempt += 1;
-                    server.addr = format!("127.0.0.1:{}", free_port()?).parse()?;
+                    server.addr = SocketAddr::new(ip, free_port_on(ip)?);
                     server.base = format!("http://{}", server.addr);
                     // The next attempt's log starts afresh.
                     std::fs::remove_file(server.log_path())?;
