@@ -132,15 +132,36 @@ pub struct PushConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
+    /// The storage engine: `sled` (embedded, in the data dir) or `postgres`.
+    pub engine: StorageEngine,
     /// sled page cache size in MiB. sled's resident memory is a few times what it
     /// accounts for here; the OS page cache serves what falls out of it.
     pub cache_capacity_mb: u64,
+    /// The PostgreSQL database (`engine = "postgres"`): a libpq URL
+    /// (`postgresql://user:password@host:port/dbname`) or key=value string.
+    pub postgres_url: String,
+    /// Connections to PostgreSQL.
+    pub postgres_pool_size: usize,
+}
+
+/// The storage engines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageEngine {
+    /// sled, embedded: one process, nothing else to run.
+    #[default]
+    Sled,
+    /// A PostgreSQL database (or a Postgres-compatible one).
+    Postgres,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
+            engine: StorageEngine::Sled,
             cache_capacity_mb: 16,
+            postgres_url: String::new(),
+            postgres_pool_size: 8,
         }
     }
 }
@@ -490,11 +511,31 @@ impl Config {
         if let Some(v) = lookup("MYELIN_RTC_RECORDER") {
             rtc.recorder = v;
         }
+        if let Some(v) = lookup("MYELIN_STORAGE_ENGINE") {
+            self.storage.engine = match v.as_str() {
+                "sled" => StorageEngine::Sled,
+                "postgres" => StorageEngine::Postgres,
+                other => anyhow::bail!("MYELIN_STORAGE_ENGINE={other}: expected sled or postgres"),
+            };
+        }
+        if let Some(v) = lookup("MYELIN_STORAGE_POSTGRES_URL") {
+            self.storage.postgres_url = v;
+        }
         Ok(())
     }
 
     /// Checks values no type can: names, URLs, ranges, keys that go together.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.storage.engine == StorageEngine::Postgres {
+            if self.storage.postgres_url.is_empty() {
+                anyhow::bail!(
+                    "storage.engine = \"postgres\" needs storage.postgres_url (MYELIN_STORAGE_POSTGRES_URL)"
+                );
+            }
+            if self.storage.postgres_pool_size == 0 {
+                anyhow::bail!("storage.postgres_pool_size must be at least 1");
+            }
+        }
         ruma::ServerName::parse(&self.server_name)
             .map_err(|e| anyhow::anyhow!("server_name {:?} is invalid: {e}", self.server_name))?;
         if self.rtc.livekit_api_key.is_empty() != self.rtc.livekit_api_secret.is_empty() {

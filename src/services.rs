@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::{
     accounts::AccountsService,
     appservice::{AppserviceConsumer, AppserviceService},
-    config::Config,
+    config::{Config, StorageEngine},
     e2ee::E2eeService,
     events::keys::ServerKeys,
     media::MediaService,
@@ -297,7 +297,15 @@ impl Services {
 
     /// Opens the on-disk database and key named by the config and builds the services.
     pub fn open(config: Config) -> Result<Arc<Services>> {
-        let storage = Storage::open_sled(&config.data_dir, config.storage.cache_capacity_mb << 20)?;
+        let storage = match config.storage.engine {
+            StorageEngine::Sled => {
+                Storage::open_sled(&config.data_dir, config.storage.cache_capacity_mb << 20)?
+            }
+            StorageEngine::Postgres => Storage::open_postgres(
+                &config.storage.postgres_url,
+                config.storage.postgres_pool_size,
+            )?,
+        };
         let keys = ServerKeys::load_or_generate(&config.data_dir)?;
         let livekit = LiveKitKeys::load_or_generate(&config.rtc, &config.data_dir)?;
         Services::build_with(config, storage, keys, livekit)

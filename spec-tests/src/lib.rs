@@ -44,6 +44,31 @@ pub fn workspace_binary(env_var: &str, name: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// A new, empty database on the test PostgreSQL server (`MYELIN_TEST_POSTGRES_URL`, a
+/// key=value connection string without `dbname`); its connection string.
+pub async fn postgres_test_database() -> Result<String> {
+    let base = std::env::var("MYELIN_TEST_POSTGRES_URL").context(
+        "MYELIN_TEST_POSTGRES_URL is not set: spec-tests/run starts a PostgreSQL server and sets it",
+    )?;
+    let (client, connection) =
+        tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connecting to the test PostgreSQL server {base}"))?;
+    let connection = tokio::spawn(connection);
+    let name = format!(
+        "myelin_spec_{}_{}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .context("creating a test database")?;
+    drop(client);
+    let _ = connection.await;
+    Ok(format!("{base} dbname={name}"))
+}
+
 /// A loopback TCP port that was free a moment ago. Another test may take it before the
 /// server binds it: [`TestServer::start_with`] retries with a fresh port when that happens.
 pub fn free_port() -> Result<u16> {
@@ -101,6 +126,10 @@ impl TestServer {
     }
 
     /// Starts a server with the given extra environment (e.g. registration mode).
+    ///
+    /// With `MYELIN_TEST_STORAGE_ENGINE=postgres` (and `MYELIN_TEST_POSTGRES_URL`, a
+    /// key=value connection string without `dbname`) every server gets a new database on
+    /// that PostgreSQL server instead of sled; `spec-tests/run` runs part of the suite so.
     pub async fn start_with(env: &[(&str, &str)]) -> Result<TestServer> {
         TestServer::start_on(std::net::Ipv4Addr::LOCALHOST.into(), env).await
     }
@@ -109,10 +138,19 @@ impl TestServer {
     /// created) with the given extra environment.
     pub async fn start_on(ip: std::net::IpAddr, env: &[(&str, &str)]) -> Result<TestServer> {
         let data = tempfile::tempdir()?;
-        let env: Vec<(String, String)> = env
+        let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        if std::env::var("MYELIN_TEST_STORAGE_ENGINE").as_deref() == Ok("postgres")
+            && !env.iter().any(|(k, _)| k == "MYELIN_STORAGE_ENGINE")
+        {
+            env.push(("MYELIN_STORAGE_ENGINE".into(), "postgres".into()));
+            env.push((
+                "MYELIN_STORAGE_POSTGRES_URL".into(),
+                postgres_test_database().await?,
+            ));
+        }
         let server_name = env
             .iter()
             .find(|(k, _)| k == "MYELIN_SERVER_NAME")

@@ -6,6 +6,7 @@ mod commit;
 mod engine;
 pub mod keys;
 mod memory;
+mod postgres_engine;
 mod sled_engine;
 mod snapshot;
 mod stream_pos;
@@ -204,6 +205,13 @@ impl Storage {
         Storage::with_engine(Arc::new(engine))
     }
 
+    /// Connects to the PostgreSQL database at `url` with `pool_size` connections
+    /// (`storage.engine = "postgres"`).
+    pub fn open_postgres(url: &str, pool_size: usize) -> Result<Storage> {
+        let engine = postgres_engine::PostgresEngine::connect(url, pool_size)?;
+        Storage::with_engine(Arc::new(engine))
+    }
+
     /// A storage on the in-memory engine (tests).
     pub fn in_memory() -> Storage {
         Storage::with_engine(Arc::new(MemoryEngine::new())).expect("in-memory storage opens")
@@ -307,9 +315,11 @@ mod tests {
     fn engines() -> Vec<(&'static str, Storage, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
         let sled = Storage::open_sled(dir.path(), 8 << 20).unwrap();
+        let postgres = Storage::open_postgres(&postgres_engine::test_database(), 2).unwrap();
         vec![
             ("memory", Storage::in_memory(), None),
             ("sled", sled, Some(dir)),
+            ("postgres", postgres, None),
         ]
     }
 

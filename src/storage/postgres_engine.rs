@@ -1,0 +1,601 @@
+//! The PostgreSQL implementation of [`Engine`] (`storage.engine = "postgres"`).
+//!
+//! Schema: one table, `myelin_kv (k BYTEA PRIMARY KEY, v BYTEA NOT NULL)`. Every logical
+//! tree already lives under its own key prefix (see `trees.rs`), so a tree's ordered
+//! range scan is a range scan of the primary-key index (`bytea` compares bytewise,
+//! unsigned, a prefix first: sled's order), and a batch over several trees is one
+//! transaction. A batch returns once PostgreSQL has committed it: "durable" is the commit
+//! (`synchronous_commit` on), so [`Engine::flush`] has nothing left to do; concurrent
+//! commits share WAL flushes inside PostgreSQL.
+//!
+//! The SQL is the subset CockroachDB and YugabyteDB also accept: `BYTEA` keys and
+//! values, `INSERT … SELECT * FROM unnest($1::BYTEA[], $2::BYTEA[]) ON CONFLICT (k) DO
+//! UPDATE`, `DELETE … WHERE k = ANY($1)`, keyset pagination with `ORDER BY k LIMIT n`,
+//! and `REPEATABLE READ` read-only transactions for snapshots.
+//!
+//! The engine trait is synchronous and is called from async tasks, where the blocking
+//! `postgres` client must not run (it drives its own runtime). So each pooled connection
+//! lives on a thread of its own; a call hands its work to a free connection's thread and
+//! waits for the answer, as a sled call waits for its disk.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    ops::Bound,
+    sync::{mpsc, Arc, Mutex},
+    thread,
+};
+
+use postgres::{types::ToSql, Client, NoTls, Statement};
+
+use super::engine::{Engine, KeyValue, KvIter, RawBatch};
+use crate::{Error, Result};
+
+/// The first page of a range scan: most scans stop after a few pairs.
+const FIRST_PAGE: i64 = 32;
+/// The largest page of a range scan.
+const MAX_PAGE: i64 = 1024;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS myelin_kv (k BYTEA PRIMARY KEY, v BYTEA NOT NULL)";
+const GET: &str = "SELECT v FROM myelin_kv WHERE k = $1";
+const UPSERT: &str = "INSERT INTO myelin_kv (k, v) SELECT * FROM unnest($1::BYTEA[], $2::BYTEA[]) \
+                      ON CONFLICT (k) DO UPDATE SET v = excluded.v";
+const DELETE: &str = "DELETE FROM myelin_kv WHERE k = ANY($1::BYTEA[])";
+const INSERT_IF_ABSENT: &str =
+    "INSERT INTO myelin_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING";
+const UPDATE_IF: &str = "UPDATE myelin_kv SET v = $3 WHERE k = $1 AND v = $2";
+const DELETE_IF: &str = "DELETE FROM myelin_kv WHERE k = $1 AND v = $2";
+
+/// One pooled connection with its prepared statements.
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).map_err(pg)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+
+/// PostgreSQL-backed engine.
+pub struct PostgresEngine {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// Dropped with the engine: the thread holding the session with the advisory lock
+    /// that keeps a second process off the database (one process per database until
+    /// several are supported) then ends that session.
+    _owner: Mutex<mpsc::Sender<()>>,
+}
+
+/// The advisory lock key of a Myelin process using the database ("myelin" in ASCII).
+const PROCESS_LOCK: i64 = 0x6d79_656c_696e;
+
+fn pg(e: postgres::Error) -> Error {
+    Error::Storage(format!("postgres: {e}"))
+}
+
+fn connect(url: &str) -> Result<Conn> {
+    let client = Client::connect(url, NoTls).map_err(pg)?;
+    Ok(Conn {
+        client,
+        statements: HashMap::new(),
+    })
+}
+
+impl PostgresEngine {
+    /// Connects `pool_size` connections to `url` (a libpq URL or key=value string) and
+    /// creates the table when it is missing.
+    pub fn connect(url: &str, pool_size: usize) -> Result<PostgresEngine> {
+        let owner = {
+            let url = url.to_owned();
+            let (locked_tx, locked_rx) = mpsc::channel::<Result<()>>();
+            let (release_tx, release_rx) = mpsc::channel::<()>();
+            thread::Builder::new()
+                .name("myelin-pg-owner".into())
+                .spawn(move || {
+                    let locked = Client::connect(&url, NoTls)
+                        .map_err(pg)
+                        .and_then(|mut client| {
+                            let row = client
+                                .query_one("SELECT pg_try_advisory_lock($1)", &[&PROCESS_LOCK])
+                                .map_err(pg)?;
+                            if row.get::<_, bool>(0) {
+                                Ok(client)
+                            } else {
+                                Err(Error::Storage(
+                                    "another Myelin process is using this PostgreSQL database \
+                                 (one process per database)"
+                                        .into(),
+                                ))
+                            }
+                        });
+                    match locked {
+                        Ok(client) => {
+                            let _ = locked_tx.send(Ok(()));
+                            // Hold the session (and its lock) until the engine is dropped.
+                            let _ = release_rx.recv();
+                            drop(client);
+                        }
+                        Err(e) => {
+                            let _ = locked_tx.send(Err(e));
+                        }
+                    }
+                })
+                .map_err(|e| Error::Storage(format!("starting a database thread: {e}")))?;
+            locked_rx
+                .recv()
+                .map_err(|_| Error::Storage("the database lock thread failed".into()))??;
+            release_tx
+        };
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        for n in 0..pool_size.max(1) {
+            let receiver = receiver.clone();
+            let ready = ready_tx.clone();
+            let url = url.to_owned();
+            thread::Builder::new()
+                .name(format!("myelin-pg-{n}"))
+                .spawn(move || worker(&url, receiver, ready))
+                .map_err(|e| Error::Storage(format!("starting a database thread: {e}")))?;
+        }
+        drop(ready_tx);
+        for _ in 0..pool_size.max(1) {
+            ready_rx
+                .recv()
+                .map_err(|_| Error::Storage("a database thread ended while connecting".into()))??;
+        }
+        let engine = PostgresEngine {
+            jobs: Mutex::new(sender),
+            _owner: Mutex::new(owner),
+        };
+        engine.run(|conn| conn.client.batch_execute(SCHEMA).map_err(pg))?;
+        Ok(engine)
+    }
+
+    /// Runs `work` on a pooled connection's thread and waits for its answer.
+    fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        wait(self.submit(work)?)
+    }
+
+    /// Hands `work` to a pooled connection's thread; its answer arrives on the receiver.
+    fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    ) -> Result<mpsc::Receiver<Result<T>>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(work(conn));
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job)
+            .map_err(|_| Error::Storage("the database threads are gone".into()))?;
+        Ok(answer)
+    }
+
+    /// One page of a range scan.
+    fn page(
+        &self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        reverse: bool,
+        limit: i64,
+    ) -> Result<Vec<KeyValue>> {
+        self.run(move |conn| {
+            let mut conditions = Vec::new();
+            let mut params: Vec<Vec<u8>> = Vec::new();
+            for (bound, inclusive, exclusive) in [(&start, ">=", ">"), (&end, "<=", "<")] {
+                match bound {
+                    Bound::Included(key) => {
+                        params.push(key.clone());
+                        conditions.push(format!("k {inclusive} ${}", params.len()));
+                    }
+                    Bound::Excluded(key) => {
+                        params.push(key.clone());
+                        conditions.push(format!("k {exclusive} ${}", params.len()));
+                    }
+                    Bound::Unbounded => {}
+                }
+            }
+            let filter = if conditions.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conditions.join(" AND "))
+            };
+            let sql = format!(
+                "SELECT k, v FROM myelin_kv {filter} ORDER BY k {} LIMIT ${}",
+                if reverse { "DESC" } else { "ASC" },
+                params.len() + 1
+            );
+            let statement = conn.statement(&sql)?;
+            let mut args: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            args.push(&limit);
+            let rows = conn.client.query(&statement, &args).map_err(pg)?;
+            Ok(rows
+                .into_iter()
+                .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
+                .collect())
+        })
+    }
+}
+
+/// The answer of a submitted job.
+fn wait<T>(answer: mpsc::Receiver<Result<T>>) -> Result<T> {
+    answer
+        .recv()
+        .map_err(|_| Error::Storage("a database thread failed during a call".into()))?
+}
+
+/// A connection's thread: connects, reports, then runs jobs until the engine is dropped.
+/// A connection that breaks is replaced before the next job.
+fn worker(url: &str, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, ready: mpsc::Sender<Result<()>>) {
+    let mut conn = match connect(url) {
+        Ok(conn) => {
+            let _ = ready.send(Ok(()));
+            conn
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    drop(ready);
+    loop {
+        let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(job) => job,
+            Err(_) => return,
+        };
+        if conn.client.is_closed() {
+            match connect(url) {
+                Ok(fresh) => conn = fresh,
+                Err(e) => tracing::error!(error = %e, "reconnecting to PostgreSQL"),
+            }
+        }
+        job(&mut conn);
+    }
+}
+
+/// A range scan fetched page by page (keyset pagination): nothing is held between pages.
+struct Pages<'a> {
+    engine: &'a PostgresEngine,
+    start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    reverse: bool,
+    buffer: VecDeque<KeyValue>,
+    next_page: i64,
+    finished: bool,
+}
+
+impl Iterator for Pages<'_> {
+    type Item = Result<KeyValue>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffer.is_empty() && !self.finished {
+            let limit = self.next_page;
+            self.next_page = (limit * 4).min(MAX_PAGE);
+            match self
+                .engine
+                .page(self.start.clone(), self.end.clone(), self.reverse, limit)
+            {
+                Ok(rows) => {
+                    self.finished = (rows.len() as i64) < limit;
+                    if let Some((last, _)) = rows.last() {
+                        let after = Bound::Excluded(last.clone());
+                        if self.reverse {
+                            self.end = after;
+                        } else {
+                            self.start = after;
+                        }
+                    }
+                    self.buffer.extend(rows);
+                }
+                Err(e) => {
+                    self.finished = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        self.buffer.pop_front().map(Ok)
+    }
+}
+
+impl Engine for PostgresEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let key = key.to_vec();
+        self.run(move |conn| {
+            let statement = conn.statement(GET)?;
+            let row = conn.client.query_opt(&statement, &[&key]).map_err(pg)?;
+            Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    fn range<'a>(
+        &'a self,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        reverse: bool,
+    ) -> KvIter<'a> {
+        Box::new(Pages {
+            engine: self,
+            start,
+            end,
+            reverse,
+            buffer: VecDeque::new(),
+            next_page: FIRST_PAGE,
+            finished: false,
+        })
+    }
+
+    fn apply(&self, batch: RawBatch) -> Result<()> {
+        // The last write of a key wins, as it does applied in order.
+        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for (k, v) in batch.ops {
+            last.insert(k, v);
+        }
+        let (mut put_keys, mut put_values, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, v) in last {
+            match v {
+                Some(v) => {
+                    put_keys.push(k);
+                    put_values.push(v);
+                }
+                None => removed.push(k),
+            }
+        }
+        self.run(move |conn| {
+            let upsert = conn.statement(UPSERT)?;
+            let delete = conn.statement(DELETE)?;
+            let mut tx = conn.client.transaction().map_err(pg)?;
+            if !put_keys.is_empty() {
+                tx.execute(&upsert, &[&put_keys, &put_values]).map_err(pg)?;
+            }
+            if !removed.is_empty() {
+                tx.execute(&delete, &[&removed]).map_err(pg)?;
+            }
+            tx.commit().map_err(pg)
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Every batch was committed before `apply` returned.
+        Ok(())
+    }
+
+    fn snapshot(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+        // One REPEATABLE READ transaction read in pages on the connection's thread; the
+        // pages come here, where `visit` runs. Writers are not held up.
+        let (pages_tx, pages_rx) = mpsc::sync_channel::<Result<Vec<KeyValue>>>(2);
+        let reader = self.submit(move |conn| {
+            let result = (|| {
+                let mut tx = conn
+                    .client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .map_err(pg)?;
+                let portal = tx
+                    .bind("SELECT k, v FROM myelin_kv ORDER BY k", &[])
+                    .map_err(pg)?;
+                loop {
+                    let rows = tx.query_portal(&portal, MAX_PAGE as i32).map_err(pg)?;
+                    if rows.is_empty() {
+                        break;
+                    }
+                    let page = rows
+                        .into_iter()
+                        .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
+                        .collect();
+                    if pages_tx.send(Ok(page)).is_err() {
+                        // The caller stopped reading.
+                        break;
+                    }
+                }
+                tx.commit().map_err(pg)
+            })();
+            if let Err(e) = result {
+                let _ = pages_tx.send(Err(e));
+            }
+            Ok(())
+        })?;
+        // The job waits for room in the channel: read the pages before waiting for it.
+        for page in pages_rx {
+            for (k, v) in page? {
+                visit(&k, &v)?;
+            }
+        }
+        wait(reader)
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool> {
+        let key = key.to_vec();
+        let old = old.map(<[u8]>::to_vec);
+        self.run(move |conn| {
+            let changed = match (old, new) {
+                (None, Some(new)) => {
+                    let statement = conn.statement(INSERT_IF_ABSENT)?;
+                    conn.client.execute(&statement, &[&key, &new]).map_err(pg)? == 1
+                }
+                (Some(old), Some(new)) => {
+                    let statement = conn.statement(UPDATE_IF)?;
+                    conn.client
+                        .execute(&statement, &[&key, &old, &new])
+                        .map_err(pg)?
+                        == 1
+                }
+                (Some(old), None) => {
+                    let statement = conn.statement(DELETE_IF)?;
+                    conn.client.execute(&statement, &[&key, &old]).map_err(pg)? == 1
+                }
+                (None, None) => {
+                    let statement = conn.statement(GET)?;
+                    conn.client
+                        .query_opt(&statement, &[&key])
+                        .map_err(pg)?
+                        .is_none()
+                }
+            };
+            Ok(changed)
+        })
+    }
+}
+
+/// A new, empty database on the test PostgreSQL server named by `MYELIN_TEST_POSTGRES_URL`
+/// (a key=value connection string without `dbname`, e.g. `host=127.0.0.1 port=5432
+/// user=myelin`; `spec-tests/run` starts such a server and sets it); returns its
+/// connection string. Panics with a clear message when the variable is not set: these
+/// tests do not skip.
+#[cfg(test)]
+pub(crate) fn test_database() -> String {
+    let base = std::env::var("MYELIN_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "MYELIN_TEST_POSTGRES_URL is not set: the storage tests also run on PostgreSQL; \
+             run them with spec-tests/run, which starts one, or point the variable at a \
+             server (key=value form without dbname)"
+        )
+    });
+    let name = format!(
+        "myelin_test_{}_{}",
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    let admin = format!("{base} dbname=postgres");
+    let create = format!("CREATE DATABASE {name}");
+    // The blocking client drives its own runtime: not on a test's runtime thread.
+    thread::spawn(move || -> Result<()> {
+        let mut client = Client::connect(&admin, NoTls).map_err(pg)?;
+        client.batch_execute(&create).map_err(pg)
+    })
+    .join()
+    .expect("creating the test database")
+    .unwrap_or_else(|e| panic!("creating a test database on {base}: {e}"));
+    format!("{base} dbname={name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_cover_long_ranges_both_ways_and_batches_keep_the_last_write() {
+        let engine = PostgresEngine::connect(&test_database(), 2).unwrap();
+        let mut batch = RawBatch::default();
+        for i in 0..2500u32 {
+            batch
+                .ops
+                .push((i.to_be_bytes().to_vec(), Some(b"v".to_vec())));
+        }
+        // The same key written, removed and written again: the last write counts.
+        batch.ops.push((b"x".to_vec(), Some(b"1".to_vec())));
+        batch.ops.push((b"x".to_vec(), None));
+        batch.ops.push((b"y".to_vec(), Some(b"1".to_vec())));
+        batch.ops.push((b"y".to_vec(), Some(b"2".to_vec())));
+        engine.apply(batch).unwrap();
+        assert_eq!(engine.get(b"x").unwrap(), None);
+        assert_eq!(engine.get(b"y").unwrap(), Some(b"2".to_vec()));
+
+        let start = 10u32.to_be_bytes().to_vec();
+        let end = 2400u32.to_be_bytes().to_vec();
+        let forward: Vec<u32> = engine
+            .range(
+                Bound::Included(start.clone()),
+                Bound::Excluded(end.clone()),
+                false,
+            )
+            .map(|kv| u32::from_be_bytes(kv.unwrap().0.try_into().unwrap()))
+            .collect();
+        assert_eq!(forward, (10..2400).collect::<Vec<_>>());
+        let backward: Vec<u32> = engine
+            .range(Bound::Excluded(start), Bound::Included(end), true)
+            .map(|kv| u32::from_be_bytes(kv.unwrap().0.try_into().unwrap()))
+            .collect();
+        assert_eq!(backward, (11..=2400).rev().collect::<Vec<_>>());
+        assert_eq!(
+            engine
+                .range(Bound::Unbounded, Bound::Unbounded, false)
+                .count(),
+            2501
+        );
+
+        // A snapshot sees every pair in order.
+        let mut seen = Vec::new();
+        engine
+            .snapshot(&mut |k, _| {
+                seen.push(k.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen.len(), 2501);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        // A visitor that stops early stops the snapshot with its error.
+        let mut n = 0;
+        let stopped = engine.snapshot(&mut |_, _| {
+            n += 1;
+            if n == 5 {
+                Err(Error::Storage("enough".into()))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(stopped.is_err());
+        // The connection is usable afterwards.
+        assert_eq!(engine.get(b"y").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn data_survives_a_new_connection_and_cas_is_atomic() {
+        let url = test_database();
+        {
+            let engine = PostgresEngine::connect(&url, 1).unwrap();
+            let mut batch = RawBatch::default();
+            batch.ops.push((b"k".to_vec(), Some(b"v".to_vec())));
+            engine.apply(batch).unwrap();
+        }
+        let engine = Arc::new(PostgresEngine::connect(&url, 4).unwrap());
+        assert_eq!(engine.get(b"k").unwrap(), Some(b"v".to_vec()));
+        // A second process on the same database is refused while this one lives.
+        let refused = PostgresEngine::connect(&url, 1)
+            .err()
+            .expect("a second engine");
+        assert!(
+            refused.to_string().contains("another Myelin process"),
+            "{refused}"
+        );
+        // Eight threads race to take one key: exactly one wins.
+        let winners: usize = (0..8)
+            .map(|i| {
+                let engine = engine.clone();
+                thread::spawn(move || {
+                    engine
+                        .compare_and_swap(b"lease", None, Some(vec![i]))
+                        .unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(winners, 1);
+        assert!(!engine.compare_and_swap(b"k", None, None).unwrap());
+        assert!(engine.compare_and_swap(b"absent", None, None).unwrap());
+        assert!(engine.compare_and_swap(b"k", Some(b"v"), None).unwrap());
+        assert_eq!(engine.get(b"k").unwrap(), None);
+    }
+}
