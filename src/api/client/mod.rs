@@ -19,7 +19,7 @@ mod membership;
 mod myelin_rooms;
 mod presence;
 mod profile;
-mod push_rules;
+pub(crate) mod push_rules;
 mod relations;
 mod report;
 mod room;
