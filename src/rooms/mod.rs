@@ -3,6 +3,7 @@
 //! checked against the spec's authorization rules here before it is stored.
 
 mod admin;
+mod aggregations;
 mod alias;
 mod append;
 mod block;
