@@ -89,12 +89,10 @@ impl RoomsService {
                 continue;
             }
             let viewer = match viewer {
-                Some(ref v) => &*v,
-                None => &*viewer.insert(self.viewer(
-                    room_id,
-                    user,
-                    self.reading_limit(room_id, user)?,
-                )?),
+                Some(ref v) => v,
+                None => {
+                    viewer.insert(self.viewer(room_id, user, self.reading_limit(room_id, user)?)?)
+                }
             };
             let edit = match Original::of(event) {
                 Some(original) if has_edits && original.editable() => {
