@@ -186,3 +186,117 @@ impl RoomsService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use ruma::{OwnedEventId, UserId};
+    use serde_json::json;
+
+    use super::*;
+    use crate::rooms::{test_support::room_with_message, NewEvent};
+
+    async fn reply(
+        s: &crate::services::Services,
+        room: &RoomId,
+        sender: &UserId,
+        root: &OwnedEventId,
+    ) -> (OwnedEventId, u64) {
+        let content = json!({"msgtype": "m.text", "body": "r",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root}});
+        s.rooms
+            .send_to(room, sender, NewEvent::message("m.room.message", content))
+            .await
+            .unwrap()
+    }
+
+    fn query(after: u64, until: u64, limit: usize) -> UpdatesQuery<'static> {
+        UpdatesQuery {
+            after,
+            until,
+            limit,
+            served: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_entry_per_thread_newest_first_within_the_window() {
+        let (s, alice, room, first_root) = room_with_message().await;
+        let (_, start) = reply(&s, &room, &alice, &first_root).await;
+        let (second_root, _) = s
+            .rooms
+            .send_to(
+                &room,
+                &alice,
+                NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": "2"})),
+            )
+            .await
+            .unwrap();
+        let (older, older_pos) = reply(&s, &room, &alice, &second_root).await;
+        let (newest, now) = reply(&s, &room, &alice, &second_root).await;
+
+        // Everything: both threads, the newer first; the second thread had two replies.
+        let all = s.rooms.thread_updates(&alice, &query(0, now, 10)).unwrap();
+        let roots: Vec<&OwnedEventId> = all.updates.iter().map(|u| &u.root).collect();
+        assert_eq!(roots, [&second_root, &first_root]);
+        assert_eq!(all.updates[0].latest_pos, now);
+        assert_eq!(all.updates[0].prev_batch, Some(Token(older_pos)));
+        assert_eq!(all.updates[1].prev_batch, None);
+        assert!(all.older_from.is_none());
+
+        // After the first thread's reply: only the second thread.
+        let later = s
+            .rooms
+            .thread_updates(&alice, &query(start, now, 10))
+            .unwrap();
+        assert_eq!(later.updates.len(), 1);
+        // After its older reply: one new reply, no `prev_batch`.
+        let last = s
+            .rooms
+            .thread_updates(&alice, &query(older_pos, now, 10))
+            .unwrap();
+        assert_eq!(last.updates[0].prev_batch, None);
+
+        // A limit of one cuts the list where the next update is.
+        let cut = s.rooms.thread_updates(&alice, &query(0, now, 1)).unwrap();
+        assert_eq!(cut.updates.len(), 1);
+        assert_eq!(cut.older_from, Some(Token(start)));
+
+        // Replies the response carries anyway leave their thread out; if one of them is
+        // missing, the thread stays.
+        let served: HashSet<OwnedEventId> = [older.clone(), newest.clone()].into();
+        let skipped = s
+            .rooms
+            .thread_updates(
+                &alice,
+                &UpdatesQuery {
+                    served: Some(&served),
+                    ..query(start, now, 10)
+                },
+            )
+            .unwrap();
+        assert!(skipped.updates.is_empty());
+        let partly: HashSet<OwnedEventId> = [newest].into();
+        let kept = s
+            .rooms
+            .thread_updates(
+                &alice,
+                &UpdatesQuery {
+                    served: Some(&partly),
+                    ..query(start, now, 10)
+                },
+            )
+            .unwrap();
+        assert_eq!(kept.updates.len(), 1);
+
+        // Someone not in the room gets nothing.
+        let bob = UserId::parse("@bob:localhost").unwrap();
+        assert!(s
+            .rooms
+            .thread_updates(&bob, &query(0, now, 10))
+            .unwrap()
+            .updates
+            .is_empty());
+    }
+}
