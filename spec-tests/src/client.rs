@@ -332,6 +332,51 @@ impl Client {
     pub async fn sync(&self, query: &str) -> Result<Value> {
         self.get(&format!("/sync?{query}")).await?.ok()
     }
+
+    /// An event as this client reads it on `/messages`, `/event`, `/context`, `/sync` and
+    /// sliding sync: all five copies (for what `unsigned` carries on every read path).
+    pub async fn event_everywhere(&self, room: &str, event_id: &str) -> Result<Vec<Value>> {
+        let r = enc(room);
+        let mut copies = Vec::new();
+        let page = self
+            .get(&format!("/rooms/{r}/messages?dir=b&limit=50"))
+            .await?
+            .ok()?;
+        copies.push(find_event(&page["chunk"], event_id)?.clone());
+        copies.push(
+            self.get(&format!("/rooms/{r}/event/{}", enc(event_id)))
+                .await?
+                .ok()?,
+        );
+        let context = self
+            .get(&format!("/rooms/{r}/context/{}?limit=10", enc(event_id)))
+            .await?
+            .ok()?;
+        copies.push(context["event"].clone());
+        let filter = enc(&json!({"room": {"timeline": {"limit": 50}}}).to_string());
+        let sync = self.sync(&format!("timeout=0&filter={filter}")).await?;
+        copies.push(
+            find_event(&sync["rooms"]["join"][room]["timeline"]["events"], event_id)?.clone(),
+        );
+        let ss = self
+            .request(
+                Method::POST,
+                "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0",
+                Some(&json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 50}}})),
+            )
+            .await?
+            .ok()?;
+        copies.push(find_event(&ss["rooms"][room]["timeline"], event_id)?.clone());
+        Ok(copies)
+    }
+}
+
+/// The event with `event_id` in a JSON array of events.
+fn find_event<'a>(events: &'a Value, event_id: &str) -> Result<&'a Value> {
+    events
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["event_id"] == event_id))
+        .ok_or_else(|| anyhow!("no {event_id} in {events}"))
 }
 
 /// A transaction id no other request of this test process uses (concurrent sends must

@@ -282,5 +282,21 @@ async fn the_sliding_sync_extension_and_the_feed_carry_the_changes() -> anyhow::
             > newest
     );
     assert!(ext.get("prev_batch").is_none(), "{ext}");
+
+    // The feed walked down to that `pos` finds just the change made after it.
+    let bounded = alice
+        .request(Method::GET, &format!("{FEED}?dir=b&to={}", enc(&pos)), None)
+        .await?
+        .ok()?;
+    assert!(bounded.get("subscribed").is_none(), "{bounded}");
+    let rooms = bounded["unsubscribed"].as_object().expect("unsubscribed");
+    assert_eq!(rooms.len(), 1, "{bounded}");
+    assert_eq!(
+        rooms[&room]
+            .as_object()
+            .map(|m| m.keys().collect::<Vec<_>>()),
+        Some(vec![&roots[1]]),
+        "{bounded}"
+    );
     Ok(())
 }

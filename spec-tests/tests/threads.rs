@@ -6,19 +6,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use spec_tests::{enc, invite_and_join, Client, TestServer};
 
-const SLIDING: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
-
 fn reply(root: &str, body: &str) -> Value {
     json!({"msgtype": "m.text", "body": body,
         "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
-}
-
-/// The event with `event_id` in a list; panics with the list when it is missing.
-fn find<'a>(events: &'a [Value], event_id: &str) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["event_id"] == event_id)
-        .unwrap_or_else(|| panic!("no {event_id} in {events:?}"))
 }
 
 fn thread_of(event: &Value) -> &Value {
@@ -45,47 +35,6 @@ async fn v1(c: &Client, path: &str) -> anyhow::Result<Value> {
         .ok()
 }
 
-/// The root as `c` reads it on `/messages`, `/event`, `/context`, `/sync` and sliding
-/// sync: all five copies.
-async fn root_everywhere(c: &Client, room: &str, root: &str) -> anyhow::Result<Vec<Value>> {
-    let r = enc(room);
-    let mut copies = Vec::new();
-    let page = c
-        .get(&format!("/rooms/{r}/messages?dir=b&limit=50"))
-        .await?
-        .ok()?;
-    copies.push(find(page["chunk"].as_array().unwrap(), root).clone());
-    copies.push(
-        c.get(&format!("/rooms/{r}/event/{}", enc(root)))
-            .await?
-            .ok()?,
-    );
-    let context = c
-        .get(&format!("/rooms/{r}/context/{}?limit=10", enc(root)))
-        .await?
-        .ok()?;
-    copies.push(context["event"].clone());
-    let filter = enc(&json!({"room": {"timeline": {"limit": 50}}}).to_string());
-    let sync = c.sync(&format!("timeout=0&filter={filter}")).await?;
-    let timeline = sync["rooms"]["join"][room]["timeline"]["events"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no timeline in {sync}"));
-    copies.push(find(timeline, root).clone());
-    let ss = c
-        .request(
-            Method::POST,
-            &format!("{SLIDING}?timeout=0"),
-            Some(&json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 50}}})),
-        )
-        .await?
-        .ok()?;
-    let timeline = ss["rooms"][room]["timeline"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no timeline in {ss}"));
-    copies.push(find(timeline, root).clone());
-    Ok(copies)
-}
-
 #[tokio::test]
 async fn thread_roots_carry_their_summary_for_each_reader_on_every_read_path() -> anyhow::Result<()>
 {
@@ -110,7 +59,7 @@ async fn thread_roots_carry_their_summary_for_each_reader_on_every_read_path() -
         .await?;
 
     for (reader, participated) in [(&alice, true), (&bob, true), (&carol, false)] {
-        for copy in root_everywhere(reader, &room, &root).await? {
+        for copy in reader.event_everywhere(&room, &root).await? {
             check_summary(&copy, 3, &b2, "b2", participated);
             assert_eq!(
                 thread_of(&copy)["latest_event"]["unsigned"]["membership"],

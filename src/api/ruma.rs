@@ -14,7 +14,10 @@ use bytes::BytesMut;
 use ruma::{
     api::{
         auth_scheme::{AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional},
-        client::{message::send_message_event, session::login, state::send_state_event},
+        client::{
+            message::send_message_event, push::set_pushrule, session::login,
+            state::send_state_event,
+        },
         error::{DeserializationError, FromHttpRequestError},
         path_builder::PathBuilder,
         IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
@@ -232,6 +235,7 @@ where
         };
 
         refuse_ruma_panics::<T>(&bytes)?;
+        refuse_postcontent_rules::<T>(&path_args)?;
         let client_ip =
             super::client_ip::ClientIp::of(&parts, services.rate_limits.trusted_proxies()).0;
         let query = parts.uri.query().map(str::to_owned);
@@ -266,6 +270,21 @@ fn refuse_ruma_panics<T: 'static>(bytes: &[u8]) -> Result<()> {
             if !body.get("type").is_some_and(serde_json::Value::is_string) {
                 return Err(Error::bad_json("The login `type` must be a string"));
             }
+        }
+    }
+    Ok(())
+}
+
+/// MSC4306: a client creating a rule of the `postcontent` kind gets 400 `M_INVALID_PARAM`
+/// (ruma's request type cannot name that kind, so it is refused before parsing).
+fn refuse_postcontent_rules<T: 'static>(path_args: &[String]) -> Result<()> {
+    if TypeId::of::<T>() == TypeId::of::<set_pushrule::v3::Request>() {
+        let kind = path_args.iter().rev().nth(1).map(String::as_str);
+        if kind.is_some_and(|k| {
+            ruma::push::RuleKind::from(k) == ruma::push::RuleKind::PostContent
+                || k == super::client::push_rules::POSTCONTENT
+        }) {
+            return Err(super::client::push_rules::postcontent_refused());
         }
     }
     Ok(())

@@ -11,7 +11,7 @@ use ruma::{
     push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
-    Int, OwnedUserId, RoomId, UInt, UserId,
+    Int, OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::{json, Value};
 
@@ -83,8 +83,26 @@ impl PushService {
                 || content_lower.contains(&display_name.to_lowercase())
                 || pdu.state_key.as_deref() == Some(user.as_str())
         };
-        let mut generic: Option<Vec<Action>> = None;
-        let mut generic_users = Vec::new();
+        // A reply in a thread is evaluated per subscription state (MSC4306's
+        // `thread_subscription` condition): the shared evaluation is made once for
+        // subscribers and once for the others, and each recipient's state is one point
+        // lookup. Other events match no such condition.
+        let thread_root = thread_root_of(&event_json);
+        let subscribed = |user: &UserId| -> Result<bool> {
+            match &thread_root {
+                Some(root) => Ok(self
+                    .users
+                    .thread_subscription(user, room_id, root)?
+                    .is_some()),
+                None => Ok(false),
+            }
+        };
+        let with_subscription = |ctx: PushConditionRoomCtx, subscribed: bool| {
+            ctx.with_has_thread_subscription_fn(move |_| Box::pin(std::future::ready(subscribed)))
+        };
+        // Indexed by whether the recipient is subscribed to the event's thread.
+        let mut generic: [Option<Vec<Action>>; 2] = [None, None];
+        let mut generic_users: [Vec<&UserId>; 2] = [Vec::new(), Vec::new()];
         let mut record = EventPush {
             event_id: pdu.event_id.to_string(),
             ts: crate::users::now_ms(),
@@ -94,26 +112,30 @@ impl PushService {
         for user in joined {
             let display_name = self.display_name(room_id, user)?;
             let custom = self.custom_ruleset(user)?;
+            let sub = subscribed(user)?;
             if custom.is_none() && !names(user, &display_name) {
-                let actions = match &generic {
+                let actions = match &mut generic[usize::from(sub)] {
                     Some(a) => a,
-                    None => {
+                    slot @ None => {
                         let ruleset = Ruleset::server_default(&self.nobody);
-                        let ctx = ctx_for(&self.nobody, self.nobody.localpart().to_owned());
+                        let ctx = with_subscription(
+                            ctx_for(&self.nobody, self.nobody.localpart().to_owned()),
+                            sub,
+                        );
                         let actions = matching_actions(&ruleset, &flattened, &ctx)
                             .map(<[Action]>::to_vec)
                             .unwrap_or_default();
-                        generic.insert(actions)
+                        slot.insert(actions)
                     }
                 };
                 if actions.iter().any(Action::should_notify) {
-                    generic_users.push(user);
+                    generic_users[usize::from(sub)].push(user);
                     pushes.push((user.to_owned(), actions.iter().any(Action::is_highlight)));
                 }
                 continue;
             }
             let ruleset = custom.unwrap_or_else(|| Arc::new(Ruleset::server_default(user)));
-            let ctx = ctx_for(user, display_name);
+            let ctx = with_subscription(ctx_for(user, display_name), sub);
             let Some(actions) = matching_actions(&ruleset, &flattened, &ctx) else {
                 continue;
             };
@@ -123,8 +145,10 @@ impl PushService {
             record.add(user, actions);
             pushes.push((user.to_owned(), actions.iter().any(Action::is_highlight)));
         }
-        if let Some(actions) = &generic {
-            record.add_all(&generic_users, actions);
+        for (actions, users) in generic.iter().zip(&generic_users) {
+            if let Some(actions) = actions {
+                record.add_all(users, actions);
+            }
         }
         if pushes.is_empty() {
             return Ok(None);
@@ -206,8 +230,8 @@ impl PushService {
 /// The actions of the first rule of `ruleset` that applies to the event (none when no rule
 /// applies), as ruma's `Ruleset::get_actions` decides, on an event flattened once for all
 /// recipients. The sender is never a recipient here. `None` if a condition needed an
-/// asynchronous lookup: ruma awaits only thread-subscription lookups, which we do not
-/// install, so that does not happen.
+/// asynchronous lookup: ruma awaits only the thread-subscription lookup, which is given
+/// as a ready value, so that does not happen.
 pub(super) fn matching_actions<'a>(
     ruleset: &'a Ruleset,
     event: &FlattenedJson,
@@ -219,4 +243,16 @@ pub(super) fn matching_actions<'a>(
         }
     }
     Some(&[])
+}
+
+/// The thread root of a client-format event that is a reply in a thread (`m.relates_to`
+/// with `rel_type` `m.thread`), as the `thread_subscription` condition reads it.
+fn thread_root_of(event: &Value) -> Option<OwnedEventId> {
+    let relates = &event["content"]["m.relates_to"];
+    if relates["rel_type"].as_str() != Some("m.thread") {
+        return None;
+    }
+    relates["event_id"]
+        .as_str()
+        .and_then(|id| OwnedEventId::try_from(id).ok())
 }

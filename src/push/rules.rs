@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use ruma::{push::Ruleset, UserId};
+use ruma::{
+    push::{ConditionalPushRule, Ruleset},
+    UserId,
+};
 use serde_json::{json, Value};
 
 use super::{PushService, PUSH_RULES_TYPE};
@@ -31,7 +34,10 @@ impl PushService {
             .users
             .get_account_data(user, None, PUSH_RULES_TYPE)?
             .and_then(|c| serde_json::from_value::<Ruleset>(c["global"].clone()).ok())
-            .map(Arc::new);
+            .map(|mut ruleset| {
+                with_current_postcontent(&mut ruleset, user);
+                Arc::new(ruleset)
+            });
         self.rules
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -55,5 +61,56 @@ impl PushService {
             .unwrap_or_else(|e| e.into_inner())
             .insert(user.to_owned(), Some(Arc::new(ruleset)));
         Ok(())
+    }
+}
+
+/// Gives a user's stored rules the server's current `postcontent` rules (MSC4306's thread
+/// rules), which rules stored before the server had them lack: each in the server's order,
+/// keeping the `enabled` and `actions` the user set on it. Clients cannot add their own
+/// rules of this kind, so nothing else is kept.
+pub(super) fn with_current_postcontent(ruleset: &mut Ruleset, user: &UserId) {
+    let stored = std::mem::take(&mut ruleset.postcontent);
+    ruleset.postcontent = Ruleset::server_default(user)
+        .postcontent
+        .into_iter()
+        .map(|mut rule: ConditionalPushRule| {
+            if let Some(own) = stored.get(rule.rule_id.as_str()) {
+                rule.enabled = own.enabled;
+                rule.actions = own.actions.clone();
+            }
+            rule
+        })
+        .collect();
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{push::RuleKind, user_id};
+
+    use super::*;
+
+    #[test]
+    fn stored_rules_get_the_thread_rules_and_keep_their_switches() {
+        let user = user_id!("@alice:example.org");
+        let mut old = Ruleset::server_default(user);
+        old.postcontent.clear();
+        with_current_postcontent(&mut old, user);
+        let ids: Vec<&str> = old.postcontent.iter().map(|r| r.rule_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                ".io.element.msc4306.rule.unsubscribed_thread",
+                ".io.element.msc4306.rule.subscribed_thread"
+            ]
+        );
+        old.set_enabled(
+            RuleKind::PostContent,
+            ".io.element.msc4306.rule.unsubscribed_thread",
+            false,
+        )
+        .expect("a server-default rule");
+        with_current_postcontent(&mut old, user);
+        assert!(!old.postcontent[0].enabled);
+        assert!(old.postcontent[1].enabled);
     }
 }

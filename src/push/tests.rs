@@ -35,13 +35,26 @@ fn evaluated_one_by_one(push: &PushService, pdu: &Pdu) -> BTreeMap<String, Value
     let count = UInt::try_from(members.count(Membership::Join) as u64).unwrap();
     let mut out = BTreeMap::new();
     for user in members.joined().filter(|u| *u != pdu.sender) {
+        let content = pdu.content_value();
+        let relates = &content["m.relates_to"];
+        let subscribed = relates["rel_type"] == "m.thread"
+            && relates["event_id"]
+                .as_str()
+                .and_then(|root| ruma::EventId::parse(root).ok())
+                .is_some_and(|root| {
+                    push.users
+                        .thread_subscription(user, &pdu.room_id, &root)
+                        .unwrap()
+                        .is_some()
+                });
         let ctx = PushConditionRoomCtx::new(
             pdu.room_id.clone(),
             count,
             user.to_owned(),
             push.display_name(&pdu.room_id, user).unwrap(),
         )
-        .with_power_levels(push.power_levels_ctx(&pdu.room_id).unwrap());
+        .with_power_levels(push.power_levels_ctx(&pdu.room_id).unwrap())
+        .with_has_thread_subscription_fn(move |_| Box::pin(std::future::ready(subscribed)));
         let ruleset = push.ruleset(user).unwrap();
         let actions = matching_actions(&ruleset, &flattened, &ctx)
             .unwrap()
@@ -110,13 +123,40 @@ async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
         .unwrap();
     s.push.save_ruleset(&erin, custom).await.unwrap();
 
+    // A thread Bob and Erin (own rules) are subscribed to, and one nobody is.
+    let mut roots = Vec::new();
+    for body in ["a thread", "another thread"] {
+        let (root, _) = s
+            .rooms
+            .send_to(
+                &room,
+                &alice,
+                NewEvent::message("m.room.message", json!({"msgtype": "m.text", "body": body})),
+            )
+            .await
+            .unwrap();
+        roots.push(root);
+    }
+    for u in [&bob, &erin] {
+        s.users
+            .subscribe_thread(u, &room, &roots[0], crate::users::Subscription::Manual)
+            .unwrap();
+    }
+    let in_thread = |root: &ruma::OwnedEventId, mentions: Value| {
+        json!({"msgtype": "m.text", "body": "in a thread", "m.mentions": mentions,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root}})
+    };
     let contents = [
+        in_thread(&roots[0], json!({})),
+        in_thread(&roots[1], json!({})),
+        in_thread(&roots[1], json!({"user_ids": [carol.as_str()]})),
         json!({"msgtype": "m.text", "body": "plain words"}),
         json!({"msgtype": "m.text", "body": "hey Bobby Tables!"}),
         json!({"msgtype": "m.text", "body": "hi", "m.mentions": {"user_ids": [carol.as_str()]}}),
         json!({"msgtype": "m.notice", "body": "a notice for dave"}),
         json!({"msgtype": "m.text", "body": "@room", "m.mentions": {"room": true}}),
     ];
+    let mut notified = Vec::new();
     for content in contents {
         let guard = s.rooms.lock(&room).await;
         let (id, pos) = s
@@ -140,7 +180,14 @@ async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
             None => BTreeMap::new(),
         };
         assert_eq!(got, expected, "for {content}");
+        notified.push(got.into_keys().collect::<Vec<_>>());
     }
+    // In the subscribed thread its subscribers are notified; in the other only a mention
+    // notifies. Erin's own rule (everything from Alice) comes before the thread rules.
+    let ids = |users: &[&OwnedUserId]| users.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    assert_eq!(notified[0], ids(&[&bob, &erin]));
+    assert_eq!(notified[1], ids(&[&erin]));
+    assert_eq!(notified[2], ids(&[&carol, &erin]));
 }
 
 #[test]

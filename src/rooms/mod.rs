@@ -3,6 +3,7 @@
 //! checked against the spec's authorization rules here before it is stored.
 
 mod admin;
+mod aggregations;
 mod alias;
 mod append;
 mod block;
@@ -24,6 +25,7 @@ mod restricted;
 mod state;
 #[cfg(test)]
 pub(crate) mod test_support;
+mod thread_updates;
 mod threads;
 mod upgrade;
 mod visibility;
@@ -54,6 +56,7 @@ pub use self::{
     relations::{RelationsPage, RelationsQuery},
     reports::{EventReport, ReportQuery},
     state::{PowerLevels, StateMap},
+    thread_updates::{ThreadUpdate, ThreadUpdates, UpdatesQuery, MAX_THREAD_UPDATES},
     threads::ThreadsPage,
 };
 use crate::{

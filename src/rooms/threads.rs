@@ -64,8 +64,10 @@ impl RoomsService {
     }
 
     /// Adds what `unsigned` carries for the reader to client-format events of `room_id`
-    /// served to `user`: `membership` ([`RoomsService::add_memberships`]) and, on thread
-    /// roots, the `m.thread` summary. Every read path calls it on what it serves.
+    /// served to `user`: `membership` ([`RoomsService::add_memberships`]) and the bundled
+    /// aggregations: on thread roots the `m.thread` summary, on edited events the newest
+    /// valid edit (`m.replace`), on referenced events their references (`m.reference`,
+    /// `aggregations.rs`). Every read path calls it on what it serves.
     pub fn add_unsigned(
         &self,
         room_id: &RoomId,
@@ -73,7 +75,8 @@ impl RoomsService {
         events: &mut [Value],
     ) -> Result<()> {
         self.add_memberships(room_id, user, events)?;
-        self.add_thread_summaries(room_id, user, events)
+        self.add_thread_summaries(room_id, user, events)?;
+        self.add_edits_and_references(room_id, user, events)
     }
 
     /// Adds `unsigned["m.relations"]["m.thread"]` to the thread roots among `events`.
@@ -114,6 +117,8 @@ impl RoomsService {
                 thread.latest.to_sync_event()
             }];
             self.add_memberships(room_id, user, &mut latest)?;
+            // The newest reply carries its own newest edit (as Synapse bundles it).
+            self.add_edits_and_references(room_id, user, &mut latest)?;
             let [latest] = latest;
             if !event["unsigned"].is_object() {
                 event["unsigned"] = json!({});
@@ -131,7 +136,7 @@ impl RoomsService {
     }
 
     /// The newest position `user` may read in the room, 0 when they may read none.
-    fn reading_limit(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
+    pub(super) fn reading_limit(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
         match self.visible_until(room_id, user) {
             Ok(until) => Ok(until.min(self.current_pos())),
             Err(e) if matches!(e.errcode(), "M_FORBIDDEN" | "M_NOT_FOUND") => Ok(0),

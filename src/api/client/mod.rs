@@ -19,7 +19,7 @@ mod membership;
 mod myelin_rooms;
 mod presence;
 mod profile;
-mod push_rules;
+pub(crate) mod push_rules;
 mod relations;
 mod report;
 mod room;
@@ -28,6 +28,7 @@ mod session;
 mod sync;
 mod thirdparty;
 mod thread_subscriptions;
+mod thread_updates;
 mod to_device;
 mod user_directory;
 mod voip;
@@ -72,6 +73,7 @@ pub(crate) fn routes() -> Router<Arc<Services>> {
     let router = report::routes(router);
     let router = relations::routes(router);
     let router = thread_subscriptions::routes(router);
+    let router = thread_updates::routes(router);
     let router = appservice::routes(router);
     sync::routes(router)
 }

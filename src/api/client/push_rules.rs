@@ -10,7 +10,7 @@ use ruma::{
         get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope, set_pusher,
         set_pushrule, set_pushrule_actions, set_pushrule_enabled,
     },
-    push::{AnyPushRule, InsertPushRuleError, RemovePushRuleError, RuleKind, Ruleset},
+    push::{AnyPushRule, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
     serde::Raw,
     MilliSecondsSinceUnixEpoch, RoomId, UInt,
 };
@@ -37,9 +37,27 @@ pub(super) fn routes(router: axum::Router<Arc<Services>>) -> axum::Router<Arc<Se
         .ruma(set_pusher_route)
 }
 
+/// MSC4306: clients may not create rules of the `postcontent` kind (yet).
+pub(crate) fn postcontent_refused() -> Error {
+    Error::invalid_param("user-defined rules using `postcontent` are not accepted")
+}
+
 fn rule_not_found() -> Error {
     Error::not_found("Push rule not found")
 }
+
+/// The kind a path names. MSC4306's `postcontent` rules are served under the kind
+/// `postcontent` (as Synapse names it) and under ruma's unstable
+/// `io.element.msc4306.postcontent`.
+fn kind(kind: &RuleKind) -> RuleKind {
+    match kind.as_str() {
+        POSTCONTENT => RuleKind::PostContent,
+        _ => kind.clone(),
+    }
+}
+
+/// The kind name of MSC4306's rules in Synapse's paths.
+pub(crate) const POSTCONTENT: &str = "postcontent";
 
 fn find(ruleset: &Ruleset, kind: &RuleKind, rule_id: &str) -> Result<AnyPushRule> {
     ruleset
@@ -74,8 +92,14 @@ async fn get_rule(
     req: Ruma<get_pushrule::v3::Request>,
 ) -> Result<get_pushrule::v3::Response> {
     let ruleset = services.push.ruleset(req.sender_user()?)?;
-    let rule = find(&ruleset, &req.body.kind, &req.body.rule_id)?;
-    Ok(get_pushrule::v3::Response::new(rule.into()))
+    let rule = find(&ruleset, &kind(&req.body.kind), &req.body.rule_id)?;
+    // ruma's conversion of a rule of any kind does not know `postcontent` (it panics):
+    // those rules are conditional rules like `override` ones.
+    let rule = match rule {
+        AnyPushRule::PostContent(r) => r.into(),
+        other => other.into(),
+    };
+    Ok(get_pushrule::v3::Response::new(rule))
 }
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
@@ -84,6 +108,9 @@ async fn set_rule(
     req: Ruma<set_pushrule::v3::Request>,
 ) -> Result<set_pushrule::v3::Response> {
     let user = req.sender_user()?;
+    if matches!(req.body.rule, NewPushRule::PostContent(_)) {
+        return Err(postcontent_refused());
+    }
     let mut ruleset = (*services.push.ruleset(user)?).clone();
     ruleset
         .insert(
@@ -113,7 +140,7 @@ async fn delete_rule(
     let user = req.sender_user()?;
     let mut ruleset = (*services.push.ruleset(user)?).clone();
     ruleset
-        .remove(req.body.kind.clone(), &req.body.rule_id)
+        .remove(kind(&req.body.kind), &req.body.rule_id)
         .map_err(|e| match e {
             RemovePushRuleError::ServerDefault => Error::matrix(
                 http::StatusCode::BAD_REQUEST,
@@ -133,7 +160,7 @@ async fn get_enabled(
 ) -> Result<get_pushrule_enabled::v3::Response> {
     let ruleset = services.push.ruleset(req.sender_user()?)?;
     let enabled = ruleset
-        .get(req.body.kind.clone(), &req.body.rule_id)
+        .get(kind(&req.body.kind), &req.body.rule_id)
         .map(|r| r.enabled())
         .ok_or_else(rule_not_found)?;
     Ok(get_pushrule_enabled::v3::Response::new(enabled))
@@ -147,7 +174,7 @@ async fn set_enabled(
     let user = req.sender_user()?;
     let mut ruleset = (*services.push.ruleset(user)?).clone();
     ruleset
-        .set_enabled(req.body.kind.clone(), &req.body.rule_id, req.body.enabled)
+        .set_enabled(kind(&req.body.kind), &req.body.rule_id, req.body.enabled)
         .map_err(|_| rule_not_found())?;
     services.push.save_ruleset(user, ruleset).await?;
     Ok(set_pushrule_enabled::v3::Response::new())
@@ -160,7 +187,7 @@ async fn get_actions(
 ) -> Result<get_pushrule_actions::v3::Response> {
     let ruleset = services.push.ruleset(req.sender_user()?)?;
     let actions = ruleset
-        .get(req.body.kind.clone(), &req.body.rule_id)
+        .get(kind(&req.body.kind), &req.body.rule_id)
         .map(|r| r.actions().to_vec())
         .ok_or_else(rule_not_found)?;
     Ok(get_pushrule_actions::v3::Response::new(actions))
@@ -175,7 +202,7 @@ async fn set_actions(
     let mut ruleset = (*services.push.ruleset(user)?).clone();
     ruleset
         .set_actions(
-            req.body.kind.clone(),
+            kind(&req.body.kind),
             &req.body.rule_id,
             req.body.actions.clone(),
         )

@@ -141,12 +141,14 @@ async fn feed_route(State(services): State<Arc<Services>>, req: RawJson) -> Resu
         Some(t) => feed_pos(t)?.min(now),
         None => now,
     };
-    let to = req
-        .query
-        .get("to")
-        .map(|t| feed_pos(t))
-        .transpose()?
-        .unwrap_or(0);
+    // `to` is usually the `pos` of the sliding sync whose extension was cut short.
+    let to = match req.query.get("to") {
+        Some(t) => match services.sync.sliding_pos_token(&req.session, t) {
+            Some(token) => token.userdata,
+            None => feed_pos(t)?,
+        },
+        None => 0,
+    };
     let limit = match req.query.get("limit") {
         Some(l) => l
             .parse::<usize>()

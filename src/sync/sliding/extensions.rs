@@ -1,15 +1,16 @@
 //! The extensions of a sliding sync response: to-device, e2ee, account data, thread
-//! subscriptions, receipts and typing.
+//! subscriptions, thread updates, receipts and typing.
 
 use std::collections::{BTreeMap, HashSet};
 
-use ruma::OwnedRoomId;
+use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{json, Map, Value};
 
 use super::RoomConfig;
 use crate::{
     e2ee::StreamPoint,
     push::PUSH_RULES_TYPE,
+    rooms::{UpdatesQuery, MAX_THREAD_UPDATES},
     sync::{SyncService, SyncToken},
     users::{Session, DEFAULT_FEED_LIMIT},
     Error, Result,
@@ -17,6 +18,9 @@ use crate::{
 
 /// The thread-subscriptions extension (MSC4308, unstable name).
 const THREAD_SUBSCRIPTIONS: &str = "io.element.msc4308.thread_subscriptions";
+/// The thread-updates extension (MSC4360): its unstable name, and the name the MSC gives
+/// it once stable.
+const THREADS: [&str; 2] = ["io.element.msc4360.threads", "threads"];
 
 impl SyncService {
     /// Rooms an extension applies to: the `rooms`/`lists` it names, else every room of
@@ -42,6 +46,7 @@ impl SyncService {
         since: Option<SyncToken>,
         now: SyncToken,
         configs: &BTreeMap<OwnedRoomId, RoomConfig>,
+        served: &HashSet<OwnedEventId>,
     ) -> Result<(Value, bool)> {
         let (user, device) = (&session.user_id, &session.device_id);
         let ext = &body["extensions"];
@@ -150,6 +155,38 @@ impl SyncService {
                 changed = true;
                 out.insert(THREAD_SUBSCRIPTIONS.into(), Value::Object(fields));
             }
+        }
+
+        for name in THREADS.into_iter().filter(|n| enabled(n)) {
+            // Threads with replies since the last response, newest first (all threads on
+            // a first request); without `include_roots`, not those whose replies the
+            // client gets in this response's timelines anyway.
+            let include_roots = ext[name]["include_roots"] == true;
+            let limit = ext[name]["limit"].as_u64().map_or(MAX_THREAD_UPDATES, |l| {
+                usize::try_from(l).unwrap_or(MAX_THREAD_UPDATES)
+            });
+            let page = self.rooms.thread_updates(
+                user,
+                &UpdatesQuery {
+                    after: since.map_or(0, |s| s.timeline),
+                    until: now.timeline,
+                    limit,
+                    served: (!include_roots).then_some(served),
+                },
+            )?;
+            if page.updates.is_empty() {
+                continue;
+            }
+            let updates = self
+                .rooms
+                .thread_updates_json(user, &page.updates, include_roots)?;
+            let mut fields = Map::new();
+            fields.insert("updates".into(), Value::Object(updates));
+            if let Some(older) = page.older_from {
+                fields.insert("prev_batch".into(), json!(older.to_string()));
+            }
+            changed = true;
+            out.insert(name.into(), Value::Object(fields));
         }
 
         let since_eph = since.map_or(0, |s| s.ephemeral);

@@ -12,12 +12,12 @@
 //! allows.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     hash::{Hash, Hasher},
     time::Duration,
 };
 
-use ruma::{OwnedRoomId, OwnedUserId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
 mod extensions;
@@ -196,6 +196,20 @@ impl SyncService {
         }
     }
 
+    /// The stream positions behind a sliding-sync `pos` of one of the device's connections
+    /// (companion endpoints take a `pos` as the end of a backward walk); `None` when it is
+    /// unknown or expired.
+    pub fn sliding_pos_token(&self, session: &Session, pos: &str) -> Option<SyncToken> {
+        let wanted: u64 = pos.parse().ok()?;
+        let conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .iter()
+            .filter(|(k, _)| k.0 == session.user_id && k.1 == session.device_id.as_str())
+            .flat_map(|(_, conn)| conn.positions.iter())
+            .find(|(id, _)| *id == wanted)
+            .map(|(_, state)| state.token)
+    }
+
     fn store_position(&self, key: (OwnedUserId, String, String), state: ConnState) -> u64 {
         let mut conns = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         // Bound the connections a device may hold: drop its least recently used.
@@ -365,8 +379,17 @@ impl SyncService {
             );
         }
 
+        // The events this response's timelines carry (the threads extension leaves out
+        // threads whose news they already are).
+        let served: HashSet<OwnedEventId> = rooms
+            .values()
+            .filter_map(|entry| entry["timeline"].as_array())
+            .flatten()
+            .filter_map(|e| e["event_id"].as_str())
+            .filter_map(|id| OwnedEventId::try_from(id).ok())
+            .collect();
         let (extensions, ext_changed) =
-            self.sliding_extensions(session, body, since, now, &configs)?;
+            self.sliding_extensions(session, body, since, now, &configs, &served)?;
         let changed =
             !rooms.is_empty() || ext_changed || prev.is_none_or(|p| p.list_counts != list_counts);
         let response = json!({
