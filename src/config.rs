@@ -199,6 +199,22 @@ pub struct RtcConfig {
     /// The `myelin-recorder` program that records meetings (an extra package, see the
     /// README's "Recording"); empty = recording is off.
     pub recorder: String,
+    /// Several SFUs behind this token service: each call (room and slot) is placed on one
+    /// of them by rendezvous hashing. Empty = the one SFU at `livekit_url`.
+    pub sfus: Vec<SfuEntry>,
+}
+
+/// One SFU of `rtc.sfus`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SfuEntry {
+    /// WebSocket URL handed to clients (`ws://` or `wss://`).
+    pub url: String,
+    /// Base URL of its internal admin API (`http(s)://host:port`); empty = `url` with
+    /// `ws`/`wss` turned into `http`/`https`.
+    pub internal_url: String,
+    /// A label for the operator (logged with each placement); not used for placement.
+    pub region: String,
 }
 
 impl Default for RtcConfig {
@@ -215,6 +231,7 @@ impl Default for RtcConfig {
             max_delay_ms: 24 * 60 * 60 * 1000,
             max_delayed_per_user: 100,
             recorder: String::new(),
+            sfus: Vec::new(),
         }
     }
 }
@@ -511,6 +528,18 @@ impl Config {
         if let Some(v) = lookup("MYELIN_RTC_RECORDER") {
             rtc.recorder = v;
         }
+        if let Some(v) = lookup("MYELIN_RTC_SFUS") {
+            // A comma-separated list of SFU URLs (their internal API derived from each).
+            rtc.sfus = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|url| SfuEntry {
+                    url: url.to_owned(),
+                    ..SfuEntry::default()
+                })
+                .collect();
+        }
         if let Some(v) = lookup("MYELIN_STORAGE_ENGINE") {
             self.storage.engine = match v.as_str() {
                 "sled" => StorageEngine::Sled,
@@ -550,6 +579,30 @@ impl Config {
             if !url.is_empty() && !url.contains("://") {
                 anyhow::bail!("{name} {url:?} is not a URL");
             }
+        }
+        for sfu in &self.rtc.sfus {
+            if !(sfu.url.starts_with("ws://") || sfu.url.starts_with("wss://")) {
+                anyhow::bail!("rtc.sfus: url {:?} is not a ws:// or wss:// URL", sfu.url);
+            }
+            if !sfu.internal_url.is_empty()
+                && !(sfu.internal_url.starts_with("http://")
+                    || sfu.internal_url.starts_with("https://"))
+            {
+                anyhow::bail!(
+                    "rtc.sfus: internal_url {:?} is not an http:// or https:// URL",
+                    sfu.internal_url
+                );
+            }
+        }
+        let mut urls: Vec<&str> = self
+            .rtc
+            .sfus
+            .iter()
+            .map(|s| s.url.trim_end_matches('/'))
+            .collect();
+        urls.sort_unstable();
+        if urls.windows(2).any(|w| w[0] == w[1]) {
+            anyhow::bail!("rtc.sfus lists an SFU twice");
         }
         for cidr in &self.push.gateway_allow_cidrs {
             crate::push::gateway::Cidr::parse(cidr)

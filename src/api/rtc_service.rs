@@ -203,7 +203,7 @@ async fn delegate_delayed_leave(
     } else {
         req.member.claimed_device_id.clone()
     };
-    let url = services.rtc.livekit_url().to_owned();
+    let url = services.rtc.sfu_url(room, &req.slot_id).to_owned();
     services.rtc.delegate_delayed_leave(
         &grant.user_id,
         &device,

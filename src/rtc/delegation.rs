@@ -95,10 +95,10 @@ impl RtcService {
                 "slot_id, member_id and delay_id must not be empty",
             ));
         }
-        if req.url.trim_end_matches('/') != self.config.rtc.livekit_url.trim_end_matches('/') {
+        let hosting = self.sfu_url(req.room_id, req.slot_id);
+        if req.url.trim_end_matches('/') != hosting.trim_end_matches('/') {
             return Err(Error::invalid_param(format!(
-                "This server manages delayed leaves on its own SFU only ({})",
-                self.config.rtc.livekit_url
+                "This server manages delayed leaves on the SFU hosting the call only ({hosting})"
             )));
         }
         let event = self
@@ -168,7 +168,7 @@ impl Watch {
                 // Sent, cancelled or unreadable: nothing left to manage.
                 _ => break,
             }
-            match rtc.sfu_admin().participants(&self.room).await {
+            match rtc.sfu_admin(&self.room).participants(&self.room).await {
                 Ok(present) if present.contains(&self.identity) => seen = true,
                 Ok(_) if seen => {
                     tracing::info!(identity = %self.identity, "participant left the SFU: sending the delegated leave");

@@ -8,6 +8,7 @@ pub mod delegation;
 pub mod embedded;
 pub mod keys;
 pub mod openid;
+pub mod placement;
 pub mod recording;
 pub mod removal;
 pub mod sfu_admin;
@@ -48,7 +49,7 @@ pub struct RtcService {
     users: Arc<UsersService>,
     keys: LiveKitKeys,
     delayed: delayed::Scheduler,
-    sfu: sfu_admin::SfuAdmin,
+    sfus: placement::SfuPool,
     delegations: delegation::Delegations,
 }
 
@@ -61,8 +62,7 @@ impl RtcService {
         users: Arc<UsersService>,
         keys: LiveKitKeys,
     ) -> Result<RtcService> {
-        let sfu =
-            sfu_admin::SfuAdmin::new(&config.rtc.livekit_url, internal_secret(&config, &keys))?;
+        let sfus = placement::SfuPool::new(&config.rtc, &internal_secret(&config, &keys))?;
         let service = RtcService {
             config,
             storage,
@@ -70,7 +70,7 @@ impl RtcService {
             users,
             keys,
             delayed: delayed::Scheduler::default(),
-            sfu,
+            sfus,
             delegations: delegation::Delegations::default(),
         };
         service.purge_expired_openid_tokens()?;
@@ -82,9 +82,12 @@ impl RtcService {
         &self.keys
     }
 
-    /// The WebSocket URL of the SFU.
-    pub fn livekit_url(&self) -> &str {
-        &self.config.rtc.livekit_url
+    /// The WebSocket URL of the SFU hosting the `slot` of `room_id`'s call.
+    pub fn sfu_url(&self, room_id: &RoomId, slot: &str) -> &str {
+        &self
+            .sfus
+            .for_room(&token::livekit_room_name(room_id.as_str(), slot))
+            .url
     }
 
     /// The `livekit_service_url` advertised to clients: where `/sfu/get` and `/get_token` live.
@@ -97,9 +100,9 @@ impl RtcService {
         internal_secret(&self.config, &self.keys)
     }
 
-    /// The client of the SFU's room-admin API.
-    pub fn sfu_admin(&self) -> &sfu_admin::SfuAdmin {
-        &self.sfu
+    /// The client of the admin API of the SFU hosting the LiveKit room `room`.
+    pub fn sfu_admin(&self, room: &str) -> &sfu_admin::SfuAdmin {
+        &self.sfus.for_room(room).admin
     }
 
     /// Exchanges an OpenID token issued by `server_name` for a LiveKit token for the
@@ -160,15 +163,17 @@ impl RtcService {
         if self.users.is_deactivated(user)? {
             return Err(Error::user_deactivated());
         }
+        let room = token::livekit_room_name(room_id.as_str(), slot);
+        let url = self.sfus.for_room(&room).url.clone();
         let claims = token::participant_claims(
             &self.keys,
             token::identity(user.as_str(), device),
-            token::livekit_room_name(room_id.as_str(), slot),
+            room,
             now_ms() / 1000,
             self.config.rtc.token_ttl_secs,
         );
         Ok(SfuGrant {
-            url: self.config.rtc.livekit_url.clone(),
+            url,
             jwt: token::encode(&claims, &self.keys)?,
         })
     }
@@ -209,7 +214,9 @@ impl RtcService {
             .map(|m| token::identity(m.user_id.as_str(), &m.device_id))
             .collect();
         let room = token::livekit_room_name(room_id.as_str(), token::ROOM_CALL_SLOT);
-        self.sfu.mute_all_audio_except(&room, &keep).await
+        self.sfu_admin(&room)
+            .mute_all_audio_except(&room, &keep)
+            .await
     }
 }
 
@@ -219,7 +226,7 @@ impl RtcService {
     #[tracing::instrument(skip(self), fields(room = %room_id))]
     pub async fn end_call(&self, room_id: &RoomId) -> Result<Vec<String>> {
         let room = token::livekit_room_name(room_id.as_str(), token::ROOM_CALL_SLOT);
-        self.sfu.close_room(&room).await
+        self.sfu_admin(&room).close_room(&room).await
     }
 }
 
@@ -230,7 +237,9 @@ impl RtcService {
     #[tracing::instrument(skip(self), fields(room = %room_id, user = %user))]
     pub async fn remove_from_call(&self, room_id: &RoomId, user: &UserId) -> Result<Vec<String>> {
         let room = token::livekit_room_name(room_id.as_str(), token::ROOM_CALL_SLOT);
-        self.sfu.remove_user(&room, user.as_str()).await
+        self.sfu_admin(&room)
+            .remove_user(&room, user.as_str())
+            .await
     }
 }
 
