@@ -182,6 +182,8 @@ pub enum Event {
         payload: bytes::Bytes,
     },
     Data(proto::DataPacket),
+    /// The signalling socket closed (the last event of a session).
+    SocketClosed,
 }
 
 /// A connected LiveKit participant.
@@ -384,6 +386,7 @@ impl Client {
                     break;
                 }
             }
+            let _ = events_tx.send(Event::SocketClosed);
         });
         Ok(Client {
             join,
