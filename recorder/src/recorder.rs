@@ -151,6 +151,7 @@ impl Engine {
                 Vec::new()
             }
             SessionEvent::TrackEnded { track } => {
+                tracing::info!(%track, "track ended");
                 self.audio_tracks.remove(&track);
                 self.mixer.remove_source(&track);
                 if self.video.remove(&track).is_some() {
@@ -197,7 +198,9 @@ impl Engine {
                 None => placed,
             };
             self.last_video_ns = Some(ts);
-            self.video_written.insert(track.to_owned());
+            if self.video_written.insert(track.to_owned()) {
+                tracing::info!(%track, "video source shown");
+            }
             self.interleaver.push(OutFrame {
                 video: true,
                 ts_ns: ts,
@@ -314,6 +317,7 @@ pub async fn record(
             }
         };
         for Action::RequestKeyframe(track) in actions {
+            tracing::info!(%track, "key frame requested");
             session.request_keyframe(&track).await;
         }
     };

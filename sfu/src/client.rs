@@ -607,6 +607,7 @@ async fn answer_offer(
     offer: &proto::SessionDescription,
     send: &mpsc::UnboundedSender<Req>,
 ) -> Result<(), webrtc::Error> {
+    let renegotiation = pc.current_local_description().await.is_some();
     pc.set_remote_description(RTCSessionDescription::offer(offer.sdp.clone())?)
         .await?;
     let answer = pc.create_answer(None).await?;
@@ -614,8 +615,13 @@ async fn answer_offer(
     // webrtc-rs starts its receivers in a queued task after set_local_description
     // returns; media that arrives before that is lost for good (a browser applies the
     // description at once). Answer only once every receiving transceiver has its track.
+    // (On the first negotiation they start only once ICE and DTLS are up, which needs
+    // the answer: waiting would only delay it.)
     let deadline = tokio::time::Instant::now() + RECEIVERS_WAIT;
-    while !receivers_started(pc).await && tokio::time::Instant::now() < deadline {
+    while renegotiation
+        && !receivers_started(pc).await
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = send.send(Req::Answer(proto::SessionDescription {
