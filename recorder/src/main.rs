@@ -92,7 +92,9 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
-        Err(recorder::RecordError::NothingRecorded) => fail(3, "no media arrived: nothing was recorded"),
+        Err(recorder::RecordError::NothingRecorded) => {
+            fail(3, "no media arrived: nothing was recorded")
+        }
         Err(e) => fail(1, e),
     }
 }
@@ -108,9 +110,8 @@ fn stop_signal() -> impl std::future::Future<Output = String> {
         while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
         let _ = eof_tx.send(());
     });
-    let handlers = signal(SignalKind::terminate()).and_then(|term| {
-        signal(SignalKind::interrupt()).map(|int| (term, int))
-    });
+    let handlers = signal(SignalKind::terminate())
+        .and_then(|term| signal(SignalKind::interrupt()).map(|int| (term, int)));
     async move {
         let Ok((mut term, mut int)) = handlers else {
             // Without signal handlers only stdin can stop the recording.

@@ -261,10 +261,16 @@ impl Engine {
             return Err(e);
         }
         if self.out.dropped_video > 0 {
-            tracing::warn!(frames = self.out.dropped_video, "video came too late for the file");
+            tracing::warn!(
+                frames = self.out.dropped_video,
+                "video came too late for the file"
+            );
         }
         if self.mixer.late_packets > 0 {
-            tracing::info!(packets = self.mixer.late_packets, "late audio packets dropped");
+            tracing::info!(
+                packets = self.mixer.late_packets,
+                "late audio packets dropped"
+            );
         }
         let done = self.out.finish()?;
         Ok(Summary {

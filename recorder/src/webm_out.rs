@@ -158,8 +158,7 @@ impl WebmOut {
     }
 
     fn start(&mut self, video: Option<(u32, u32)>) -> Result<(), OutError> {
-        let file =
-            File::create(&self.path).map_err(|e| OutError::Create(self.path.clone(), e))?;
+        let file = File::create(&self.path).map_err(|e| OutError::Create(self.path.clone(), e))?;
         let mux = |what: &str| {
             let what = what.to_owned();
             move |e: webm::mux::Error| OutError::Mux(format!("{what}: {e:?}"))
@@ -354,7 +353,10 @@ mod tests {
         assert_eq!(&head[..8], b"OpusHead");
         assert_eq!(head[9], 1);
         assert_eq!(u16::from_le_bytes([head[10], head[11]]), 312);
-        assert_eq!(u32::from_le_bytes([head[12], head[13], head[14], head[15]]), 48_000);
+        assert_eq!(
+            u32::from_le_bytes([head[12], head[13], head[14], head[15]]),
+            48_000
+        );
     }
 
     #[test]

@@ -88,9 +88,24 @@ fn tool(name: &str) -> PathBuf {
 fn vp8_frames(dir: &Path, seconds: u32) -> Vec<Bytes> {
     let ivf = dir.join("pattern.ivf");
     let status = std::process::Command::new(tool("ffmpeg"))
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(format!("testsrc=size={WIDTH}x{HEIGHT}:rate={FPS}"))
-        .args(["-t", &seconds.to_string(), "-c:v", "libvpx", "-g", &FPS.to_string()])
+        .args([
+            "-t",
+            &seconds.to_string(),
+            "-c:v",
+            "libvpx",
+            "-g",
+            &FPS.to_string(),
+        ])
         .args(["-deadline", "realtime", "-b:v", "300k", "-f", "ivf"])
         .arg(&ivf)
         .status()
@@ -216,11 +231,9 @@ async fn send_video(track: Arc<TrackLocalStaticRTP>, frames: Arc<Vec<Bytes>>) {
             packet.header.timestamp = i.wrapping_mul(90_000 / FPS);
             packet.header.marker = k == last;
             packet.payload = payload;
-            let _ = webrtc::track::track_local::TrackLocalWriter::write_rtp(
-                track.as_ref(),
-                &packet,
-            )
-            .await;
+            let _ =
+                webrtc::track::track_local::TrackLocalWriter::write_rtp(track.as_ref(), &packet)
+                    .await;
         }
     }
 }
@@ -273,7 +286,14 @@ async fn stop_recorder(rec: Recording) -> (i32, String, String, Duration) {
 /// `ffprobe`'s streams and format of `path`.
 fn probe(path: &Path) -> Value {
     let out = std::process::Command::new(tool("ffprobe"))
-        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .unwrap();

@@ -618,10 +618,7 @@ async fn answer_offer(
     // (On the first negotiation they start only once ICE and DTLS are up, which needs
     // the answer: waiting would only delay it.)
     let deadline = tokio::time::Instant::now() + RECEIVERS_WAIT;
-    while renegotiation
-        && !receivers_started(pc).await
-        && tokio::time::Instant::now() < deadline
-    {
+    while renegotiation && !receivers_started(pc).await && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = send.send(Req::Answer(proto::SessionDescription {
