@@ -79,7 +79,7 @@ impl Session {
         };
         let options = ConnectOptions {
             on_track: Some(on_track),
-            any_interface: true,
+            any_interface: !loopback_host(url),
             ..Default::default()
         };
         let base = url.trim_end_matches('/').trim_end_matches("/rtc");
@@ -153,6 +153,25 @@ impl Session {
     pub async fn close(self) {
         self.client.close().await;
     }
+}
+
+/// Whether the URL's host is on this machine's loopback (`localhost`, 127.0.0.0/8, ::1).
+/// Then ICE gathers loopback candidates only: the SFU's media is reached on the same host,
+/// and candidates on other interfaces (link-local IPv6, cross-interface pairs) only slow
+/// the connection down or, with webrtc-rs, break it.
+fn loopback_host(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Updates `published` with participant infos; returns the tracks that disappeared.
@@ -252,6 +271,25 @@ mod tests {
                 })
                 .collect(),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for url in [
+            "ws://127.0.0.1:7880",
+            "ws://localhost:7880/rtc",
+            "wss://127.1.2.3",
+            "ws://[::1]:7880",
+        ] {
+            assert!(loopback_host(url), "{url}");
+        }
+        for url in [
+            "wss://sfu.example.org",
+            "ws://10.0.0.5:7880",
+            "wss://[2001:db8::1]:443/rtc",
+        ] {
+            assert!(!loopback_host(url), "{url}");
         }
     }
 

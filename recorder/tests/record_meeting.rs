@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use myelin_sfu::client::{mint_token, opus as opus_codec, vp8, Client};
 use myelin_sfu::{Config, Sfu};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp::codecs::vp8::Vp8Payloader;
 use webrtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use webrtc::rtp::extension::HeaderExtension;
@@ -171,16 +173,30 @@ async fn publish(
             format!("{identity}-stream"),
         ))
     });
+    let wanted = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
     if let Some(camera) = &camera {
-        client
+        let (_, sender) = client
             .announce_track(camera.clone(), proto::TrackType::Video)
             .await
             .unwrap();
+        // Like a browser: a picture loss indication makes the next frame a key frame.
+        let wanted = wanted.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Ok((packets, _)) = sender.read_rtcp().await {
+                if packets
+                    .iter()
+                    .any(|p| p.as_any().downcast_ref::<PictureLossIndication>().is_some())
+                {
+                    wanted.store(true, Ordering::Relaxed);
+                }
+            }
+        }));
     }
     client.negotiate_publisher().await.unwrap();
-    let mut tasks = vec![tokio::spawn(send_tone(audio, freq))];
+    tasks.push(tokio::spawn(send_tone(audio, freq)));
     if let (Some(camera), Some(frames)) = (camera, video) {
-        tasks.push(tokio::spawn(send_video(camera, frames)));
+        tasks.push(tokio::spawn(send_video(camera, frames, wanted)));
     }
     Publisher { client, tasks }
 }
@@ -213,16 +229,25 @@ async fn send_tone(track: Arc<TrackLocalStaticRTP>, freq: f64) {
     }
 }
 
-async fn send_video(track: Arc<TrackLocalStaticRTP>, frames: Arc<Vec<Bytes>>) {
+async fn send_video(
+    track: Arc<TrackLocalStaticRTP>,
+    frames: Arc<Vec<Bytes>>,
+    keyframe_wanted: Arc<AtomicBool>,
+) {
     let mut payloader = Vp8Payloader::default();
     let mut packet = webrtc::rtp::packet::Packet::default();
     packet.header.version = 2;
     packet.header.payload_type = 96;
     let mut seq = 0u16;
     let mut tick = tokio::time::interval(Duration::from_millis(1000 / u64::from(FPS)));
+    let mut next = 0usize;
     for i in 0u32.. {
         tick.tick().await;
-        let frame = &frames[i as usize % frames.len()];
+        if keyframe_wanted.swap(false, Ordering::Relaxed) {
+            next = 0; // the pattern's first frame is a key frame
+        }
+        let frame = &frames[next % frames.len()];
+        next += 1;
         let payloads = payloader.payload(1200, frame).unwrap();
         let last = payloads.len().saturating_sub(1);
         for (k, payload) in payloads.into_iter().enumerate() {
@@ -279,6 +304,9 @@ async fn stop_recorder(rec: Recording) -> (i32, String, String, Duration) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if std::env::var_os("MYELIN_RECORDER_LOG").is_some() {
+        eprintln!("recorder stderr:\n{stderr}");
+    }
     (out.status.code().unwrap_or(-1), stdout, stderr, ran)
 }
 
