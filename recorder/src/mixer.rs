@@ -23,6 +23,8 @@ pub const FRAME: usize = 960;
 const MAX_CONCEALED: i64 = 3 * FRAME as i64;
 /// A source is re-anchored when a packet's place and its arrival differ by more (200 ms).
 pub const REANCHOR_SAMPLES: i64 = RATE as i64 / 5;
+/// Late packets in a row after which a source is re-anchored at its arrivals.
+const LATE_RUN_REANCHOR: u32 = 3;
 /// Packets queued per source at most (10 s of 20 ms packets); older ones are dropped.
 const MAX_QUEUED: usize = 500;
 /// The largest Opus frame (120 ms).
@@ -72,6 +74,10 @@ struct Source {
     pcm_start: i64,
     /// Where the last decoded packet ended.
     next_pos: Option<i64>,
+    /// Packets queued, dropped as late, decoded.
+    stats: [u64; 3],
+    /// Late packets in a row.
+    late_run: u32,
 }
 
 impl Source {
@@ -130,6 +136,7 @@ impl Source {
             }
             match self.decoder.decode(&packet, &mut buf) {
                 Ok(n) => {
+                    self.stats[2] += 1;
                     let n = n.min(buf.len());
                     self.write(pos, &buf[..n]);
                     self.next_pos = Some(pos + n as i64);
@@ -171,6 +178,11 @@ impl Source {
     }
 }
 
+fn log_stats(id: &str, source: &Source) {
+    let [queued, late, decoded] = source.stats;
+    tracing::debug!(source = %id, queued, late, decoded, "audio source");
+}
+
 /// The mixer: sources by id, and the start of the next window to mix.
 #[derive(Default)]
 pub struct Mixer {
@@ -194,13 +206,24 @@ impl Mixer {
                 pcm: VecDeque::new(),
                 pcm_start: 0,
                 next_pos: None,
+                stats: [0; 3],
+                late_run: 0,
             },
         );
     }
 
     /// Removes a source (its track ended); what it had queued is dropped.
     pub fn remove_source(&mut self, id: &str) {
-        self.sources.remove(id);
+        if let Some(source) = self.sources.remove(id) {
+            log_stats(id, &source);
+        }
+    }
+
+    /// Logs each source's packet counts (at the end of the recording).
+    pub fn log_stats(&self) {
+        for (id, source) in &self.sources {
+            log_stats(id, source);
+        }
     }
 
     /// Queues a packet of source `id` with RTP timestamp `rtp_ts` (48 kHz) that arrived
@@ -209,11 +232,22 @@ impl Mixer {
         let Some(source) = self.sources.get_mut(id) else {
             return;
         };
-        let pos = source.place(rtp_ts, arrival);
+        let mut pos = source.place(rtp_ts, arrival);
         if pos < self.cursor {
-            self.late_packets += 1;
-            return;
+            source.late_run += 1;
+            if source.late_run < LATE_RUN_REANCHOR || arrival < self.cursor {
+                self.late_packets += 1;
+                source.stats[1] += 1;
+                return;
+            }
+            // The source keeps arriving after its windows were mixed (it is delayed more
+            // than the mix waits): move its timeline to its arrivals.
+            source.anchor = Some((rtp_ts, arrival));
+            source.next_pos = None;
+            pos = arrival;
         }
+        source.late_run = 0;
+        source.stats[0] += 1;
         if source.queue.len() >= MAX_QUEUED {
             source.queue.pop_first();
         }
@@ -422,6 +456,37 @@ mod tests {
         m.push("a", FRAME as u32, pcm_packet(&[6; FRAME]), 3 * FRAME as i64);
         assert_eq!(m.late_packets, 1);
         assert_eq!(m.mix(), vec![0; FRAME]);
+    }
+
+    /// A source whose packets come later than the mix waits (a delay that appeared after
+    /// its first packet) loses a few packets, then is moved to its arrival times.
+    #[test]
+    fn a_persistently_late_source_is_reanchored() {
+        let mut m = Mixer::default();
+        m.add_source("a", Box::new(Pcm));
+        m.push("a", 0, pcm_packet(&[1; FRAME]), 0);
+        assert_eq!(m.mix(), vec![1; FRAME]);
+        // From now on each packet arrives 2.5 windows after its place (50 ms, less than
+        // the re-anchoring distance for strays), i.e. after its window was mixed.
+        let mut heard = Vec::new();
+        for k in 1..12u32 {
+            let arrival = i64::from(k) * 960 + 2400;
+            while m.cursor() + (FRAME as i64) <= arrival - 960 {
+                heard.push(m.mix()[0]);
+            }
+            m.push("a", k * 960, pcm_packet(&[1; FRAME]), arrival);
+        }
+        while m.cursor() < 14 * 960 {
+            heard.push(m.mix()[0]);
+        }
+        assert_eq!(m.late_packets, 2, "two dropped before the third re-anchors");
+        // Silence while late, then the source is heard again, without further loss.
+        assert!(heard.contains(&0));
+        let back = heard.iter().position(|s| *s == 1).unwrap();
+        assert!(
+            heard[back..heard.len() - 1].iter().all(|s| *s != 0),
+            "{heard:?}"
+        );
     }
 
     #[test]

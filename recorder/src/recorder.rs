@@ -266,6 +266,7 @@ impl Engine {
                 "video came too late for the file"
             );
         }
+        self.mixer.log_stats();
         if self.mixer.late_packets > 0 {
             tracing::info!(
                 packets = self.mixer.late_packets,

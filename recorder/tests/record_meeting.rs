@@ -269,8 +269,16 @@ struct Recording {
     started: Instant,
 }
 
-fn start_recorder(addr: SocketAddr, room: &str, out: &Path) -> Recording {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_myelin-recorder"))
+/// Starts the recorder; with `debug`, its debug log (per-source packet counts, source
+/// switches) goes to stderr, for the failure messages.
+fn start_recorder(addr: SocketAddr, room: &str, out: &Path, debug: bool) -> Recording {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_myelin-recorder"));
+    if debug {
+        command.env("MYELIN_RECORDER_LOG", "myelin_recorder=debug");
+    } else {
+        command.env_remove("MYELIN_RECORDER_LOG");
+    }
+    let child = command
         .arg("--url")
         .arg(format!("ws://{addr}"))
         .arg("--out")
@@ -304,9 +312,6 @@ async fn stop_recorder(rec: Recording) -> (i32, String, String, Duration) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    if std::env::var_os("MYELIN_RECORDER_LOG").is_some() {
-        eprintln!("recorder stderr:\n{stderr}");
-    }
     (out.status.code().unwrap_or(-1), stdout, stderr, ran)
 }
 
@@ -330,6 +335,39 @@ fn probe(path: &Path) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The decoded audio's mean volume (dBFS) and the number of decoded video frames; fails
+/// on any decoding error.
+fn decode(path: &Path) -> (f64, u64) {
+    let out = std::process::Command::new(tool("ffmpeg"))
+        .args(["-hide_banner", "-nostats", "-v", "info", "-i"])
+        .arg(path)
+        .args(["-af", "volumedetect", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ffmpeg could not decode: {log}");
+    assert!(
+        !log.lines().any(|l| l.contains("rror")),
+        "decoding errors: {log}"
+    );
+    let mean = log
+        .lines()
+        .find_map(|l| l.split("mean_volume: ").nth(1))
+        .and_then(|v| v.trim_end_matches(" dB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no mean volume in {log}"));
+    let probe = std::process::Command::new(tool("ffprobe"))
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let frames = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (mean, frames)
 }
 
 /// Checks the file against the summary and the expectations; returns the summary.
@@ -395,15 +433,26 @@ async fn records_two_publishers_into_one_webm() {
     let mut alice = publish(addr, "meeting", "alice", 440.0, Some(frames.clone())).await;
     let bob = publish(addr, "meeting", "bob", 660.0, Some(frames)).await;
     let out = dir.path().join("meeting.webm");
-    let rec = start_recorder(addr, "meeting", &out);
+    let rec = start_recorder(addr, "meeting", &out, true);
     wait_recording_announced(&mut alice.client).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (code, stdout, stderr, ran) = stop_recorder(rec).await;
     assert_eq!(code, 0, "stderr: {stderr}");
     let summary = check_file(&out, &stdout, ran);
-    assert_eq!(summary["audio_sources"], 2, "{summary}");
+    assert_eq!(summary["audio_sources"], 2, "{summary}\n{stderr}");
+    // Both 8000-amplitude tones are in the mix: -12.2 dBFS (one alone: -15.3).
+    let (volume, frames) = decode(&out);
+    assert!(
+        volume > -14.0,
+        "mean volume {volume} dB: a source is missing; {stderr}"
+    );
+    // 15 frames/s were sent; most reach the file.
+    assert!(
+        frames as f64 >= f64::from(FPS) * (ran.as_secs_f64() - 2.0),
+        "{frames} video frames in {ran:?}"
+    );
     let video_sources = summary["video_sources"].as_u64().unwrap();
-    assert!((1..=2).contains(&video_sources), "{summary}");
+    assert!((1..=2).contains(&video_sources), "{summary}\n{stderr}");
     alice.leave().await;
     bob.leave().await;
 }
@@ -418,7 +467,7 @@ async fn a_publisher_leaving_and_rejoining_is_recorded() {
     let mut alice = publish(addr, "rejoin", "alice", 440.0, None).await;
     let bob = publish(addr, "rejoin", "bob", 660.0, Some(frames.clone())).await;
     let out = dir.path().join("rejoin.webm");
-    let rec = start_recorder(addr, "rejoin", &out);
+    let rec = start_recorder(addr, "rejoin", &out, true);
     wait_recording_announced(&mut alice.client).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     bob.leave().await;
@@ -431,8 +480,14 @@ async fn a_publisher_leaving_and_rejoining_is_recorded() {
     assert_eq!(code, 0, "stderr: {stderr}");
     let summary = check_file(&out, &stdout, ran);
     // Alice, Bob, and Bob again (a rejoin publishes new tracks).
-    assert_eq!(summary["audio_sources"], 3, "{summary}");
-    assert_eq!(summary["video_sources"], 2, "{summary}");
+    assert_eq!(summary["audio_sources"], 3, "{summary}\n{stderr}");
+    assert_eq!(summary["video_sources"], 2, "{summary}\n{stderr}");
+    let (volume, frames) = decode(&out);
+    assert!(volume > -16.0, "mean volume {volume} dB\n{stderr}");
+    assert!(
+        frames >= u64::from(FPS) * 3,
+        "{frames} video frames\n{stderr}"
+    );
     alice.leave().await;
     bob.leave().await;
 }
@@ -447,20 +502,17 @@ async fn nothing_to_record_exits_3_without_a_file() {
         .await
         .unwrap();
     let out = dir.path().join("empty.webm");
-    let rec = start_recorder(addr, "empty", &out);
+    let rec = start_recorder(addr, "empty", &out, false);
     wait_recording_announced(&mut carol).await;
     let (code, stdout, stderr, _) = stop_recorder(rec).await;
     assert_eq!(code, 3, "stdout: {stdout} stderr: {stderr}");
     assert!(stdout.is_empty());
-    // One line (more only with MYELIN_RECORDER_LOG set): the reason.
-    let last = stderr.lines().last().unwrap_or_default();
+    // Exactly one line: the reason.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        last.starts_with("myelin-recorder: ") && last.contains("nothing was recorded"),
+        stderr.starts_with("myelin-recorder: ") && stderr.contains("nothing was recorded"),
         "{stderr}"
     );
-    if std::env::var_os("MYELIN_RECORDER_LOG").is_none() {
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    }
     assert!(!out.exists());
     // The recorder left: recording is over for the room.
     carol
@@ -482,7 +534,7 @@ async fn end_of_stdin_stops_the_recording() {
     let addr = start_sfu().await;
     let mut alice = publish(addr, "stdin", "alice", 440.0, Some(frames)).await;
     let out = dir.path().join("stdin.webm");
-    let mut rec = start_recorder(addr, "stdin", &out);
+    let mut rec = start_recorder(addr, "stdin", &out, true);
     wait_recording_announced(&mut alice.client).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let ran = rec.started.elapsed();
