@@ -553,3 +553,31 @@ async fn end_of_stdin_stops_the_recording() {
     check_file(&out, &line, ran);
     alice.leave().await;
 }
+
+/// A token the SFU refuses: exit code 1 and the reason on one stderr line, no file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_fails_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = start_sfu().await;
+    let out = dir.path().join("refused.webm");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_myelin-recorder"))
+        .arg("--url")
+        .arg(format!("ws://{addr}"))
+        .arg("--out")
+        .arg(&out)
+        .env("MYELIN_RECORDER_TOKEN", "not-a-token")
+        .env_remove("MYELIN_RECORDER_LOG")
+        .stdin(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("the recorder gives up within 30 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(!out.exists());
+}
