@@ -240,8 +240,18 @@ impl WebmOut {
         Ok(())
     }
 
-    /// Finishes the file: writes what was held, the cues and the duration.
-    pub fn finish(mut self) -> Result<Finished, OutError> {
+    /// Finishes the file: writes what was held, the cues and the duration. A file that
+    /// could not be finished is removed.
+    pub fn finish(self) -> Result<Finished, OutError> {
+        let path = self.path.clone();
+        let result = self.finish_file();
+        if matches!(&result, Err(e) if !matches!(e, OutError::Empty)) {
+            let _ = std::fs::remove_file(&path);
+        }
+        result
+    }
+
+    fn finish_file(mut self) -> Result<Finished, OutError> {
         if self.open.is_none() {
             if self.held.is_empty() {
                 return Err(OutError::Empty);
