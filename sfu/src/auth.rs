@@ -45,6 +45,13 @@ pub struct VideoGrant {
     pub can_subscribe: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_publish_data: Option<bool>,
+    /// Never announced to the other participants; may not publish tracks or data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
+    /// A recording client: while one is in the room, the room is being recorded
+    /// (`Room.active_recording`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorder: bool,
 }
 
 /// What a valid token allows.
@@ -59,6 +66,10 @@ pub struct Grant {
     pub can_publish: bool,
     pub can_subscribe: bool,
     pub can_publish_data: bool,
+    /// Invisible to the others; `can_publish` and `can_publish_data` are then false.
+    pub hidden: bool,
+    /// A recorder: the room counts as recorded while it is present.
+    pub recorder: bool,
 }
 
 /// Why a token was refused.
@@ -120,13 +131,17 @@ pub fn validate_token(token: &str, keys: &BTreeMap<String, String>) -> Result<Gr
     if claims.sub.is_empty() {
         return Err(AuthError::NoIdentity);
     }
+    // A hidden participant must not be seen, so it may not publish anything either.
+    let hidden = claims.video.hidden;
     Ok(Grant {
         name: claims.name.unwrap_or_default(),
         metadata: claims.metadata.unwrap_or_default(),
         room: claims.video.room,
-        can_publish: claims.video.can_publish.unwrap_or(true),
+        can_publish: claims.video.can_publish.unwrap_or(true) && !hidden,
         can_subscribe: claims.video.can_subscribe.unwrap_or(true),
-        can_publish_data: claims.video.can_publish_data.unwrap_or(true),
+        can_publish_data: claims.video.can_publish_data.unwrap_or(true) && !hidden,
+        hidden,
+        recorder: claims.video.recorder,
         issued_at: claims.nbf.unwrap_or(0),
         identity: claims.sub,
     })
@@ -175,6 +190,7 @@ mod tests {
                 can_publish: Some(true),
                 can_subscribe: Some(true),
                 can_publish_data: Some(false),
+                ..Default::default()
             },
         }
     }
@@ -206,6 +222,34 @@ mod tests {
         let grant = validate_token(&token, &keys()).unwrap();
         assert_eq!(grant.room, "abc");
         assert!(grant.can_publish_data);
+    }
+
+    #[test]
+    fn hidden_and_recorder_grants() {
+        // As LiveKit writes them: `hidden` and `recorder` booleans in the video grant.
+        let now = now_secs();
+        let json = serde_json::json!({
+            "iss": "APIkey", "sub": "recorder", "nbf": now, "exp": now + 3600,
+            "video": {"roomJoin": true, "room": "abc", "canPublish": true,
+                      "canPublishData": true, "hidden": true, "recorder": true}
+        });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &json,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let grant = validate_token(&token, &keys()).unwrap();
+        assert!(grant.hidden && grant.recorder);
+        // Hidden overrides the publish permissions; subscribing stays allowed.
+        assert!(!grant.can_publish && !grant.can_publish_data && grant.can_subscribe);
+        // Absent means false, and a visible recorder may publish.
+        let mut visible = claims();
+        visible.video.recorder = true;
+        let grant = validate_token(&sign_token(&visible, SECRET).unwrap(), &keys()).unwrap();
+        assert!(grant.recorder && !grant.hidden && grant.can_publish);
+        let plain = validate_token(&sign_token(&claims(), SECRET).unwrap(), &keys()).unwrap();
+        assert!(!plain.hidden && !plain.recorder);
     }
 
     #[test]

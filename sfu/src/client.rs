@@ -35,6 +35,7 @@ use webrtc::rtp_transceiver::rtp_codec::{
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::TrackLocalWriter;
+use webrtc::track::track_remote::TrackRemote;
 
 use crate::auth::{now_secs, sign_token, Claims, VideoGrant};
 
@@ -88,6 +89,7 @@ pub fn mint_token(
                 can_publish: Some(true),
                 can_subscribe: Some(true),
                 can_publish_data: Some(true),
+                ..Default::default()
             },
         },
         api_secret,
@@ -97,12 +99,13 @@ pub fn mint_token(
 /// The webrtc-rs API for clients: default codecs, the MID/RID and audio-level header
 /// extensions, default interceptors (NACK, reports, TWCC), loopback candidates only.
 pub fn client_api() -> Result<API, ClientError> {
-    client_api_with(false)
+    client_api_with(false, false)
 }
 
 /// [`client_api`], optionally without SRTP replay protection, so that packets received
-/// twice (an SFU's NACK answers) reach the application.
-fn client_api_with(keep_duplicates: bool) -> Result<API, ClientError> {
+/// twice (an SFU's NACK answers) reach the application, and optionally gathering
+/// candidates on every interface rather than loopback only.
+fn client_api_with(keep_duplicates: bool, any_interface: bool) -> Result<API, ClientError> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     for uri in [
@@ -127,7 +130,9 @@ fn client_api_with(keep_duplicates: bool) -> Result<API, ClientError> {
     let registry = register_default_interceptors(Registry::new(), &mut media)?;
     let mut settings = SettingEngine::default();
     settings.set_include_loopback_candidate(true);
-    settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    if !any_interface {
+        settings.set_ip_filter(Box::new(|ip| ip.is_loopback()));
+    }
     settings.disable_srtp_replay_protection(keep_duplicates);
     Ok(APIBuilder::new()
         .with_media_engine(media)
@@ -139,6 +144,9 @@ fn client_api_with(keep_duplicates: bool) -> Result<API, ClientError> {
 /// Called with the id of the subscribed track and each RTP packet read from it.
 pub type RtpCallback = Arc<dyn Fn(&str, &webrtc::rtp::packet::Packet) + Send + Sync>;
 
+/// Called with each subscribed remote track, which the callee then reads itself.
+pub type TrackCallback = Arc<dyn Fn(Arc<TrackRemote>) + Send + Sync>;
+
 /// How to connect.
 #[derive(Clone, Default)]
 pub struct ConnectOptions {
@@ -146,6 +154,12 @@ pub struct ConnectOptions {
     pub query: String,
     /// Receives subscriber RTP instead of the event queue.
     pub on_rtp: Option<RtpCallback>,
+    /// Receives each subscribed track instead of the client reading it (takes precedence
+    /// over `on_rtp`).
+    pub on_track: Option<TrackCallback>,
+    /// Gather ICE candidates on every interface, not only loopback (a client reaching an
+    /// SFU on another address).
+    pub any_interface: bool,
     /// Only relayed candidates (ICE transport policy `relay`): media must go through a
     /// TURN server of the join response.
     pub relay_only: bool,
@@ -168,6 +182,8 @@ pub enum Event {
         payload: bytes::Bytes,
     },
     Data(proto::DataPacket),
+    /// The signalling socket closed (the last event of a session).
+    SocketClosed,
 }
 
 /// A connected LiveKit participant.
@@ -219,7 +235,7 @@ impl Client {
             }
         };
 
-        let api = client_api_with(options.keep_duplicates)?;
+        let api = client_api_with(options.keep_duplicates, options.any_interface)?;
         // Like livekit-client: the join response's ICE servers.
         let rtc_config = || RTCConfiguration {
             ice_servers: join
@@ -288,9 +304,14 @@ impl Client {
         }
         let ev = events_tx.clone();
         let on_rtp = options.on_rtp.clone();
+        let on_track = options.on_track.clone();
         subscriber.on_track(Box::new(move |track, _, _| {
             let ev = ev.clone();
             let on_rtp = on_rtp.clone();
+            if let Some(on_track) = &on_track {
+                on_track(track);
+                return Box::pin(async {});
+            }
             Box::pin(async move {
                 tokio::spawn(async move {
                     let (track_id, stream_id) = (track.id(), track.stream_id());
@@ -365,6 +386,7 @@ impl Client {
                     break;
                 }
             }
+            let _ = events_tx.send(Event::SocketClosed);
         });
         Ok(Client {
             join,
@@ -585,6 +607,7 @@ async fn answer_offer(
     offer: &proto::SessionDescription,
     send: &mpsc::UnboundedSender<Req>,
 ) -> Result<(), webrtc::Error> {
+    let renegotiation = pc.current_local_description().await.is_some();
     pc.set_remote_description(RTCSessionDescription::offer(offer.sdp.clone())?)
         .await?;
     let answer = pc.create_answer(None).await?;
@@ -592,8 +615,10 @@ async fn answer_offer(
     // webrtc-rs starts its receivers in a queued task after set_local_description
     // returns; media that arrives before that is lost for good (a browser applies the
     // description at once). Answer only once every receiving transceiver has its track.
+    // (On the first negotiation they start only once ICE and DTLS are up, which needs
+    // the answer: waiting would only delay it.)
     let deadline = tokio::time::Instant::now() + RECEIVERS_WAIT;
-    while !receivers_started(pc).await && tokio::time::Instant::now() < deadline {
+    while renegotiation && !receivers_started(pc).await && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = send.send(Req::Answer(proto::SessionDescription {

@@ -16,7 +16,8 @@
 //! * `POST /internal/close_room` `{"room"}` tells every participant to leave without
 //!   reconnecting (reason `ROOM_DELETED`) and closes the room. Answers
 //!   `{"disconnected": [identity…]}`; 404 for no such room.
-//! * `GET /internal/rooms` answers `{"rooms": [{"name", "participants": [identity…]}]}`.
+//! * `GET /internal/rooms` answers `{"rooms": [{"name", "participants": [identity…],
+//!   "hidden": [identity…], "recording": bool}]}` (`participants` are the visible ones).
 //!
 //! Metrics (rooms, participants, tracks, RTP packets/bytes in and out, relayed data
 //! packets) go to the process's Prometheus recorder: `myelin serve`'s `/metrics` for the
@@ -328,7 +329,14 @@ async fn rooms(State(sfu): State<Arc<Sfu>>, headers: HeaderMap) -> Response {
         .room_names()
         .into_iter()
         .filter_map(|name| sfu.find_room(&name))
-        .map(|room| json!({"name": room.name, "participants": room.identities()}))
+        .map(|room| {
+            json!({
+                "name": room.name,
+                "participants": room.identities(),
+                "hidden": room.hidden_identities(),
+                "recording": room.is_recording(),
+            })
+        })
         .collect();
     Json(json!({"rooms": rooms})).into_response()
 }

@@ -470,6 +470,8 @@ mod tests {
             can_publish: true,
             can_subscribe: true,
             can_publish_data: true,
+            hidden: false,
+            recorder: false,
         };
         let p = Participant::new(&api, "PA_test".into(), grant, true, tx)
             .await

@@ -127,7 +127,9 @@ impl Sfu {
         rooms
             .entry(name.to_owned())
             .or_insert_with(|| {
-                let room = Arc::new(Room::new(name, self.metrics.clone()));
+                let empty_timeout =
+                    u32::try_from(self.config.room.empty_timeout_secs).unwrap_or(u32::MAX);
+                let room = Arc::new(Room::new(name, empty_timeout, self.metrics.clone()));
                 room.start_speaker_detection();
                 room
             })
@@ -173,7 +175,8 @@ impl Sfu {
         reason: proto::DisconnectReason,
     ) -> Option<Vec<String>> {
         let room = self.rooms().remove(name)?;
-        let identities = room.identities();
+        let mut identities = room.identities();
+        identities.extend(room.hidden_identities());
         room.disconnect_all(reason);
         let sids: Vec<String> = {
             let mut inner = room.lock();
@@ -245,12 +248,14 @@ pub struct Room {
 pub struct RoomClosed;
 
 impl Room {
-    fn new(name: &str, metrics: Arc<Metrics>) -> Room {
+    fn new(name: &str, empty_timeout: u32, metrics: Arc<Metrics>) -> Room {
+        let mut state = RoomState::new(name, now_ms());
+        state.empty_timeout = empty_timeout;
         Room {
             name: name.to_owned(),
             metrics,
             inner: Mutex::new(Inner {
-                state: RoomState::new(name, now_ms()),
+                state,
                 participants: HashMap::new(),
                 tracks: HashMap::new(),
                 by_cid: HashMap::new(),
@@ -363,16 +368,20 @@ impl Room {
         self.lock().state.is_empty()
     }
 
-    /// Participant infos in join order.
+    /// The visible participants' infos in join order.
     pub fn participants(&self) -> Vec<proto::ParticipantInfo> {
         self.lock().state.participants()
+    }
+
+    /// Whether a recorder is in the room.
+    pub fn is_recording(&self) -> bool {
+        self.lock().state.is_recording()
     }
 
     /// Adds a participant; returns the join result and the `Room` message.
     pub fn join(
         &self,
         participant: &Arc<Participant>,
-        empty_timeout: u32,
     ) -> Result<(Joined, proto::Room), RoomClosed> {
         let mut inner = self.lock();
         if inner.closed {
@@ -391,7 +400,7 @@ impl Room {
         inner
             .participants
             .insert(participant.sid.clone(), participant.clone());
-        let info = inner.state.room_info(empty_timeout);
+        let info = inner.state.room_info();
         Ok((joined, info))
     }
 
@@ -642,9 +651,19 @@ impl Room {
         Some(changed)
     }
 
-    /// Identities of the participants present.
+    /// Identities of the visible participants present.
     pub fn identities(&self) -> Vec<String> {
         self.participants()
+            .into_iter()
+            .map(|p| p.identity)
+            .collect()
+    }
+
+    /// Identities of the hidden participants present (recorders).
+    pub fn hidden_identities(&self) -> Vec<String> {
+        self.lock()
+            .state
+            .hidden_participants()
             .into_iter()
             .map(|p| p.identity)
             .collect()

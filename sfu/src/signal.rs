@@ -34,10 +34,9 @@ pub async fn run(sfu: Arc<Sfu>, grant: Grant, auto_subscribe: bool, wire: Wire, 
                 return;
             }
         };
-    let empty_timeout = u32::try_from(sfu.config.room.empty_timeout_secs).unwrap_or(u32::MAX);
     let (room, joined, room_info) = loop {
         let room = sfu.open_room(&grant.room);
-        if let Ok((joined, info)) = room.join(&participant, empty_timeout) {
+        if let Ok((joined, info)) = room.join(&participant) {
             break (room, joined, info);
         }
     };

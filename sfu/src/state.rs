@@ -43,6 +43,10 @@ pub enum StateError {
 #[derive(Debug, Clone)]
 struct Member {
     info: proto::ParticipantInfo,
+    /// Never announced to the others (`hidden` grant).
+    hidden: bool,
+    /// A recorder (`recorder` grant): the room is recorded while one is present.
+    recorder: bool,
     /// Tracks announced with `AddTrackRequest` whose media has not arrived yet, by cid.
     pending: HashMap<String, proto::TrackInfo>,
     /// Join order, for stable listings.
@@ -54,6 +58,8 @@ struct Member {
 pub struct RoomState {
     pub sid: String,
     pub name: String,
+    /// Seconds an empty room stays open, as told to clients in `Room`.
+    pub empty_timeout: u32,
     created_at: i64,
     members: HashMap<String, Member>,
     next_order: u64,
@@ -74,32 +80,60 @@ impl RoomState {
         RoomState {
             sid: new_sid("RM_"),
             name: name.to_owned(),
+            empty_timeout: 0,
             created_at: now_ms,
             members: HashMap::new(),
             next_order: 0,
         }
     }
 
-    /// The `Room` message for join responses.
-    pub fn room_info(&self, empty_timeout: u32) -> proto::Room {
+    /// The `Room` message for join responses and `RoomUpdate`. Hidden participants are
+    /// not counted.
+    pub fn room_info(&self) -> proto::Room {
         proto::Room {
             sid: self.sid.clone(),
             name: self.name.clone(),
-            empty_timeout,
+            empty_timeout: self.empty_timeout,
             creation_time: self.created_at / 1000,
             creation_time_ms: self.created_at,
-            num_participants: self.members.len() as u32,
+            num_participants: self.members.values().filter(|m| !m.hidden).count() as u32,
             num_publishers: self
                 .members
                 .values()
                 .filter(|m| !m.info.tracks.is_empty())
                 .count() as u32,
+            active_recording: self.is_recording(),
             ..Default::default()
         }
     }
 
+    /// Whether a recorder is present.
+    pub fn is_recording(&self) -> bool {
+        self.members.values().any(|m| m.recorder)
+    }
+
+    /// Whether nobody at all, hidden or not, is in the room.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    /// `RoomUpdate` to everyone when `active_recording` is no longer `was_recording`.
+    fn recording_update(&self, was_recording: bool) -> Outbox {
+        if self.is_recording() == was_recording {
+            return Outbox::new();
+        }
+        let room = self.room_info();
+        self.members
+            .keys()
+            .map(|k| {
+                (
+                    k.clone(),
+                    Message::RoomUpdate(proto::RoomUpdate {
+                        room: Some(room.clone()),
+                    }),
+                )
+            })
+            .collect()
     }
 
     pub fn participant(&self, sid: &str) -> Option<&proto::ParticipantInfo> {
@@ -113,17 +147,33 @@ impl RoomState {
             .map(|m| m.info.sid.clone())
     }
 
-    /// Participants in join order.
+    /// The visible participants in join order (what the others are told about).
     pub fn participants(&self) -> Vec<proto::ParticipantInfo> {
-        let mut members: Vec<&Member> = self.members.values().collect();
+        self.listed(false)
+    }
+
+    /// The hidden participants in join order.
+    pub fn hidden_participants(&self) -> Vec<proto::ParticipantInfo> {
+        self.listed(true)
+    }
+
+    fn listed(&self, hidden: bool) -> Vec<proto::ParticipantInfo> {
+        let mut members: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|m| m.hidden == hidden)
+            .collect();
         members.sort_by_key(|m| m.order);
         members.into_iter().map(|m| m.info.clone()).collect()
     }
 
     /// Adds a participant. An earlier session with the same identity is removed first
-    /// (told to leave with `DUPLICATE_IDENTITY`, and the others told it left).
+    /// (told to leave with `DUPLICATE_IDENTITY`, and the others told it left). A hidden
+    /// participant is not announced; a recorder makes the room recorded (`RoomUpdate`
+    /// to everyone when that changes).
     pub fn join(&mut self, sid: &str, grant: &Grant, now_ms: i64) -> Joined {
         let mut outbox = Outbox::new();
+        let was_recording = self.is_recording();
         let replaced = self.sid_of(&grant.identity);
         if let Some(old) = &replaced {
             outbox.push((
@@ -150,28 +200,41 @@ impl RoomState {
                 can_subscribe: grant.can_subscribe,
                 can_publish: grant.can_publish,
                 can_publish_data: grant.can_publish_data,
+                hidden: grant.hidden,
+                #[allow(deprecated)] // still what livekit-client reads, beside `kind`
+                recorder: grant.recorder,
                 ..Default::default()
             }),
+            kind: if grant.recorder {
+                proto::participant_info::Kind::Egress as i32
+            } else {
+                proto::participant_info::Kind::Standard as i32
+            },
             ..Default::default()
         };
         let others = self.participants();
-        for other in &others {
-            outbox.push((
-                other.sid.clone(),
-                Message::Update(proto::ParticipantUpdate {
-                    participants: vec![info.clone()],
-                }),
-            ));
+        if !grant.hidden {
+            for member in self.members.values() {
+                outbox.push((
+                    member.info.sid.clone(),
+                    Message::Update(proto::ParticipantUpdate {
+                        participants: vec![info.clone()],
+                    }),
+                ));
+            }
         }
         self.members.insert(
             info.sid.clone(),
             Member {
                 info: info.clone(),
+                hidden: grant.hidden,
+                recorder: grant.recorder,
                 pending: HashMap::new(),
                 order: self.next_order,
             },
         );
         self.next_order += 1;
+        outbox.extend(self.recording_update(was_recording));
         Joined {
             participant: info,
             others,
@@ -182,13 +245,16 @@ impl RoomState {
 
     /// Removes a participant and tells the others. Unknown sids are a no-op.
     pub fn leave(&mut self, sid: &str) -> Outbox {
+        let was_recording = self.is_recording();
         let Some(mut member) = self.members.remove(sid) else {
             return Outbox::new();
         };
         member.info.state = proto::participant_info::State::Disconnected as i32;
         member.info.version += 1;
         member.info.tracks.clear();
-        self.broadcast(&member.info, Some(sid))
+        let mut outbox = self.broadcast(&member.info, Some(sid));
+        outbox.extend(self.recording_update(was_recording));
+        outbox
     }
 
     // `layers`, `simulcast`, `stereo` and `disable_dtx` are deprecated in the protocol but
@@ -360,8 +426,12 @@ impl RoomState {
             .unwrap_or_default()
     }
 
-    /// `ParticipantUpdate{info}` to every member except `except`.
+    /// `ParticipantUpdate{info}` to every member except `except`; nothing about a hidden
+    /// participant.
     fn broadcast(&self, info: &proto::ParticipantInfo, except: Option<&str>) -> Outbox {
+        if info.permission.as_ref().is_some_and(|p| p.hidden) {
+            return Outbox::new();
+        }
         self.members
             .keys()
             .filter(|k| Some(k.as_str()) != except)
@@ -391,7 +461,106 @@ mod tests {
             can_publish: true,
             can_subscribe: true,
             can_publish_data: true,
+            hidden: false,
+            recorder: false,
         }
+    }
+
+    fn recorder_grant() -> Grant {
+        Grant {
+            can_publish: false,
+            can_publish_data: false,
+            hidden: true,
+            recorder: true,
+            ..grant("recorder")
+        }
+    }
+
+    fn room_updates(outbox: &Outbox) -> Vec<(&str, &proto::RoomUpdate)> {
+        outbox
+            .iter()
+            .filter_map(|(to, m)| match m {
+                Message::RoomUpdate(u) => Some((to.as_str(), u)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_hidden_participant_is_never_announced() {
+        let mut room = RoomState::new("r", 0);
+        let a = room
+            .join(&new_sid("PA_"), &grant("alice"), 1)
+            .participant
+            .sid;
+        let hidden = Grant {
+            hidden: true,
+            can_publish: false,
+            can_publish_data: false,
+            ..grant("ghost")
+        };
+        let h = room.join(&new_sid("PA_"), &hidden, 2);
+        // The hidden one sees the others; the others are told nothing.
+        assert_eq!(h.others.len(), 1);
+        assert!(updates_for(&h.outbox, &a).is_empty());
+        assert!(h.participant.permission.as_ref().unwrap().hidden);
+        let h = h.participant.sid;
+        // A later joiner does not see it among the others either.
+        let b = room.join(&new_sid("PA_"), &grant("bob"), 3);
+        assert_eq!(b.others.len(), 1);
+        assert_eq!(b.others[0].identity, "alice");
+        // ...but the hidden one learns of the newcomer.
+        assert_eq!(updates_for(&b.outbox, &h).len(), 1);
+        assert_eq!(room.room_info().num_participants, 2);
+        assert_eq!(room.hidden_participants().len(), 1);
+        assert_eq!(room.participants().len(), 2);
+        // It cannot publish.
+        assert_eq!(
+            room.add_track(&h, &add_audio("c")),
+            Err(StateError::CannotPublish)
+        );
+        // Its leaving is not announced; it still keeps the room from being empty.
+        assert!(!room.is_empty());
+        let outbox = room.leave(&h);
+        assert!(outbox.is_empty());
+    }
+
+    #[test]
+    fn a_recorder_makes_the_room_recorded() {
+        let mut room = RoomState::new("r", 0);
+        let a = room
+            .join(&new_sid("PA_"), &grant("alice"), 1)
+            .participant
+            .sid;
+        assert!(!room.room_info().active_recording);
+        let r = room.join(&new_sid("PA_"), &recorder_grant(), 2);
+        assert_eq!(
+            r.participant.kind,
+            proto::participant_info::Kind::Egress as i32
+        );
+        let updates = room_updates(&r.outbox);
+        // Everyone, the recorder included, learns that recording started.
+        assert_eq!(updates.len(), 2);
+        assert!(updates
+            .iter()
+            .all(|(_, u)| u.room.as_ref().unwrap().active_recording));
+        assert!(updates.iter().any(|(to, _)| *to == a));
+        let r = r.participant.sid;
+        assert!(room.room_info().active_recording);
+        // A join while recording: the join response's room says so, no new RoomUpdate.
+        let b = room.join(&new_sid("PA_"), &grant("bob"), 3);
+        assert!(room_updates(&b.outbox).is_empty());
+        assert!(room.room_info().active_recording);
+        // The recorder leaves: recording stops, the others are told.
+        let outbox = room.leave(&r);
+        let updates = room_updates(&outbox);
+        assert_eq!(updates.len(), 2);
+        assert!(updates
+            .iter()
+            .all(|(_, u)| !u.room.as_ref().unwrap().active_recording));
+        assert!(!room.room_info().active_recording);
+        // An ordinary participant leaving changes nothing about recording.
+        assert!(room_updates(&room.leave(&b.participant.sid)).is_empty());
     }
 
     fn add_audio(cid: &str) -> proto::AddTrackRequest {
@@ -427,7 +596,7 @@ mod tests {
         let ups = updates_for(&b.outbox, &a.participant.sid);
         assert_eq!(ups.len(), 1);
         assert_eq!(ups[0].participants[0].identity, "bob");
-        assert_eq!(room.room_info(300).num_participants, 2);
+        assert_eq!(room.room_info().num_participants, 2);
     }
 
     #[test]
