@@ -7,7 +7,8 @@
 // `screenshots` is a directory for meet-lobby.png and meet-grid.png; or, for the
 // Element Call scenario, {scenario: "livekit", chromium, joinUrl, roomId, serviceUrl,
 // leo: {userId, deviceId, openidToken}}: one guest on the page and one member running
-// livekit-client (Element Call's engine, call.mjs's page.js) in the same call. Output: one JSON line
+// livekit-client (Element Call's engine, call.mjs's page.js) in the same call; or the
+// recording scenario (see `recording` below). Output: one JSON line
 // on stdout (the summary); progress and page logs on stderr. Exit 0 only if every check
 // passed.
 //
@@ -172,6 +173,8 @@ async function main() {
     summary.browser = browser.version();
     if (config.scenario === 'livekit') {
       await withLivekit(browser, config);
+    } else if (config.scenario === 'recording') {
+      await recording(browser, config);
     } else {
       await meeting(browser, config);
     }
@@ -437,6 +440,65 @@ async function withLivekit(browser, config) {
     await leo.evaluate(() => window.call.leave());
   } finally {
     server.close();
+  }
+}
+
+/**
+ * The recording scenario, {scenario: "recording", chromium, joinUrl, member, recordMs}: a
+ * guest and the signed-in moderator meet; the moderator records for `recordMs` with the
+ * page's record button. Both pages show the red dot while it runs, the recorder never
+ * shows up as a tile, and the dot goes when the moderator stops. The test itself checks
+ * the posted file.
+ */
+async function recording(browser, config) {
+  const grace = await guestJoins(browser, 'grace', 'Grace Guest', config.joinUrl);
+  const mia = await openPage(browser, 'member', config.joinUrl);
+  await until('the member\'s lobby', async () => !(await mia.$eval(byId('join'), (b) => b.disabled)));
+  await mia.fill(byId('sign-in-user'), config.member.user);
+  await mia.fill(byId('sign-in-password'), config.member.password);
+  await mia.click(byId('sign-in'));
+  await until('the member to be signed in', () => mia.isVisible('#as-user'));
+  await mia.click(byId('join'));
+  const pages = { grace, member: mia };
+  for (const [name, page] of Object.entries(pages)) {
+    await until(`${name} to see two tiles with video`, async () => {
+      const t = await tiles(page);
+      return t.length === 2 && t.filter((x) => !x.local).every((x) => x.frames > 0);
+    }, 40_000);
+  }
+  step('a guest and the moderator see each other');
+  const recordVisible = (page) => page.$eval(byId('record'), (b) => !b.hidden);
+  await until('the record button on the moderator\'s page', () => recordVisible(mia));
+  if (await recordVisible(grace)) {
+    throw new Error('the guest sees the record button');
+  }
+  await mia.click(byId('record'));
+  const dot = (page) => page.$eval(byId('recording-indicator'), (d) => !d.hidden);
+  for (const [name, page] of Object.entries(pages)) {
+    await until(`${name}'s page to show the recording dot`, () => dot(page));
+  }
+  await until('the record button to offer stopping', async () =>
+    (await mia.textContent(byId('record'))) === 'Stop recording');
+  step('the moderator starts recording and both pages show the dot');
+  const recordStarted = Date.now();
+  // The recorder is a hidden participant: no third tile, ever.
+  while (Date.now() - recordStarted < config.recordMs) {
+    for (const [name, page] of Object.entries(pages)) {
+      const count = (await tiles(page)).length;
+      if (count !== 2) {
+        throw new Error(`${name} sees ${count} tiles while recording: the recorder must stay hidden`);
+      }
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  step('the recorder stays hidden');
+  await mia.click(byId('record'));
+  for (const [name, page] of Object.entries(pages)) {
+    await until(`${name}'s page to drop the recording dot`, async () => !(await dot(page)));
+  }
+  step('the moderator stops recording and the dot goes', { recordedMs: Date.now() - recordStarted });
+  for (const page of [grace, mia]) {
+    await page.click(byId('leave'));
   }
 }
 

@@ -5,7 +5,11 @@
 //! signed-in moderator see each other's video, chat both ways, see mute-all and text mute
 //! take effect, and the guests are gone from the room afterwards (one leaves, one is
 //! removed by the moderator); and a guest on the page in one call with a livekit-client
-//! member (Element Call's engine), who leaves by closing the tab.
+//! member (Element Call's engine), who leaves by closing the tab; and a recorded meeting:
+//! the moderator records a guest and herself for about ten seconds with the page's record
+//! button (the real `myelin-recorder`), both pages show the red dot, the recorder stays
+//! hidden, and the posted `m.video` is a WebM file that `ffprobe` reads as one VP8 video
+//! and one Opus audio stream of 8–12 s.
 //!
 //! Screenshots of the lobby and the three-person grid land in a temporary directory, or in
 //! `MYELIN_MEET_SCREENSHOTS` when set (README: `docs/meet-lobby.png`, `docs/meet-grid.png`).
@@ -21,7 +25,9 @@ use anyhow::{bail, Context};
 use kinds_common::{create_virtual_room, myelin};
 use reqwest::Method;
 use serde_json::{json, Value};
-use spec_tests::{chromium, enc, http_client, js_node, run_program, Client, TestServer};
+use spec_tests::{
+    chromium, enc, http_client, js_node, run_program, workspace_binary, Client, TestServer,
+};
 
 /// A moderator's join link for `room`: (token, url).
 async fn join_link(c: &Client, room: &str) -> anyhow::Result<(String, String)> {
@@ -415,5 +421,164 @@ async fn a_guest_on_the_page_and_a_livekit_client_member_share_the_call() -> any
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+/// `ffprobe`'s view of a media file: its streams and the container's duration.
+async fn ffprobe(file: &Path) -> anyhow::Result<Value> {
+    let ffprobe = std::env::var("MYELIN_FFPROBE").unwrap_or_else(|_| "ffprobe".into());
+    let mut cmd = std::process::Command::new(&ffprobe);
+    cmd.args([
+        "-v",
+        "error",
+        "-print_format",
+        "json",
+        "-show_format",
+        "-show_streams",
+    ])
+    .arg(file);
+    let out = run_program(cmd, Duration::from_secs(60))
+        .await
+        .with_context(|| {
+            format!("running {ffprobe} (Debian's ffmpeg; spec-tests/run installs it)")
+        })?;
+    if !out.status.success() {
+        bail!("ffprobe failed on {}: {}", file.display(), out.stderr);
+    }
+    serde_json::from_str(&out.stdout).with_context(|| format!("ffprobe output: {}", out.stdout))
+}
+
+#[tokio::test]
+async fn a_moderator_records_the_meeting_and_the_video_is_posted() -> anyhow::Result<()> {
+    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
+    if !call_dir
+        .join("node_modules")
+        .join("playwright-core")
+        .exists()
+    {
+        bail!(
+            "playwright-core is not installed in {}: run the tests with spec-tests/run (npm ci)",
+            call_dir.display()
+        );
+    }
+    let chromium = chromium()?;
+    let recorder = workspace_binary("MYELIN_RECORDER_BIN", "myelin-recorder");
+    if !recorder.exists() {
+        bail!(
+            "{} not found: build it with `cargo build --workspace --bins` (spec-tests/run does)",
+            recorder.display()
+        );
+    }
+    let recorder = recorder.to_str().context("recorder path")?.to_owned();
+    let (server, _) = TestServer::start_with_sfu(&[
+        ("MYELIN_RTC_RECORDER", recorder.as_str()),
+        (
+            "RUST_LOG",
+            "info,ruma_state_res=warn,webrtc=warn,webrtc_ice=error,webrtc_srtp=warn,\
+             webrtc_sctp=warn,webrtc_data=warn,dtls=error",
+        ),
+    ])
+    .await?;
+    let mia = server.register("mia").await?;
+    let room = create_virtual_room(&mia, "Board meeting", json!({})).await?;
+    let (_, url) = join_link(&mia, &room).await?;
+    let config = json!({
+        "scenario": "recording",
+        "chromium": chromium,
+        "joinUrl": url,
+        "member": {"user": "mia", "password": "mia-password", "userId": mia.user_id},
+        "recordMs": 10_000,
+    });
+    let summary = run_driver(&call_dir, &config, &server, "recording").await?;
+    let steps = step_names(&summary)?;
+    for expected in [
+        "a guest and the moderator see each other",
+        "the moderator starts recording and both pages show the dot",
+        "the recorder stays hidden",
+        "the moderator stops recording and the dot goes",
+    ] {
+        assert!(
+            steps.contains(&expected),
+            "missing step {expected}: {steps:?}"
+        );
+    }
+
+    // The recording is posted in the room by the moderator who started it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let video = loop {
+        let page = mia
+            .get(&format!("/rooms/{}/messages?dir=b&limit=50", enc(&room)))
+            .await?
+            .ok()?;
+        let found = page["chunk"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["content"]["msgtype"] == "m.video")
+            .cloned();
+        if let Some(video) = found {
+            break video;
+        }
+        let state = mia
+            .get(&format!("/rooms/{}/state/io.myelin.recording/", enc(&room)))
+            .await?;
+        if state.body.get("error").is_some() || Instant::now() > deadline {
+            bail!(
+                "no recording was posted; recording state: {}\nserver log:\n{}",
+                state.text,
+                server.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(video["sender"], mia.user_id.as_str(), "{video}");
+    let content = &video["content"];
+    assert_eq!(content["info"]["mimetype"], "video/webm", "{content}");
+    let mxc = content["url"].as_str().context("url")?;
+    let download = http_client(Duration::from_secs(60))
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{}",
+            server.base,
+            mxc.trim_start_matches("mxc://")
+        ))
+        .bearer_auth(mia.token.as_deref().context("token")?)
+        .send()
+        .await?;
+    assert_eq!(download.status(), 200);
+    let bytes = download.bytes().await?;
+    assert_eq!(
+        content["info"]["size"].as_u64(),
+        Some(bytes.len() as u64),
+        "{content}"
+    );
+    let file = server.data_dir().join("recording.webm");
+    std::fs::write(&file, &bytes)?;
+    let probe = ffprobe(&file).await?;
+    let streams = probe["streams"].as_array().context("streams")?;
+    let of = |kind: &str| {
+        streams
+            .iter()
+            .filter(|s| s["codec_type"] == kind)
+            .collect::<Vec<_>>()
+    };
+    let (video_streams, audio_streams) = (of("video"), of("audio"));
+    assert_eq!(video_streams.len(), 1, "{probe}");
+    assert_eq!(audio_streams.len(), 1, "{probe}");
+    assert_eq!(video_streams[0]["codec_name"], "vp8", "{probe}");
+    assert_eq!(audio_streams[0]["codec_name"], "opus", "{probe}");
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .with_context(|| format!("duration: {probe}"))?;
+    assert!(
+        (8.0..=12.0).contains(&duration),
+        "recorded {duration} s, expected 8-12 s: {probe}"
+    );
+    let state = mia
+        .get(&format!("/rooms/{}/state/io.myelin.recording/", enc(&room)))
+        .await?
+        .ok()?;
+    assert_eq!(state["active"], false, "{state}");
+    assert!(state.get("error").is_none(), "{state}");
     Ok(())
 }
