@@ -584,10 +584,10 @@ impl Config {
             if !(sfu.url.starts_with("ws://") || sfu.url.starts_with("wss://")) {
                 anyhow::bail!("rtc.sfus: url {:?} is not a ws:// or wss:// URL", sfu.url);
             }
-            if !sfu.internal_url.is_empty()
-                && !(sfu.internal_url.starts_with("http://")
-                    || sfu.internal_url.starts_with("https://"))
-            {
+            let internal_ok = sfu.internal_url.is_empty()
+                || sfu.internal_url.starts_with("http://")
+                || sfu.internal_url.starts_with("https://");
+            if !internal_ok {
                 anyhow::bail!(
                     "rtc.sfus: internal_url {:?} is not an http:// or https:// URL",
                     sfu.internal_url
@@ -790,6 +790,37 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.rtc.livekit_url, "ws://historical:1");
+    }
+
+    #[test]
+    fn storage_engine_and_sfus_from_file_and_env() {
+        let file = "[storage]\nengine = \"postgres\"\npostgres_url = \"host=db\"\n\n\
+                    [[rtc.sfus]]\nurl = \"wss://sfu1.example\"\nregion = \"eu\"\n\n\
+                    [[rtc.sfus]]\nurl = \"wss://sfu2.example\"\ninternal_url = \"http://10.0.0.2:7880\"\n";
+        let c = Config::layered(Some(file), &[]).unwrap();
+        assert_eq!(c.storage.engine, StorageEngine::Postgres);
+        assert_eq!(c.storage.postgres_url, "host=db");
+        assert_eq!(c.rtc.sfus.len(), 2);
+        assert_eq!(c.rtc.sfus[0].region, "eu");
+        assert_eq!(c.rtc.sfus[1].internal_url, "http://10.0.0.2:7880");
+        let c = Config::layered(
+            None,
+            &vars(&[
+                ("MYELIN_STORAGE_ENGINE", "postgres"),
+                ("MYELIN_STORAGE_POSTGRES_URL", "postgresql://db/myelin"),
+                ("MYELIN_RTC_SFUS", "ws://a:1, ws://b:2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.engine, StorageEngine::Postgres);
+        assert_eq!(c.rtc.sfus.len(), 2);
+        assert_eq!(c.rtc.sfus[1].url, "ws://b:2");
+        // PostgreSQL without a URL, a non-WebSocket SFU, an SFU listed twice: refused.
+        let refused = |v: &[(&str, &str)]| Config::layered(None, &vars(v)).unwrap_err().to_string();
+        assert!(refused(&[("MYELIN_STORAGE_ENGINE", "postgres")]).contains("postgres_url"));
+        assert!(refused(&[("MYELIN_STORAGE_ENGINE", "mysql")]).contains("sled or postgres"));
+        assert!(refused(&[("MYELIN_RTC_SFUS", "http://a:1")]).contains("ws://"));
+        assert!(refused(&[("MYELIN_RTC_SFUS", "ws://a:1,ws://a:1/")]).contains("twice"));
     }
 
     #[test]
