@@ -60,6 +60,17 @@ enum Command {
         #[arg(long, env = "MYELIN_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// Copy a stopped server's database from one storage engine to another (the target
+    /// must be empty): `--from sled --to postgres` reads `<data_dir>/db` and writes to
+    /// `storage.postgres_url`. Keys and media stay in the data dir.
+    Migrate {
+        /// The engine the data is in now.
+        #[arg(long, value_parser = ["sled", "postgres"])]
+        from: String,
+        /// The engine to copy it to.
+        #[arg(long, value_parser = ["sled", "postgres"])]
+        to: String,
+    },
     /// Build a new data dir from a backup (offline; media is copied separately).
     Restore {
         /// The backup directory written by `myelin backup`.
@@ -167,6 +178,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(backup_command(&config, &dir, url, &token))
         }
         Command::Restore { dir, data_dir } => restore_command(&dir, &data_dir),
+        Command::Migrate { from, to } => migrate_command(&config, &from, &to),
         Command::Config { .. } => Ok(()),
     };
     // Tasks still running (a connection cut at the end of the grace period, a blocking
@@ -284,6 +296,29 @@ async fn backup_command(
 }
 
 /// `myelin restore DIR --data-dir NEW`.
+/// `myelin migrate --from ENGINE --to ENGINE`.
+fn migrate_command(config: &Config, from: &str, to: &str) -> anyhow::Result<()> {
+    use myelin::{
+        config::StorageEngine,
+        storage::migrate::{migrate, Endpoint},
+    };
+    let engine = |name: &str| match name {
+        "postgres" => StorageEngine::Postgres,
+        _ => StorageEngine::Sled,
+    };
+    let end = |name: &str| Endpoint {
+        engine: engine(name),
+        data_dir: &config.data_dir,
+        postgres_url: &config.storage.postgres_url,
+    };
+    let copied = migrate(&end(from), &end(to)).context("migrating the database")?;
+    println!(
+        "copied {copied} records from {from} to {to}; start the server with storage.engine = \"{to}\" (keys and media stay in {})",
+        config.data_dir.display()
+    );
+    Ok(())
+}
+
 fn restore_command(dir: &std::path::Path, data_dir: &std::path::Path) -> anyhow::Result<()> {
     let pairs = myelin::backup::restore(dir, data_dir)?;
     println!(

@@ -372,6 +372,12 @@ impl TestServer {
         }
     }
 
+    /// Sets (or replaces) an environment variable of the server's later starts and CLI runs.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     /// Starts the server again after a crash.
     pub async fn start_again(&mut self) -> Result<()> {
         self.spawn().await

@@ -6,6 +6,7 @@ mod commit;
 mod engine;
 pub mod keys;
 mod memory;
+pub mod migrate;
 mod postgres_engine;
 mod sled_engine;
 mod snapshot;
