@@ -28,7 +28,10 @@ fn open(end: &Endpoint<'_>, create: bool) -> Result<Arc<dyn Engine>> {
         StorageEngine::Sled => {
             let db = end.data_dir.join("db");
             if !create && !db.exists() {
-                return Err(Error::Storage(format!("no sled database at {}", db.display())));
+                return Err(Error::Storage(format!(
+                    "no sled database at {}",
+                    db.display()
+                )));
             }
             if create {
                 std::fs::create_dir_all(end.data_dir)?;
@@ -112,7 +115,9 @@ mod tests {
         let source = MemoryEngine::new();
         let mut batch = RawBatch::default();
         for i in 0..2_345u32 {
-            batch.ops.push((i.to_be_bytes().to_vec(), Some(vec![i as u8; 3])));
+            batch
+                .ops
+                .push((i.to_be_bytes().to_vec(), Some(vec![i as u8; 3])));
         }
         source.apply(batch).unwrap();
         let target = MemoryEngine::new();
@@ -129,7 +134,9 @@ mod tests {
             let sled = SledEngine::open(&dir.path().join("db"), 8 << 20).unwrap();
             let mut batch = RawBatch::default();
             for i in 0..1_500u32 {
-                batch.ops.push((i.to_be_bytes().to_vec(), Some(b"v".to_vec())));
+                batch
+                    .ops
+                    .push((i.to_be_bytes().to_vec(), Some(b"v".to_vec())));
             }
             sled.apply(batch).unwrap();
             sled.flush().unwrap();
