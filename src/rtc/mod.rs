@@ -100,6 +100,15 @@ impl RtcService {
         internal_secret(&self.config, &self.keys)
     }
 
+    /// Where the server's own participants (the meeting recorder) reach the SFU hosting
+    /// the `slot` of `room_id`'s call: its internal address.
+    pub fn sfu_internal_url(&self, room_id: &RoomId, slot: &str) -> &str {
+        &self
+            .sfus
+            .for_room(&token::livekit_room_name(room_id.as_str(), slot))
+            .internal_ws
+    }
+
     /// The client of the admin API of the SFU hosting the LiveKit room `room`.
     pub fn sfu_admin(&self, room: &str) -> &sfu_admin::SfuAdmin {
         &self.sfus.for_room(room).admin

@@ -17,6 +17,9 @@ pub struct PlacedSfu {
     pub url: String,
     /// The operator's label for it (logs only).
     pub region: String,
+    /// Its signalling URL on the internal address (`internal_url` as `ws(s)://`): where
+    /// the server's own participants (the meeting recorder) connect.
+    pub internal_ws: String,
     /// Its internal admin API.
     pub admin: SfuAdmin,
 }
@@ -34,6 +37,7 @@ impl SfuPool {
             vec![PlacedSfu {
                 url: rtc.livekit_url.clone(),
                 region: String::new(),
+                internal_ws: rtc.livekit_url.clone(),
                 admin: SfuAdmin::new(&http_base(&rtc.livekit_url), secret.to_owned())?,
             }]
         } else {
@@ -48,6 +52,7 @@ impl SfuPool {
                     Ok(PlacedSfu {
                         url: entry.url.trim_end_matches('/').to_owned(),
                         region: entry.region.clone(),
+                        internal_ws: ws_of(&base),
                         admin: SfuAdmin::new(&base, secret.to_owned())?,
                     })
                 })
@@ -72,6 +77,17 @@ impl SfuPool {
     /// Every SFU.
     pub fn all(&self) -> &[PlacedSfu] {
         &self.sfus
+    }
+}
+
+/// The WebSocket URL of an `http(s)://` base.
+fn ws_of(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
     }
 }
 
@@ -101,6 +117,27 @@ mod tests {
             ..RtcConfig::default()
         };
         SfuPool::new(&rtc, "secret").unwrap()
+    }
+
+    #[test]
+    fn internal_addresses_serve_the_servers_own_participants() {
+        let rtc = RtcConfig {
+            sfus: vec![
+                SfuEntry {
+                    url: "wss://sfu1.example".into(),
+                    internal_url: "http://10.0.0.1:7880".into(),
+                    region: String::new(),
+                },
+                SfuEntry {
+                    url: "wss://sfu2.example".into(),
+                    ..SfuEntry::default()
+                },
+            ],
+            ..RtcConfig::default()
+        };
+        let pool = SfuPool::new(&rtc, "s").unwrap();
+        assert_eq!(pool.all()[0].internal_ws, "ws://10.0.0.1:7880");
+        assert_eq!(pool.all()[1].internal_ws, "wss://sfu2.example");
     }
 
     #[test]

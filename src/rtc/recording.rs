@@ -197,7 +197,7 @@ impl RecordingService {
         let jwt = token::encode(&claims, self.rtc.livekit_keys())?;
         let mut child = Command::new(&self.config.rtc.recorder)
             .arg("--url")
-            .arg(self.rtc.sfu_url(room_id, token::ROOM_CALL_SLOT))
+            .arg(self.rtc.sfu_internal_url(room_id, token::ROOM_CALL_SLOT))
             .arg("--out")
             .arg(&out)
             .env("MYELIN_RECORDER_TOKEN", jwt)
