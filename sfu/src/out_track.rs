@@ -8,7 +8,7 @@
 //! `TrackLocalStaticRTP`, so it matches exactly what webrtc-rs does.
 
 use std::any::Any;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use webrtc::interceptor::Attributes;
@@ -35,6 +35,11 @@ struct Binding {
 pub struct OutTrack {
     inner: TrackLocalStaticRTP,
     binding: Mutex<Option<Arc<Binding>>>,
+    /// The subscriber has answered an offer that carries this track. webrtc-rs starts
+    /// (binds) every sender when *an* answer arrives, also one added after that offer was
+    /// made; RTP on an SSRC the subscriber has not been told of yet makes its stack give
+    /// the SSRC up (webrtc-rs: "failed Simulcast probing"), and the track never plays.
+    negotiated: AtomicBool,
 }
 
 impl OutTrack {
@@ -42,12 +47,21 @@ impl OutTrack {
         OutTrack {
             inner: TrackLocalStaticRTP::new(codec, id, stream_id),
             binding: Mutex::new(None),
+            negotiated: AtomicBool::new(false),
         }
+    }
+
+    /// The subscriber answered an offer carrying this track: packets may flow.
+    pub fn set_negotiated(&self) {
+        self.negotiated.store(true, Ordering::Release);
     }
 
     /// Sends `packet` (its SSRC and payload type are overwritten with the negotiated ones).
     /// Before negotiation, or while the sender is paused, the packet is dropped: `Ok(false)`.
     pub async fn write(&self, packet: &mut Packet) -> Result<bool, webrtc::Error> {
+        if !self.negotiated.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         let binding = match self.binding.lock() {
             Ok(binding) => binding.clone(),
             Err(_) => None,
@@ -146,6 +160,9 @@ mod tests {
         assert_eq!(track.stream_id(), "PA_y|TR_x");
         assert_eq!(track.kind(), RTPCodecType::Audio);
         let mut packet = Packet::default();
+        assert!(!track.write(&mut packet).await.unwrap());
+        // Negotiated but not bound yet: still dropped.
+        track.set_negotiated();
         assert!(!track.write(&mut packet).await.unwrap());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use livekit_protocol as proto;
@@ -40,6 +40,16 @@ struct Negotiation {
     in_flight: bool,
     /// Something changed while an offer was out: offer again after the answer.
     again: bool,
+    /// The down-tracks the offer out carries: their packets flow once it is answered.
+    offered: Vec<(Arc<OutTrack>, Weak<PublishedTrack>)>,
+}
+
+/// A subscribed track: its sender on the subscriber connection, the local track that
+/// feeds it and the published track it comes from.
+struct Subscription {
+    sender: Arc<RTCRtpSender>,
+    local: Arc<OutTrack>,
+    track: Weak<PublishedTrack>,
 }
 
 /// A connected participant's media and outgoing signalling.
@@ -58,8 +68,8 @@ pub struct Participant {
     /// Remote candidates that arrived before the remote description: [publisher, subscriber].
     early_candidates: Mutex<[Vec<RTCIceCandidateInit>; 2]>,
     next_offer_id: AtomicU32,
-    /// Track sid → sender on the subscriber connection.
-    subscriptions: tokio::sync::Mutex<HashMap<String, Arc<RTCRtpSender>>>,
+    /// Track sid → its subscription on the subscriber connection.
+    subscriptions: tokio::sync::Mutex<HashMap<String, Subscription>>,
     /// Woken when the participant must be dropped (connection failed, replaced, kicked).
     pub disconnect: Notify,
 }
@@ -232,11 +242,23 @@ impl Participant {
         let desc = RTCSessionDescription::answer(answer.sdp)?;
         let result = self.subscriber.set_remote_description(desc).await;
         self.flush_candidates(proto::SignalTarget::Subscriber).await;
-        let again = {
+        let (again, offered) = {
             let mut neg = self.negotiation.lock().await;
             neg.in_flight = false;
-            std::mem::take(&mut neg.again)
+            (
+                std::mem::take(&mut neg.again),
+                std::mem::take(&mut neg.offered),
+            )
         };
+        if result.is_ok() {
+            // The subscriber knows these tracks now: let them flow, from a key frame.
+            for (local, track) in offered {
+                local.set_negotiated();
+                if let Some(track) = track.upgrade() {
+                    track.request_keyframe_for(&self.sid).await;
+                }
+            }
+        }
         if again {
             self.negotiate().await;
         }
@@ -250,9 +272,19 @@ impl Participant {
             neg.again = true;
             return;
         }
+        // Every down-track added so far is in the offer made next (one added meanwhile
+        // waits for the offer after).
+        let offered: Vec<_> = self
+            .subscriptions
+            .lock()
+            .await
+            .values()
+            .map(|s| (s.local.clone(), s.track.clone()))
+            .collect();
         match self.make_offer().await {
             Ok(offer) => {
                 neg.in_flight = true;
+                neg.offered = offered;
                 self.send(Message::Offer(offer));
             }
             Err(e) => {
@@ -336,7 +368,14 @@ impl Participant {
                 return false;
             }
         };
-        subs.insert(track.sid.clone(), sender.clone());
+        subs.insert(
+            track.sid.clone(),
+            Subscription {
+                sender: sender.clone(),
+                local: local.clone(),
+                track: Arc::downgrade(track),
+            },
+        );
         drop(subs);
         track.add_down_track(&self.sid, Arc::new(DownTrack::new(local, sender.clone())));
         // Subscriber RTCP: keyframe requests go upstream; reading also drives the
@@ -360,8 +399,8 @@ impl Participant {
 
     /// Stops receiving a track and renegotiates.
     pub async fn unsubscribe(&self, track_sid: &str) {
-        let sender = self.subscriptions.lock().await.remove(track_sid);
-        if let Some(sender) = sender {
+        let subscription = self.subscriptions.lock().await.remove(track_sid);
+        if let Some(Subscription { sender, .. }) = subscription {
             if let Err(e) = self.subscriber.remove_track(&sender).await {
                 tracing::debug!(participant = %self.sid, error = %e, "remove_track failed");
             }
