@@ -24,4 +24,4 @@ pub mod sync;
 pub mod users;
 pub mod web;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

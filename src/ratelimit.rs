@@ -192,7 +192,7 @@ mod tests {
         }
         let err = limiter.check(Action::Send, user("alice")).unwrap_err();
         assert_eq!(err.errcode(), "M_LIMIT_EXCEEDED");
-        let (_, body) = err.to_status_and_body();
+        let body = err.body();
         assert!(body["retry_after_ms"].as_u64().unwrap() > 1000);
         limiter.check(Action::Send, user("bob")).unwrap();
         limiter.check(Action::Login, user("alice")).unwrap();

@@ -4,6 +4,7 @@
 mod admin;
 pub mod client;
 pub mod client_ip;
+pub mod error;
 mod guest;
 mod health;
 mod media_admin;
@@ -79,6 +80,6 @@ async fn unrecognized(method: Method, uri: Uri) -> Error {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> impl IntoResponse {
     tracing::info!(%method, path = uri.path(), "method not allowed");
-    let (_, body) = Error::unrecognized().to_status_and_body();
+    let body = Error::unrecognized().body();
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(body))
 }

@@ -193,7 +193,7 @@ async fn delegate_delayed_leave(
         && req.member.claimed_user_id != grant.user_id.as_str()
     {
         return Err(Error::matrix(
-            StatusCode::UNAUTHORIZED,
+            crate::ErrorKind::Unauthenticated,
             "M_UNAUTHORIZED",
             "member.claimed_user_id does not match the OpenID token",
         ));

@@ -57,8 +57,8 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Why a ping failed (the spec's errcodes).
-fn ping_error(status: http::StatusCode, errcode: &'static str, message: String) -> Error {
-    Error::matrix(status, errcode, message)
+fn ping_error(kind: crate::ErrorKind, errcode: &'static str, message: String) -> Error {
+    Error::matrix(kind, errcode, message)
 }
 
 impl AppserviceService {
@@ -181,7 +181,7 @@ impl AppserviceService {
             .find(|r| Some(r.id.as_str()) != acting && r.matches_exclusive(kind, value));
         match owner {
             Some(_) => Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_EXCLUSIVE",
                 format!("{value} is reserved by an application service"),
             )),
@@ -234,7 +234,7 @@ impl AppserviceService {
     pub async fn ping(&self, reg: &Registration, transaction_id: Option<String>) -> Result<u64> {
         let Some(url) = &reg.url else {
             return Err(ping_error(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_URL_NOT_SET",
                 "The application service has no URL".to_owned(),
             ));
@@ -254,7 +254,7 @@ impl AppserviceService {
                 let status = resp.status().as_u16();
                 let body = resp.text().await.unwrap_or_default();
                 Err(ping_error(
-                    http::StatusCode::BAD_GATEWAY,
+                    crate::ErrorKind::Upstream,
                     "M_BAD_STATUS",
                     "The application service answered with an error".to_owned(),
                 )
@@ -262,12 +262,12 @@ impl AppserviceService {
                 .with_field("body", serde_json::json!(body)))
             }
             Err(e) if e.is_timeout() => Err(ping_error(
-                http::StatusCode::GATEWAY_TIMEOUT,
+                crate::ErrorKind::UpstreamTimeout,
                 "M_CONNECTION_TIMEOUT",
                 "The application service did not answer in time".to_owned(),
             )),
             Err(e) => Err(ping_error(
-                http::StatusCode::BAD_GATEWAY,
+                crate::ErrorKind::Upstream,
                 "M_CONNECTION_FAILED",
                 format!("Cannot reach the application service: {}", e.without_url()),
             )),

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use http::StatusCode;
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -313,7 +312,7 @@ impl E2eeService {
         let mut record = self.current_backup(user)?.ok_or_else(no_backup)?;
         if version.parse::<u64>().ok() != Some(record.version) {
             return Err(Error::matrix(
-                StatusCode::FORBIDDEN,
+                crate::ErrorKind::Forbidden,
                 "M_WRONG_ROOM_KEYS_VERSION",
                 "Wrong backup version",
             )
@@ -524,7 +523,7 @@ mod tests {
         let rooms = BTreeMap::from([(room.clone(), map(json!({ "s2": key(false, 0, 0, "x") })))]);
         let err = s.e2ee.put_backup_keys_now(&alice, &v1, &rooms).unwrap_err();
         assert_eq!(err.errcode(), "M_WRONG_ROOM_KEYS_VERSION");
-        assert_eq!(err.to_status_and_body().1["current_version"], "2");
+        assert_eq!(err.body()["current_version"], "2");
         assert_eq!(s.e2ee.current_backup(&alice).unwrap().unwrap().version, 2);
 
         // Deleting keys and versions.

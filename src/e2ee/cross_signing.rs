@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use http::StatusCode;
 use ruma::{CanonicalJsonObject, OwnedUserId, SigningKeyAlgorithm, UserId};
 use serde_json::{json, Map, Value};
 
@@ -19,7 +18,7 @@ const USER_SIGNING: &str = "user_signing";
 
 /// 400 `M_INVALID_SIGNATURE`.
 fn invalid_signature(message: impl Into<String>) -> Error {
-    Error::matrix(StatusCode::BAD_REQUEST, "M_INVALID_SIGNATURE", message)
+    Error::matrix(crate::ErrorKind::Invalid, "M_INVALID_SIGNATURE", message)
 }
 
 /// The single `(key id, public key)` of a cross-signing key.
@@ -338,7 +337,7 @@ impl E2eeService {
                         writes.extend(new);
                     }
                     Err(e @ Error::Matrix { .. }) => {
-                        let (_, body) = e.to_status_and_body();
+                        let body = e.body();
                         failures.entry(target.clone()).or_default().insert(
                             key_id.clone(),
                             failure(

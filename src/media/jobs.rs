@@ -37,7 +37,7 @@ pub async fn run_limited<T: Send + 'static>(
 
 fn cannot_thumbnail(why: &str) -> Error {
     Error::matrix(
-        http::StatusCode::BAD_REQUEST,
+        crate::ErrorKind::Invalid,
         "M_UNKNOWN",
         format!("Cannot generate a thumbnail of this file: {why}"),
     )

@@ -295,7 +295,7 @@ impl MediaService {
             .count();
         if pending >= MAX_PENDING_PER_USER {
             return Err(Error::matrix(
-                http::StatusCode::TOO_MANY_REQUESTS,
+                crate::ErrorKind::RateLimited,
                 "M_LIMIT_EXCEEDED",
                 "Too many pending media uploads",
             ));
@@ -348,7 +348,7 @@ impl MediaService {
         match record.pending_until {
             None => {
                 return Err(Error::matrix(
-                    http::StatusCode::CONFLICT,
+                    crate::ErrorKind::Conflict,
                     "M_CANNOT_OVERWRITE_MEDIA",
                     "Media already uploaded",
                 ))
@@ -379,7 +379,7 @@ impl MediaService {
             .compare_and_swap(&key, Some(&old), Some(new))?
         {
             return Err(Error::matrix(
-                http::StatusCode::CONFLICT,
+                crate::ErrorKind::Conflict,
                 "M_CANNOT_OVERWRITE_MEDIA",
                 "Media already uploaded",
             ));
@@ -476,7 +476,7 @@ impl MediaService {
                 _ = &mut notified => continue,
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(Error::matrix(
-                        http::StatusCode::GATEWAY_TIMEOUT,
+                        crate::ErrorKind::UpstreamTimeout,
                         "M_NOT_YET_UPLOADED",
                         "The media has not been uploaded yet",
                     ));
@@ -590,7 +590,7 @@ fn may_be_pdf(content_type: &str) -> bool {
 
 fn cannot_thumbnail() -> Error {
     Error::matrix(
-        http::StatusCode::BAD_REQUEST,
+        crate::ErrorKind::Invalid,
         "M_UNKNOWN",
         "Cannot generate thumbnails for this content type",
     )

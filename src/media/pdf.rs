@@ -45,7 +45,7 @@ pub fn sniff(head: &[u8]) -> bool {
 
 fn unrenderable(why: &str) -> Error {
     Error::matrix(
-        http::StatusCode::BAD_REQUEST,
+        crate::ErrorKind::Invalid,
         "M_UNKNOWN",
         format!("Cannot generate a preview of this PDF: {why}"),
     )

@@ -82,7 +82,7 @@ pub fn can_thumbnail(content_type: &str) -> bool {
 
 fn undecodable(e: image::ImageError) -> Error {
     Error::matrix(
-        http::StatusCode::BAD_REQUEST,
+        crate::ErrorKind::Invalid,
         "M_UNKNOWN",
         format!("cannot decode the image: {e}"),
     )

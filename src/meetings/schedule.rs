@@ -198,8 +198,8 @@ mod tests {
             json!({"title": "x", "start_ts": MONDAY_9, "end_ts": MONDAY_9 + HOUR, "rrule": "FREQ=DAILY\nRDATE:20300101T000000Z"}),
         ] {
             assert_eq!(
-                Schedule::parse(&bad).unwrap_err().to_status_and_body().0,
-                http::StatusCode::BAD_REQUEST,
+                Schedule::parse(&bad).unwrap_err().kind(),
+                Some(crate::ErrorKind::Invalid),
                 "{bad}"
             );
         }

@@ -30,7 +30,7 @@ impl RoomsService {
         }
         if self.resolve_alias(alias)?.is_some() {
             return Err(Error::matrix(
-                http::StatusCode::CONFLICT,
+                crate::ErrorKind::Conflict,
                 "M_UNKNOWN",
                 "Room alias already exists",
             ));

@@ -76,7 +76,7 @@ impl RoomsService {
             None => RoomVersionId::V11,
             Some(v) => events::supported_room_version(v).ok_or_else(|| {
                 Error::matrix(
-                    http::StatusCode::BAD_REQUEST,
+                    crate::ErrorKind::Invalid,
                     "M_UNSUPPORTED_ROOM_VERSION",
                     format!("Room version {v} is not supported"),
                 )
@@ -103,7 +103,7 @@ impl RoomsService {
                     .map_err(|e| Error::invalid_param(format!("room_alias_name: {e}")))?;
                 if self.resolve_alias(&alias)?.is_some() {
                     return Err(Error::matrix(
-                        http::StatusCode::BAD_REQUEST,
+                        crate::ErrorKind::Invalid,
                         "M_ROOM_IN_USE",
                         "Room alias already taken",
                     ));

@@ -40,7 +40,7 @@ impl RoomsService {
         self.check_kind_allows_upgrade(old)?;
         if crate::events::supported_room_version(version).is_none() {
             return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_UNSUPPORTED_ROOM_VERSION",
                 format!("Room version {version} is not supported"),
             ));

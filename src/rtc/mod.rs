@@ -139,7 +139,7 @@ impl RtcService {
         let grant = self.openid_grant(openid_token)?;
         if claimed_user.is_some_and(|c| c != grant.user_id.as_str()) {
             return Err(Error::matrix(
-                http::StatusCode::UNAUTHORIZED,
+                crate::ErrorKind::Unauthenticated,
                 "M_UNAUTHORIZED",
                 "member.claimed_user_id does not match the OpenID token",
             ));

@@ -30,7 +30,7 @@ pub struct OpenIdGrant {
 /// The 401 every unknown, expired or foreign OpenID token gets.
 pub fn unknown_openid_token() -> Error {
     Error::matrix(
-        http::StatusCode::UNAUTHORIZED,
+        crate::ErrorKind::Unauthenticated,
         "M_UNKNOWN_TOKEN",
         "OpenID token unknown or expired",
     )

@@ -152,7 +152,7 @@ impl RecordingService {
         let _op = self.ops.lock().await;
         if !self.enabled() {
             return Err(Error::matrix(
-                http::StatusCode::NOT_FOUND,
+                crate::ErrorKind::NotFound,
                 "M_UNRECOGNIZED",
                 "Recording is not enabled on this server (rtc.recorder)",
             ));
@@ -177,7 +177,7 @@ impl RecordingService {
                 return Ok(active.state());
             }
             return Err(Error::matrix(
-                http::StatusCode::CONFLICT,
+                crate::ErrorKind::Conflict,
                 "M_UNKNOWN",
                 "The previous recording of this room is still being saved; try again shortly",
             ));

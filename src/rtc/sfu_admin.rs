@@ -207,7 +207,7 @@ impl SfuAdmin {
 fn sfu_unavailable(detail: String) -> Error {
     tracing::warn!(%detail, "SFU admin API call failed");
     Error::matrix(
-        http::StatusCode::BAD_GATEWAY,
+        crate::ErrorKind::Upstream,
         "M_UNKNOWN",
         "The SFU did not accept the request",
     )
@@ -297,7 +297,7 @@ mod tests {
         // A wrong secret is refused by the SFU and reported as a gateway error.
         let wrong = SfuAdmin::new(&url, "nope".to_owned()).unwrap();
         let err = wrong.mute_all_audio_except("room1", &[]).await.unwrap_err();
-        assert_eq!(err.to_status_and_body().0, http::StatusCode::BAD_GATEWAY);
+        assert_eq!(err.kind(), Some(crate::ErrorKind::Upstream));
     }
 
     #[tokio::test]
@@ -307,6 +307,6 @@ mod tests {
         drop(listener);
         let admin = SfuAdmin::new(&format!("ws://{addr}"), "s".to_owned()).unwrap();
         let err = admin.mute_all_audio_except("r", &[]).await.unwrap_err();
-        assert_eq!(err.to_status_and_body().0, http::StatusCode::BAD_GATEWAY);
+        assert_eq!(err.kind(), Some(crate::ErrorKind::Upstream));
     }
 }

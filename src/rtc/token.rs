@@ -148,7 +148,7 @@ pub fn verify(jwt: &str, keys: &LiveKitKeys) -> Result<Claims> {
     .map(|data| data.claims)
     .map_err(|e| {
         crate::Error::matrix(
-            http::StatusCode::UNAUTHORIZED,
+            crate::ErrorKind::Unauthenticated,
             "M_UNKNOWN_TOKEN",
             format!("invalid LiveKit token: {e}"),
         )

@@ -119,7 +119,7 @@ impl UsersService {
             .remove(nonce);
         if issued.is_none_or(|t| t.elapsed() >= NONCE_TTL) {
             return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_UNKNOWN",
                 "unrecognised nonce",
             ));

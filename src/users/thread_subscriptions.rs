@@ -154,7 +154,7 @@ fn decide(current: Option<&Stored>, wanted: Subscription) -> Result<Outcome> {
             match current.and_then(|s| s.unsubscribed_at) {
                 // The user had seen the cause when they unsubscribed: their choice stands.
                 Some(at) if cause_pos <= at => Err(Error::matrix(
-                    http::StatusCode::CONFLICT,
+                    crate::ErrorKind::Conflict,
                     CONFLICTING_UNSUBSCRIPTION,
                     "The user unsubscribed from this thread after its cause event",
                 )),

@@ -177,7 +177,7 @@ impl UsersService {
                         None
                     }
                     Err(e @ Error::Matrix { .. }) => {
-                        let (_, body) = e.to_status_and_body();
+                        let body = e.body();
                         let errcode = match body["errcode"].as_str() {
                             Some("M_FORBIDDEN") => "M_FORBIDDEN",
                             Some("M_USER_DEACTIVATED") => "M_USER_DEACTIVATED",

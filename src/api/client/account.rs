@@ -96,7 +96,7 @@ async fn register(
         let user = users.user_id_from(localpart)?;
         if !reg.owns_user(user.as_str(), &services.config.server_name) {
             return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_EXCLUSIVE",
                 "The user id is not in the application service's namespace",
             ));

@@ -109,7 +109,7 @@ async fn invite_route(
     let body = &req.body;
     let invite_user::v3::InvitationRecipient::UserId(target) = &body.recipient else {
         return Err(Error::matrix(
-            http::StatusCode::BAD_REQUEST,
+            crate::ErrorKind::Invalid,
             "M_UNRECOGNIZED",
             "Third-party invites are not supported",
         ));

@@ -121,10 +121,10 @@ async fn set_rule(
         .map_err(|e| match e {
             InsertPushRuleError::UnknownRuleId
             | InsertPushRuleError::RelativeToServerDefaultRule => {
-                Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", e.to_string())
+                Error::matrix(crate::ErrorKind::Invalid, "M_UNKNOWN", e.to_string())
             }
             InsertPushRuleError::BeforeHigherThanAfter => {
-                Error::matrix(http::StatusCode::BAD_REQUEST, "M_UNKNOWN", e.to_string())
+                Error::matrix(crate::ErrorKind::Invalid, "M_UNKNOWN", e.to_string())
             }
             _ => Error::invalid_param(e.to_string()),
         })?;
@@ -143,7 +143,7 @@ async fn delete_rule(
         .remove(kind(&req.body.kind), &req.body.rule_id)
         .map_err(|e| match e {
             RemovePushRuleError::ServerDefault => Error::matrix(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_UNKNOWN",
                 "Server-default rules cannot be deleted",
             ),

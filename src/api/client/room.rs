@@ -242,7 +242,7 @@ async fn send_state_route(
                 ruma::RoomAliasId::parse(alias).map_err(|e| Error::invalid_param(e.to_string()))?;
             if services.rooms.resolve_alias(&alias)?.as_deref() != Some(&body.room_id) {
                 return Err(Error::matrix(
-                    http::StatusCode::BAD_REQUEST,
+                    crate::ErrorKind::Invalid,
                     "M_BAD_ALIAS",
                     "Alias does not point at this room",
                 ));

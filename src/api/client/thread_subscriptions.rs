@@ -73,7 +73,7 @@ async fn subscribe_route(
                 .thread_event_pos(&room, user, &root, &cause)?
                 .ok_or_else(|| {
                     Error::matrix(
-                        http::StatusCode::BAD_REQUEST,
+                        crate::ErrorKind::Invalid,
                         "IO.ELEMENT.MSC4306.M_NOT_IN_THREAD",
                         "The cause event is not in this thread",
                     )

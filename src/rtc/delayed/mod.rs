@@ -176,7 +176,7 @@ impl RtcService {
         let max = self.config.rtc.max_delay_ms;
         if delay_ms > max {
             return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_MAX_DELAY_EXCEEDED",
                 format!("The requested delay exceeds the allowed maximum of {max} ms"),
             )
@@ -210,7 +210,7 @@ impl RtcService {
             .count();
         if pending >= limit {
             return Err(Error::matrix(
-                http::StatusCode::BAD_REQUEST,
+                crate::ErrorKind::Invalid,
                 "M_LIMIT_EXCEEDED",
                 format!("At most {limit} delayed events may be scheduled at once"),
             ));

@@ -132,7 +132,7 @@ impl RoomConfig {
 
 fn unknown_pos() -> Error {
     Error::matrix(
-        http::StatusCode::BAD_REQUEST,
+        crate::ErrorKind::Invalid,
         "M_UNKNOWN_POS",
         "Unknown or expired position; start a new connection",
     )
