@@ -5,9 +5,10 @@
 //! - `unsigned["m.relations"]["m.reference"]`: `{"chunk": [{"event_id"}]}`, the events the
 //!   user may see that reference it, oldest first.
 //!
-//! Both read the relation index (`relation_index.rs`): an event without relations costs one
-//! seek there; one with relations a seek per relation type and a walk over that type's
-//! entries of this one event (bounded below). A redacted edit or reference has no relation
+//! Both read the relation index (`relation_index.rs`): `add_unsigned` lists an event's
+//! relation types with one seek per type (one seek when it has none) and comes here only
+//! when there are edits or references, which cost a walk over that type's entries of this
+//! one event (bounded below). A redacted edit or reference has no relation
 //! any more (a redaction takes it out of the index).
 
 use ruma::{EventId, RoomId, UserId};
@@ -65,73 +66,71 @@ impl<'a> Original<'a> {
     }
 }
 
+/// Adds `value` as `unsigned["m.relations"][rel_type]` of `event`.
+pub(super) fn bundle(event: &mut Value, rel_type: &str, value: Value) {
+    if !event["unsigned"].is_object() {
+        event["unsigned"] = json!({});
+    }
+    if !event["unsigned"]["m.relations"].is_object() {
+        event["unsigned"]["m.relations"] = json!({});
+    }
+    event["unsigned"]["m.relations"][rel_type] = value;
+}
+
 impl RoomsService {
-    /// Adds `m.replace` and `m.reference` bundles to the events among `events` that have
-    /// such relations the user may see (part of [`RoomsService::add_unsigned`]).
-    pub(super) fn add_edits_and_references(
+    /// `pdu` as bundled with `parent`: in the parent's format (`/sync` leaves out
+    /// `room_id`), with the reader's membership like every served event.
+    pub(super) fn served_like(
         &self,
         room_id: &RoomId,
         user: &UserId,
-        events: &mut [Value],
+        parent: &Value,
+        pdu: &Pdu,
+    ) -> Result<Value> {
+        let mut served = [if parent.get("room_id").is_some() {
+            pdu.to_client_event()
+        } else {
+            pdu.to_sync_event()
+        }];
+        self.add_memberships(room_id, user, &mut served)?;
+        let [served] = served;
+        Ok(served)
+    }
+
+    /// Adds the `m.replace` and `m.reference` bundles `event` (`id`, whose relation types
+    /// are `types`) has for the viewer (part of [`RoomsService::add_unsigned`]).
+    pub(super) fn bundle_edits_and_references(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        event: &mut Value,
+        id: &EventId,
+        types: &[String],
+        viewer: &Viewer,
     ) -> Result<()> {
-        let mut viewer: Option<Viewer> = None;
-        for event in events {
-            let Some(id) = event["event_id"]
-                .as_str()
-                .and_then(|id| EventId::parse(id).ok())
-            else {
-                continue;
-            };
-            let types = self.relation_types(room_id, &id)?;
-            let has_edits = types.iter().any(|t| t == REPLACE);
-            let has_references = types.iter().any(|t| t == REFERENCE);
-            if !has_edits && !has_references {
-                continue;
+        let has_edits = types.iter().any(|t| t == REPLACE);
+        let has_references = types.iter().any(|t| t == REFERENCE);
+        if !has_edits && !has_references {
+            return Ok(());
+        }
+        let edit = match Original::of(event) {
+            Some(original) if has_edits && original.editable() => {
+                self.latest_valid_edit(room_id, id, &original, viewer)?
             }
-            let viewer = match viewer {
-                Some(ref v) => v,
-                None => {
-                    viewer.insert(self.viewer(room_id, user, self.reading_limit(room_id, user)?)?)
-                }
-            };
-            let edit = match Original::of(event) {
-                Some(original) if has_edits && original.editable() => {
-                    self.latest_valid_edit(room_id, &id, &original, viewer)?
-                }
-                _ => None,
-            };
-            let references = if has_references {
-                self.visible_references(room_id, &id, viewer)?
-            } else {
-                Vec::new()
-            };
-            if edit.is_none() && references.is_empty() {
-                continue;
-            }
-            if !event["unsigned"].is_object() {
-                event["unsigned"] = json!({});
-            }
-            if !event["unsigned"]["m.relations"].is_object() {
-                event["unsigned"]["m.relations"] = json!({});
-            }
-            if let Some(edit) = edit {
-                // The same format as the event it is bundled with (`/sync` leaves out
-                // `room_id`), with the reader's membership like every served event.
-                let mut served = [if event.get("room_id").is_some() {
-                    edit.to_client_event()
-                } else {
-                    edit.to_sync_event()
-                }];
-                self.add_memberships(room_id, user, &mut served)?;
-                let [served] = served;
-                event["unsigned"]["m.relations"][REPLACE] = served;
-            }
+            _ => None,
+        };
+        if let Some(edit) = edit {
+            let served = self.served_like(room_id, user, event, &edit)?;
+            bundle(event, REPLACE, served);
+        }
+        if has_references {
+            let references = self.visible_references(room_id, id, viewer)?;
             if !references.is_empty() {
                 let chunk: Vec<Value> = references
                     .iter()
                     .map(|id| json!({ "event_id": id }))
                     .collect();
-                event["unsigned"]["m.relations"][REFERENCE] = json!({ "chunk": chunk });
+                bundle(event, REFERENCE, json!({ "chunk": chunk }));
             }
         }
         Ok(())

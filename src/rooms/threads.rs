@@ -4,7 +4,8 @@
 //! list of a room's threads, newest activity first (`/threads`).
 //!
 //! Both read the thread records kept with the relation index (`relation_index.rs`):
-//! serving an event costs one point lookup; a thread root adds a participation lookup,
+//! serving an event costs the scan of its relation types that `add_unsigned` makes for
+//! every bundle; a thread root adds its summary and a participation lookup,
 //! and only when the user may not see the newest reply (they left, or wiped their
 //! history) a walk over the thread's replies for the newest they may see, counting those.
 //! Otherwise `count` is every reply, as other servers report it.
@@ -15,6 +16,7 @@ use ruma::{EventId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use super::{
+    aggregations::bundle,
     read::Direction,
     relation_index::{relation_in, ThreadSummary, THREAD},
     visibility::Viewer,
@@ -75,63 +77,71 @@ impl RoomsService {
         events: &mut [Value],
     ) -> Result<()> {
         self.add_memberships(room_id, user, events)?;
-        self.add_thread_summaries(room_id, user, events)?;
-        self.add_edits_and_references(room_id, user, events)
-    }
-
-    /// Adds `unsigned["m.relations"]["m.thread"]` to the thread roots among `events`.
-    fn add_thread_summaries(
-        &self,
-        room_id: &RoomId,
-        user: &UserId,
-        events: &mut [Value],
-    ) -> Result<()> {
+        // One scan of the relation index per event says which bundles it may get; most
+        // events have no relations and cost nothing more.
         let mut viewer: Option<Viewer> = None;
         for event in events {
-            let Some(root) = event["event_id"]
+            let Some(id) = event["event_id"]
                 .as_str()
                 .and_then(|id| EventId::parse(id).ok())
             else {
                 continue;
             };
-            let Some(summary) = self.thread_summary(room_id, &root)? else {
+            let types = self.relation_types(room_id, &id)?;
+            if types.is_empty() {
                 continue;
-            };
+            }
             let viewer = match viewer {
                 Some(ref v) => v,
                 None => {
                     viewer.insert(self.viewer(room_id, user, self.reading_limit(room_id, user)?)?)
                 }
             };
-            let sent_root = event["sender"].as_str() == Some(user.as_str());
-            let Some(thread) =
-                self.user_thread(room_id, user, &root, sent_root, &summary, viewer)?
-            else {
-                continue;
-            };
-            // The same format as the event it is bundled with (`/sync` leaves out
-            // `room_id`).
-            let mut latest = [if event.get("room_id").is_some() {
-                thread.latest.to_client_event()
-            } else {
-                thread.latest.to_sync_event()
-            }];
-            self.add_memberships(room_id, user, &mut latest)?;
-            // The newest reply carries its own newest edit (as Synapse bundles it).
-            self.add_edits_and_references(room_id, user, &mut latest)?;
-            let [latest] = latest;
-            if !event["unsigned"].is_object() {
-                event["unsigned"] = json!({});
+            if types.iter().any(|t| t == THREAD) {
+                self.bundle_thread(room_id, user, event, &id, viewer)?;
             }
-            if !event["unsigned"]["m.relations"].is_object() {
-                event["unsigned"]["m.relations"] = json!({});
-            }
-            event["unsigned"]["m.relations"][THREAD] = json!({
+            self.bundle_edits_and_references(room_id, user, event, &id, &types, viewer)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `unsigned["m.relations"]["m.thread"]` to the thread root `event` (`root`).
+    fn bundle_thread(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        event: &mut Value,
+        root: &EventId,
+        viewer: &Viewer,
+    ) -> Result<()> {
+        let Some(summary) = self.thread_summary(room_id, root)? else {
+            return Ok(());
+        };
+        let sent_root = event["sender"].as_str() == Some(user.as_str());
+        let Some(thread) = self.user_thread(room_id, user, root, sent_root, &summary, viewer)?
+        else {
+            return Ok(());
+        };
+        let mut latest = self.served_like(room_id, user, event, &thread.latest)?;
+        // The newest reply carries its own newest edit (as Synapse bundles it).
+        let types = self.relation_types(room_id, &thread.latest.event_id)?;
+        self.bundle_edits_and_references(
+            room_id,
+            user,
+            &mut latest,
+            &thread.latest.event_id,
+            &types,
+            viewer,
+        )?;
+        bundle(
+            event,
+            THREAD,
+            json!({
                 "latest_event": latest,
                 "count": thread.count,
                 "current_user_participated": thread.participated,
-            });
-        }
+            }),
+        );
         Ok(())
     }
 
