@@ -14,101 +14,16 @@
 // SFU) mutes bob's microphone as seen by bob's page and by alice's, and not alice's own;
 // bob leaves and alice sees him go.
 
-import { readFile } from 'node:fs/promises';
-import http from 'node:http';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
 import { chromium } from 'playwright-core';
 
-const HARD_TIMEOUT_MS = 90_000;
-const STEP_TIMEOUT_MS = 20_000;
-const here = path.dirname(fileURLToPath(import.meta.url));
-const started = Date.now();
-const summary = { ok: false, steps: [] };
+import { localTrack, openPage, remoteOf, remoteTrack, run, seen, servePage } from './driver.mjs';
 
-function progress(msg) {
-  process.stderr.write(`[call ${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}\n`);
-}
-
-function finish(code, error) {
-  if (error) {
-    summary.error = error;
-  }
-  summary.ok = code === 0;
-  summary.durationMs = Date.now() - started;
-  process.stdout.write(`${JSON.stringify(summary)}\n`);
-  process.exit(code);
-}
-
-const hardTimeout = setTimeout(
-  () => finish(2, `hard timeout: the call test did not finish within ${HARD_TIMEOUT_MS / 1000} s`),
-  HARD_TIMEOUT_MS,
-);
-
-function step(name, detail = {}) {
-  summary.steps.push({ name, atMs: Date.now() - started, ...detail });
-  progress(name);
-}
-
-// Polls `probe` until it returns a truthy value; fails with `what` and the last value seen.
-async function until(what, probe, timeoutMs = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (last?.done ?? last) {
-      return last;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}; last seen: ${JSON.stringify(last)}`);
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
-
-// Serves the page, its script and livekit-client's UMD bundle on 127.0.0.1.
-async function servePage() {
-  const files = {
-    '/': ['page.html', 'text/html'],
-    '/page.js': ['page.js', 'text/javascript'],
-    '/livekit-client.umd.js': ['node_modules/livekit-client/dist/livekit-client.umd.js', 'text/javascript'],
-  };
-  const server = http.createServer(async (req, res) => {
-    const file = files[new URL(req.url, 'http://x').pathname];
-    if (!file) {
-      res.writeHead(404).end();
-      return;
-    }
-    try {
-      const body = await readFile(path.join(here, file[0]));
-      res.writeHead(200, { 'Content-Type': file[1], 'Cache-Control': 'no-store' }).end(body);
-    } catch (e) {
-      res.writeHead(500).end(String(e));
-    }
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, url: `http://127.0.0.1:${server.address().port}/` };
-}
-
-async function openPage(browser, name, pageUrl) {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning' || process.env.MYELIN_CALL_DEBUG) {
-      process.stderr.write(`[${name} ${m.type()}] ${m.text()}\n`);
-    }
-  });
-  page.on('pageerror', (e) => process.stderr.write(`[${name} pageerror] ${e}\n`));
-  await page.goto(pageUrl);
-  return page;
-}
-
-const remoteOf = (state, identity) => state.remote.find((p) => p.identity === identity);
-const remoteTrack = (state, identity, kind) => remoteOf(state, identity)?.tracks.find((t) => t.kind === kind);
-const localTrack = (state, kind) => state.local.find((t) => t.kind === kind);
-const seen = (state, event, match) =>
-  state.events.some((e) => e.event === event && Object.entries(match).every(([k, v]) => e[k] === v));
+const { summary, progress, finish, hardTimeout, step, until } = run({
+  tag: 'call',
+  what: 'the call test',
+  hardTimeoutMs: 90_000,
+  stepTimeoutMs: 20_000,
+});
 
 async function main() {
   const config = JSON.parse(process.env.MYELIN_CALL_CONFIG ?? 'null');

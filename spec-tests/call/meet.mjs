@@ -21,77 +21,26 @@
 // shows the guests muted on every page (not the moderator); a guest who leaves and one
 // the moderator removes disappear from the others' grids.
 
-import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
-import http from 'node:http';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
 
-const HARD_TIMEOUT_MS = 150_000;
-const STEP_TIMEOUT_MS = 25_000;
-const started = Date.now();
-const summary = { ok: false, steps: [], users: {} };
+import { openPage as openLoggedPage, run, servePage } from './driver.mjs';
 
-function progress(msg) {
-  process.stderr.write(`[meet ${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}\n`);
-}
-
-function finish(code, error) {
-  if (error) {
-    summary.error = error;
-  }
-  summary.ok = code === 0;
-  summary.durationMs = Date.now() - started;
-  process.stdout.write(`${JSON.stringify(summary)}\n`);
-  process.exit(code);
-}
-
-const hardTimeout = setTimeout(
-  () => finish(2, `hard timeout: the meeting page test did not finish within ${HARD_TIMEOUT_MS / 1000} s`),
-  HARD_TIMEOUT_MS,
-);
-
-function step(name, detail = {}) {
-  summary.steps.push({ name, atMs: Date.now() - started, ...detail });
-  progress(name);
-}
-
-// Polls `probe` until it returns a truthy value; fails with `what` and the last value seen.
-async function until(what, probe, timeoutMs = STEP_TIMEOUT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (last?.done ?? last) {
-      return last;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}; last seen: ${JSON.stringify(last)}`);
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+const { summary, progress, finish, hardTimeout, step, until } = run({
+  tag: 'meet',
+  what: 'the meeting page test',
+  hardTimeoutMs: 150_000,
+  stepTimeoutMs: 25_000,
+  summary: { users: {} },
+});
 
 const byId = (id) => `[data-testid="${id}"]`;
-const here = path.dirname(fileURLToPath(import.meta.url));
 
-async function openPage(browser, name, url) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const page = await context.newPage();
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning' || process.env.MYELIN_CALL_DEBUG) {
-      process.stderr.write(`[${name} ${m.type()}] ${m.text()}\n`);
-    }
-  });
-  page.on('pageerror', (e) => process.stderr.write(`[${name} pageerror] ${e}\n`));
-  const response = await page.goto(url);
-  if (response.status() !== 200) {
-    throw new Error(`${name}: the join link answered ${response.status()}`);
-  }
-  return page;
-}
+const openPage = (browser, name, url) =>
+  openLoggedPage(browser, name, url, { viewport: { width: 1280, height: 800 } });
 
 /** What a page's grid shows: [{participant, muted, frames}] per tile. */
 function tiles(page) {
@@ -348,25 +297,6 @@ async function meeting(browser, config) {
 }
 
 // Serves call.mjs's livekit-client page (page.html, page.js, the UMD bundle) on 127.0.0.1.
-async function serveLivekitPage() {
-  const files = {
-    '/': ['page.html', 'text/html'],
-    '/page.js': ['page.js', 'text/javascript'],
-    '/livekit-client.umd.js': ['node_modules/livekit-client/dist/livekit-client.umd.js', 'text/javascript'],
-  };
-  const server = http.createServer(async (req, res) => {
-    const file = files[new URL(req.url, 'http://x').pathname];
-    if (!file) {
-      res.writeHead(404).end();
-      return;
-    }
-    const body = await readFile(path.join(here, file[0])).catch(() => null);
-    res.writeHead(body ? 200 : 500, { 'Content-Type': file[1], 'Cache-Control': 'no-store' }).end(body ?? '');
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return { server, url: `http://127.0.0.1:${server.address().port}/` };
-}
-
 /** What the page plays: one entry per remote audio element, and whether media arrives. */
 function pageAudio(page) {
   return page.$$eval('#audio audio', (els) =>
@@ -378,7 +308,7 @@ function pageAudio(page) {
 }
 
 async function withLivekit(browser, config) {
-  const { server, url: livekitUrl } = await serveLivekitPage();
+  const { server, url: livekitUrl } = await servePage();
   try {
     const gina = await guestJoins(browser, 'gina', 'Gina Guest', config.joinUrl);
     const ginaId = await until('gina\'s session', () => ownUserId(gina));
