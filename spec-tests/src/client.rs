@@ -328,6 +328,34 @@ impl Client {
         .await
     }
 
+    /// Announces this device's call membership in `room` (`org.matrix.msc3401.call.member`,
+    /// as Element Call does before it joins the SFU), with the LiveKit service at
+    /// `service_url`, expiring `expires_ms` after now.
+    pub async fn join_call(&self, room: &str, service_url: &str, expires_ms: u64) -> Result<()> {
+        let key = format!("_{}_{}_m.call", self.user_id, self.device_id);
+        self.set_state(
+            room,
+            "org.matrix.msc3401.call.member",
+            &key,
+            json!({
+                "application": "m.call",
+                "call_id": "",
+                "scope": "m.room",
+                "device_id": self.device_id,
+                "expires": expires_ms,
+                "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+                "foci_preferred": [{
+                    "type": "livekit",
+                    "livekit_alias": room,
+                    "livekit_service_url": service_url,
+                }],
+            }),
+        )
+        .await?
+        .ok()?;
+        Ok(())
+    }
+
     /// `/sync` with a query string (e.g. `since=...&timeout=0`).
     pub async fn sync(&self, query: &str) -> Result<Value> {
         self.get(&format!("/sync?{query}")).await?.ok()

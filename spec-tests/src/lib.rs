@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// Where the server binary is.
 pub fn server_binary() -> PathBuf {
@@ -509,6 +509,62 @@ pub async fn run_js_script(server: &TestServer, script: &str, label: &str) -> Re
         );
     }
     Ok(())
+}
+
+/// `spec-tests/call`, where the browser drivers live, once `spec-tests/run` has installed
+/// their packages (livekit-client, playwright-core); an error, not a skip, otherwise.
+pub fn browser_driver_dir() -> Result<PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
+    for package in ["livekit-client", "playwright-core"] {
+        if !dir.join("node_modules").join(package).exists() {
+            bail!(
+                "{package} is not installed in {}: run the tests with spec-tests/run (npm ci)",
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Runs the browser driver `spec-tests/call/SCRIPT` with Node.js, its JSON config in the
+/// environment variable `config_var`, and returns its summary (the last stdout line) once
+/// the driver exited 0 and the summary says `ok`; otherwise an error with what the driver
+/// printed and `server`'s log. `what` names the test in that error.
+pub async fn run_browser_driver(
+    server: &TestServer,
+    script: &str,
+    config_var: &str,
+    config: &Value,
+    what: &str,
+) -> Result<Value> {
+    let path = browser_driver_dir()?.join(script);
+    let mut driver = Command::new(js_node());
+    driver.arg(path).env(config_var, config.to_string());
+    let out = run_program(driver, Duration::from_secs(300))
+        .await
+        .with_context(|| {
+            format!(
+                "running the {what} driver with Node.js (MYELIN_JS_NODE or node)\nserver log:\n{}",
+                server.log()
+            )
+        })?;
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    let failure = || {
+        format!(
+            "{what} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
+            out.status,
+            server.log()
+        )
+    };
+    let summary: Value = stdout
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .with_context(failure)?;
+    if !out.status.success() || summary["ok"] != true {
+        bail!("{}", failure());
+    }
+    Ok(summary)
 }
 
 /// Runs a helper program (an interop client, the browser driver) with null stdin in a

@@ -10,43 +10,11 @@
 //! `spec-tests/run` installs Debian's Chromium and `spec-tests/call/node_modules` and sets
 //! `MYELIN_CHROMIUM`; without them this test fails rather than skipping.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::{json, Value};
-use spec_tests::{chromium, js_node, run_program, Client, TestServer};
-
-/// Announces `client`'s call membership in `room` (`org.matrix.msc3401.call.member`, as
-/// Element Call does before it joins the SFU): "mute for all" spares the moderator's own
-/// devices by this membership.
-async fn join_call(client: &Client, room: &str, service_url: &str) -> anyhow::Result<()> {
-    let key = format!("_{}_{}_m.call", client.user_id, client.device_id);
-    client
-        .set_state(
-            room,
-            "org.matrix.msc3401.call.member",
-            &key,
-            json!({
-                "application": "m.call",
-                "call_id": "",
-                "scope": "m.room",
-                "device_id": client.device_id,
-                "expires": 3_600_000,
-                "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
-                "foci_preferred": [{
-                    "type": "livekit",
-                    "livekit_alias": room,
-                    "livekit_service_url": service_url,
-                }],
-            }),
-        )
-        .await?
-        .ok()?;
-    Ok(())
-}
+use spec_tests::{browser_driver_dir, chromium, run_browser_driver, Client, TestServer};
 
 /// The driver's view of one user.
 async fn participant(client: &Client) -> anyhow::Result<Value> {
@@ -62,15 +30,7 @@ async fn participant(client: &Client) -> anyhow::Result<Value> {
 #[tokio::test]
 async fn two_browsers_call_through_the_embedded_sfu() -> anyhow::Result<()> {
     let started = Instant::now();
-    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
-    for package in ["livekit-client", "playwright-core"] {
-        if !call_dir.join("node_modules").join(package).exists() {
-            bail!(
-                "{package} is not installed in {}: run the tests with spec-tests/run (npm ci)",
-                call_dir.display()
-            );
-        }
-    }
+    browser_driver_dir()?;
     let chromium = chromium()?;
 
     let (server, _) = TestServer::start_with_sfu(&[
@@ -101,8 +61,8 @@ async fn two_browsers_call_through_the_embedded_sfu() -> anyhow::Result<()> {
         .context("no livekit_service_url in the RTC transports")?
         .trim_end_matches('/')
         .to_owned();
-    join_call(&alice, &room, &service_url).await?;
-    join_call(&bob, &room, &service_url).await?;
+    alice.join_call(&room, &service_url, 3_600_000).await?;
+    bob.join_call(&room, &service_url, 3_600_000).await?;
 
     let config = json!({
         "homeserver": server.base,
@@ -112,34 +72,14 @@ async fn two_browsers_call_through_the_embedded_sfu() -> anyhow::Result<()> {
         "alice": participant(&alice).await?,
         "bob": participant(&bob).await?,
     });
-    let script = call_dir.join("call.mjs");
-    let mut driver = std::process::Command::new(js_node());
-    driver
-        .arg(script)
-        .env("MYELIN_CALL_CONFIG", config.to_string());
-    let out = run_program(driver, Duration::from_secs(300))
-        .await
-        .with_context(|| {
-            format!(
-                "running the call driver with Node.js (MYELIN_JS_NODE or node)\nserver log:\n{}",
-                server.log()
-            )
-        })?;
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    let failure = || {
-        format!(
-            "browser call failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-            out.status,
-            server.log()
-        )
-    };
-    let summary: Value = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .with_context(failure)?;
-    assert!(out.status.success(), "{}", failure());
-    assert_eq!(summary["ok"], true, "{}", failure());
+    let summary = run_browser_driver(
+        &server,
+        "call.mjs",
+        "MYELIN_CALL_CONFIG",
+        &config,
+        "browser call",
+    )
+    .await?;
 
     // The driver checked the details; make sure the summary says so, too.
     let alice_identity = format!("{}:{}", alice.user_id, alice.device_id);

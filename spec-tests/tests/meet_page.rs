@@ -26,7 +26,8 @@ use kinds_common::{create_virtual_room, myelin};
 use reqwest::Method;
 use serde_json::{json, Value};
 use spec_tests::{
-    chromium, enc, http_client, js_node, run_program, workspace_binary, Client, TestServer,
+    browser_driver_dir, chromium, enc, http_client, run_browser_driver, run_program,
+    workspace_binary, Client, TestServer,
 };
 
 /// A moderator's join link for `room`: (token, url).
@@ -55,39 +56,6 @@ async fn membership(c: &Client, room: &str, user: &str) -> anyhow::Result<Option
         ))
         .await?;
     Ok(member.body["membership"].as_str().map(str::to_owned))
-}
-
-/// Runs `meet.mjs` with `config`; its summary (the last stdout line) once it says every
-/// check passed, else an error with the driver's output and the server log.
-async fn run_driver(
-    call_dir: &Path,
-    config: &Value,
-    server: &TestServer,
-    what: &str,
-) -> anyhow::Result<Value> {
-    let mut driver = std::process::Command::new(js_node());
-    driver
-        .arg(call_dir.join("meet.mjs"))
-        .env("MYELIN_MEET_CONFIG", config.to_string());
-    let out = run_program(driver, Duration::from_secs(300))
-        .await
-        .with_context(|| format!("running the {what} driver\n{}", server.log()))?;
-    let (stdout, stderr) = (&out.stdout, &out.stderr);
-    let failure = || {
-        format!(
-            "{what} test failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{}",
-            out.status,
-            server.log()
-        )
-    };
-    let summary: Value = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .with_context(failure)?;
-    assert!(out.status.success(), "{}", failure());
-    assert_eq!(summary["ok"], true, "{}", failure());
-    Ok(summary)
 }
 
 /// The names of the steps a driver summary lists.
@@ -238,17 +206,7 @@ async fn the_page_is_served_with_a_strict_policy_and_404_for_unknown_links() -> 
 #[tokio::test]
 async fn two_guests_and_a_member_meet_on_the_page() -> anyhow::Result<()> {
     let started = Instant::now();
-    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
-    if !call_dir
-        .join("node_modules")
-        .join("playwright-core")
-        .exists()
-    {
-        bail!(
-            "playwright-core is not installed in {}: run the tests with spec-tests/run (npm ci)",
-            call_dir.display()
-        );
-    }
+    browser_driver_dir()?;
     let chromium = chromium()?;
     let (server, _) = TestServer::start_with_sfu(&[
         ("MYELIN_MEETINGS_TEMPORARY_IDLE_SECS", "60"),
@@ -274,7 +232,14 @@ async fn two_guests_and_a_member_meet_on_the_page() -> anyhow::Result<()> {
         "member": {"user": "mia", "password": "mia-password", "userId": mia.user_id},
         "screenshots": screenshots,
     });
-    let summary = run_driver(&call_dir, &config, &server, "meeting page").await?;
+    let summary = run_browser_driver(
+        &server,
+        "meet.mjs",
+        "MYELIN_MEET_CONFIG",
+        &config,
+        "meeting page",
+    )
+    .await?;
     let steps = step_names(&summary)?;
     for expected in [
         "lobby shows the room, the preview and the microphone level",
@@ -351,15 +316,7 @@ async fn two_guests_and_a_member_meet_on_the_page() -> anyhow::Result<()> {
 /// token, `/sfu/get`) are in one call and see and hear each other.
 #[tokio::test]
 async fn a_guest_on_the_page_and_a_livekit_client_member_share_the_call() -> anyhow::Result<()> {
-    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
-    for package in ["livekit-client", "playwright-core"] {
-        if !call_dir.join("node_modules").join(package).exists() {
-            bail!(
-                "{package} is not installed in {}: run the tests with spec-tests/run (npm ci)",
-                call_dir.display()
-            );
-        }
-    }
+    browser_driver_dir()?;
     let chromium = chromium()?;
     let (server, _) = TestServer::start_with_sfu(&[(
         "RUST_LOG",
@@ -397,7 +354,14 @@ async fn a_guest_on_the_page_and_a_livekit_client_member_share_the_call() -> any
         "leo": {"userId": leo.user_id, "deviceId": leo.device_id,
                 "openidToken": leo.openid_token().await?},
     });
-    let summary = run_driver(&call_dir, &config, &server, "page + livekit-client").await?;
+    let summary = run_browser_driver(
+        &server,
+        "meet.mjs",
+        "MYELIN_MEET_CONFIG",
+        &config,
+        "page + livekit-client",
+    )
+    .await?;
     let steps = step_names(&summary)?;
     for expected in [
         "a guest on the page and a livekit-client member joined",
@@ -450,17 +414,7 @@ async fn ffprobe(file: &Path) -> anyhow::Result<Value> {
 
 #[tokio::test]
 async fn a_moderator_records_the_meeting_and_the_video_is_posted() -> anyhow::Result<()> {
-    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
-    if !call_dir
-        .join("node_modules")
-        .join("playwright-core")
-        .exists()
-    {
-        bail!(
-            "playwright-core is not installed in {}: run the tests with spec-tests/run (npm ci)",
-            call_dir.display()
-        );
-    }
+    browser_driver_dir()?;
     let chromium = chromium()?;
     let recorder = workspace_binary("MYELIN_RECORDER_BIN", "myelin-recorder");
     if !recorder.exists() {
@@ -489,7 +443,14 @@ async fn a_moderator_records_the_meeting_and_the_video_is_posted() -> anyhow::Re
         "member": {"user": "mia", "password": "mia-password", "userId": mia.user_id},
         "recordMs": 10_000,
     });
-    let summary = run_driver(&call_dir, &config, &server, "recording").await?;
+    let summary = run_browser_driver(
+        &server,
+        "meet.mjs",
+        "MYELIN_MEET_CONFIG",
+        &config,
+        "recording",
+    )
+    .await?;
     let steps = step_names(&summary)?;
     for expected in [
         "a guest and the moderator see each other",

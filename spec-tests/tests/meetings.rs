@@ -70,24 +70,6 @@ async fn guest(server: &TestServer) -> anyhow::Result<Client> {
     Ok(guest)
 }
 
-/// Element Call's call membership for `c`'s device, expiring `expires_ms` after now.
-async fn join_call(c: &Client, room: &str, expires_ms: u64) -> anyhow::Result<()> {
-    let key = format!("_{}_{}_m.call", c.user_id, c.device_id);
-    c.set_state(
-        room,
-        "org.matrix.msc3401.call.member",
-        &key,
-        json!({"application": "m.call", "call_id": "", "scope": "m.room",
-            "device_id": c.device_id, "expires": expires_ms,
-            "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
-            "foci_preferred": [{"type": "livekit", "livekit_alias": room,
-                "livekit_service_url": c.base}]}),
-    )
-    .await?
-    .ok()?;
-    Ok(())
-}
-
 async fn leave_call(c: &Client, room: &str) -> anyhow::Result<()> {
     let key = format!("_{}_{}_m.call", c.user_id, c.device_id);
     c.set_state(room, "org.matrix.msc3401.call.member", &key, json!({}))
@@ -206,7 +188,7 @@ async fn join_links_are_created_read_and_revoked() -> anyhow::Result<()> {
         json!({"room_id": room, "name": "Town hall", "topic": "All hands", "avatar_url": null,
             "kind": "virtual_room", "call": {"active": false, "participants": 0}})
     );
-    join_call(&bob, &room, 60_000).await?;
+    bob.join_call(&room, &bob.base, 60_000).await?;
     let lobby_view = lobby(&server, &token).await?.ok()?;
     assert_eq!(
         lobby_view["call"],
@@ -268,7 +250,7 @@ async fn a_guest_joins_by_link_takes_part_and_is_refused_elsewhere() -> anyhow::
 
     // What the guest may do in the meeting.
     // Ten seconds in the call: time enough for the checks below, then it expires.
-    join_call(&guest, &room, 10_000).await?;
+    guest.join_call(&room, &guest.base, 10_000).await?;
     guest.say(&room, "hello from the guest").await?;
     guest
         .get(&format!("/rooms/{}/messages?dir=b", enc(&room)))
@@ -390,7 +372,7 @@ async fn an_internal_user_joins_temporarily_and_leaves_with_the_call() -> anyhow
     assert_eq!(member["io.myelin.temporary"], true, "{member}");
     assert_eq!(member["displayname"], "bob", "{member}");
     bob.say(&room, "hi").await?;
-    join_call(&bob, &room, 3_600_000).await?;
+    bob.join_call(&room, &bob.base, 3_600_000).await?;
     // In that room a temporary participant only reads, posts and takes part in the call.
     bob.post(
         &format!("/rooms/{}/invite", enc(&room)),
@@ -467,7 +449,7 @@ async fn meetings_list_shows_live_calls_and_future_schedules() -> anyhow::Result
     let now = now_ms();
 
     let live = create_virtual_room(&alice, "Live", json!({})).await?;
-    join_call(&alice, &live, hour).await?;
+    alice.join_call(&live, &alice.base, hour).await?;
     let future = create_virtual_room(&alice, "Future", json!({})).await?;
     alice
         .set_state(
@@ -489,7 +471,7 @@ async fn meetings_list_shows_live_calls_and_future_schedules() -> anyhow::Result
         .await?
         .ok()?;
     let elsewhere = create_virtual_room(&bob, "Not Alice's", json!({})).await?;
-    join_call(&bob, &elsewhere, hour).await?;
+    bob.join_call(&elsewhere, &bob.base, hour).await?;
     bob.set_state(
         &elsewhere,
         SCHEDULE,

@@ -34,7 +34,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use spec_tests::{chromium, free_port_on, js_node, run_program, Client, TestServer};
+use spec_tests::{
+    browser_driver_dir, chromium, free_port_on, js_node, run_program, Client, TestServer,
+};
 
 /// Runs `cmd args…` (with `input` on stdin), failing with its stderr.
 fn run(cmd: &str, args: &[&str], input: Option<&str>) -> Result<String> {
@@ -367,33 +369,6 @@ fn log_tail(server: &TestServer, n: usize) -> String {
     log.get(start..).unwrap_or_default().to_owned()
 }
 
-/// Announces `client`'s call membership in `room`, as Element Call does before it joins.
-async fn join_call(client: &Client, room: &str, service_url: &str) -> Result<()> {
-    let key = format!("_{}_{}_m.call", client.user_id, client.device_id);
-    client
-        .set_state(
-            room,
-            "org.matrix.msc3401.call.member",
-            &key,
-            json!({
-                "application": "m.call",
-                "call_id": "",
-                "scope": "m.room",
-                "device_id": client.device_id,
-                "expires": 3_600_000,
-                "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
-                "foci_preferred": [{
-                    "type": "livekit",
-                    "livekit_alias": room,
-                    "livekit_service_url": service_url,
-                }],
-            }),
-        )
-        .await?
-        .ok()?;
-    Ok(())
-}
-
 /// The call both pages join.
 struct Call<'a> {
     server: &'a TestServer,
@@ -498,15 +473,7 @@ fn assert_relayed(summary: &Value, relay_protocol: &str, scenario: &str) {
 #[tokio::test]
 async fn browsers_reach_the_sfu_through_firewalls() -> Result<()> {
     let started = Instant::now();
-    let call_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("call");
-    for package in ["livekit-client", "playwright-core"] {
-        if !call_dir.join("node_modules").join(package).exists() {
-            bail!(
-                "{package} is not installed in {}: run the tests with spec-tests/run (npm ci)",
-                call_dir.display()
-            );
-        }
-    }
+    browser_driver_dir()?;
     chromium()?;
     let hosts = Hosts::create()?;
     let server_ip = IpAddr::V4(hosts.server);
@@ -535,8 +502,8 @@ async fn browsers_reach_the_sfu_through_firewalls() -> Result<()> {
         service_url.contains(&hosts.server.to_string()),
         "the token service is on the veth address: {service_url}"
     );
-    join_call(&alice, &room, &service_url).await?;
-    join_call(&bob, &room, &service_url).await?;
+    alice.join_call(&room, &service_url, 3_600_000).await?;
+    bob.join_call(&room, &service_url, 3_600_000).await?;
     let call = Call {
         server: &server,
         room,
