@@ -214,11 +214,7 @@ impl Services {
                 Some("push"),
             )?
             .consumer(
-                Arc::new(SyncNotifier::new(
-                    storage.clone(),
-                    rooms.clone(),
-                    notifier.clone(),
-                )),
+                Arc::new(SyncNotifier::new(rooms.clone(), notifier.clone())),
                 Some("delayed_events"),
             )?
             // Groups dissolve once their last leave is visible to the members.

@@ -141,8 +141,10 @@ impl EventConsumer for AppserviceConsumer {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut state = self.load()?;
+            let mut sent = false;
             loop {
                 if let Some(p) = state.pending.take() {
+                    sent = true;
                     self.send_until_acknowledged(&p.txn_id, &p.body).await;
                     state.acked_through = state.acked_through.max(p.end);
                     self.save(&state).await?;
@@ -162,6 +164,7 @@ impl EventConsumer for AppserviceConsumer {
                 if chosen.is_empty() {
                     break;
                 }
+                sent = true;
                 let body = serde_json::to_value(Transaction {
                     events: chosen,
                     ..Transaction::default()
@@ -174,6 +177,10 @@ impl EventConsumer for AppserviceConsumer {
                 state.next_txn += 1;
                 // Durable before it leaves: a restart re-sends it with the same id.
                 self.save(&state).await?;
+            }
+            if !sent {
+                // Nothing for this bridge: seeing these events again sends nothing.
+                return checkpoint.skip();
             }
             self.service.storage.commit(checkpoint.into_batch())
         })

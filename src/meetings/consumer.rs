@@ -39,15 +39,18 @@ impl EventConsumer for MeetingsConsumer {
         checkpoint: Checkpoint,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let mut handled = false;
             for event in events {
                 let pdu = &event.pdu;
                 let kind = pdu.kind.to_string();
                 if kind == CALL_MEMBER_EVENT || kind == RTC_MEMBER_EVENT {
+                    handled = true;
                     let withdrawn = pdu.content.get().trim() == "{}";
                     self.meetings
                         .call_membership_changed(&pdu.room_id, &pdu.sender, withdrawn)
                         .await?;
                 } else if kind == "m.room.create" && pdu.state_key.as_deref() == Some("") {
+                    handled = true;
                     // A purged room has no record any more: nothing to link.
                     if let Err(e) = self.meetings.link_new_room(&pdu.room_id, &pdu.sender).await {
                         if e.errcode() != "M_NOT_FOUND" {
@@ -55,6 +58,9 @@ impl EventConsumer for MeetingsConsumer {
                         }
                     }
                 }
+            }
+            if !handled {
+                return checkpoint.skip();
             }
             self.storage.commit(checkpoint.into_batch())
         })

@@ -15,6 +15,10 @@
 //! 4. `group_dissolution` (`crate::purge`) — after `sync_notifier`: purges a group whose
 //!    last member left, once that leave is visible.
 //!
+//! A consumer's position is committed with its own writes; a round with nothing to write
+//! that is safe to see again skips the commit ([`Checkpoint::skip`]) and the runner stores
+//! the position lazily, so a message costs no commit per consumer.
+//!
 //! A consumer may wait for another (`after`): the sync notifier runs after push and
 //! delayed events, so a woken sync already sees the new unread counts. Writers
 //! (`RoomsService::send`) return once the event is visible. A consumer that fails is
@@ -47,13 +51,25 @@ pub struct Appended {
 }
 
 /// A consumer's new position: a batch that records it, to be committed atomically with
-/// the consumer's own writes.
+/// the consumer's own writes — or, when the consumer has nothing of its own to write and
+/// the events are safe to hand it again, left to the runner ([`Checkpoint::skip`]).
 pub struct Checkpoint {
     end: u64,
     batch: Batch,
+    skipped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Checkpoint {
+    /// The consumer wrote nothing for these events, and handling them again after a
+    /// restart changes nothing (they concern it not, or what it did is idempotent). The
+    /// runner then stores the position at most once per [`LAZY_POSITION`] instead of
+    /// committing a batch per round: the commit that no reader needs.
+    pub fn skip(self) -> Result<()> {
+        self.skipped
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     /// The position the consumer will be at: every event up to it is handled.
     pub fn end(&self) -> u64 {
         self.end
@@ -87,6 +103,9 @@ pub trait EventConsumer: Send + Sync + 'static {
 
 /// Events handed to a consumer at once, at most.
 const BATCH: usize = 256;
+/// How often, at most, the runner stores the position of a consumer that skips its
+/// checkpoints ([`Checkpoint::skip`]): after a crash it handles at most this much again.
+const LAZY_POSITION: Duration = Duration::from_secs(1);
 /// Longest pause between retries of a failing consumer.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -202,6 +221,8 @@ async fn run_stage(pipeline: std::sync::Weak<Pipeline>, index: usize) {
     let mut before = stage.after.map(|i| p.stages[i].progress.subscribe());
     let mut cursor = *stage.progress.borrow();
     let mut failures = 0u32;
+    // The last position stored and when, for skipped checkpoints.
+    let mut stored = (cursor, std::time::Instant::now());
     drop(p);
     loop {
         let Some(p) = pipeline.upgrade() else {
@@ -242,13 +263,37 @@ async fn run_stage(pipeline: std::sync::Weak<Pipeline>, index: usize) {
                     &Pipeline::position_key(name),
                     &end.to_be_bytes(),
                 );
-                let checkpoint = Checkpoint { end, batch };
-                match failpoint(name) {
-                    Ok(()) => stage
-                        .consumer
-                        .consume(&events, checkpoint)
-                        .await
-                        .map(|()| end),
+                let skipped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let checkpoint = Checkpoint {
+                    end,
+                    batch,
+                    skipped: skipped.clone(),
+                };
+                let handled = match failpoint(name) {
+                    Ok(()) => stage.consumer.consume(&events, checkpoint).await,
+                    Err(e) => Err(e),
+                };
+                match handled {
+                    Ok(()) if skipped.load(std::sync::atomic::Ordering::Acquire) => {
+                        if stored.1.elapsed() >= LAZY_POSITION && stored.0 != end {
+                            let mut batch = Batch::new();
+                            batch.insert(
+                                &p.storage.trees.meta,
+                                &Pipeline::position_key(name),
+                                &end.to_be_bytes(),
+                            );
+                            p.storage.commit(batch).map(|()| {
+                                stored = (end, std::time::Instant::now());
+                                end
+                            })
+                        } else {
+                            Ok(end)
+                        }
+                    }
+                    Ok(()) => {
+                        stored = (end, std::time::Instant::now());
+                        Ok(end)
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -280,3 +325,6 @@ fn failpoint(name: &str) -> Result<()> {
     let _ = point;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

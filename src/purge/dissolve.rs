@@ -55,6 +55,9 @@ impl EventConsumer for GroupDissolution {
                 .filter(|e| is_departure(e))
                 .map(|e| e.pdu.room_id.clone())
                 .collect();
+            if rooms.is_empty() {
+                return checkpoint.skip();
+            }
             for room in rooms {
                 self.purge.dissolve_if_empty(&room).await?;
             }

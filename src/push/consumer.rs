@@ -42,7 +42,14 @@ impl EventConsumer for PushConsumer {
                     evaluated.push(e);
                 }
             }
+            if evaluated.is_empty() {
+                // Nobody to notify: evaluating these events again records nothing either.
+                return checkpoint.skip();
+            }
             self.push.record(&evaluated, checkpoint.into_batch())?;
+            // Only events with a recipient who may have a pusher wait for the flush (most
+            // have none: the flush would be one more per batch for nothing).
+            evaluated.retain(|e| e.pushes.iter().any(|(u, _)| self.push.may_have_pushers(u)));
             if evaluated.is_empty() {
                 return Ok(());
             }

@@ -54,6 +54,7 @@ impl EventConsumer for CallRemovalConsumer {
         checkpoint: Checkpoint,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let mut removals = false;
             for event in events {
                 let pdu = &event.pdu;
                 let Some(user) = removed_user(
@@ -66,6 +67,7 @@ impl EventConsumer for CallRemovalConsumer {
                 let Ok(user) = UserId::parse(user) else {
                     continue;
                 };
+                removals = true;
                 // No SFU (or one that is down) has nobody to disconnect now; the pipeline
                 // must not stall on it.
                 match self.rtc.remove_from_call(&pdu.room_id, &user).await {
@@ -77,6 +79,9 @@ impl EventConsumer for CallRemovalConsumer {
                         tracing::debug!(room = %pdu.room_id, %user, error = %e, "SFU removal failed")
                     }
                 }
+            }
+            if !removals {
+                return checkpoint.skip();
             }
             self.storage.commit(checkpoint.into_batch())
         })

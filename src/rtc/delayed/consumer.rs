@@ -35,9 +35,11 @@ impl EventConsumer for DelayedEventsConsumer {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut cancelled = false;
+            let mut state = false;
             for event in events {
                 let pdu = &event.pdu;
                 if let Some(state_key) = &pdu.state_key {
+                    state = true;
                     cancelled |= self.rtc.cancel_superseded(
                         &pdu.room_id,
                         &pdu.kind.to_string(),
@@ -46,6 +48,10 @@ impl EventConsumer for DelayedEventsConsumer {
                         checkpoint.batch(),
                     )?;
                 }
+            }
+            if !state {
+                // Only state events cancel anything: these are safe to see again.
+                return checkpoint.skip();
             }
             self.rtc
                 .commit_cancellations(checkpoint.into_batch(), cancelled)
