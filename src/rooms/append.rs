@@ -274,6 +274,7 @@ impl RoomsService {
                 };
                 index.add(&mut batch, &relation)?;
             }
+            let related = index.parents().to_vec();
             index.write(&mut batch)?;
             if let Some(state_key) = &event.state_key {
                 let base = keys::KeyBuilder::new()
@@ -312,6 +313,7 @@ impl RoomsService {
                 }
             }
             self.storage.commit(batch)?;
+            self.relation_types_cache.forget(&related);
             metrics::counter!(crate::metrics::EVENTS_APPENDED).increment(1);
             if let Some((user, m)) = &membership {
                 self.members.set_user_room(user, room_id, *m, pos);

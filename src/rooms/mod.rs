@@ -122,6 +122,8 @@ pub struct RoomsService {
     /// The newest timeline entries of each room appended to since start (see
     /// [`read::RecentEvents`]): incremental syncs read them without a storage scan.
     recent: Mutex<HashMap<OwnedRoomId, read::RecentEvents>>,
+    /// Relation types of recently served events (see [`relation_index::TypesCache`]).
+    relation_types_cache: relation_index::TypesCache,
     /// Recently read events.
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
 }
@@ -164,6 +166,7 @@ impl RoomsService {
             deliveries: delivered::Deliveries::default(),
             tips: Mutex::default(),
             recent: Mutex::default(),
+            relation_types_cache: Default::default(),
             pdu_cache: Mutex::default(),
         })
     }

@@ -249,6 +249,7 @@ impl RoomsService {
             }
         }
         chunks.commit()?;
+        self.relation_types_cache.clear();
 
         self.tips
             .lock()

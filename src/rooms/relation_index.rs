@@ -20,7 +20,13 @@
 //! marker [`INDEX_MARKER`] is missing, [`RoomsService::build_relation_index`] clears the
 //! four trees and reads every stored event in timeline order.
 
-use std::collections::{hash_map::Entry, HashMap, HashSet};
+use std::{
+    collections::{hash_map::Entry, HashMap, HashSet},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -115,6 +121,8 @@ pub(super) struct Relation<'a> {
 /// storage, where additions of the same batch are not yet.
 pub(super) struct IndexWrites<'a> {
     trees: &'a Trees,
+    /// Every parent whose relations change (for [`TypesCache::forget`]).
+    parents: Vec<OwnedEventId>,
     summaries: HashMap<Vec<u8>, SummaryEdit>,
     participants: HashMap<Vec<u8>, u64>,
     removed: HashSet<Vec<u8>>,
@@ -124,6 +132,7 @@ impl<'a> IndexWrites<'a> {
     pub(super) fn new(trees: &'a Trees) -> IndexWrites<'a> {
         IndexWrites {
             trees,
+            parents: Vec::new(),
             summaries: HashMap::new(),
             participants: HashMap::new(),
             removed: HashSet::new(),
@@ -167,6 +176,7 @@ impl<'a> IndexWrites<'a> {
     /// unless a newer one is already known.
     pub(super) fn add(&mut self, batch: &mut Batch, r: &Relation<'_>) -> Result<()> {
         let key = relation_key(r.room, r.parent, r.rel_type, r.pos);
+        self.parents.push(r.parent.to_owned());
         self.removed.remove(&key);
         batch.insert(&self.trees.relations, &key, r.event_id.as_bytes());
         if r.rel_type != THREAD {
@@ -192,6 +202,7 @@ impl<'a> IndexWrites<'a> {
     /// reply goes falls back to the one before, a thread without replies goes.
     pub(super) fn remove(&mut self, batch: &mut Batch, r: &Relation<'_>) -> Result<()> {
         let key = relation_key(r.room, r.parent, r.rel_type, r.pos);
+        self.parents.push(r.parent.to_owned());
         batch.remove(&self.trees.relations, &key);
         self.removed.insert(key);
         if r.rel_type != THREAD {
@@ -240,6 +251,11 @@ impl<'a> IndexWrites<'a> {
         Ok(None)
     }
 
+    /// The parents whose relations these writes change.
+    pub(super) fn parents(&self) -> &[OwnedEventId] {
+        &self.parents
+    }
+
     /// Adds the changed thread records to the batch.
     pub(super) fn write(self, batch: &mut Batch) -> Result<()> {
         let trees = self.trees;
@@ -273,6 +289,60 @@ impl<'a> IndexWrites<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// Events' relation types as last read from the index: every read path asks for the
+/// types of every event it serves (most have none), and a message delivered to a room of
+/// thousands is served thousands of times. Entries go when a relation of theirs is added
+/// or removed; a read that raced such a change does not store what it read (the
+/// generation moved).
+#[derive(Default)]
+pub(super) struct TypesCache {
+    entries: Mutex<HashMap<OwnedEventId, Vec<String>>>,
+    generation: AtomicU64,
+}
+
+/// Events whose relation types are kept before the cache is cleared.
+const TYPES_CACHE_SIZE: usize = 16_384;
+
+impl TypesCache {
+    fn get(&self, parent: &EventId) -> Option<Vec<String>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(parent)
+            .cloned()
+    }
+
+    fn put(&self, parent: &EventId, types: &[String], generation: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if entries.len() >= TYPES_CACHE_SIZE {
+            entries.clear();
+        }
+        entries.insert(parent.to_owned(), types.to_vec());
+    }
+
+    /// Forgets these parents (their relations changed and are committed).
+    pub(super) fn forget(&self, parents: &[OwnedEventId]) {
+        if parents.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for parent in parents {
+            entries.remove(parent);
+        }
+    }
+
+    /// Forgets everything (a purge or a rebuild of the index).
+    pub(super) fn clear(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
     }
 }
 
@@ -317,6 +387,17 @@ impl RoomsService {
 
     /// The relation types `parent` has relations of.
     pub(super) fn relation_types(&self, room: &RoomId, parent: &EventId) -> Result<Vec<String>> {
+        if let Some(types) = self.relation_types_cache.get(parent) {
+            return Ok(types);
+        }
+        let generation = self.relation_types_cache.generation.load(Ordering::Acquire);
+        let types = self.scan_relation_types(room, parent)?;
+        self.relation_types_cache.put(parent, &types, generation);
+        Ok(types)
+    }
+
+    /// [`RoomsService::relation_types`] read from the index.
+    fn scan_relation_types(&self, room: &RoomId, parent: &EventId) -> Result<Vec<String>> {
         let prefix = keys::strs(&[room.as_str(), parent.as_str()]);
         // Every key of the prefix continues with a non-empty UTF-8 type (never 0xFF).
         let mut end = prefix.clone();
@@ -414,6 +495,7 @@ impl RoomsService {
             }
             self.storage.commit(batch)?;
         }
+        self.relation_types_cache.clear();
         let last = self.applied_pos();
         let (mut after, mut indexed) = (0, 0usize);
         while after < last {
@@ -441,8 +523,10 @@ impl RoomsService {
                     indexed += 1;
                 }
             }
+            let related = writes.parents().to_vec();
             writes.write(&mut batch)?;
             self.storage.commit(batch)?;
+            self.relation_types_cache.forget(&related);
         }
         let mut batch = Batch::new();
         batch.insert(&trees.meta, INDEX_MARKER, &1u64.to_be_bytes());
@@ -587,6 +671,30 @@ mod tests {
         assert!(!s.rooms.replied_in_thread(&room, &root, &alice).unwrap());
         redact(&s, &room, &bob, &like).await;
         assert!(s.rooms.relation_types(&room, &root).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cached_relation_types_follow_new_and_redacted_relations() {
+        let s = Services::in_memory(Config::default()).unwrap();
+        let alice = user("alice");
+        let room = public_room(&s, &alice).await;
+        let (root, _) = send(&s, &room, &alice, "m.room.message", json!({"body": "root"})).await;
+        let types = |s: &Services| s.rooms.relation_types(&room, &root).unwrap();
+        // Read twice: the second answer comes from the cache.
+        assert!(types(&s).is_empty());
+        assert!(types(&s).is_empty());
+        let (reply_id, _) = reply(&s, &room, &alice, &root).await;
+        assert_eq!(types(&s), vec!["m.thread"]);
+        let edit = json!({"body": "* root", "m.new_content": {"body": "root"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": root}});
+        send(&s, &room, &alice, "m.room.message", edit).await;
+        let mut now = types(&s);
+        now.sort();
+        assert_eq!(now, vec!["m.replace", "m.thread"]);
+        redact(&s, &room, &alice, &reply_id).await;
+        assert_eq!(types(&s), vec!["m.replace"]);
+        // What the cache says is what the index says.
+        assert_eq!(s.rooms.scan_relation_types(&room, &root).unwrap(), types(&s));
     }
 
     #[tokio::test]
