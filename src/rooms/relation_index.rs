@@ -694,7 +694,10 @@ mod tests {
         redact(&s, &room, &alice, &reply_id).await;
         assert_eq!(types(&s), vec!["m.replace"]);
         // What the cache says is what the index says.
-        assert_eq!(s.rooms.scan_relation_types(&room, &root).unwrap(), types(&s));
+        assert_eq!(
+            s.rooms.scan_relation_types(&room, &root).unwrap(),
+            types(&s)
+        );
     }
 
     #[tokio::test]

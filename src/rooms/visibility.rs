@@ -287,7 +287,10 @@ impl RoomsService {
         if events.is_empty() {
             return Ok(());
         }
-        let history = self.membership_history(room_id, user)?;
+        // The user's latest membership change, from memory: every event at or after it
+        // gets that membership; only older events need the history from storage.
+        let latest = self.user_room(user, room_id)?;
+        let mut history: Option<Vec<(u64, Membership)>> = None;
         for event in events {
             let Some(pos) = event["event_id"]
                 .as_str()
@@ -298,7 +301,16 @@ impl RoomsService {
             else {
                 continue;
             };
-            let membership = value_at(&history, pos).unwrap_or(Membership::Leave);
+            let membership = match latest {
+                Some((m, since)) if since <= pos => m,
+                _ => {
+                    if history.is_none() {
+                        history = Some(self.membership_history(room_id, user)?);
+                    }
+                    value_at(history.as_deref().unwrap_or_default(), pos)
+                        .unwrap_or(Membership::Leave)
+                }
+            };
             if !event["unsigned"].is_object() {
                 event["unsigned"] = serde_json::json!({});
             }
