@@ -67,10 +67,26 @@ type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 /// PostgreSQL-backed engine.
 pub struct PostgresEngine {
     jobs: Mutex<mpsc::Sender<Job>>,
-    /// Dropped with the engine: the thread holding the session with the advisory lock
-    /// that keeps a second process off the database (one process per database until
-    /// several are supported) then ends that session.
-    _owner: Mutex<mpsc::Sender<()>>,
+    /// The thread holding the session with the advisory lock that keeps a second process
+    /// off the database (one process per database until several are supported), and the
+    /// sender whose drop tells it to release the lock and end the session.
+    owner: Mutex<Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>>,
+}
+
+impl Drop for PostgresEngine {
+    /// Releases the database lock before returning, so that the next process (or the
+    /// next engine of this one: `myelin migrate` opens the target again) finds it free.
+    fn drop(&mut self) {
+        let owner = self
+            .owner
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((release, thread)) = owner {
+            drop(release);
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The advisory lock key of a Myelin process using the database ("myelin" in ASCII).
@@ -96,7 +112,7 @@ impl PostgresEngine {
             let url = url.to_owned();
             let (locked_tx, locked_rx) = mpsc::channel::<Result<()>>();
             let (release_tx, release_rx) = mpsc::channel::<()>();
-            thread::Builder::new()
+            let holder = thread::Builder::new()
                 .name("myelin-pg-owner".into())
                 .spawn(move || {
                     let locked = Client::connect(&url, NoTls)
@@ -116,10 +132,14 @@ impl PostgresEngine {
                             }
                         });
                     match locked {
-                        Ok(client) => {
+                        Ok(mut client) => {
                             let _ = locked_tx.send(Ok(()));
-                            // Hold the session (and its lock) until the engine is dropped.
+                            // Hold the session (and its lock) until the engine is dropped,
+                            // then release the lock explicitly: the server frees a closed
+                            // session's locks only once it has noticed the close.
                             let _ = release_rx.recv();
+                            let _ =
+                                client.execute("SELECT pg_advisory_unlock($1)", &[&PROCESS_LOCK]);
                             drop(client);
                         }
                         Err(e) => {
@@ -131,7 +151,7 @@ impl PostgresEngine {
             locked_rx
                 .recv()
                 .map_err(|_| Error::Storage("the database lock thread failed".into()))??;
-            release_tx
+            (release_tx, holder)
         };
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
@@ -153,7 +173,7 @@ impl PostgresEngine {
         }
         let engine = PostgresEngine {
             jobs: Mutex::new(sender),
-            _owner: Mutex::new(owner),
+            owner: Mutex::new(Some(owner)),
         };
         engine.run(|conn| conn.client.batch_execute(SCHEMA).map_err(pg))?;
         Ok(engine)
