@@ -20,17 +20,14 @@
 //! marker [`INDEX_MARKER`] is missing, [`RoomsService::build_relation_index`] clears the
 //! four trees and reads every stored event in timeline order.
 
-use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Mutex,
-    },
-};
+use std::collections::{hash_map::Entry, HashMap, HashSet};
 
 use ruma::{EventId, OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+mod types_cache;
+pub(super) use types_cache::TypesCache;
 
 use super::{append::parse_event_id, read::Direction, RoomsService};
 use crate::{
@@ -292,60 +289,6 @@ impl<'a> IndexWrites<'a> {
     }
 }
 
-/// Events' relation types as last read from the index: every read path asks for the
-/// types of every event it serves (most have none), and a message delivered to a room of
-/// thousands is served thousands of times. Entries go when a relation of theirs is added
-/// or removed; a read that raced such a change does not store what it read (the
-/// generation moved).
-#[derive(Default)]
-pub(super) struct TypesCache {
-    entries: Mutex<HashMap<OwnedEventId, Vec<String>>>,
-    generation: AtomicU64,
-}
-
-/// Events whose relation types are kept before the cache is cleared.
-const TYPES_CACHE_SIZE: usize = 16_384;
-
-impl TypesCache {
-    fn get(&self, parent: &EventId) -> Option<Vec<String>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(parent)
-            .cloned()
-    }
-
-    fn put(&self, parent: &EventId, types: &[String], generation: u64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) != generation {
-            return;
-        }
-        if entries.len() >= TYPES_CACHE_SIZE {
-            entries.clear();
-        }
-        entries.insert(parent.to_owned(), types.to_vec());
-    }
-
-    /// Forgets these parents (their relations changed and are committed).
-    pub(super) fn forget(&self, parents: &[OwnedEventId]) {
-        if parents.is_empty() {
-            return;
-        }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        for parent in parents {
-            entries.remove(parent);
-        }
-    }
-
-    /// Forgets everything (a purge or a rebuild of the index).
-    pub(super) fn clear(&self) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        entries.clear();
-    }
-}
-
 impl RoomsService {
     /// The trees of the relation index, for the purge (every key starts with the room).
     pub(super) fn relation_trees(&self) -> [&Tree; 4] {
@@ -390,7 +333,7 @@ impl RoomsService {
         if let Some(types) = self.relation_types_cache.get(parent) {
             return Ok(types);
         }
-        let generation = self.relation_types_cache.generation.load(Ordering::Acquire);
+        let generation = self.relation_types_cache.generation();
         let types = self.scan_relation_types(room, parent)?;
         self.relation_types_cache.put(parent, &types, generation);
         Ok(types)
