@@ -71,6 +71,12 @@ impl Deliveries {
 }
 
 impl RoomsService {
+    /// Whether deliveries are recorded in this room (not over [`DELIVERED_MAX_MEMBERS`]
+    /// joined members): callers check it before any other work for a delivery.
+    pub fn records_deliveries(&self, room_id: &RoomId) -> Result<bool> {
+        Ok(self.members(room_id)?.count(super::Membership::Join) <= DELIVERED_MAX_MEMBERS)
+    }
+
     /// Notes that a sync delivered the room's events up to `(pos, event_id)` to `user` (the
     /// newest delivered event sent by someone else). Cheap: memory only, written shortly
     /// after by the delivery task.
@@ -82,7 +88,7 @@ impl RoomsService {
         event_id: &EventId,
         sender: &UserId,
     ) -> Result<()> {
-        if self.members(room_id)?.count(super::Membership::Join) > DELIVERED_MAX_MEMBERS {
+        if !self.records_deliveries(room_id)? {
             return Ok(());
         }
         let key = (room_id.to_owned(), user.to_owned());

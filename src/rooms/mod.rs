@@ -124,6 +124,8 @@ pub struct RoomsService {
     recent: Mutex<HashMap<OwnedRoomId, read::RecentEvents>>,
     /// Relation types of recently served events (see [`relation_index::TypesCache`]).
     relation_types_cache: relation_index::TypesCache,
+    /// Which users wiped which rooms' history (see [`wipe::Wipes`]).
+    wipes: wipe::Wipes,
     /// Recently read events.
     pdu_cache: Mutex<HashMap<ruma::OwnedEventId, (u64, Arc<crate::events::Pdu>)>>,
 }
@@ -151,6 +153,7 @@ impl RoomsService {
             .unwrap_or(0)
             .max(purge::stream_floor(&storage)?);
         let ephemeral_pos = StreamPosition::load(&storage, b"ephemeral_pos")?;
+        let wipes = wipe::Wipes::load(&storage)?;
         Ok(RoomsService {
             storage,
             keys,
@@ -167,6 +170,7 @@ impl RoomsService {
             tips: Mutex::default(),
             recent: Mutex::default(),
             relation_types_cache: Default::default(),
+            wipes,
             pdu_cache: Mutex::default(),
         })
     }

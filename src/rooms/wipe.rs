@@ -3,17 +3,48 @@
 //! unread counts); the room's state still applies and other members are unaffected.
 //! Applied inside [`RoomsService::visible_timeline`] and
 //! [`RoomsService::can_see_event`], which every read path goes through.
+//!
+//! Every read asks for the reader's wipe of the room, and almost nobody has one: the keys
+//! of the stored wipes are kept in memory ([`Wipes`]), so a read looks in storage only
+//! for a user who wiped that room.
+
+use std::{collections::HashSet, sync::Mutex};
 
 use ruma::{RoomId, UserId};
 
 use super::{members::Membership, RoomsService};
 use crate::{
-    storage::{keys, Batch},
+    storage::{keys, Batch, Storage},
     Error, Result,
 };
 
 fn wipe_key(user: &UserId, room_id: &RoomId) -> Vec<u8> {
     keys::strs(&[user.as_str(), room_id.as_str()])
+}
+
+/// The keys of every stored wipe (a removed one may linger: its read then finds nothing).
+pub(super) struct Wipes(Mutex<HashSet<Vec<u8>>>);
+
+impl Wipes {
+    /// Reads the keys of the stored wipes.
+    pub(super) fn load(storage: &Storage) -> Result<Wipes> {
+        let mut known = HashSet::new();
+        for entry in storage.trees.history_wipes.scan_prefix(&[]) {
+            known.insert(entry?.0);
+        }
+        Ok(Wipes(Mutex::new(known)))
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+    }
+
+    fn insert(&self, key: Vec<u8>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    }
 }
 
 impl RoomsService {
@@ -27,12 +58,11 @@ impl RoomsService {
             return Err(Error::forbidden("You are not joined to this room"));
         }
         let upto = self.current_pos().max(self.wiped_until(room_id, user)?);
+        let key = wipe_key(user, room_id);
         let mut batch = Batch::new();
-        batch.insert(
-            &self.storage.trees.history_wipes,
-            &wipe_key(user, room_id),
-            &upto.to_be_bytes(),
-        );
+        batch.insert(&self.storage.trees.history_wipes, &key, &upto.to_be_bytes());
+        // Known before it is written: a read in between finds the previous value.
+        self.wipes.insert(key);
         self.storage.commit_durable(batch).await?;
         // Counts and timelines changed for this user only.
         self.notifier.notify_user(user);
@@ -41,11 +71,15 @@ impl RoomsService {
 
     /// The last timeline position `user` wiped in the room (0: never wiped).
     pub fn wiped_until(&self, room_id: &RoomId, user: &UserId) -> Result<u64> {
+        let key = wipe_key(user, room_id);
+        if !self.wipes.contains(&key) {
+            return Ok(0);
+        }
         Ok(self
             .storage
             .trees
             .history_wipes
-            .get(&wipe_key(user, room_id))?
+            .get(&key)?
             .and_then(|v| keys::leading_u64(&v))
             .unwrap_or(0))
     }

@@ -171,7 +171,8 @@ impl SyncService {
         let Some((pos, pdu)) = events.iter().rev().find(|(_, p)| p.sender != user) else {
             return Ok(());
         };
-        if !self.users.sends_acknowledgements(user)? {
+        // The room's size first: it is in memory, the user's privacy setting is not.
+        if !self.rooms.records_deliveries(room_id)? || !self.users.sends_acknowledgements(user)? {
             return Ok(());
         }
         self.rooms
