@@ -152,6 +152,9 @@ fn prefix_successor(prefix: &[u8]) -> Bound<Vec<u8>> {
 #[derive(Default)]
 pub struct Batch {
     raw: RawBatch,
+    /// Values dropped once the batch is applied (or given up): guards of in-memory state
+    /// that must stay in place until the writes are visible (see [`Batch::hold`]).
+    held: Vec<Box<dyn Send + Sync>>,
 }
 
 impl Batch {
@@ -187,6 +190,12 @@ impl Batch {
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.raw.is_empty()
+    }
+
+    /// Keeps `value` until the batch has been applied by [`Storage::commit`] (or dropped
+    /// without it): an in-memory change tied to these writes ends when they are visible.
+    pub fn hold(&mut self, value: impl Send + Sync + 'static) {
+        self.held.push(Box::new(value));
     }
 }
 
@@ -255,7 +264,10 @@ impl Storage {
         if batch.is_empty() {
             return Ok(());
         }
-        self.engine.apply(batch.raw)
+        let Batch { raw, held } = batch;
+        let applied = self.engine.apply(raw);
+        drop(held);
+        applied
     }
 
     /// Waits until everything applied before this call is on disk. Concurrent callers

@@ -16,6 +16,7 @@ mod profile;
 mod registration_tokens;
 mod shared_secret;
 mod thread_subscriptions;
+mod token_cache;
 mod tokens;
 mod uia;
 
@@ -112,6 +113,8 @@ pub struct UsersService {
     account_data_changes: Mutex<HashMap<OwnedUserId, u64>>,
     /// Hash of this run's operator token (see [`operator`]), once installed.
     operator_token: OnceLock<Vec<u8>>,
+    /// Sessions of access tokens in use (see [`token_cache`]).
+    token_cache: Arc<token_cache::TokenCache>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -147,6 +150,7 @@ impl UsersService {
             started_pos,
             account_data_changes: Mutex::default(),
             operator_token: OnceLock::new(),
+            token_cache: Arc::default(),
         };
         service.purge_expired_uia()?;
         service.load_presence_changes()?;
@@ -206,11 +210,19 @@ impl UsersService {
 
     /// Resolves an access token to its session, or `M_UNKNOWN_TOKEN`.
     pub fn authenticate(&self, token: &str) -> Result<Session> {
-        self.storage
+        let hash: token_cache::TokenHash = Sha256::digest(token.as_bytes()).into();
+        let ended = match self.token_cache.get(&hash) {
+            token_cache::Lookup::Hit(session) => return Ok(session),
+            token_cache::Lookup::Miss { ended } => ended,
+        };
+        let session = self
+            .storage
             .trees
             .tokens
-            .get_json::<Session>(&token_key(token))?
-            .ok_or_else(Error::unknown_token)
+            .get_json::<Session>(&hash)?
+            .ok_or_else(Error::unknown_token)?;
+        self.token_cache.insert(hash, &session, ended);
+        Ok(session)
     }
 }
 

@@ -83,9 +83,7 @@ impl UsersService {
         let is_new = existing.is_none();
         let mut device = match existing {
             Some(old) => {
-                if let Some(hash) = old.token_hash.as_deref().and_then(unhex) {
-                    batch.remove(&trees.tokens, &hash);
-                }
+                self.revoke_token_into(&old, &mut batch);
                 old
             }
             None => Device::new(device_id.clone()),
@@ -113,12 +111,22 @@ impl UsersService {
         Ok((token, device_id))
     }
 
+    /// Adds to `batch` the removal of a device's token, which stops working (also from
+    /// the cache) once the batch is applied.
+    fn revoke_token_into(&self, device: &Device, batch: &mut Batch) {
+        let Some(hash) = device.token_hash.as_deref().and_then(unhex) else {
+            return;
+        };
+        if let Ok(key) = <[u8; 32]>::try_from(hash.as_slice()) {
+            batch.hold(self.token_cache.revoke(key));
+        }
+        batch.remove(&self.storage.trees.tokens, &hash);
+    }
+
     /// Adds to `batch` the removal of one device and its token.
     pub(super) fn remove_device_into(&self, user: &UserId, device: &Device, batch: &mut Batch) {
         let trees = &self.storage.trees;
-        if let Some(hash) = device.token_hash.as_deref().and_then(unhex) {
-            batch.remove(&trees.tokens, &hash);
-        }
+        self.revoke_token_into(device, batch);
         batch.remove(
             &trees.devices,
             &keys::strs(&[user.as_str(), device.device_id.as_str()]),
@@ -224,10 +232,39 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_token_stays_revoked_under_concurrent_lookups() {
+        let s = service();
+        let alice = s.create_user("alice", Some("pw"), false).unwrap();
+        for _ in 0..50 {
+            let (token, device) = s.create_session_now(&alice, None, None).unwrap();
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                for _ in 0..2 {
+                    scope.spawn(|| {
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            let _ = s.authenticate(&token);
+                        }
+                    });
+                }
+                let cached = s.authenticate(&token);
+                let removed = s.remove_device_now(&alice, &device);
+                let after = s.authenticate(&token);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                cached.unwrap();
+                removed.unwrap();
+                assert_eq!(after.unwrap_err().errcode(), "M_UNKNOWN_TOKEN");
+            });
+            assert!(s.authenticate(&token).is_err());
+        }
+    }
+
+    #[test]
     fn deactivation_kills_tokens() {
         let s = service();
         let alice = s.create_user("alice", Some("pw"), false).unwrap();
         let (token, _) = s.create_session_now(&alice, None, None).unwrap();
+        // Looked up once, so the session is served from memory until revoked.
+        s.authenticate(&token).unwrap();
         s.deactivate(&alice).unwrap();
         assert!(s.authenticate(&token).is_err());
         assert_eq!(
