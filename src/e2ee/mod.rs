@@ -77,6 +77,8 @@ pub struct E2eeService {
     /// Key counts per device as of its last key-count change position (see
     /// [`E2eeService::key_counts`]).
     key_counts: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), KeyCounts>>,
+    /// Newest queued to-device position per device inbox (see [`to_device::Queued`]).
+    to_device_queued: to_device::Queued,
     /// The appservices that do encryption for their users (MSC3202, with a URL): to-device
     /// messages and key-count changes of the users they own exclusively go to them.
     encrypted_appservices: Vec<Arc<Registration>>,
@@ -106,7 +108,9 @@ impl E2eeService {
         appservices: &[Arc<Registration>],
     ) -> Result<E2eeService> {
         let pos = StreamPosition::load(&storage, E2EE_POS_KEY)?;
+        let to_device_queued = to_device::Queued::load(&storage)?;
         Ok(E2eeService {
+            to_device_queued,
             storage,
             users,
             rooms,
@@ -263,6 +267,11 @@ impl E2eeService {
             }
             self.mark_device_list_change(user, pos, batch)
         })?;
+        if change == DeviceChange::Removed {
+            for device in devices {
+                self.to_device_queued.forget(user, device);
+            }
+        }
         self.notify_trackers(user)
     }
 

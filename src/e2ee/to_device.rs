@@ -3,14 +3,17 @@
 //! users of an encrypted appservice (MSC3202) are queued for that appservice instead
 //! (see `crate::appservice::e2ee`).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, MutexGuard},
+};
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::{json, Value};
 
 use super::E2eeService;
 use crate::{
-    storage::{keys as skeys, Batch},
+    storage::{keys as skeys, Batch, Storage},
     Error, Result,
 };
 
@@ -26,6 +29,70 @@ pub struct ToDeviceBatch {
     pub events: Vec<Value>,
     /// Position of the last event when more are waiting (the next token must stop there).
     pub limited_at: Option<u64>,
+}
+
+/// The key prefix of a device's inbox in the `to_device` tree.
+fn inbox(user: &UserId, device: &DeviceId) -> Vec<u8> {
+    skeys::KeyBuilder::new()
+        .str(user.as_str())
+        .str(device.as_str())
+        .build()
+}
+
+/// The newest queued position of every device inbox that may hold messages, so a sync of
+/// a device with an empty inbox (nearly every sync) reads no storage for it. An entry is
+/// added when a message is committed, before its position becomes visible, and dropped
+/// once a sync acknowledged everything up to it.
+#[derive(Default)]
+pub(super) struct Queued(Mutex<HashMap<Vec<u8>, u64>>);
+
+impl Queued {
+    /// Reads the inboxes that hold messages.
+    pub(super) fn load(storage: &Storage) -> Result<Queued> {
+        let mut newest: HashMap<Vec<u8>, u64> = HashMap::new();
+        for kv in storage.trees.to_device.scan_prefix(&[]) {
+            let key = kv?.0;
+            let (Some(pos), Some(cut)) = (skeys::trailing_u64(&key), key.len().checked_sub(8))
+            else {
+                continue;
+            };
+            let entry = newest.entry(key[..cut].to_vec()).or_default();
+            *entry = (*entry).max(pos);
+        }
+        Ok(Queued(Mutex::new(newest)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest position queued for an inbox, if it may hold messages.
+    fn newest(&self, inbox: &[u8]) -> Option<u64> {
+        self.lock().get(inbox).copied()
+    }
+
+    /// Notes messages committed at `pos` for these inboxes.
+    fn queued(&self, inboxes: &[Vec<u8>], pos: u64) {
+        let mut map = self.lock();
+        for inbox in inboxes {
+            let entry = map.entry(inbox.clone()).or_default();
+            *entry = (*entry).max(pos);
+        }
+    }
+
+    /// Drops an inbox whose messages up to `newest` were all acknowledged, unless more
+    /// were queued meanwhile.
+    fn emptied(&self, inbox: &[u8], newest: u64) {
+        let mut map = self.lock();
+        if map.get(inbox) == Some(&newest) {
+            map.remove(inbox);
+        }
+    }
+
+    /// Drops a removed device's inbox (its messages went with it).
+    pub(super) fn forget(&self, user: &UserId, device: &DeviceId) {
+        self.lock().remove(&inbox(user, device));
+    }
 }
 
 impl E2eeService {
@@ -89,7 +156,12 @@ impl E2eeService {
                 }
             }
         }
-        self.commit_with_pos(|pos, batch| {
+        let inboxes: Vec<Vec<u8>> = deliveries
+            .keys()
+            .filter(|(user, _)| self.encrypted_appservice(user).is_none())
+            .map(|(user, device)| inbox(user, device))
+            .collect();
+        let fill = |pos: u64, batch: &mut Batch| {
             for ((user, device), content) in &deliveries {
                 if let Some(reg) = self.encrypted_appservice(user) {
                     // The appservice's transactions carry it (MSC3202), not a sync.
@@ -106,16 +178,18 @@ impl E2eeService {
                     batch.insert_json(&trees.appservice_to_device, &key, &event)?;
                     continue;
                 }
-                let key = skeys::KeyBuilder::new()
-                    .str(user.as_str())
-                    .str(device.as_str())
-                    .u64(pos)
-                    .build();
+                let mut key = inbox(user, device);
+                key.extend_from_slice(&pos.to_be_bytes());
                 let event = json!({ "sender": sender, "type": event_type, "content": content });
                 batch.insert_json(&trees.to_device, &key, &event)?;
             }
             batch.insert(&trees.to_device_txns, &txn_key, b"");
             Ok(())
+        };
+        // The inboxes are noted before the position becomes visible: a sync that may
+        // return these messages finds them.
+        self.pos.commit_next(&self.storage, fill, |pos| {
+            self.to_device_queued.queued(&inboxes, pos)
         })?;
         let mut recipients: Vec<&UserId> = deliveries.keys().map(|(u, _)| u.as_ref()).collect();
         recipients.dedup();
@@ -134,26 +208,34 @@ impl E2eeService {
         upto: u64,
     ) -> Result<ToDeviceBatch> {
         let tree = &self.storage.trees.to_device;
-        let base = || {
-            skeys::KeyBuilder::new()
-                .str(user.as_str())
-                .str(device.as_str())
+        let inbox = inbox(user, device);
+        let at = |pos: u64| {
+            let mut key = inbox.clone();
+            key.extend_from_slice(&pos.to_be_bytes());
+            key
+        };
+        let mut out = ToDeviceBatch::default();
+        let Some(newest) = self.to_device_queued.newest(&inbox) else {
+            return Ok(out);
         };
         let since = since.unwrap_or(0);
         if since > 0 {
             let mut batch = Batch::new();
-            let to = base().u64(since.saturating_add(1)).build();
-            for kv in tree.range(&base().u64(0).build(), &to, false) {
+            let to = at(since.saturating_add(1));
+            for kv in tree.range(&at(0), &to, false) {
                 batch.remove(tree, &kv?.0);
             }
             self.storage.commit(batch)?;
+            if newest <= since {
+                self.to_device_queued.emptied(&inbox, newest);
+                return Ok(out);
+            }
         }
-        let mut out = ToDeviceBatch::default();
         if upto <= since {
             return Ok(out);
         }
-        let from = base().u64(since + 1).build();
-        let to = base().u64(upto.saturating_add(1)).build();
+        let from = at(since + 1);
+        let to = at(upto.saturating_add(1));
         let mut last = None;
         for kv in tree.range(&from, &to, false) {
             let (k, v) = kv?;
@@ -165,5 +247,76 @@ impl E2eeService {
             out.events.push(serde_json::from_slice(&v)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::{inbox, Queued};
+    use crate::e2ee::tests::{login, services};
+
+    #[test]
+    fn inboxes_with_messages_are_tracked_and_found_again_after_a_restart() {
+        let s = services();
+        let (alice, adev) = login(&s, "alice");
+        let (bob, b1) = login(&s, "bob");
+        let bob_inbox = inbox(&bob, &b1);
+        let reloaded = || Queued::load(&s.e2ee.storage).unwrap().newest(&bob_inbox);
+        assert_eq!(s.e2ee.to_device_queued.newest(&bob_inbox), None);
+        let send = |txn: &str| {
+            let messages = BTreeMap::from([(
+                bob.clone(),
+                BTreeMap::from([(b1.to_string(), json!({ "n": txn }))]),
+            )]);
+            s.e2ee
+                .send_to_device_now(&alice, &adev, "m.test", txn, &messages)
+                .unwrap();
+            s.e2ee.current_pos()
+        };
+
+        let first = send("1");
+        assert_eq!(s.e2ee.to_device_queued.newest(&bob_inbox), Some(first));
+        assert_eq!(
+            reloaded(),
+            Some(first),
+            "a restart finds the queued message"
+        );
+        let second = send("2");
+        assert_eq!(reloaded(), Some(second));
+
+        // Acknowledging the first keeps the inbox; acknowledging both empties it.
+        let got = s
+            .e2ee
+            .to_device_for_sync(&bob, &b1, Some(first), second)
+            .unwrap();
+        assert_eq!(got.events.len(), 1);
+        assert_eq!(got.events[0]["content"]["n"], "2");
+        let got = s
+            .e2ee
+            .to_device_for_sync(&bob, &b1, Some(second), second)
+            .unwrap();
+        assert!(got.events.is_empty());
+        assert_eq!(s.e2ee.to_device_queued.newest(&bob_inbox), None);
+        assert_eq!(reloaded(), None, "acknowledged messages are deleted");
+
+        // A message after that is delivered again.
+        let third = send("3");
+        let got = s
+            .e2ee
+            .to_device_for_sync(&bob, &b1, Some(second), third)
+            .unwrap();
+        assert_eq!(got.events.len(), 1);
+        assert_eq!(got.events[0]["content"]["n"], "3");
+
+        // A removed device's inbox goes with it.
+        s.users
+            .remove_devices_now(&bob, std::slice::from_ref(&b1))
+            .unwrap();
+        assert_eq!(s.e2ee.to_device_queued.newest(&bob_inbox), None);
+        assert_eq!(reloaded(), None);
     }
 }
