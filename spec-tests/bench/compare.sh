@@ -211,13 +211,17 @@ syn_peak=$(awk '/VmHWM/ {print $2}' "/proc/$syn_pid/status"); my_peak=$(awk '/Vm
 kill "$my_pid" 2>/dev/null || true
 
 # ---- Big rooms and the scale curve: every Myelin run from a fresh server ----
+# Synapse may still be working off a run it did not finish in time: it is paused during
+# every Myelin-only run, so the two never share the cores.
 fresh() { # name args...: one load run against a fresh Myelin (its peak RSS is the run's)
     local name=$1; shift
+    kill -STOP "$syn_pid" 2>/dev/null || true
     start_myelin "$name-data"
     wait_up "$started_url"
     run "$name" "$started_url" "$started_pid" "$@"
     kill "$started_pid" 2>/dev/null || true
     wait "$started_pid" 2>/dev/null || true
+    kill -CONT "$syn_pid" 2>/dev/null || true
 }
 fresh myelin-big1 fanout --syncers "$BIG_MEMBERS" --messages "$BIG_SLOW_MESSAGES" --rate 1 --late-joiners "$BIG_LATE"
 fresh myelin-big10 fanout --syncers "$BIG_MEMBERS" --messages "$BIG_FAST_MESSAGES" --rate 10
@@ -232,6 +236,9 @@ for n in $SCALE_POINTS; do
             fanout --syncers "$n" --messages "$CURVE_MESSAGES" --rate 1 >"$work/synapse-curve-$n.json"; then
             echo '{"failed": true}' >"$work/synapse-curve-$n.json"
             synapse_curve=0
+            # Out of the curve: stop it, so its backlog does not run beside Myelin's sizes.
+            kill "$syn_pid" 2>/dev/null || true
+            wait "$syn_pid" 2>/dev/null || true
         fi
     fi
 done
