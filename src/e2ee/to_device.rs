@@ -43,7 +43,6 @@ fn inbox(user: &UserId, device: &DeviceId) -> Vec<u8> {
 /// a device with an empty inbox (nearly every sync) reads no storage for it. An entry is
 /// added when a message is committed, before its position becomes visible, and dropped
 /// once a sync acknowledged everything up to it.
-#[derive(Default)]
 pub(super) struct Queued(Mutex<HashMap<Vec<u8>, u64>>);
 
 impl Queued {
