@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use spec_tests::{run_program, TestServer};
 
-/// The SDK runs take turns. matrix-sdk sends the automatic steps of an SAS verification
-/// (its key, its "done") only around its encryption sync, whose long poll nothing on the
-/// server ends early, so each such step can wait up to 30 s; four runs at once on a
-/// 2-core machine can push a step past matrix-sdk's one-minute step timeout.
+/// The SDK runs take turns: each runs two full clients with their sync loops, and
+/// matrix-sdk's verification steps time out after a minute, which four runs at once on a
+/// 2-core machine need not be given. (matrix-sdk sends the steps it takes by itself only
+/// when its encryption sync starts a request; the interop program keeps those syncs
+/// moving with to-device traffic, see `keep_encryption_syncs_moving` there.)
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs the interop program against a new server with `flag` (its turn taken); its

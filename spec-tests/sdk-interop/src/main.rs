@@ -47,8 +47,8 @@ use matrix_sdk_ui::{
 };
 use serde_json::{json, Value};
 
-/// How long any one awaited state may take: an SAS step can wait for the encryption
-/// sync's 30 s long poll, and a wait can span two such steps.
+/// How long any one awaited state may take: more than one long poll (30 s) of the
+/// syncs, so a step that misses one still arrives on the next.
 const WAIT: Duration = Duration::from_secs(90);
 
 /// POSTs `body`, waiting and trying again while registration's rate limit says so (as a
@@ -215,9 +215,71 @@ async fn wait_decrypted(
     waited
 }
 
+/// matrix-sdk sends the steps it takes by itself in a verification (its SAS key after the
+/// other's accept, its "done" after the other's MAC) only when its encryption sync starts
+/// a request, and that sync's long poll ends only when the server has something for it
+/// (to-device messages, device-list changes) — in-room verification events reach the
+/// room-list sync instead. On an otherwise idle server each such step waits up to the
+/// 30 s long poll, and two in a row can pass the SDK's one-minute step timeout (as with
+/// any homeserver). A client in real use gets to-device traffic; here each side sends the
+/// other an inert custom to-device event every 2 s while the verification runs, so every
+/// encryption sync ends, and sends what it has queued, within about 2 s. Stops when the
+/// returned handle is aborted.
+fn keep_encryption_syncs_moving(
+    base: &str,
+    alice: &Client,
+    bob: &Client,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut senders = Vec::new();
+    for (from, to) in [(alice, bob), (bob, alice)] {
+        let token = from.access_token().context("access token")?;
+        let to = to.user_id().context("user id")?.to_string();
+        senders.push((token, to));
+    }
+    let base = base.trim_end_matches('/').to_owned();
+    Ok(tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for round in 0u64.. {
+            for (i, (token, to)) in senders.iter().enumerate() {
+                let url = format!(
+                    "{base}/_matrix/client/v3/sendToDevice/org.myelin.test.nudge/nudge-{i}-{round}"
+                );
+                let body = json!({ "messages": { to: { "*": { "round": round } } } });
+                // A lost nudge only means a slower step: the verification itself decides.
+                let _ = http.put(&url).bearer_auth(token).json(&body).send().await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }))
+}
+
+/// One side of the verification: the client, its sync service and its DM timeline.
+type Side<'a> = (&'a Client, &'a SyncService, &'a Timeline);
+
 /// Cross-signing for both, then Alice verifies Bob with SAS emoji through their DM; both
-/// confirm, and each must then see the other's identity as verified.
-async fn check_verification(alice: &Client, bob: &Client) -> Result<()> {
+/// confirm, and each must then see the other's identity as verified. Both have the DM
+/// open (subscribed, as Element X does for the room on screen), so an incremental sync
+/// carries all of the verification's room events rather than the list's one-event
+/// preview; to-device nudges keep the SDK's own steps from waiting on the long poll.
+async fn check_verification(
+    base: &str,
+    alice: Side<'_>,
+    bob: Side<'_>,
+    dm_id: &RoomId,
+) -> Result<()> {
+    alice
+        .1
+        .room_list_service()
+        .subscribe_to_rooms(&[dm_id])
+        .await;
+    bob.1.room_list_service().subscribe_to_rooms(&[dm_id]).await;
+    let nudges = keep_encryption_syncs_moving(base, alice.0, bob.0)?;
+    let checked = verify_with_sas(alice, bob).await;
+    nudges.abort();
+    checked
+}
+
+async fn verify_with_sas((alice, _, alice_tl): Side<'_>, (bob, _, bob_tl): Side<'_>) -> Result<()> {
     let alice_id = alice.user_id().context("alice id")?.to_owned();
     let bob_id = bob.user_id().context("bob id")?.to_owned();
     for c in [alice, bob] {
@@ -234,6 +296,20 @@ async fn check_verification(alice: &Client, bob: &Client) -> Result<()> {
         Ok(bob.encryption().request_user_identity(&alice_id).await?)
     })
     .await?;
+    // Cross-signing changed what each knows of the other's devices, so each side's next
+    // message starts a new room-key session. The verification's events are encrypted
+    // in the DM, and matrix-sdk hands a room event to its verification machine only when
+    // it decrypts as it arrives: its room-list sync must not beat the room key on the
+    // encryption sync (a later re-decryption reaches the timeline, not the verification).
+    // One message each way first, decrypted on the other side, so the keys are there.
+    alice_tl
+        .send(RoomMessageEventContent::text_plain("let's verify each other").into())
+        .await?;
+    wait_decrypted(bob_tl, "let's verify each other", &alice_id, "bob").await?;
+    bob_tl
+        .send(RoomMessageEventContent::text_plain("sure, go ahead").into())
+        .await?;
+    wait_decrypted(alice_tl, "sure, go ahead", &bob_id, "alice").await?;
     let request = bob_identity
         .request_verification()
         .await
@@ -780,7 +856,13 @@ async fn run(base: &str, media: bool, verify: bool, recover: bool, share: bool) 
         println!("media upload, authenticated download and thumbnail work");
     }
     if verify {
-        check_verification(&alice, &bob).await?;
+        check_verification(
+            base,
+            (&alice, &alice_sync, &alice_tl),
+            (&bob, &bob_sync, &bob_tl),
+            &dm_id,
+        )
+        .await?;
         println!("SAS verification done: alice and bob see each other verified");
     }
     if recover {
