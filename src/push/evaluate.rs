@@ -8,7 +8,10 @@ use futures_util::FutureExt;
 use ruma::{
     int,
     power_levels::NotificationPowerLevels,
-    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{
+        Action, AnyPushRuleRef, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx,
+        Ruleset,
+    },
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
     Int, OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
@@ -70,18 +73,28 @@ impl PushService {
             PushConditionRoomCtx::new(room_id.clone(), member_count, user.to_owned(), display_name)
                 .with_power_levels(power_levels.clone())
         };
-        // Members on the server's default rules whom the event does not name get the same
-        // actions: evaluated once, for a user nobody names. The rest (own rules, or named
-        // by id, localpart or display name anywhere in the content, or the target of a
-        // membership change) are evaluated one by one. In a big room a message costs a
-        // substring search per member, not a rule evaluation.
+        // Members on the server's default rules whom the event does not single out get the
+        // same actions: evaluated once, for a user nobody names. The rest (own rules, the
+        // event's state key, or named in the content by id — or by localpart or display
+        // name if the default rules look for those) are evaluated one by one. In a big
+        // room a message costs a substring search per member, not a rule evaluation, and
+        // an event the shared evaluation settles before the naming rules (a membership
+        // change) not even that.
         let content = pdu.content.get();
-        let content_lower = content.to_lowercase();
-        let names = |user: &UserId, display_name: &str| {
+        let content_lower = if self.default_names {
+            content.to_lowercase()
+        } else {
+            String::new()
+        };
+        let state_key = pdu.state_key.as_deref();
+        // Whether the event names a member in its content: by user id, or (for rules that
+        // look for them) by localpart or display name.
+        let names = |user: &UserId, name: Option<&MemberName>| {
             content.contains(user.as_str())
-                || content_lower.contains(&user.localpart().to_lowercase())
-                || content_lower.contains(&display_name.to_lowercase())
-                || pdu.state_key.as_deref() == Some(user.as_str())
+                || name.is_some_and(|n| {
+                    content_lower.contains(&n.localpart_lower)
+                        || content_lower.contains(&n.display_lower)
+                })
         };
         // A reply in a thread is evaluated per subscription state (MSC4306's
         // `thread_subscription` condition): the shared evaluation is made once for
@@ -100,8 +113,46 @@ impl PushService {
         let with_subscription = |ctx: PushConditionRoomCtx, subscribed: bool| {
             ctx.with_has_thread_subscription_fn(move |_| Box::pin(std::future::ready(subscribed)))
         };
-        // Indexed by whether the recipient is subscribed to the event's thread.
-        let mut generic: [Option<Vec<Action>>; 2] = [None, None];
+        let customs = self.custom_rulesets(&joined)?;
+        let subs = joined
+            .iter()
+            .map(|u| subscribed(u))
+            .collect::<Result<Vec<bool>>>()?;
+        // The shared evaluation for each subscription state some member is in: its
+        // actions, and whether it stopped before the first rule that looks for the
+        // reader's id or names (then nobody's names need looking at).
+        let mut generic: [Option<(Vec<Action>, bool)>; 2] = [None, None];
+        for sub in [false, true] {
+            if !subs.contains(&sub) {
+                continue;
+            }
+            let ruleset = Ruleset::server_default(&self.nobody);
+            let ctx = with_subscription(
+                ctx_for(&self.nobody, self.nobody.localpart().to_owned()),
+                sub,
+            );
+            generic[usize::from(sub)] = Some(match first_match(&ruleset, &flattened, &ctx) {
+                Some((at, actions)) => (actions.to_vec(), at < self.naming_from),
+                None => (Vec::new(), false),
+            });
+        }
+        let shared = |sub: bool| {
+            generic[usize::from(sub)]
+                .as_ref()
+                .map_or((&[][..], false), |(a, b)| (&a[..], *b))
+        };
+        // Names are looked up for members on their own rules (their evaluation needs the
+        // display name), and for the others only if the server default looks for names
+        // and the shared evaluation did not end before the naming rules.
+        let default_names = self.default_names;
+        let wants_name = |custom: bool, sub: bool| custom || (default_names && !shared(sub).1);
+        let wanted: Vec<&UserId> = joined
+            .iter()
+            .zip(customs.iter().zip(&subs))
+            .filter(|(_, (custom, sub))| wants_name(custom.is_some(), **sub))
+            .map(|(u, _)| *u)
+            .collect();
+        let mut wanted_names = self.member_names(room_id, &wanted)?.into_iter();
         let mut generic_users: [Vec<&UserId>; 2] = [Vec::new(), Vec::new()];
         let mut record = EventPush {
             event_id: pdu.event_id.to_string(),
@@ -109,31 +160,30 @@ impl PushService {
             groups: Vec::new(),
         };
         let mut pushes = Vec::new();
-        for user in joined {
-            let display_name = self.display_name(room_id, user)?;
-            let custom = self.custom_ruleset(user)?;
-            let sub = subscribed(user)?;
-            if custom.is_none() && !names(user, &display_name) {
-                let actions = match &mut generic[usize::from(sub)] {
-                    Some(a) => a,
-                    slot @ None => {
-                        let ruleset = Ruleset::server_default(&self.nobody);
-                        let ctx = with_subscription(
-                            ctx_for(&self.nobody, self.nobody.localpart().to_owned()),
-                            sub,
-                        );
-                        let actions = matching_actions(&ruleset, &flattened, &ctx)
-                            .map(<[Action]>::to_vec)
-                            .unwrap_or_default();
-                        slot.insert(actions)
-                    }
-                };
+        for ((user, custom), sub) in joined.iter().copied().zip(customs).zip(subs) {
+            let (actions, before_naming) = shared(sub);
+            let name = if wants_name(custom.is_some(), sub) {
+                wanted_names.next()
+            } else {
+                None
+            };
+            // Members on the server's default rules whom the event does not single out get
+            // the shared actions: the event's state key is never one of them, and the
+            // others only if the shared evaluation ended before the naming rules or the
+            // event names them nowhere in its content.
+            let singled_out = state_key == Some(user.as_str())
+                || (!before_naming && names(user, name.as_deref()));
+            if custom.is_none() && !singled_out {
                 if actions.iter().any(Action::should_notify) {
                     generic_users[usize::from(sub)].push(user);
                     pushes.push((user.to_owned(), actions.iter().any(Action::is_highlight)));
                 }
                 continue;
             }
+            let display_name = match name {
+                Some(n) => n.display.clone(),
+                None => self.member_names(room_id, &[user])?[0].display.clone(),
+            };
             let ruleset = custom.unwrap_or_else(|| Arc::new(Ruleset::server_default(user)));
             let ctx = with_subscription(ctx_for(user, display_name), sub);
             let Some(actions) = matching_actions(&ruleset, &flattened, &ctx) else {
@@ -145,8 +195,8 @@ impl PushService {
             record.add(user, actions);
             pushes.push((user.to_owned(), actions.iter().any(Action::is_highlight)));
         }
-        for (actions, users) in generic.iter().zip(&generic_users) {
-            if let Some(actions) = actions {
+        for (slot, users) in generic.iter().zip(&generic_users) {
+            if let Some((actions, _)) = slot {
                 record.add_all(users, actions);
             }
         }
@@ -200,31 +250,151 @@ impl PushService {
         ))
     }
 
-    /// The member's display name in the room (for the `contains_display_name`
-    /// condition), cached until their next membership event.
+    /// The member's display name in the room (their localpart without one), cached
+    /// until their next membership event.
     pub(super) fn display_name(&self, room_id: &RoomId, user: &UserId) -> Result<String> {
-        if let Some(name) = self
-            .names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(room_id)
-            .and_then(|room| room.get(user))
-        {
-            return Ok(name.clone());
-        }
-        let name = self
-            .rooms
-            .state_content(room_id, "m.room.member", user.as_str())?
-            .and_then(|c| c["displayname"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| user.localpart().to_owned());
-        self.names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(room_id.to_owned())
-            .or_default()
-            .insert(user.to_owned(), name.clone());
-        Ok(name)
+        Ok(self.member_names(room_id, &[user])?[0].display.clone())
     }
+
+    /// The names of each of `users` in the room, in order: one lock for the members
+    /// already cached, the room state for the others.
+    pub(super) fn member_names(
+        &self,
+        room_id: &RoomId,
+        users: &[&UserId],
+    ) -> Result<Vec<Arc<MemberName>>> {
+        let mut found: Vec<Option<Arc<MemberName>>> = Vec::with_capacity(users.len());
+        {
+            let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            let room = names.get(room_id);
+            found.extend(users.iter().map(|u| room.and_then(|r| r.get(*u)).cloned()));
+        }
+        let mut out = Vec::with_capacity(users.len());
+        for (user, cached) in users.iter().zip(found) {
+            if let Some(name) = cached {
+                out.push(name);
+                continue;
+            }
+            let display = self
+                .rooms
+                .state_content(room_id, "m.room.member", user.as_str())?
+                .and_then(|c| c["displayname"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| user.localpart().to_owned());
+            let name = Arc::new(MemberName::new(user, display));
+            self.names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(room_id.to_owned())
+                .or_default()
+                .insert((*user).to_owned(), name.clone());
+            out.push(name);
+        }
+        Ok(out)
+    }
+}
+
+/// A member's names as the naming rules look for them: the display name
+/// (`contains_display_name`) and the localpart (`.m.rule.contains_user_name`), lower-cased
+/// once for the substring tests that decide whether an event names them.
+pub(super) struct MemberName {
+    display: String,
+    display_lower: String,
+    localpart_lower: String,
+}
+
+impl MemberName {
+    fn new(user: &UserId, display: String) -> MemberName {
+        MemberName {
+            display_lower: display.to_lowercase(),
+            localpart_lower: user.localpart().to_lowercase(),
+            display,
+        }
+    }
+}
+
+/// The position in evaluation order of the first rule of the server default that looks
+/// for the reader in an event's content: one whose definition depends on the user it is
+/// made for (`.m.rule.is_user_mention`, `.m.rule.contains_user_name`) or that looks for
+/// the display name. `.m.rule.invite_for_me` depends on the user too, but only through
+/// the event's state key, which is compared for every member: it does not count.
+pub(super) fn first_naming_rule() -> usize {
+    let (a, b) = (
+        <&UserId>::try_from("@a:example.org").expect("a valid id"),
+        <&UserId>::try_from("@b:example.org").expect("a valid id"),
+    );
+    let (for_a, for_b) = (Ruleset::server_default(a), Ruleset::server_default(b));
+    for (at, (rule_a, rule_b)) in for_a.iter().zip(for_b.iter()).enumerate() {
+        let (json_a, json_b) = (rule_json(rule_a), rule_json(rule_b));
+        let names_display = json_a["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["kind"] == "contains_display_name");
+        let per_user = json_a != json_b && !is_invite_for_me(&json_a);
+        if names_display || per_user {
+            return at;
+        }
+    }
+    usize::MAX
+}
+
+/// Whether the server default has a rule that looks for a reader's display name or
+/// localpart in the content (the legacy mention rules): when it has not, a member on the
+/// default rules is singled out only by their user id or as the event's state key.
+pub(super) fn default_rules_look_for_names() -> bool {
+    let (a, b) = (
+        <&UserId>::try_from("@a:example.org").expect("a valid id"),
+        <&UserId>::try_from("@b:example.org").expect("a valid id"),
+    );
+    let (for_a, for_b) = (Ruleset::server_default(a), Ruleset::server_default(b));
+    for_a.iter().zip(for_b.iter()).any(|(rule_a, rule_b)| {
+        let (json_a, json_b) = (rule_json(rule_a), rule_json(rule_b));
+        let names_display = json_a["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["kind"] == "contains_display_name");
+        // A per-user rule that is not about the state key or the user id (a pattern
+        // made of the localpart, say).
+        let per_user_text = json_a != json_b
+            && !is_invite_for_me(&json_a)
+            && !json_a.to_string().contains(a.as_str());
+        names_display || per_user_text
+    })
+}
+
+/// Whether a rule's only per-user part is the state key of an invite.
+fn is_invite_for_me(rule: &Value) -> bool {
+    rule["rule_id"] == ".m.rule.invite_for_me"
+}
+
+/// A rule of any kind as its JSON (for comparing definitions).
+fn rule_json(rule: AnyPushRuleRef<'_>) -> Value {
+    let json = match rule {
+        AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => serde_json::to_value(r),
+        AnyPushRuleRef::PostContent(r) => serde_json::to_value(r),
+        AnyPushRuleRef::Content(r) => serde_json::to_value(r),
+        AnyPushRuleRef::Room(r) => serde_json::to_value(r),
+        AnyPushRuleRef::Sender(r) => serde_json::to_value(r),
+        // A kind this server does not know: treated as looking at the reader.
+        _ => Ok(json!({ "unknown": rule.rule_id() })),
+    };
+    json.unwrap_or(Value::Null)
+}
+
+/// The position and actions of the first rule of `ruleset` that applies to the event
+/// (`None` when no rule applies, or a condition needed an asynchronous lookup).
+pub(super) fn first_match<'a>(
+    ruleset: &'a Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> Option<(usize, &'a [Action])> {
+    for (at, rule) in ruleset.iter().enumerate() {
+        if rule.applies(event, ctx).now_or_never()? {
+            return Some((at, rule.actions()));
+        }
+    }
+    None
 }
 
 /// The actions of the first rule of `ruleset` that applies to the event (none when no rule

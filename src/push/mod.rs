@@ -54,8 +54,16 @@ pub struct PushService {
     /// Users who have (or recently had) a pusher: the others are skipped without a
     /// lookup when an event is pushed. Only grows while running; rebuilt at start.
     with_pushers: Mutex<HashSet<OwnedUserId>>,
-    /// Display names per (room, member), dropped at the member's next membership event.
-    names: Mutex<HashMap<OwnedRoomId, HashMap<OwnedUserId, String>>>,
+    /// Names per (room, member) as the naming rules look for them, dropped at the
+    /// member's next membership event.
+    names: Mutex<HashMap<OwnedRoomId, HashMap<OwnedUserId, Arc<evaluate::MemberName>>>>,
+    /// Position (in evaluation order) of the first rule of the server default that looks
+    /// for the reader's id or names in an event: a shared evaluation that stopped at a
+    /// rule before it holds for every member on the default rules who is not the event's
+    /// state key, without looking for their names.
+    naming_from: usize,
+    /// Whether the server default looks for display names or localparts at all.
+    default_names: bool,
     gateway: gateway::Gateway,
 }
 
@@ -86,6 +94,8 @@ impl PushService {
             unread: Mutex::new(HashMap::new()),
             with_pushers: Mutex::new(HashSet::new()),
             names: Mutex::new(HashMap::new()),
+            naming_from: evaluate::first_naming_rule(),
+            default_names: evaluate::default_rules_look_for_names(),
             gateway: gateway::Gateway::new(gateway_policy),
         }
     }

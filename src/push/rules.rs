@@ -22,27 +22,46 @@ impl PushService {
 
     /// The user's own rules, `None` when they use the server default.
     pub(super) fn custom_ruleset(&self, user: &UserId) -> Result<Option<Arc<Ruleset>>> {
-        if let Some(r) = self
-            .rules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(user)
+        Ok(self.custom_rulesets(&[user])?.pop().flatten())
+    }
+
+    /// The own rules of each of `users`, in order (`None` for the server default): one
+    /// lock for the users already read, storage only for the others.
+    pub(super) fn custom_rulesets(&self, users: &[&UserId]) -> Result<Vec<Option<Arc<Ruleset>>>> {
+        let mut found = Vec::with_capacity(users.len());
+        let mut missing = Vec::new();
         {
-            return Ok(r.clone());
+            let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, user) in users.iter().enumerate() {
+                match rules.get(*user) {
+                    Some(r) => found.push(r.clone()),
+                    None => {
+                        found.push(None);
+                        missing.push(i);
+                    }
+                }
+            }
         }
-        let stored = self
-            .users
-            .get_account_data(user, None, PUSH_RULES_TYPE)?
-            .and_then(|c| serde_json::from_value::<Ruleset>(c["global"].clone()).ok())
-            .map(|mut ruleset| {
-                with_current_postcontent(&mut ruleset, user);
-                Arc::new(ruleset)
-            });
-        self.rules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned(), stored.clone());
-        Ok(stored)
+        for i in missing {
+            let user = users[i];
+            let stored = self
+                .users
+                .get_account_data(user, None, PUSH_RULES_TYPE)?
+                .and_then(|c| serde_json::from_value::<Ruleset>(c["global"].clone()).ok())
+                .map(|mut ruleset| {
+                    with_current_postcontent(&mut ruleset, user);
+                    Arc::new(ruleset)
+                });
+            // A ruleset saved meanwhile is newer than what was read: it stays.
+            found[i] = self
+                .rules
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(user.to_owned())
+                .or_insert(stored)
+                .clone();
+        }
+        Ok(found)
     }
 
     /// The `m.push_rules` account-data content of a user (for `/sync`).

@@ -34,7 +34,14 @@ fn evaluated_one_by_one(push: &PushService, pdu: &Pdu) -> BTreeMap<String, Value
     let flattened = FlattenedJson::from_raw(&raw);
     let count = UInt::try_from(members.count(Membership::Join) as u64).unwrap();
     let mut out = BTreeMap::new();
-    for user in members.joined().filter(|u| *u != pdu.sender) {
+    // The joined members but the sender, and the invitee of an invite.
+    let invitee = pdu
+        .state_key
+        .as_deref()
+        .filter(|_| pdu.kind.to_string() == "m.room.member")
+        .and_then(|k| <&UserId>::try_from(k).ok())
+        .filter(|u| members.get(u) == Some(Membership::Invite) && *u != pdu.sender);
+    for user in members.joined().filter(|u| *u != pdu.sender).chain(invitee) {
         let content = pdu.content_value();
         let relates = &content["m.relates_to"];
         let subscribed = relates["rel_type"] == "m.thread"
@@ -156,18 +163,42 @@ async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
         json!({"msgtype": "m.notice", "body": "a notice for dave"}),
         json!({"msgtype": "m.text", "body": "@room", "m.mentions": {"room": true}}),
     ];
+    let frank = user("frank");
+    let state = [
+        // Membership events end at `.m.rule.member_event`, before any rule that looks
+        // for names (this one names Bob), except the invite of Frank (`invite_for_me`).
+        (
+            "m.room.member",
+            alice.as_str(),
+            json!({"membership": "join", "displayname": "Bobby Tables fan"}),
+        ),
+        (
+            "m.room.member",
+            frank.as_str(),
+            json!({"membership": "invite", "displayname": "carol"}),
+        ),
+        // Other state naming Bob and Carol goes through the naming rules.
+        ("org.example.note", "", json!({"body": "ask Bobby Tables"})),
+        (
+            "m.room.topic",
+            "",
+            json!({"topic": "Bobby Tables and carol", "m.mentions": {"user_ids": [carol.as_str()]}}),
+        ),
+        (
+            "org.example.note",
+            "2",
+            json!({"body": "hi", "m.mentions": {"user_ids": [carol.as_str()]}}),
+        ),
+    ];
+    let events = contents
+        .into_iter()
+        .map(|c| NewEvent::message("m.room.message", c))
+        .chain(state.into_iter().map(|(t, k, c)| NewEvent::state(t, k, c)));
     let mut notified = Vec::new();
-    for content in contents {
+    for event in events {
+        let content = event.content.clone();
         let guard = s.rooms.lock(&room).await;
-        let (id, pos) = s
-            .rooms
-            .send(
-                guard,
-                &alice,
-                NewEvent::message("m.room.message", content.clone()),
-            )
-            .await
-            .unwrap();
+        let (id, pos) = s.rooms.send(guard, &alice, event).await.unwrap();
         let pdu = s.rooms.get_pdu(&id).unwrap().unwrap();
         let expected = evaluated_one_by_one(&s.push, &pdu);
         let got: BTreeMap<String, Value> = match s.push.evaluate(&pdu, pos).unwrap() {
@@ -188,6 +219,30 @@ async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
     assert_eq!(notified[0], ids(&[&bob, &erin]));
     assert_eq!(notified[1], ids(&[&erin]));
     assert_eq!(notified[2], ids(&[&carol, &erin]));
+    // Alice's new display name names Bob, but a membership event notifies nobody (Erin's
+    // own rule takes everything from Alice); the invite notifies Frank.
+    assert_eq!(notified[8], ids(&[&erin]));
+    assert_eq!(notified[9], ids(&[&erin, &frank]));
+    // Other state: a mention by id notifies Carol; Bob's display name in a body does not
+    // (the server default has no display-name rule).
+    assert_eq!(notified[10], ids(&[&erin]));
+    assert_eq!(notified[11], ids(&[&carol, &erin]));
+    assert_eq!(notified[12], ids(&[&carol, &erin]));
+}
+
+#[test]
+fn the_naming_rules_start_after_the_membership_rule() {
+    let nobody = uid("nobody");
+    let ruleset = Ruleset::server_default(&nobody);
+    let ids: Vec<&str> = ruleset.iter().map(|r| r.rule_id()).collect();
+    let from = super::evaluate::first_naming_rule();
+    assert_eq!(ids[from], ".m.rule.is_user_mention");
+    let at = |id: &str| ids.iter().position(|r| *r == id).unwrap();
+    assert!(at(".m.rule.member_event") < from);
+    assert!(at(".m.rule.invite_for_me") < from);
+    // The server default no longer looks for display names or localparts (the legacy
+    // mention rules are gone): only mentions by user id single a member out.
+    assert!(!super::evaluate::default_rules_look_for_names());
 }
 
 #[test]
