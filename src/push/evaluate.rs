@@ -312,60 +312,64 @@ impl MemberName {
     }
 }
 
+/// What a rule of the server default looks at in the reader, in evaluation order.
+struct RuleReader {
+    /// Its definition depends on the user it is made for.
+    per_user: bool,
+    /// That dependence is only the state key of an invite (`.m.rule.invite_for_me`).
+    state_key_only: bool,
+    /// That dependence is only the user id (`.m.rule.is_user_mention`).
+    id_only: bool,
+    /// It looks for the display name.
+    display_name: bool,
+}
+
+/// The rules of the server default as `RuleReader`s: each rule made for two users and
+/// compared.
+fn default_rule_readers() -> Vec<RuleReader> {
+    let (a, b) = (
+        <&UserId>::try_from("@a:example.org").expect("a valid id"),
+        <&UserId>::try_from("@b:example.org").expect("a valid id"),
+    );
+    let (for_a, for_b) = (Ruleset::server_default(a), Ruleset::server_default(b));
+    for_a
+        .iter()
+        .zip(for_b.iter())
+        .map(|(rule_a, rule_b)| {
+            let (json_a, json_b) = (rule_json(rule_a), rule_json(rule_b));
+            RuleReader {
+                per_user: json_a != json_b,
+                state_key_only: json_a["rule_id"] == ".m.rule.invite_for_me",
+                id_only: json_a.to_string().contains(a.as_str()),
+                display_name: json_a["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["kind"] == "contains_display_name"),
+            }
+        })
+        .collect()
+}
+
 /// The position in evaluation order of the first rule of the server default that looks
 /// for the reader in an event's content: one whose definition depends on the user it is
 /// made for (`.m.rule.is_user_mention`, `.m.rule.contains_user_name`) or that looks for
 /// the display name. `.m.rule.invite_for_me` depends on the user too, but only through
 /// the event's state key, which is compared for every member: it does not count.
 pub(super) fn first_naming_rule() -> usize {
-    let (a, b) = (
-        <&UserId>::try_from("@a:example.org").expect("a valid id"),
-        <&UserId>::try_from("@b:example.org").expect("a valid id"),
-    );
-    let (for_a, for_b) = (Ruleset::server_default(a), Ruleset::server_default(b));
-    for (at, (rule_a, rule_b)) in for_a.iter().zip(for_b.iter()).enumerate() {
-        let (json_a, json_b) = (rule_json(rule_a), rule_json(rule_b));
-        let names_display = json_a["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["kind"] == "contains_display_name");
-        let per_user = json_a != json_b && !is_invite_for_me(&json_a);
-        if names_display || per_user {
-            return at;
-        }
-    }
-    usize::MAX
+    default_rule_readers()
+        .iter()
+        .position(|r| r.display_name || (r.per_user && !r.state_key_only))
+        .unwrap_or(usize::MAX)
 }
 
 /// Whether the server default has a rule that looks for a reader's display name or
 /// localpart in the content (the legacy mention rules): when it has not, a member on the
 /// default rules is singled out only by their user id or as the event's state key.
 pub(super) fn default_rules_look_for_names() -> bool {
-    let (a, b) = (
-        <&UserId>::try_from("@a:example.org").expect("a valid id"),
-        <&UserId>::try_from("@b:example.org").expect("a valid id"),
-    );
-    let (for_a, for_b) = (Ruleset::server_default(a), Ruleset::server_default(b));
-    for_a.iter().zip(for_b.iter()).any(|(rule_a, rule_b)| {
-        let (json_a, json_b) = (rule_json(rule_a), rule_json(rule_b));
-        let names_display = json_a["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["kind"] == "contains_display_name");
-        // A per-user rule that is not about the state key or the user id (a pattern
-        // made of the localpart, say).
-        let per_user_text = json_a != json_b
-            && !is_invite_for_me(&json_a)
-            && !json_a.to_string().contains(a.as_str());
-        names_display || per_user_text
-    })
-}
-
-/// Whether a rule's only per-user part is the state key of an invite.
-fn is_invite_for_me(rule: &Value) -> bool {
-    rule["rule_id"] == ".m.rule.invite_for_me"
+    default_rule_readers()
+        .iter()
+        .any(|r| r.display_name || (r.per_user && !r.state_key_only && !r.id_only))
 }
 
 /// A rule of any kind as its JSON (for comparing definitions).
