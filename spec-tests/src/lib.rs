@@ -238,7 +238,13 @@ impl TestServer {
             .env("MYELIN_LISTEN", self.addr.to_string())
             .env("MYELIN_DATA_DIR", self.data.path().join("data"))
             .env("MYELIN_PUBLIC_BASE_URL", &self.base)
-            .env("RUST_LOG", "info,ruma_state_res=warn")
+            // `MYELIN_TEST_SERVER_LOG` replaces the servers' log filter when chasing a
+            // failure (e.g. `info,webrtc=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("MYELIN_TEST_SERVER_LOG")
+                    .unwrap_or_else(|_| "info,ruma_state_res=warn".to_owned()),
+            )
             // Tests run many servers at once: each would take the SFU's default port.
             // Call tests turn it back on with a port of their own.
             .env("MYELIN_RTC_EMBEDDED_SFU", "false")
