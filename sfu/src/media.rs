@@ -143,6 +143,43 @@ pub async fn new_peer_connection(api: &API) -> Result<Arc<RTCPeerConnection>, we
 /// that declare neither are left out: their streams are found from the packets.
 pub fn sent_encodings(sdp: &str) -> HashMap<String, usize> {
     let mut out = HashMap::new();
+    for section in sending_sections(sdp) {
+        let primaries = section
+            .ssrcs
+            .iter()
+            .filter(|s| !section.repairs.contains(s))
+            .count();
+        let encodings = section.rids.max(primaries);
+        if let (Some(mid), 1..) = (section.mid, encodings) {
+            out.insert(mid, encodings);
+        }
+    }
+    out
+}
+
+/// Whether a client's offer declares `ssrc` (`a=ssrc:`) in a media section it sends on.
+pub fn sends_ssrc(sdp: &str, ssrc: u32) -> bool {
+    let ssrc = ssrc.to_string();
+    sending_sections(sdp)
+        .iter()
+        .any(|section| section.ssrcs.contains(&ssrc.as_str()))
+}
+
+/// A media section of an offer that its sender sends on.
+struct SendingSection<'a> {
+    mid: Option<String>,
+    /// Simulcast RIDs it sends.
+    rids: usize,
+    /// Every SSRC of its `a=ssrc` lines, once each.
+    ssrcs: Vec<&'a str>,
+    /// The repair SSRCs of its `a=ssrc-group:FID` lines.
+    repairs: Vec<&'a str>,
+}
+
+/// The media sections of `sdp` that its sender sends on (`sendrecv`, the default, or
+/// `sendonly`; not rejected, not data).
+fn sending_sections(sdp: &str) -> Vec<SendingSection<'_>> {
+    let mut out = Vec::new();
     for section in sdp.split("\nm=").skip(1) {
         let mut lines = section.lines().map(str::trim_end);
         let media_line = lines.next().unwrap_or_default();
@@ -151,11 +188,13 @@ pub fn sent_encodings(sdp: &str) -> HashMap<String, usize> {
         if kind == Some("application") || port == Some("0") {
             continue;
         }
-        let mut mid = None;
         let mut sends = true; // sendrecv is the default
-        let mut rids = 0;
-        let mut ssrcs: Vec<&str> = Vec::new();
-        let mut repairs: Vec<&str> = Vec::new();
+        let mut found = SendingSection {
+            mid: None,
+            rids: 0,
+            ssrcs: Vec::new(),
+            repairs: Vec::new(),
+        };
         for line in lines {
             let Some(attr) = line.strip_prefix("a=") else {
                 continue;
@@ -166,25 +205,23 @@ pub fn sent_encodings(sdp: &str) -> HashMap<String, usize> {
                 _ => {}
             }
             if let Some(value) = attr.strip_prefix("mid:") {
-                mid = Some(value.trim().to_owned());
+                found.mid = Some(value.trim().to_owned());
             } else if let Some(value) = attr.strip_prefix("rid:") {
                 if value.split_whitespace().nth(1) == Some("send") {
-                    rids += 1;
+                    found.rids += 1;
                 }
             } else if let Some(value) = attr.strip_prefix("ssrc-group:FID ") {
-                repairs.extend(value.split_whitespace().skip(1));
+                found.repairs.extend(value.split_whitespace().skip(1));
             } else if let Some(value) = attr.strip_prefix("ssrc:") {
                 if let Some(ssrc) = value.split_whitespace().next() {
-                    if !ssrcs.contains(&ssrc) {
-                        ssrcs.push(ssrc);
+                    if !found.ssrcs.contains(&ssrc) {
+                        found.ssrcs.push(ssrc);
                     }
                 }
             }
         }
-        let primaries = ssrcs.iter().filter(|s| !repairs.contains(s)).count();
-        let encodings = rids.max(primaries);
-        if let (true, Some(mid), 1..) = (sends, mid, encodings) {
-            out.insert(mid, encodings);
+        if sends {
+            out.push(found);
         }
     }
     out

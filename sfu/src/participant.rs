@@ -20,7 +20,7 @@ use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 
 use crate::auth::Grant;
 use crate::media::{
-    new_peer_connection, sent_encodings, wants_keyframe, DownTrack, PublishedTrack,
+    new_peer_connection, sends_ssrc, sent_encodings, wants_keyframe, DownTrack, PublishedTrack,
 };
 use crate::out_track::OutTrack;
 
@@ -414,6 +414,22 @@ impl Participant {
         if let Err(e) = channel.send(data).await {
             tracing::debug!(participant = %self.sid, error = %e, "data channel send failed");
         }
+    }
+
+    /// Whether the client still sends `ssrc` on its publisher connection as far as the
+    /// SFU can tell: the connection is up and the client's latest offer declares the SSRC
+    /// in a section it sends on. A published stream whose reading ended although this
+    /// holds was lost on our side, not unpublished (a client unpublishes by renegotiating
+    /// the SSRC away, and a leaving client's connection closes).
+    pub async fn still_sends(&self, ssrc: u32) -> bool {
+        use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as S;
+        if self.publisher.connection_state() != S::Connected {
+            return false;
+        }
+        self.publisher
+            .current_remote_description()
+            .await
+            .is_some_and(|offer| sends_ssrc(&offer.sdp, ssrc))
     }
 
     /// Closes both peer connections.

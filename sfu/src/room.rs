@@ -541,6 +541,7 @@ impl Room {
             }
         };
         let room = Arc::downgrade(self);
+        let publisher = Arc::downgrade(owner);
         let forwarding = track.clone();
         tokio::spawn(async move {
             loop {
@@ -552,10 +553,30 @@ impl Room {
                     }
                 }
             }
+            // webrtc-rs can close a stream it is still receiving: when an SSRC's first
+            // packets beat its receiver, it also probes the SSRC as an undeclared simulcast
+            // stream, and closes the shared stream once the probe fails. Nothing reopens
+            // it, so a client that still sends that SSRC is asked to reconnect (as a
+            // LiveKit server asks on a state mismatch): it joins again and republishes.
+            let lost = match publisher.upgrade() {
+                Some(owner) => owner.still_sends(ssrc).await.then_some(owner),
+                None => None,
+            };
             if !forwarding.remove_layer(ssrc) {
                 if let Some(room) = room.upgrade() {
                     room.unpublish(&forwarding.owner, &forwarding.sid).await;
                 }
+            }
+            if let Some(owner) = lost {
+                tracing::warn!(participant = %owner.sid, track = %forwarding.sid, ssrc, "published stream lost while the client still sends it: asking the client to reconnect");
+                owner.send(proto::signal_response::Message::Leave(
+                    proto::LeaveRequest {
+                        can_reconnect: true,
+                        reason: proto::DisconnectReason::StateMismatch as i32,
+                        action: proto::leave_request::Action::Reconnect as i32,
+                        regions: None,
+                    },
+                ));
             }
         });
         for p in subscribers {

@@ -127,6 +127,18 @@ fn encodings_a_browser_offer_declares() {
     .into();
     assert_eq!(sent_encodings(sdp), expected);
     assert!(sent_encodings("v=0\r\n").is_empty());
+    // The SSRCs the client still sends: primaries and repairs of sending sections, not
+    // those of a section it stopped sending on or a rejected one.
+    for (ssrc, sent) in [
+        (1111, true),
+        (2222, true),
+        (3333, true),
+        (4444, false),
+        (5555, false),
+        (111, false),
+    ] {
+        assert_eq!(sends_ssrc(sdp, ssrc), sent, "ssrc {ssrc}");
+    }
 }
 
 #[test]
