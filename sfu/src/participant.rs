@@ -416,6 +416,22 @@ impl Participant {
         }
     }
 
+    /// Tells the client to leave with `reason` (its session then ends); with `reconnect`,
+    /// to join again at once (LiveKit's `RECONNECT` action).
+    pub fn tell_to_leave(&self, reason: proto::DisconnectReason, reconnect: bool) {
+        let action = if reconnect {
+            proto::leave_request::Action::Reconnect
+        } else {
+            proto::leave_request::Action::Disconnect
+        };
+        self.send(Message::Leave(proto::LeaveRequest {
+            can_reconnect: reconnect,
+            reason: reason as i32,
+            action: action as i32,
+            regions: None,
+        }));
+    }
+
     /// Whether the client still sends `ssrc` on its publisher connection as far as the
     /// SFU can tell: the connection is up and the client's latest offer declares the SSRC
     /// in a section it sends on. A published stream whose reading ended although this

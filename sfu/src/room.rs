@@ -277,7 +277,6 @@ impl Room {
         }
     }
 
-    /// Sends everyone a leave (no reconnect) with `reason`; their sessions then end.
     /// Tells the participants whose identity matches to leave (removed by the server);
     /// returns their identities.
     pub fn disconnect_where(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
@@ -287,30 +286,17 @@ impl Room {
             if !matches(&p.grant.identity) {
                 continue;
             }
-            p.send(proto::signal_response::Message::Leave(
-                proto::LeaveRequest {
-                    can_reconnect: false,
-                    reason: proto::DisconnectReason::ParticipantRemoved as i32,
-                    action: proto::leave_request::Action::Disconnect as i32,
-                    regions: None,
-                },
-            ));
+            p.tell_to_leave(proto::DisconnectReason::ParticipantRemoved, false);
             out.push(p.grant.identity.clone());
         }
         out
     }
 
+    /// Sends everyone a leave (no reconnect) with `reason`; their sessions then end.
     pub fn disconnect_all(&self, reason: proto::DisconnectReason) {
         let inner = self.lock();
         for p in inner.participants.values() {
-            p.send(proto::signal_response::Message::Leave(
-                proto::LeaveRequest {
-                    can_reconnect: false,
-                    reason: reason as i32,
-                    action: proto::leave_request::Action::Disconnect as i32,
-                    regions: None,
-                },
-            ));
+            p.tell_to_leave(reason, false);
         }
     }
 
@@ -569,14 +555,7 @@ impl Room {
             }
             if let Some(owner) = lost {
                 tracing::warn!(participant = %owner.sid, track = %forwarding.sid, ssrc, "published stream lost while the client still sends it: asking the client to reconnect");
-                owner.send(proto::signal_response::Message::Leave(
-                    proto::LeaveRequest {
-                        can_reconnect: true,
-                        reason: proto::DisconnectReason::StateMismatch as i32,
-                        action: proto::leave_request::Action::Reconnect as i32,
-                        regions: None,
-                    },
-                ));
+                owner.tell_to_leave(proto::DisconnectReason::StateMismatch, true);
             }
         });
         for p in subscribers {
