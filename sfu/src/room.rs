@@ -24,6 +24,9 @@ use crate::state::{Joined, Outbox, RoomState, StateError};
 
 /// How often active speakers are re-evaluated.
 const SPEAKER_INTERVAL: Duration = Duration::from_millis(500);
+/// How long after a published stream ended its publisher must still be in the room, and
+/// still send the stream, for the SFU to treat it as lost rather than unpublished.
+const LOST_STREAM_GRACE: Duration = Duration::from_secs(2);
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -539,21 +542,28 @@ impl Room {
                     }
                 }
             }
-            // webrtc-rs can close a stream it is still receiving: when an SSRC's first
-            // packets beat its receiver, it also probes the SSRC as an undeclared simulcast
-            // stream, and closes the shared stream once the probe fails. Nothing reopens
-            // it, so a client that still sends that SSRC is asked to reconnect (as a
-            // LiveKit server asks on a state mismatch): it joins again and republishes.
-            let lost = match publisher.upgrade() {
-                Some(owner) => owner.still_sends(ssrc).await.then_some(owner),
-                None => None,
-            };
             if !forwarding.remove_layer(ssrc) {
                 if let Some(room) = room.upgrade() {
                     room.unpublish(&forwarding.owner, &forwarding.sid).await;
                 }
             }
-            if let Some(owner) = lost {
+            // webrtc-rs can close a stream it is still receiving: when an SSRC's first
+            // packets beat its receiver, it also probes the SSRC as an undeclared simulcast
+            // stream, and closes the shared stream once the probe fails. Nothing reopens
+            // it, so a client that, a moment later, is still here and still sends that
+            // SSRC is asked to reconnect (as a LiveKit server asks on a state mismatch):
+            // it joins again and republishes. (A leaving client's streams end too, but it
+            // is gone from the room by then.)
+            tokio::time::sleep(LOST_STREAM_GRACE).await;
+            let (Some(owner), Some(room)) = (publisher.upgrade(), room.upgrade()) else {
+                return;
+            };
+            let present = room
+                .lock()
+                .participants
+                .get(&owner.sid)
+                .is_some_and(|p| Arc::ptr_eq(p, &owner));
+            if present && owner.still_sends(ssrc).await {
                 tracing::warn!(participant = %owner.sid, track = %forwarding.sid, ssrc, "published stream lost while the client still sends it: asking the client to reconnect");
                 owner.tell_to_leave(proto::DisconnectReason::StateMismatch, true);
             }
