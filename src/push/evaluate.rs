@@ -144,15 +144,22 @@ impl PushService {
         // Names are looked up for members on their own rules (their evaluation needs the
         // display name), and for the others only if the server default looks for names
         // and the shared evaluation did not end before the naming rules.
-        let default_names = self.default_names;
-        let wants_name = |custom: bool, sub: bool| custom || (default_names && !shared(sub).1);
-        let wanted: Vec<&UserId> = joined
+        let (wanted_at, wanted): (Vec<usize>, Vec<&UserId>) = joined
             .iter()
             .zip(customs.iter().zip(&subs))
-            .filter(|(_, (custom, sub))| wants_name(custom.is_some(), **sub))
-            .map(|(u, _)| *u)
-            .collect();
-        let mut wanted_names = self.member_names(room_id, &wanted)?.into_iter();
+            .enumerate()
+            .filter(|(_, (_, (custom, sub)))| {
+                custom.is_some() || (self.default_names && !shared(**sub).1)
+            })
+            .map(|(at, (user, _))| (at, *user))
+            .unzip();
+        let mut names_of: Vec<Option<Arc<MemberName>>> = vec![None; joined.len()];
+        for (at, name) in wanted_at
+            .into_iter()
+            .zip(self.member_names(room_id, &wanted)?)
+        {
+            names_of[at] = Some(name);
+        }
         let mut generic_users: [Vec<&UserId>; 2] = [Vec::new(), Vec::new()];
         let mut record = EventPush {
             event_id: pdu.event_id.to_string(),
@@ -160,13 +167,10 @@ impl PushService {
             groups: Vec::new(),
         };
         let mut pushes = Vec::new();
-        for ((user, custom), sub) in joined.iter().copied().zip(customs).zip(subs) {
+        for (((user, custom), sub), name) in
+            joined.iter().copied().zip(customs).zip(subs).zip(names_of)
+        {
             let (actions, before_naming) = shared(sub);
-            let name = if wants_name(custom.is_some(), sub) {
-                wanted_names.next()
-            } else {
-                None
-            };
             // Members on the server's default rules whom the event does not single out get
             // the shared actions: the event's state key is never one of them, and the
             // others only if the shared evaluation ended before the naming rules or the
