@@ -23,6 +23,7 @@ use std::{
     ops::Bound,
     sync::{mpsc, Arc, Mutex},
     thread,
+    time::{Duration, Instant},
 };
 
 use postgres::{types::ToSql, Client, NoTls, Statement};
@@ -92,6 +93,9 @@ impl Drop for PostgresEngine {
 /// The advisory lock key of a Myelin process using the database ("myelin" in ASCII).
 const PROCESS_LOCK: i64 = 0x6d79_656c_696e;
 
+/// How long a starting process waits for the database lock before refusing to start.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
 fn pg(e: postgres::Error) -> Error {
     Error::Storage(format!("postgres: {e}"))
 }
@@ -118,17 +122,25 @@ impl PostgresEngine {
                     let locked = Client::connect(&url, NoTls)
                         .map_err(pg)
                         .and_then(|mut client| {
-                            let row = client
-                                .query_one("SELECT pg_try_advisory_lock($1)", &[&PROCESS_LOCK])
-                                .map_err(pg)?;
-                            if row.get::<_, bool>(0) {
-                                Ok(client)
-                            } else {
-                                Err(Error::Storage(
-                                    "another Myelin process is using this PostgreSQL database \
-                                 (one process per database)"
-                                        .into(),
-                                ))
+                            // A process killed a moment ago still holds the lock until its
+                            // backend has noticed the closed connection: ask again for a
+                            // few seconds before refusing.
+                            let deadline = Instant::now() + LOCK_WAIT;
+                            loop {
+                                let row = client
+                                    .query_one("SELECT pg_try_advisory_lock($1)", &[&PROCESS_LOCK])
+                                    .map_err(pg)?;
+                                if row.get::<_, bool>(0) {
+                                    return Ok(client);
+                                }
+                                if Instant::now() >= deadline {
+                                    return Err(Error::Storage(
+                                        "another Myelin process is using this PostgreSQL \
+                                         database (one process per database)"
+                                            .into(),
+                                    ));
+                                }
+                                thread::sleep(Duration::from_millis(100));
                             }
                         });
                     match locked {
