@@ -8,6 +8,8 @@ pub mod keys;
 mod memory;
 pub mod migrate;
 mod postgres_engine;
+mod postgres_feed;
+pub mod remote;
 mod sled_engine;
 mod snapshot;
 mod stream_pos;
@@ -20,6 +22,7 @@ use serde::{de::DeserializeOwned, Serialize};
 pub use self::{
     engine::{Engine, KeyValue, RawBatch},
     memory::MemoryEngine,
+    remote::{Changed, RemoteChange, RemoteChanges},
     sled_engine::SledEngine,
     stream_pos::StreamPosition,
     trees::Trees,
@@ -205,6 +208,10 @@ pub struct Storage {
     /// Every logical tree.
     pub trees: Trees,
     committer: commit::GroupCommit,
+    /// What other processes sharing the database change (see [`remote`]).
+    remote: Arc<RemoteChanges>,
+    /// Whether other processes may write to the database.
+    shared: bool,
 }
 
 impl Storage {
@@ -222,6 +229,16 @@ impl Storage {
         Storage::with_engine(Arc::new(engine))
     }
 
+    /// Connects to the PostgreSQL database at `url`, shared with other processes that
+    /// connect this way: their changes reach the handlers registered with
+    /// [`Storage::on_remote_change`].
+    pub fn open_postgres_shared(url: &str, pool_size: usize) -> Result<Storage> {
+        let remote = Arc::new(RemoteChanges::default());
+        let engine =
+            postgres_engine::PostgresEngine::connect_shared(url, pool_size, remote.clone())?;
+        Storage::build(Arc::new(engine), remote, true)
+    }
+
     /// A storage on the in-memory engine (tests).
     pub fn in_memory() -> Storage {
         Storage::with_engine(Arc::new(MemoryEngine::new())).expect("in-memory storage opens")
@@ -229,12 +246,18 @@ impl Storage {
 
     /// Wraps an engine, checking or recording the format version.
     pub fn with_engine(engine: Arc<dyn Engine>) -> Result<Storage> {
+        Storage::build(engine, Arc::default(), false)
+    }
+
+    fn build(engine: Arc<dyn Engine>, remote: Arc<RemoteChanges>, shared: bool) -> Result<Storage> {
         let trees = Trees::new(&engine);
         let committer = commit::GroupCommit::new(engine.clone());
         let storage = Storage {
             engine,
             trees,
             committer,
+            remote,
+            shared,
         };
         storage.check_format()?;
         Ok(storage)
@@ -257,6 +280,39 @@ impl Storage {
             }
         }
         Ok(())
+    }
+
+    /// Whether other processes share the database (and may write to it at any time).
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Calls `handler` whenever another process sharing the database changes `tree`:
+    /// register before reading what the handler keeps up to date (see [`remote`]).
+    /// Never called when the database is not shared.
+    pub fn on_remote_change(
+        &self,
+        tree: &Tree,
+        handler: impl Fn(Changed<'_>) + Send + Sync + 'static,
+    ) {
+        self.remote
+            .on(remote::Phase::Caches, tree.prefix, Box::new(handler));
+    }
+
+    /// Like [`Storage::on_remote_change`], for a handler that moves a stream position or
+    /// wakes readers: it runs after the cache handlers of the same notice.
+    pub fn on_remote_position(
+        &self,
+        tree: &Tree,
+        handler: impl Fn(Changed<'_>) + Send + Sync + 'static,
+    ) {
+        self.remote
+            .on(remote::Phase::Positions, tree.prefix, Box::new(handler));
+    }
+
+    /// How many change notices from other processes have arrived.
+    pub fn remote_notices(&self) -> u64 {
+        self.remote.received()
     }
 
     /// Applies a batch atomically; visible at once, durable after the next flush.

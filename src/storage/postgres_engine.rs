@@ -28,7 +28,11 @@ use std::{
 
 use postgres::{types::ToSql, Client, NoTls, Statement};
 
-use super::engine::{Engine, KeyValue, KvIter, RawBatch};
+use super::{
+    engine::{Engine, KeyValue, KvIter, RawBatch},
+    postgres_feed::{self, Listener},
+    remote::RemoteChanges,
+};
 use crate::{Error, Result};
 
 /// The first page of a range scan: most scans stop after a few pairs.
@@ -45,6 +49,7 @@ const INSERT_IF_ABSENT: &str =
     "INSERT INTO myelin_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING";
 const UPDATE_IF: &str = "UPDATE myelin_kv SET v = $3 WHERE k = $1 AND v = $2";
 const DELETE_IF: &str = "DELETE FROM myelin_kv WHERE k = $1 AND v = $2";
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// One pooled connection with its prepared statements.
 struct Conn {
@@ -72,6 +77,15 @@ pub struct PostgresEngine {
     /// off the database (one process per database until several are supported), and the
     /// sender whose drop tells it to release the lock and end the session.
     owner: Mutex<Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>>,
+    /// Set when other processes share the database: this process's id in the notices
+    /// its batches send, and the session listening to theirs (see [`postgres_feed`]).
+    shared: Option<Shared>,
+}
+
+/// The change feed of an engine that shares its database.
+struct Shared {
+    process: u64,
+    _listener: Listener,
 }
 
 impl Drop for PostgresEngine {
@@ -110,8 +124,45 @@ fn connect(url: &str) -> Result<Conn> {
 
 impl PostgresEngine {
     /// Connects `pool_size` connections to `url` (a libpq URL or key=value string) and
-    /// creates the table when it is missing.
+    /// creates the table when it is missing. This process is then the database's only
+    /// one: another one (sharing or not) is refused while it runs.
     pub fn connect(url: &str, pool_size: usize) -> Result<PostgresEngine> {
+        PostgresEngine::open(url, pool_size, None)
+    }
+
+    /// Connects like [`PostgresEngine::connect`], sharing the database with other
+    /// processes that connect this way (never with one that connected alone): each batch
+    /// committed here is announced to them, and theirs reach `changes`.
+    pub fn connect_shared(
+        url: &str,
+        pool_size: usize,
+        changes: Arc<RemoteChanges>,
+    ) -> Result<PostgresEngine> {
+        PostgresEngine::open(url, pool_size, Some(changes))
+    }
+
+    fn open(
+        url: &str,
+        pool_size: usize,
+        changes: Option<Arc<RemoteChanges>>,
+    ) -> Result<PostgresEngine> {
+        // A sharing process takes the lock shared: it coexists with other sharing
+        // processes and keeps out a process that runs alone, and the other way round.
+        let (lock, unlock, refusal) = if changes.is_some() {
+            (
+                "SELECT pg_try_advisory_lock_shared($1)",
+                "SELECT pg_advisory_unlock_shared($1)",
+                "a Myelin process that does not share its database is using this PostgreSQL \
+                 database",
+            )
+        } else {
+            (
+                "SELECT pg_try_advisory_lock($1)",
+                "SELECT pg_advisory_unlock($1)",
+                "another Myelin process is using this PostgreSQL database (one process per \
+                 database)",
+            )
+        };
         let owner = {
             let url = url.to_owned();
             let (locked_tx, locked_rx) = mpsc::channel::<Result<()>>();
@@ -127,18 +178,12 @@ impl PostgresEngine {
                             // few seconds before refusing.
                             let deadline = Instant::now() + LOCK_WAIT;
                             loop {
-                                let row = client
-                                    .query_one("SELECT pg_try_advisory_lock($1)", &[&PROCESS_LOCK])
-                                    .map_err(pg)?;
+                                let row = client.query_one(lock, &[&PROCESS_LOCK]).map_err(pg)?;
                                 if row.get::<_, bool>(0) {
                                     return Ok(client);
                                 }
                                 if Instant::now() >= deadline {
-                                    return Err(Error::Storage(
-                                        "another Myelin process is using this PostgreSQL \
-                                         database (one process per database)"
-                                            .into(),
-                                    ));
+                                    return Err(Error::Storage(refusal.into()));
                                 }
                                 thread::sleep(Duration::from_millis(100));
                             }
@@ -150,8 +195,7 @@ impl PostgresEngine {
                             // then release the lock explicitly: the server frees a closed
                             // session's locks only once it has noticed the close.
                             let _ = release_rx.recv();
-                            let _ =
-                                client.execute("SELECT pg_advisory_unlock($1)", &[&PROCESS_LOCK]);
+                            let _ = client.execute(unlock, &[&PROCESS_LOCK]);
                             drop(client);
                         }
                         Err(e) => {
@@ -183,12 +227,33 @@ impl PostgresEngine {
                 .recv()
                 .map_err(|_| Error::Storage("a database thread ended while connecting".into()))??;
         }
+        let shared = match changes {
+            Some(changes) => {
+                let process = rand::random::<u64>();
+                Some(Shared {
+                    process,
+                    _listener: Listener::start(url, process, changes)?,
+                })
+            }
+            None => None,
+        };
         let engine = PostgresEngine {
             jobs: Mutex::new(sender),
             owner: Mutex::new(Some(owner)),
+            shared,
         };
         engine.run(|conn| conn.client.batch_execute(SCHEMA).map_err(pg))?;
         Ok(engine)
+    }
+
+    /// The change notice for a batch writing `keys`, when other processes share the
+    /// database.
+    fn notice<'a>(&self, keys: impl Iterator<Item = &'a Vec<u8>> + Clone) -> Option<String> {
+        let shared = self.shared.as_ref()?;
+        Some(postgres_feed::notice(
+            shared.process,
+            keys.map(Vec::as_slice),
+        ))
     }
 
     /// Runs `work` on a pooled connection's thread and waits for its answer.
@@ -386,15 +451,24 @@ impl Engine for PostgresEngine {
                 None => removed.push(k),
             }
         }
+        let notice = self.notice(put_keys.iter().chain(&removed));
         self.run(move |conn| {
             let upsert = conn.statement(UPSERT)?;
             let delete = conn.statement(DELETE)?;
+            let notify = match notice {
+                Some(notice) => Some((conn.statement(NOTIFY)?, notice)),
+                None => None,
+            };
             let mut tx = conn.client.transaction().map_err(pg)?;
             if !put_keys.is_empty() {
                 tx.execute(&upsert, &[&put_keys, &put_values]).map_err(pg)?;
             }
             if !removed.is_empty() {
                 tx.execute(&delete, &[&removed]).map_err(pg)?;
+            }
+            if let Some((notify, notice)) = notify {
+                tx.execute(&notify, &[&postgres_feed::CHANNEL, &notice])
+                    .map_err(pg)?;
             }
             tx.commit().map_err(pg)
         })
@@ -458,33 +532,58 @@ impl Engine for PostgresEngine {
         new: Option<Vec<u8>>,
     ) -> Result<bool> {
         let key = key.to_vec();
+        let notice = self.notice(std::iter::once(&key));
         let old = old.map(<[u8]>::to_vec);
         self.run(move |conn| {
-            let changed = match (old, new) {
-                (None, Some(new)) => {
-                    let statement = conn.statement(INSERT_IF_ABSENT)?;
-                    conn.client.execute(&statement, &[&key, &new]).map_err(pg)? == 1
-                }
-                (Some(old), Some(new)) => {
-                    let statement = conn.statement(UPDATE_IF)?;
-                    conn.client
-                        .execute(&statement, &[&key, &old, &new])
-                        .map_err(pg)?
-                        == 1
-                }
-                (Some(old), None) => {
-                    let statement = conn.statement(DELETE_IF)?;
-                    conn.client.execute(&statement, &[&key, &old]).map_err(pg)? == 1
-                }
-                (None, None) => {
-                    let statement = conn.statement(GET)?;
-                    conn.client
-                        .query_opt(&statement, &[&key])
-                        .map_err(pg)?
-                        .is_none()
-                }
+            let notify = match notice {
+                Some(notice) => Some((conn.statement(NOTIFY)?, notice)),
+                None => None,
             };
-            Ok(changed)
+            // Shared: the swap and its notice commit together.
+            if notify.is_some() {
+                conn.client.batch_execute("BEGIN").map_err(pg)?;
+            }
+            let changed = (|| -> Result<bool> {
+                Ok(match (old, new) {
+                    (None, Some(new)) => {
+                        let statement = conn.statement(INSERT_IF_ABSENT)?;
+                        conn.client.execute(&statement, &[&key, &new]).map_err(pg)? == 1
+                    }
+                    (Some(old), Some(new)) => {
+                        let statement = conn.statement(UPDATE_IF)?;
+                        conn.client
+                            .execute(&statement, &[&key, &old, &new])
+                            .map_err(pg)?
+                            == 1
+                    }
+                    (Some(old), None) => {
+                        let statement = conn.statement(DELETE_IF)?;
+                        conn.client.execute(&statement, &[&key, &old]).map_err(pg)? == 1
+                    }
+                    (None, None) => {
+                        let statement = conn.statement(GET)?;
+                        conn.client
+                            .query_opt(&statement, &[&key])
+                            .map_err(pg)?
+                            .is_none()
+                    }
+                })
+            })();
+            if let Some((notify, notice)) = notify {
+                let ended = match changed {
+                    Ok(true) => conn
+                        .client
+                        .execute(&notify, &[&postgres_feed::CHANNEL, &notice])
+                        .map_err(pg)
+                        .and_then(|_| conn.client.batch_execute("COMMIT").map_err(pg)),
+                    _ => conn.client.batch_execute("ROLLBACK").map_err(pg),
+                };
+                if let Err(e) = ended {
+                    let _ = conn.client.batch_execute("ROLLBACK");
+                    return Err(e);
+                }
+            }
+            changed
         })
     }
 }
