@@ -5,6 +5,7 @@
 mod commit;
 mod engine;
 pub mod keys;
+pub mod lease;
 mod memory;
 pub mod migrate;
 mod postgres_engine;
