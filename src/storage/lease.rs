@@ -225,9 +225,9 @@ mod tests {
     }
 
     /// Two holders on one storage: one wins; the other waits in `hold` until it lets go.
-    async fn two_holders(storage: Arc<Storage>) {
+    async fn two_holders(storage: Arc<Storage>, other: Arc<Storage>) {
         let a = leases(&storage, 60_000, false);
-        let b = leases(&storage, 300, false);
+        let b = leases(&other, 300, false);
         assert_ne!(a.holder(), b.holder());
         assert!(a.try_acquire("work").unwrap());
         assert!(!b.try_acquire("work").unwrap());
@@ -249,17 +249,17 @@ mod tests {
 
     #[tokio::test]
     async fn two_holders_in_memory() {
-        two_holders(Arc::new(Storage::in_memory())).await;
+        let storage = Arc::new(Storage::in_memory());
+        two_holders(storage.clone(), storage).await;
     }
 
-    /// When `MYELIN_TEST_POSTGRES_URL` is set; one storage: the engine admits one process.
+    /// Two processes sharing one PostgreSQL database, each with its own storage.
     #[tokio::test]
     async fn two_holders_on_postgres() {
-        if std::env::var_os("MYELIN_TEST_POSTGRES_URL").is_none() {
-            return;
-        }
         let url = super::super::postgres_engine::test_database();
-        two_holders(Arc::new(Storage::open_postgres(&url, 2).unwrap())).await;
+        let first = Arc::new(Storage::open_postgres_shared(&url, 2).unwrap());
+        let second = Arc::new(Storage::open_postgres_shared(&url, 2).unwrap());
+        two_holders(first, second).await;
     }
 
     #[test]

@@ -117,16 +117,29 @@ impl Listener {
     /// Connects and listens before returning, so that no change committed after this
     /// call is missed; then hands other processes' notices to `changes`.
     pub(super) fn start(url: &str, process: u64, changes: Arc<RemoteChanges>) -> Result<Listener> {
-        let client = listen(url)?;
         let stop = Arc::new(AtomicBool::new(false));
+        // The blocking client drives a runtime of its own: it connects on its thread, which
+        // reports once it listens.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let thread = {
             let stop = stop.clone();
             let url = url.to_owned();
             thread::Builder::new()
                 .name("myelin-pg-listen".into())
-                .spawn(move || run(client, &url, process, &changes, &stop))
+                .spawn(move || match listen(&url) {
+                    Ok(client) => {
+                        let _ = ready_tx.send(Ok(()));
+                        run(client, &url, process, &changes, &stop);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                })
                 .map_err(|e| Error::Storage(format!("starting the listener thread: {e}")))?
         };
+        ready_rx
+            .recv()
+            .map_err(|_| Error::Storage("the listener thread failed".into()))??;
         Ok(Listener {
             stop,
             thread: Some(thread),
