@@ -43,6 +43,22 @@ pub trait Engine: Send + Sync + 'static {
     /// Calls `visit` with every pair in key order while no batch is applied: a consistent
     /// point-in-time view (online backup). Writers wait until it returns.
     fn snapshot(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()>;
+    /// Commits a batch numbered by a counter that other processes sharing the database
+    /// draw from too: takes the counter stored at `counter` (a big-endian u64, 0 when
+    /// absent) plus one, keeping other processes' draws waiting until this commit ends,
+    /// lets `fill` write the batch for that number, and commits it with the counter moved
+    /// — so numbers commit in order and without gaps across processes. A failing `fill`
+    /// commits nothing. Only engines that can be shared implement it.
+    fn apply_counted(
+        &self,
+        counter: &[u8],
+        fill: &mut dyn FnMut(u64) -> Result<RawBatch>,
+    ) -> Result<u64> {
+        let _ = (counter, fill);
+        Err(crate::Error::internal(
+            "counted commits are for databases shared by several processes",
+        ))
+    }
     /// Atomically replaces `key`'s value if it is `old`; returns whether it did.
     fn compare_and_swap(
         &self,

@@ -57,6 +57,15 @@ impl Tree {
         self.engine.get(&self.full_key(key))
     }
 
+    /// A handle that reads the tree without keeping the database open (for handlers of
+    /// other processes' changes, which live as long as the engine that calls them).
+    pub fn downgrade(&self) -> WeakTree {
+        WeakTree {
+            engine: Arc::downgrade(&self.engine),
+            prefix: self.prefix,
+        }
+    }
+
     /// Reads and decodes one JSON value.
     pub fn get_json<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>> {
         match self.get(key)? {
@@ -150,6 +159,24 @@ fn prefix_successor(prefix: &[u8]) -> Bound<Vec<u8>> {
         }
     }
     Bound::Unbounded
+}
+
+/// A tree that does not keep its database open (see [`Tree::downgrade`]).
+#[derive(Clone)]
+pub struct WeakTree {
+    engine: std::sync::Weak<dyn Engine>,
+    prefix: u8,
+}
+
+impl WeakTree {
+    /// Reads one value; `None` once the database is closed.
+    pub fn get(&self, key: &[u8]) -> Option<Result<Option<Vec<u8>>>> {
+        let engine = self.engine.upgrade()?;
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(self.prefix);
+        k.extend_from_slice(key);
+        Some(engine.get(&k))
+    }
 }
 
 /// Writes to one or more trees, applied atomically by [`Storage::commit`].
@@ -314,6 +341,33 @@ impl Storage {
     /// How many change notices from other processes have arrived.
     pub fn remote_notices(&self) -> u64 {
         self.remote.received()
+    }
+
+    /// Commits a batch numbered by the counter stored under `counter` in `tree`, drawn in
+    /// the database so that processes sharing it number their batches in one sequence
+    /// (see [`Engine::apply_counted`]); returns the number. Only for a shared database.
+    pub fn commit_counted(
+        &self,
+        tree: &Tree,
+        counter: &[u8],
+        fill: impl FnOnce(u64, &mut Batch) -> Result<()>,
+    ) -> Result<u64> {
+        let mut fill = Some(fill);
+        let mut held = Vec::new();
+        let number = self
+            .engine
+            .apply_counted(&tree.full_key(counter), &mut |number| {
+                let fill = fill
+                    .take()
+                    .ok_or_else(|| crate::Error::internal("a counted batch filled twice"))?;
+                let mut batch = Batch::new();
+                fill(number, &mut batch)?;
+                let Batch { raw, held: h } = batch;
+                held = h;
+                Ok(raw)
+            });
+        drop(held);
+        number
     }
 
     /// Applies a batch atomically; visible at once, durable after the next flush.

@@ -50,6 +50,9 @@ const INSERT_IF_ABSENT: &str =
 const UPDATE_IF: &str = "UPDATE myelin_kv SET v = $3 WHERE k = $1 AND v = $2";
 const DELETE_IF: &str = "DELETE FROM myelin_kv WHERE k = $1 AND v = $2";
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+/// A counter's row, created at zero if missing so that it can be locked.
+const COUNTER_ROW: &str = "INSERT INTO myelin_kv (k, v) VALUES ($1, $2) ON CONFLICT (k) DO NOTHING";
+const COUNTER_LOCK: &str = "SELECT v FROM myelin_kv WHERE k = $1 FOR UPDATE";
 
 /// One pooled connection with its prepared statements.
 struct Conn {
@@ -80,6 +83,12 @@ pub struct PostgresEngine {
     /// Set when other processes share the database: this process's id in the notices
     /// its batches send, and the session listening to theirs (see [`postgres_feed`]).
     shared: Option<Shared>,
+    /// The connection string, for connections opened later.
+    url: String,
+    /// One connection per counter for counted commits (see [`Engine::apply_counted`]):
+    /// a draw holds its connection while the caller fills the batch, so draws never wait
+    /// for (or starve) the pool that reads go through.
+    counters: Mutex<HashMap<Vec<u8>, mpsc::Sender<Job>>>,
 }
 
 /// The change feed of an engine that shares its database.
@@ -241,6 +250,8 @@ impl PostgresEngine {
             jobs: Mutex::new(sender),
             owner: Mutex::new(Some(owner)),
             shared,
+            url: url.to_owned(),
+            counters: Mutex::default(),
         };
         engine.run(|conn| conn.client.batch_execute(SCHEMA).map_err(pg))?;
         Ok(engine)
@@ -254,6 +265,42 @@ impl PostgresEngine {
             shared.process,
             keys.map(Vec::as_slice),
         ))
+    }
+
+    /// Hands `work` to the connection kept for `counter`, opening it on first use.
+    fn submit_counted<T: Send + 'static>(
+        &self,
+        counter: &[u8],
+        work: impl FnOnce(&mut Conn) -> Result<T> + Send + 'static,
+    ) -> Result<mpsc::Receiver<Result<T>>> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(work(conn));
+        });
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let sender = match counters.get(counter) {
+            Some(sender) => sender.clone(),
+            None => {
+                let (sender, receiver) = mpsc::channel::<Job>();
+                let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+                let url = self.url.clone();
+                let receiver = Arc::new(Mutex::new(receiver));
+                thread::Builder::new()
+                    .name("myelin-pg-counter".into())
+                    .spawn(move || worker(&url, receiver, ready_tx))
+                    .map_err(|e| Error::Storage(format!("starting a database thread: {e}")))?;
+                ready_rx.recv().map_err(|_| {
+                    Error::Storage("a database thread ended while connecting".into())
+                })??;
+                counters.insert(counter.to_vec(), sender.clone());
+                sender
+            }
+        };
+        drop(counters);
+        sender
+            .send(job)
+            .map_err(|_| Error::Storage("the database threads are gone".into()))?;
+        Ok(answer)
     }
 
     /// Runs `work` on a pooled connection's thread and waits for its answer.
@@ -325,6 +372,85 @@ impl PostgresEngine {
                 .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
                 .collect())
         })
+    }
+}
+
+/// A batch's writes as statements take them: the last write of each key (as applied in
+/// order), split into upserts and removals.
+struct Writes {
+    put_keys: Vec<Vec<u8>>,
+    put_values: Vec<Vec<u8>>,
+    removed: Vec<Vec<u8>>,
+}
+
+/// The statements that write a batch, prepared on one connection.
+struct WriteStatements {
+    upsert: Statement,
+    delete: Statement,
+    notify: Option<Statement>,
+}
+
+impl WriteStatements {
+    fn prepare(conn: &mut Conn, notify: bool) -> Result<WriteStatements> {
+        Ok(WriteStatements {
+            upsert: conn.statement(UPSERT)?,
+            delete: conn.statement(DELETE)?,
+            notify: if notify {
+                Some(conn.statement(NOTIFY)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl Writes {
+    fn of(batch: RawBatch) -> Writes {
+        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+        for (k, v) in batch.ops {
+            last.insert(k, v);
+        }
+        let mut writes = Writes {
+            put_keys: Vec::new(),
+            put_values: Vec::new(),
+            removed: Vec::new(),
+        };
+        for (k, v) in last {
+            match v {
+                Some(v) => {
+                    writes.put_keys.push(k);
+                    writes.put_values.push(v);
+                }
+                None => writes.removed.push(k),
+            }
+        }
+        writes
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &Vec<u8>> + Clone {
+        self.put_keys.iter().chain(&self.removed)
+    }
+
+    /// Writes everything inside `tx`, with the change notice when there is one.
+    fn write(
+        &self,
+        tx: &mut postgres::Transaction<'_>,
+        statements: &WriteStatements,
+        notice: Option<&str>,
+    ) -> Result<()> {
+        if !self.put_keys.is_empty() {
+            tx.execute(&statements.upsert, &[&self.put_keys, &self.put_values])
+                .map_err(pg)?;
+        }
+        if !self.removed.is_empty() {
+            tx.execute(&statements.delete, &[&self.removed])
+                .map_err(pg)?;
+        }
+        if let (Some(notify), Some(notice)) = (&statements.notify, notice) {
+            tx.execute(notify, &[&postgres_feed::CHANNEL, &notice])
+                .map_err(pg)?;
+        }
+        Ok(())
     }
 }
 
@@ -436,42 +562,68 @@ impl Engine for PostgresEngine {
     }
 
     fn apply(&self, batch: RawBatch) -> Result<()> {
-        // The last write of a key wins, as it does applied in order.
-        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for (k, v) in batch.ops {
-            last.insert(k, v);
-        }
-        let (mut put_keys, mut put_values, mut removed) = (Vec::new(), Vec::new(), Vec::new());
-        for (k, v) in last {
-            match v {
-                Some(v) => {
-                    put_keys.push(k);
-                    put_values.push(v);
-                }
-                None => removed.push(k),
-            }
-        }
-        let notice = self.notice(put_keys.iter().chain(&removed));
+        let writes = Writes::of(batch);
+        let notice = self.notice(writes.keys());
         self.run(move |conn| {
-            let upsert = conn.statement(UPSERT)?;
-            let delete = conn.statement(DELETE)?;
-            let notify = match notice {
-                Some(notice) => Some((conn.statement(NOTIFY)?, notice)),
-                None => None,
-            };
+            let statements = WriteStatements::prepare(conn, notice.is_some())?;
             let mut tx = conn.client.transaction().map_err(pg)?;
-            if !put_keys.is_empty() {
-                tx.execute(&upsert, &[&put_keys, &put_values]).map_err(pg)?;
-            }
-            if !removed.is_empty() {
-                tx.execute(&delete, &[&removed]).map_err(pg)?;
-            }
-            if let Some((notify, notice)) = notify {
-                tx.execute(&notify, &[&postgres_feed::CHANNEL, &notice])
-                    .map_err(pg)?;
-            }
+            writes.write(&mut tx, &statements, notice.as_deref())?;
             tx.commit().map_err(pg)
         })
+    }
+
+    fn apply_counted(
+        &self,
+        counter: &[u8],
+        fill: &mut dyn FnMut(u64) -> Result<RawBatch>,
+    ) -> Result<u64> {
+        let (number_tx, number_rx) = mpsc::sync_channel::<u64>(1);
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Option<(Writes, Option<String>)>>(1);
+        let key = counter.to_vec();
+        let answer = self.submit_counted(counter, move |conn| {
+            let row = conn.statement(COUNTER_ROW)?;
+            let lock = conn.statement(COUNTER_LOCK)?;
+            let statements = WriteStatements::prepare(conn, true)?;
+            let mut tx = conn.client.transaction().map_err(pg)?;
+            tx.execute(&row, &[&key, &0u64.to_be_bytes().to_vec()])
+                .map_err(pg)?;
+            let current = tx
+                .query_one(&lock, &[&key])
+                .map_err(pg)?
+                .get::<_, Vec<u8>>(0);
+            let current = super::keys::leading_u64(&current).unwrap_or(0);
+            number_tx
+                .send(current + 1)
+                .map_err(|_| Error::internal("a counted commit's caller is gone"))?;
+            // Nothing (or a hang-up): the caller gave up; dropping `tx` rolls back.
+            let Ok(Some((writes, notice))) = batch_rx.recv() else {
+                return Err(Error::internal("a counted commit was given up"));
+            };
+            writes.write(&mut tx, &statements, notice.as_deref())?;
+            tx.commit().map_err(pg)
+        })?;
+        let Ok(number) = number_rx.recv() else {
+            return Err(wait(answer)
+                .err()
+                .unwrap_or_else(|| Error::internal("a counted commit ended early")));
+        };
+        match fill(number) {
+            Ok(mut batch) => {
+                batch
+                    .ops
+                    .push((counter.to_vec(), Some(number.to_be_bytes().to_vec())));
+                let writes = Writes::of(batch);
+                let notice = self.notice(writes.keys());
+                let _ = batch_tx.send(Some((writes, notice)));
+                wait(answer)?;
+                Ok(number)
+            }
+            Err(e) => {
+                let _ = batch_tx.send(None);
+                let _ = wait(answer);
+                Err(e)
+            }
+        }
     }
 
     fn flush(&self) -> Result<()> {
