@@ -144,6 +144,9 @@ pub struct StorageConfig {
     pub postgres_url: String,
     /// Connections to PostgreSQL.
     pub postgres_pool_size: usize,
+    /// Several Myelin processes serve this server from one PostgreSQL database (each with
+    /// this setting; see README "Scaling out").
+    pub postgres_shared: bool,
 }
 
 /// The storage engines.
@@ -164,6 +167,7 @@ impl Default for StorageConfig {
             cache_capacity_mb: 16,
             postgres_url: String::new(),
             postgres_pool_size: 8,
+            postgres_shared: false,
         }
     }
 }
@@ -393,6 +397,8 @@ impl Config {
             if self.storage.postgres_pool_size == 0 {
                 anyhow::bail!("storage.postgres_pool_size must be at least 1");
             }
+        } else if self.storage.postgres_shared {
+            anyhow::bail!("storage.postgres_shared needs storage.engine = \"postgres\"");
         }
         ruma::ServerName::parse(&self.server_name)
             .map_err(|e| anyhow::anyhow!("server_name {:?} is invalid: {e}", self.server_name))?;

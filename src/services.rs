@@ -297,6 +297,12 @@ impl Services {
             StorageEngine::Sled => {
                 Storage::open_sled(&config.data_dir, config.storage.cache_capacity_mb << 20)?
             }
+            StorageEngine::Postgres if config.storage.postgres_shared => {
+                Storage::open_postgres_shared(
+                    &config.storage.postgres_url,
+                    config.storage.postgres_pool_size,
+                )?
+            }
             StorageEngine::Postgres => Storage::open_postgres(
                 &config.storage.postgres_url,
                 config.storage.postgres_pool_size,

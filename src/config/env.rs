@@ -176,6 +176,9 @@ impl Config {
         if let Some(v) = lookup("MYELIN_STORAGE_POSTGRES_URL") {
             self.storage.postgres_url = v;
         }
+        if let Some(v) = lookup("MYELIN_STORAGE_POSTGRES_SHARED") {
+            self.storage.postgres_shared = boolean("MYELIN_STORAGE_POSTGRES_SHARED", &v)?;
+        }
         Ok(())
     }
 }
