@@ -59,6 +59,15 @@ pub trait Engine: Send + Sync + 'static {
             "counted commits are for databases shared by several processes",
         ))
     }
+    /// Waits for and takes the lock named `name` that processes sharing the database
+    /// contend for (a room's appends); it is released when the returned guard is dropped,
+    /// or when this process dies. Blocks. Only engines that can be shared implement it.
+    fn lock(&self, name: i64) -> Result<Box<dyn Send + Sync>> {
+        let _ = name;
+        Err(crate::Error::internal(
+            "database locks are for databases shared by several processes",
+        ))
+    }
     /// Atomically replaces `key`'s value if it is `old`; returns whether it did.
     fn compare_and_swap(
         &self,

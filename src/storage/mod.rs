@@ -370,6 +370,13 @@ impl Storage {
         number
     }
 
+    /// Waits for and takes the database lock named `name`, which other processes sharing
+    /// the database contend for; released when the guard is dropped (or the process
+    /// dies). Blocks. Only for a shared database.
+    pub fn lock(&self, name: i64) -> Result<Box<dyn Send + Sync>> {
+        self.engine.lock(name)
+    }
+
     /// Applies a batch atomically; visible at once, durable after the next flush.
     pub fn commit(&self, batch: Batch) -> Result<()> {
         if batch.is_empty() {

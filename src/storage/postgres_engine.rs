@@ -89,6 +89,41 @@ pub struct PostgresEngine {
     /// a draw holds its connection while the caller fills the batch, so draws never wait
     /// for (or starve) the pool that reads go through.
     counters: Mutex<HashMap<Vec<u8>, mpsc::Sender<Job>>>,
+    /// Idle connections for [`Engine::lock`]: a held lock keeps its session (and so its
+    /// connection) until released.
+    lockers: Arc<Mutex<Vec<mpsc::Sender<Job>>>>,
+}
+
+/// A held database lock: unlocks on its session when dropped, which then serves the next
+/// lock.
+struct HeldLock {
+    name: i64,
+    session: Option<mpsc::Sender<Job>>,
+    idle: Arc<Mutex<Vec<mpsc::Sender<Job>>>>,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        let name = self.name;
+        let unlock: Job = Box::new(move |conn| {
+            if let Err(e) = conn
+                .client
+                .execute("SELECT pg_advisory_unlock($1)", &[&name])
+            {
+                tracing::error!(error = %e, "releasing a database lock");
+            }
+        });
+        // The session runs its jobs in order: whoever takes it next waits behind the unlock.
+        if session.send(unlock).is_ok() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(session);
+        }
+    }
 }
 
 /// The change feed of an engine that shares its database.
@@ -252,6 +287,7 @@ impl PostgresEngine {
             shared,
             url: url.to_owned(),
             counters: Mutex::default(),
+            lockers: Arc::default(),
         };
         engine.run(|conn| conn.client.batch_execute(SCHEMA).map_err(pg))?;
         Ok(engine)
@@ -265,6 +301,22 @@ impl PostgresEngine {
             shared.process,
             keys.map(Vec::as_slice),
         ))
+    }
+
+    /// A connection's thread of its own (counters, locks).
+    fn dedicated(&self, name: &str) -> Result<mpsc::Sender<Job>> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let url = self.url.clone();
+        let receiver = Arc::new(Mutex::new(receiver));
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || worker(&url, receiver, ready_tx))
+            .map_err(|e| Error::Storage(format!("starting a database thread: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| Error::Storage("a database thread ended while connecting".into()))??;
+        Ok(sender)
     }
 
     /// Hands `work` to the connection kept for `counter`, opening it on first use.
@@ -281,17 +333,7 @@ impl PostgresEngine {
         let sender = match counters.get(counter) {
             Some(sender) => sender.clone(),
             None => {
-                let (sender, receiver) = mpsc::channel::<Job>();
-                let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-                let url = self.url.clone();
-                let receiver = Arc::new(Mutex::new(receiver));
-                thread::Builder::new()
-                    .name("myelin-pg-counter".into())
-                    .spawn(move || worker(&url, receiver, ready_tx))
-                    .map_err(|e| Error::Storage(format!("starting a database thread: {e}")))?;
-                ready_rx.recv().map_err(|_| {
-                    Error::Storage("a database thread ended while connecting".into())
-                })??;
+                let sender = self.dedicated("myelin-pg-counter")?;
                 counters.insert(counter.to_vec(), sender.clone());
                 sender
             }
@@ -570,6 +612,33 @@ impl Engine for PostgresEngine {
             writes.write(&mut tx, &statements, notice.as_deref())?;
             tx.commit().map_err(pg)
         })
+    }
+
+    fn lock(&self, name: i64) -> Result<Box<dyn Send + Sync>> {
+        let idle = self.lockers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let session = match idle {
+            Some(session) => session,
+            None => self.dedicated("myelin-pg-lock")?,
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |conn| {
+            let locked = conn
+                .client
+                .execute("SELECT pg_advisory_lock($1)", &[&name])
+                .map(|_| ())
+                .map_err(pg);
+            let _ = reply.send(locked);
+        });
+        session
+            .send(job)
+            .map_err(|_| Error::Storage("the database threads are gone".into()))?;
+        // A session whose lock failed is dropped with its connection: it may be broken.
+        wait(answer)?;
+        Ok(Box::new(HeldLock {
+            name,
+            session: Some(session),
+            idle: self.lockers.clone(),
+        }))
     }
 
     fn apply_counted(

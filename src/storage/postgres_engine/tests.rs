@@ -106,3 +106,34 @@ fn data_survives_a_new_connection_and_cas_is_atomic() {
     assert!(engine.compare_and_swap(b"k", Some(b"v"), None).unwrap());
     assert_eq!(engine.get(b"k").unwrap(), None);
 }
+
+#[test]
+fn a_database_lock_holds_other_processes_until_dropped() {
+    let url = test_database();
+    let changes = || Arc::new(RemoteChanges::default());
+    let a = PostgresEngine::connect_shared(&url, 1, changes()).unwrap();
+    let b = Arc::new(PostgresEngine::connect_shared(&url, 1, changes()).unwrap());
+    let held = a.lock(42).unwrap();
+    // Another name is free.
+    drop(b.lock(43).unwrap());
+    let (taken_tx, taken_rx) = mpsc::channel();
+    let waiter = {
+        let b = b.clone();
+        thread::spawn(move || {
+            let guard = b.lock(42).unwrap();
+            taken_tx.send(()).unwrap();
+            drop(guard);
+        })
+    };
+    assert!(taken_rx
+        .recv_timeout(std::time::Duration::from_millis(300))
+        .is_err());
+    drop(held);
+    taken_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    waiter.join().unwrap();
+    // Sessions are reused: the lock is free again and taken at once.
+    drop(a.lock(42).unwrap());
+    drop(b.lock(42).unwrap());
+}
