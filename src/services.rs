@@ -131,6 +131,7 @@ impl Services {
             notifier.clone(),
             policies,
         )?);
+        rooms.follow_other_processes()?;
         rooms.build_relation_index()?;
         let registrations: Vec<_> =
             crate::appservice::load_registrations(&config.appservices, &config.server_name)
@@ -272,9 +273,49 @@ impl Services {
     }
 
     /// Starts the background tasks (push delivery, delayed events that came due while
-    /// the server was down); call once inside the runtime.
-    pub fn start_background(&self) {
+    /// the server was down); call once inside the runtime. On a database shared with
+    /// other processes, the work done once for the cluster (the pipeline's cluster
+    /// consumers and every task below) runs on the holder of the `leader` lease: this
+    /// process waits for it, and should it ever lose the lease (its renewals failed for
+    /// longer than the lease lasts), it exits rather than run that work twice.
+    pub fn start_background(self: &Arc<Self>) {
+        self.rooms.start_publication();
         self.pipeline.start();
+        if !self.storage.is_shared() {
+            self.start_cluster_work();
+            return;
+        }
+        let services = self.clone();
+        tokio::spawn(async move {
+            let leases = Arc::new(crate::storage::lease::Leases::new(
+                services.storage.clone(),
+                LEADER_LEASE,
+                false,
+            ));
+            let guard = loop {
+                match leases.hold("leader").await {
+                    Ok(guard) => break guard,
+                    Err(e) => {
+                        tracing::error!(error = %e, "waiting for the leader lease");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            tracing::info!("this process leads: it runs the cluster's background work");
+            if let Err(e) = services.pipeline.start_cluster() {
+                tracing::error!(error = %e, "starting the pipeline's cluster consumers");
+                std::process::exit(1);
+            }
+            services.start_cluster_work();
+            let mut lost = guard.lost();
+            let _ = lost.wait_for(|lost| *lost).await;
+            tracing::error!("the leader lease was lost: exiting so that one process leads");
+            std::process::exit(1);
+        });
+    }
+
+    /// The background work that runs once for the cluster (every time on one process).
+    fn start_cluster_work(&self) {
         self.push.start_delivery();
         self.rtc.start_delayed_events();
         self.media.start_retention();
@@ -336,3 +377,7 @@ impl Services {
         Services::build(config, Storage::in_memory(), ServerKeys::generate()?)
     }
 }
+
+/// How long the leader's lease lasts without renewal (renewed every third of it): how
+/// long the cluster's background work waits after its leader dies.
+const LEADER_LEASE: std::time::Duration = std::time::Duration::from_secs(6);

@@ -25,6 +25,14 @@
 //! retried with backoff without holding up the consumers that do not depend on it.
 //! Consumers that readers do not wait for (application services, delivery receipts) are
 //! registered without `after` on the gating chain.
+//!
+//! When several processes share the database, a consumer's [`Scope`] says where it runs:
+//! most run once for the whole cluster, on the process holding the `leader` lease
+//! ([`Pipeline::start_cluster`]), and commit their position every round; the sync notifier
+//! runs in every process (each wakes its own long polls) from the position where the
+//! process started, kept in memory. Another process's consumer positions reach this one
+//! through the change feed, so a local consumer that waits for one of them moves on
+//! when it does.
 
 mod wake;
 
@@ -86,10 +94,24 @@ impl Checkpoint {
     }
 }
 
+/// Where a consumer runs when several processes share the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Once for the cluster, on the leader.
+    Cluster,
+    /// In every process (its position is not stored).
+    Process,
+}
+
 /// Work that follows every durable event, in stream order.
 pub trait EventConsumer: Send + Sync + 'static {
     /// A stable name: the key of the consumer's durable position.
     fn name(&self) -> &'static str;
+
+    /// Where it runs on a shared database (once for the cluster unless it says so).
+    fn scope(&self) -> Scope {
+        Scope::Cluster
+    }
 
     /// Handles a batch of events (oldest first, maybe empty when events were purged).
     /// `checkpoint` records the consumer's new position: commit it, atomically with the
@@ -121,6 +143,7 @@ pub struct Pipeline {
     rooms: Arc<RoomsService>,
     stages: Vec<Stage>,
     started: std::sync::Once,
+    cluster_started: std::sync::Once,
 }
 
 /// Builds a [`Pipeline`] in order.
@@ -146,7 +169,54 @@ impl PipelineBuilder {
             ),
             None => None,
         };
-        let start = self.pipeline.load_position(consumer.name())?;
+        let shared = self.pipeline.storage.is_shared();
+        if shared && consumer.scope() == Scope::Cluster {
+            // Its progress on the leader, as the leader commits it.
+            let key = Pipeline::position_key(consumer.name());
+            let meta = self.pipeline.storage.trees.meta.downgrade();
+            let progress = watch::Sender::new(0);
+            let follow = progress.clone();
+            self.pipeline.storage.on_remote_position(
+                &self.pipeline.storage.trees.meta,
+                move |changed| {
+                    let touched = match changed {
+                        crate::storage::Changed::Keys(keys) => keys.contains(&key.as_slice()),
+                        crate::storage::Changed::All => true,
+                    };
+                    if let (true, Some(Ok(Some(v)))) = (touched, meta.get(&key)) {
+                        if let Some(pos) = keys::leading_u64(&v) {
+                            follow.send_if_modified(|p| {
+                                let advance = pos > *p;
+                                if advance {
+                                    *p = pos;
+                                }
+                                advance
+                            });
+                        }
+                    }
+                },
+            );
+            let start = self.pipeline.load_position(consumer.name())?;
+            progress.send_if_modified(|p| {
+                let advance = start > *p;
+                if advance {
+                    *p = start;
+                }
+                advance
+            });
+            self.pipeline.stages.push(Stage {
+                consumer,
+                after,
+                progress,
+            });
+            return Ok(self);
+        }
+        let start = if shared {
+            // Every process starts from what is stored when it starts, all of it visible.
+            self.pipeline.rooms.applied_pos()
+        } else {
+            self.pipeline.load_position(consumer.name())?
+        };
         self.pipeline.stages.push(Stage {
             consumer,
             after,
@@ -170,6 +240,7 @@ impl Pipeline {
                 rooms,
                 stages: Vec::new(),
                 started: std::sync::Once::new(),
+                cluster_started: std::sync::Once::new(),
             },
         }
     }
@@ -196,16 +267,49 @@ impl Pipeline {
             .collect()
     }
 
-    /// Starts one task per consumer (once; needs a runtime).
+    /// Starts one task per consumer (once; needs a runtime) — on a shared database, per
+    /// process consumers only (see [`Pipeline::start_cluster`]).
     pub fn start(self: &Arc<Self>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
+        let shared = self.storage.is_shared();
         self.started.call_once(|| {
-            for index in 0..self.stages.len() {
-                tokio::spawn(run_stage(Arc::downgrade(self), index));
+            for (index, stage) in self.stages.iter().enumerate() {
+                if !shared || stage.consumer.scope() == Scope::Process {
+                    tokio::spawn(run_stage(Arc::downgrade(self), index));
+                }
             }
         });
+    }
+
+    /// On a shared database, starts the consumers that run once for the cluster (once;
+    /// the leader calls it): each from its stored position, which an earlier leader may
+    /// have moved.
+    pub fn start_cluster(self: &Arc<Self>) -> Result<()> {
+        if !self.storage.is_shared() || tokio::runtime::Handle::try_current().is_err() {
+            return Ok(());
+        }
+        for stage in &self.stages {
+            if stage.consumer.scope() == Scope::Cluster {
+                let stored = self.load_position(stage.consumer.name())?;
+                stage.progress.send_if_modified(|p| {
+                    let advance = stored > *p;
+                    if advance {
+                        *p = stored;
+                    }
+                    advance
+                });
+            }
+        }
+        self.cluster_started.call_once(|| {
+            for (index, stage) in self.stages.iter().enumerate() {
+                if stage.consumer.scope() == Scope::Cluster {
+                    tokio::spawn(run_stage(Arc::downgrade(self), index));
+                }
+            }
+        });
+        Ok(())
     }
 }
 
@@ -217,6 +321,13 @@ async fn run_stage(pipeline: std::sync::Weak<Pipeline>, index: usize) {
     };
     let stage = &p.stages[index];
     let name = stage.consumer.name();
+    // On a shared database, other processes wait for a cluster consumer's stored
+    // position: store it every round; a per-process consumer's is never stored.
+    let (lazy, stores) = match (p.storage.is_shared(), stage.consumer.scope()) {
+        (false, _) => (LAZY_POSITION, true),
+        (true, Scope::Cluster) => (Duration::ZERO, true),
+        (true, Scope::Process) => (Duration::ZERO, false),
+    };
     let mut durable = p.rooms.durable_positions();
     let mut before = stage.after.map(|i| p.stages[i].progress.subscribe());
     let mut cursor = *stage.progress.borrow();
@@ -275,7 +386,7 @@ async fn run_stage(pipeline: std::sync::Weak<Pipeline>, index: usize) {
                 };
                 match handled {
                     Ok(()) if skipped.load(std::sync::atomic::Ordering::Acquire) => {
-                        if stored.1.elapsed() >= LAZY_POSITION && stored.0 != end {
+                        if stores && stored.1.elapsed() >= lazy && stored.0 != end {
                             let mut batch = Batch::new();
                             batch.insert(
                                 &p.storage.trees.meta,

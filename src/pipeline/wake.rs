@@ -66,6 +66,11 @@ impl EventConsumer for SyncNotifier {
         "sync_notifier"
     }
 
+    /// Every process wakes its own long polls.
+    fn scope(&self) -> super::Scope {
+        super::Scope::Process
+    }
+
     fn consume<'a>(
         &'a self,
         events: &'a [Appended],

@@ -248,71 +248,93 @@ impl RoomsService {
 
         let pos = {
             let mut last = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-            let pos = *last + 1;
-            batch.insert_json(
-                &trees.pdus,
-                event_id.as_bytes(),
-                &StoredPdu { pos, pdu: object },
-            )?;
-            batch.insert(&trees.stream, &pos.to_be_bytes(), room_id.as_bytes());
-            batch.insert(
-                &trees.room_timeline,
-                &keys::KeyBuilder::new()
-                    .str(room_id.as_str())
-                    .u64(pos)
-                    .build(),
-                event_id.as_bytes(),
-            );
-            if let Some((parent, rel_type)) = relation_in(&event.content) {
-                let relation = Relation {
-                    room: room_id,
-                    pos,
-                    event_id: &event_id,
-                    sender,
-                    parent: &parent,
-                    rel_type: &rel_type,
-                };
-                index.add(&mut batch, &relation)?;
-            }
-            let related = index.parents().to_vec();
-            index.write(&mut batch)?;
-            if let Some(state_key) = &event.state_key {
-                let base = keys::KeyBuilder::new()
-                    .str(room_id.as_str())
-                    .str(&event.kind)
-                    .str(state_key);
+            // The writes that depend on the event's position.
+            let write = |pos: u64, batch: &mut Batch| -> Result<_> {
+                batch.insert_json(
+                    &trees.pdus,
+                    event_id.as_bytes(),
+                    &StoredPdu { pos, pdu: object },
+                )?;
+                batch.insert(&trees.stream, &pos.to_be_bytes(), room_id.as_bytes());
                 batch.insert(
-                    &trees.room_state,
-                    &base.clone().build(),
+                    &trees.room_timeline,
+                    &keys::KeyBuilder::new()
+                        .str(room_id.as_str())
+                        .u64(pos)
+                        .build(),
                     event_id.as_bytes(),
                 );
-                batch.insert(
-                    &trees.room_state_history,
-                    &base.u64(pos).build(),
-                    event_id.as_bytes(),
-                );
-            }
-            if let Some((user, m)) = &membership {
-                let key = keys::strs(&[user.as_str(), room_id.as_str()]);
-                // `joined`: whether the user was ever joined, which decides what history a
-                // departed user may still read.
-                let was_joined = *m == Membership::Join
-                    || trees
-                        .user_rooms
-                        .get_json::<serde_json::Value>(&key)?
-                        .is_some_and(|r| r["joined"] == true);
-                let record = serde_json::json!({
-                    "membership": m.as_str(), "pos": pos, "event_id": event_id, "joined": was_joined,
-                });
-                batch.insert_json(&trees.user_rooms, &key, &record)?;
-                if *m == Membership::Join {
-                    batch.remove(
-                        &trees.forgotten,
-                        &keys::strs(&[user.as_str(), room_id.as_str()]),
+                if let Some((parent, rel_type)) = relation_in(&event.content) {
+                    let relation = Relation {
+                        room: room_id,
+                        pos,
+                        event_id: &event_id,
+                        sender,
+                        parent: &parent,
+                        rel_type: &rel_type,
+                    };
+                    index.add(batch, &relation)?;
+                }
+                let related = index.parents().to_vec();
+                index.write(batch)?;
+                if let Some(state_key) = &event.state_key {
+                    let base = keys::KeyBuilder::new()
+                        .str(room_id.as_str())
+                        .str(&event.kind)
+                        .str(state_key);
+                    batch.insert(
+                        &trees.room_state,
+                        &base.clone().build(),
+                        event_id.as_bytes(),
+                    );
+                    batch.insert(
+                        &trees.room_state_history,
+                        &base.u64(pos).build(),
+                        event_id.as_bytes(),
                     );
                 }
-            }
-            self.storage.commit(batch)?;
+                if let Some((user, m)) = &membership {
+                    let key = keys::strs(&[user.as_str(), room_id.as_str()]);
+                    // `joined`: whether the user was ever joined, which decides what history a
+                    // departed user may still read.
+                    let was_joined = *m == Membership::Join
+                        || trees
+                            .user_rooms
+                            .get_json::<serde_json::Value>(&key)?
+                            .is_some_and(|r| r["joined"] == true);
+                    let record = serde_json::json!({
+                        "membership": m.as_str(), "pos": pos, "event_id": event_id, "joined": was_joined,
+                    });
+                    batch.insert_json(&trees.user_rooms, &key, &record)?;
+                    if *m == Membership::Join {
+                        batch.remove(
+                            &trees.forgotten,
+                            &keys::strs(&[user.as_str(), room_id.as_str()]),
+                        );
+                    }
+                }
+                Ok(related)
+            };
+            let (pos, related) = if self.storage.is_shared() {
+                // The position is drawn in the database, after every other process's
+                // event before it has committed (see `cluster`).
+                let mut related = Vec::new();
+                let pos = self.storage.commit_counted(
+                    &trees.meta,
+                    super::cluster::TIMELINE_POS,
+                    |pos, shared| {
+                        std::mem::swap(shared, &mut batch);
+                        related = write(pos, shared)?;
+                        Ok(())
+                    },
+                )?;
+                (pos, related)
+            } else {
+                let pos = *last + 1;
+                let related = write(pos, &mut batch)?;
+                self.storage.commit(batch)?;
+                (pos, related)
+            };
             self.relation_types_cache.forget(&related);
             metrics::counter!(crate::metrics::EVENTS_APPENDED).increment(1);
             if let Some((user, m)) = &membership {
@@ -332,8 +354,12 @@ impl RoomsService {
                 self.members.set(room_id, user, *m);
             }
             self.pdu_cache_put(&event_id, pos, Arc::new(pdu));
-            *last = pos;
-            self.publication.applied(pos, &self.storage);
+            *last = (*last).max(pos);
+            if self.storage.is_shared() {
+                self.publication.committed(pos, &self.storage);
+            } else {
+                self.publication.applied(pos, &self.storage);
+            }
             pos
         };
         tracing::debug!(%event_id, pos, "event appended");
@@ -516,6 +542,13 @@ impl RoomsService {
     /// The newest event of a room.
     /// Id and depth of the room's newest event: from memory, else from storage.
     fn room_tip(&self, room_id: &RoomId) -> Result<Option<(OwnedEventId, u64)>> {
+        // On a shared database another process may have appended since: read it under
+        // the room's lock, from storage.
+        if self.storage.is_shared() {
+            return Ok(self
+                .last_event(room_id)?
+                .map(|pdu| (pdu.event_id.clone(), pdu.depth)));
+        }
         if let Some(tip) = self
             .tips
             .lock()

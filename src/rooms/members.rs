@@ -114,9 +114,10 @@ pub type UserRooms = Arc<Vec<(OwnedRoomId, Membership, u64)>>;
 /// Per-room membership cache.
 #[derive(Default)]
 pub(super) struct MembersCache {
-    /// The timeline position when the service started: every membership event before it
-    /// is at or below it.
-    started_at: u64,
+    /// The timeline position when the service started (or, on a shared database, when it
+    /// last lost track of other processes' changes): every membership event of a room
+    /// missing from `changed_at` is at or below it.
+    started_at: std::sync::atomic::AtomicU64,
     /// The position of the newest membership event of each room changed since start.
     changed_at: Mutex<HashMap<OwnedRoomId, u64>>,
     rooms: RwLock<HashMap<OwnedRoomId, Arc<RoomMembers>>>,
@@ -130,9 +131,22 @@ impl MembersCache {
     /// An empty cache for a service started at timeline position `started_at`.
     pub(super) fn new(started_at: u64) -> MembersCache {
         MembersCache {
-            started_at,
+            started_at: started_at.into(),
             ..MembersCache::default()
         }
+    }
+
+    /// Forgets everything, as if started at timeline position `last` (another process's
+    /// changes may have been missed).
+    pub(super) fn reset(&self, last: u64) {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let mut user_rooms = self.user_rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = self.changed_at.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.clear();
+        user_rooms.clear();
+        changed.clear();
+        self.started_at
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Records a membership change of a cached room (uncached rooms load on next use).
@@ -304,7 +318,11 @@ impl RoomsService {
             .unwrap_or_else(|e| e.into_inner())
             .get(room_id)
             .copied()
-            .unwrap_or(self.members.started_at);
+            .unwrap_or_else(|| {
+                self.members
+                    .started_at
+                    .load(std::sync::atomic::Ordering::Acquire)
+            });
         last > since
     }
 

@@ -7,6 +7,7 @@ mod aggregations;
 mod alias;
 mod append;
 mod block;
+mod cluster;
 mod create;
 mod delivered;
 mod ephemeral;
@@ -84,6 +85,8 @@ pub struct RoomGuard {
     /// through (see [`kinds::ServerAction`]). Only code inside `rooms` sets it: no
     /// client request can carry it.
     server_action: Option<kinds::ServerAction>,
+    /// The room's database lock, when other processes share the database.
+    _shared: Option<Box<dyn Send + Sync>>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -152,6 +155,9 @@ impl RoomsService {
             .and_then(|(k, _)| crate::storage::keys::leading_u64(&k))
             .unwrap_or(0)
             .max(purge::stream_floor(&storage)?);
+        if storage.is_shared() {
+            cluster::seed_timeline_counter(&storage, last)?;
+        }
         let ephemeral_pos = StreamPosition::load(&storage, b"ephemeral_pos")?;
         let wipes = wipe::Wipes::load(&storage)?;
         Ok(RoomsService {
@@ -175,16 +181,38 @@ impl RoomsService {
         })
     }
 
-    /// Takes the room's lock.
+    /// Takes the room's lock (and, on a database shared with other processes, the room's
+    /// database lock: appends of one room serialise across processes).
     pub async fn lock(&self, room_id: &RoomId) -> RoomGuard {
         let mutex = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
             locks.entry(room_id.to_owned()).or_default().clone()
         };
+        let guard = mutex.lock_owned().await;
+        let mut shared = None;
+        while self.storage.is_shared() {
+            let storage = self.storage.clone();
+            let name = cluster::room_lock_name(room_id);
+            // Waiting for another process must not hold up this runtime's threads. No
+            // append goes ahead without the lock: while the database cannot be reached,
+            // ask again.
+            match tokio::task::spawn_blocking(move || storage.lock(name)).await {
+                Ok(Ok(held)) => {
+                    shared = Some(held);
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, %room_id, "taking a room's database lock")
+                }
+                Err(e) => tracing::error!(error = %e, %room_id, "taking a room's database lock"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
         RoomGuard {
             room_id: room_id.to_owned(),
             server_action: None,
-            _guard: mutex.lock_owned().await,
+            _shared: shared,
+            _guard: guard,
         }
     }
 

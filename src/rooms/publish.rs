@@ -10,7 +10,7 @@
 //! published until the hold is dropped.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, Once, Weak,
@@ -28,6 +28,11 @@ pub(super) struct Publication {
     applied: AtomicU64,
     /// First position of each operation still writing, with how many hold it.
     holds: Mutex<BTreeMap<u64, usize>>,
+    /// On a database shared with other processes: positions committed (here or by
+    /// another process, as the change feed announced them) beyond `applied`, which
+    /// moves only over an unbroken run — a position becomes readable here only once this
+    /// process has taken in every event before it.
+    ahead: Mutex<BTreeSet<u64>>,
     /// Wakes the publisher task.
     wake: Notify,
     /// Every position up to this one is on disk.
@@ -69,6 +74,7 @@ impl Publication {
         Arc::new(Publication {
             applied: AtomicU64::new(last),
             holds: Mutex::default(),
+            ahead: Mutex::default(),
             wake: Notify::new(),
             durable: watch::Sender::new(last),
             visible: watch::Sender::new(last),
@@ -80,6 +86,24 @@ impl Publication {
     /// Records a newly applied position (called with the stream lock held, in order).
     pub(super) fn applied(self: &Arc<Self>, pos: u64, storage: &Arc<Storage>) {
         self.applied.store(pos, Ordering::Release);
+        self.start(storage);
+        self.wake.notify_one();
+    }
+
+    /// Records a position committed on a shared database, by this process or another:
+    /// `applied` moves over every position known without a gap.
+    pub(super) fn committed(self: &Arc<Self>, pos: u64, storage: &Arc<Storage>) {
+        let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut applied = self.applied.load(Ordering::Acquire);
+        if pos <= applied {
+            return;
+        }
+        ahead.insert(pos);
+        while ahead.remove(&(applied + 1)) {
+            applied += 1;
+        }
+        self.applied.store(applied, Ordering::Release);
+        drop(ahead);
         self.start(storage);
         self.wake.notify_one();
     }
@@ -146,6 +170,12 @@ impl RoomsService {
     /// has been handled by the consumers readers depend on.
     pub fn current_pos(&self) -> u64 {
         *self.publication.visible.borrow()
+    }
+
+    /// Starts publishing (needs a runtime; appends and waits start it too). A process on
+    /// a shared database may see only other processes' events: it starts at once.
+    pub fn start_publication(&self) {
+        self.publication.start(&self.storage);
     }
 
     /// The last applied timeline position (maybe not yet durable or visible).

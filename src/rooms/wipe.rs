@@ -42,6 +42,12 @@ impl Wipes {
             .contains(key)
     }
 
+    /// Takes the keys of `other` (re-read from storage).
+    pub(super) fn replace(&self, other: Wipes) {
+        let known = other.0.into_inner().unwrap_or_else(|e| e.into_inner());
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = known;
+    }
+
     fn insert(&self, key: Vec<u8>) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
     }

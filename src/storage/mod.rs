@@ -30,6 +30,10 @@ pub use self::{
 };
 use crate::Result;
 
+/// A new database on the test PostgreSQL server (see [`postgres_engine::test_database`]).
+#[cfg(test)]
+pub(crate) use postgres_engine::test_database;
+
 /// Version of the on-disk layout, recorded in the data dir.
 pub const FORMAT_VERSION: u64 = 1;
 

