@@ -147,6 +147,59 @@ async fn two_processes_serve_one_server() -> anyhow::Result<()> {
     }
     assert_eq!(seen, on_b[5..].to_vec());
 
+    // Typing on A and a read receipt on B reach the other process's long polls.
+    let now = bob.sync("timeout=0").await?;
+    let bob_since = now["next_batch"].as_str().unwrap_or_default().to_owned();
+    let poll = {
+        let bob = bob.clone();
+        tokio::spawn(async move { bob.sync(&format!("since={bob_since}&timeout=20000")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice
+        .put(
+            &format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
+            json!({"typing": true, "timeout": 30000}),
+        )
+        .await?
+        .ok()?;
+    let sync = tokio::time::timeout(Duration::from_secs(15), poll).await???;
+    let typing = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
+    assert!(
+        typing.to_string().contains(&alice.user_id) && typing.to_string().contains("m.typing"),
+        "{sync}"
+    );
+    let now = alice.sync("timeout=0").await?;
+    let alice_since = now["next_batch"].as_str().unwrap_or_default().to_owned();
+    let poll = {
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            alice
+                .sync(&format!("since={alice_since}&timeout=20000"))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let latest = alice
+        .get(&format!("/rooms/{}/messages?dir=b&limit=1", enc(&room)))
+        .await?
+        .ok()?;
+    let latest = latest["chunk"][0]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    bob.post(
+        &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&latest)),
+        json!({}),
+    )
+    .await?
+    .ok()?;
+    let sync = tokio::time::timeout(Duration::from_secs(15), poll).await???;
+    let receipts = sync["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
+    assert!(
+        receipts.contains("m.receipt") && receipts.contains(&bob.user_id),
+        "{sync}"
+    );
+
     // kill -9 of A: B serves every acknowledged event and keeps serving.
     a.kill9()?;
     assert_eq!(history(&bob, &room).await?, on_b);

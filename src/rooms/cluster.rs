@@ -66,6 +66,13 @@ fn user_room_key(key: &[u8]) -> Option<(OwnedUserId, OwnedRoomId)> {
     Some((user, room))
 }
 
+/// The room and position of a `receipts_log` key (`room_id, pos, index`).
+fn receipt_log_key(key: &[u8]) -> Option<(OwnedRoomId, u64)> {
+    let end = key.iter().position(|b| *b == 0xFF)?;
+    let room = OwnedRoomId::try_from(std::str::from_utf8(&key[..end]).ok()?).ok()?;
+    Some((room, keys::leading_u64(key.get(end + 1..)?)?))
+}
+
 /// The room of a `room_timeline` key (`room_id, pos`).
 fn timeline_room(key: &[u8]) -> Option<OwnedRoomId> {
     let end = key.iter().position(|b| *b == 0xFF)?;
@@ -99,6 +106,13 @@ impl RoomsService {
             on(|rooms, _| rooms.relation_types_cache.clear()),
         );
         storage.on_remote_position(&trees.stream, on(RoomsService::remote_positions));
+        storage.on_remote_change(&trees.receipts_log, on(RoomsService::remote_receipts));
+        storage.on_remote_position(&trees.receipts_log, on(RoomsService::remote_ephemeral_wake));
+        storage.on_remote_change(&trees.typing, on(RoomsService::remote_typings));
+        storage.on_remote_position(
+            &trees.typing,
+            on(RoomsService::remote_ephemeral_wake_typing),
+        );
         // Whatever was committed between reading the last position and now.
         self.remote_positions(Changed::All);
         Ok(())
@@ -209,6 +223,91 @@ impl RoomsService {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Another process stored receipts: index their rooms for ephemeral readers.
+    fn remote_receipts(&self, changed: Changed<'_>) {
+        match changed {
+            Changed::Keys(keys) => {
+                for (room, pos) in keys.iter().filter_map(|k| receipt_log_key(k)) {
+                    self.remote_receipt(room, pos);
+                }
+            }
+            Changed::All => {
+                // Receipts of the latest positions, read back.
+                let after = self.current_ephemeral_pos().saturating_sub(1_000);
+                for kv in self.storage.trees.receipts_log.scan_prefix(&[]) {
+                    let Ok((k, _)) = kv else {
+                        break;
+                    };
+                    if let Some((room, pos)) = receipt_log_key(&k) {
+                        if pos > after {
+                            self.remote_receipt(room, pos);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Another process changed who types: take it in.
+    fn remote_typings(&self, changed: Changed<'_>) {
+        let Changed::Keys(keys) = changed else {
+            for kv in self.storage.trees.typing.scan_prefix(&[]) {
+                let Ok((k, v)) = kv else {
+                    break;
+                };
+                if let Ok(record) = serde_json::from_slice::<Value>(&v) {
+                    self.remote_typing(&k, &record);
+                }
+            }
+            return;
+        };
+        for key in keys {
+            if let Ok(Some(record)) = self.storage.trees.typing.get_json::<Value>(key) {
+                self.remote_typing(key, &record);
+            }
+        }
+    }
+
+    /// After receipts from another process: their position, then the members' long polls.
+    fn remote_ephemeral_wake(&self, changed: Changed<'_>) {
+        let rooms: Vec<(OwnedRoomId, u64)> = match changed {
+            Changed::Keys(keys) => keys.iter().filter_map(|k| receipt_log_key(k)).collect(),
+            Changed::All => Vec::new(),
+        };
+        self.ephemeral_wake(rooms);
+    }
+
+    /// After typing from another process: its position, then the members' long polls.
+    fn remote_ephemeral_wake_typing(&self, changed: Changed<'_>) {
+        let Changed::Keys(keys) = changed else {
+            return;
+        };
+        let mut rooms = Vec::new();
+        for key in keys {
+            if let Ok(Some(record)) = self.storage.trees.typing.get_json::<Value>(key) {
+                let room = key
+                    .iter()
+                    .position(|b| *b == 0xFF)
+                    .and_then(|end| std::str::from_utf8(&key[..end]).ok())
+                    .and_then(|r| OwnedRoomId::try_from(r).ok());
+                if let (Some(room), Some(pos)) = (room, record["pos"].as_u64()) {
+                    rooms.push((room, pos));
+                }
+            }
+        }
+        self.ephemeral_wake(rooms);
+    }
+
+    fn ephemeral_wake(&self, rooms: Vec<(OwnedRoomId, u64)>) {
+        for (room, pos) in rooms {
+            self.ephemeral_pos.observe(pos);
+            match self.members(&room) {
+                Ok(members) => self.notifier.notify(members.joined()),
+                Err(e) => tracing::warn!(error = %e, %room, "waking a room's members"),
             }
         }
     }

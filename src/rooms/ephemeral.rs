@@ -58,6 +58,81 @@ impl RoomsService {
             .commit_next(&self.storage, |_, _| Ok(()), apply)
     }
 
+    /// Like [`Self::advance_ephemeral`] for a typing change, which on a shared database
+    /// is also written for the other processes (`until`: `None` when stopped).
+    fn advance_typing(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        until: Option<Instant>,
+        apply: impl FnOnce(u64),
+    ) -> Result<u64> {
+        if !self.storage.is_shared() {
+            return self.advance_ephemeral(apply);
+        }
+        let until_ms = until.map_or(0, |until| {
+            let left = until.saturating_duration_since(Instant::now());
+            u64::from(MilliSecondsSinceUnixEpoch::now().get()) + left.as_millis() as u64
+        });
+        self.ephemeral_pos.commit_next(
+            &self.storage,
+            |pos, batch| {
+                batch.insert_json(
+                    &self.storage.trees.typing,
+                    &keys::strs(&[room_id.as_str(), user.as_str()]),
+                    &json!({ "until_ms": until_ms, "pos": pos }),
+                )
+            },
+            apply,
+        )
+    }
+
+    /// Another process changed who types in a room (`key`: `room_id, user_id`; `record`:
+    /// `{until_ms, pos}`): apply it here; returns the room and position.
+    pub(super) fn remote_typing(&self, key: &[u8], record: &Value) -> Option<(OwnedRoomId, u64)> {
+        let mut parts = key.split(|b| *b == 0xFF);
+        let room = OwnedRoomId::try_from(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        let user = OwnedUserId::try_from(std::str::from_utf8(parts.next()?).ok()?).ok()?;
+        let pos = record["pos"].as_u64()?;
+        let until_ms = record["until_ms"].as_u64().unwrap_or(0);
+        let now_ms = u64::from(MilliSecondsSinceUnixEpoch::now().get());
+        let mut rooms = self.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = rooms.entry(room.clone()).or_default();
+        entry.0 = entry.0.max(pos);
+        if until_ms > now_ms {
+            let left = Duration::from_millis(until_ms - now_ms);
+            entry.1.insert(user, Instant::now() + left);
+        } else {
+            entry.1.remove(&user);
+        }
+        Some((room, pos))
+    }
+
+    /// Another process stored receipts in `room` at ephemeral position `pos`: remember
+    /// the room for readers after an earlier position.
+    pub(super) fn remote_receipt(&self, room: OwnedRoomId, pos: u64) {
+        let mut recent = self
+            .typing
+            .receipt_rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Kept in position order; another process's positions interleave with ours.
+        let at = recent.partition_point(|(p, _)| *p <= pos);
+        if recent
+            .iter()
+            .skip(at.saturating_sub(1))
+            .take(2)
+            .any(|(p, r)| *p == pos && *r == room)
+        {
+            return;
+        }
+        if recent.len() == RECENT_RECEIPTS {
+            recent.pop_front();
+        }
+        let at = recent.partition_point(|(p, _)| *p <= pos);
+        recent.insert(at, (pos, room));
+    }
+
     /// Sets or clears `user` typing in a room, for at most `timeout`.
     pub fn set_typing(
         self: &Arc<Self>,
@@ -67,7 +142,7 @@ impl RoomsService {
         timeout: Duration,
     ) -> Result<()> {
         let until = Instant::now() + timeout.min(Duration::from_secs(120));
-        self.advance_ephemeral(|pos| {
+        self.advance_typing(room_id, user, typing.then_some(until), |pos| {
             let mut rooms = self.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
             let entry = rooms.entry(room_id.to_owned()).or_default();
             entry.0 = pos;
@@ -105,7 +180,7 @@ impl RoomsService {
             }
             // Checked again under the position: a renewal meanwhile keeps the user typing.
             let mut expired = false;
-            let advanced = this.advance_ephemeral(|pos| {
+            let advanced = this.advance_typing(&room_id, &user, None, |pos| {
                 let mut rooms = this.typing.rooms.lock().unwrap_or_else(|e| e.into_inner());
                 if still_due(&rooms) {
                     if let Some(entry) = rooms.get_mut(&room_id) {

@@ -65,6 +65,13 @@ impl StreamPosition {
         Ok(StreamPosition { key, current, lock })
     }
 
+    /// Raises the position to `pos` if it is lower: another process's commit at `pos`
+    /// was taken in (its indexes are in place).
+    pub fn observe(&self, pos: u64) {
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.current.fetch_max(pos, Ordering::AcqRel);
+    }
+
     /// The newest position readers may see.
     pub fn current(&self) -> u64 {
         self.current.load(Ordering::Acquire)

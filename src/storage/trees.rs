@@ -117,6 +117,10 @@ trees! {
     receipts = 0x30,
     /// `room_id, pos(u64)` → `receipt_type, user_id, thread`: receipt change log for sync.
     receipts_log = 0x31,
+    /// `room_id, user_id` → JSON `{until_ms, pos}`: who types where, written only when
+    /// several processes share the database (each keeps typing in memory and learns of
+    /// the others' changes from this tree); `until_ms` 0: stopped.
+    typing = 0x32,
 
     // ---- end-to-end encryption (0x40-0x4F) ----
     /// `user_id, device_id` → device keys JSON as uploaded (without `unsigned`).
