@@ -172,6 +172,11 @@ impl RoomsService {
         *self.publication.visible.borrow()
     }
 
+    /// Whether other processes share the database (and so write to these rooms too).
+    pub fn is_shared(&self) -> bool {
+        self.storage.is_shared()
+    }
+
     /// Starts publishing (needs a runtime; appends and waits start it too). A process on
     /// a shared database may see only other processes' events: it starts at once.
     pub fn start_publication(&self) {

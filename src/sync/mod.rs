@@ -147,6 +147,8 @@ pub struct SyncService {
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 /// Longest long-poll we honour.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest a sync waits for this process to reach a token from another process.
+const CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Types shown to invitees and knockers.
 const STRIPPED_TYPES: &[&str] = &[
@@ -209,6 +211,9 @@ impl SyncService {
                 .touch_presence(user, req.set_presence.as_deref())?;
         }
         let deadline = tokio::time::Instant::now() + req.timeout.min(MAX_TIMEOUT);
+        if let Some(since) = since {
+            self.catch_up(since).await;
+        }
         let handle = self.notifier.handle(user);
         loop {
             let notified = handle.notified();
@@ -235,6 +240,31 @@ impl SyncService {
                 _ = &mut notified => continue,
                 _ = tokio::time::sleep_until(deadline) => return Ok(response),
             }
+        }
+    }
+
+    /// On a database shared with other processes, a token may come from a process that is
+    /// ahead of this one (its last sync went there): wait until this process has taken in
+    /// what the token covers — the other processes' commits arrive within milliseconds —
+    /// so that the answer does not go back in time or hand out messages again. Gives up
+    /// after [`CATCH_UP`].
+    async fn catch_up(&self, since: SyncToken) {
+        if !self.rooms.is_shared() {
+            return;
+        }
+        let ahead = |now: SyncToken| {
+            since.timeline > now.timeline
+                || since.ephemeral > now.ephemeral
+                || since.userdata > now.userdata
+                || since.e2ee > now.e2ee
+        };
+        let until = tokio::time::Instant::now() + CATCH_UP;
+        while ahead(self.current_token()) {
+            if tokio::time::Instant::now() >= until {
+                tracing::warn!(token = %since, "a sync token ahead of this process");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 
