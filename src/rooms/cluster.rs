@@ -106,6 +106,16 @@ impl RoomsService {
             on(|rooms, _| rooms.relation_types_cache.clear()),
         );
         storage.on_remote_position(&trees.stream, on(RoomsService::remote_positions));
+        storage.on_remote_change(
+            &trees.meta,
+            on(|rooms, changed| {
+                if let Changed::Keys(keys) = changed {
+                    for key in keys {
+                        rooms.remote_publication_hold(key);
+                    }
+                }
+            }),
+        );
         storage.on_remote_change(&trees.receipts_log, on(RoomsService::remote_receipts));
         storage.on_remote_position(&trees.receipts_log, on(RoomsService::remote_ephemeral_wake));
         storage.on_remote_change(&trees.typing, on(RoomsService::remote_typings));
@@ -409,6 +419,51 @@ mod tests {
             .unwrap()
             .unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn another_processs_publication_hold_is_honoured() {
+        let (a, b) = two_processes();
+        let alice = UserId::parse("@alice:localhost").unwrap();
+        let room = a
+            .rooms
+            .create_room(&alice, CreateRoom::default())
+            .await
+            .unwrap();
+        let created = a.rooms.current_pos();
+        let wait = std::time::Duration::from_secs(10);
+        tokio::time::timeout(wait, b.rooms.wait_visible(created))
+            .await
+            .unwrap()
+            .unwrap();
+
+        // B (not the leader: A started first) holds publication, as room creation does,
+        // and appends; A, whose pipeline runs the cluster's consumers, must wait for it.
+        let (a, b) = (b, a);
+        let hold = a.rooms.hold_publication();
+        let guard = a.rooms.lock(&room).await;
+        let content = json!({"msgtype": "m.text", "body": "held"});
+        let (_, pos) = a
+            .rooms
+            .append(&guard, &alice, NewEvent::message("m.room.message", content))
+            .unwrap();
+        drop(guard);
+        // B has taken the event in, and still does not show it.
+        let deadline = std::time::Instant::now() + wait;
+        while b.rooms.applied_pos() < pos {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            b.rooms.current_pos() < pos,
+            "published under another process's hold"
+        );
+        drop(hold);
+        tokio::time::timeout(wait, b.rooms.wait_visible(pos))
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

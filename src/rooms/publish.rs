@@ -10,7 +10,7 @@
 //! published until the hold is dropped.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, Once, Weak,
@@ -33,6 +33,10 @@ pub(super) struct Publication {
     /// moves only over an unbroken run — a position becomes readable here only once this
     /// process has taken in every event before it.
     ahead: Mutex<BTreeSet<u64>>,
+    /// Holds of other processes (their stored `publication_hold` keys): the first
+    /// position each keeps unpublished and when it arrived. One whose process died is
+    /// dropped after [`REMOTE_HOLD_LIMIT`].
+    remote_holds: Mutex<HashMap<Vec<u8>, (u64, std::time::Instant)>>,
     /// Wakes the publisher task.
     wake: Notify,
     /// Every position up to this one is on disk.
@@ -48,7 +52,16 @@ pub(super) struct Publication {
 pub struct PublicationHold {
     publication: Arc<Publication>,
     first: u64,
+    /// On a shared database, the stored hold that other processes honour too (its key),
+    /// removed with this one.
+    stored: Option<(Arc<Storage>, Vec<u8>)>,
 }
+
+/// The `meta` key prefix of stored publication holds.
+const HOLD_PREFIX: &str = "publication_hold";
+/// How long another process's hold is honoured at most (a room creation takes
+/// milliseconds; a process that died holding one leaves its key behind).
+const REMOTE_HOLD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Drop for PublicationHold {
     fn drop(&mut self) {
@@ -64,6 +77,13 @@ impl Drop for PublicationHold {
             }
         }
         drop(holds);
+        if let Some((storage, key)) = self.stored.take() {
+            let mut batch = crate::storage::Batch::new();
+            batch.remove(&storage.trees.meta, &key);
+            if let Err(e) = storage.commit(batch) {
+                tracing::error!(error = %e, "removing a stored publication hold");
+            }
+        }
         self.publication.wake.notify_one();
     }
 }
@@ -75,6 +95,7 @@ impl Publication {
             applied: AtomicU64::new(last),
             holds: Mutex::default(),
             ahead: Mutex::default(),
+            remote_holds: Mutex::default(),
             wake: Notify::new(),
             durable: watch::Sender::new(last),
             visible: watch::Sender::new(last),
@@ -108,12 +129,42 @@ impl Publication {
         self.wake.notify_one();
     }
 
+    /// Another process stored (`Some(first)`) or removed a publication hold.
+    pub(super) fn remote_hold(&self, key: &[u8], first: Option<u64>) {
+        let mut remote = self.remote_holds.lock().unwrap_or_else(|e| e.into_inner());
+        match first {
+            Some(first) => {
+                remote.insert(key.to_vec(), (first, std::time::Instant::now()));
+            }
+            None => {
+                remote.remove(key);
+            }
+        }
+        drop(remote);
+        self.wake.notify_one();
+    }
+
     /// The highest position that may be published now.
     fn publishable(&self) -> u64 {
         let applied = self.applied.load(Ordering::Acquire);
         let holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
-        match holds.keys().next() {
-            Some(&first) => applied.min(first.saturating_sub(1)),
+        let mut first = holds.keys().next().copied();
+        drop(holds);
+        let mut remote = self.remote_holds.lock().unwrap_or_else(|e| e.into_inner());
+        remote.retain(|_, (_, since)| {
+            let live = since.elapsed() < REMOTE_HOLD_LIMIT;
+            if !live {
+                tracing::warn!(
+                    "dropping another process's publication hold: it outlived its limit"
+                );
+            }
+            live
+        });
+        if let Some(remote_first) = remote.values().map(|(first, _)| *first).min() {
+            first = Some(first.map_or(remote_first, |f| f.min(remote_first)));
+        }
+        match first {
+            Some(first) => applied.min(first.saturating_sub(1)),
             None => applied,
         }
     }
@@ -138,7 +189,8 @@ async fn publisher(p: Arc<Publication>, storage: Weak<Storage>) {
         wake.as_mut().enable();
         let target = p.publishable();
         if target <= *p.durable.borrow() {
-            wake.await;
+            // Woken by every change; the periodic look drops holds of dead processes.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wake).await;
             continue;
         }
         let Some(s) = storage.upgrade() else {
@@ -234,7 +286,19 @@ impl RoomsService {
     /// readers see a multi-event operation whole.
     pub fn hold_publication(&self) -> PublicationHold {
         let last = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        let first = *last + 1;
+        let mut first = *last + 1;
+        let mut stored = None;
+        if self.storage.is_shared() {
+            // Every position drawn from now on is past the counter; other processes hold
+            // them too until this hold's key is gone.
+            match self.store_hold() {
+                Ok((counter_first, key)) => {
+                    first = first.max(counter_first);
+                    stored = Some((self.storage.clone(), key));
+                }
+                Err(e) => tracing::error!(error = %e, "storing a publication hold"),
+            }
+        }
         *self
             .publication
             .holds
@@ -246,6 +310,38 @@ impl RoomsService {
         PublicationHold {
             publication: self.publication.clone(),
             first,
+            stored,
         }
+    }
+
+    /// Stores a publication hold for other processes: its first position (one past the
+    /// timeline counter) and its key.
+    fn store_hold(&self) -> Result<(u64, Vec<u8>)> {
+        let meta = &self.storage.trees.meta;
+        let counter = meta
+            .get(super::cluster::TIMELINE_POS)?
+            .as_deref()
+            .and_then(crate::storage::keys::leading_u64)
+            .unwrap_or(0);
+        let first = counter + 1;
+        let key =
+            crate::storage::keys::strs(&[HOLD_PREFIX, &format!("{:016x}", rand::random::<u64>())]);
+        meta.insert(&key, &first.to_be_bytes())?;
+        Ok((first, key))
+    }
+
+    /// Another process stored or removed a publication hold (`key` in `meta`).
+    pub(super) fn remote_publication_hold(&self, key: &[u8]) {
+        if !key.starts_with(&crate::storage::keys::strs(&[HOLD_PREFIX])) {
+            return;
+        }
+        let first = match self.storage.trees.meta.get(key) {
+            Ok(value) => value.as_deref().and_then(crate::storage::keys::leading_u64),
+            Err(e) => {
+                tracing::error!(error = %e, "reading another process's publication hold");
+                return;
+            }
+        };
+        self.publication.remote_hold(key, first);
     }
 }
