@@ -252,7 +252,10 @@ impl RtcService {
             batch.insert(&trees.delayed_by_state, &k, b"");
         }
         self.storage.commit_durable(batch).await?;
-        self.start_delayed_events();
+        // On a shared database only the leader runs the timer; the change wakes it.
+        if !self.storage.is_shared() {
+            self.start_delayed_events();
+        }
         self.delayed.wake.notify_one();
         Ok(delay_id)
     }

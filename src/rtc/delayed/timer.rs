@@ -2,7 +2,10 @@
 //! claim goes stale) or until woken by a change, claims what is due and sends it. There is
 //! no polling loop.
 //!
-//! A process runs it from its start (scheduling an event starts it too).
+//! Alone on its database, a process runs it from its start (scheduling an event starts it
+//! too). On a database shared by several processes only the leader runs it: its start
+//! registers a wake-up for every change other processes make to the deadline index
+//! (events scheduled, restarted, cancelled or sent there).
 
 use std::{
     sync::{Arc, Weak},
@@ -30,12 +33,25 @@ fn earliest(next: Option<u64>, at: u64) -> Option<u64> {
 impl RtcService {
     /// Starts the timer task (once; needs a tokio runtime). Events that came due while
     /// no timer ran fire at once. `serve` calls it at start (admin commands on the same
-    /// data dir do not); scheduling an event calls it too.
+    /// data dir do not) — on a shared database, the leader only; scheduling an event calls
+    /// it too when the database is not shared.
     pub fn start_delayed_events(self: &Arc<Self>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         self.delayed.started.call_once(|| {
+            if self.storage.is_shared() {
+                // Before the timer's first read, so that no change goes unseen.
+                let wake = Arc::downgrade(&self.delayed.wake);
+                self.storage.on_remote_position(
+                    &self.storage.trees.delayed_by_deadline,
+                    move |_| {
+                        if let Some(wake) = wake.upgrade() {
+                            wake.notify_one();
+                        }
+                    },
+                );
+            }
             let weak = Arc::downgrade(self);
             let wake = self.delayed.wake.clone();
             tokio::spawn(run_timer(weak, wake));
