@@ -437,3 +437,6 @@ async fn a_restart_cut_short_does_not_fire_early() {
         0
     );
 }
+
+/// The same on PostgreSQL shared by two processes.
+mod shared;
