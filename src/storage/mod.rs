@@ -8,7 +8,7 @@ pub mod keys;
 pub mod lease;
 mod memory;
 pub mod migrate;
-mod postgres_engine;
+pub(crate) mod postgres_engine;
 mod postgres_feed;
 pub mod remote;
 mod sled_engine;

@@ -6,16 +6,19 @@
 //! Every scheduled event is stored (so it fires after a restart too) with three indexes:
 //! by deadline (the timer), by owner (listing) and by room state key (cancellation when
 //! another user writes that state, as Synapse does). One tokio task sleeps until the
-//! earliest deadline or until woken by a change; there is no polling loop.
+//! earliest deadline or until woken by a change; there is no polling loop (see [`timer`]).
+//! Sending, cancelling and restarting are decided by a swap of the stored record, so that
+//! processes sharing the database act on an event exactly once (see [`claim`]).
 
+mod claim;
 mod consumer;
+mod timer;
 
 pub use self::consumer::DelayedEventsConsumer;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex, Weak},
-    time::Duration,
+    sync::{Arc, Mutex},
 };
 
 use rand::{distributions::Alphanumeric, Rng};
@@ -24,9 +27,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use self::claim::{Intent, Record, Stored};
 use super::RtcService;
 use crate::{
-    rooms::{Membership, NewEvent},
+    rooms::Membership,
     storage::{keys, Batch},
     users::now_ms,
     Error, Result,
@@ -88,12 +92,16 @@ impl DelayedAction {
     }
 }
 
-/// The timer task's wake-up and the set of events being sent right now.
+/// The timer task's wake-up and the set of events this process is sending right now.
 pub(super) struct Scheduler {
     wake: Arc<Notify>,
-    /// Delay ids taken by the sender; actions on them answer 404, as for sent events.
+    /// Delay ids taken by this process's sender; actions on them answer 404, as for sent
+    /// events, without reading the database.
     inflight: Mutex<HashSet<String>>,
     started: std::sync::Once,
+    /// Events this process sent (tests: who sent what, however the room looks).
+    #[cfg(test)]
+    sent: std::sync::atomic::AtomicUsize,
 }
 
 impl Default for Scheduler {
@@ -102,9 +110,14 @@ impl Default for Scheduler {
             wake: Arc::default(),
             inflight: Mutex::default(),
             started: std::sync::Once::new(),
+            #[cfg(test)]
+            sent: Default::default(),
         }
     }
 }
+
+/// How many times an action re-reads a record that changed under it before giving up.
+const MAX_SWAPS: usize = 8;
 
 fn not_found() -> Error {
     Error::not_found("Delayed event not found")
@@ -130,26 +143,13 @@ impl RtcService {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the timer task (once; needs a tokio runtime). Events that came due while
-    /// the server was down fire at once. `serve` calls it at start (admin commands on the
-    /// same data dir do not); scheduling an event calls it too.
-    pub fn start_delayed_events(self: &Arc<Self>) {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        self.delayed.started.call_once(|| {
-            let weak = Arc::downgrade(self);
-            let wake = self.delayed.wake.clone();
-            tokio::spawn(run_timer(weak, wake));
-        });
-    }
-
-    /// Reads one scheduled event.
+    /// Reads one scheduled event; `None` once it is sent, cancelled, or taken to be (by
+    /// any process sharing the database).
     pub fn delayed_event(&self, delay_id: &str) -> Result<Option<DelayedEvent>> {
-        self.storage
-            .trees
-            .delayed_events
-            .get_json(delay_id.as_bytes())
+        Ok(self
+            .stored(delay_id)?
+            .filter(|s| s.record.claim.is_none())
+            .map(|s| s.record.event))
     }
 
     /// Schedules an event; returns its delay id once it is durable. A repeated transaction
@@ -252,7 +252,10 @@ impl RtcService {
             batch.insert(&trees.delayed_by_state, &k, b"");
         }
         self.storage.commit_durable(batch).await?;
-        self.start_delayed_events();
+        // On a shared database only the leader runs the timer; the change wakes it.
+        if !self.storage.is_shared() {
+            self.start_delayed_events();
+        }
         self.delayed.wake.notify_one();
         Ok(delay_id)
     }
@@ -278,7 +281,9 @@ impl RtcService {
 
     /// Restarts, sends or cancels a scheduled event. When `requester` is given (the
     /// authenticated endpoints), only its owner may act on it; otherwise the unguessable
-    /// delay id is the authorisation (the newer MSC4140 per-action endpoints).
+    /// delay id is the authorisation (the newer MSC4140 per-action endpoints). Of the
+    /// processes sharing the database, whoever swaps the record first acts; the others
+    /// answer 404, as for an event already sent.
     #[tracing::instrument(skip(self))]
     pub async fn update_delayed(
         self: &Arc<Self>,
@@ -286,127 +291,82 @@ impl RtcService {
         action: DelayedAction,
         requester: Option<&UserId>,
     ) -> Result<()> {
-        let event = {
+        let (before, after) = {
             let mut inflight = self.inflight();
             if inflight.contains(delay_id) {
                 return Err(not_found());
             }
-            let event = self.delayed_event(delay_id)?.ok_or_else(not_found)?;
-            if requester.is_some_and(|r| r != event.user_id) {
-                return Err(not_found());
+            let swapped = self.swap_for(delay_id, action, requester)?;
+            if action == DelayedAction::Send {
+                inflight.insert(delay_id.to_owned());
             }
-            let mut batch = Batch::new();
-            match action {
-                DelayedAction::Cancel => self.remove_delayed_into(&event, &mut batch),
-                DelayedAction::Restart => {
-                    let trees = &self.storage.trees;
-                    batch.remove(
-                        &trees.delayed_by_deadline,
-                        &deadline_key(event.deadline(), delay_id),
-                    );
-                    let restarted = DelayedEvent {
-                        running_since: now_ms(),
-                        ..event.clone()
-                    };
-                    batch.insert_json(&trees.delayed_events, delay_id.as_bytes(), &restarted)?;
-                    batch.insert(
-                        &trees.delayed_by_deadline,
-                        &deadline_key(restarted.deadline(), delay_id),
-                        b"",
-                    );
-                }
-                DelayedAction::Send => {
-                    inflight.insert(delay_id.to_owned());
-                }
-            }
-            self.storage.commit(batch)?;
-            event
+            swapped
         };
+        let trees = &self.storage.trees;
+        match action {
+            DelayedAction::Cancel => self.remove_delayed(&after.record.event)?,
+            DelayedAction::Restart => {
+                let mut batch = Batch::new();
+                batch.remove(
+                    &trees.delayed_by_deadline,
+                    &deadline_key(before.record.event.deadline(), delay_id),
+                );
+                batch.insert(
+                    &trees.delayed_by_deadline,
+                    &deadline_key(after.record.event.deadline(), delay_id),
+                    b"",
+                );
+                self.storage.commit(batch)?;
+            }
+            DelayedAction::Send => {}
+        }
         self.delayed.wake.notify_one();
         match action {
-            DelayedAction::Send => self.fire(event).await,
+            DelayedAction::Send => self.fire(after).await,
             _ => self.storage.durable().await,
         }
     }
 
-    /// Sends a scheduled event that is marked in flight, then forgets it. A failure to
-    /// send (the user left, power levels changed) drops the event, as Synapse does.
-    async fn fire(&self, event: DelayedEvent) -> Result<()> {
-        let new_event = match &event.state_key {
-            Some(key) => NewEvent::state(event.kind.clone(), key.clone(), event.content.clone()),
-            None => NewEvent::message(event.kind.clone(), event.content.clone()),
-        };
-        let result = {
-            let guard = self.rooms.lock(&event.room_id).await;
-            self.rooms.send(guard, &event.user_id, new_event).await
-        };
-        let mut batch = Batch::new();
-        self.remove_delayed_into(&event, &mut batch);
-        let removed = self.storage.commit_durable(batch).await;
-        self.inflight().remove(&event.delay_id);
-        match result {
-            Ok((event_id, _)) => {
-                tracing::debug!(delay_id = %event.delay_id, %event_id, "delayed event sent");
-                removed
+    /// Swaps the unclaimed record of `delay_id` for what `action` makes of it — claimed to
+    /// send or to cancel, or restarted — reading it again when someone else changed it in
+    /// between; returns the record before and after. 404 when there is none (or none of
+    /// `requester`'s), or it is claimed.
+    fn swap_for(
+        &self,
+        delay_id: &str,
+        action: DelayedAction,
+        requester: Option<&UserId>,
+    ) -> Result<(Stored, Stored)> {
+        for _ in 0..MAX_SWAPS {
+            let stored = self
+                .stored(delay_id)?
+                .filter(|s| s.record.claim.is_none())
+                .ok_or_else(not_found)?;
+            if requester.is_some_and(|r| r != stored.record.event.user_id) {
+                return Err(not_found());
             }
-            Err(e) => {
-                tracing::warn!(delay_id = %event.delay_id, error = %e, "delayed event could not be sent");
-                removed.and(Err(e))
-            }
-        }
-    }
-
-    /// The earliest deadline of any scheduled event.
-    fn next_deadline(&self) -> Result<Option<u64>> {
-        Ok(self
-            .storage
-            .trees
-            .delayed_by_deadline
-            .scan_prefix(&[])
-            .next()
-            .transpose()?
-            .and_then(|(k, _)| keys::leading_u64(&k)))
-    }
-
-    /// Sends every event whose deadline has passed.
-    async fn fire_due(&self, now: u64) -> Result<()> {
-        let mut due = Vec::new();
-        {
-            let mut inflight = self.inflight();
-            let end = (now + 1).to_be_bytes();
-            for kv in self
-                .storage
-                .trees
-                .delayed_by_deadline
-                .range(&[], &end, false)
-            {
-                let (k, _) = kv?;
-                let Some(id) = k.get(8..).map(keys::split_strs) else {
-                    continue;
-                };
-                let Some(id) = id.first().map(|s| (*s).to_owned()) else {
-                    continue;
-                };
-                if inflight.contains(&id) {
-                    continue;
+            let now = now_ms();
+            let swapped = match action {
+                DelayedAction::Cancel => self.claim(&stored, Intent::Cancel, now)?,
+                DelayedAction::Send => self.claim(&stored, Intent::Send, now)?,
+                DelayedAction::Restart => {
+                    let restarted = Record {
+                        event: DelayedEvent {
+                            running_since: now,
+                            ..stored.record.event.clone()
+                        },
+                        claim: None,
+                    };
+                    self.swap(&stored, restarted)?
                 }
-                match self.delayed_event(&id)? {
-                    Some(event) => {
-                        inflight.insert(id);
-                        due.push(event);
-                    }
-                    None => {
-                        // A dangling index entry: drop it so the timer does not spin.
-                        self.storage.trees.delayed_by_deadline.remove(&k)?;
-                    }
-                }
+            };
+            if let Some(after) = swapped {
+                return Ok((stored, after));
             }
         }
-        for event in due {
-            // Failures are logged in `fire`; the event is gone either way.
-            let _ = self.fire(event).await;
-        }
-        Ok(())
+        Err(Error::internal(format!(
+            "delayed event {delay_id} kept changing while being updated"
+        )))
     }
 
     /// The user's scheduled events.
@@ -477,8 +437,13 @@ impl RtcService {
             if inflight.contains(&id) {
                 continue;
             }
-            match self.delayed_event(&id)? {
-                Some(event) if event.user_id != sender => {
+            // Not a claim (the removal commits with the consumer's position): when a
+            // process claims the event first, it finds its record gone under the room's
+            // lock and sends nothing, or has sent it already; once either way.
+            match self.stored(&id)?.map(|s| s.record) {
+                // Being sent (or cancelled) by a process: as one in flight here.
+                Some(Record { claim: Some(_), .. }) => {}
+                Some(Record { event, .. }) if event.user_id != sender => {
                     tracing::debug!(delay_id = %id, "delayed state event superseded");
                     self.remove_delayed_into(&event, batch);
                     cancelled = true;
@@ -497,45 +462,6 @@ impl RtcService {
             self.delayed.wake.notify_one();
         }
         Ok(())
-    }
-}
-
-/// The timer: sleeps until the earliest deadline or a change, fires what is due.
-async fn run_timer(service: Weak<RtcService>, wake: Arc<Notify>) {
-    loop {
-        let notified = wake.notified();
-        tokio::pin!(notified);
-        // Register interest before reading the deadline so no wake-up is missed.
-        notified.as_mut().enable();
-        let next = {
-            let Some(service) = service.upgrade() else {
-                return;
-            };
-            let now = now_ms();
-            match service.next_deadline() {
-                Ok(Some(deadline)) if deadline <= now => {
-                    if let Err(e) = service.fire_due(now).await {
-                        tracing::error!(error = %e, "delayed events: firing failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    continue;
-                }
-                Ok(next) => next.map(|d| d - now),
-                Err(e) => {
-                    tracing::error!(error = %e, "delayed events: reading deadlines failed");
-                    Some(1000)
-                }
-            }
-        };
-        match next {
-            Some(ms) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
-                    _ = &mut notified => {}
-                }
-            }
-            None => notified.await,
-        }
     }
 }
 

@@ -1,9 +1,14 @@
 //! Tests of delayed events on the in-memory engine and on sled across a restart.
 
+use std::time::Duration;
+
 use serde_json::json;
 
-use super::*;
-use crate::{config::Config, services::Services};
+use super::{
+    claim::{Claim, Intent, Record},
+    *,
+};
+use crate::{config::Config, rooms::NewEvent, services::Services};
 
 fn user(name: &str) -> OwnedUserId {
     UserId::parse(format!("@{name}:localhost")).unwrap()
@@ -66,6 +71,43 @@ async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
+}
+
+/// Stores a scheduled event with its indexes as `schedule_delayed` does, claimed or not
+/// (what a process that died after its claim leaves behind).
+async fn plant(s: &Services, event: &DelayedEvent, claim: Option<Claim>) {
+    let trees = &s.storage().trees;
+    let id = &event.delay_id;
+    let mut batch = Batch::new();
+    let record = Record {
+        event: event.clone(),
+        claim,
+    };
+    batch
+        .insert_json(&trees.delayed_events, id.as_bytes(), &record)
+        .unwrap();
+    batch.insert(
+        &trees.delayed_by_deadline,
+        &deadline_key(event.deadline(), id),
+        b"",
+    );
+    batch.insert(&trees.delayed_by_user, &user_key(&event.user_id, id), b"");
+    s.storage().commit_durable(batch).await.unwrap();
+}
+
+/// A call-member event of alice's in `room`, due `delay_ms` after `running_since`.
+fn alices(room: &RoomId, id: &str, content: Value, running_since: u64) -> DelayedEvent {
+    DelayedEvent {
+        delay_id: id.to_owned(),
+        user_id: user("alice"),
+        device_id: "DEV".into(),
+        room_id: room.to_owned(),
+        kind: CALL.to_owned(),
+        state_key: Some(KEY.to_owned()),
+        content,
+        delay_ms: 100,
+        running_since,
+    }
 }
 
 // Deadlines are wall-clock milliseconds (they survive restarts), so tokio's paused time
@@ -324,3 +366,77 @@ async fn purge_drops_the_rooms_scheduled_events_only() {
         }));
     }
 }
+
+#[tokio::test]
+async fn a_claim_left_by_a_crash_is_finished_when_the_timer_starts() {
+    let s = Services::in_memory(Config::default()).unwrap();
+    let room = room_with(&s, &[]).await;
+    let now = now_ms();
+    // Claimed just now, by a process that is gone: alone on its database, the timer
+    // takes the claim over at once.
+    let claim = |intent| Some(Claim { intent, at: now });
+    let send = alices(&room, "mylSEND", json!({"sent": 1}), now - 1_000);
+    plant(&s, &send, claim(Intent::Send)).await;
+    let cancel = alices(&room, "mylCANC", json!({"cancelled": 1}), now - 2_000);
+    plant(&s, &cancel, claim(Intent::Cancel)).await;
+    let gone = |id: &str| {
+        s.storage()
+            .trees
+            .delayed_events
+            .get(id.as_bytes())
+            .unwrap()
+            .is_none()
+    };
+    assert!(s.rtc.delayed_event(&send.delay_id).unwrap().is_none());
+    s.rtc.start_delayed_events();
+    assert!(wait_for(|| gone(&send.delay_id) && gone(&cancel.delay_id)).await);
+    assert_eq!(call_state(&s, &room).unwrap(), send.content);
+    assert_eq!(
+        s.rtc.delayed.sent.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(s
+        .storage()
+        .trees
+        .delayed_by_deadline
+        .scan_prefix(&[])
+        .next()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_restart_cut_short_does_not_fire_early() {
+    let s = Services::in_memory(Config::default()).unwrap();
+    let room = room_with(&s, &[]).await;
+    let now = now_ms();
+    // The record was swapped for the restarted one (due in a minute), but its deadline
+    // entry was never moved: the old one is due now.
+    let mut restarted = alices(&room, "mylREST", json!({}), now);
+    restarted.delay_ms = 60_000;
+    plant(&s, &restarted, None).await;
+    let trees = &s.storage().trees;
+    let old = deadline_key(now - 1_000, &restarted.delay_id);
+    trees.delayed_by_deadline.insert(&old, b"").unwrap();
+    s.rtc.start_delayed_events();
+    assert!(wait_for(|| !trees.delayed_by_deadline.contains(&old).unwrap()).await);
+    let entries: Vec<Vec<u8>> = trees
+        .delayed_by_deadline
+        .scan_prefix(&[])
+        .map(|kv| kv.unwrap().0)
+        .collect();
+    assert_eq!(
+        entries,
+        vec![deadline_key(restarted.deadline(), &restarted.delay_id)]
+    );
+    assert_eq!(
+        s.rtc.delayed_event(&restarted.delay_id).unwrap(),
+        Some(restarted)
+    );
+    assert_eq!(
+        s.rtc.delayed.sent.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+/// The same on PostgreSQL shared by two processes.
+mod shared;
