@@ -30,6 +30,9 @@ pub use self::{
 };
 use crate::Result;
 
+#[cfg(test)]
+pub(crate) use self::postgres_engine::test_database;
+
 /// Version of the on-disk layout, recorded in the data dir.
 pub const FORMAT_VERSION: u64 = 1;
 
