@@ -1,0 +1,119 @@
+//! Two processes sharing one PostgreSQL database: what one writes through its users
+//! service, the other's caches, indexes and long polls see.
+
+use std::{future::Future, sync::Arc};
+
+use ruma::UserId;
+use serde_json::json;
+
+use super::UsersService;
+use crate::{
+    config::Config,
+    storage::{test_database, Storage},
+    stream::{test_support::eventually, test_support::WAIT, Notifier},
+};
+
+/// The users services of two processes on one fresh database.
+fn two_processes() -> (UsersService, UsersService) {
+    let url = test_database();
+    let open = || {
+        UsersService::new(
+            Arc::new(Config::default()),
+            Arc::new(Storage::open_postgres_shared(&url, 2).unwrap()),
+            Arc::new(Notifier::new()),
+        )
+        .unwrap()
+    };
+    (open(), open())
+}
+
+/// Runs `write` while a long poll of `user` waits on `s`; whether it was woken in time,
+/// and `s`'s user-data position then.
+async fn wakes(s: &UsersService, user: &UserId, write: impl Future<Output = ()>) -> Option<u64> {
+    let handle = s.notifier.handle(user);
+    let notified = handle.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    write.await;
+    tokio::time::timeout(WAIT, notified).await.ok()?;
+    Some(s.current_userdata_pos())
+}
+
+#[tokio::test]
+async fn a_token_removed_by_one_process_is_refused_by_the_other() {
+    let (a, b) = two_processes();
+    let alice = a.create_user("alice", None, false).unwrap();
+    let (token, _) = a.create_session(&alice, None, None).await.unwrap();
+    // B caches the session...
+    let session = b.authenticate(&token).unwrap();
+    assert_eq!(b.token_cache.len(), 1);
+    // ... and refuses it once A logged it out.
+    a.logout(&session).await.unwrap();
+    eventually("the token is refused on B", || {
+        b.authenticate(&token).is_err()
+    })
+    .await;
+    assert_eq!(
+        b.authenticate(&token).unwrap_err().errcode(),
+        "M_UNKNOWN_TOKEN"
+    );
+}
+
+#[tokio::test]
+async fn account_data_set_by_one_process_reaches_the_others_syncs() {
+    let (a, b) = two_processes();
+    let alice = a.create_user("alice", None, false).unwrap();
+    let since = b.current_userdata_pos();
+    assert!(b.account_data_since(&alice, since).unwrap().0.is_empty());
+    // A long poll of alice on B wakes once B's position shows the change.
+    let woken_at = wakes(&b, &alice, async {
+        a.set_account_data(&alice, None, "m.direct", json!({"x": 1}))
+            .await
+            .unwrap();
+    })
+    .await
+    .expect("alice's long poll on B is woken");
+    assert!(woken_at > since, "woken before the position moved");
+    let (global, _) = b.account_data_since(&alice, since).unwrap();
+    assert_eq!(global, vec![("m.direct".to_owned(), json!({"x": 1}))]);
+    // Nothing new after B's position.
+    assert!(b.account_data_since(&alice, woken_at).unwrap().0.is_empty());
+}
+
+#[tokio::test]
+async fn presence_set_by_one_process_reaches_the_others_syncs() {
+    let (a, b) = two_processes();
+    let alice = a.create_user("alice", None, false).unwrap();
+    let since = b.current_userdata_pos();
+    let woken_at = wakes(&b, &alice, async {
+        a.set_presence(&alice, "unavailable", Some("away".into()))
+            .unwrap();
+    })
+    .await
+    .expect("alice's long poll on B is woken");
+    assert!(woken_at > since, "woken before the position moved");
+    assert_eq!(b.presence_changed_since(since), vec![alice.clone()]);
+    let events = b.presence_since(&[alice.clone()], since).unwrap();
+    assert_eq!(events[0]["content"]["presence"], "unavailable");
+    assert!(b.presence_changed_since(woken_at).is_empty());
+}
+
+#[tokio::test]
+async fn thread_subscriptions_changed_by_one_process_wake_the_others_long_polls() {
+    let (a, b) = two_processes();
+    let alice = a.create_user("alice", None, false).unwrap();
+    let room = ruma::room_id!("!r:localhost");
+    let root = ruma::event_id!("$root");
+    let since = b.current_userdata_pos();
+    let woken_at = wakes(&b, &alice, async {
+        a.subscribe_thread(&alice, room, root, super::Subscription::Manual)
+            .unwrap();
+    })
+    .await
+    .expect("alice's long poll on B is woken");
+    assert!(woken_at > since);
+    eventually("B reads the subscription", || {
+        b.thread_subscription(&alice, room, root).unwrap().is_some()
+    })
+    .await;
+}
