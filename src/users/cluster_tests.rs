@@ -27,6 +27,17 @@ fn two_processes() -> (UsersService, UsersService) {
     (open(), open())
 }
 
+/// Waits until B has seen every user-data change A made so far (so that a wake-up
+/// expected next is not one for an earlier change).
+async fn caught_up(a: &UsersService, b: &UsersService) -> u64 {
+    let pos = a.current_userdata_pos();
+    eventually("B reaches A's user-data position", || {
+        b.current_userdata_pos() >= pos
+    })
+    .await;
+    b.current_userdata_pos()
+}
+
 /// Runs `write` while a long poll of `user` waits on `s`; whether it was woken in time,
 /// and `s`'s user-data position then.
 async fn wakes(s: &UsersService, user: &UserId, write: impl Future<Output = ()>) -> Option<u64> {
@@ -63,7 +74,7 @@ async fn a_token_removed_by_one_process_is_refused_by_the_other() {
 async fn account_data_set_by_one_process_reaches_the_others_syncs() {
     let (a, b) = two_processes();
     let alice = a.create_user("alice", None, false).unwrap();
-    let since = b.current_userdata_pos();
+    let since = caught_up(&a, &b).await;
     assert!(b.account_data_since(&alice, since).unwrap().0.is_empty());
     // A long poll of alice on B wakes once B's position shows the change.
     let woken_at = wakes(&b, &alice, async {
@@ -84,7 +95,7 @@ async fn account_data_set_by_one_process_reaches_the_others_syncs() {
 async fn presence_set_by_one_process_reaches_the_others_syncs() {
     let (a, b) = two_processes();
     let alice = a.create_user("alice", None, false).unwrap();
-    let since = b.current_userdata_pos();
+    let since = caught_up(&a, &b).await;
     let woken_at = wakes(&b, &alice, async {
         a.set_presence(&alice, "unavailable", Some("away".into()))
             .unwrap();
@@ -104,7 +115,7 @@ async fn thread_subscriptions_changed_by_one_process_wake_the_others_long_polls(
     let alice = a.create_user("alice", None, false).unwrap();
     let room = ruma::room_id!("!r:localhost");
     let root = ruma::event_id!("$root");
-    let since = b.current_userdata_pos();
+    let since = caught_up(&a, &b).await;
     let woken_at = wakes(&b, &alice, async {
         a.subscribe_thread(&alice, room, root, super::Subscription::Manual)
             .unwrap();
