@@ -104,7 +104,9 @@ async fn presence_set_by_one_process_reaches_the_others_syncs() {
     .expect("alice's long poll on B is woken");
     assert!(woken_at > since, "woken before the position moved");
     assert_eq!(b.presence_changed_since(since), vec![alice.clone()]);
-    let events = b.presence_since(&[alice.clone()], since).unwrap();
+    let events = b
+        .presence_since(std::slice::from_ref(&alice), since)
+        .unwrap();
     assert_eq!(events[0]["content"]["presence"], "unavailable");
     assert!(b.presence_changed_since(woken_at).is_empty());
 }
