@@ -16,7 +16,7 @@ use crate::{
     rooms::{CreateRoom, MemberProfile},
     services::Services,
     storage::{test_database, Storage},
-    stream::test_support::{eventually, WAIT},
+    stream::test_support::{eventually, woken_after},
 };
 
 /// The services of two processes on one fresh database.
@@ -29,27 +29,28 @@ fn two_processes() -> (Arc<Services>, Arc<Services>) {
     (open(), open())
 }
 
-/// Waits until B has seen every e2ee change A made so far (so that a wake-up expected
-/// next is not one for an earlier change).
+/// Waits until B has seen every change A made so far (so that a wake-up expected next is
+/// not one for an earlier change); B's e2ee position then.
 async fn caught_up(a: &Services, b: &Services) -> u64 {
-    let pos = a.e2ee.current_pos();
-    eventually("B reaches A's e2ee position", || {
-        b.e2ee.current_pos() >= pos
+    let (userdata, e2ee) = (a.users.current_userdata_pos(), a.e2ee.current_pos());
+    eventually("B reaches A's positions", || {
+        b.users.current_userdata_pos() >= userdata && b.e2ee.current_pos() >= e2ee
     })
     .await;
     b.e2ee.current_pos()
 }
 
-/// Runs `write` while a long poll of `user` waits on `s`; `s`'s e2ee position when the
-/// poll was woken (`None`: not in time).
-async fn wakes(s: &Services, user: &UserId, write: impl Future<Output = ()>) -> Option<u64> {
-    let handle = s.notifier.handle(user);
-    let notified = handle.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    write.await;
-    tokio::time::timeout(WAIT, notified).await.ok()?;
-    Some(s.e2ee.current_pos())
+/// Runs `write` while a long poll of `user` waits on `s`; `s`'s e2ee position when a
+/// wake-up found it past `since` (`None`: not in time).
+async fn wakes(
+    s: &Services,
+    user: &UserId,
+    since: u64,
+    write: impl Future<Output = ()>,
+) -> Option<u64> {
+    woken_after(&s.notifier, user, write, || s.e2ee.current_pos() > since)
+        .await
+        .then(|| s.e2ee.current_pos())
 }
 
 #[tokio::test]
@@ -63,7 +64,7 @@ async fn a_to_device_message_sent_through_one_process_is_delivered_by_the_other(
     assert!(empty.unwrap().events.is_empty());
     // ... until alice sends on A: bob's long poll on B wakes once B's position has it.
     let messages = BTreeMap::from([(bob.clone(), map(json!({ bdev.as_str(): { "secret": 1 } })))]);
-    let woken_at = wakes(&b, &bob, async {
+    let woken_at = wakes(&b, &bob, since, async {
         a.e2ee
             .send_to_device(&alice, &adev, "m.test", "t1", &messages)
             .await
@@ -71,7 +72,6 @@ async fn a_to_device_message_sent_through_one_process_is_delivered_by_the_other(
     })
     .await
     .expect("bob's long poll on B is woken");
-    assert!(woken_at > since, "woken before the position moved");
     let got = b
         .e2ee
         .to_device_for_sync(&bob, &bdev, Some(since), woken_at)
@@ -108,7 +108,7 @@ async fn key_uploads_through_one_process_wake_the_owner_and_the_trackers_on_the_
 
     // One-time keys: the device's owner hears of the new counts.
     let since = caught_up(&a, &b).await;
-    let woken_at = wakes(&b, &alice, async {
+    let woken_at = wakes(&b, &alice, since, async {
         a.e2ee
             .upload_keys(
                 &alice,
@@ -122,7 +122,6 @@ async fn key_uploads_through_one_process_wake_the_owner_and_the_trackers_on_the_
     })
     .await
     .expect("alice's long poll on B is woken");
-    assert!(woken_at > since, "woken before the position moved");
     let counts = b.e2ee.key_counts(&alice, &adev).unwrap();
     assert_eq!(counts.one_time["signed_curve25519"], 1);
 
@@ -131,7 +130,7 @@ async fn key_uploads_through_one_process_wake_the_owner_and_the_trackers_on_the_
         timeline: b.rooms.current_pos(),
         e2ee: caught_up(&a, &b).await,
     };
-    let woken_at = wakes(&b, &bob, async {
+    let woken_at = wakes(&b, &bob, from.e2ee, async {
         a.e2ee
             .upload_keys(
                 &alice,
@@ -145,7 +144,6 @@ async fn key_uploads_through_one_process_wake_the_owner_and_the_trackers_on_the_
     })
     .await
     .expect("bob's long poll on B is woken");
-    assert!(woken_at > from.e2ee, "woken before the position moved");
     let to = StreamPoint {
         e2ee: woken_at,
         ..from

@@ -144,7 +144,14 @@ impl RemoteWakes {
 /// Helpers for tests of several processes on one database.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use std::time::{Duration, Instant};
+    use std::{
+        future::Future,
+        time::{Duration, Instant},
+    };
+
+    use ruma::UserId;
+
+    use super::Notifier;
 
     /// How long another process's change may take to show.
     pub(crate) const WAIT: Duration = Duration::from_secs(10);
@@ -155,6 +162,33 @@ pub(crate) mod test_support {
         while !check() {
             assert!(Instant::now() < deadline, "never happened: {what}");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A long poll of `user` on `notifier` while `write` runs, woken as a sync is: after
+    /// each wake-up it looks whether `moved` holds, else waits again. Whether a wake-up
+    /// found `moved` within [`WAIT`] (a change made visible without a wake-up after it
+    /// is not seen, as by a sync).
+    pub(crate) async fn woken_after(
+        notifier: &Notifier,
+        user: &UserId,
+        write: impl Future<Output = ()>,
+        moved: impl Fn() -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let handle = notifier.handle(user);
+        let mut notified = Box::pin(handle.notified());
+        notified.as_mut().enable();
+        write.await;
+        loop {
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+            notified = Box::pin(handle.notified());
+            notified.as_mut().enable();
+            if moved() {
+                return true;
+            }
         }
     }
 }

@@ -10,7 +10,10 @@ use super::UsersService;
 use crate::{
     config::Config,
     storage::{test_database, Storage},
-    stream::{test_support::eventually, test_support::WAIT, Notifier},
+    stream::{
+        test_support::{eventually, woken_after},
+        Notifier,
+    },
 };
 
 /// The users services of two processes on one fresh database.
@@ -38,16 +41,19 @@ async fn caught_up(a: &UsersService, b: &UsersService) -> u64 {
     b.current_userdata_pos()
 }
 
-/// Runs `write` while a long poll of `user` waits on `s`; whether it was woken in time,
-/// and `s`'s user-data position then.
-async fn wakes(s: &UsersService, user: &UserId, write: impl Future<Output = ()>) -> Option<u64> {
-    let handle = s.notifier.handle(user);
-    let notified = handle.notified();
-    tokio::pin!(notified);
-    notified.as_mut().enable();
-    write.await;
-    tokio::time::timeout(WAIT, notified).await.ok()?;
-    Some(s.current_userdata_pos())
+/// Runs `write` while a long poll of `user` waits on `s`; `s`'s user-data position when
+/// a wake-up found it past `since` (`None`: not in time).
+async fn wakes(
+    s: &UsersService,
+    user: &UserId,
+    since: u64,
+    write: impl Future<Output = ()>,
+) -> Option<u64> {
+    woken_after(&s.notifier, user, write, || {
+        s.current_userdata_pos() > since
+    })
+    .await
+    .then(|| s.current_userdata_pos())
 }
 
 #[tokio::test]
@@ -55,7 +61,11 @@ async fn a_token_removed_by_one_process_is_refused_by_the_other() {
     let (a, b) = two_processes();
     let alice = a.create_user("alice", None, false).unwrap();
     let (token, _) = a.create_session(&alice, None, None).await.unwrap();
-    // B caches the session...
+    // Once B has heard of the login (and of a later change), B caches the session...
+    a.set_account_data(&alice, None, "m.direct", json!({}))
+        .await
+        .unwrap();
+    caught_up(&a, &b).await;
     let session = b.authenticate(&token).unwrap();
     assert_eq!(b.token_cache.len(), 1);
     // ... and refuses it once A logged it out.
@@ -77,14 +87,13 @@ async fn account_data_set_by_one_process_reaches_the_others_syncs() {
     let since = caught_up(&a, &b).await;
     assert!(b.account_data_since(&alice, since).unwrap().0.is_empty());
     // A long poll of alice on B wakes once B's position shows the change.
-    let woken_at = wakes(&b, &alice, async {
+    let woken_at = wakes(&b, &alice, since, async {
         a.set_account_data(&alice, None, "m.direct", json!({"x": 1}))
             .await
             .unwrap();
     })
     .await
     .expect("alice's long poll on B is woken");
-    assert!(woken_at > since, "woken before the position moved");
     let (global, _) = b.account_data_since(&alice, since).unwrap();
     assert_eq!(global, vec![("m.direct".to_owned(), json!({"x": 1}))]);
     // Nothing new after B's position.
@@ -96,13 +105,12 @@ async fn presence_set_by_one_process_reaches_the_others_syncs() {
     let (a, b) = two_processes();
     let alice = a.create_user("alice", None, false).unwrap();
     let since = caught_up(&a, &b).await;
-    let woken_at = wakes(&b, &alice, async {
+    let woken_at = wakes(&b, &alice, since, async {
         a.set_presence(&alice, "unavailable", Some("away".into()))
             .unwrap();
     })
     .await
     .expect("alice's long poll on B is woken");
-    assert!(woken_at > since, "woken before the position moved");
     assert_eq!(b.presence_changed_since(since), vec![alice.clone()]);
     let events = b
         .presence_since(std::slice::from_ref(&alice), since)
@@ -118,15 +126,14 @@ async fn thread_subscriptions_changed_by_one_process_wake_the_others_long_polls(
     let room = ruma::room_id!("!r:localhost");
     let root = ruma::event_id!("$root");
     let since = caught_up(&a, &b).await;
-    let woken_at = wakes(&b, &alice, async {
+    let woken_at = wakes(&b, &alice, since, async {
         a.subscribe_thread(&alice, room, root, super::Subscription::Manual)
             .unwrap();
     })
     .await
     .expect("alice's long poll on B is woken");
-    assert!(woken_at > since);
-    eventually("B reads the subscription", || {
-        b.thread_subscription(&alice, room, root).unwrap().is_some()
-    })
-    .await;
+    let changes = b
+        .thread_subscription_changes(&alice, since, woken_at, 10)
+        .unwrap();
+    assert_eq!(changes.len(), 1);
 }
