@@ -6,12 +6,15 @@
 //! device-list changes and one-time-key count changes.
 
 mod backup;
+#[cfg(test)]
+mod cluster_tests;
 mod cross_signing;
 mod keys;
+mod remote;
 mod to_device;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
 };
 
@@ -27,7 +30,7 @@ pub use self::{
 use crate::{
     rooms::{Direction, EventFilter, Membership, RoomsService},
     storage::{keys as skeys, Batch, Storage, StreamPosition},
-    stream::Notifier,
+    stream::{Notifier, RemoteWakes},
     users::{DeviceChange, UsersService},
     Error, Result,
 };
@@ -76,9 +79,12 @@ pub struct E2eeService {
     backup_lock: Mutex<()>,
     /// Key counts per device as of its last key-count change position (see
     /// [`E2eeService::key_counts`]).
-    key_counts: Mutex<HashMap<(OwnedUserId, OwnedDeviceId), KeyCounts>>,
+    key_counts: Arc<remote::KeyCountCache>,
     /// Newest queued to-device position per device inbox (see [`to_device::Queued`]).
-    to_device_queued: to_device::Queued,
+    to_device_queued: Arc<to_device::Queued>,
+    /// Users to wake for other processes' changes (a shared database, see [`remote`]);
+    /// the handlers hold it weakly.
+    _remote_wakes: Arc<RemoteWakes>,
     /// The appservices that do encryption for their users (MSC3202, with a URL): to-device
     /// messages and key-count changes of the users they own exclusively go to them.
     encrypted_appservices: Vec<Arc<Registration>>,
@@ -107,8 +113,36 @@ impl E2eeService {
         notifier: Arc<Notifier>,
         appservices: &[Arc<Registration>],
     ) -> Result<E2eeService> {
+        let to_device_queued = Arc::<to_device::Queued>::default();
+        let key_counts = Arc::default();
+        let remote_wakes = Arc::<RemoteWakes>::default();
+        if storage.is_shared() {
+            remote::watch(
+                &storage,
+                remote::Watched {
+                    queued: &to_device_queued,
+                    key_counts: &key_counts,
+                    wakes: &remote_wakes,
+                },
+            );
+        }
         let pos = StreamPosition::load(&storage, E2EE_POS_KEY)?;
-        let to_device_queued = to_device::Queued::load(&storage)?;
+        to_device_queued.read_stored(&storage)?;
+        if storage.is_shared() {
+            // A device-list change wakes everybody who tracks the user, as here.
+            let rooms = Arc::downgrade(&rooms);
+            let trackers: crate::stream::Related = Box::new(move |user| match rooms.upgrade() {
+                Some(rooms) => shared_users(&rooms, user),
+                None => Ok(BTreeSet::new()),
+            });
+            remote_wakes.register(
+                &storage,
+                E2EE_POS_KEY,
+                pos.current(),
+                &notifier,
+                Some(trackers),
+            );
+        }
         Ok(E2eeService {
             to_device_queued,
             storage,
@@ -117,7 +151,8 @@ impl E2eeService {
             notifier,
             pos,
             backup_lock: Mutex::new(()),
-            key_counts: Mutex::default(),
+            key_counts,
+            _remote_wakes: remote_wakes,
             encrypted_appservices: appservices
                 .iter()
                 .filter(|r| r.msc3202 && r.url.is_some())
@@ -216,12 +251,7 @@ impl E2eeService {
 
     /// Users sharing a joined room with `user`, and `user`.
     pub fn shared_users(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
-        let mut out = BTreeSet::new();
-        out.insert(user.to_owned());
-        for room in self.rooms.joined_rooms(user)? {
-            out.extend(self.rooms.members(&room)?.joined().map(ToOwned::to_owned));
-        }
-        Ok(out)
+        shared_users(&self.rooms, user)
     }
 
     /// Wakes the syncs of everybody who tracks `user`'s devices.
@@ -373,6 +403,16 @@ impl E2eeService {
             left,
         })
     }
+}
+
+/// Users sharing a joined room with `user`, and `user`.
+fn shared_users(rooms: &RoomsService, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+    let mut out = BTreeSet::new();
+    out.insert(user.to_owned());
+    for room in rooms.joined_rooms(user)? {
+        out.extend(rooms.members(&room)?.joined().map(ToOwned::to_owned));
+    }
+    Ok(out)
 }
 
 /// A JSON object or `M_BAD_JSON`.

@@ -5,7 +5,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, MutexGuard,
+    },
 };
 
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
@@ -31,6 +34,12 @@ pub struct ToDeviceBatch {
     pub limited_at: Option<u64>,
 }
 
+/// The inbox and the position of a message's key in the `to_device` tree.
+fn split_message_key(key: &[u8]) -> Option<(&[u8], u64)> {
+    let pos = skeys::trailing_u64(key)?;
+    Some((&key[..key.len().checked_sub(8)?], pos))
+}
+
 /// The key prefix of a device's inbox in the `to_device` tree.
 fn inbox(user: &UserId, device: &DeviceId) -> Vec<u8> {
     skeys::KeyBuilder::new()
@@ -43,31 +52,65 @@ fn inbox(user: &UserId, device: &DeviceId) -> Vec<u8> {
 /// a device with an empty inbox (nearly every sync) reads no storage for it. An entry is
 /// added when a message is committed, before its position becomes visible, and dropped
 /// once a sync acknowledged everything up to it.
-pub(super) struct Queued(Mutex<HashMap<Vec<u8>, u64>>);
+#[derive(Default)]
+pub(super) struct Queued {
+    newest: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Messages may be missing (other processes' sends went unannounced): read the
+    /// inboxes again before the next sync looks.
+    stale: AtomicBool,
+}
 
 impl Queued {
-    /// Reads the inboxes that hold messages.
-    pub(super) fn load(storage: &Storage) -> Result<Queued> {
+    /// Adds the inboxes that hold messages (at start, and again when other processes'
+    /// messages may have been missed).
+    pub(super) fn read_stored(&self, storage: &Storage) -> Result<()> {
         let mut newest: HashMap<Vec<u8>, u64> = HashMap::new();
         for kv in storage.trees.to_device.scan_prefix(&[]) {
             let key = kv?.0;
-            let (Some(pos), Some(cut)) = (skeys::trailing_u64(&key), key.len().checked_sub(8))
-            else {
-                continue;
-            };
-            let entry = newest.entry(key[..cut].to_vec()).or_default();
+            if let Some((inbox, pos)) = split_message_key(&key) {
+                let entry = newest.entry(inbox.to_vec()).or_default();
+                *entry = (*entry).max(pos);
+            }
+        }
+        let mut map = self.lock();
+        for (inbox, pos) in newest {
+            let entry = map.entry(inbox).or_default();
             *entry = (*entry).max(pos);
         }
-        Ok(Queued(Mutex::new(newest)))
+        Ok(())
+    }
+
+    /// Notes that messages may be missing: the inboxes are read again before the next
+    /// sync looks.
+    pub(super) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
+    /// Reads the inboxes again if messages may be missing.
+    fn load_if_stale(&self, storage: &Storage) -> Result<()> {
+        if !self.stale.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.read_stored(storage).inspect_err(|_| self.mark_stale())
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Vec<u8>, u64>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.newest.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The newest position queued for an inbox, if it may hold messages.
     fn newest(&self, inbox: &[u8]) -> Option<u64> {
         self.lock().get(inbox).copied()
+    }
+
+    /// Notes a message another process queued (or removed: an inbox noted needlessly
+    /// costs one read) under `key` of the `to_device` tree; returns its inbox's user and
+    /// position.
+    pub(super) fn noted_elsewhere(&self, key: &[u8]) -> Option<(OwnedUserId, u64)> {
+        let (inbox, pos) = split_message_key(key)?;
+        self.queued(&[inbox.to_vec()], pos);
+        let user = skeys::split_strs(inbox).first().copied()?;
+        Some((UserId::parse(user).ok()?, pos))
     }
 
     /// Notes messages committed at `pos` for these inboxes.
@@ -214,6 +257,7 @@ impl E2eeService {
             key
         };
         let mut out = ToDeviceBatch::default();
+        self.to_device_queued.load_if_stale(&self.storage)?;
         let Some(newest) = self.to_device_queued.newest(&inbox) else {
             return Ok(out);
         };
@@ -264,7 +308,11 @@ mod tests {
         let (alice, adev) = login(&s, "alice");
         let (bob, b1) = login(&s, "bob");
         let bob_inbox = inbox(&bob, &b1);
-        let reloaded = || Queued::load(&s.e2ee.storage).unwrap().newest(&bob_inbox);
+        let reloaded = || {
+            let queued = Queued::default();
+            queued.read_stored(&s.e2ee.storage).unwrap();
+            queued.newest(&bob_inbox)
+        };
         assert_eq!(s.e2ee.to_device_queued.newest(&bob_inbox), None);
         let send = |txn: &str| {
             let messages = BTreeMap::from([(

@@ -10,15 +10,17 @@
 //! first page of PDFs (`pdf.rs`). Media created after the
 //! `media.unauthenticated_media_before_ms` cut-off is served only as authenticated media.
 
+#[cfg(test)]
+mod cluster_tests;
 mod jobs;
 mod pdf;
 mod retention;
 mod thumbnail;
+mod waiting;
 
 use std::{
-    collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -27,10 +29,7 @@ use rand::{distributions::Alphanumeric, Rng};
 use ruma::UserId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::{
-    io::AsyncWriteExt,
-    sync::{Notify, Semaphore},
-};
+use tokio::{io::AsyncWriteExt, sync::Semaphore};
 
 pub use self::thumbnail::{ThumbnailMethod, ThumbnailSpec};
 use crate::{
@@ -104,7 +103,7 @@ pub struct MediaService {
     storage: Arc<Storage>,
     root: PathBuf,
     /// Wakes downloads waiting for an asynchronous upload, per media id.
-    waiting: Mutex<HashMap<String, Arc<Notify>>>,
+    waiting: Arc<waiting::Waiting>,
     /// Permits for thumbnail generation (`media.max_concurrent_thumbnails`).
     thumbnail_jobs: Arc<Semaphore>,
     /// As many permits again for PDF previews, so slow documents never hold up images.
@@ -135,13 +134,17 @@ impl MediaService {
             configured => configured,
         };
         let permits = config.media.max_concurrent_thumbnails.max(1);
+        let waiting = Arc::<waiting::Waiting>::default();
+        if storage.is_shared() {
+            waiting.watch(&storage);
+        }
         Ok(MediaService {
             thumbnail_jobs: Arc::new(Semaphore::new(permits)),
             preview_jobs: Arc::new(Semaphore::new(permits)),
             config,
             storage,
             root,
-            waiting: Mutex::new(HashMap::new()),
+            waiting,
             unauthenticated_before,
         })
     }
@@ -385,14 +388,7 @@ impl MediaService {
             ));
         }
         self.storage.durable().await?;
-        if let Some(n) = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(media_id)
-        {
-            n.notify_waiters();
-        }
+        self.waiting.uploaded(media_id);
         Ok(())
     }
 
@@ -400,11 +396,7 @@ impl MediaService {
     /// of the id's wake-up handle while it waits; the map holds the other one). For the
     /// test hooks, which let a test know a download waits before it uploads.
     pub fn waiting_downloads(&self, media_id: &str) -> usize {
-        self.waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(media_id)
-            .map_or(0, |n| Arc::strong_count(n) - 1)
+        self.waiting.count(media_id)
     }
 
     /// The content of a local media id, waiting up to `wait` for a pending upload. Through
@@ -442,13 +434,7 @@ impl MediaService {
         }
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
-            let notify = self
-                .waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(media_id.to_owned())
-                .or_default()
-                .clone();
+            let notify = self.waiting.handle(media_id);
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -457,10 +443,7 @@ impl MediaService {
                 .ok_or_else(|| Error::not_found("Unknown media id"))?;
             match record.pending_until {
                 None => {
-                    self.waiting
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(media_id);
+                    self.waiting.found(media_id);
                     let content = Content {
                         path: self.blob_path(&record.sha256),
                         content_type: record.content_type.clone(),

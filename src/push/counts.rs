@@ -1,12 +1,18 @@
 //! Unread notification and highlight counts per room, cached per read position.
 
-use ruma::{RoomId, UserId};
+use std::collections::HashMap;
+
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use super::{
     store::{record_for, record_key},
     PushService,
 };
 use crate::Result;
+
+/// Unread counts per room and user as of a read position: `(read_pos, notify,
+/// highlight)`.
+pub(super) type UnreadCache = HashMap<OwnedRoomId, HashMap<OwnedUserId, (u64, u64, u64)>>;
 
 impl PushService {
     /// `(notification_count, highlight_count)` of a room: notifying events after the
@@ -18,15 +24,17 @@ impl PushService {
             .own_read_pos(room_id, user)?
             .unwrap_or(0)
             .max(self.rooms.wiped_until(room_id, user)?);
-        let key = (user.to_owned(), room_id.to_owned());
         let mut unread = self.unread.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&(at, notify, highlight)) = unread.get(&key) {
+        if let Some(&(at, notify, highlight)) = unread.get(room_id).and_then(|r| r.get(user)) {
             if at == read {
                 return Ok((notify, highlight));
             }
         }
         let (notify, highlight) = self.count_unread(user, room_id, read)?;
-        unread.insert(key, (read, notify, highlight));
+        unread
+            .entry(room_id.to_owned())
+            .or_default()
+            .insert(user.to_owned(), (read, notify, highlight));
         Ok((notify, highlight))
     }
 

@@ -2,7 +2,10 @@
 //! shortcut that members on the default rules whom the event does not name share one
 //! evaluation.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use futures_util::FutureExt;
 use ruma::{
@@ -14,12 +17,38 @@ use ruma::{
     },
     room_version_rules::RoomPowerLevelsRules,
     serde::Raw,
-    Int, OwnedEventId, OwnedUserId, RoomId, UInt, UserId,
+    Int, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde_json::{json, Value};
 
 use super::{store::EventPush, PushService};
 use crate::{events::Pdu, rooms::Membership, Result};
+
+/// Names per (room, member) as the naming rules look for them, dropped at the member's
+/// next membership event.
+#[derive(Default)]
+pub(super) struct NameCache {
+    pub(super) rooms: HashMap<OwnedRoomId, HashMap<OwnedUserId, Arc<MemberName>>>,
+    /// Entries dropped so far because another process changed a membership: names read
+    /// before a drop are not cached (they may be the old ones).
+    dropped: u64,
+}
+
+impl NameCache {
+    /// Drops the name of `user` in `room` (`None`: every name) after another process
+    /// changed their membership.
+    pub(super) fn changed_elsewhere(&mut self, member: Option<(&RoomId, &UserId)>) {
+        match member {
+            Some((room, user)) => {
+                if let Some(names) = self.rooms.get_mut(room) {
+                    names.remove(user);
+                }
+            }
+            None => self.rooms.clear(),
+        }
+        self.dropped += 1;
+    }
+}
 
 /// An event's evaluation: whom it notifies, waiting to be recorded and pushed.
 pub(super) struct Evaluated {
@@ -50,6 +79,7 @@ impl PushService {
                     .names
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
+                    .rooms
                     .get_mut(room_id)
                 {
                     room.remove(target);
@@ -268,11 +298,12 @@ impl PushService {
         users: &[&UserId],
     ) -> Result<Vec<Arc<MemberName>>> {
         let mut found: Vec<Option<Arc<MemberName>>> = Vec::with_capacity(users.len());
-        {
+        let dropped = {
             let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-            let room = names.get(room_id);
+            let room = names.rooms.get(room_id);
             found.extend(users.iter().map(|u| room.and_then(|r| r.get(*u)).cloned()));
-        }
+            names.dropped
+        };
         let mut out = Vec::with_capacity(users.len());
         for (user, cached) in users.iter().zip(found) {
             if let Some(name) = cached {
@@ -285,12 +316,15 @@ impl PushService {
                 .and_then(|c| c["displayname"].as_str().map(str::to_owned))
                 .unwrap_or_else(|| user.localpart().to_owned());
             let name = Arc::new(MemberName::new(user, display));
-            self.names
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(room_id.to_owned())
-                .or_default()
-                .insert((*user).to_owned(), name.clone());
+            let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+            // Read while another process changed a membership: used once, not kept.
+            if names.dropped == dropped {
+                names
+                    .rooms
+                    .entry(room_id.to_owned())
+                    .or_default()
+                    .insert((*user).to_owned(), name.clone());
+            }
             out.push(name);
         }
         Ok(out)

@@ -9,6 +9,8 @@
 //! `{"global": ruleset}`), as clients expect to read them from `/sync`; users who never
 //! changed a rule get the server default.
 
+#[cfg(test)]
+mod cluster_tests;
 mod consumer;
 mod counts;
 mod evaluate;
@@ -16,20 +18,18 @@ pub mod gateway;
 mod notifications;
 mod purge;
 mod pushers;
+mod remote;
 mod rules;
 mod store;
 #[cfg(test)]
 mod tests;
 mod unread;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 pub use self::{consumer::PushConsumer, notifications::NotificationsPage, store::PushRecord};
 
-use ruma::{push::Ruleset, OwnedRoomId, OwnedUserId, UserId};
+use ruma::{OwnedUserId, UserId};
 
 use crate::{rooms::RoomsService, storage::Storage, users::UsersService};
 
@@ -42,21 +42,21 @@ pub struct PushService {
     rooms: Arc<RoomsService>,
     users: Arc<UsersService>,
     /// Each user's own rules once read: `None` for the server default.
-    rules: Mutex<HashMap<OwnedUserId, Option<Arc<Ruleset>>>>,
+    rules: Arc<Mutex<rules::RulesCache>>,
     /// A user id no event names (random per start): the default rules evaluated for it
     /// give every member they do not single out the same actions.
     nobody: OwnedUserId,
-    /// Unread counts per (user, room) as of a read position: `(read_pos, notify,
+    /// Unread counts per (room, user) as of a read position: `(read_pos, notify,
     /// highlight)`. Kept up to date as records are written (under this lock, so a count
     /// being computed and a record being added cannot miss or double-count each other);
     /// recomputed when the user's read position moved.
-    unread: Mutex<HashMap<(OwnedUserId, OwnedRoomId), (u64, u64, u64)>>,
+    unread: Arc<Mutex<counts::UnreadCache>>,
     /// Users who have (or recently had) a pusher: the others are skipped without a
     /// lookup when an event is pushed. Only grows while running; rebuilt at start.
-    with_pushers: Mutex<HashSet<OwnedUserId>>,
+    with_pushers: Arc<Mutex<pushers::WithPushers>>,
     /// Names per (room, member) as the naming rules look for them, dropped at the
     /// member's next membership event.
-    names: Mutex<HashMap<OwnedRoomId, HashMap<OwnedUserId, Arc<evaluate::MemberName>>>>,
+    names: Arc<Mutex<evaluate::NameCache>>,
     /// Position (in evaluation order) of the first rule of the server default that looks
     /// for the reader's id or names in an event: a shared evaluation that stopped at a
     /// rule before it holds for every member on the default rules who is not the event's
@@ -85,15 +85,27 @@ impl PushService {
         gateway_policy: gateway::AddressPolicy,
     ) -> PushService {
         let server = rooms.server_name().to_owned();
+        let (rules, unread, with_pushers, names) = Default::default();
+        if storage.is_shared() {
+            remote::watch(
+                &storage,
+                remote::Watched {
+                    rules: &rules,
+                    unread: &unread,
+                    with_pushers: &with_pushers,
+                    names: &names,
+                },
+            );
+        }
         PushService {
             storage,
             rooms,
             users,
-            rules: Mutex::new(HashMap::new()),
+            rules,
             nobody: nobody(&server),
-            unread: Mutex::new(HashMap::new()),
-            with_pushers: Mutex::new(HashSet::new()),
-            names: Mutex::new(HashMap::new()),
+            unread,
+            with_pushers,
+            names,
             naming_from: evaluate::first_naming_rule(),
             default_names: evaluate::default_rules_look_for_names(),
             gateway: gateway::Gateway::new(gateway_policy),

@@ -41,10 +41,11 @@ impl PushService {
         self.unread
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(_, room), _| room != room_id);
+            .remove(room_id);
         self.names
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .rooms
             .remove(room_id);
         Ok(())
     }

@@ -14,8 +14,19 @@ use crate::{
     Result,
 };
 
+/// Users who have (or recently had) a pusher.
+#[derive(Default)]
+pub(super) struct WithPushers {
+    /// The users; only grows while running.
+    pub(super) users: HashSet<OwnedUserId>,
+    /// Pushers may be missing (other processes' went unannounced): read them again
+    /// before the next look.
+    pub(super) stale: bool,
+}
+
 impl PushService {
-    /// Reads who has pushers (call once at start).
+    /// Reads who has pushers (call once at start; read again when other processes'
+    /// pushers may have been missed).
     pub fn load_pushers(&self) -> Result<()> {
         let mut users = HashSet::new();
         for kv in self.storage.trees.pushers.scan_prefix(&[]) {
@@ -27,14 +38,36 @@ impl PushService {
                 users.insert(user);
             }
         }
-        *self.with_pushers.lock().unwrap_or_else(|e| e.into_inner()) = users;
+        self.with_pushers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .users
+            .extend(users);
         Ok(())
     }
 
     pub(super) fn may_have_pushers(&self, user: &UserId) -> bool {
+        let stale = std::mem::take(
+            &mut self
+                .with_pushers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stale,
+        );
+        if stale {
+            if let Err(e) = self.load_pushers() {
+                tracing::error!(error = %e, "reading who has pushers again");
+                self.with_pushers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stale = true;
+                return true;
+            }
+        }
         self.with_pushers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .users
             .contains(user)
     }
 
@@ -123,6 +156,7 @@ impl PushService {
         self.with_pushers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .users
             .insert(user.to_owned());
         self.storage.commit(batch)?;
         self.storage.durable().await

@@ -1,16 +1,51 @@
 //! A user's push rules: their own (from `m.push_rules` account data, cached) or the
 //! server default.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     push::{ConditionalPushRule, Ruleset},
-    UserId,
+    OwnedUserId, UserId,
 };
 use serde_json::{json, Value};
 
 use super::{PushService, PUSH_RULES_TYPE};
 use crate::Result;
+
+/// Each user's own rules once read: `None` for the server default.
+#[derive(Default)]
+pub(super) struct RulesCache {
+    users: HashMap<OwnedUserId, Option<Arc<Ruleset>>>,
+    /// Entries dropped so far because another process changed them: rules read from
+    /// storage before a drop are not cached (they may be the old ones).
+    dropped: u64,
+}
+
+impl RulesCache {
+    /// Drops the rules of these users (`None`: everybody's) after another process
+    /// changed them.
+    pub(super) fn changed_elsewhere(&mut self, users: Option<&[&UserId]>) {
+        match users {
+            Some(users) => {
+                for user in users {
+                    self.users.remove(*user);
+                }
+            }
+            None => self.users.clear(),
+        }
+        self.dropped += 1;
+    }
+}
+
+/// The user whose `m.push_rules` global account data is stored under `key` in the
+/// `account_data` tree (`user, "", type`), if that is what the key holds.
+pub(super) fn rules_owner(key: &[u8]) -> Option<&UserId> {
+    let suffix = crate::storage::keys::strs(&["", PUSH_RULES_TYPE]);
+    let user = key
+        .strip_suffix(suffix.as_slice())?
+        .strip_suffix(&[crate::storage::keys::SEP])?;
+    <&UserId>::try_from(std::str::from_utf8(user).ok()?).ok()
+}
 
 impl PushService {
     /// A user's push rules.
@@ -30,10 +65,10 @@ impl PushService {
     pub(super) fn custom_rulesets(&self, users: &[&UserId]) -> Result<Vec<Option<Arc<Ruleset>>>> {
         let mut found = Vec::with_capacity(users.len());
         let mut missing = Vec::new();
-        {
+        let dropped = {
             let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
             for (i, user) in users.iter().enumerate() {
-                match rules.get(*user) {
+                match rules.users.get(*user) {
                     Some(r) => found.push(r.clone()),
                     None => {
                         found.push(None);
@@ -41,7 +76,8 @@ impl PushService {
                     }
                 }
             }
-        }
+            rules.dropped
+        };
         for i in missing {
             let user = users[i];
             let stored = self
@@ -52,14 +88,14 @@ impl PushService {
                     with_current_postcontent(&mut ruleset, user);
                     Arc::new(ruleset)
                 });
-            // A ruleset saved meanwhile is newer than what was read: it stays.
-            found[i] = self
-                .rules
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(user.to_owned())
-                .or_insert(stored)
-                .clone();
+            // A ruleset saved meanwhile is newer than what was read: it stays. What was
+            // read while another process changed the rules is used once, not kept.
+            let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            found[i] = if rules.dropped == dropped {
+                rules.users.entry(user.to_owned()).or_insert(stored).clone()
+            } else {
+                stored
+            };
         }
         Ok(found)
     }
@@ -72,13 +108,17 @@ impl PushService {
     /// Stores a changed ruleset (durable when this returns).
     pub async fn save_ruleset(&self, user: &UserId, ruleset: Ruleset) -> Result<()> {
         let content = json!({ "global": ruleset });
+        let dropped = self.rules.lock().unwrap_or_else(|e| e.into_inner()).dropped;
         self.users
             .set_account_data(user, None, PUSH_RULES_TYPE, content)
             .await?;
-        self.rules
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(user.to_owned(), Some(Arc::new(ruleset)));
+        // Another process may have saved newer rules meanwhile: then storage tells.
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        if rules.dropped == dropped {
+            rules.users.insert(user.to_owned(), Some(Arc::new(ruleset)));
+        } else {
+            rules.users.remove(user);
+        }
         Ok(())
     }
 }

@@ -215,7 +215,10 @@ impl PushService {
         self.storage.commit(batch)?;
         for e in evaluated {
             for (user, highlight) in &e.pushes {
-                if let Some(counts) = unread.get_mut(&(user.clone(), e.pdu.room_id.clone())) {
+                if let Some(counts) = unread
+                    .get_mut(&e.pdu.room_id)
+                    .and_then(|room| room.get_mut(user))
+                {
                     counts.1 += 1;
                     counts.2 += u64::from(*highlight);
                 }

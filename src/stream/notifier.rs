@@ -74,13 +74,19 @@ impl Notifier {
         self.notify(std::iter::once(user));
     }
 
-    /// Shutdown: wakes every waiting sync and makes later ones answer without waiting.
-    pub fn close(&self) {
-        self.closing.store(true, Ordering::SeqCst);
+    /// Wakes every waiting sync of every user (after changes whose users are not known,
+    /// e.g. when notices from other processes may have been missed).
+    pub fn notify_everyone(&self) {
         let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
         for n in map.values() {
             n.notify_waiters();
         }
+    }
+
+    /// Shutdown: wakes every waiting sync and makes later ones answer without waiting.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.notify_everyone();
     }
 
     /// Whether the server is shutting down (long-polls must not wait).

@@ -2,9 +2,9 @@
 //! `account_data_log` indexes the latest position of every `(room, type)` so `/sync`
 //! reads only what changed since its token.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -30,12 +30,55 @@ pub type AccountDataChanges = (
     BTreeMap<OwnedRoomId, Vec<(String, Value)>>,
 );
 
+/// Position of each user's newest account-data change since a start position, so a sync
+/// of a user whose account data did not change reads nothing.
+#[derive(Default)]
+pub(super) struct ChangeIndex {
+    /// No account data changed after this position except what `changes` lists.
+    started: u64,
+    /// The newest change of each user after `started`.
+    changes: HashMap<OwnedUserId, u64>,
+}
+
+impl ChangeIndex {
+    /// Notes a change of `user` at `pos` (unless a newer one is known).
+    pub(super) fn record(&mut self, user: &UserId, pos: u64) {
+        let newest = self.changes.entry(user.to_owned()).or_default();
+        *newest = (*newest).max(pos);
+    }
+
+    /// The position of the newest change of `user` there may be.
+    fn last_change(&self, user: &UserId) -> u64 {
+        self.changes.get(user).copied().unwrap_or(self.started)
+    }
+
+    /// Anybody's account data may have changed up to `pos` (the position at start, or
+    /// when other processes' changes may have gone unannounced): only newer changes
+    /// stay listed.
+    pub(super) fn restart_at(&mut self, pos: u64) {
+        self.started = self.started.max(pos);
+        let started = self.started;
+        self.changes.retain(|_, newest| *newest > started);
+    }
+}
+
 fn data_key(user: &UserId, room: Option<&RoomId>, kind: &str) -> Vec<u8> {
     keys::strs(&[user.as_str(), room.map_or("", |r| r.as_str()), kind])
 }
 
 fn log_key(user: &UserId, pos: u64) -> Vec<u8> {
     KeyBuilder::new().str(user.as_str()).u64(pos).build()
+}
+
+/// The user and position of a `user, pos` log key (account data, thread subscriptions).
+pub(super) fn split_log_key(key: &[u8]) -> Option<(OwnedUserId, u64)> {
+    let pos = keys::trailing_u64(key)?;
+    let user = key.get(..key.len().checked_sub(9)?)?;
+    if key.get(user.len()) != Some(&SEP) {
+        return None;
+    }
+    let user = UserId::parse(std::str::from_utf8(user).ok()?).ok()?;
+    Some((user, pos))
 }
 
 /// Splits `room 0xFF type 0xFF` (room possibly empty) into its parts.
@@ -117,7 +160,7 @@ impl UsersService {
             self.account_data_changes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(user.to_owned(), pos);
+                .record(user, pos);
         })?;
         self.changed(user);
         Ok(())
@@ -158,9 +201,7 @@ impl UsersService {
             .account_data_changes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(user)
-            .copied()
-            .unwrap_or(self.started_pos);
+            .last_change(user);
         if last_change <= since {
             return Ok(out);
         }

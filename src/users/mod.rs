@@ -6,6 +6,8 @@
 mod account_data;
 mod accounts;
 mod admin;
+#[cfg(test)]
+mod cluster_tests;
 mod dehydrated;
 mod devices;
 mod filters;
@@ -14,6 +16,7 @@ mod presence;
 mod privacy;
 mod profile;
 mod registration_tokens;
+mod remote;
 mod shared_secret;
 mod thread_subscriptions;
 mod token_cache;
@@ -21,7 +24,6 @@ mod tokens;
 mod uia;
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, OnceLock},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -49,7 +51,7 @@ pub use self::{
 use crate::{
     config::Config,
     storage::{Batch, Storage, StreamPosition},
-    stream::Notifier,
+    stream::{Notifier, RemoteWakes},
     Error, Result,
 };
 
@@ -104,17 +106,17 @@ pub struct UsersService {
     on_devices_changed: OnceLock<OnDevicesChanged>,
     /// Who changed presence at which user-data position (newest change per user), so a
     /// sync finds the changes since its token without reading everyone's record.
-    presence_changes: Mutex<presence::ChangeIndex>,
-    /// The user-data position when the service started: no account data changed after
-    /// it except what `account_data_changes` lists.
-    started_pos: u64,
+    presence_changes: Arc<Mutex<presence::ChangeIndex>>,
     /// Position of each user's newest account-data change since the start, so a sync of
     /// a user whose account data did not change reads nothing.
-    account_data_changes: Mutex<HashMap<OwnedUserId, u64>>,
+    account_data_changes: Arc<Mutex<account_data::ChangeIndex>>,
     /// Hash of this run's operator token (see [`operator`]), once installed.
     operator_token: OnceLock<Vec<u8>>,
     /// Sessions of access tokens in use (see [`token_cache`]).
     token_cache: Arc<token_cache::TokenCache>,
+    /// Users to wake for other processes' changes (a shared database, see [`remote`]);
+    /// the handlers hold it weakly.
+    _remote_wakes: Arc<RemoteWakes>,
 }
 
 /// Tokens are stored hashed: a stolen database does not yield usable tokens.
@@ -137,8 +139,31 @@ impl UsersService {
         storage: Arc<Storage>,
         notifier: Arc<Notifier>,
     ) -> Result<UsersService> {
+        let presence_changes = Arc::default();
+        let token_cache = Arc::default();
+        let remote_wakes = Arc::default();
+        // The change index starts at the loaded position; other processes' changes are
+        // noted from before the load on.
+        let account_data_changes = Arc::new(Mutex::new(account_data::ChangeIndex::default()));
+        if storage.is_shared() {
+            remote::watch(
+                &storage,
+                remote::Watched {
+                    token_cache: &token_cache,
+                    account_data: &account_data_changes,
+                    presence: &presence_changes,
+                    wakes: &remote_wakes,
+                },
+            );
+        }
         let pos = StreamPosition::load(&storage, USERDATA_POS_KEY)?;
-        let started_pos = pos.current();
+        account_data_changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restart_at(pos.current());
+        if storage.is_shared() {
+            remote_wakes.register(&storage, USERDATA_POS_KEY, pos.current(), &notifier, None);
+        }
         let service = UsersService {
             config,
             storage,
@@ -146,11 +171,11 @@ impl UsersService {
             notifier,
             nonces: Mutex::default(),
             on_devices_changed: OnceLock::new(),
-            presence_changes: Mutex::default(),
-            started_pos,
-            account_data_changes: Mutex::default(),
+            presence_changes,
+            account_data_changes,
             operator_token: OnceLock::new(),
-            token_cache: Arc::default(),
+            token_cache,
+            _remote_wakes: remote_wakes,
         };
         service.purge_expired_uia()?;
         service.load_presence_changes()?;

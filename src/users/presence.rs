@@ -52,14 +52,30 @@ pub(super) struct ChangeIndex {
     /// The last activity check of each user by a sync: the state it asked for, when,
     /// and the user's change position then (a change since makes the check stale).
     touched: HashMap<OwnedUserId, (&'static str, u64, Option<u64>)>,
+    /// Changes may be missing (another process's changes went unannounced): read the
+    /// stored records again before answering.
+    stale: bool,
 }
 
 impl ChangeIndex {
-    fn record(&mut self, user: &UserId, pos: u64) {
-        if let Some(old) = self.by_user.insert(user.to_owned(), pos) {
-            self.by_pos.remove(&old);
+    /// Notes a change of `user` at `pos`, unless a newer one is known.
+    pub(super) fn record(&mut self, user: &UserId, pos: u64) {
+        match self.by_user.get(user) {
+            Some(&old) if old >= pos => return,
+            Some(&old) => {
+                self.by_pos.remove(&old);
+            }
+            None => {}
         }
+        self.by_user.insert(user.to_owned(), pos);
         self.by_pos.insert(pos, user.to_owned());
+    }
+
+    /// Notes that changes may be missing: the records are read again before the next
+    /// answer, and no recent activity check is trusted.
+    pub(super) fn mark_stale(&mut self) {
+        self.stale = true;
+        self.touched.clear();
     }
 
     fn since(&self, since: u64) -> impl Iterator<Item = &UserId> {
@@ -212,9 +228,10 @@ impl UsersService {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Builds the change index from the stored records (at start).
+    /// Adds the stored records to the change index (at start, and again when changes
+    /// of other processes may have been missed).
     pub(super) fn load_presence_changes(&self) -> Result<()> {
-        let mut index = self.change_index();
+        let mut found = Vec::new();
         for kv in self.storage.trees.presence.scan_prefix(&[]) {
             let (k, v) = kv?;
             let (Ok(user), Ok(record)) = (
@@ -223,13 +240,29 @@ impl UsersService {
             ) else {
                 continue;
             };
-            index.record(&user, record.pos);
+            found.push((user, record.pos));
+        }
+        let mut index = self.change_index();
+        for (user, pos) in found {
+            index.record(&user, pos);
         }
         Ok(())
     }
 
+    /// Reads the stored records again if changes may be missing from the index.
+    fn reload_presence_changes_if_stale(&self) {
+        if !std::mem::take(&mut self.change_index().stale) {
+            return;
+        }
+        if let Err(e) = self.load_presence_changes() {
+            tracing::error!(error = %e, "reading the presence records again");
+            self.change_index().stale = true;
+        }
+    }
+
     /// Users whose presence changed after user-data position `since`, oldest change first.
     pub fn presence_changed_since(&self, since: u64) -> Vec<OwnedUserId> {
+        self.reload_presence_changes_if_stale();
         self.change_index()
             .since(since)
             .map(ToOwned::to_owned)

@@ -84,6 +84,25 @@ impl TokenCache {
         }
     }
 
+    /// Another process removed or wrote these tokens (each a [`TokenHash`]; other keys
+    /// are ignored): their sessions leave the cache, and a lookup that read storage
+    /// before the change caches nothing, as when a local revocation ends. `None`: any
+    /// token may have changed.
+    pub(super) fn changed_elsewhere(&self, hashes: Option<&[&[u8]]>) {
+        let mut inner = self.lock();
+        match hashes {
+            Some(hashes) => {
+                for hash in hashes {
+                    if let Ok(hash) = TokenHash::try_from(*hash) {
+                        inner.sessions.remove(&hash);
+                    }
+                }
+            }
+            None => inner.sessions.clear(),
+        }
+        inner.ended += 1;
+    }
+
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.lock().sessions.len()
@@ -165,6 +184,21 @@ mod tests {
         let seen = ended(&cache, &other);
         cache.insert(other, &session(), seen);
         assert!(matches!(cache.get(&other), Lookup::Hit(_)));
+    }
+
+    #[test]
+    fn a_change_elsewhere_drops_the_session_and_refuses_earlier_reads() {
+        let cache = TokenCache::default();
+        let (hash, other) = ([4; 32], [5; 32]);
+        let seen = ended(&cache, &hash);
+        cache.insert(other, &session(), seen);
+        // Read storage, then another process removed the token, then the cache attempt.
+        cache.changed_elsewhere(Some(&[&hash[..], b"not a hash"]));
+        cache.insert(hash, &session(), seen);
+        assert!(matches!(cache.get(&hash), Lookup::Miss { .. }));
+        assert!(matches!(cache.get(&other), Lookup::Hit(_)));
+        cache.changed_elsewhere(None);
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
