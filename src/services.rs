@@ -349,9 +349,19 @@ impl Services {
                 config.storage.postgres_pool_size,
             )?,
         };
+        // Processes sharing the database start one at a time, so that what a start writes
+        // (the timeline counter's seed, an index rebuilt after an upgrade, a key generated
+        // in a shared data dir) is written once, by one process.
+        let starting = if storage.is_shared() {
+            Some(storage.lock(STARTUP_LOCK)?)
+        } else {
+            None
+        };
         let keys = ServerKeys::load_or_generate(&config.data_dir)?;
         let livekit = LiveKitKeys::load_or_generate(&config.rtc, &config.data_dir)?;
-        Services::build_with(config, storage, keys, livekit)
+        let services = Services::build_with(config, storage, keys, livekit);
+        drop(starting);
+        services
     }
 
     /// Opens the services on a data dir that an instance just dropped in this process
@@ -381,3 +391,7 @@ impl Services {
 /// How long the leader's lease lasts without renewal (renewed every third of it): how
 /// long the cluster's background work waits after its leader dies.
 const LEADER_LEASE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// The database lock a process sharing the database holds while it starts ("mstart" in
+/// ASCII: apart from the process lock and from rooms' locks, which are negative).
+const STARTUP_LOCK: i64 = 0x6d73_7461_7274;

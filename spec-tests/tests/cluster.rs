@@ -2,7 +2,8 @@
 //! (`storage.postgres_shared`): two `myelin serve` processes on two loopback ports share
 //! a database and a data dir (signing key); users on either chat in one room, a long poll
 //! on one wakes for a send on the other, appends from both never fork a room, and after
-//! a `kill -9` of one the other keeps serving every acknowledged event.
+//! a `kill -9` of one the other keeps serving every acknowledged event; delayed events
+//! fire once, also after the process that led dies.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,21 @@ async fn history(c: &Client, room: &str) -> anyhow::Result<Vec<String>> {
         .filter(|e| e["type"] == "m.room.message")
         .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
         .collect())
+}
+
+/// Schedules `body` as a message `c` sends into `room` after `delay_ms` (MSC4140).
+async fn schedule(c: &Client, room: &str, body: &str, delay_ms: u64) -> anyhow::Result<()> {
+    let path = format!(
+        "/rooms/{}/send/m.room.message/{}?org.matrix.msc4140.delay={delay_ms}",
+        enc(room),
+        enc(&body.replace(' ', "-"))
+    );
+    let sent = c
+        .put(&path, json!({"msgtype": "m.text", "body": body}))
+        .await?
+        .ok()?;
+    anyhow::ensure!(sent["delay_id"].is_string(), "not delayed: {sent}");
+    Ok(())
 }
 
 #[tokio::test]
@@ -228,10 +244,42 @@ async fn two_processes_serve_one_server() -> anyhow::Result<()> {
         "{sync}"
     );
 
-    // kill -9 of A: B serves every acknowledged event and keeps serving.
+    // Delayed events (MSC4140) scheduled through either process fire once, on the leader.
+    for (c, body) in [(&alice, "delayed via A"), (&bob, "delayed via B")] {
+        schedule(c, &room, body, 500).await?;
+    }
+    let fired = |h: &[String], body: &str| h.iter().filter(|b| *b == body).count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = history(&bob, &room).await?;
+        if fired(&h, "delayed via A") > 0 && fired(&h, "delayed via B") > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "delayed events never fired: {h:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h = history(&alice, &room).await?;
+    assert_eq!(fired(&h, "delayed via A"), 1, "{h:?}");
+    assert_eq!(fired(&h, "delayed via B"), 1, "{h:?}");
+
+    // kill -9 of A: B serves every acknowledged event and keeps serving, and a delayed
+    // event scheduled through A fires once B has taken the lead.
+    schedule(&alice, &room, "delayed past the kill", 2000).await?;
     let acknowledged = history(&alice, &room).await?;
     a.kill9()?;
     assert_eq!(history(&bob, &room).await?, acknowledged);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fired(&history(&bob, &room).await?, "delayed past the kill") == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the delayed event never fired on B"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     bob.send(
         &room,
         "m.room.message",

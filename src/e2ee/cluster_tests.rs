@@ -23,8 +23,12 @@ use crate::{
 fn two_processes() -> (Arc<Services>, Arc<Services>) {
     let url = test_database();
     let open = || {
-        let storage = Storage::open_postgres_shared(&url, 2).unwrap();
-        Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap()
+        let storage = Storage::open_postgres_shared(&url, 4).unwrap();
+        let services =
+            Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap();
+        // The rooms' publication (and the leader's pipeline) run as in `myelin serve`.
+        services.start_background();
+        services
     };
     (open(), open())
 }
@@ -108,7 +112,7 @@ async fn key_uploads_through_one_process_wake_the_owner_and_the_trackers_on_the_
 
     // One-time keys: the device's owner hears of the new counts.
     let since = caught_up(&a, &b).await;
-    let woken_at = wakes(&b, &alice, since, async {
+    wakes(&b, &alice, since, async {
         a.e2ee
             .upload_keys(
                 &alice,

@@ -19,8 +19,12 @@ use crate::{
 fn two_processes() -> (Arc<Services>, Arc<Services>) {
     let url = test_database();
     let open = || {
-        let storage = Storage::open_postgres_shared(&url, 2).unwrap();
-        Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap()
+        let storage = Storage::open_postgres_shared(&url, 4).unwrap();
+        let services =
+            Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap();
+        // The rooms' publication (and the leader's pipeline) run as in `myelin serve`.
+        services.start_background();
+        services
     };
     (open(), open())
 }

@@ -19,7 +19,7 @@
 //! waits for the answer, as a sled call waits for its disk.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     ops::Bound,
     sync::{mpsc, Arc, Mutex},
     thread,
@@ -28,6 +28,7 @@ use std::{
 
 use postgres::{types::ToSql, Client, NoTls, Statement};
 
+use self::writes::{WriteStatements, Writes};
 use super::{
     engine::{Engine, KeyValue, KvIter, RawBatch},
     postgres_feed::{self, Listener},
@@ -417,85 +418,6 @@ impl PostgresEngine {
     }
 }
 
-/// A batch's writes as statements take them: the last write of each key (as applied in
-/// order), split into upserts and removals.
-struct Writes {
-    put_keys: Vec<Vec<u8>>,
-    put_values: Vec<Vec<u8>>,
-    removed: Vec<Vec<u8>>,
-}
-
-/// The statements that write a batch, prepared on one connection.
-struct WriteStatements {
-    upsert: Statement,
-    delete: Statement,
-    notify: Option<Statement>,
-}
-
-impl WriteStatements {
-    fn prepare(conn: &mut Conn, notify: bool) -> Result<WriteStatements> {
-        Ok(WriteStatements {
-            upsert: conn.statement(UPSERT)?,
-            delete: conn.statement(DELETE)?,
-            notify: if notify {
-                Some(conn.statement(NOTIFY)?)
-            } else {
-                None
-            },
-        })
-    }
-}
-
-impl Writes {
-    fn of(batch: RawBatch) -> Writes {
-        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-        for (k, v) in batch.ops {
-            last.insert(k, v);
-        }
-        let mut writes = Writes {
-            put_keys: Vec::new(),
-            put_values: Vec::new(),
-            removed: Vec::new(),
-        };
-        for (k, v) in last {
-            match v {
-                Some(v) => {
-                    writes.put_keys.push(k);
-                    writes.put_values.push(v);
-                }
-                None => writes.removed.push(k),
-            }
-        }
-        writes
-    }
-
-    fn keys(&self) -> impl Iterator<Item = &Vec<u8>> + Clone {
-        self.put_keys.iter().chain(&self.removed)
-    }
-
-    /// Writes everything inside `tx`, with the change notice when there is one.
-    fn write(
-        &self,
-        tx: &mut postgres::Transaction<'_>,
-        statements: &WriteStatements,
-        notice: Option<&str>,
-    ) -> Result<()> {
-        if !self.put_keys.is_empty() {
-            tx.execute(&statements.upsert, &[&self.put_keys, &self.put_values])
-                .map_err(pg)?;
-        }
-        if !self.removed.is_empty() {
-            tx.execute(&statements.delete, &[&self.removed])
-                .map_err(pg)?;
-        }
-        if let (Some(notify), Some(notice)) = (&statements.notify, notice) {
-            tx.execute(notify, &[&postgres_feed::CHANNEL, &notice])
-                .map_err(pg)?;
-        }
-        Ok(())
-    }
-}
-
 /// The answer of a submitted job.
 fn wait<T>(answer: mpsc::Receiver<Result<T>>) -> Result<T> {
     answer
@@ -840,6 +762,8 @@ pub(crate) fn test_database() -> String {
     .unwrap_or_else(|e| panic!("creating a test database on {base}: {e}"));
     format!("{base} dbname={name}")
 }
+
+mod writes;
 
 #[cfg(test)]
 mod tests;

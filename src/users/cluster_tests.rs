@@ -135,5 +135,5 @@ async fn thread_subscriptions_changed_by_one_process_wake_the_others_long_polls(
     let changes = b
         .thread_subscription_changes(&alice, since, woken_at, 10)
         .unwrap();
-    assert_eq!(changes.len(), 1);
+    assert_eq!(changes.changes.len(), 1);
 }

@@ -16,11 +16,15 @@ use crate::{
 fn processes() -> (Arc<Services>, Arc<Services>) {
     let url = test_database();
     let open = || {
-        let storage = Storage::open_postgres_shared(&url, 2).unwrap();
+        let storage = Storage::open_postgres_shared(&url, 4).unwrap();
         Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap()
     };
     let (a, b) = (open(), open());
-    a.rtc.start_delayed_events();
+    // A leads (its background work, the delayed-event timer among it, runs as in `myelin
+    // serve`); B publishes and runs its own pipeline stages but never asks for the lead.
+    a.start_background();
+    b.rooms.start_publication();
+    b.pipeline.start();
     (a, b)
 }
 
