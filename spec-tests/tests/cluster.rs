@@ -54,6 +54,39 @@ async fn history(c: &Client, room: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Runs `act` while `c` long-polls `/sync`, then syncs on until the room's ephemeral
+/// events in one response satisfy `found` (within 15 s): other ephemeral changes (such as
+/// delivered receipts) may end a long poll first.
+async fn ephemeral_after(
+    c: &Client,
+    room: &str,
+    act: impl std::future::Future<Output = anyhow::Result<()>>,
+    found: impl Fn(&[Value]) -> bool,
+) -> anyhow::Result<()> {
+    let now = c.sync("timeout=0").await?;
+    let since = now["next_batch"].as_str().unwrap_or_default().to_owned();
+    let poll = {
+        let c = c.clone();
+        tokio::spawn(async move { c.sync(&format!("since={since}&timeout=20000")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    act.await?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sync = tokio::time::timeout(Duration::from_secs(15), poll).await???;
+    loop {
+        let events = sync["rooms"]["join"][room]["ephemeral"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if found(&events) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never seen; last sync: {sync}");
+        let since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        sync = c.sync(&format!("since={since}&timeout=5000")).await?;
+    }
+}
+
 /// Schedules `body` as a message `c` sends into `room` after `delay_ms` (MSC4140).
 async fn schedule(c: &Client, room: &str, body: &str, delay_ms: u64) -> anyhow::Result<()> {
     let path = format!(
@@ -174,6 +207,7 @@ async fn two_processes_serve_one_server() -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     let mut received = Vec::new();
+    let mut syncs = 0;
     for i in 0..6 {
         let sender = if i % 2 == 0 { &alice } else { &bob };
         sender
@@ -183,46 +217,43 @@ async fn two_processes_serve_one_server() -> anyhow::Result<()> {
                 json!({"msgtype": "m.text", "body": format!("x{i}")}),
             )
             .await?;
-        let syncer = if i % 2 == 0 { &bob } else { &bob_via_a };
-        let sync = syncer.sync(&format!("since={token}&timeout=5000")).await?;
-        received.extend(bodies(&sync, &room));
-        token = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        // A long poll may end for another change first (a delivered receipt): sync on,
+        // switching process every time, until the message came.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !received.contains(&format!("x{i}")) {
+            anyhow::ensure!(Instant::now() < deadline, "x{i} never came: {received:?}");
+            let syncer = if syncs % 2 == 0 { &bob } else { &bob_via_a };
+            syncs += 1;
+            let sync = syncer.sync(&format!("since={token}&timeout=5000")).await?;
+            received.extend(bodies(&sync, &room));
+            token = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+        }
     }
     let expected: Vec<String> = (0..6).map(|i| format!("x{i}")).collect();
     assert_eq!(received, expected);
 
     // Typing on A and a read receipt on B reach the other process's long polls.
-    let now = bob.sync("timeout=0").await?;
-    let bob_since = now["next_batch"].as_str().unwrap_or_default().to_owned();
-    let poll = {
-        let bob = bob.clone();
-        tokio::spawn(async move { bob.sync(&format!("since={bob_since}&timeout=20000")).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    alice
-        .put(
-            &format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id)),
-            json!({"typing": true, "timeout": 30000}),
-        )
-        .await?
-        .ok()?;
-    let sync = tokio::time::timeout(Duration::from_secs(15), poll).await???;
-    let typing = &sync["rooms"]["join"][&room]["ephemeral"]["events"];
-    assert!(
-        typing.to_string().contains(&alice.user_id) && typing.to_string().contains("m.typing"),
-        "{sync}"
-    );
-    let now = alice.sync("timeout=0").await?;
-    let alice_since = now["next_batch"].as_str().unwrap_or_default().to_owned();
-    let poll = {
-        let alice = alice.clone();
-        tokio::spawn(async move {
+    let typing_path = format!("/rooms/{}/typing/{}", enc(&room), enc(&alice.user_id));
+    ephemeral_after(
+        &bob,
+        &room,
+        async {
             alice
-                .sync(&format!("since={alice_since}&timeout=20000"))
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+                .put(&typing_path, json!({"typing": true, "timeout": 30000}))
+                .await?
+                .ok()?;
+            Ok(())
+        },
+        |events| {
+            events.iter().any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .to_string()
+                        .contains(&alice.user_id)
+            })
+        },
+    )
+    .await?;
     let latest = alice
         .get(&format!("/rooms/{}/messages?dir=b&limit=1", enc(&room)))
         .await?
@@ -231,18 +262,22 @@ async fn two_processes_serve_one_server() -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    bob.post(
-        &format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&latest)),
-        json!({}),
+    let receipt_path = format!("/rooms/{}/receipt/m.read/{}", enc(&room), enc(&latest));
+    ephemeral_after(
+        &alice,
+        &room,
+        async {
+            bob.post(&receipt_path, json!({})).await?.ok()?;
+            Ok(())
+        },
+        |events| {
+            events.iter().any(|e| {
+                e["type"] == "m.receipt"
+                    && e["content"][&latest]["m.read"][&bob.user_id].is_object()
+            })
+        },
     )
-    .await?
-    .ok()?;
-    let sync = tokio::time::timeout(Duration::from_secs(15), poll).await???;
-    let receipts = sync["rooms"]["join"][&room]["ephemeral"]["events"].to_string();
-    assert!(
-        receipts.contains("m.receipt") && receipts.contains(&bob.user_id),
-        "{sync}"
-    );
+    .await?;
 
     // Delayed events (MSC4140) scheduled through either process fire once, on the leader.
     for (c, body) in [(&alice, "delayed via A"), (&bob, "delayed via B")] {
