@@ -30,7 +30,10 @@ pub(crate) struct State {
 /// HTTP client with retry on 429 and counters.
 pub(crate) struct Hs {
     pub(crate) http: reqwest::Client,
-    pub(crate) base: String,
+    /// The base URLs of the processes serving the homeserver (usually one).
+    pub(crate) bases: Vec<String>,
+    /// Turns of the requests without an access token.
+    turn: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) common: Common,
 }
@@ -49,15 +52,39 @@ pub(crate) fn enc(s: &str) -> String {
 
 impl Hs {
     pub(crate) fn new(common: &Common) -> Result<Hs> {
+        if common.url.split(',').all(|u| u.trim().is_empty()) {
+            bail!("--url names no homeserver");
+        }
         Ok(Hs {
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(2048)
                 .timeout(Duration::from_secs(120))
                 .build()?,
-            base: common.url.trim_end_matches('/').to_owned(),
+            bases: common
+                .url
+                .split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            turn: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             common: common.clone(),
         })
+    }
+
+    /// The process a request goes to: a user's (by access token) always the same one, as
+    /// behind a load balancer with per-user affinity; the others in turn.
+    fn base(&self, token: Option<&str>) -> &str {
+        let n = self.bases.len().max(1) as u64;
+        let i = match token {
+            Some(t) => {
+                t.bytes()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+                    % n
+            }
+            None => self.turn.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        &self.bases[i as usize]
     }
 
     /// One request; 429s are retried after `retry_after_ms` (bounded).
@@ -71,7 +98,7 @@ impl Hs {
         for _ in 0..50 {
             let mut req = self
                 .http
-                .request(method.clone(), format!("{}{path}", self.base));
+                .request(method.clone(), format!("{}{path}", self.base(token)));
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }

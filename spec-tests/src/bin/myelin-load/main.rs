@@ -40,7 +40,9 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub(crate) struct Common {
-    /// Homeserver base URL.
+    /// Homeserver base URL; several, comma-separated, for processes serving one server
+    /// (each user's requests go to one of them, chosen by its access token; requests
+    /// without a token take turns).
     #[arg(long, global = true, default_value = "http://127.0.0.1:8008")]
     pub(crate) url: String,
     /// Print a human-readable table after the JSON.
@@ -183,7 +185,7 @@ async fn main() -> Result<()> {
     };
     eprintln!();
     result["scenario"] = json!(name);
-    result["server"] = json!(hs.base);
+    result["server"] = json!(hs.bases.join(","));
     result["rate_limit_retries"] = json!(hs.retries.load(Ordering::Relaxed));
     if cli.common.server_pid.is_some() {
         result["server_memory"] = json!({ "before": idle, "after": rss(cli.common.server_pid) });

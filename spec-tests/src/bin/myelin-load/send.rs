@@ -34,7 +34,7 @@ pub(crate) async fn scenario_setup(
         }
     }
     let saved = State {
-        url: hs.base.clone(),
+        url: hs.bases.join(","),
         users: all,
         rooms: room_ids,
     };
