@@ -395,3 +395,18 @@ const LEADER_LEASE: std::time::Duration = std::time::Duration::from_secs(6);
 /// The database lock a process sharing the database holds while it starts ("mstart" in
 /// ASCII: apart from the process lock and from rooms' locks, which are negative).
 const STARTUP_LOCK: i64 = 0x6d73_7461_7274;
+
+/// The services of two processes sharing one new database on the test PostgreSQL server,
+/// both started as `myelin serve` starts them (one of them leads).
+#[cfg(test)]
+pub(crate) fn two_processes() -> (Arc<Services>, Arc<Services>) {
+    let url = crate::storage::test_database();
+    let open = || {
+        let storage = Storage::open_postgres_shared(&url, 4).unwrap();
+        let services =
+            Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap();
+        services.start_background();
+        services
+    };
+    (open(), open())
+}

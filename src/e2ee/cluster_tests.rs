@@ -1,7 +1,7 @@
 //! Two processes sharing one PostgreSQL database: what one writes through its E2EE
 //! service, the other's inbox index, key counts and long polls see.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc};
+use std::{collections::BTreeMap, future::Future};
 
 use ruma::UserId;
 use serde_json::json;
@@ -11,27 +11,10 @@ use super::{
     StreamPoint,
 };
 use crate::{
-    config::Config,
-    events::keys::ServerKeys,
     rooms::{CreateRoom, MemberProfile},
-    services::Services,
-    storage::{test_database, Storage},
+    services::{two_processes, Services},
     stream::test_support::{eventually, woken_after},
 };
-
-/// The services of two processes on one fresh database.
-fn two_processes() -> (Arc<Services>, Arc<Services>) {
-    let url = test_database();
-    let open = || {
-        let storage = Storage::open_postgres_shared(&url, 4).unwrap();
-        let services =
-            Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap();
-        // The rooms' publication (and the leader's pipeline) run as in `myelin serve`.
-        services.start_background();
-        services
-    };
-    (open(), open())
-}
 
 /// Waits until B has seen every change A made so far (so that a wake-up expected next is
 /// not one for an earlier change); B's e2ee position then.

@@ -1,33 +1,14 @@
 //! Two processes sharing one PostgreSQL database: what one writes, the other's push
 //! service uses — rules, unread counts, pushers, members' names.
 
-use std::sync::Arc;
-
 use ruma::{api::client::push::Pusher, push::Ruleset, OwnedRoomId, UserId};
 use serde_json::json;
 
 use crate::{
-    config::Config,
-    events::keys::ServerKeys,
     rooms::{CreateRoom, MemberProfile, NewEvent},
-    services::Services,
-    storage::{test_database, Storage},
+    services::{two_processes, Services},
     stream::test_support::eventually,
 };
-
-/// The services of two processes on one fresh database.
-fn two_processes() -> (Arc<Services>, Arc<Services>) {
-    let url = test_database();
-    let open = || {
-        let storage = Storage::open_postgres_shared(&url, 4).unwrap();
-        let services =
-            Services::build(Config::default(), storage, ServerKeys::generate().unwrap()).unwrap();
-        // The rooms' publication (and the leader's pipeline) run as in `myelin serve`.
-        services.start_background();
-        services
-    };
-    (open(), open())
-}
 
 /// A ruleset as JSON (rulesets do not compare).
 fn json_of(rules: &Ruleset) -> serde_json::Value {

@@ -342,25 +342,9 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::Config,
-        events::keys::ServerKeys,
         rooms::{CreateRoom, NewEvent},
-        services::Services,
+        services::two_processes,
     };
-
-    /// Two processes' services on one shared database, both started.
-    fn two_processes() -> (Arc<Services>, Arc<Services>) {
-        let url = crate::storage::test_database();
-        let open = || {
-            let storage = Storage::open_postgres_shared(&url, 4).unwrap();
-            let services =
-                Services::build(Config::default(), storage, ServerKeys::generate().unwrap())
-                    .unwrap();
-            services.start_background();
-            services
-        };
-        (open(), open())
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn appends_from_two_processes_form_one_chain() {
