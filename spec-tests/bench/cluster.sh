@@ -9,6 +9,9 @@
 # Prints a Markdown table on stdout; the JSON of every run stays in spec-tests/bench/run.
 #
 #   spec-tests/bench/cluster.sh [--quick]
+#
+# CLUSTER_CONFIGS="pg-shared pg-shared-2" runs only those configurations (keeping the
+# others' JSON from an earlier run) before the table is printed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -24,7 +27,8 @@ if [ "$quick" = 1 ]; then
     WIDE_SYNCERS=50; WIDE_MESSAGES=5
 fi
 
-rm -rf "$work"
+all_configs="sled pg pg-shared pg-shared-2"
+if [ -z "${CLUSTER_CONFIGS:-}" ]; then rm -rf "$work"; fi
 mkdir -p "$work"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 pids=()
@@ -83,7 +87,7 @@ pg_pids() { echo "$postmaster" $(pgrep -P "$postmaster" || true); }
 # configure NAME ENGINE SHARED PROCESSES: fresh data dir (and database), servers started;
 # sets urls and server_pids.
 configure() {
-    local name=$1 engine=$2 shared=$3 n=$4 db="bench_$1"
+    local name=$1 engine=$2 shared=$3 n=$4 db="bench_${1//-/_}"
     local env=(MYELIN_DATA_DIR="$work/$name-data" MYELIN_REGISTRATION_MODE=open
         MYELIN_RATE_LIMITS_ENABLED=false MYELIN_LIMITS_MAX_CONNECTIONS=30000 RUST_LOG=warn
         MYELIN_RTC_EMBEDDED_SFU=false)
@@ -135,6 +139,8 @@ stop_servers() {
 configs="sled:sled:false:1 pg:postgres:false:1 pg-shared:postgres:true:1 pg-shared-2:postgres:true:2"
 for c in $configs; do
     IFS=: read -r name engine shared n <<<"$c"
+    case " ${CLUSTER_CONFIGS:-$all_configs} " in *" $name "*) ;; *) continue ;; esac
+    rm -f "$work/$name"-*
     configure "$name" "$engine" "$shared" "$n"
     run "$name-send" send --clients "$SEND_CLIENTS" --seconds "$SEND_SECONDS"
     run "$name-send-rooms" send --clients "$SEND_CLIENTS" --seconds "$SEND_SECONDS" --rooms "$SEND_CLIENTS"
