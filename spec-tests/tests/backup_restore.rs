@@ -89,9 +89,12 @@ async fn backup_during_sends_restores_every_acknowledged_event() -> Result<()> {
     myelin(&["restore", &backup_path, "--data-dir", &restored_path]).await?;
     assert!(restored_dir.join("signing.key").exists());
 
+    // `myelin restore` builds a sled data dir, whichever engine the backed-up server used
+    // (the suite's PostgreSQL pass backs up a PostgreSQL server).
     let restored = TestServer::start_with(&[
         ("MYELIN_REGISTRATION_MODE", "open"),
         ("MYELIN_DATA_DIR", restored_path.as_str()),
+        ("MYELIN_STORAGE_ENGINE", "sled"),
     ])
     .await?;
     let mut alice_again = restored.client();
