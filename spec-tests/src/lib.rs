@@ -69,6 +69,28 @@ pub async fn postgres_test_database() -> Result<String> {
     Ok(format!("{base} dbname={name}"))
 }
 
+/// The MAC of a shared-secret registration (`/_synapse/admin/v1/register`):
+/// `hex(HMAC-SHA1(secret, nonce \0 user \0 password \0 "admin"|"notadmin"))`.
+pub fn shared_secret_mac(
+    secret: &str,
+    nonce: &str,
+    user: &str,
+    password: &str,
+    admin: bool,
+) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(
+        format!(
+            "{nonce}\0{user}\0{password}\0{}",
+            if admin { "admin" } else { "notadmin" }
+        )
+        .as_bytes(),
+    );
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// A loopback TCP port that was free a moment ago. Another test may take it before the
 /// server binds it: [`TestServer::start_with`] retries with a fresh port when that happens.
 pub fn free_port() -> Result<u16> {

@@ -3,7 +3,7 @@
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use spec_tests::{Client, TestServer};
+use spec_tests::{shared_secret_mac, Client, TestServer};
 
 /// Changes alice's password with user-interactive auth; `extra` is merged into the body.
 async fn change_password(c: &Client, old: &str, new: &str, extra: Value) -> anyhow::Result<()> {
@@ -73,19 +73,6 @@ async fn password_change_keeps_or_logs_out_other_devices() -> anyhow::Result<()>
     let mut again = server.client();
     again.login("alice", "third-password").await?;
     Ok(())
-}
-
-fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(
-        format!(
-            "{nonce}\0{user}\0{password}\0{}",
-            if admin { "admin" } else { "notadmin" }
-        )
-        .as_bytes(),
-    );
-    hex::encode(mac.finalize().into_bytes())
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use spec_tests::{enc, postgres_test_database, Client, TestServer};
+use spec_tests::{enc, postgres_test_database, shared_secret_mac, Client, TestServer};
 
 /// Two processes on one new database; the second uses the first's data dir.
 async fn cluster() -> anyhow::Result<(TestServer, TestServer)> {
@@ -18,6 +18,7 @@ async fn cluster() -> anyhow::Result<(TestServer, TestServer)> {
         ("MYELIN_STORAGE_ENGINE", "postgres"),
         ("MYELIN_STORAGE_POSTGRES_URL", url.as_str()),
         ("MYELIN_STORAGE_POSTGRES_SHARED", "true"),
+        ("MYELIN_REGISTRATION_SHARED_SECRET", "hunter2"),
     ];
     let a = TestServer::start_with(&shared).await?;
     let data = a.data_dir().join("data");
@@ -323,5 +324,72 @@ async fn two_processes_serve_one_server() -> anyhow::Result<()> {
     .await?;
     let last = history(&bob, &room).await?;
     assert_eq!(last.last().map(String::as_str), Some("after"));
+    Ok(())
+}
+
+/// Requests that belong together need not reach the same process: a shared-secret
+/// registration's nonce fetched from A is accepted once by B, the operator token in the
+/// shared data dir (written by B, which started last) works on A, and the status of a
+/// room delete run through A is read on B.
+#[tokio::test]
+async fn related_requests_may_reach_either_process() -> anyhow::Result<()> {
+    let (a, b) = cluster().await?;
+    let path = "/_synapse/admin/v1/register";
+    let nonce = a
+        .client()
+        .request(reqwest::Method::GET, path, None)
+        .await?
+        .ok()?["nonce"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let body = json!({"nonce": nonce, "username": "ops", "password": "ops-password",
+        "admin": false, "mac": shared_secret_mac("hunter2", &nonce, "ops", "ops-password", false)});
+    let registered = b
+        .client()
+        .request(reqwest::Method::POST, path, Some(&body))
+        .await?
+        .ok()?;
+    assert_eq!(registered["user_id"], "@ops:localhost");
+    for s in [&a, &b] {
+        let again = s
+            .client()
+            .request(reqwest::Method::POST, path, Some(&body))
+            .await?;
+        assert_eq!(again.status, 400, "a used nonce is refused: {}", again.text);
+    }
+
+    let admin = a.admin("root").await?;
+    let alice = b.register("alice").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let started = admin
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/_synapse/admin/v2/rooms/{}", enc(&room)),
+            Some(&json!({})),
+        )
+        .await?
+        .ok()?;
+    let id = started["delete_id"].as_str().unwrap_or_default();
+    let mut admin_on_b = b.client();
+    admin_on_b.token = admin.token.clone();
+    let status = admin_on_b
+        .request(
+            reqwest::Method::GET,
+            &format!("/_synapse/admin/v2/rooms/delete_status/{}", enc(id)),
+            None,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(status["status"], "complete", "{status}");
+    let by_room = admin_on_b
+        .request(
+            reqwest::Method::GET,
+            &format!("/_synapse/admin/v2/rooms/{}/delete_status", enc(&room)),
+            None,
+        )
+        .await?
+        .ok()?;
+    assert_eq!(by_room["results"][0]["delete_id"], id, "{by_room}");
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use reqwest::Method;
 use serde_json::json;
-use spec_tests::{enc, TestServer};
+use spec_tests::{enc, shared_secret_mac, TestServer};
 
 #[tokio::test]
 async fn discovery_endpoints() -> anyhow::Result<()> {
@@ -357,19 +357,6 @@ async fn devices_password_deactivate() -> anyhow::Result<()> {
         .await?
         .expect_error(400, "M_USER_IN_USE")?;
     Ok(())
-}
-
-fn shared_secret_mac(secret: &str, nonce: &str, user: &str, password: &str, admin: bool) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(
-        format!(
-            "{nonce}\0{user}\0{password}\0{}",
-            if admin { "admin" } else { "notadmin" }
-        )
-        .as_bytes(),
-    );
-    hex::encode(mac.finalize().into_bytes())
 }
 
 #[tokio::test]

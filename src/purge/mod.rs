@@ -23,7 +23,7 @@
 
 mod dissolve;
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use ruma::{OwnedRoomAliasId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ struct Marker {
 }
 
 /// What an administrator's delete did (the Synapse admin API's answer).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct DeleteOutcome {
     /// Users taken out of the room (joined, invited or knocking).
     pub kicked_users: Vec<OwnedUserId>,
@@ -66,13 +66,25 @@ pub struct PurgeService {
     /// One purge at a time: a group deleted by its owner is also dissolved by its last
     /// leave; the second purge then finds nothing left.
     running: tokio::sync::Mutex<()>,
-    /// Outcomes of the administrators' asynchronous deletes, by delete id (kept while
-    /// the server runs, like Synapse's).
-    deletes: std::sync::Mutex<HashMap<String, (ruma::OwnedRoomId, DeleteOutcome)>>,
 }
 
 fn marker_key(room_id: &RoomId) -> Vec<u8> {
     keys::strs(&["purging", room_id.as_str()])
+}
+
+/// How long an administrator's delete status is kept (as Synapse keeps its own).
+const DELETE_STATUS_TTL_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Where a delete's status is kept (`meta` tree, under this prefix and the delete id):
+/// stored, so the status endpoint may reach another process than the delete did.
+const DELETE_STATUS: &str = "room_delete";
+
+/// A recorded delete.
+#[derive(Serialize, Deserialize)]
+struct DeleteRecord {
+    room_id: ruma::OwnedRoomId,
+    outcome: DeleteOutcome,
+    recorded_ms: u64,
 }
 
 /// The test hook in front of each domain's part: `purge.<domain>`.
@@ -100,7 +112,6 @@ impl PurgeService {
             users,
             rtc,
             running: tokio::sync::Mutex::new(()),
-            deletes: std::sync::Mutex::default(),
         }
     }
 
@@ -290,28 +301,56 @@ impl PurgeService {
                 .map(char::from)
                 .collect()
         };
-        self.deletes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), (room_id.to_owned(), outcome));
+        let now = crate::users::now_ms();
+        let meta = &self.storage.trees.meta;
+        let mut batch = Batch::new();
+        for (key, record) in self.delete_records()? {
+            if now.saturating_sub(record.recorded_ms) >= DELETE_STATUS_TTL_MS {
+                batch.remove(meta, &key);
+            }
+        }
+        let record = DeleteRecord {
+            room_id: room_id.to_owned(),
+            outcome,
+            recorded_ms: now,
+        };
+        batch.insert_json(meta, &keys::strs(&[DELETE_STATUS, &id]), &record)?;
+        self.storage.commit_durable(batch).await?;
         Ok(id)
     }
 
-    /// The recorded deletes: by id, or every one of a room.
+    /// Every recorded delete with its key.
+    fn delete_records(&self) -> Result<Vec<(Vec<u8>, DeleteRecord)>> {
+        let meta = &self.storage.trees.meta;
+        let mut records = Vec::new();
+        for entry in meta.scan_prefix(&keys::strs(&[DELETE_STATUS])) {
+            let (key, value) = entry?;
+            match serde_json::from_slice(&value) {
+                Ok(record) => records.push((key, record)),
+                Err(e) => tracing::warn!(error = %e, "unreadable room delete status"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// The recorded deletes of the last 24 hours: by id, or every one of a room.
     pub fn delete_statuses(
         &self,
         delete_id: Option<&str>,
         room_id: Option<&RoomId>,
-    ) -> Vec<(String, ruma::OwnedRoomId, DeleteOutcome)> {
-        self.deletes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(id, (room, _))| {
-                delete_id.is_none_or(|d| d == id.as_str()) && room_id.is_none_or(|r| r == room)
+    ) -> Result<Vec<(String, ruma::OwnedRoomId, DeleteOutcome)>> {
+        let now = crate::users::now_ms();
+        Ok(self
+            .delete_records()?
+            .into_iter()
+            .filter_map(|(key, record)| {
+                let id = keys::split_strs(&key).get(1)?.to_string();
+                let wanted = delete_id.is_none_or(|d| d == id)
+                    && room_id.is_none_or(|r| r == record.room_id)
+                    && now.saturating_sub(record.recorded_ms) < DELETE_STATUS_TTL_MS;
+                wanted.then_some((id, record.room_id, record.outcome))
             })
-            .map(|(id, (room, outcome))| (id.clone(), room.clone(), outcome.clone()))
-            .collect()
+            .collect())
     }
 }
 

@@ -62,6 +62,9 @@ trees! {
     /// `user_id, stream pos(u64)` → JSON `{room, root}`: the latest change of each thread
     /// subscription (older entries are removed), for sync (MSC4308).
     thread_subscription_log = 0x1B,
+    /// `nonce` → issue time (ms, u64): outstanding shared-secret registration nonces (in
+    /// the database, so a nonce fetched from one process is accepted by another).
+    registration_nonces = 0x1C,
 
     // ---- rooms and events ----
     /// `event_id` → JSON `{pos, pdu}`: the signed event and its stream position.

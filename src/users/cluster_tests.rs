@@ -137,3 +137,52 @@ async fn thread_subscriptions_changed_by_one_process_wake_the_others_long_polls(
         .unwrap();
     assert_eq!(changes.changes.len(), 1);
 }
+
+#[tokio::test]
+async fn a_registration_nonce_from_one_process_is_accepted_once_by_either() {
+    let url = test_database();
+    let open = || {
+        let mut config = Config::default();
+        config.registration.shared_secret = "s3cret".into();
+        UsersService::new(
+            Arc::new(config),
+            Arc::new(Storage::open_postgres_shared(&url, 2).unwrap()),
+            Arc::new(Notifier::new()),
+        )
+        .unwrap()
+    };
+    let (a, b) = (open(), open());
+    let nonce = a.issue_registration_nonce().await.unwrap();
+    let mac = hex::encode(
+        super::shared_secret::registration_mac("s3cret", &nonce, "bob", "pw", false).unwrap(),
+    );
+    b.check_shared_secret_registration(&nonce, "bob", "pw", false, &mac)
+        .unwrap();
+    for s in [&a, &b] {
+        assert!(s
+            .check_shared_secret_registration(&nonce, "bob", "pw", false, &mac)
+            .is_err());
+    }
+}
+
+#[tokio::test]
+async fn every_process_accepts_the_newest_operator_token() {
+    let (a, b) = two_processes();
+    let dir = tempfile::tempdir().unwrap();
+    let read = || {
+        std::fs::read_to_string(dir.path().join(super::operator::OPERATOR_TOKEN_FILE))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    a.install_operator_token(dir.path()).unwrap();
+    let first = read();
+    assert!(a.is_operator_token(&first));
+    // B starts on the same data dir: its token replaces A's file, and both accept it.
+    b.install_operator_token(dir.path()).unwrap();
+    let newest = read();
+    assert_ne!(first, newest);
+    assert!(a.is_operator_token(&newest));
+    assert!(b.is_operator_token(&newest));
+    assert!(!a.is_operator_token(&first));
+}

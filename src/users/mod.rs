@@ -101,8 +101,6 @@ pub struct UsersService {
     pos: StreamPosition,
     /// Wakes a user's long-polling syncs after their account data or presence changed.
     notifier: Arc<Notifier>,
-    /// Outstanding shared-secret registration nonces (in memory: they live 60 s).
-    nonces: Mutex<shared_secret::Nonces>,
     on_devices_changed: OnceLock<OnDevicesChanged>,
     /// Who changed presence at which user-data position (newest change per user), so a
     /// sync finds the changes since its token without reading everyone's record.
@@ -169,7 +167,6 @@ impl UsersService {
             storage,
             pos,
             notifier,
-            nonces: Mutex::default(),
             on_devices_changed: OnceLock::new(),
             presence_changes,
             account_data_changes,

@@ -3,7 +3,9 @@
 //! `myelin user …` commands on the same machine) may use the admin API of the running
 //! server before any administrator account exists. Only its hash is kept, in memory: a
 //! restart replaces it, and it is accepted on the admin API only, never as a user's
-//! access token.
+//! access token. Processes sharing a database (and its data dir) keep the hash in the
+//! database instead: each start replaces the file's token and every process accepts the
+//! newest, so the file works whichever process a request reaches.
 
 use std::{io::Write, path::Path};
 
@@ -14,6 +16,9 @@ use crate::{Error, Result};
 
 /// The file, in the data dir, that holds the operator token.
 pub const OPERATOR_TOKEN_FILE: &str = "admin_token";
+
+/// Key of the newest operator token's hash in the `meta` tree (shared databases only).
+const OPERATOR_TOKEN_KEY: &[u8] = b"operator_token";
 
 impl UsersService {
     /// Generates a new operator token, writes it to `<data_dir>/admin_token` readable by
@@ -42,17 +47,39 @@ impl UsersService {
         file.write_all(token.as_bytes())?;
         file.write_all(b"\n")?;
         file.sync_all()?;
+        if self.storage.is_shared() {
+            // Committed before the file names the token.
+            self.storage
+                .trees
+                .meta
+                .insert(OPERATOR_TOKEN_KEY, &token_key(&token))?;
+            self.storage.flush()?;
+        }
         std::fs::rename(&partial, &path)?;
         self.operator_token
             .set(token_key(&token))
             .map_err(|_| Error::internal("operator token already installed"))
     }
 
-    /// Whether `token` is this run's operator token.
+    /// Whether `token` is this run's operator token (with a shared database: the newest
+    /// one any of its processes installed).
     pub fn is_operator_token(&self, token: &str) -> bool {
-        self.operator_token
-            .get()
-            .is_some_and(|hash| *hash == token_key(token))
+        if self.operator_token.get().is_none() {
+            return false;
+        }
+        let hash = if self.storage.is_shared() {
+            match self.storage.trees.meta.get(OPERATOR_TOKEN_KEY) {
+                Ok(Some(hash)) => hash,
+                Ok(None) => return false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the operator token");
+                    return false;
+                }
+            }
+        } else {
+            self.operator_token.get().cloned().unwrap_or_default()
+        };
+        hash == token_key(token)
     }
 }
 

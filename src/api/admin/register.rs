@@ -17,7 +17,7 @@ pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
 
 async fn nonce(State(services): State<Arc<Services>>) -> Result<Json<Value>> {
     Ok(Json(
-        json!({ "nonce": services.users.issue_registration_nonce()? }),
+        json!({ "nonce": services.users.issue_registration_nonce().await? }),
     ))
 }
 

@@ -97,7 +97,7 @@ async fn room_delete_status(
     let room_id = req.room_id(0)?;
     let results: Vec<Value> = services
         .purge
-        .delete_statuses(None, Some(&room_id))
+        .delete_statuses(None, Some(&room_id))?
         .iter()
         .map(|(id, room, outcome)| status_json(id, room, outcome))
         .collect();
@@ -115,7 +115,7 @@ async fn delete_status(
     let delete_id = req.text_param(0)?;
     match services
         .purge
-        .delete_statuses(Some(delete_id), None)
+        .delete_statuses(Some(delete_id), None)?
         .first()
     {
         Some((id, room, outcome)) => Ok(Json(status_json(id, room, outcome))),
