@@ -180,6 +180,7 @@ impl Services {
         )?);
         let recording = Arc::new(RecordingService::new(
             config.clone(),
+            &storage,
             rooms.clone(),
             media.clone(),
             rtc.clone(),
@@ -323,7 +324,7 @@ impl Services {
         self.appservices.start_ephemeral();
         self.appservices.start_e2ee();
         let recording = self.recording.clone();
-        tokio::spawn(async move { recording.recover().await });
+        tokio::spawn(recording.recover_lost());
         let purge = self.purge.clone();
         tokio::spawn(async move {
             if let Err(e) = purge.resume().await {

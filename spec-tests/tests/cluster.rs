@@ -12,18 +12,24 @@ use spec_tests::{enc, postgres_test_database, shared_secret_mac, Client, TestSer
 
 /// Two processes on one new database; the second uses the first's data dir.
 async fn cluster() -> anyhow::Result<(TestServer, TestServer)> {
+    cluster_with(&[]).await
+}
+
+/// [`cluster`] with more environment for both processes.
+async fn cluster_with(extra: &[(&str, &str)]) -> anyhow::Result<(TestServer, TestServer)> {
     let url = postgres_test_database().await?;
-    let shared = [
+    let mut shared = vec![
         ("MYELIN_REGISTRATION_MODE", "open"),
         ("MYELIN_STORAGE_ENGINE", "postgres"),
         ("MYELIN_STORAGE_POSTGRES_URL", url.as_str()),
         ("MYELIN_STORAGE_POSTGRES_SHARED", "true"),
         ("MYELIN_REGISTRATION_SHARED_SECRET", "hunter2"),
     ];
+    shared.extend_from_slice(extra);
     let a = TestServer::start_with(&shared).await?;
     let data = a.data_dir().join("data");
     let data = data.to_str().expect("a UTF-8 temp path");
-    let mut env = shared.to_vec();
+    let mut env = shared.clone();
     env.push(("MYELIN_DATA_DIR", data));
     let b = TestServer::start_with(&env).await?;
     Ok((a, b))
@@ -391,5 +397,104 @@ async fn related_requests_may_reach_either_process() -> anyhow::Result<()> {
         .await?
         .ok()?;
     assert_eq!(by_room["results"][0]["delete_id"], id, "{by_room}");
+    Ok(())
+}
+
+/// Polls `path` (bounded) until `found` finds something in what `c` reads there.
+async fn wait_for(
+    c: &Client,
+    what: &str,
+    path: &str,
+    found: impl Fn(&Value) -> Option<Value>,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = c.get(path).await?;
+        if got.status == 200 {
+            if let Some(v) = found(&got.body) {
+                return Ok(v);
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what}: never; last {}",
+            got.text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A recording runs on the process that started it; a start through the other process
+/// finds it running, a stop through the other process ends it (the file is posted), and
+/// when the recording's process is killed the leader closes its state.
+#[tokio::test]
+async fn a_recording_is_controlled_through_either_process() -> anyhow::Result<()> {
+    let notes = tempfile::tempdir()?;
+    std::fs::write(notes.path().join("mode"), "normal")?;
+    let recorder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/fake-recorder");
+    let notes_path = notes.path().to_str().unwrap_or_default();
+    let (a, mut b) = cluster_with(&[
+        ("MYELIN_RTC_RECORDER", recorder.to_str().unwrap_or_default()),
+        ("FAKE_RECORDER_DIR", notes_path),
+    ])
+    .await?;
+    let alice = a.register("alice").await?;
+    let mut alice_on_b = b.client();
+    alice_on_b.login("alice", "alice-password").await?;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await?;
+    let control = format!(
+        "/_matrix/client/unstable/io.myelin/rooms/{}/recording",
+        enc(&room)
+    );
+    let act = |c: &Client, action: &str| {
+        let (c, control, body) = (c.clone(), control.clone(), json!({"action": action}));
+        async move {
+            c.request(reqwest::Method::POST, &control, Some(&body))
+                .await?
+                .ok()
+        }
+    };
+    let starts = || {
+        std::fs::read_to_string(notes.path().join("starts"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let state_path = format!("/rooms/{}/state/io.myelin.recording/", enc(&room));
+    let messages = format!("/rooms/{}/messages?dir=b&limit=20", enc(&room));
+
+    let started = act(&alice, "start").await?;
+    assert_eq!(started["active"], true, "{started}");
+    let again = act(&alice_on_b, "start").await?;
+    assert_eq!(again["active"], true, "{again}");
+    assert_eq!(again["started_ts"], started["started_ts"], "one recording");
+    let stopped = act(&alice_on_b, "stop").await?;
+    assert_eq!(stopped["active"], false, "{stopped}");
+    let video = wait_for(&alice, "the recording posted", &messages, |page| {
+        page["chunk"]
+            .as_array()?
+            .iter()
+            .find(|e| e["content"]["msgtype"] == "m.video")
+            .cloned()
+    })
+    .await?;
+    assert_eq!(video["sender"], alice.user_id.as_str(), "{video}");
+    assert_eq!(starts(), 1, "the recorder ran once");
+    let state = alice.get(&state_path).await?.ok()?;
+    assert_eq!(state["stopped_by"], alice.user_id.as_str(), "{state}");
+    assert!(state.get("error").is_none(), "{state}");
+
+    // A recording on B, then B dies: A (the leader) closes the lost recording's state.
+    let on_b = act(&alice_on_b, "start").await?;
+    assert_eq!(on_b["active"], true, "{on_b}");
+    b.kill9()?;
+    let closed = wait_for(&alice, "the lost recording closed", &state_path, |state| {
+        (state["active"] == false).then(|| state.clone())
+    })
+    .await?;
+    assert_eq!(closed["started_ts"], on_b["started_ts"], "{closed}");
+    assert_eq!(
+        closed["error"], "The server stopped during the recording",
+        "{closed}"
+    );
     Ok(())
 }

@@ -12,12 +12,21 @@
 //!
 //! A marker file per recording in `<data_dir>/recordings` (next to the recorder's output)
 //! lets a restarted server close the state of a recording it lost.
+//!
+//! Processes sharing a database (and the data dir): the process that runs a room's
+//! recorder holds the lease `recording/<room>` while it records and saves, so a start
+//! reaching another process finds the recording running there (and answers with its
+//! state); a stop reaching another process sends the stopped state, which the recorder's
+//! process follows (it reads the room's state every [`FOLLOW`]) by closing the recorder's
+//! stdin. The leader closes, every [`RECOVER_EVERY`], the recordings whose marker has no
+//! live lease left (their process died).
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -34,6 +43,10 @@ use crate::{
     config::Config,
     media::MediaService,
     rooms::{Membership, NewEvent, RoomsService},
+    storage::{
+        lease::{LeaseGuard, Leases},
+        Storage,
+    },
     users::now_ms,
     Error, Result,
 };
@@ -46,6 +59,20 @@ const NOTHING_RECORDED: i32 = 3;
 
 /// Most bytes of the recorder's stdout kept (its summary is one short line).
 const MAX_SUMMARY_BYTES: u64 = 64 * 1024;
+
+/// How long a recording's lease lasts without renewal (shared databases).
+const RECORDING_LEASE: Duration = Duration::from_secs(6);
+
+/// How often the recorder's process reads the room's state for a stop sent by another.
+const FOLLOW: Duration = Duration::from_millis(500);
+
+/// How often the leader looks for recordings whose process died (shared databases).
+const RECOVER_EVERY: Duration = Duration::from_secs(10);
+
+/// The lease of a room's recording.
+fn lease_name(room_id: &RoomId) -> String {
+    format!("recording/{room_id}")
+}
 
 /// What a moderator asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +111,8 @@ struct Active {
     stdin: Option<ChildStdin>,
     /// The moderator who stopped it, once one did.
     stopped_by: Option<OwnedUserId>,
+    /// With a shared database: the recording's lease, held until its files are gone.
+    _lease: Option<LeaseGuard>,
 }
 
 impl Active {
@@ -114,11 +143,14 @@ pub struct RecordingService {
     active: Mutex<HashMap<OwnedRoomId, Active>>,
     /// One start or stop at a time: each spawns or signals a process and sends an event.
     ops: tokio::sync::Mutex<()>,
+    /// With a shared database: the recordings' leases (see the module doc).
+    leases: Option<Arc<Leases>>,
 }
 
 impl RecordingService {
     pub fn new(
         config: Arc<Config>,
+        storage: &Arc<Storage>,
         rooms: Arc<RoomsService>,
         media: Arc<MediaService>,
         rtc: Arc<RtcService>,
@@ -132,6 +164,9 @@ impl RecordingService {
             dir,
             active: Mutex::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
+            leases: storage
+                .is_shared()
+                .then(|| Arc::new(Leases::new(storage.clone(), RECORDING_LEASE, false))),
         }
     }
 
@@ -182,6 +217,28 @@ impl RecordingService {
                 "The previous recording of this room is still being saved; try again shortly",
             ));
         }
+        let lease = match &self.leases {
+            None => None,
+            Some(leases) => {
+                let name = lease_name(room_id);
+                if !leases.try_acquire(&name)? {
+                    // Another process runs this room's recorder.
+                    return match self.announced(room_id)? {
+                        Some(state) if state["active"] == json!(true) => Ok(json!({
+                            "active": true,
+                            "started_by": state["started_by"],
+                            "started_ts": state["started_ts"],
+                        })),
+                        _ => Err(Error::matrix(
+                            crate::ErrorKind::Conflict,
+                            "M_UNKNOWN",
+                            "The previous recording of this room is still being saved; try again shortly",
+                        )),
+                    };
+                }
+                Some(leases.hold(&name).await?)
+            }
+        };
         let started_ts = now_ms();
         let room_hash = hex::encode(Sha256::digest(room_id.as_str().as_bytes()));
         let base = self.dir.join(format!("{}-{started_ts}", &room_hash[..24]));
@@ -243,6 +300,7 @@ impl RecordingService {
             started_ts,
             stdin: child.stdin.take(),
             stopped_by: None,
+            _lease: lease,
         };
         let state = active.state();
         self.lock().insert(room_id.to_owned(), active);
@@ -252,11 +310,24 @@ impl RecordingService {
     }
 
     async fn stop(&self, room_id: &RoomId, user: &UserId) -> Result<Value> {
-        let (started_by, started_ts) = match self.lock().get(room_id) {
-            Some(active) if active.stopped_by.is_none() => {
-                (active.started_by.clone(), active.started_ts)
-            }
-            _ => return Ok(json!({ "active": false })),
+        let local = self.lock().get(room_id).map(|active| {
+            let running = active.stopped_by.is_none();
+            (running, active.started_by.clone(), active.started_ts)
+        });
+        let (started_by, started_ts) = match local {
+            Some((true, started_by, started_ts)) => (started_by, started_ts),
+            Some((false, ..)) => return Ok(json!({ "active": false })),
+            // With a shared database the recorder may run on another process: the
+            // stopped state is what it follows.
+            None => match self.announced(room_id)? {
+                Some(state) if self.leases.is_some() && state["active"] == json!(true) => {
+                    let started_by = serde_json::from_value(state["started_by"].clone())
+                        .map_err(|_| Error::internal("unreadable recording state"))?;
+                    let started_ts = state["started_ts"].as_u64().unwrap_or_default();
+                    (started_by, started_ts)
+                }
+                _ => return Ok(json!({ "active": false })),
+            },
         };
         let content = json!({
             "active": false,
@@ -307,7 +378,17 @@ impl RecordingService {
             }
             last
         };
-        let (status, summary, last_error) = tokio::join!(child.wait(), read_stdout, read_stderr);
+        let ended = async { tokio::join!(child.wait(), read_stdout, read_stderr) };
+        tokio::pin!(ended);
+        let (status, summary, last_error) = if self.leases.is_some() {
+            tokio::select! {
+                ended = &mut ended => ended,
+                () = self.follow_stop(&room_id) => ended.await,
+            }
+        } else {
+            ended.await
+        };
+        // Removed here, dropped (with its lease) once its files are gone.
         let active = self.lock().remove(&room_id);
         let Some(active) = active else {
             tracing::error!(room = %room_id, "a recorder ended that was not recorded as running");
@@ -422,9 +503,67 @@ impl RecordingService {
         Ok(())
     }
 
+    /// The room's `io.myelin.recording` state content, if any.
+    fn announced(&self, room_id: &RoomId) -> Result<Option<Value>> {
+        self.rooms.state_content(room_id, RECORDING_EVENT, "")
+    }
+
+    /// Returns once a stop of this process's recording of the room has been sent by
+    /// another process (its state says stopped, by whom, for this recording's start),
+    /// after closing the recorder's stdin; never if the recording is stopped here.
+    async fn follow_stop(&self, room_id: &RoomId) {
+        loop {
+            tokio::time::sleep(FOLLOW).await;
+            let Some(started_ts) = self
+                .lock()
+                .get(room_id)
+                .filter(|active| active.stopped_by.is_none())
+                .map(|active| active.started_ts)
+            else {
+                return std::future::pending().await;
+            };
+            let state = match self.announced(room_id) {
+                Ok(state) => state.unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(room = %room_id, error = %e, "reading the recording state");
+                    continue;
+                }
+            };
+            let stopped_by = state["stopped_by"]
+                .as_str()
+                .and_then(|u| UserId::parse(u).ok());
+            let Some(stopped_by) = stopped_by else {
+                continue;
+            };
+            if state["active"] != json!(false) || state["started_ts"] != json!(started_ts) {
+                continue;
+            }
+            if let Some(active) = self.lock().get_mut(room_id) {
+                active.stopped_by = Some(stopped_by);
+                active.stdin = None;
+            }
+            tracing::info!(room = %room_id, "recording stopped through another process");
+            return;
+        }
+    }
+
+    /// Runs [`Self::recover`] now and, with a shared database, every [`RECOVER_EVERY`]
+    /// (a process that dies leaves its recordings to the leader). Call once, on the
+    /// leader.
+    pub async fn recover_lost(self: Arc<Self>) {
+        loop {
+            self.recover().await;
+            if self.leases.is_none() {
+                return;
+            }
+            tokio::time::sleep(RECOVER_EVERY).await;
+        }
+    }
+
     /// Closes the state of recordings whose server stopped while they ran (their marker
-    /// files are left) and removes what they left behind. Call once at startup.
-    pub async fn recover(&self) {
+    /// files are left, and with a shared database no process holds their lease) and
+    /// removes what they left behind.
+    async fn recover(&self) {
         let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
             return;
         };
@@ -444,10 +583,30 @@ impl RecordingService {
                     continue;
                 }
             };
+            let lease = lease_name(&marker.room_id);
+            if let Some(leases) = &self.leases {
+                // A live lease (this process's included): the recording runs or saves.
+                match leases
+                    .is_held(&lease)
+                    .and_then(|held| Ok(!held && leases.try_acquire(&lease)?))
+                {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(room = %marker.room_id, error = %e, "reading a recording's lease");
+                        continue;
+                    }
+                }
+            }
             if let Err(e) = self.close_lost(&marker).await {
                 tracing::error!(room = %marker.room_id, error = %e, "could not close a lost recording");
             }
             remove_files(&path.with_extension(""));
+            if let Some(leases) = &self.leases {
+                if let Err(e) = leases.release(&lease) {
+                    tracing::warn!(room = %marker.room_id, error = %e, "releasing a recording's lease");
+                }
+            }
         }
     }
 

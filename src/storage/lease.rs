@@ -107,6 +107,20 @@ impl Leases {
         })
     }
 
+    /// Whether `name` is held (by any holder, this process included) and not expired.
+    pub fn is_held(&self, name: &str) -> Result<bool> {
+        let now = now_ms()?;
+        Ok(self
+            .storage
+            .trees
+            .meta
+            .get(&key(name))?
+            .is_some_and(|bytes| {
+                let (holder, expires) = decode(&bytes);
+                holder != 0 && expires > now
+            }))
+    }
+
     /// Gives `name` up if we hold it; a lease held by another holder is left alone.
     pub fn release(&self, name: &str) -> Result<()> {
         let tree = &self.storage.trees.meta;
@@ -229,7 +243,9 @@ mod tests {
         let a = leases(&storage, 60_000, false);
         let b = leases(&other, 300, false);
         assert_ne!(a.holder(), b.holder());
+        assert!(!a.is_held("work").unwrap());
         assert!(a.try_acquire("work").unwrap());
+        assert!(a.is_held("work").unwrap() && b.is_held("work").unwrap());
         assert!(!b.try_acquire("work").unwrap());
         assert!(a.try_acquire("work").unwrap(), "the holder renews");
 
