@@ -319,6 +319,14 @@ impl Services {
     fn start_cluster_work(&self) {
         self.push.start_delivery();
         self.rtc.start_delayed_events();
+        match self.rtc.sweep_delegations() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "forgot delegated leaves of ended delayed events"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not sweep delegated leaves"),
+        }
         self.media.start_retention();
         self.meetings.start_sweeper();
         self.appservices.start_ephemeral();

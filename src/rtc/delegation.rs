@@ -7,19 +7,28 @@
 //!
 //! The SFU's connection state is polled through its internal API (`GET /internal/rooms`)
 //! every [`POLL`]; one delegation is kept per (user, room, slot, member id), a newer one
-//! replacing it. Delegations live in memory: after a restart the client's own delayed
-//! event still ends the membership when its delay runs out.
+//! replacing it. Which delegation is current is stored (`rtc_delegations`), so a newer one
+//! made through another process sharing the database ends the older one's watch. The
+//! watches themselves run in the process that took the delegation: after a restart (or
+//! when that process dies) the client's own delayed event still ends the membership when
+//! its delay runs out.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Weak,
+    },
     time::{Duration, Instant},
 };
 
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
 
 use super::{token, DelayedAction, RtcService};
-use crate::{Error, Result};
+use crate::{
+    storage::{keys, Storage},
+    Error, Result,
+};
 
 /// How often a delegation looks at the SFU.
 const POLL: Duration = Duration::from_millis(500);
@@ -31,32 +40,97 @@ const MIN_RESTART: Duration = Duration::from_secs(1);
 /// What a delegation is keyed by.
 type Key = (OwnedUserId, OwnedRoomId, String, String);
 
-/// The current delegations: key → (delay id, generation).
-#[derive(Default)]
+/// The stored current delegation of a key.
+#[derive(Serialize, Deserialize)]
+struct Current {
+    delay_id: String,
+    /// Random, so that generations of different processes never collide.
+    generation: u64,
+}
+
+fn record_key((user, room, slot, member): &Key) -> Vec<u8> {
+    keys::strs(&[user.as_str(), room.as_str(), slot, member])
+}
+
+/// The delegations: which one is current per key (stored) and how many this process
+/// watches.
 pub struct Delegations {
-    current: Mutex<HashMap<Key, (String, u64)>>,
-    next: std::sync::atomic::AtomicU64,
+    storage: Arc<Storage>,
+    watching: AtomicUsize,
 }
 
 impl Delegations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (String, u64)>> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn is_current(&self, key: &Key, generation: u64) -> bool {
-        self.lock().get(key).is_some_and(|(_, g)| *g == generation)
-    }
-
-    fn finish(&self, key: &Key, generation: u64) {
-        let mut map = self.lock();
-        if map.get(key).is_some_and(|(_, g)| *g == generation) {
-            map.remove(key);
+    pub(super) fn new(storage: Arc<Storage>) -> Delegations {
+        Delegations {
+            storage,
+            watching: AtomicUsize::new(0),
         }
     }
 
-    /// How many delegations are being watched.
+    /// Records `generation` of `key` as the current delegation.
+    fn replace(&self, key: &Key, delay_id: &str, generation: u64) -> Result<()> {
+        let current = Current {
+            delay_id: delay_id.to_owned(),
+            generation,
+        };
+        let tree = &self.storage.trees.rtc_delegations;
+        tree.insert(&record_key(key), &serde_json::to_vec(&current)?)
+    }
+
+    /// Whether `generation` is still the key's current delegation. A storage error
+    /// answers yes: the watch goes on rather than drop a delegation.
+    fn is_current(&self, key: &Key, generation: u64) -> bool {
+        match self
+            .storage
+            .trees
+            .rtc_delegations
+            .get_json::<Current>(&record_key(key))
+        {
+            Ok(current) => current.is_some_and(|c| c.generation == generation),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a delegated delayed leave");
+                true
+            }
+        }
+    }
+
+    /// Forgets the key's delegation if `generation` is still the current one.
+    fn finish(&self, key: &Key, generation: u64) {
+        let tree = &self.storage.trees.rtc_delegations;
+        let rkey = record_key(key);
+        let finished = tree.get(&rkey).and_then(|stored| match stored {
+            Some(bytes)
+                if serde_json::from_slice::<Current>(&bytes)
+                    .is_ok_and(|c| c.generation == generation) =>
+            {
+                tree.compare_and_swap(&rkey, Some(&bytes), None).map(|_| ())
+            }
+            _ => Ok(()),
+        });
+        if let Err(e) = finished {
+            tracing::warn!(error = %e, "forgetting a delegated delayed leave");
+        }
+    }
+
+    /// Removes the records of delegations whose delayed event is gone (their watch ended
+    /// with a process that stopped). Run by the leader at start.
+    pub(super) fn sweep(&self, exists: impl Fn(&str) -> Result<bool>) -> Result<usize> {
+        let tree = &self.storage.trees.rtc_delegations;
+        let mut removed = 0;
+        for entry in tree.scan_prefix(&[]) {
+            let (key, bytes) = entry?;
+            let delay_id = serde_json::from_slice::<Current>(&bytes).map(|c| c.delay_id);
+            if delay_id.is_err() || !exists(&delay_id.unwrap_or_default())? {
+                tree.compare_and_swap(&key, Some(&bytes), None)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// How many delegations this process is watching.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.watching.load(Ordering::Relaxed)
     }
 
     /// Whether none is.
@@ -113,13 +187,10 @@ impl RtcService {
             req.slot_id.to_owned(),
             req.member_id.to_owned(),
         );
-        let generation = self
-            .delegations
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let generation = rand::random::<u64>();
         self.delegations
-            .lock()
-            .insert(key.clone(), (event.delay_id.clone(), generation));
+            .replace(&key, &event.delay_id, generation)?;
+        self.delegations.watching.fetch_add(1, Ordering::Relaxed);
         let watch = Watch {
             rtc: Arc::downgrade(self),
             key,
@@ -136,6 +207,12 @@ impl RtcService {
     /// The delegations being watched.
     pub fn delegations(&self) -> &Delegations {
         &self.delegations
+    }
+
+    /// Forgets delegations whose delayed event is gone (see [`Delegations::sweep`]).
+    pub fn sweep_delegations(&self) -> Result<usize> {
+        self.delegations
+            .sweep(|delay_id| Ok(self.delayed_event(delay_id)?.is_some()))
     }
 }
 
@@ -161,7 +238,7 @@ impl Watch {
                 return;
             };
             if !rtc.delegations.is_current(&self.key, self.generation) {
-                return;
+                break;
             }
             match rtc.delayed_event(&self.delay_id) {
                 Ok(Some(_)) => {}
@@ -200,6 +277,7 @@ impl Watch {
         }
         if let Some(rtc) = self.rtc.upgrade() {
             rtc.delegations.finish(&self.key, self.generation);
+            rtc.delegations.watching.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

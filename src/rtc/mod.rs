@@ -65,13 +65,13 @@ impl RtcService {
         let sfus = placement::SfuPool::new(&config.rtc, &internal_secret(&config, &keys))?;
         let service = RtcService {
             config,
+            delegations: delegation::Delegations::new(storage.clone()),
             storage,
             rooms,
             users,
             keys,
             delayed: delayed::Scheduler::default(),
             sfus,
-            delegations: delegation::Delegations::default(),
         };
         service.purge_expired_openid_tokens()?;
         Ok(service)

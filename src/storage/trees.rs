@@ -176,6 +176,9 @@ trees! {
     delayed_by_state = 0x64,
     /// `user_id, device_id, txn_id` → `delay_id`: idempotent scheduling by transaction.
     delayed_txns = 0x65,
+    /// `user_id, room_id, slot_id, member_id` → JSON `{delay_id, generation}`: the current
+    /// delegated delayed leave of a call membership (MSC4195), whichever process watches it.
+    rtc_delegations = 0x66,
 
     // ---- push ----
     /// `user_id, room_id, pos(u64)` → JSON `{e, h, a, t}`: one record per notified user,

@@ -223,3 +223,49 @@ async fn the_leader_takes_over_a_dead_claim_but_not_a_live_one() {
         "M_NOT_FOUND"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_delegation_through_the_other_process_ends_the_older_watch() {
+    use crate::rtc::delegation::DelegationRequest;
+    let (a, b) = processes();
+    let alice = user("alice");
+    let room = room_with(&a, &[]).await;
+    let delegate = |s: &Arc<Services>, delay_id: &str| {
+        let url = s.rtc.sfu_url(&room, "m.call#ROOM").to_owned();
+        s.rtc.delegate_delayed_leave(
+            &alice,
+            "DEV",
+            DelegationRequest {
+                url: &url,
+                room_id: &room,
+                slot_id: "m.call#ROOM",
+                member_id: "member",
+                delay_id,
+            },
+        )
+    };
+    // Long delays: the SFU is not running, so the watches wait for the participant.
+    let first = schedule(&a, &alice, &room, 60_000, json!({})).await.unwrap();
+    delegate(&a, &first).unwrap();
+    assert_eq!(a.rtc.delegations().len(), 1);
+    let second = schedule(&b, &alice, &room, 60_000, json!({})).await.unwrap();
+    delegate(&b, &second).unwrap();
+    assert_eq!(b.rtc.delegations().len(), 1);
+    assert!(
+        wait_for(|| a.rtc.delegations().is_empty()).await,
+        "A stops watching the replaced delegation"
+    );
+    assert_eq!(b.rtc.delegations().len(), 1, "B's goes on");
+    // The leader's sweep keeps the current delegation while its delayed event lives.
+    assert_eq!(a.rtc.sweep_delegations().unwrap(), 0);
+    b.rtc
+        .update_delayed(&second, DelayedAction::Cancel, None)
+        .await
+        .unwrap();
+    assert!(wait_for(|| b.rtc.delegations().is_empty()).await);
+    assert_eq!(
+        a.storage().trees.rtc_delegations.scan_prefix(&[]).count(),
+        0,
+        "an ended watch forgets its delegation"
+    );
+}
