@@ -128,22 +128,61 @@ impl RoomsService {
         Ok(())
     }
 
-    /// Another process appended to rooms: their recent events and tips are stale.
+    /// Another process appended to rooms (or removed timeline entries): its events join
+    /// the rooms' recent windows (a window starts with them when the room has none), so
+    /// the syncs they wake read memory, not storage; the events are read into the event
+    /// cache before their positions are published ([`Self::remote_positions`]). Tips are
+    /// stale. A removed entry drops the room's window.
     fn remote_timeline(&self, changed: Changed<'_>) {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let mut tips = self.tips.lock().unwrap_or_else(|e| e.into_inner());
-        match changed {
-            Changed::Keys(keys) => {
-                for room in keys.iter().filter_map(|k| timeline_room(k)) {
-                    recent.remove(&room);
-                    tips.remove(&room);
+        let Changed::Keys(keys) = changed else {
+            self.recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.tips.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            return;
+        };
+        let mut entries = Vec::new();
+        for key in keys {
+            let Some(room) = timeline_room(key) else {
+                continue;
+            };
+            let Some(pos) = keys::trailing_u64(key) else {
+                continue;
+            };
+            let id = match self.storage.trees.room_timeline.get(key) {
+                Ok(Some(value)) => super::append::parse_event_id(&value).ok(),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading another process's append");
+                    None
+                }
+            };
+            entries.push((room, pos, id));
+        }
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for (room, pos, id) in &entries {
+                match id {
+                    Some(id) => recent
+                        .entry(room.clone())
+                        .or_insert_with(|| super::read::RecentEvents::starting_at(*pos))
+                        .insert(*pos, id.clone()),
+                    None => {
+                        recent.remove(room);
+                    }
                 }
             }
-            Changed::All => {
-                recent.clear();
-                tips.clear();
-            }
         }
+        let mut tips = self.tips.lock().unwrap_or_else(|e| e.into_inner());
+        for (room, ..) in &entries {
+            tips.remove(room);
+        }
+        drop(tips);
+        self.remote_appended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(entries.into_iter().filter_map(|(_, _, id)| id));
     }
 
     /// Another process rewrote events (redactions): drop them from the read cache.
@@ -207,6 +246,17 @@ impl RoomsService {
     /// Timeline positions another process committed (or, for `All`, every position in
     /// storage past the applied one).
     fn remote_positions(&self, changed: Changed<'_>) {
+        let appended = std::mem::take(
+            &mut *self
+                .remote_appended
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for id in appended {
+            if let Err(e) = self.get_pdu(&id) {
+                tracing::warn!(error = %e, event = %id, "reading another process's event");
+            }
+        }
         match changed {
             Changed::Keys(keys) => {
                 for pos in keys.iter().filter_map(|k| keys::leading_u64(k)) {
@@ -402,6 +452,32 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+        }
+        // Both hold the newest events in memory, in storage's order, and the event cache
+        // has the last one (read before it was published): syncs read no storage.
+        let lo = positions[positions.len() - 12];
+        for services in [&a, &b] {
+            let rooms = &services.rooms;
+            let window = rooms
+                .recent
+                .lock()
+                .unwrap()
+                .get(&room)
+                .unwrap()
+                .range(lo, last);
+            let stored = rooms
+                .timeline_range_stored(&room, lo, last, crate::rooms::Direction::Forward, 100, None)
+                .unwrap()
+                .0;
+            let stored: Vec<_> = stored
+                .iter()
+                .map(|(p, e)| (*p, e.event_id.clone()))
+                .collect();
+            assert_eq!(window, Some(stored));
+            let newest = rooms.recent.lock().unwrap()[&room]
+                .range(last - 1, last)
+                .unwrap();
+            assert!(rooms.pdu_cache_get(&newest[0].1).is_some());
         }
     }
 

@@ -125,6 +125,10 @@ pub struct RoomsService {
     /// The newest timeline entries of each room appended to since start (see
     /// [`read::RecentEvents`]): incremental syncs read them without a storage scan.
     recent: Mutex<HashMap<OwnedRoomId, read::RecentEvents>>,
+    /// Events other processes appended that this one has not read yet: read into the
+    /// event cache before their positions are published, so the syncs they wake find
+    /// them there (a shared database).
+    remote_appended: Mutex<Vec<ruma::OwnedEventId>>,
     /// Relation types of recently served events (see [`relation_index::TypesCache`]).
     relation_types_cache: relation_index::TypesCache,
     /// Which users wiped which rooms' history (see [`wipe::Wipes`]).
@@ -175,6 +179,7 @@ impl RoomsService {
             deliveries: delivered::Deliveries::default(),
             tips: Mutex::default(),
             recent: Mutex::default(),
+            remote_appended: Mutex::default(),
             relation_types_cache: Default::default(),
             wipes,
             pdu_cache: Mutex::default(),

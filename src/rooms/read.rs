@@ -428,6 +428,29 @@ mod tests {
     }
 
     #[test]
+    fn the_window_takes_other_processes_events_in_order() {
+        let id = |n: u64| OwnedEventId::try_from(format!("$e{n}")).unwrap();
+        let mut w = RecentEvents::starting_at(10);
+        w.push(10, id(10));
+        w.push(14, id(14));
+        w.insert(12, id(12));
+        w.insert(12, id(12));
+        w.insert(5, id(5));
+        let got = w.range(9, 20).unwrap();
+        assert_eq!(got, vec![(10, id(10)), (12, id(12)), (14, id(14))]);
+        assert!(
+            w.range(8, 20).is_none(),
+            "nothing before the window is claimed"
+        );
+        for n in 15..40 {
+            w.insert(n, id(n));
+        }
+        assert_eq!(w.entries.len(), RecentEvents::CAPACITY);
+        assert!(w.range(22, 39).is_none());
+        assert_eq!(w.range(23, 39).unwrap().len(), RecentEvents::CAPACITY);
+    }
+
+    #[test]
     fn glob_matches_prefix_wildcards() {
         assert!(glob("m.room.*", "m.room.message"));
         assert!(!glob("m.room.message", "m.room.member"));
@@ -463,6 +486,24 @@ impl RecentEvents {
             }
         }
         self.entries.push_back((pos, id));
+    }
+
+    /// Adds an event of the room in position order (another process appended it, so
+    /// events after it may be here already); an event before the window is left out.
+    pub(super) fn insert(&mut self, pos: u64, id: OwnedEventId) {
+        if pos <= self.complete_after {
+            return;
+        }
+        let at = self.entries.partition_point(|(p, _)| *p < pos);
+        if self.entries.get(at).is_some_and(|(p, _)| *p == pos) {
+            return;
+        }
+        self.entries.insert(at, (pos, id));
+        if self.entries.len() > Self::CAPACITY {
+            if let Some((old, _)) = self.entries.pop_front() {
+                self.complete_after = old;
+            }
+        }
     }
 
     /// The entries with `lo < pos <= hi`, when the window holds all of them.

@@ -245,10 +245,14 @@ async fn a_newer_delegation_through_the_other_process_ends_the_older_watch() {
         )
     };
     // Long delays: the SFU is not running, so the watches wait for the participant.
-    let first = schedule(&a, &alice, &room, 60_000, json!({})).await.unwrap();
+    let first = schedule(&a, &alice, &room, 60_000, json!({}))
+        .await
+        .unwrap();
     delegate(&a, &first).unwrap();
     assert_eq!(a.rtc.delegations().len(), 1);
-    let second = schedule(&b, &alice, &room, 60_000, json!({})).await.unwrap();
+    let second = schedule(&b, &alice, &room, 60_000, json!({}))
+        .await
+        .unwrap();
     delegate(&b, &second).unwrap();
     assert_eq!(b.rtc.delegations().len(), 1);
     assert!(
