@@ -69,6 +69,15 @@ const FOLLOW: Duration = Duration::from_millis(500);
 /// How often the leader looks for recordings whose process died (shared databases).
 const RECOVER_EVERY: Duration = Duration::from_secs(10);
 
+/// A start refused while the room's previous recording is being saved.
+fn still_saving() -> Error {
+    Error::matrix(
+        crate::ErrorKind::Conflict,
+        "M_UNKNOWN",
+        "The previous recording of this room is still being saved; try again shortly",
+    )
+}
+
 /// The lease of a room's recording.
 fn lease_name(room_id: &RoomId) -> String {
     format!("recording/{room_id}")
@@ -211,11 +220,7 @@ impl RecordingService {
             if active.stopped_by.is_none() {
                 return Ok(active.state());
             }
-            return Err(Error::matrix(
-                crate::ErrorKind::Conflict,
-                "M_UNKNOWN",
-                "The previous recording of this room is still being saved; try again shortly",
-            ));
+            return Err(still_saving());
         }
         let lease = match &self.leases {
             None => None,
@@ -229,11 +234,7 @@ impl RecordingService {
                             "started_by": state["started_by"],
                             "started_ts": state["started_ts"],
                         })),
-                        _ => Err(Error::matrix(
-                            crate::ErrorKind::Conflict,
-                            "M_UNKNOWN",
-                            "The previous recording of this room is still being saved; try again shortly",
-                        )),
+                        _ => Err(still_saving()),
                     };
                 }
                 Some(leases.hold(&name).await?)
@@ -611,9 +612,7 @@ impl RecordingService {
     }
 
     async fn close_lost(&self, marker: &Marker) -> Result<()> {
-        let current = self
-            .rooms
-            .state_content(&marker.room_id, RECORDING_EVENT, "")?;
+        let current = self.announced(&marker.room_id)?;
         let still_announced = current.is_some_and(|c| {
             c["active"] == json!(true) && c["started_ts"] == json!(marker.started_ts)
         });
