@@ -491,7 +491,7 @@ fn sync_request(since: Option<String>) -> SyncRequest {
     SyncRequest {
         since,
         timeout: std::time::Duration::ZERO,
-        filter: json!({}),
+        filter: None,
         ..Default::default()
     }
 }

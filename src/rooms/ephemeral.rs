@@ -3,7 +3,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -22,12 +25,31 @@ pub(super) struct TypingState {
     /// The rooms of the latest receipts, by position (at most [`RECENT_RECEIPTS`], since
     /// the start): which rooms an ephemeral reader after a position must look at.
     receipt_rooms: Mutex<VecDeque<(u64, OwnedRoomId)>>,
+    /// Every receipt after this position has its room in `receipt_rooms` (the position
+    /// at start, then the newest one dropped from it).
+    receipts_complete_after: AtomicU64,
 }
 
 /// Receipt positions remembered for [`RoomsService::ephemeral_rooms_since`].
 const RECENT_RECEIPTS: usize = 10_000;
 
 impl TypingState {
+    /// The state of a process whose ephemeral stream is at `pos`.
+    pub(super) fn starting_at(pos: u64) -> TypingState {
+        TypingState {
+            receipts_complete_after: AtomicU64::new(pos),
+            ..Default::default()
+        }
+    }
+
+    /// Drops the oldest remembered receipt room (the list is full).
+    fn forget_oldest_receipt(&self, recent: &mut VecDeque<(u64, OwnedRoomId)>) {
+        if let Some((pos, _)) = recent.pop_front() {
+            self.receipts_complete_after
+                .fetch_max(pos, Ordering::SeqCst);
+        }
+    }
+
     /// Drops a room's typing users (room purged).
     pub(super) fn forget(&self, room_id: &RoomId) {
         self.rooms
@@ -127,7 +149,7 @@ impl RoomsService {
             return;
         }
         if recent.len() == RECENT_RECEIPTS {
-            recent.pop_front();
+            self.typing.forget_oldest_receipt(&mut recent);
         }
         let at = recent.partition_point(|(p, _)| *p <= pos);
         recent.insert(at, (pos, room));
@@ -341,7 +363,7 @@ impl RoomsService {
                 rooms.dedup();
                 for room in rooms {
                     if recent.len() == RECENT_RECEIPTS {
-                        recent.pop_front();
+                        self.typing.forget_oldest_receipt(&mut recent);
                     }
                     recent.push_back((pos, room.to_owned()));
                 }
@@ -384,6 +406,30 @@ impl RoomsService {
         }
     }
 
+    /// Whether receipts in `room_id` may have been stored after ephemeral position
+    /// `since`. No only when the remembered receipt rooms cover every position after
+    /// `since` and name no receipt of this room there, so a long poll woken by a message
+    /// reads no receipt log. On a shared database another process's receipts are learnt
+    /// after their positions, so the answer there is always yes.
+    fn may_have_receipts_since(&self, room_id: &RoomId, since: u64) -> bool {
+        if self.is_shared() {
+            return true;
+        }
+        let recent = self
+            .typing
+            .receipt_rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if since < self.typing.receipts_complete_after.load(Ordering::SeqCst) {
+            return true;
+        }
+        recent
+            .iter()
+            .rev()
+            .take_while(|(pos, _)| *pos > since)
+            .any(|(_, room)| room == room_id)
+    }
+
     /// The `m.receipt` content of receipts changed after `since` (all for 0), as `viewer`
     /// sees them (private receipts only their own).
     pub fn receipts_since(
@@ -392,6 +438,9 @@ impl RoomsService {
         since: u64,
         viewer: &UserId,
     ) -> Result<Option<Value>> {
+        if !self.may_have_receipts_since(room_id, since) {
+            return Ok(None);
+        }
         let trees = &self.storage.trees;
         let mut entries: Vec<(String, String, String)> = Vec::new();
         if since == 0 {
@@ -454,7 +503,9 @@ impl RoomsService {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{sync::atomic::Ordering, time::Duration};
+
+    use ruma::RoomId;
 
     use crate::{rooms::test_support::room_with_message, storage::keys};
 
@@ -489,5 +540,29 @@ mod tests {
         let read = s.rooms.current_ephemeral_pos();
         assert_eq!(read, typed + 1);
         assert_eq!(stored(), Some(read));
+    }
+
+    #[tokio::test]
+    async fn receipts_since_skips_the_log_only_where_the_recent_rooms_cover_it() {
+        let (s, alice, room, event) = room_with_message().await;
+        let other = ruma::room_id!("!other:localhost");
+        let before = s.rooms.current_ephemeral_pos();
+        s.rooms
+            .set_receipt_now(&room, &alice, "m.read", &event, None)
+            .unwrap();
+        let after = s.rooms.current_ephemeral_pos();
+        let since = |r: &RoomId, pos| s.rooms.receipts_since(r, pos, &alice).unwrap();
+        assert!(since(&room, before).is_some());
+        assert!(since(&room, after).is_none());
+        assert!(since(other, before).is_none());
+        // As if the receipt had been dropped from the recent rooms (or stored before
+        // this process started): the log is read again for positions before that.
+        s.rooms.typing.receipt_rooms.lock().unwrap().clear();
+        s.rooms
+            .typing
+            .receipts_complete_after
+            .store(after, Ordering::SeqCst);
+        assert!(since(&room, before).is_some(), "read from the log");
+        assert!(since(&room, after).is_none());
     }
 }

@@ -10,27 +10,39 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use ruma::{EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    DeviceId, EventId, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+};
 
 /// Member entries kept per device before its record starts over.
 const MAX_PER_DEVICE: usize = 2048;
 /// Devices tracked before the oldest half is dropped.
 const MAX_DEVICES: usize = 4096;
 
-type DeviceKey = (OwnedUserId, OwnedDeviceId);
-
 #[derive(Default)]
 struct Sent {
-    /// `(room, member) → (member event id, timeline position of the response)`.
-    members: HashMap<(OwnedRoomId, OwnedUserId), (OwnedEventId, u64)>,
+    /// `room → member → (member event id, timeline position of the response)`.
+    members: HashMap<OwnedRoomId, HashMap<OwnedUserId, (OwnedEventId, u64)>>,
+    /// Entries in `members`.
+    count: usize,
     /// Last use, for eviction (a counter, not a clock).
     used: u64,
+}
+
+/// Per user and device (nested, so that a lookup borrows instead of building keys).
+#[derive(Default)]
+struct Devices {
+    by_user: HashMap<OwnedUserId, HashMap<OwnedDeviceId, Sent>>,
+    /// Devices in `by_user`.
+    count: usize,
+    /// Use counter.
+    clock: u64,
 }
 
 /// The member events sent to each device.
 #[derive(Default)]
 pub(super) struct LazyMembers {
-    inner: Mutex<(HashMap<DeviceKey, Sent>, u64)>,
+    inner: Mutex<Devices>,
 }
 
 impl LazyMembers {
@@ -45,11 +57,12 @@ impl LazyMembers {
         since: u64,
     ) -> bool {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (device.0.to_owned(), device.1.clone());
         inner
-            .0
-            .get(&key)
-            .and_then(|s| s.members.get(&(room.to_owned(), member.to_owned())))
+            .by_user
+            .get(device.0)
+            .and_then(|d| d.get(device.1.as_ref() as &DeviceId))
+            .and_then(|s| s.members.get(room))
+            .and_then(|m| m.get(member))
             .is_some_and(|(id, at)| id == event_id && since >= *at)
     }
 
@@ -61,27 +74,62 @@ impl LazyMembers {
         sent: impl IntoIterator<Item = (&'a UserId, &'a EventId)>,
         at: u64,
     ) {
+        let mut sent = sent.into_iter().peekable();
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (devices, clock) = &mut *guard;
-        *clock += 1;
-        let now = *clock;
-        let key = (device.0.to_owned(), device.1.clone());
-        if !devices.contains_key(&key) && devices.len() >= MAX_DEVICES {
-            let mut uses: Vec<u64> = devices.values().map(|s| s.used).collect();
+        let devices = &mut *guard;
+        devices.clock += 1;
+        let now = devices.clock;
+        if sent.peek().is_none() {
+            // Nothing new: only the device's last use, without building keys.
+            if let Some(s) = devices
+                .by_user
+                .get_mut(device.0)
+                .and_then(|d| d.get_mut(device.1.as_ref() as &DeviceId))
+            {
+                s.used = now;
+            }
+            return;
+        }
+        let known = devices
+            .by_user
+            .get(device.0)
+            .is_some_and(|d| d.contains_key(device.1.as_ref() as &DeviceId));
+        if !known && devices.count >= MAX_DEVICES {
+            let mut uses: Vec<u64> = devices
+                .by_user
+                .values()
+                .flat_map(|d| d.values().map(|s| s.used))
+                .collect();
             uses.sort_unstable();
             let cut = uses[uses.len() / 2];
-            devices.retain(|_, s| s.used > cut);
+            for d in devices.by_user.values_mut() {
+                d.retain(|_, s| s.used > cut);
+            }
+            devices.by_user.retain(|_, d| !d.is_empty());
+            devices.count = devices.by_user.values().map(HashMap::len).sum();
         }
-        let entry = devices.entry(key).or_default();
+        if !known {
+            devices.count += 1;
+        }
+        let entry = devices
+            .by_user
+            .entry(device.0.to_owned())
+            .or_default()
+            .entry(device.1.clone())
+            .or_default();
         entry.used = now;
         for (member, event_id) in sent {
-            if entry.members.len() >= MAX_PER_DEVICE {
+            if entry.count >= MAX_PER_DEVICE {
                 entry.members.clear();
+                entry.count = 0;
             }
-            entry.members.insert(
-                (room.to_owned(), member.to_owned()),
-                (event_id.to_owned(), at),
-            );
+            let in_room = entry.members.entry(room.to_owned()).or_default();
+            if in_room
+                .insert(member.to_owned(), (event_id.to_owned(), at))
+                .is_none()
+            {
+                entry.count += 1;
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! fewer parts, from older servers, read the missing ones as 0).
 
 mod e2ee;
+mod filters;
 mod lazy;
 pub mod sliding;
 
@@ -124,8 +125,8 @@ pub struct SyncRequest {
     pub timeout: Duration,
     /// Send full state of every room.
     pub full_state: bool,
-    /// The filter definition (inline or stored).
-    pub filter: Value,
+    /// The `filter` parameter: an inline definition or a stored filter's id.
+    pub filter: Option<String>,
     /// `set_presence`.
     pub set_presence: Option<String>,
 }
@@ -141,6 +142,8 @@ pub struct SyncService {
     connections: sliding::Connections,
     /// Lazy-loaded member events sent to each device.
     lazy_members: lazy::LazyMembers,
+    /// Filters already parsed.
+    filters: filters::Filters,
 }
 
 /// Default timeline events per room.
@@ -197,6 +200,7 @@ impl SyncService {
             push,
             connections: Default::default(),
             lazy_members: Default::default(),
+            filters: Default::default(),
         }
     }
 
@@ -205,7 +209,9 @@ impl SyncService {
     pub async fn sync(&self, session: &Session, req: SyncRequest) -> Result<Value> {
         let user = &session.user_id;
         let since = req.since.as_deref().map(SyncToken::parse).transpose()?;
-        let filter = SyncFilter::from_json(&req.filter);
+        let filter = self
+            .filters
+            .resolve(&self.users, user, req.filter.as_deref())?;
         if req.set_presence.as_deref() != Some("offline") {
             self.users
                 .touch_presence(user, req.set_presence.as_deref())?;

@@ -3,21 +3,26 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{extract::State, Json, Router};
-use ruma::api::client::{filter::FilterDefinition, sync::sync_events};
 use serde_json::Value;
 
 use crate::{
-    api::ruma::{RawJson, RouterJsonExt, Ruma},
+    api::ruma::RawJson,
     services::Services,
     sync::{sliding::SlidingRequest, SyncRequest},
     Error, Result,
 };
 
 pub(super) fn routes(router: Router<Arc<Services>>) -> Router<Arc<Services>> {
-    router.ruma_json(sync_route).route(
-        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
-        axum::routing::post(sliding_sync_route),
-    )
+    // `/sync` is read from the query string here rather than through ruma's request
+    // type: ruma parses an inline filter on every request, while the sync service keeps
+    // each distinct filter parsed once (every long poll of a client repeats it).
+    router
+        .route("/_matrix/client/v3/sync", axum::routing::get(sync_route))
+        .route("/_matrix/client/r0/sync", axum::routing::get(sync_route))
+        .route(
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            axum::routing::post(sliding_sync_route),
+        )
 }
 
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync` (MSC4186)
@@ -45,43 +50,35 @@ async fn sliding_sync_route(
 /// `GET /_matrix/client/v3/sync`
 async fn sync_route(
     State(services): State<Arc<Services>>,
-    req: Ruma<sync_events::v3::Request>,
+    mut req: RawJson,
 ) -> Result<Json<Value>> {
-    let session = req.session()?.clone();
-    let body = req.body;
-    let filter = match body.filter {
-        None => Value::Object(Default::default()),
-        Some(sync_events::v3::Filter::FilterDefinition(def)) => serde_json::to_value(&def)?,
-        // ruma reads an inline filter it cannot parse as a filter id: say what is wrong
-        // with it rather than that no such id exists.
-        Some(sync_events::v3::Filter::FilterId(id)) if id.trim_start().starts_with('{') => {
-            return Err(inline_filter_error(&id));
+    let timeout = match req.query.get("timeout") {
+        Some(t) => Duration::from_millis(
+            t.parse()
+                .map_err(|_| Error::invalid_param("timeout must be a number of milliseconds"))?,
+        ),
+        None => Duration::ZERO,
+    };
+    let full_state = match req.query.get("full_state").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(Error::invalid_param("full_state must be true or false")),
+    };
+    let set_presence = match req.query.remove("set_presence") {
+        None => "online".to_owned(),
+        Some(p) if ["online", "offline", "unavailable"].contains(&p.as_str()) => p,
+        Some(_) => {
+            return Err(Error::invalid_param(
+                "set_presence must be online, offline or unavailable",
+            ))
         }
-        Some(sync_events::v3::Filter::FilterId(id)) => {
-            match services.users.get_filter(&session.user_id, &id)? {
-                Some(v) => v,
-                None => return Err(Error::not_found("Unknown filter")),
-            }
-        }
-        Some(_) => serde_json::to_value(FilterDefinition::default())?,
     };
     let request = SyncRequest {
-        since: body.since,
-        timeout: body.timeout.unwrap_or(Duration::ZERO),
-        full_state: body.full_state,
-        filter,
-        set_presence: Some(body.set_presence.as_str().to_owned()),
+        since: req.query.remove("since"),
+        timeout,
+        full_state,
+        filter: req.query.remove("filter"),
+        set_presence: Some(set_presence),
     };
-    Ok(Json(services.sync.sync(&session, request).await?))
-}
-
-/// The error for an inline filter that is not a valid filter definition.
-fn inline_filter_error(text: &str) -> Error {
-    match serde_json::from_str::<FilterDefinition>(text) {
-        Err(e) if e.is_syntax() || e.is_eof() => {
-            Error::not_json(format!("The inline filter is not JSON: {e}"))
-        }
-        Err(e) => Error::bad_json(format!("The inline filter is invalid: {e}")),
-        Ok(_) => Error::bad_json("The inline filter is invalid"),
-    }
+    Ok(Json(services.sync.sync(&req.session, request).await?))
 }
