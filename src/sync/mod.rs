@@ -532,28 +532,38 @@ impl SyncService {
 
         let first_pos = events.first().map(|(p, _)| *p);
         let state_pos = first_pos.map_or(now.timeline, |p| p - 1);
+        // With lazy loading only the timeline senders' and the user's own member events
+        // are sent: the others are left out before any event is read (a big room's full
+        // state is mostly member events, more than the event cache holds).
+        let senders: BTreeSet<&str> = events
+            .iter()
+            .map(|(_, p)| p.sender.as_str())
+            .chain([user.as_str()])
+            .collect();
+        let lazy_cut = |map: &mut crate::rooms::StateMap| {
+            if filter.state.lazy_load_members {
+                map.retain(|(kind, key), _| kind != "m.room.member" || senders.contains(&**key));
+            }
+        };
         let mut state: Vec<Arc<Pdu>> = if send_full_state {
-            self.rooms
-                .state_events(&self.rooms.state_at(room_id, state_pos)?)?
+            let mut at = self.rooms.state_at(room_id, state_pos)?;
+            lazy_cut(&mut at);
+            self.rooms.state_events(&at)?
         } else if limited {
             // Gap between `since` and the timeline: send the state that changed in it.
             let before = self.rooms.state_at(room_id, since_tl)?;
             let at = self.rooms.state_at(room_id, state_pos)?;
-            let changed: BTreeMap<_, _> = at
+            let mut changed: BTreeMap<_, _> = at
                 .into_iter()
                 .filter(|(k, v)| before.get(k) != Some(v))
                 .collect();
+            lazy_cut(&mut changed);
             self.rooms.state_events(&changed)?
         } else {
             Vec::new()
         };
         state.retain(|p| filter.state.allows(p));
         if filter.state.lazy_load_members {
-            let senders: BTreeSet<&str> = events
-                .iter()
-                .map(|(_, p)| p.sender.as_str())
-                .chain([user.as_str()])
-                .collect();
             state.retain(|p| {
                 p.kind.to_string() != "m.room.member"
                     || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
