@@ -80,6 +80,8 @@ impl RemoteChanges {
 
     /// Hands one notice to the handlers of the trees it touches.
     pub(super) fn dispatch(&self, change: &RemoteChange) {
+        // Counted on arrival, before any handler runs: whoever a handler wakes sees it.
+        self.received.fetch_add(1, Ordering::AcqRel);
         let handlers = self.handlers.read().unwrap_or_else(|e| e.into_inner());
         let mut by_tree: HashMap<u8, Vec<&[u8]>> = HashMap::new();
         if let RemoteChange::Keys(keys) = change {
@@ -117,7 +119,6 @@ impl RemoteChanges {
             }
         }
         drop(handlers);
-        self.received.fetch_add(1, Ordering::AcqRel);
     }
 }
 
