@@ -531,9 +531,11 @@ async fn a_moderator_records_the_meeting_and_the_video_is_posted() -> anyhow::Re
         .as_str()
         .and_then(|d| d.parse().ok())
         .with_context(|| format!("duration: {probe}"))?;
+    // The page asks for 10 s; the stop goes through the browser, the server and the
+    // recorder, each of which can lag by a second or two on a busy 2-core machine.
     assert!(
-        (8.0..=12.0).contains(&duration),
-        "recorded {duration} s, expected 8-12 s: {probe}"
+        (8.0..=15.0).contains(&duration),
+        "recorded {duration} s, expected 8-15 s: {probe}"
     );
     let state = mia
         .get(&format!("/rooms/{}/state/io.myelin.recording/", enc(&room)))
