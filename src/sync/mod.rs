@@ -535,13 +535,15 @@ impl SyncService {
         // With lazy loading only the timeline senders' and the user's own member events
         // are sent: the others are left out before any event is read (a big room's full
         // state is mostly member events, more than the event cache holds).
-        let senders: BTreeSet<&str> = events
-            .iter()
-            .map(|(_, p)| p.sender.as_str())
-            .chain([user.as_str()])
-            .collect();
+        let senders: Option<BTreeSet<&str>> = filter.state.lazy_load_members.then(|| {
+            events
+                .iter()
+                .map(|(_, p)| p.sender.as_str())
+                .chain([user.as_str()])
+                .collect()
+        });
         let lazy_cut = |map: &mut crate::rooms::StateMap| {
-            if filter.state.lazy_load_members {
+            if let Some(senders) = &senders {
                 map.retain(|(kind, key), _| kind != "m.room.member" || senders.contains(&**key));
             }
         };
@@ -564,10 +566,6 @@ impl SyncService {
         };
         state.retain(|p| filter.state.allows(p));
         if filter.state.lazy_load_members {
-            state.retain(|p| {
-                p.kind.to_string() != "m.room.member"
-                    || p.state_key.as_deref().is_some_and(|k| senders.contains(k))
-            });
             self.add_lazy_members(session, room_id, &events, &mut state, since, now, filter)?;
         }
 
