@@ -11,8 +11,12 @@ use ruma::{api::client::filter::FilterDefinition, UserId};
 use super::SyncFilter;
 use crate::{users::UsersService, Error, Result};
 
-/// Distinct filters kept before the cache starts over.
+/// Distinct filter definitions kept before that cache starts over.
 const MAX_FILTERS: usize = 1024;
+/// Stored filters kept by user and id before that cache starts over: one or two per
+/// syncing user (every user of a company-wide room may long-poll at once), each sharing
+/// its parsed definition with the users whose filter reads the same.
+const MAX_STORED: usize = 65_536;
 
 /// Parsed filters by inline text, and by user and id for stored ones (a stored filter
 /// never changes).
@@ -21,6 +25,8 @@ pub(super) struct Filters {
     none: Arc<SyncFilter>,
     inline: Mutex<HashMap<String, Arc<SyncFilter>>>,
     stored: Mutex<HashMap<String, Arc<SyncFilter>>>,
+    /// Stored filters by definition, shared by the users who stored the same one.
+    definitions: Mutex<HashMap<String, Arc<SyncFilter>>>,
 }
 
 impl Default for Filters {
@@ -29,6 +35,7 @@ impl Default for Filters {
             none: Arc::new(SyncFilter::from_json(&serde_json::json!({}))),
             inline: Mutex::default(),
             stored: Mutex::default(),
+            definitions: Mutex::default(),
         }
     }
 }
@@ -50,7 +57,7 @@ impl Filters {
                 return Ok(f.clone());
             }
             let parsed = Arc::new(SyncFilter::from_json(&parse_inline(text)?));
-            insert(&self.inline, text.to_owned(), parsed.clone());
+            insert(&self.inline, text.to_owned(), parsed.clone(), MAX_FILTERS);
             return Ok(parsed);
         }
         let key = format!("{user}\u{0}{text}");
@@ -60,8 +67,17 @@ impl Filters {
         let stored = users
             .get_filter(user, text)?
             .ok_or_else(|| Error::not_found("Unknown filter"))?;
-        let parsed = Arc::new(SyncFilter::from_json(&stored));
-        insert(&self.stored, key, parsed.clone());
+        let text = stored.to_string();
+        let cached = lock(&self.definitions).get(&text).cloned();
+        let parsed = match cached {
+            Some(f) => f,
+            None => {
+                let parsed = Arc::new(SyncFilter::from_json(&stored));
+                insert(&self.definitions, text, parsed.clone(), MAX_FILTERS);
+                parsed
+            }
+        };
+        insert(&self.stored, key, parsed.clone(), MAX_STORED);
         Ok(parsed)
     }
 }
@@ -70,9 +86,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn insert(map: &Mutex<HashMap<String, Arc<SyncFilter>>>, key: String, f: Arc<SyncFilter>) {
+fn insert(
+    map: &Mutex<HashMap<String, Arc<SyncFilter>>>,
+    key: String,
+    f: Arc<SyncFilter>,
+    max: usize,
+) {
     let mut map = lock(map);
-    if map.len() >= MAX_FILTERS {
+    if map.len() >= max {
         map.clear();
     }
     map.insert(key, f);
@@ -135,5 +156,17 @@ mod tests {
             &stored,
             &filters.resolve(&users, alice, Some(&id)).unwrap()
         ));
+        // Another user who stored the same definition shares its parse.
+        let bob = users.create_user("bob", None, false).unwrap();
+        let bob_id = users
+            .create_filter(
+                &bob,
+                serde_json::json!({"room": {"timeline": {"limit": 7}}}),
+            )
+            .await
+            .unwrap();
+        let bobs = filters.resolve(&users, &bob, Some(&bob_id)).unwrap();
+        assert!(Arc::ptr_eq(&stored, &bobs));
+        assert_eq!(lock(&filters.stored).len(), 2, "kept per user and id");
     }
 }

@@ -10,12 +10,51 @@ use std::{
 };
 
 use anyhow::Result;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
     hs::{enc, join_all, register_many, Hs},
     report::{histogram, latency_json, progress},
 };
+
+/// The parts of a `/sync` response the syncers read; the rest is skipped unparsed.
+#[derive(Deserialize)]
+struct SyncResponse {
+    next_batch: String,
+    #[serde(default)]
+    rooms: SyncRooms,
+}
+
+#[derive(Default, Deserialize)]
+struct SyncRooms {
+    #[serde(default)]
+    join: HashMap<String, JoinedRoom>,
+}
+
+#[derive(Deserialize)]
+struct JoinedRoom {
+    #[serde(default)]
+    timeline: Timeline,
+}
+
+#[derive(Default, Deserialize)]
+struct Timeline {
+    #[serde(default)]
+    events: Vec<TimelineEvent>,
+}
+
+#[derive(Deserialize)]
+struct TimelineEvent {
+    #[serde(default)]
+    content: SeqContent,
+}
+
+/// The `seq` the sender puts in each message's content.
+#[derive(Default, Deserialize)]
+struct SeqContent {
+    seq: Option<u64>,
+}
 
 pub(crate) async fn scenario_fanout(
     hs: &Arc<Hs>,
@@ -29,20 +68,20 @@ pub(crate) async fn scenario_fanout(
     let late = users.split_off(syncers);
     let room = hs.create_room(&sender, true).await?;
     let setup_joins_per_sec = join_all(hs, &users, &room, hs.common.setup_concurrency).await?;
-    let filter = enc(&json!({"room": {"rooms": [room], "timeline": {"limit": 100}, "state": {"lazy_load_members": true}},
-                             "presence": {"types": []}, "account_data": {"types": []}}).to_string());
+    // Each syncer stores its filter and names it by id, as Element does.
+    let filter = json!({"room": {"rooms": [room], "timeline": {"limit": 100}, "state": {"lazy_load_members": true}},
+                        "presence": {"types": []}, "account_data": {"types": []}});
     // Initial syncs, so every syncer starts from "now".
-    let mut sinces = Vec::new();
+    let mut starts = Vec::new();
     for u in &users {
-        let v = hs
-            .ok(
-                reqwest::Method::GET,
-                &format!("/_matrix/client/v3/sync?timeout=0&filter={filter}"),
-                Some(&u.token),
-                None,
+        let filter_id = enc(&hs.upload_filter(u, &filter).await?);
+        let v: SyncResponse = hs
+            .get_typed(
+                &format!("/_matrix/client/v3/sync?timeout=0&filter={filter_id}"),
+                &u.token,
             )
             .await?;
-        sinces.push(v["next_batch"].as_str().unwrap_or_default().to_owned());
+        starts.push((v.next_batch, filter_id));
     }
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let hist = Arc::new(Mutex::new(histogram()));
@@ -50,14 +89,13 @@ pub(crate) async fn scenario_fanout(
     let duplicates = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (u, since) in users.iter().cloned().zip(sinces) {
-        let (hs, sent_at, hist, duplicates, finished, filter) = (
+    for (u, (since, filter)) in users.iter().cloned().zip(starts) {
+        let (hs, sent_at, hist, duplicates, finished) = (
             hs.clone(),
             sent_at.clone(),
             hist.clone(),
             duplicates.clone(),
             finished.clone(),
-            filter.clone(),
         );
         let room = room.clone();
         tasks.push(tokio::spawn(async move {
@@ -78,21 +116,15 @@ pub(crate) async fn scenario_fanout(
                     "/_matrix/client/v3/sync?timeout=5000&since={}&filter={filter}",
                     enc(&since)
                 );
-                let v = match hs
-                    .ok(reqwest::Method::GET, &path, Some(&u.token), None)
-                    .await
-                {
+                let v: SyncResponse = match hs.get_typed(&path, &u.token).await {
                     Ok(v) => v,
                     Err(_) => continue,
                 };
                 let now = Instant::now();
-                since = v["next_batch"].as_str().unwrap_or(&since).to_owned();
-                for e in v["rooms"]["join"][&room]["timeline"]["events"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                {
-                    let Some(seq) = e["content"]["seq"].as_u64() else {
+                since = v.next_batch;
+                let events = v.rooms.join.into_iter().filter(|(r, _)| *r == room);
+                for e in events.flat_map(|(_, r)| r.timeline.events) {
+                    let Some(seq) = e.content.seq else {
                         continue;
                     };
                     if !seen.insert(seq) {

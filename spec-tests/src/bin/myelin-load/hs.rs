@@ -119,6 +119,58 @@ impl Hs {
         bail!("{path}: still rate limited after 50 retries")
     }
 
+    /// A GET whose answer is parsed into `T` (only the fields `T` names are read): the
+    /// syncers' long polls, where reading every response into a JSON tree cost the load
+    /// tool as much CPU as the server spent answering. Retries 429 like [`Hs::call`].
+    pub(crate) async fn get_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> Result<T> {
+        for _ in 0..50 {
+            let url = format!("{}{path}", self.base(Some(token)));
+            let resp = self
+                .http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .with_context(|| path.to_owned())?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.with_context(|| path.to_owned())?;
+            if status == 429 {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let wait = v["retry_after_ms"].as_u64().unwrap_or(500).min(10_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                continue;
+            }
+            if status != 200 {
+                bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&body));
+            }
+            return serde_json::from_slice(&body).with_context(|| path.to_owned());
+        }
+        bail!("{path}: still rate limited after 50 retries")
+    }
+
+    /// Stores `filter` for `user` and returns its id (as clients do: Element sends the id
+    /// on every sync rather than the definition).
+    pub(crate) async fn upload_filter(&self, user: &User, filter: &Value) -> Result<String> {
+        let path = format!("/_matrix/client/v3/user/{}/filter", enc(&user.user_id));
+        let v = self
+            .ok(
+                reqwest::Method::POST,
+                &path,
+                Some(&user.token),
+                Some(filter),
+            )
+            .await?;
+        Ok(v["filter_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no filter_id: {v}"))?
+            .to_owned())
+    }
+
     pub(crate) async fn ok(
         &self,
         method: reqwest::Method,
