@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::{
     hs::{enc, join_all, register_many, Hs},
+    poll::Poller,
     report::{histogram, latency_json, progress},
 };
 
@@ -75,13 +76,16 @@ pub(crate) async fn scenario_fanout(
     let mut starts = Vec::new();
     for u in &users {
         let filter_id = enc(&hs.upload_filter(u, &filter).await?);
-        let v: SyncResponse = hs
-            .get_typed(
-                &format!("/_matrix/client/v3/sync?timeout=0&filter={filter_id}"),
-                &u.token,
-            )
+        // Each syncer's connection is opened here, one at a time: thousands of connects at
+        // the start of the measured phase overflowed the server's accept queue, and the
+        // refused ones retried a second later (late first deliveries).
+        let mut poller = Poller::new(hs.base(Some(&u.token)), &u.token)?;
+        let v: SyncResponse = poller
+            .get(&format!(
+                "/_matrix/client/v3/sync?timeout=0&filter={filter_id}"
+            ))
             .await?;
-        starts.push((v.next_batch, filter_id));
+        starts.push((v.next_batch, filter_id, poller));
     }
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let hist = Arc::new(Mutex::new(histogram()));
@@ -89,9 +93,8 @@ pub(crate) async fn scenario_fanout(
     let duplicates = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
-    for (u, (since, filter)) in users.iter().cloned().zip(starts) {
-        let (hs, sent_at, hist, duplicates, finished) = (
-            hs.clone(),
+    for (since, filter, mut poller) in starts {
+        let (sent_at, hist, duplicates, finished) = (
             sent_at.clone(),
             hist.clone(),
             duplicates.clone(),
@@ -116,7 +119,7 @@ pub(crate) async fn scenario_fanout(
                     "/_matrix/client/v3/sync?timeout=5000&since={}&filter={filter}",
                     enc(&since)
                 );
-                let v: SyncResponse = match hs.get_typed(&path, &u.token).await {
+                let v: SyncResponse = match poller.get(&path).await {
                     Ok(v) => v,
                     Err(_) => continue,
                 };
@@ -137,7 +140,7 @@ pub(crate) async fn scenario_fanout(
                     }
                 }
             }
-            seen.len() as u64
+            Ok::<_, anyhow::Error>(seen.len() as u64)
         }));
     }
     // Let every syncer reach its long poll first.
@@ -165,7 +168,7 @@ pub(crate) async fn scenario_fanout(
     finished.store(true, Ordering::Relaxed);
     let mut received = 0;
     for t in tasks {
-        received += t.await?;
+        received += t.await??;
     }
     let expected = (messages * syncers) as u64;
     let h = hist.lock().expect("lock").clone();

@@ -74,7 +74,7 @@ impl Hs {
 
     /// The process a request goes to: a user's (by access token) always the same one, as
     /// behind a load balancer with per-user affinity; the others in turn.
-    fn base(&self, token: Option<&str>) -> &str {
+    pub(crate) fn base(&self, token: Option<&str>) -> &str {
         let n = self.bases.len().max(1) as u64;
         let i = match token {
             Some(t) => {
@@ -115,40 +115,6 @@ impl Hs {
                 continue;
             }
             return Ok((status, value));
-        }
-        bail!("{path}: still rate limited after 50 retries")
-    }
-
-    /// A GET whose answer is parsed into `T` (only the fields `T` names are read): the
-    /// syncers' long polls, where reading every response into a JSON tree cost the load
-    /// tool as much CPU as the server spent answering. Retries 429 like [`Hs::call`].
-    pub(crate) async fn get_typed<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        token: &str,
-    ) -> Result<T> {
-        for _ in 0..50 {
-            let url = format!("{}{path}", self.base(Some(token)));
-            let resp = self
-                .http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .with_context(|| path.to_owned())?;
-            let status = resp.status().as_u16();
-            let body = resp.bytes().await.with_context(|| path.to_owned())?;
-            if status == 429 {
-                self.retries.fetch_add(1, Ordering::Relaxed);
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let wait = v["retry_after_ms"].as_u64().unwrap_or(500).min(10_000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                continue;
-            }
-            if status != 200 {
-                bail!("{path}: HTTP {status}: {}", String::from_utf8_lossy(&body));
-            }
-            return serde_json::from_slice(&body).with_context(|| path.to_owned());
         }
         bail!("{path}: still rate limited after 50 retries")
     }

@@ -16,6 +16,7 @@ mod hs;
 mod initial_sync;
 mod join_storm;
 mod meetings;
+mod poll;
 mod report;
 mod send;
 
