@@ -631,22 +631,24 @@ impl SyncService {
                 .collect();
             let mut extra = Vec::new();
             for sender in senders {
-                let Some(member) =
+                // The member event's id says whether the device has it; the event itself
+                // is read only when it is to be sent.
+                let Some(member_id) =
                     self.rooms
-                        .state_event_str(room_id, "m.room.member", sender.as_str())?
+                        .state_event_id(room_id, "m.room.member", sender.as_str())?
                 else {
                     continue;
                 };
-                if filter.state.include_redundant_members
-                    || !self.lazy_members.has(
+                let known = !filter.state.include_redundant_members
+                    && self.lazy_members.has(
                         &device,
                         room_id,
                         sender,
-                        &member.event_id,
+                        &member_id,
                         since.timeline,
-                    )
-                {
-                    extra.push(member);
+                    );
+                if !known {
+                    extra.extend(self.rooms.get_pdu(&member_id)?);
                 }
             }
             state.extend(extra);
