@@ -340,8 +340,8 @@ impl E2eeService {
         changed.extend(self.device_lists_changed_between(from.e2ee, to.e2ee)?);
 
         if to.timeline > from.timeline {
-            let member_filter =
-                EventFilter::from_json(&serde_json::json!({ "types": ["m.room.member"] }));
+            // Built when a room's member events are to be read (most syncs read none).
+            let mut member_filter: Option<EventFilter> = None;
             for &(ref room, membership, mpos) in self.rooms.user_rooms(user)?.iter() {
                 let own_change = mpos > from.timeline && mpos <= to.timeline;
                 if !own_change && membership != Membership::Join {
@@ -369,7 +369,9 @@ impl E2eeService {
                     to.timeline,
                     Direction::Forward,
                     MEMBER_SCAN_LIMIT,
-                    Some(&member_filter),
+                    Some(member_filter.get_or_insert_with(|| {
+                        EventFilter::from_json(&serde_json::json!({ "types": ["m.room.member"] }))
+                    })),
                 )?;
                 for (_, pdu) in events {
                     let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
