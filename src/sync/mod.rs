@@ -640,13 +640,9 @@ impl SyncService {
                     continue;
                 };
                 let known = !filter.state.include_redundant_members
-                    && self.lazy_members.has(
-                        &device,
-                        room_id,
-                        sender,
-                        &member_id,
-                        since.timeline,
-                    );
+                    && self
+                        .lazy_members
+                        .has(&device, room_id, sender, &member_id, since.timeline);
                 if !known {
                     extra.extend(self.rooms.get_pdu(&member_id)?);
                 }
