@@ -79,7 +79,7 @@ pub(crate) async fn scenario_fanout(
         // Each syncer's connection is opened here, one at a time: thousands of connects at
         // the start of the measured phase overflowed the server's accept queue, and the
         // refused ones retried a second later (late first deliveries).
-        let mut poller = Poller::new(hs.base(Some(&u.token)), &u.token)?;
+        let mut poller = Poller::new(hs, &u.token)?;
         let v: SyncResponse = poller
             .get(&format!(
                 "/_matrix/client/v3/sync?timeout=0&filter={filter_id}"

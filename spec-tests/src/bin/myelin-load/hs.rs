@@ -38,6 +38,9 @@ pub(crate) struct Hs {
     pub(crate) common: Common,
 }
 
+/// Tries of a rate-limited request before giving up.
+pub(crate) const RATE_LIMIT_TRIES: usize = 50;
+
 pub(crate) fn enc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
@@ -95,7 +98,7 @@ impl Hs {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<(u16, Value)> {
-        for _ in 0..50 {
+        for _ in 0..RATE_LIMIT_TRIES {
             let mut req = self
                 .http
                 .request(method.clone(), format!("{}{path}", self.base(token)));
@@ -109,14 +112,20 @@ impl Hs {
             let status = resp.status().as_u16();
             let value: Value = resp.json().await.unwrap_or(Value::Null);
             if status == 429 {
-                self.retries.fetch_add(1, Ordering::Relaxed);
-                let wait = value["retry_after_ms"].as_u64().unwrap_or(500).min(10_000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                self.rate_limited(&value).await;
                 continue;
             }
             return Ok((status, value));
         }
-        bail!("{path}: still rate limited after 50 retries")
+        bail!("{path}: still rate limited after {RATE_LIMIT_TRIES} tries")
+    }
+
+    /// After a 429 answer: counts the retry and waits the time the server asks for
+    /// (bounded).
+    pub(crate) async fn rate_limited(&self, answer: &Value) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+        let wait = answer["retry_after_ms"].as_u64().unwrap_or(500).min(10_000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 
     /// Stores `filter` for `user` and returns its id (as clients do: Element sends the id

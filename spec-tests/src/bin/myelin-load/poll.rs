@@ -3,7 +3,7 @@
 //! With thousands of syncers on the machine that runs the server, reqwest's per-request
 //! work was a fifth of the load tool's CPU, taken from the cores the server runs on.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
@@ -12,10 +12,14 @@ use hyper::{client::conn::http1, header, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
+use crate::hs::{Hs, RATE_LIMIT_TRIES};
+
 /// Longest a poll may take (the syncers ask for 5 s long polls).
 const POLL_LIMIT: Duration = Duration::from_secs(120);
 
 pub(crate) struct Poller {
+    /// The client whose rate-limit handling (and retry count) the poller shares.
+    hs: Arc<Hs>,
     /// `host:port` of the server.
     addr: String,
     authorization: String,
@@ -23,13 +27,15 @@ pub(crate) struct Poller {
 }
 
 impl Poller {
-    /// A poller for the plain-HTTP server at `base` (`http://host:port`) with `token`.
-    pub(crate) fn new(base: &str, token: &str) -> Result<Poller> {
+    /// A poller for `token`'s server (which must be plain HTTP: `http://host:port`).
+    pub(crate) fn new(hs: &Arc<Hs>, token: &str) -> Result<Poller> {
+        let base = hs.base(Some(token));
         let addr = base
             .strip_prefix("http://")
             .ok_or_else(|| anyhow!("the syncers poll plain-HTTP servers only, not {base}"))?
             .trim_end_matches('/');
         Ok(Poller {
+            hs: hs.clone(),
             addr: addr.to_owned(),
             authorization: format!("Bearer {token}"),
             conn: None,
@@ -49,10 +55,10 @@ impl Poller {
         Ok(sender)
     }
 
-    /// GETs `path` and parses the answer into `T`; a 429 is retried after the time the
-    /// server asks for (bounded), a broken connection is opened again on the next call.
+    /// GETs `path` and parses the answer into `T`; a 429 is retried as [`Hs::call`] does,
+    /// a broken connection is opened again on the next call.
     pub(crate) async fn get<T: DeserializeOwned>(&mut self, path: &str) -> Result<T> {
-        for _ in 0..50 {
+        for _ in 0..RATE_LIMIT_TRIES {
             let mut sender = match self.conn.take() {
                 Some(s) if !s.is_closed() => s,
                 _ => self.connect().await?,
@@ -74,9 +80,8 @@ impl Poller {
             self.conn = Some(sender);
             let (status, body) = answer;
             if status == 429 {
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let wait = v["retry_after_ms"].as_u64().unwrap_or(500).min(10_000);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let answer = serde_json::from_slice(&body).unwrap_or_default();
+                self.hs.rate_limited(&answer).await;
                 continue;
             }
             if status != 200 {
@@ -84,6 +89,6 @@ impl Poller {
             }
             return serde_json::from_slice(&body).with_context(|| path.to_owned());
         }
-        bail!("{path}: still rate limited after 50 retries")
+        bail!("{path}: still rate limited after {RATE_LIMIT_TRIES} tries")
     }
 }
