@@ -353,6 +353,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .users
         .install_operator_token(&data_dir)
         .context("writing the operator token")?;
+    // Bound before any background work starts: a port in use fails the start at once,
+    // with its own message, before this process takes leases or leads a cluster.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
     services.start_background();
     let sfu = if services.config.rtc.embedded_sfu {
         let config = myelin::rtc::embedded::sfu_config(
@@ -371,9 +376,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let app = myelin::api::router(services.clone());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, server_name = %services.config.server_name, "myelin listening");
     let notifier = services.notifier.clone();
     let shutdown = async move {

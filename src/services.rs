@@ -308,10 +308,13 @@ impl Services {
                 std::process::exit(1);
             }
             services.start_cluster_work();
-            let mut lost = guard.lost();
-            let _ = lost.wait_for(|lost| *lost).await;
-            tracing::error!("the leader lease was lost: exiting so that one process leads");
-            std::process::exit(1);
+            // An error means the renewal task is gone without losing the lease: the
+            // runtime is shutting down (e.g. the start failed), and the process is
+            // ending with its own error, which an exit here would hide.
+            if guard.lost().wait_for(|lost| *lost).await.is_ok() {
+                tracing::error!("the leader lease was lost: exiting so that one process leads");
+                std::process::exit(1);
+            }
         });
     }
 

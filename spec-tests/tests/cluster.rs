@@ -498,3 +498,35 @@ async fn a_recording_is_controlled_through_either_process() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// A process whose port is taken stops with the bind error before it takes part in the
+/// cluster: it leads nothing, and no lease task's exit hides the error (the test
+/// harness retries on another port when it reads "Address already in use").
+#[tokio::test]
+async fn a_taken_port_fails_the_start_before_the_process_leads() -> anyhow::Result<()> {
+    let url = postgres_test_database().await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let data = tempfile::tempdir()?;
+    let output = tokio::process::Command::new(spec_tests::server_binary())
+        .arg("serve")
+        .env("MYELIN_LISTEN", taken.local_addr()?.to_string())
+        .env("MYELIN_DATA_DIR", data.path().join("data"))
+        .env("MYELIN_STORAGE_ENGINE", "postgres")
+        .env("MYELIN_STORAGE_POSTGRES_URL", &url)
+        .env("MYELIN_STORAGE_POSTGRES_SHARED", "true")
+        .env("MYELIN_RTC_EMBEDDED_SFU", "false")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output).await??;
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{log}");
+    assert!(log.contains("Address already in use"), "{log}");
+    assert!(!log.contains("this process leads"), "{log}");
+    assert!(!log.contains("leader lease was lost"), "{log}");
+    Ok(())
+}
