@@ -66,14 +66,15 @@ impl PushService {
     pub(super) fn evaluate(&self, pdu: &Arc<Pdu>, pos: u64) -> Result<Option<Evaluated>> {
         let room_id = &pdu.room_id;
         let members = self.rooms.members(room_id)?;
-        let mut joined: Vec<&UserId> = members.joined().filter(|u| *u != pdu.sender).collect();
         // The invitee of an invite is not joined yet but is notified of it.
+        let mut invitee = None;
         if pdu.kind.to_string() == "m.room.member" {
             if let Some(target) = pdu
                 .state_key
                 .as_deref()
                 .and_then(|k| <&UserId>::try_from(k).ok())
             {
+                self.note_member(room_id, target)?;
                 // A membership event may change the display name.
                 if let Some(room) = self
                     .names
@@ -85,11 +86,11 @@ impl PushService {
                     room.remove(target);
                 }
                 if members.get(target) == Some(Membership::Invite) && target != pdu.sender {
-                    joined.push(target);
+                    invitee = Some(target);
                 }
             }
         }
-        if joined.is_empty() {
+        if invitee.is_none() && members.joined().all(|u| *u == pdu.sender) {
             return Ok(None);
         }
         let event_json = pdu.to_client_event();
@@ -143,28 +144,59 @@ impl PushService {
         let with_subscription = |ctx: PushConditionRoomCtx, subscribed: bool| {
             ctx.with_has_thread_subscription_fn(move |_| Box::pin(std::future::ready(subscribed)))
         };
+        // The shared evaluation for each subscription state: its actions, and whether it
+        // stopped before the first rule that looks for the reader's id or names (then
+        // nobody's names need looking at).
+        let mut generic: [Option<(Vec<Action>, bool)>; 2] = [None, None];
+        let ruleset = Ruleset::server_default(&self.nobody);
+        let shared_for = |sub: bool| {
+            let ctx = with_subscription(
+                ctx_for(&self.nobody, self.nobody.localpart().to_owned()),
+                sub,
+            );
+            match first_match(&ruleset, &flattened, &ctx) {
+                Some((at, actions)) => (actions.to_vec(), at < self.naming_from),
+                None => (Vec::new(), false),
+            }
+        };
+        let unsubscribed = shared_for(false);
+        // An event outside threads that the server default settles for every member it
+        // does not single out, without notifying them (a membership change), concerns
+        // only the members with rules of their own and its state key: the others are
+        // not looked at. Otherwise every member is.
+        let settled_quietly = thread_root.is_none()
+            && unsubscribed.1
+            && !unsubscribed.0.iter().any(Action::should_notify);
+        let concerned = |u: &UserId| {
+            (u != pdu.sender && members.get(u) == Some(Membership::Join)) || invitee == Some(u)
+        };
+        let own_rules;
+        let joined: Vec<&UserId> = if settled_quietly {
+            own_rules = self.members_with_own_rules(room_id, &members)?;
+            let mut picked: Vec<&UserId> = own_rules
+                .iter()
+                .map(|u| u.as_ref())
+                .chain(state_key.and_then(|k| <&UserId>::try_from(k).ok()))
+                .filter(|u| concerned(u))
+                .collect();
+            picked.sort_unstable();
+            picked.dedup();
+            picked
+        } else {
+            members
+                .joined()
+                .filter(|u| *u != pdu.sender)
+                .chain(invitee)
+                .collect()
+        };
         let customs = self.custom_rulesets(&joined)?;
         let subs = joined
             .iter()
             .map(|u| subscribed(u))
             .collect::<Result<Vec<bool>>>()?;
-        // The shared evaluation for each subscription state some member is in: its
-        // actions, and whether it stopped before the first rule that looks for the
-        // reader's id or names (then nobody's names need looking at).
-        let mut generic: [Option<(Vec<Action>, bool)>; 2] = [None, None];
-        for sub in [false, true] {
-            if !subs.contains(&sub) {
-                continue;
-            }
-            let ruleset = Ruleset::server_default(&self.nobody);
-            let ctx = with_subscription(
-                ctx_for(&self.nobody, self.nobody.localpart().to_owned()),
-                sub,
-            );
-            generic[usize::from(sub)] = Some(match first_match(&ruleset, &flattened, &ctx) {
-                Some((at, actions)) => (actions.to_vec(), at < self.naming_from),
-                None => (Vec::new(), false),
-            });
+        generic[0] = Some(unsubscribed);
+        if subs.contains(&true) {
+            generic[1] = Some(shared_for(true));
         }
         let shared = |sub: bool| {
             generic[usize::from(sub)]

@@ -5,12 +5,15 @@ use std::{collections::HashMap, sync::Arc};
 
 use ruma::{
     push::{ConditionalPushRule, Ruleset},
-    OwnedUserId, UserId,
+    OwnedRoomId, OwnedUserId, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
 use super::{PushService, PUSH_RULES_TYPE};
-use crate::Result;
+use crate::{
+    rooms::{Membership, RoomMembers},
+    Result,
+};
 
 /// Each user's own rules once read: `None` for the server default.
 #[derive(Default)]
@@ -19,6 +22,14 @@ pub(super) struct RulesCache {
     /// Entries dropped so far because another process changed them: rules read from
     /// storage before a drop are not cached (they may be the old ones).
     dropped: u64,
+    /// Per room, which of its members have rules of their own: every member who was
+    /// joined or invited when it was built, and every one a membership event has named
+    /// since (see [`PushService::note_member`]); some may have left. Cleared whenever
+    /// anyone's rules change.
+    rooms: HashMap<OwnedRoomId, Vec<OwnedUserId>>,
+    /// Rule changes so far: a room's list built from reads made before a change is
+    /// not kept.
+    changes: u64,
 }
 
 impl RulesCache {
@@ -34,6 +45,13 @@ impl RulesCache {
             None => self.users.clear(),
         }
         self.dropped += 1;
+        self.changed();
+    }
+
+    /// Someone's rules changed: the rooms' lists of members with own rules are rebuilt.
+    fn changed(&mut self) {
+        self.rooms.clear();
+        self.changes += 1;
     }
 }
 
@@ -118,6 +136,65 @@ impl PushService {
             rules.users.insert(user.to_owned(), Some(Arc::new(ruleset)));
         } else {
             rules.users.remove(user);
+        }
+        rules.changed();
+        Ok(())
+    }
+
+    /// The members of `room_id` who have rules of their own (some may have left since):
+    /// read once per room from its joined and invited members, then kept up to date by
+    /// [`PushService::note_member`], so an event the server default settles for everyone
+    /// costs a look at these members only, not at every member.
+    pub(super) fn members_with_own_rules(
+        &self,
+        room_id: &RoomId,
+        members: &RoomMembers,
+    ) -> Result<Vec<OwnedUserId>> {
+        let changes = {
+            let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(list) = rules.rooms.get(room_id) {
+                return Ok(list.clone());
+            }
+            rules.changes
+        };
+        let everyone: Vec<&UserId> = members
+            .joined()
+            .chain(members.with(Membership::Invite))
+            .collect();
+        let list: Vec<OwnedUserId> = everyone
+            .iter()
+            .zip(self.custom_rulesets(&everyone)?)
+            .filter(|(_, rules)| rules.is_some())
+            .map(|(user, _)| (*user).to_owned())
+            .collect();
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        if rules.changes == changes {
+            rules.rooms.insert(room_id.to_owned(), list.clone());
+        }
+        Ok(list)
+    }
+
+    /// Notes that a membership event of `room_id` named `user`: if the room's list of
+    /// members with own rules is kept and they have some, they join it.
+    pub(super) fn note_member(&self, room_id: &RoomId, user: &UserId) -> Result<()> {
+        let changes = {
+            let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            match rules.rooms.get(room_id) {
+                Some(list) if !list.iter().any(|u| u == user) => rules.changes,
+                _ => return Ok(()),
+            }
+        };
+        if self.custom_ruleset(user)?.is_none() {
+            return Ok(());
+        }
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let changes_now = rules.changes;
+        match rules.rooms.get_mut(room_id) {
+            Some(list) if changes_now == changes && !list.iter().any(|u| u == user) => {
+                list.push(user.to_owned());
+            }
+            // Rebuilt meanwhile (from the current members) or already there.
+            _ => {}
         }
         Ok(())
     }

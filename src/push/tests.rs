@@ -109,26 +109,10 @@ async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
         s.rooms.join(&room, u, &profile, None).await.unwrap();
     }
     // Erin has rules of her own: everything from alice highlights.
-    let mut custom = Ruleset::server_default(&erin);
-    custom
-        .insert(
-            ruma::push::NewPushRule::Override(ruma::push::NewConditionalPushRule::new(
-                "from_alice".into(),
-                vec![ruma::push::PushCondition::EventMatch(
-                    ruma::push::EventMatchConditionData::new("sender".into(), alice.to_string()),
-                )],
-                vec![
-                    Action::Notify,
-                    Action::SetTweak(ruma::push::Tweak::Highlight(
-                        ruma::push::HighlightTweakValue::Yes,
-                    )),
-                ],
-            )),
-            None,
-            None,
-        )
+    s.push
+        .save_ruleset(&erin, from_alice(&erin, &alice))
+        .await
         .unwrap();
-    s.push.save_ruleset(&erin, custom).await.unwrap();
 
     // A thread Bob and Erin (own rules) are subscribed to, and one nobody is.
     let mut roots = Vec::new();
@@ -196,22 +180,7 @@ async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
         .chain(state.into_iter().map(|(t, k, c)| NewEvent::state(t, k, c)));
     let mut notified = Vec::new();
     for event in events {
-        let content = event.content.clone();
-        let guard = s.rooms.lock(&room).await;
-        let (id, pos) = s.rooms.send(guard, &alice, event).await.unwrap();
-        let pdu = s.rooms.get_pdu(&id).unwrap().unwrap();
-        let expected = evaluated_one_by_one(&s.push, &pdu);
-        let got: BTreeMap<String, Value> = match s.push.evaluate(&pdu, pos).unwrap() {
-            Some(e) => e
-                .record
-                .groups
-                .iter()
-                .flat_map(|g| g.users.iter().map(|u| (u.clone(), json!(g.actions))))
-                .collect(),
-            None => BTreeMap::new(),
-        };
-        assert_eq!(got, expected, "for {content}");
-        notified.push(got.into_keys().collect::<Vec<_>>());
+        notified.push(sent_and_evaluated(&s, &room, &alice, event).await);
     }
     // In the subscribed thread its subscribers are notified; in the other only a mention
     // notifies. Erin's own rule (everything from Alice) comes before the thread rules.
@@ -228,6 +197,92 @@ async fn members_on_default_rules_share_one_evaluation_with_the_same_result() {
     assert_eq!(notified[10], ids(&[&erin]));
     assert_eq!(notified[11], ids(&[&carol, &erin]));
     assert_eq!(notified[12], ids(&[&carol, &erin]));
+
+    // The room's list of members with own rules is kept. Gina, on rules of her own
+    // (everything from Alice), joins after it was built: a membership event is then
+    // evaluated on her rules too; so is Bob's once he takes rules of his own.
+    let gina = user("gina");
+    s.push
+        .save_ruleset(&gina, from_alice(&gina, &alice))
+        .await
+        .unwrap();
+    let member = |u: &UserId, name: &str| {
+        NewEvent::state(
+            "m.room.member",
+            u.as_str(),
+            json!({"membership": "join", "displayname": name}),
+        )
+    };
+    assert_eq!(
+        sent_and_evaluated(&s, &room, &alice, member(&alice, "A")).await,
+        ids(&[&erin])
+    );
+    assert_eq!(
+        sent_and_evaluated(&s, &room, &gina, member(&gina, "Gina")).await,
+        ids(&[])
+    );
+    assert_eq!(
+        sent_and_evaluated(&s, &room, &alice, member(&alice, "Alice")).await,
+        ids(&[&erin, &gina])
+    );
+    s.push
+        .save_ruleset(&bob, from_alice(&bob, &alice))
+        .await
+        .unwrap();
+    assert_eq!(
+        sent_and_evaluated(&s, &room, &alice, member(&alice, "Al")).await,
+        ids(&[&bob, &erin, &gina])
+    );
+}
+
+/// The server default plus an override that highlights everything from `sender`.
+fn from_alice(user: &UserId, sender: &UserId) -> Ruleset {
+    let mut rules = Ruleset::server_default(user);
+    rules
+        .insert(
+            ruma::push::NewPushRule::Override(ruma::push::NewConditionalPushRule::new(
+                "from_alice".into(),
+                vec![ruma::push::PushCondition::EventMatch(
+                    ruma::push::EventMatchConditionData::new("sender".into(), sender.to_string()),
+                )],
+                vec![
+                    Action::Notify,
+                    Action::SetTweak(ruma::push::Tweak::Highlight(
+                        ruma::push::HighlightTweakValue::Yes,
+                    )),
+                ],
+            )),
+            None,
+            None,
+        )
+        .unwrap();
+    rules
+}
+
+/// Sends `event` as `sender`, checks that the shared evaluation gives every member what
+/// evaluating them one by one gives, and returns who it notifies.
+async fn sent_and_evaluated(
+    s: &crate::services::Services,
+    room: &ruma::RoomId,
+    sender: &UserId,
+    event: crate::rooms::NewEvent,
+) -> Vec<String> {
+    let content = event.content.clone();
+    let guard = s.rooms.lock(room).await;
+    let (id, pos) = s.rooms.send(guard, sender, event).await.unwrap();
+    let pdu = s.rooms.get_pdu(&id).unwrap().unwrap();
+    let expected = evaluated_one_by_one(&s.push, &pdu);
+    let got: BTreeMap<String, Value> = match s.push.evaluate(&pdu, pos).unwrap() {
+        Some(e) => e
+            .record
+            .groups
+            .iter()
+            .flat_map(|g| g.users.iter().map(|u| (u.clone(), json!(g.actions))))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    assert_eq!(got, expected, "for {content}");
+    got.into_keys().collect()
 }
 
 #[test]
