@@ -147,7 +147,6 @@ impl PushService {
         // The shared evaluation for each subscription state: its actions, and whether it
         // stopped before the first rule that looks for the reader's id or names (then
         // nobody's names need looking at).
-        let mut generic: [Option<(Vec<Action>, bool)>; 2] = [None, None];
         let ruleset = Ruleset::server_default(&self.nobody);
         let shared_for = |sub: bool| {
             let ctx = with_subscription(
@@ -194,10 +193,10 @@ impl PushService {
             .iter()
             .map(|u| subscribed(u))
             .collect::<Result<Vec<bool>>>()?;
-        generic[0] = Some(unsubscribed);
-        if subs.contains(&true) {
-            generic[1] = Some(shared_for(true));
-        }
+        let generic = [
+            Some(unsubscribed),
+            subs.contains(&true).then(|| shared_for(true)),
+        ];
         let shared = |sub: bool| {
             generic[usize::from(sub)]
                 .as_ref()

@@ -19,17 +19,14 @@ use crate::{
 #[derive(Default)]
 pub(super) struct RulesCache {
     users: HashMap<OwnedUserId, Option<Arc<Ruleset>>>,
-    /// Entries dropped so far because another process changed them: rules read from
-    /// storage before a drop are not cached (they may be the old ones).
-    dropped: u64,
+    /// Changes of anyone's rules so far, here or by another process: what was read
+    /// before one (a user's rules, a room's list) is not cached (it may be the old one).
+    changes: u64,
     /// Per room, which of its members have rules of their own: every member who was
     /// joined or invited when it was built, and every one a membership event has named
     /// since (see [`PushService::note_member`]); some may have left. Cleared whenever
     /// anyone's rules change.
     rooms: HashMap<OwnedRoomId, Vec<OwnedUserId>>,
-    /// Rule changes so far: a room's list built from reads made before a change is
-    /// not kept.
-    changes: u64,
 }
 
 impl RulesCache {
@@ -44,11 +41,11 @@ impl RulesCache {
             }
             None => self.users.clear(),
         }
-        self.dropped += 1;
         self.changed();
     }
 
-    /// Someone's rules changed: the rooms' lists of members with own rules are rebuilt.
+    /// Someone's rules changed: reads made before are not cached, and the rooms' lists
+    /// of members with own rules are rebuilt.
     fn changed(&mut self) {
         self.rooms.clear();
         self.changes += 1;
@@ -83,7 +80,7 @@ impl PushService {
     pub(super) fn custom_rulesets(&self, users: &[&UserId]) -> Result<Vec<Option<Arc<Ruleset>>>> {
         let mut found = Vec::with_capacity(users.len());
         let mut missing = Vec::new();
-        let dropped = {
+        let changes = {
             let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
             for (i, user) in users.iter().enumerate() {
                 match rules.users.get(*user) {
@@ -94,7 +91,7 @@ impl PushService {
                     }
                 }
             }
-            rules.dropped
+            rules.changes
         };
         for i in missing {
             let user = users[i];
@@ -107,9 +104,9 @@ impl PushService {
                     Arc::new(ruleset)
                 });
             // A ruleset saved meanwhile is newer than what was read: it stays. What was
-            // read while another process changed the rules is used once, not kept.
+            // read while anyone's rules changed (here or elsewhere) is used once, not kept.
             let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-            found[i] = if rules.dropped == dropped {
+            found[i] = if rules.changes == changes {
                 rules.users.entry(user.to_owned()).or_insert(stored).clone()
             } else {
                 stored
@@ -126,13 +123,14 @@ impl PushService {
     /// Stores a changed ruleset (durable when this returns).
     pub async fn save_ruleset(&self, user: &UserId, ruleset: Ruleset) -> Result<()> {
         let content = json!({ "global": ruleset });
-        let dropped = self.rules.lock().unwrap_or_else(|e| e.into_inner()).dropped;
+        let changes = self.rules.lock().unwrap_or_else(|e| e.into_inner()).changes;
         self.users
             .set_account_data(user, None, PUSH_RULES_TYPE, content)
             .await?;
-        // Another process may have saved newer rules meanwhile: then storage tells.
+        // Rules may have changed meanwhile (another save, here or on another process):
+        // then storage tells which are newest.
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        if rules.dropped == dropped {
+        if rules.changes == changes {
             rules.users.insert(user.to_owned(), Some(Arc::new(ruleset)));
         } else {
             rules.users.remove(user);
