@@ -241,7 +241,9 @@ mod tests {
     /// Two holders on one storage: one wins; the other waits in `hold` until it lets go.
     async fn two_holders(storage: Arc<Storage>, other: Arc<Storage>) {
         let a = leases(&storage, 60_000, false);
-        let b = leases(&other, 300, false);
+        // b's TTL is long enough that a renewal delayed by a loaded machine (CI runs
+        // many tests on two cores) still lands before expiry; the wait below outlasts it.
+        let b = leases(&other, 2_000, false);
         assert_ne!(a.holder(), b.holder());
         assert!(!a.is_held("work").unwrap());
         assert!(a.try_acquire("work").unwrap());
@@ -256,7 +258,7 @@ mod tests {
         let guard = tokio::time::timeout(Duration::from_secs(5), waiting).await;
         let guard = guard.unwrap().unwrap().unwrap();
         // Renewals keep it past its TTL.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
         assert!(!a.try_acquire("work").unwrap());
         assert!(!*guard.lost().borrow());
         drop(guard);
