@@ -24,6 +24,8 @@ pub mod room;
 pub mod signal;
 pub mod speakers;
 pub mod state;
+#[cfg(feature = "test-hooks")]
+mod test_hooks;
 pub mod turn;
 pub mod turn_tcp;
 pub mod wire;

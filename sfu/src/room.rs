@@ -532,9 +532,13 @@ impl Room {
         let room = Arc::downgrade(self);
         let publisher = Arc::downgrade(owner);
         let forwarding = track.clone();
+        #[cfg(feature = "test-hooks")]
+        let identity = owner.grant.identity.clone();
         tokio::spawn(async move {
             loop {
                 match remote.read_rtp().await {
+                    #[cfg(feature = "test-hooks")]
+                    Ok(_) if crate::test_hooks::stream_lost(&identity) => break,
                     Ok((packet, _)) => forwarding.forward(&packet, ssrc).await,
                     Err(e) => {
                         tracing::debug!(track = %forwarding.sid, ssrc, error = %e, "published stream ended");

@@ -7,7 +7,9 @@
 // `screenshots` is a directory for meet-lobby.png and meet-grid.png; or, for the
 // Element Call scenario, {scenario: "livekit", chromium, joinUrl, roomId, serviceUrl,
 // leo: {userId, deviceId, openidToken}}: one guest on the page and one member running
-// livekit-client (Element Call's engine, call.mjs's page.js) in the same call; or the
+// livekit-client (Element Call's engine, call.mjs's page.js) in the same call, where the
+// SFU (a test failpoint losing one of the guest's streams) also asks the page to
+// reconnect and the call goes on; or the
 // recording scenario (see `recording` below). Output: one JSON line
 // on stdout (the summary); progress and page logs on stderr. Exit 0 only if every check
 // passed.
@@ -307,6 +309,21 @@ function pageAudio(page) {
   );
 }
 
+/** The sids of the tracks livekit-client (on `page`) knows of the participant `userId`. */
+async function trackSidsOf(page, userId) {
+  const s = await page.evaluate(() => window.call.state());
+  return s.remote.filter((p) => p.identity.startsWith(`${userId}:`)).flatMap((p) => p.tracks.map((t) => t.sid));
+}
+
+/** Configures a server failpoint (test builds: `PUT /_myelin/test/failpoints/{name}`). */
+async function setFailpoint(base, name, actions) {
+  const url = `${base.replace(/\/+$/, '')}/_myelin/test/failpoints/${encodeURIComponent(name)}`;
+  const res = await fetch(url, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ actions }) });
+  if (!res.ok) {
+    throw new Error(`failpoint ${name}: HTTP ${res.status} ${await res.text()}`);
+  }
+}
+
 async function withLivekit(browser, config) {
   const { server, url: livekitUrl } = await servePage();
   try {
@@ -359,6 +376,37 @@ async function withLivekit(browser, config) {
     await until('gina to see leo muted', async () =>
       (await tiles(gina)).find((x) => x.participant === config.leo.userId)?.muted === 'true');
     step('a livekit-client mute shows on the page');
+
+    // The SFU loses one of the guest's published streams while her page still sends it (a
+    // test failpoint; webrtc-rs can do it by itself) and asks the page to reconnect: the
+    // page joins again with a new session, publishes again, and the call goes on both ways.
+    const oldSids = new Set(await trackSidsOf(leo, ginaId));
+    await setFailpoint(config.serviceUrl, 'sfu.published_stream.lost', `return(${ginaId}:)`);
+    const connections = () => gina.$eval(byId('call-status'), (e) => Number(e.dataset.connections || 0));
+    await until('gina\'s page to join the SFU again', async () =>
+      (await connections()) >= 2 && (await gina.$eval(byId('call-status'), (e) => e.textContent)) === '', 40_000);
+    const fresh = async () => {
+      const list = await leo.evaluate(() => window.call.stats());
+      const of = (kind) =>
+        list.find((e) => e.identity.startsWith(`${ginaId}:`) && e.kind === kind && !oldSids.has(e.sid)) ?? {};
+      return { audioBytes: of('audio').bytesReceived ?? 0, framesDecoded: of('video').framesDecoded ?? 0 };
+    };
+    const again = await until('leo to receive gina\'s republished audio and video', async () => {
+      const c = await fresh();
+      return c.audioBytes > 0 && c.framesDecoded > 0 ? c : null;
+    }, 40_000);
+    await until('gina\'s republished media to keep arriving at leo', async () => {
+      const c = await fresh();
+      return c.audioBytes > again.audioBytes && c.framesDecoded > again.framesDecoded + 5;
+    });
+    let lastFrames = null;
+    await until('leo\'s video frames to rise on gina\'s page again', async () => {
+      const frames = (await tiles(gina)).find((x) => x.participant === config.leo.userId)?.frames ?? 0;
+      const rising = lastFrames !== null && frames > lastFrames && frames > 0;
+      lastFrames = frames;
+      return rising;
+    });
+    step('the SFU asks the page to reconnect and the call goes on', { connections: await connections() });
     // The guest closes the tab: the page leaves the SFU and sends its scheduled
     // withdrawal of the call membership on the way out.
     await gina.close({ runBeforeUnload: true });

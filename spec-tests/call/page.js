@@ -99,7 +99,7 @@
         if (!receiver) {
           continue;
         }
-        const entry = { identity: p.identity, kind: pub.kind };
+        const entry = { identity: p.identity, kind: pub.kind, sid: pub.trackSid };
         const counters = [
           'bytesReceived', 'packetsReceived', 'packetsLost', 'nackCount', 'pliCount',
           'framesReceived', 'framesDecoded', 'keyFramesDecoded', 'framesDropped',

@@ -5,7 +5,9 @@
 //! signed-in moderator see each other's video, chat both ways, see mute-all and text mute
 //! take effect, and the guests are gone from the room afterwards (one leaves, one is
 //! removed by the moderator); and a guest on the page in one call with a livekit-client
-//! member (Element Call's engine), who leaves by closing the tab; and a recorded meeting:
+//! member (Element Call's engine), whose page joins the SFU again when asked to reconnect
+//! (a test failpoint makes the SFU lose one of her streams), and who leaves by closing the
+//! tab; and a recorded meeting:
 //! the moderator records a guest and herself for about ten seconds with the page's record
 //! button (the real `myelin-recorder`), both pages show the red dot, the recorder stays
 //! hidden, and the posted `m.video` is a WebM file that `ffprobe` reads as one VP8 video
@@ -368,6 +370,7 @@ async fn a_guest_on_the_page_and_a_livekit_client_member_share_the_call() -> any
         "the page shows and plays the livekit-client member",
         "the livekit-client member receives the guest's audio and video",
         "a livekit-client mute shows on the page",
+        "the SFU asks the page to reconnect and the call goes on",
         "the guest closes the tab and livekit-client sees her go",
     ] {
         assert!(

@@ -94,6 +94,13 @@ export class Grid {
     track.addEventListener('ended', () => this.removeAudio(trackSid));
   }
 
+  /** Stops playing every remote audio track. */
+  clearAudio() {
+    for (const trackSid of [...this.audio.keys()]) {
+      this.removeAudio(trackSid);
+    }
+  }
+
   removeAudio(trackSid) {
     const element = this.audio.get(trackSid);
     if (element) {
@@ -128,8 +135,6 @@ export class Grid {
     for (const key of this.keys()) {
       this.remove(key);
     }
-    for (const sid of [...this.audio.keys()]) {
-      this.removeAudio(sid);
-    }
+    this.clearAudio();
   }
 }

@@ -12,6 +12,10 @@ const linkToken = decodeURIComponent(location.pathname.split('/').filter(Boolean
 /** The membership's withdrawal is scheduled this far ahead and pushed back while the page lives. */
 const LEAVE_DELAY_MS = 20_000;
 const LEAVE_RESTART_MS = 7_000;
+// The SFU may ask us to join again (it lost media we still send); more than this many
+// requests within the window end the call instead.
+const RECONNECTS_MAX = 3;
+const RECONNECTS_WINDOW_MS = 60_000;
 
 const lobby = { info: null, client: null, stream: null, stopMeter: null };
 let meeting = null;
@@ -215,6 +219,8 @@ class Meeting {
     this.speaking = new Set();
     this.abort = new AbortController();
     this.openedAt = Date.now();
+    this.reconnects = [];
+    this.connections = 0;
     this.grid = new Grid($('grid'), $('audio'));
     this.grid.speakerId = options.speakerId;
     this.panel = new Panel(
@@ -239,13 +245,24 @@ class Meeting {
           this.end('You were removed from the meeting');
         }
       });
-    const serviceUrl = await client.serviceUrl();
-    await client.joinCall(this.roomId, serviceUrl);
+    this.serviceUrl = await client.serviceUrl();
+    await client.joinCall(this.roomId, this.serviceUrl);
     this.delayId = await client.scheduleLeave(this.roomId, LEAVE_DELAY_MS).catch(() => null);
     if (this.delayId) {
       this.restarter = setInterval(() => client.restartDelayed(this.delayId).catch(() => {}), LEAVE_RESTART_MS);
     }
-    const { url, jwt } = await client.sfuToken(serviceUrl, this.roomId);
+    await this.connectSfu();
+    this.wireControls();
+    this.render();
+  }
+
+  /**
+   * Joins the SFU with a new session and token, and publishes what we send: the
+   * microphone, the camera, a screen share. True once done; false for a session the SFU
+   * closed for a reconnect meanwhile, given up quietly (`sfuClosed` started the next one).
+   */
+  async connectSfu() {
+    const { url, jwt } = await this.client.sfuToken(this.serviceUrl, this.roomId);
     const sfu = new SfuSession();
     this.sfu = sfu;
     sfu.addEventListener('participants', () => this.render());
@@ -256,26 +273,74 @@ class Meeting {
       this.sfuRecording = Boolean(e.detail.activeRecording);
       this.render();
     });
-    sfu.addEventListener('closed', (e) => {
-      if (meeting === this && !this.ending) {
-        if (e.detail.reason === 'removed') {
-          this.end('You were removed from the meeting');
-        } else {
-          this.end('The call ended', e.detail.reason);
-        }
+    sfu.addEventListener('closed', (e) => this.sfuClosed(sfu, e.detail.reason));
+    try {
+      await sfu.connect(url, jwt);
+      this.connections += 1;
+      $('call-status').dataset.connections = String(this.connections);
+      const audio = this.stream.getAudioTracks()[0];
+      if (audio) {
+        audio.enabled = !this.audioMuted;
+        this.audioSid = await sfu.publish(audio, this.stream, 'MICROPHONE', this.audioMuted);
       }
-    });
-    await sfu.connect(url, jwt);
-    const audio = this.stream.getAudioTracks()[0];
-    if (audio) {
-      audio.enabled = !this.audioMuted;
-      this.audioSid = await sfu.publish(audio, this.stream, 'MICROPHONE', this.audioMuted);
+      const video = this.stream.getVideoTracks()[0];
+      if (video) {
+        this.videoSid = await sfu.publish(video, this.stream, 'CAMERA', !video.enabled);
+      }
+      const screen = this.screenStream?.getVideoTracks()[0];
+      if (this.screenSid && screen?.readyState === 'live') {
+        this.screenSid = await sfu.publish(screen, this.screenStream, 'SCREEN_SHARE', false);
+      }
+    } catch (e) {
+      if (sfu.closedFor !== 'reconnect') {
+        throw e;
+      }
     }
-    const video = this.stream.getVideoTracks()[0];
-    if (video) {
-      this.videoSid = await sfu.publish(video, this.stream, 'CAMERA', false);
+    return !sfu.closed;
+  }
+
+  /** The SFU session `sfu` ended: join again if the SFU asks for it, else the meeting ends. */
+  sfuClosed(sfu, reason) {
+    if (meeting !== this || this.ending || sfu !== this.sfu) {
+      return;
     }
-    this.wireControls();
+    if (reason === 'removed') {
+      this.end('You were removed from the meeting');
+    } else if (reason === 'reconnect') {
+      this.reconnect();
+    } else {
+      this.end('The call ended', reason);
+    }
+  }
+
+  /**
+   * The SFU asked us to join again (it lost media we still send): the others' media of
+   * the old session goes, a new session starts and publishes our tracks again. Too many
+   * requests in a row end the call.
+   */
+  async reconnect() {
+    const now = Date.now();
+    this.reconnects = this.reconnects.filter((at) => now - at < RECONNECTS_WINDOW_MS);
+    if (this.reconnects.length >= RECONNECTS_MAX) {
+      this.end('The call ended', 'the call server keeps asking to reconnect');
+      return;
+    }
+    this.reconnects.push(now);
+    say('call-status', 'Reconnecting…');
+    this.remoteVideo.clear();
+    this.grid.clearAudio();
+    this.speaking.clear();
+    this.render();
+    try {
+      if (await this.connectSfu()) {
+        say('call-status', '');
+      }
+    } catch (e) {
+      if (meeting === this && !this.ending) {
+        this.end('The call ended', e.message);
+      }
+      return;
+    }
     this.render();
   }
 

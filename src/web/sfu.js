@@ -8,7 +8,9 @@
 //   speakers      [{sid, level, active}] changes of who is speaking
 //   muted         {trackSid, muted} the SFU muted one of our tracks (a moderator's mute-all)
 //   room          Room info (name, activeRecording, …)
-//   closed        {reason} the session ended ('removed': the server took us out)
+//   closed        {reason} the session ended ('removed': the server took us out;
+//                 'reconnect': the SFU asks us to join again with a new session, as it
+//                 does when it lost media we still send — our local tracks keep running)
 
 const JOIN_TIMEOUT_MS = 15_000;
 const PUBLISH_TIMEOUT_MS = 10_000;
@@ -39,6 +41,10 @@ export class SfuSession extends EventTarget {
       this.joined = (join) => {
         clearTimeout(timer);
         resolve(join);
+      };
+      this.joinFailed = (error) => {
+        clearTimeout(timer);
+        reject(error);
       };
       this.ws.onerror = () => {
         clearTimeout(timer);
@@ -91,7 +97,13 @@ export class SfuSession extends EventTarget {
     } else if (m.roomUpdate) {
       this.emit('room', m.roomUpdate.room || {});
     } else if (m.leave) {
-      this.close(m.leave.reason === 'PARTICIPANT_REMOVED' ? 'removed' : 'the call ended');
+      if (m.leave.reason === 'PARTICIPANT_REMOVED') {
+        this.close('removed');
+      } else if (m.leave.canReconnect || m.leave.action === 'RECONNECT') {
+        this.close('reconnect');
+      } else {
+        this.close('the call ended');
+      }
     }
   }
 
@@ -157,7 +169,11 @@ export class SfuSession extends EventTarget {
       const timer = setTimeout(() => reject(new Error('the call server did not accept the track')), PUBLISH_TIMEOUT_MS);
       this.pending.set(cid, (t) => {
         clearTimeout(timer);
-        resolve(t);
+        if (t) {
+          resolve(t);
+        } else {
+          reject(new Error('the call session closed'));
+        }
       });
       this.send({
         addTrack: {
@@ -216,15 +232,23 @@ export class SfuSession extends EventTarget {
     this.close('left');
   }
 
+  /**
+   * Ends the session: the connections close and whatever waits on them (the join, a
+   * publication, a negotiation) gives up at once. The local tracks are the caller's: they
+   * keep running (a new session may publish them again).
+   */
   close(reason) {
     if (this.closed) {
       return;
     }
     this.closed = true;
+    this.closedFor = reason;
     clearInterval(this.pinger);
-    for (const { track } of this.published.values()) {
-      track.stop();
+    this.joinFailed?.(new Error(`the call session closed (${reason})`));
+    for (const settle of this.pending.values()) {
+      settle(null);
     }
+    this.answered?.();
     this.publisher?.close();
     this.subscriber?.close();
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) {
