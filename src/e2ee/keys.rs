@@ -264,6 +264,9 @@ impl E2eeService {
                 }
                 Ok(())
             })?;
+            if counts_changed {
+                self.key_counts.changed(user, device);
+            }
             if new_device_keys.is_some() {
                 self.notify_trackers(user)?;
             } else {
@@ -460,10 +463,13 @@ impl E2eeService {
                     .entry(device.clone())
                     .or_default()
                     .insert(id, key);
-                self.commit_with_pos(|pos, batch| {
+                let marked = self.commit_with_pos(|pos, batch| {
                     self.mark_key_count_change(user, device, pos, batch);
                     Ok(())
-                })?;
+                });
+                // The key is taken even if recording the change failed.
+                self.key_counts.changed(user, device);
+                marked?;
                 self.notifier.notify_user(user);
             }
         }

@@ -9,6 +9,7 @@ mod backup;
 #[cfg(test)]
 mod cluster_tests;
 mod cross_signing;
+mod key_counts;
 mod keys;
 mod remote;
 mod to_device;
@@ -77,9 +78,8 @@ pub struct E2eeService {
     pos: StreamPosition,
     /// Serialises read-modify-write of key backups (counts and etags stay exact).
     backup_lock: Mutex<()>,
-    /// Key counts per device as of its last key-count change position (see
-    /// [`E2eeService::key_counts`]).
-    key_counts: Arc<remote::KeyCountCache>,
+    /// Key counts per device between changes (see [`key_counts`]).
+    key_counts: Arc<key_counts::KeyCountCache>,
     /// Newest queued to-device position per device inbox (see [`to_device::Queued`]).
     to_device_queued: Arc<to_device::Queued>,
     /// Users to wake for other processes' changes (a shared database, see [`remote`]);
@@ -215,40 +215,6 @@ impl E2eeService {
         }
     }
 
-    /// The key counts of a device for `/sync`. Every change of a device's keys records a
-    /// new position (uploads in the same batch, claims right after taking the key), and
-    /// the position is read before the keys: a cached entry is reused only while the
-    /// position is unchanged, so a sync reads one record instead of scanning the keys.
-    pub fn key_counts(&self, user: &UserId, device: &DeviceId) -> Result<KeyCounts> {
-        let changed_at = self
-            .storage
-            .trees
-            .key_count_changes
-            .get(&skeys::strs(&[user.as_str(), device.as_str()]))?
-            .and_then(|v| skeys::leading_u64(&v))
-            .unwrap_or(0);
-        let key = (user.to_owned(), device.to_owned());
-        if let Some(cached) = self
-            .key_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .filter(|c| c.changed_at == changed_at)
-        {
-            return Ok(cached.clone());
-        }
-        let counts = KeyCounts {
-            changed_at,
-            one_time: self.one_time_key_counts(user, device)?,
-            unused_fallback: self.unused_fallback_key_types(user, device)?,
-        };
-        self.key_counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, counts.clone());
-        Ok(counts)
-    }
-
     /// Users sharing a joined room with `user`, and `user`.
     pub fn shared_users(&self, user: &UserId) -> Result<BTreeSet<OwnedUserId>> {
         shared_users(&self.rooms, user)
@@ -300,6 +266,7 @@ impl E2eeService {
         if change == DeviceChange::Removed {
             for device in devices {
                 self.to_device_queued.forget(user, device);
+                self.key_counts.changed(user, device);
             }
         }
         self.notify_trackers(user)

@@ -3,21 +3,15 @@
 //! the wake-ups a local write makes — the recipients of to-device messages, a device's
 //! owner for key-count changes, and everybody tracking a user whose device list changed.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 
-use super::{to_device::Queued, KeyCounts};
+use super::{key_counts::KeyCountCache, to_device::Queued};
 use crate::{
     storage::{keys as skeys, Changed, Storage},
     stream::RemoteWakes,
 };
-
-/// Cached key counts per device.
-pub(super) type KeyCountCache = Mutex<HashMap<(OwnedUserId, OwnedDeviceId), KeyCounts>>;
 
 /// The in-memory state the handlers keep up to date.
 pub(super) struct Watched<'a> {
@@ -61,14 +55,13 @@ pub(super) fn watch(storage: &Storage, watched: Watched<'_>) {
         let (Some(cache), Some(wakes)) = (cache.upgrade(), wakes.upgrade()) else {
             return;
         };
-        let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
         let Changed::Keys(keys) = changed else {
             cache.clear();
             wakes.everyone();
             return;
         };
         for (user, device) in keys.iter().filter_map(|k| device_of(k)) {
-            cache.remove(&(user.clone(), device));
+            cache.changed(&user, &device);
             wakes.user(&user);
         }
     });

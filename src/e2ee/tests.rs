@@ -265,12 +265,21 @@ fn query_adds_display_names_and_drops_deleted_devices() {
         1
     );
 
-    // Deleting a device deletes its keys and one-time keys.
+    // Deleting a device deletes its keys and one-time keys, and the counts `/sync` reads
+    // (kept in memory) follow: a device made again with the same id starts with none.
+    assert_eq!(
+        s.e2ee.key_counts(&alice, &d1).unwrap().one_time["signed_curve25519"],
+        1
+    );
     s.users.remove_device_now(&alice, &d1).unwrap();
     let q = s.e2ee.query_keys(&alice, &all).unwrap();
     assert_eq!(q.device_keys[&alice].keys().collect::<Vec<_>>(), vec![&d2]);
     assert_eq!(
         s.e2ee.one_time_key_counts(&alice, &d1).unwrap()["signed_curve25519"],
+        0
+    );
+    assert_eq!(
+        s.e2ee.key_counts(&alice, &d1).unwrap().one_time["signed_curve25519"],
         0
     );
 
