@@ -10,10 +10,10 @@ pub(crate) fn stream_lost(identity: &str) -> bool {
     const POINT: &str = "sfu.published_stream.lost";
     let lost = fail::eval(POINT, |prefix| {
         prefix.is_none_or(|p| identity.starts_with(p.as_str()))
-    });
-    if lost == Some(true) {
+    }) == Some(true);
+    if lost {
         fail::remove(POINT);
         tracing::warn!(identity, "test failpoint: a published stream is lost");
     }
-    lost == Some(true)
+    lost
 }

@@ -35,14 +35,16 @@ impl KeyCountCache {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The change counter: read it before reading the keys, hand it to [`Self::insert`].
-    pub(super) fn changes(&self) -> u64 {
-        self.lock().changes
-    }
-
-    /// The kept counts of a device.
-    pub(super) fn get(&self, user: &UserId, device: &DeviceId) -> Option<KeyCounts> {
-        self.lock().devices.get(user)?.get(device).cloned()
+    /// The kept counts of a device, and the change counter to hand to [`Self::insert`]
+    /// with counts read from storage after this call.
+    pub(super) fn kept(&self, user: &UserId, device: &DeviceId) -> (Option<KeyCounts>, u64) {
+        let entries = self.lock();
+        let kept = entries
+            .devices
+            .get(user)
+            .and_then(|d| d.get(device))
+            .cloned();
+        (kept, entries.changes)
     }
 
     /// Keeps `counts` of a device, read after the change counter was `seen`, unless any
@@ -80,15 +82,13 @@ impl E2eeService {
     /// position of their last change (see the module documentation for when they are
     /// read from storage).
     pub fn key_counts(&self, user: &UserId, device: &DeviceId) -> Result<KeyCounts> {
-        let seen = self.key_counts.changes();
+        let (kept, seen) = self.key_counts.kept(user, device);
         let stored_at = match self.storage.is_shared() {
             true => Some(self.key_count_pos(user, device)?),
             false => None,
         };
-        if let Some(kept) = self.key_counts.get(user, device) {
-            if stored_at.is_none_or(|at| at == kept.changed_at) {
-                return Ok(kept);
-            }
+        if let Some(kept) = kept.filter(|k| stored_at.is_none_or(|at| at == k.changed_at)) {
+            return Ok(kept);
         }
         let counts = KeyCounts {
             changed_at: match stored_at {
@@ -137,26 +137,26 @@ mod tests {
         let (alice, bob) = (user_id!("@alice:x"), user_id!("@bob:x"));
         let (d1, d2) = (device_id!("D1"), device_id!("D2"));
 
-        let seen = cache.changes();
+        let seen = cache.kept(alice, d1).1;
         cache.insert(alice, d1, counts(1), seen);
         cache.insert(alice, d2, counts(2), seen);
         cache.insert(bob, d1, counts(3), seen);
-        assert_eq!(cache.get(alice, d1).unwrap().changed_at, 1);
+        assert_eq!(cache.kept(alice, d1).0.unwrap().changed_at, 1);
 
         // A reader that saw the counter before this change read the keys before it too.
-        let before = cache.changes();
+        let before = cache.kept(alice, d1).1;
         cache.changed(alice, d1);
         cache.insert(alice, d1, counts(1), before);
-        assert!(cache.get(alice, d1).is_none(), "stale counts were kept");
-        assert_eq!(cache.get(alice, d2).unwrap().changed_at, 2);
+        assert!(cache.kept(alice, d1).0.is_none(), "stale counts were kept");
+        assert_eq!(cache.kept(alice, d2).0.unwrap().changed_at, 2);
 
-        let after = cache.changes();
+        let after = cache.kept(alice, d1).1;
         cache.insert(alice, d1, counts(4), after);
-        assert_eq!(cache.get(alice, d1).unwrap().changed_at, 4);
+        assert_eq!(cache.kept(alice, d1).0.unwrap().changed_at, 4);
 
         cache.clear();
         cache.insert(bob, d2, counts(5), after);
-        assert!(cache.get(alice, d2).is_none() && cache.get(bob, d1).is_none());
-        assert!(cache.get(bob, d2).is_none(), "read before the clear");
+        assert!(cache.kept(alice, d2).0.is_none() && cache.kept(bob, d1).0.is_none());
+        assert!(cache.kept(bob, d2).0.is_none(), "read before the clear");
     }
 }
