@@ -15,6 +15,7 @@ mod sled_engine;
 mod snapshot;
 mod stream_pos;
 mod trees;
+mod wal;
 
 use std::{ops::Bound, path::Path, sync::Arc};
 
