@@ -1,6 +1,7 @@
 //! Storage: the only code that knows the database engine. Logical [`Tree`]s over one
 //! [`Engine`] (sled on disk, a map in memory for tests), atomic [`Batch`]es across trees,
-//! and group commit so many concurrent writers share one fsync.
+//! and group commit so many concurrent writers share one fsync (of the sled engine's
+//! write-ahead log, [`wal`]).
 
 mod commit;
 mod engine;
