@@ -17,7 +17,9 @@
 //!
 //! A consumer's position is committed with its own writes; a round with nothing to write
 //! that is safe to see again skips the commit ([`Checkpoint::skip`]) and the runner stores
-//! the position lazily, so a message costs no commit per consumer.
+//! the position lazily, so a message costs no commit per consumer. The consumers read the
+//! stream through one window of the events read last ([`recent`]), so the consumers
+//! behind the first read it from memory.
 //!
 //! A consumer may wait for another (`after`): the sync notifier runs after push and
 //! delayed events, so a woken sync already sees the new unread counts. Writers
@@ -34,6 +36,7 @@
 //! through the change feed, so a local consumer that waits for one of them moves on
 //! when it does.
 
+mod recent;
 mod wake;
 
 use std::{sync::Arc, time::Duration};
@@ -142,6 +145,8 @@ pub struct Pipeline {
     storage: Arc<Storage>,
     rooms: Arc<RoomsService>,
     stages: Vec<Stage>,
+    /// The stretch of the stream read last, for the consumers behind.
+    recent: recent::Recent<Arc<Pdu>>,
     started: std::sync::Once,
     cluster_started: std::sync::Once,
 }
@@ -239,6 +244,7 @@ impl Pipeline {
                 storage,
                 rooms,
                 stages: Vec::new(),
+                recent: recent::Recent::new(),
                 started: std::sync::Once::new(),
                 cluster_started: std::sync::Once::new(),
             },
@@ -358,7 +364,10 @@ async fn run_stage(pipeline: std::sync::Weak<Pipeline>, index: usize) {
             }
             continue;
         }
-        let result = match p.rooms.appended_between(cursor, limit, BATCH) {
+        let read = p.recent.read(cursor, limit, BATCH, |after, upto, most| {
+            p.rooms.appended_between(after, upto, most)
+        });
+        let result = match read {
             Ok(events) => {
                 let end = match events.last() {
                     Some((last, _)) if events.len() == BATCH => *last,
