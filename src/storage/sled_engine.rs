@@ -1,5 +1,5 @@
 //! The sled implementation of [`Engine`]: one sled tree holds every logical tree, each
-//! under its own prefix byte, so a batch over several logical trees is one atomic sled batch.
+//! under its own prefix byte, so a batch over several logical trees is one engine batch.
 //! A batch's writes reach sled one by one (a sled batch seals sled's log buffer twice); a
 //! write-ahead log of our own beside sled's directory ([`wal`]) makes batches atomic and
 //! durable across crashes, and a lock makes them atomic for readers.
