@@ -23,6 +23,8 @@ use crate::{
 const LEFT_CALL: &str = "Left the meeting";
 /// The reason on the leave of a participant who never joined (or rejoined) the call.
 const IDLE: &str = "Not in the meeting's call";
+/// How long after its record a participant not (yet) in the room is taken to be joining.
+const JOINING_MS: u64 = 30_000;
 
 impl MeetingsService {
     /// How often the sweeper looks at temporary participants.
@@ -90,6 +92,11 @@ impl MeetingsService {
             self.rooms.membership(room_id, user)?,
             Some(Membership::Join | Membership::Invite)
         ) {
+            // A record is written just before its join: a participant not yet joined may
+            // be joining still, so a young record is looked at again at a later sweep.
+            if !record.in_call && now.saturating_sub(record.since_ms) < JOINING_MS {
+                return Ok(());
+            }
             // Left, kicked or banned: nothing to remove any more.
             self.store.remove_temporary(room_id, user)?;
             return self.retire_guest(user, record.guest).await;
